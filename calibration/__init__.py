@@ -1,0 +1,1 @@
+"""Degradation library, calibration clip sets and feeds (numpy/OpenCV), legacy TensorRT calibrator."""

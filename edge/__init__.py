@@ -1,0 +1,1 @@
+"""Device side: live sources, `vsdmot-edge`, systemd service, profiling and power meters."""

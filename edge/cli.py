@@ -1,0 +1,20 @@
+"""`vsdmot-edge`: run, profile, serve and inspect the tracker on a device. Never imports torch
+(except `run --backend torch`, which loads the reference lazily)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from vsdmot._cli import build_parser, run_main
+
+COMMANDS = {
+    "run": ("vsdmot.edge.run_cmd", "track a camera, stream, video, image folder or sequence"),
+    "profile": ("vsdmot.edge.profile_cmd", "measure steady-state latency, FPS and energy; write a report"),
+    "service": ("vsdmot.edge.service_cmd", "generate, install or inspect the systemd service"),
+    "doctor": ("vsdmot.edge.doctor_cmd", "say what this device has (JetPack, TensorRT, cameras, power rails)"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser("vsdmot-edge", __doc__.splitlines()[0], COMMANDS)
+    return run_main(parser, argv)

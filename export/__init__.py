@@ -1,0 +1,1 @@
+"""Export chain: prune -> recover -> to_onnx -> simplify -> quantize -> parity -> accuracy gate -> bundle."""

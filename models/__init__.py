@@ -1,0 +1,1 @@
+"""Torch networks (detector, tracker head, student encoder, DSWR head), DCSD losses and training."""

@@ -1,0 +1,1 @@
+"""The slim runtime: numpy, OpenCV and onnxruntime only. Never imports torch."""

@@ -1,0 +1,142 @@
+"""File frame sources: video files, image folders and MOTChallenge sequence folders.
+
+Live sources (cameras, network streams) live in `vsdmot.edge.sources`; they yield the same
+`Frame`s. A source is an iterable of frames with a true frame rate and a `close()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from .errors import SourceError
+from .mot import SeqInfo, read_seqinfo
+from .types import Frame
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTS = (".avi", ".mp4", ".mkv", ".mov", ".m4v", ".ts", ".webm", ".mpg", ".mpeg")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class FrameSource(Protocol):
+    fps: float  # true frames per second (seqinfo.ini beats a video header)
+    name: str
+
+    def __iter__(self) -> Iterator[Frame]: ...
+
+    def close(self) -> None: ...
+
+
+class VideoFileSource:
+    """Decodes a video file with OpenCV. Ends cleanly at the last frame."""
+
+    def __init__(self, path: str | os.PathLike, fps: float | None = None, name: str | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SourceError(f"video: no file at {self.path}")
+        self._cap = cv2.VideoCapture(str(self.path))
+        if not self._cap.isOpened():
+            raise SourceError(f"video: OpenCV cannot open {self.path} (not a video, or an unsupported codec)")
+        header_fps = self._cap.get(cv2.CAP_PROP_FPS) or 0.0
+        self.fps = float(fps or header_fps or 25.0)
+        self.name = name or self.path.stem
+        self.frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+
+    def __iter__(self) -> Iterator[Frame]:
+        index = 0
+        while True:
+            ok, img = self._cap.read()
+            if not ok:
+                break
+            index += 1
+            yield Frame(index, np.ascontiguousarray(img), (index - 1) / self.fps)
+        if index == 0:
+            raise SourceError(f"video: {self.path} opened but yielded no frames (corrupt or empty)")
+
+    def close(self) -> None:
+        self._cap.release()
+
+
+class ImageFolderSource:
+    """Images in a folder, sorted by name. Numeric names (000001.jpg) give the frame index."""
+
+    def __init__(self, folder: str | os.PathLike, fps: float = 25.0, name: str | None = None):
+        self.folder = Path(folder)
+        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_EXTS) if self.folder.is_dir() else []
+        if not self.files:
+            raise SourceError(f"image folder: no images ({', '.join(IMAGE_EXTS)}) in {self.folder}")
+        numeric = all(p.stem.isdigit() for p in self.files)
+        self.indices = [int(p.stem) if numeric else i + 1 for i, p in enumerate(self.files)]
+        self.fps = float(fps)
+        self.name = name or self.folder.name
+        self.frame_count = len(self.files)
+
+    def __iter__(self) -> Iterator[Frame]:
+        for index, path in zip(self.indices, self.files):
+            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if img is None:
+                log.warning("skipping unreadable image %s", path)
+                continue
+            yield Frame(index, img, (index - 1) / self.fps)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(slots=True, frozen=True)
+class Sequence:
+    """A MOTChallenge sequence folder: seqinfo.ini, frames (img1/ or a video) and maybe gt/gt.txt."""
+
+    path: Path
+    info: SeqInfo
+    video: Path | None  # the video file when there is no image folder
+
+    @property
+    def gt_path(self) -> Path | None:
+        p = self.path / "gt" / "gt.txt"
+        return p if p.is_file() else None
+
+    def frames(self) -> ImageFolderSource | VideoFileSource:
+        if self.video is None:
+            return ImageFolderSource(self.path / self.info.im_dir, self.info.frame_rate, self.info.name)
+        return VideoFileSource(self.video, self.info.frame_rate, self.info.name)
+
+
+def open_sequence(path: str | os.PathLike) -> Sequence:
+    """Open a sequence folder. Frames come from `imDir` if it holds images, else from a video inside."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"sequence: expected a folder at {path}")
+    info = read_seqinfo(path)
+    im_dir = path / info.im_dir
+    if im_dir.is_dir() and any(p.suffix.lower() in IMAGE_EXTS for p in im_dir.iterdir()):
+        return Sequence(path, info, None)
+    videos = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_EXTS)
+    if not videos:
+        raise ValueError(f"sequence {path}: no images in {info.im_dir}/ and no video file ({', '.join(VIDEO_EXTS)})")
+    named = [v for v in videos if v.stem == info.name]
+    return Sequence(path, info, (named or videos)[0])
+
+
+def is_sequence(path: str | os.PathLike) -> bool:
+    return (Path(path) / "seqinfo.ini").is_file()
+
+
+def open_file_source(path: str | os.PathLike, fps: float | None = None) -> FrameSource:
+    """A video file, an image folder, or a MOTChallenge sequence folder."""
+    path = Path(path)
+    if not path.exists():
+        raise SourceError(f"source: nothing at {path}")
+    if path.is_dir():
+        if is_sequence(path):
+            return open_sequence(path).frames()
+        return ImageFolderSource(path, fps or 25.0)
+    return VideoFileSource(path, fps)

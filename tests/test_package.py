@@ -1,0 +1,53 @@
+"""The package installs and imports as a wheel, and the slim runtime never loads torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from helpers import REPO
+
+# Every module of the slim side must import with torch made unimportable.
+BLOCK_TORCH = textwrap.dedent(
+    """
+    import importlib, pkgutil, sys
+    class _Block:
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is blocked: the slim runtime must not import it")
+    sys.meta_path.insert(0, _Block())
+    import vsdmot.runtime, vsdmot.edge
+    for pkg in (vsdmot.runtime, vsdmot.edge):
+        for m in pkgutil.iter_modules(pkg.__path__):
+            importlib.import_module(f"{pkg.__name__}.{m.name}")
+    assert "torch" not in sys.modules
+    print("slim-ok")
+    """
+)
+
+
+def test_runtime_and_edge_import_without_torch():
+    out = subprocess.run([sys.executable, "-c", BLOCK_TORCH], capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert "slim-ok" in out.stdout
+
+
+@pytest.mark.slow
+def test_built_wheel_imports_every_subpackage(tmp_path):
+    wheel_dir, target = tmp_path / "dist", tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheel_dir, REPO],
+        check=True, capture_output=True,
+    )
+    (wheel,) = wheel_dir.glob("vsdmot-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", target, wheel], check=True, capture_output=True)
+    code = (
+        "import vsdmot, vsdmot.runtime, vsdmot.edge, vsdmot.calibration, vsdmot.export, vsdmot.models, vsdmot.evaluation;"
+        f"assert vsdmot.runtime.__file__.startswith({str(target)!r}), vsdmot.runtime.__file__; print('wheel-ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(target)})
+    assert out.returncode == 0, out.stderr
+    assert "wheel-ok" in out.stdout
