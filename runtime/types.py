@@ -85,3 +85,23 @@ class TensorSpec:
                 f"input '{self.name}': expected shape {self.shape} {self.dtype}, "
                 f"got {tuple(value.shape)} {value.dtype}"
             )
+
+
+SEMANTIC_STATES = ("fresh", "reused", "skipped")
+
+
+@dataclass(slots=True)
+class FrameResult:
+    """What the per-frame step produced; every sink reads only this."""
+
+    index: int  # Frame.index
+    timestamp: float  # Frame.timestamp, seconds
+    q: float  # frame quality in [0, 1], 1 = clean
+    w: float  # DSWR fusion weight in [0, 1]
+    semantic: str  # one of SEMANTIC_STATES
+    tracks: Detections  # with track_id set
+    latency_ms: dict[str, float] = field(default_factory=dict)  # stage name -> milliseconds
+
+    def __post_init__(self) -> None:
+        if self.semantic not in SEMANTIC_STATES:
+            raise ValueError(f"FrameResult.semantic: expected one of {SEMANTIC_STATES}, got {self.semantic!r}")
