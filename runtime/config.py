@@ -1,0 +1,227 @@
+"""Run configuration: frozen dataclasses, one per component, nested, loaded from TOML.
+
+    [source]     where frames come from
+    [pipeline]   bundle, backend, detector thresholds
+    [semantics]  the semantic policy (auto / always / never) and its cache
+    [tracker]    which tracker and its thresholds (MOTRv2's by default)
+    [sinks]      output files
+    [service]    health server, stall detection, systemd watchdog
+
+`load_config(path, overrides)` reads a TOML file (every key optional) and applies overrides
+given as {"section.key": value}; an unknown section or key raises ValueError naming it and
+the allowed ones, and a value of the wrong type or outside its choices raises ValueError too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+PRECISIONS = ("fp32", "fp16", "int8")
+POLICIES = ("auto", "always", "never")
+TRACKERS = ("default", "e2e", "hybrid", "bytetrack")
+
+
+def _choice(section: str, name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"[{section}] {name}: expected one of {list(allowed)}, got {value!r}")
+
+
+def _positive(section: str, name: str, value: float, strict: bool = False) -> None:
+    if value < 0 or (strict and value == 0):
+        raise ValueError(f"[{section}] {name}: expected {'> 0' if strict else '>= 0'}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    camera: str = ""  # /dev/videoN, a V4L2 index, or csi://N (Jetson); "" = not a camera
+    source: str = ""  # video file, image folder, MOTChallenge sequence or stream URL
+    width: int = 0  # camera capture width in pixels (0 = the device's default)
+    height: int = 0  # camera capture height in pixels (0 = the device's default)
+    fps: float = 0.0  # camera frame rate to request, or a file's true rate (0 = header / default)
+    fourcc: str = ""  # camera pixel format, e.g. "MJPG" or "YUYV" ("" = the device's default)
+    loop: bool = False  # restart a file source at its end (soak runs); live sources ignore it
+
+    def __post_init__(self) -> None:
+        for name in ("width", "height", "fps"):
+            _positive("source", name, getattr(self, name))
+        if self.fourcc and len(self.fourcc) != 4:
+            raise ValueError(f"[source] fourcc: expected 4 characters, got {self.fourcc!r}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    bundle: str = ""  # model bundle folder ("" = the shipped default, runtime/assets/default)
+    backend: str = "auto"  # auto = tensorrt with a GPU, else onnxruntime; or onnxruntime/tensorrt/torch
+    precision: str = "fp32"  # TensorRT engine precision (int8 needs a Q/DQ bundle)
+    threads: int = 0  # onnxruntime intra-op threads per network (0 = all cores)
+    engine_cache: str = ""  # TensorRT engine cache folder ("" = $XDG_CACHE_HOME/vsdmot/engines)
+    input_size: int = 416  # detector letterbox side in pixels (must match detector.onnx)
+    score_thr: float = 0.1  # detector proposal score floor (the tracker applies its own thresholds)
+    nms_thr: float = 0.45  # detector NMS IoU threshold
+
+    def __post_init__(self) -> None:
+        _choice("pipeline", "backend", self.backend, BACKENDS)
+        _choice("pipeline", "precision", self.precision, PRECISIONS)
+        _positive("pipeline", "threads", self.threads)
+        _positive("pipeline", "input_size", self.input_size, strict=True)
+        for name in ("score_thr", "nms_thr"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"[pipeline] {name}: expected a value in [0, 1], got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class SemanticsConfig:
+    policy: str = "auto"  # auto = skip / reuse / compute by w and q; always; never
+    eps_off: float = 0.05  # auto: semantics switch off when w falls below this
+    eps_on: float = 0.10  # auto: and back on only when w rises to this (hysteresis, >= eps_off)
+    delta: float = 0.05  # auto: reuse the cached vector while |q - q_cached| < delta ...
+    max_age: int = 15  # auto: ... and it is younger than this many frames
+
+    def __post_init__(self) -> None:
+        _choice("semantics", "policy", self.policy, POLICIES)
+        for name in ("eps_off", "eps_on", "delta"):
+            _positive("semantics", name, getattr(self, name))
+        if self.eps_on < self.eps_off:
+            raise ValueError(f"[semantics] eps_on: expected >= eps_off ({self.eps_off}), got {self.eps_on}")
+        _positive("semantics", "max_age", self.max_age)
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    kind: str = "default"  # default = the bundle's choice; or e2e / hybrid / bytetrack
+    birth_score: float = 0.5  # a new track is born from a query scoring at least this (MOTRv2)
+    keep_score: float = 0.5  # a track query scoring below this counts as a miss (MOTRv2)
+    miss_tolerance: int = 20  # frames a track survives unseen before its slot is freed (MOTRv2)
+    output_score: float = 0.6  # only tracks scoring at least this are written out (MOTRv2)
+    min_area: float = 100.0  # boxes smaller than this many square pixels are not written (MOTRv2)
+
+    def __post_init__(self) -> None:
+        _choice("tracker", "kind", self.kind, TRACKERS)
+        for name in ("birth_score", "keep_score", "output_score"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"[tracker] {name}: expected a value in [0, 1], got {getattr(self, name)!r}")
+        _positive("tracker", "miss_tolerance", self.miss_tolerance)
+        _positive("tracker", "min_area", self.min_area)
+
+
+@dataclass(frozen=True)
+class SinksConfig:
+    mot_out: str = ""  # MOTChallenge results file (frame,id,x,y,w,h,conf,-1,-1,-1)
+    jsonl_out: str = ""  # one JSON line per frame: index, timestamp, q, w, semantic state, tracks
+    video_out: str = ""  # annotated video (boxes, IDs, quality bar)
+    stats_out: str = ""  # run statistics JSON (frames, fps, semantic counts, latency percentiles)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    health_listen: str = "127.0.0.1:9108"  # HOST:PORT of the health / metrics HTTP server ("" = off)
+    stall_timeout_s: float = 5.0  # no fresh frame for this many seconds counts as a stall
+    watchdog: bool = True  # feed the systemd watchdog (WATCHDOG=1) on fresh frames only
+
+    def __post_init__(self) -> None:
+        _positive("service", "stall_timeout_s", self.stall_timeout_s, strict=True)
+        if self.health_listen and not _is_host_port(self.health_listen):
+            raise ValueError(f"[service] health_listen: expected HOST:PORT, got {self.health_listen!r}")
+
+
+def _is_host_port(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 <= int(port) < 65536)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    source: SourceConfig = field(default_factory=SourceConfig)  # [source]
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)  # [pipeline]
+    semantics: SemanticsConfig = field(default_factory=SemanticsConfig)  # [semantics]
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)  # [tracker]
+    sinks: SinksConfig = field(default_factory=SinksConfig)  # [sinks]
+    service: ServiceConfig = field(default_factory=ServiceConfig)  # [service]
+    max_frames: int = 0  # stop after this many frames (0 = until the source ends or a signal)
+
+    def __post_init__(self) -> None:
+        _positive("run", "max_frames", self.max_frames)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """Defaults, then the TOML file at `path` (if any), then `overrides` {"section.key": value}."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"config: no file at {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config {path}: not valid TOML: {e}") from None
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    return from_dict(data)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    section, _, key = dotted.rpartition(".")
+    target = data.setdefault(section, {}) if section else data
+    if not isinstance(target, dict):
+        raise ValueError(f"config: [{section}] must be a table, got {type(target).__name__}")
+    target[key] = value
+
+
+def from_dict(data: Mapping[str, Any], cls: type = RunConfig, where: str = "config") -> Any:
+    """Build `cls` from nested mappings; unknown keys and wrong types raise ValueError."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown key {unknown[0]!r}; allowed: {sorted(fields)}")
+    kwargs = {name: _convert(fields[name], value, f"{where}.{name}") for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _convert(f: dataclasses.Field, value: Any, where: str) -> Any:
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if dataclasses.is_dataclass(default):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: expected a table, got {value!r}")
+        return from_dict(value, type(default), where)
+    kind = type(default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not kind:
+        raise ValueError(f"{where}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain nested dicts (for manifests, stats and `--print-config`)."""
+    return dataclasses.asdict(cfg)
+
+
+def to_toml(cfg: RunConfig) -> str:
+    """Render a config as TOML that `load_config` reads back to an equal config."""
+    top, sections = [], []
+    for name, value in to_dict(cfg).items():
+        if isinstance(value, dict):
+            sections.append(f"[{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in value.items()))
+        else:
+            top.append(f"{name} = {_toml_value(value)}\n")
+    return "".join(top) + "\n" + "\n".join(sections)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(v)
