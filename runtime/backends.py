@@ -6,14 +6,19 @@ a wrong name, shape or dtype raises ValueError naming the input, what was expect
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import time
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from .errors import DeviceError
 from .types import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -71,3 +76,333 @@ class OnnxRuntimeBackend:
 def _spec(node) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else -1 for d in node.shape)
     return TensorSpec(node.name, shape, _ORT_DTYPES.get(node.type, node.type))
+
+
+def onnx_io_specs(onnx_path: str | os.PathLike) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
+    """(inputs, outputs) of an ONNX file, read through onnxruntime (a core dependency)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return {i.name: _spec(i) for i in sess.get_inputs()}, {o.name: _spec(o) for o in sess.get_outputs()}
+
+
+class TorchBackend:
+    """An `nn.Module` behind the Backend protocol: the reference the exported networks must match.
+
+    The module is called with the inputs in `inputs` order, as CPU tensors; it may return one
+    tensor, a tuple in `outputs` order, or a mapping by output name. torch is imported here only.
+    """
+
+    def __init__(self, module, inputs: Mapping[str, TensorSpec], outputs: Mapping[str, TensorSpec],
+                 threads: int = 0):
+        import torch
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self.module = module.eval()
+        self.inputs, self.outputs = dict(inputs), dict(outputs)
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_feed(self.inputs, feed)
+        args = [self._torch.from_numpy(np.ascontiguousarray(feed[n])) for n in self.inputs]
+        with self._torch.inference_mode():
+            out = self.module(*args)
+        if isinstance(out, Mapping):
+            out = [out[n] for n in self.outputs]
+        elif not isinstance(out, (tuple, list)):
+            out = [out]
+        if len(out) != len(self.outputs):
+            raise ValueError(f"torch module: expected {len(self.outputs)} outputs {list(self.outputs)}, got {len(out)}")
+        return {n: t.detach().cpu().numpy() for n, t in zip(self.outputs, out)}
+
+    def close(self) -> None:
+        self.module = None
+
+
+def _reference_module(onnx_path: Path):
+    """The torch module an exported ONNX file came from (models/reference.py, imported lazily)."""
+    try:
+        from vsdmot.models import reference
+    except ImportError as e:
+        raise DeviceError(f"--backend torch needs the training extra (pip install 'vsdmot[train]'): {e}") from None
+    return reference.module_for_onnx(onnx_path)
+
+
+# ---- TensorRT -------------------------------------------------------------------------------
+# The engine is built from ONNX on the device (TensorRT 8.5 on JetPack 5, 10.x on JetPack 6) and
+# cached under a key of everything that makes an engine non-portable. Buffers go through
+# cuda-python when present, else pycuda. Nothing here imports TensorRT at module level.
+
+
+@dataclass(frozen=True, slots=True)
+class EngineKey:
+    """What makes a serialised engine valid: the same ONNX, TensorRT, GPU and precision."""
+
+    onnx_sha256: str
+    tensorrt: str  # tensorrt.__version__
+    gpu: str  # CUDA device name, e.g. "Orin"
+    precision: str  # fp32 | fp16 | int8
+
+    def digest(self) -> str:
+        text = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def default_engine_cache() -> Path:
+    """$VSDMOT_ENGINE_CACHE, else $XDG_CACHE_HOME/vsdmot/engines, else ~/.cache/vsdmot/engines."""
+    if os.environ.get("VSDMOT_ENGINE_CACHE"):
+        return Path(os.environ["VSDMOT_ENGINE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vsdmot" / "engines"
+
+
+def engine_dir(cache_root: str | os.PathLike, onnx_path: str | os.PathLike, key: EngineKey) -> Path:
+    """<cache>/<onnx stem>-<precision>-<key digest>/ holding engine.plan and stamp.json."""
+    return Path(cache_root) / f"{Path(onnx_path).stem}-{key.precision}-{key.digest()}"
+
+
+def load_cached_engine(folder: str | os.PathLike, key: EngineKey) -> bytes | None:
+    """The cached engine bytes, None when absent; DeviceError when stamped for another key or altered."""
+    folder = Path(folder)
+    plan, stamp_path = folder / "engine.plan", folder / "stamp.json"
+    if not plan.is_file():
+        return None
+    try:
+        stamp = json.loads(stamp_path.read_text())
+    except (OSError, ValueError) as e:
+        raise DeviceError(f"cached engine {plan}: unreadable stamp ({e}); refusing it") from None
+    want = asdict(key)
+    for field_name, expected in want.items():
+        if stamp.get(field_name) != expected:
+            raise DeviceError(f"cached engine {plan}: built for {field_name}={stamp.get(field_name)!r}, "
+                              f"this run needs {expected!r}; refusing it")
+    data = plan.read_bytes()
+    if hashlib.sha256(data).hexdigest() != stamp.get("engine_sha256"):
+        raise DeviceError(f"cached engine {plan}: sha256 does not match its stamp (truncated or altered); refusing it")
+    return data
+
+
+def store_engine(folder: str | os.PathLike, key: EngineKey, data: bytes) -> Path:
+    """Write engine.plan and its stamp atomically (a crash leaves no half engine behind)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = {**asdict(key), "engine_sha256": hashlib.sha256(data).hexdigest(), "created": time.time()}
+    for name, payload in (("engine.plan", data), ("stamp.json", json.dumps(stamp, indent=1).encode())):
+        tmp = folder / f".{name}.tmp"
+        tmp.write_bytes(payload)
+        os.replace(tmp, folder / name)
+    return folder / "engine.plan"
+
+
+def _import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise DeviceError(f"TensorRT is not installed ({e}); on a Jetson it comes with JetPack, "
+                          "elsewhere use --backend onnxruntime") from None
+    if not hasattr(trt, "Builder") or not hasattr(trt, "OnnxParser"):
+        raise DeviceError(f"TensorRT {getattr(trt, '__version__', '?')} here has no Builder/OnnxParser "
+                          "(a lean runtime); it cannot build engines from ONNX: use --backend onnxruntime")
+    return trt
+
+
+class _CudaRuntime:
+    """Device memory and one stream through cuda-python (cudart) or pycuda, whichever imports."""
+
+    def __init__(self):
+        self._cudart = self._pycuda = None
+        try:
+            try:
+                from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+            except ImportError:
+                from cuda import cudart  # older cuda-python
+            self._cudart = cudart
+            self.stream = self._check(cudart.cudaStreamCreate())
+        except ImportError:
+            try:
+                import pycuda.autoinit  # noqa: F401  (creates the context on device 0)
+                import pycuda.driver as drv
+            except ImportError as e:
+                raise DeviceError(f"TensorRT needs cuda-python or pycuda for its buffers: {e}") from None
+            self._pycuda = drv
+            self.stream = drv.Stream()
+
+    def _check(self, result):
+        err, *rest = result if isinstance(result, tuple) else (result,)
+        if int(err) != 0:
+            raise DeviceError(f"CUDA error {err}")
+        return rest[0] if len(rest) == 1 else rest
+
+    def gpu_name(self) -> str:
+        if self._pycuda:
+            return self._pycuda.Device(0).name()
+        props = self._check(self._cudart.cudaGetDeviceProperties(0))
+        name = props.name
+        return (name.decode() if isinstance(name, bytes) else str(name)).rstrip("\x00")
+
+    def alloc(self, nbytes: int) -> int:
+        if self._pycuda:
+            mem = self._pycuda.mem_alloc(max(nbytes, 1))
+            self._keep = [*getattr(self, "_keep", []), mem]
+            return int(mem)
+        return int(self._check(self._cudart.cudaMalloc(max(nbytes, 1))))
+
+    def copy_in(self, dptr: int, host: np.ndarray) -> None:
+        if self._pycuda:
+            self._pycuda.memcpy_htod_async(dptr, host, self.stream)
+        else:
+            kind = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+            self._check(self._cudart.cudaMemcpyAsync(dptr, host.ctypes.data, host.nbytes, kind, self.stream))
+
+    def copy_out(self, host: np.ndarray, dptr: int) -> None:
+        if self._pycuda:
+            self._pycuda.memcpy_dtoh_async(host, dptr, self.stream)
+        else:
+            kind = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+            self._check(self._cudart.cudaMemcpyAsync(host.ctypes.data, dptr, host.nbytes, kind, self.stream))
+
+    def handle(self) -> int:
+        return self.stream.handle if self._pycuda else int(self.stream)
+
+    def sync(self) -> None:
+        if self._pycuda:
+            self.stream.synchronize()
+        else:
+            self._check(self._cudart.cudaStreamSynchronize(self.stream))
+
+    def free(self, dptr: int) -> None:
+        if self._cudart:
+            self._cudart.cudaFree(dptr)
+        else:
+            self._keep = []  # pycuda frees DeviceAllocations when released
+
+
+class TensorRTBackend:
+    """A TensorRT engine built on this device from ONNX and cached (see EngineKey).
+
+    Uses the named-tensor API (`set_tensor_address` / `execute_async_v3`) that TensorRT 8.5 and
+    10.x share. Static shapes only: the bundle's networks are exported with fixed shapes.
+    """
+
+    def __init__(self, onnx_path: str | os.PathLike, precision: str = "fp32",
+                 cache_dir: str | os.PathLike | None = None, workspace_mb: int = 1024):
+        trt = _import_tensorrt()
+        self._trt, self.path, self._cuda = trt, Path(onnx_path), _CudaRuntime()
+        self.key = EngineKey(file_sha256(self.path), trt.__version__, self._cuda.gpu_name(), precision)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        data = self._cached_or_built(Path(cache_dir or default_engine_cache()), workspace_mb)
+        self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(data)
+        if self._engine is None:
+            raise DeviceError(f"TensorRT could not deserialise the engine for {self.path.name}")
+        self._context = self._engine.create_execution_context()
+        self._bind_buffers()
+
+    def _cached_or_built(self, cache_root: Path, workspace_mb: int) -> bytes:
+        folder = engine_dir(cache_root, self.path, self.key)
+        try:
+            data = load_cached_engine(folder, self.key)
+        except DeviceError as e:
+            log.warning("%s; rebuilding", e)
+            data = None
+        if data is None:
+            log.info("building TensorRT %s engine for %s (once per device; cached in %s)",
+                     self.key.precision, self.path.name, folder)
+            data = self._build(workspace_mb)
+            store_engine(folder, self.key, data)
+        return data
+
+    def _build(self, workspace_mb: int) -> bytes:
+        trt = self._trt
+        builder = trt.Builder(self._logger)
+        explicit = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
+        flags = 1 << int(explicit) if explicit is not None and int(trt.__version__.split(".")[0]) < 10 else 0
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, self._logger)
+        if not parser.parse(self.path.read_bytes()):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise DeviceError(f"TensorRT cannot parse {self.path.name}: {errors}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+        if self.key.precision in ("fp16", "int8"):
+            config.set_flag(trt.BuilderFlag.FP16)
+        if self.key.precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)  # explicit Q/DQ in the ONNX carries the scales
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise DeviceError(f"TensorRT failed to build an engine for {self.path.name} ({self.key.precision})")
+        return bytes(serialized)
+
+    def _bind_buffers(self) -> None:
+        trt, eng = self._trt, self._engine
+        self.inputs, self.outputs, self._host, self._dev = {}, {}, {}, {}
+        for i in range(eng.num_io_tensors):
+            name = eng.get_tensor_name(i)
+            shape, dtype = tuple(eng.get_tensor_shape(name)), np.dtype(trt.nptype(eng.get_tensor_dtype(name)))
+            if any(d < 0 for d in shape):
+                raise DeviceError(f"{self.path.name}: tensor '{name}' has a dynamic shape {shape}; export static shapes")
+            spec = TensorSpec(name, shape, dtype.name)
+            is_input = eng.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            (self.inputs if is_input else self.outputs)[name] = spec
+            self._host[name] = np.empty(shape, dtype)
+            self._dev[name] = self._cuda.alloc(self._host[name].nbytes)
+            self._context.set_tensor_address(name, self._dev[name])
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_feed(self.inputs, feed)
+        for name in self.inputs:
+            host = self._host[name]
+            np.copyto(host, feed[name])
+            self._cuda.copy_in(self._dev[name], host)
+        if not self._context.execute_async_v3(self._cuda.handle()):
+            raise DeviceError(f"TensorRT execution failed for {self.path.name}")
+        for name in self.outputs:
+            self._cuda.copy_out(self._host[name], self._dev[name])
+        self._cuda.sync()
+        return {name: self._host[name].copy() for name in self.outputs}
+
+    def close(self) -> None:
+        for ptr in getattr(self, "_dev", {}).values():
+            self._cuda.free(ptr)
+        self._dev, self._context, self._engine = {}, None, None
+
+
+def tensorrt_status() -> tuple[bool, str]:
+    """(usable, reason): TensorRT with a Builder imports and CUDA sees a GPU."""
+    try:
+        trt = _import_tensorrt()
+        name = _CudaRuntime().gpu_name()
+    except (DeviceError, OSError, RuntimeError) as e:
+        return False, str(e)
+    return True, f"TensorRT {trt.__version__} on {name}"
+
+
+def open_backend(kind: str, onnx_path: str | os.PathLike, *, threads: int = 0, precision: str = "fp32",
+                 cache_dir: str | os.PathLike | None = None, module=None) -> Backend:
+    """One backend for one network. `auto` = TensorRT when it imports with a GPU, else onnxruntime.
+
+    For `torch`, `module` is the nn.Module; without one, models/reference.py supplies it.
+    """
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise ValueError(f"backend: expected an ONNX file at {onnx_path}, found none")
+    if kind == "auto":
+        usable, reason = tensorrt_status()
+        kind = "tensorrt" if usable else "onnxruntime"
+        log.info("backend auto -> %s (%s)", kind, reason)
+    if kind == "onnxruntime":
+        return OnnxRuntimeBackend(onnx_path, threads=threads)
+    if kind == "tensorrt":
+        return TensorRTBackend(onnx_path, precision=precision, cache_dir=cache_dir)
+    if kind == "torch":
+        inputs, outputs = onnx_io_specs(onnx_path)
+        return TorchBackend(module if module is not None else _reference_module(onnx_path), inputs, outputs, threads)
+    raise ValueError(f"backend: expected one of auto, onnxruntime, tensorrt, torch, got {kind!r}")
