@@ -35,7 +35,7 @@ def tiny_onnx(tmp_path_factory):
     args = (torch.zeros(1, 3, 8, 8), torch.zeros(1, 1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter gives opset 17
-            torch.onnx.export(Tiny(), args, str(path), input_names=["image", "w"], output_names=["y", "s"],
+        torch.onnx.export(Tiny(), args, str(path), input_names=["image", "w"], output_names=["y", "s"],
                           opset_version=17, dynamo=False)
     return path
 
