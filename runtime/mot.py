@@ -99,9 +99,17 @@ def read_rows(path: str | os.PathLike) -> MotRows:
         if not 6 <= len(vals) <= 10 or (ncols is not None and len(vals) != ncols):
             want = ncols or "6-10"
             raise ValueError(f"{path}:{lineno}: expected {want} columns, got {len(vals)}: {line!r}")
+        _check_row(vals, f"{path}:{lineno}", line)
         ncols = len(vals)
         rows.append(vals)
     return _rows_to_arrays(np.array(rows, dtype=np.float64).reshape(-1, ncols or 10))
+
+
+def _check_row(vals: list[float], where: str, line: str) -> None:
+    if not all(np.isfinite(vals)):
+        raise ValueError(f"{where}: expected finite numbers, got {line!r}")
+    if vals[0] < 1 or vals[0] != int(vals[0]):
+        raise ValueError(f"{where}: expected an integer frame >= 1 (frames are 1-based), got {line!r}")
 
 
 def _rows_to_arrays(a: np.ndarray) -> MotRows:

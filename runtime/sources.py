@@ -42,15 +42,24 @@ class VideoFileSource:
         self.path = Path(path)
         if not self.path.is_file():
             raise SourceError(f"video: no file at {self.path}")
-        self._cap = cv2.VideoCapture(str(self.path))
-        if not self._cap.isOpened():
-            raise SourceError(f"video: OpenCV cannot open {self.path} (not a video, or an unsupported codec)")
+        self._cap = self._open()
         header_fps = self._cap.get(cv2.CAP_PROP_FPS) or 0.0
         self.fps = float(fps or header_fps or 25.0)
         self.name = name or self.path.stem
         self.frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self._started = False
+
+    def _open(self) -> cv2.VideoCapture:
+        cap = cv2.VideoCapture(str(self.path))
+        if not cap.isOpened():
+            raise SourceError(f"video: OpenCV cannot open {self.path} (not a video, or an unsupported codec)")
+        return cap
 
     def __iter__(self) -> Iterator[Frame]:
+        if self._started:  # a second pass starts again from frame 1
+            self._cap.release()
+            self._cap = self._open()
+        self._started = True
         index = 0
         while True:
             ok, img = self._cap.read()

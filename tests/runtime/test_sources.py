@@ -1,0 +1,110 @@
+"""File sources on the real sequences: a video (PETS, TUD), an img1/ folder (MOT17-mini), bad input."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from vsdmot.runtime.errors import SourceError
+from vsdmot.runtime.sources import (
+    ImageFolderSource, VideoFileSource, is_sequence, open_file_source, open_sequence,
+)
+
+
+@pytest.mark.parametrize(
+    "fixture, n_frames, fps, shape, from_video",
+    [
+        ("pets_dir", 795, 7.0, (576, 768, 3), True),  # seqinfo's 7 fps, not the AVI header's 10
+        ("tud_dir", 71, 25.0, (480, 640, 3), True),
+        ("mot17_dir", 6, 14.0, (480, 640, 3), False),
+    ],
+)
+def test_sequence_frames(request, fixture, n_frames, fps, shape, from_video):
+    seq = open_sequence(request.getfixturevalue(fixture))
+    assert (seq.video is not None) == from_video
+    assert seq.gt_path is not None and seq.gt_path.name == "gt.txt"
+    src = seq.frames()
+    assert src.fps == fps and src.name == seq.info.name
+    indices = []
+    for frame in src:
+        indices.append(frame.index)
+        assert frame.image.shape == shape and frame.image.dtype == np.uint8
+        assert frame.timestamp == pytest.approx((frame.index - 1) / fps)
+    src.close()
+    assert indices == list(range(1, n_frames + 1))
+
+
+def test_video_header_rate_is_not_trusted(pets_dir):
+    """Opened as a bare file, PETS reports the header's 10 fps; as a sequence, seqinfo's 7."""
+    bare = open_file_source(pets_dir / "PETS09-S2L1.avi")
+    assert isinstance(bare, VideoFileSource) and bare.fps == pytest.approx(10.0)
+    assert open_file_source(pets_dir).fps == 7.0
+
+
+def test_video_iterates_twice_from_frame_one(tud_dir):
+    src = open_sequence(tud_dir).frames()
+    first = [f.image for f in itertools.islice(src, 3)]
+    again = [f for f in itertools.islice(src, 3)]
+    assert [f.index for f in again] == [1, 2, 3]
+    np.testing.assert_array_equal(again[0].image, first[0])
+
+
+def test_image_folder_numeric_names(tmp_path):
+    for i in (3, 1, 2):
+        cv2.imwrite(str(tmp_path / f"{i:06d}.png"), np.full((8, 10, 3), 40 * i, np.uint8))
+    src = open_file_source(tmp_path, fps=5.0)
+    assert isinstance(src, ImageFolderSource)
+    frames = list(src)
+    assert [f.index for f in frames] == [1, 2, 3] and frames[2].image[0, 0, 0] == 120
+    assert frames[1].timestamp == pytest.approx(0.2)
+
+
+def test_is_sequence(pets_dir, tmp_path):
+    assert is_sequence(pets_dir) and not is_sequence(tmp_path)
+
+
+def _copy_without(src_dir, dst, skip: str):
+    dst.mkdir()
+    for p in src_dir.iterdir():
+        if p.name != skip and p.is_file():
+            shutil.copy(p, dst / p.name)
+    return dst
+
+
+def test_missing_seqinfo(tud_dir, tmp_path):
+    seq = _copy_without(tud_dir, tmp_path / "seq", "seqinfo.ini")
+    with pytest.raises(ValueError, match="seqinfo.ini: expected a file"):
+        open_sequence(seq)
+
+
+def test_sequence_without_frames(tud_dir, tmp_path):
+    seq = _copy_without(tud_dir, tmp_path / "seq", "TUD-Campus.mp4")
+    with pytest.raises(ValueError, match="no images in img1/ and no video"):
+        open_sequence(seq)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"this is not a video at all" * 100, b"RIFF\x00\x00\x00\x00AVI LIST" + bytes(2000)],
+)
+def test_unreadable_video_is_one_source_error(tud_dir, tmp_path, content):
+    seq = _copy_without(tud_dir, tmp_path / "seq", "TUD-Campus.mp4")
+    (seq / "TUD-Campus.mp4").write_bytes(content)
+    with pytest.raises(SourceError, match="TUD-Campus.mp4"):
+        list(open_sequence(seq).frames())
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda p: p / "missing.avi", SourceError, "nothing at"),
+        (lambda p: p, SourceError, "no images"),  # an empty folder
+    ],
+)
+def test_bad_file_source(tmp_path, make, error, message):
+    with pytest.raises(error, match=message):
+        open_file_source(make(tmp_path))
