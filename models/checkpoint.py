@@ -1,0 +1,90 @@
+"""Checkpoints that carry their config (nanoGPT style) and resume a run exactly where it stopped.
+
+A checkpoint is a plain dict saved with torch.save and loaded with weights_only=True:
+  model_config: dict   the network's frozen config (rebuilds the model without any other file)
+  train_config: dict   the stage's frozen training config (resume refuses a different one)
+  model: state_dict    fp32 weights
+  optimizer: state_dict | None, step: int, rng: torch RNG state | None
+  meta: dict           provenance, metrics, teacher, data
+Shipped weights (`models/weights/*.pt`) use the same layout without optimizer and rng.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, model_config: Any, train_config: Any = None,
+                    optimizer: torch.optim.Optimizer | None = None, step: int = 0, meta: dict | None = None) -> Path:
+    """Write atomically (tmp + rename) so an interrupted save never corrupts the last checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = {
+        "model_config": _as_dict(model_config),
+        "train_config": _as_dict(train_config),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "step": int(step),
+        "rng": torch.get_rng_state() if optimizer is not None else None,
+        "meta": meta or {},
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path}: no such file")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
+        raise ValueError(f"checkpoint {path}: expected a vsdmot checkpoint dict with model and model_config")
+    return ckpt
+
+
+def load_model_file(path: str | Path, build: Callable[[dict], nn.Module]) -> tuple[nn.Module, dict]:
+    """Rebuild the network from the file's own config, load its weights. Returns (model.eval(), meta)."""
+    ckpt = load_checkpoint(path)
+    model = build(ckpt["model_config"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt.get("meta", {})
+
+
+def resume(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, train_config: Any) -> int:
+    """Load model, optimizer and RNG from `path`; return the step to continue from."""
+    ckpt = load_checkpoint(path)
+    want, got = _as_dict(train_config), ckpt.get("train_config")
+    diff = {k for k in set(want) | set(got or {}) if k not in _RESUMABLE and (got or {}).get(k) != want.get(k)}
+    if diff:
+        raise ValueError(f"checkpoint {path}: training config differs in {sorted(diff)}; use a new --out")
+    model.load_state_dict(ckpt["model"])
+    if ckpt.get("optimizer"):
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("rng") is not None:
+        torch.set_rng_state(ckpt["rng"])
+    log.info("resumed %s at step %d", path, ckpt["step"])
+    return int(ckpt["step"])
+
+
+# Fields that may change between a run and its resumption (budgets, paths, verbosity).
+_RESUMABLE = {"steps", "max_minutes", "out", "threads", "log_every", "save_every", "resume", "init"}
+
+
+def _as_dict(cfg: Any) -> dict:
+    if cfg is None:
+        return {}
+    if dataclasses.is_dataclass(cfg):
+        return dataclasses.asdict(cfg)
+    return dict(cfg)
