@@ -1,0 +1,229 @@
+"""Sinks: MOT round trip, JSONL, annotated video, stats, SIGKILL durability and a full disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from vsdmot.runtime.mot import read_rows
+from vsdmot.runtime.sinks import (
+    JsonlSink, LatencyHistogram, MotSink, SinkError, StatsSink, VideoSink, open_sinks, track_colour,
+)
+from vsdmot.runtime.types import Detections, FrameResult
+
+from helpers import REPO
+
+
+def make_result(index: int, n: int = 3, semantic: str = "fresh", latency: dict | None = None) -> FrameResult:
+    """n tracks with ids 1..n moving right by 2 px per frame."""
+    x = np.arange(n, dtype=np.float32) * 50 + 2 * index
+    xyxy = np.stack([x, x * 0 + 20, x + 30, x * 0 + 90], axis=1)
+    tracks = Detections(xyxy, np.linspace(0.9, 0.6, n), np.arange(1, n + 1))
+    return FrameResult(index, (index - 1) / 25, 0.8, 0.3, semantic, tracks, latency or {"detector": 5.0})
+
+
+def test_mot_round_trip(tmp_path):
+    with MotSink(tmp_path / "res.txt") as sink:
+        for i in range(1, 6):
+            sink.write(make_result(i))
+        sink.write(FrameResult(6, 0.2, 1.0, 0.0, "skipped", Detections.empty(with_ids=True)))
+    rows = read_rows(tmp_path / "res.txt")
+    assert len(rows) == 15 and sorted(set(rows.frame)) == [1, 2, 3, 4, 5]
+    r2 = rows.at(2)
+    np.testing.assert_allclose(r2.xywh, make_result(2).tracks.xywh, atol=0.01)
+    np.testing.assert_array_equal(r2.id, [1, 2, 3])
+    np.testing.assert_allclose(r2.conf, make_result(2).tracks.score, atol=1e-4)
+
+
+def test_mot_sink_refuses_tracks_without_ids(tmp_path):
+    with MotSink(tmp_path / "res.txt") as sink, pytest.raises(ValueError, match="track_id"):
+        sink.write(FrameResult(1, 0.0, 1.0, 0.0, "skipped", Detections.empty()))
+
+
+def test_jsonl_parses(tmp_path):
+    with JsonlSink(tmp_path / "out.jsonl") as sink:
+        for i, state in enumerate(["fresh", "reused", "skipped"], 1):
+            sink.write(make_result(i, semantic=state))
+    recs = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["semantic"] for r in recs] == ["fresh", "reused", "skipped"]
+    assert recs[1]["frame"] == 2 and recs[1]["q"] == 0.8 and recs[1]["w"] == 0.3
+    assert recs[0]["tracks"][0] == {"id": 1, "box": [2.0, 20.0, 32.0, 90.0], "score": 0.9}
+    assert recs[0]["latency_ms"] == {"detector": 5.0}
+
+
+@pytest.mark.parametrize("ext", [".avi", ".mp4"])
+def test_video_sink_writes_every_frame(tmp_path, ext):
+    img = np.full((120, 160, 3), 90, np.uint8)
+    path = tmp_path / f"out{ext}"
+    with VideoSink(path, fps=10) as sink:
+        for i in range(1, 13):
+            sink.write(make_result(i, n=2), img)
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert (n, int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (12, 160, 120)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, exception",
+    [
+        ("out.h264", {"fps": 25}, "expected one of"),
+        ("out.webm", {"fps": 25}, "not H.264"),
+        ("out.avi", {"fps": 0}, "fps > 0"),
+    ],
+)
+def test_video_sink_bad_input(tmp_path, name, kwargs, exception):
+    with pytest.raises(ValueError, match=exception):
+        VideoSink(tmp_path / name, **kwargs)
+
+
+def test_video_sink_needs_the_image(tmp_path):
+    with VideoSink(tmp_path / "v.avi", 10) as sink, pytest.raises(ValueError, match="without its image"):
+        sink.write(make_result(1))
+
+
+def test_track_colours_are_stable_and_distinct():
+    assert track_colour(7) == track_colour(7)
+    assert len({track_colour(i) for i in range(1, 21)}) == 20
+
+
+def test_histogram_percentiles_within_a_bin():
+    rng = np.random.default_rng(0)
+    values = rng.lognormal(mean=2.0, sigma=0.5, size=20_000)
+    h = LatencyHistogram()
+    for v in values:
+        h.add(v)
+    for p in (50, 90, 99):
+        assert h.percentile(p) == pytest.approx(np.percentile(values, p), rel=0.025)
+    assert h.counts.nbytes < 10_000  # bounded, whatever the run length
+
+
+def test_stats_keys_and_percentiles(tmp_path):
+    path = tmp_path / "stats.json"
+    src = lambda: {"frames_read": 40, "dropped": 3, "reconnects": 2, "stalls": 1}  # noqa: E731
+    with StatsSink(path, every_s=0, every_frames=10, source_stats=src, meta={"source_name": "x"}) as sink:
+        for i in range(1, 41):
+            states = ["fresh", "reused", "skipped", "skipped"]
+            sink.write(make_result(i, semantic=states[i % 4], latency={"detector": float(i), "sinks": 1.0}))
+            if i == 10:
+                assert json.loads(path.read_text())["frames"] == 10  # periodic write
+    s = json.loads(path.read_text())
+    assert s["final"] and s["frames"] == 40 and s["source_name"] == "x"
+    assert (s["semantic_runs"], s["semantic_reused"], s["semantic_skipped"]) == (10, 10, 20)
+    assert (s["dropped_frames"], s["reconnects"], s["stalls"]) == (3, 2, 1)
+    det = s["latency_ms"]["detector"]
+    assert det["p50"] == pytest.approx(20, rel=0.03) and det["p90"] == pytest.approx(36, rel=0.03)
+    assert det["p99"] == pytest.approx(40, rel=0.03) and det["max"] == 40 and det["n"] == 40
+    assert s["fps_model"] == pytest.approx(1000 / 20.5, rel=1e-3)
+    assert s["fps_end_to_end"] == pytest.approx(1000 / 21.5, rel=1e-3)
+    assert s["fps"] is not None and s["fps"] > 0
+
+
+def test_stats_sink_flushes_on_close_with_no_frames(tmp_path):
+    StatsSink(tmp_path / "s.json").close()
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["frames"] == 0 and s["fps"] is None and s["latency_ms"] == {}
+
+
+def test_open_sinks_skips_empty_paths(tmp_path):
+    sinks = open_sinks(mot_out=str(tmp_path / "m.txt"), stats_out=str(tmp_path / "s.json"))
+    assert [type(s).__name__ for s in sinks] == ["MotSink", "StatsSink"]
+    for s in sinks:
+        s.close()
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    sys.path[:0] = [sys.argv[3], sys.argv[4]]  # tests/runtime and tests (helpers)
+    from test_sinks import make_result
+    from vsdmot.runtime.sinks import JsonlSink, MotSink
+    mot, jsonl = MotSink(sys.argv[1]), JsonlSink(sys.argv[2])
+    i = 0
+    while True:
+        i += 1
+        mot.write(make_result(i)); jsonl.write(make_result(i))
+        print(i, flush=True)
+        time.sleep(0.002)
+    """
+)
+
+
+def test_sigkill_keeps_every_completed_frame(tmp_path):
+    mot, jsonl = tmp_path / "res.txt", tmp_path / "out.jsonl"
+    args = [sys.executable, "-c", WRITER, str(mot), str(jsonl), str(Path(__file__).parent), str(REPO / "tests")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        done = 0
+        for line in proc.stdout:
+            done = int(line)
+            if done >= 200:
+                break
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert done >= 200, "the writer died early"
+    rows = read_rows(mot)  # no partial line: every row parses
+    frames = set(rows.frame.tolist())
+    assert set(range(1, done + 1)) <= frames and len(rows) == 3 * len(frames)
+    recs = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["frame"] for r in recs][:done] == list(range(1, done + 1))
+
+
+def test_full_disk_error_names_the_file():
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    sink = MotSink("/dev/full")
+    with pytest.raises(SinkError, match=r"/dev/full: disk full \(ENOSPC\)"):
+        sink.write(make_result(1))
+    os.close(sink._fd)  # /dev/full cannot be fsynced or truncated; skip close()
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 64 KiB tmpfs (needs root and mount); skipped where it cannot be mounted."""
+    mnt = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("cls", [MotSink, JsonlSink])
+def test_full_disk_keeps_what_was_written(tiny_tmpfs, cls):
+    path = tiny_tmpfs / "out.txt"
+    sink = cls(path)
+    with pytest.raises(SinkError, match=f"{path}: disk full.*frames already written are intact") as err:
+        for i in range(1, 100_000):
+            sink.write(make_result(i, n=5))
+    written = sink.frames
+    sink.close()
+    assert written > 10 and str(path) in str(err.value)
+    if cls is MotSink:
+        assert sorted(set(read_rows(path).frame.tolist())) == list(range(1, written + 1))
+    else:
+        assert [json.loads(x)["frame"] for x in path.read_text().splitlines()] == list(range(1, written + 1))
+
+
+def test_full_disk_keeps_previous_stats(tiny_tmpfs):
+    path = tiny_tmpfs / "stats.json"
+    sink = StatsSink(path, every_s=0)
+    sink.flush()
+    (tiny_tmpfs / "filler").write_bytes(b"\0" * 60_000)  # leave less than the stats need
+    sink.meta["padding"] = "x" * 20_000
+    with pytest.raises(SinkError, match="stats.json: disk full.*previous stats file is intact"):
+        sink.flush()
+    assert json.loads(path.read_text())["frames"] == 0
+    assert [p.name for p in tiny_tmpfs.iterdir() if p.name.startswith(".stats")] == []
