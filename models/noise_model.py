@@ -1,0 +1,316 @@
+"""Detector-noise model: run YOLOX-nano on real TRAIN frames (clean and degraded), match to gt, measure.
+
+What is measured (per condition, clean / degraded) feeds `models/synth.py`:
+- recall as a function of box height, and the chance a miss follows a miss (occlusion runs);
+- box jitter: std of (det - gt) centre offsets over gt size, and of log w/h ratios;
+- scores of true positives and of false positives (quantiles), false positives per frame;
+- appearance: cosine of per-anchor embeddings, same identity across frames vs different identities.
+
+Detections are cached as .npz (one file per sequence and condition) so that tracker fine-tuning and
+the e2e / hybrid / ByteTrack comparison run on exactly the same boxes. Only TRAIN frames are
+measured (PETS 1-600, MOT17-mini); evaluation frames are detected only for the comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+STRIDES = (8, 16, 32)
+HEIGHT_BINS = (0, 40, 60, 80, 120, 200, 10_000)  # px: recall is measured per gt-height bin
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    size: int = 416  # letterbox side (px)
+    conf: float = 0.1  # keep boxes with obj*cls above this (ByteTrack's low threshold)
+    nms: float = 0.45  # NMS IoU
+    person: int = 0  # COCO class index
+
+
+class YoloxOnnx:
+    """YOLOX-nano via onnxruntime, with the cls-branch features exposed as a per-anchor embedding.
+
+    The embedding (64-d, L2-normalised) is the input of `head.cls_preds.{0,1,2}`: a real pretrained
+    feature from the detector's own classification branch, the same source the project's detector
+    exposes as `embed`.
+    """
+
+    def __init__(self, onnx_path: str | os.PathLike, cfg: DetectorConfig = DetectorConfig(), threads: int = 1):
+        import onnx
+        import onnxruntime as ort
+
+        model = onnx.load(str(onnx_path))
+        feats = [n.input[0] for n in model.graph.node if n.op_type == "Conv" and n.input[1].startswith("head.cls_preds.")]
+        if len(feats) != 3:
+            raise ValueError(f"{onnx_path}: expected 3 head.cls_preds convs, found {len(feats)}")
+        model.graph.output.extend(onnx.ValueInfoProto(name=f) for f in feats)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        self.sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self.names = ["output", *feats]
+        self.cfg = cfg
+        self.grid, self.stride = _grids(cfg.size)
+
+    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(H, W, 3) uint8 BGR -> xyxy (N, 4) source px, score (N,), embed (N, 64) unit rows."""
+        blob, r = letterbox(image, self.cfg.size)
+        out, *maps = self.sess.run(self.names, {"images": blob})
+        out = out[0]  # (A, 85)
+        emb = np.concatenate([m[0].reshape(m.shape[1], -1).T for m in maps], 0)  # (A, 64)
+        score = out[:, 4] * out[:, 5 + self.cfg.person]
+        keep = np.flatnonzero(score > self.cfg.conf)
+        cxcy = (out[keep, :2] + self.grid[keep]) * self.stride[keep, None]
+        wh = np.exp(np.clip(out[keep, 2:4], -10, 10)) * self.stride[keep, None]
+        xyxy = np.concatenate([cxcy - wh / 2, cxcy + wh / 2], 1) / r
+        idx = _nms(xyxy, score[keep], self.cfg.nms)
+        e = emb[keep][idx]
+        e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-6)
+        return xyxy[idx].astype(np.float32), score[keep][idx].astype(np.float32), e.astype(np.float32)
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """Resize keeping aspect into a size x size canvas padded with 114 -> (1, 3, S, S) f32, ratio."""
+    h, w = image.shape[:2]
+    r = min(size / h, size / w)
+    canvas = np.full((size, size, 3), 114, np.uint8)
+    canvas[: int(h * r), : int(w * r)] = cv2.resize(image, (int(w * r), int(h * r)), interpolation=cv2.INTER_LINEAR)
+    return canvas.transpose(2, 0, 1)[None].astype(np.float32), r
+
+
+def _grids(size: int) -> tuple[np.ndarray, np.ndarray]:
+    grids, strides = [], []
+    for s in STRIDES:
+        n = size // s
+        yy, xx = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        grids.append(np.stack([xx, yy], -1).reshape(-1, 2))
+        strides.append(np.full(n * n, s))
+    return np.concatenate(grids).astype(np.float32), np.concatenate(strides).astype(np.float32)
+
+
+def _nms(xyxy: np.ndarray, score: np.ndarray, thr: float) -> np.ndarray:
+    if len(xyxy) == 0:
+        return np.zeros(0, np.int64)
+    xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], 1)
+    idx = cv2.dnn.NMSBoxes(xywh.tolist(), score.tolist(), 0.0, thr)
+    return np.asarray(idx, np.int64).reshape(-1)
+
+
+def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A mixed degradation drawn per frame: the calibration library's presets when present."""
+    try:
+        from vsdmot.calibration import degrade as lib  # noqa: PLC0415  (another engineer's module)
+
+        return lib.random_degrade(image, rng)  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):
+        pass
+    h, w = image.shape[:2]
+    img = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 2.5))
+    if rng.random() < 0.5:
+        s = rng.uniform(0.35, 0.7)
+        img = cv2.resize(cv2.resize(img, (int(w * s), int(h * s))), (w, h))
+    img = img.astype(np.float32) * rng.uniform(0.35, 1.0)  # darken
+    img = np.clip(img + rng.normal(0, rng.uniform(3, 18), img.shape), 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(15, 60))])
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)
+
+
+# ---------------------------------------------------------------- detection cache
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("VSDMOT_CACHE", "~/.cache/vsdmot")).expanduser() / "dets"
+
+
+def detect_sequence(det: YoloxOnnx, seq_dir: str | os.PathLike, frames: tuple[int, int] | None,
+                    degraded: bool, seed: int = 0) -> Path:
+    """Detect every frame in `frames` (inclusive, 1-based) of a sequence; cached .npz path."""
+    from vsdmot.runtime.sources import open_sequence
+
+    seq = open_sequence(seq_dir)
+    lo, hi = frames or (1, 10**9)
+    out = cache_dir() / f"{seq.info.name}_{lo}-{min(hi, seq.info.length)}_{'deg' if degraded else 'clean'}{seed}.npz"
+    if out.is_file():
+        return out
+    rng = np.random.default_rng(seed)
+    rows: dict[str, list] = {"frame": [], "xyxy": [], "score": [], "embed": []}
+    src = seq.frames()
+    for f in src:
+        if not lo <= f.index <= hi:
+            continue
+        img = degrade(f.image, rng) if degraded else f.image
+        xyxy, score, emb = det.detect(img)
+        for k, v in zip(rows, (np.full(len(score), f.index), xyxy, score, emb)):
+            rows[k].append(v)
+    src.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, **{k: np.concatenate(v) if v else np.zeros(0) for k, v in rows.items()},
+                        size=np.array([seq.info.width, seq.info.height]))
+    log.info("detections cached: %s", out)
+    return out
+
+
+def load_gt(seq_dir: str | os.PathLike) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """frame -> (ids (K,), xyxy (K, 4)) for counted pedestrian rows."""
+    from vsdmot.runtime.mot import read_rows
+
+    rows = read_rows(Path(seq_dir) / "gt" / "gt.txt")
+    keep = (rows.conf > 0) & ((rows.cls == -1) | (rows.cls == 1))
+    rows = rows.select(keep)
+    xyxy = rows.xywh.copy()
+    xyxy[:, 2:] += xyxy[:, :2]
+    return {int(f): (rows.id[rows.frame == f], xyxy[rows.frame == f].astype(np.float32)) for f in np.unique(rows.frame)}
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, 4), (M, 4) xyxy -> (N, M) IoU."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), -1)
+    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), -1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
+
+
+def match_to_gt(gt_xyxy: np.ndarray, det_xyxy: np.ndarray, thr: float = 0.5) -> np.ndarray:
+    """(K,) index of the detection matched to each gt box (Hungarian on IoU >= thr), -1 if none."""
+    from scipy.optimize import linear_sum_assignment
+
+    out = np.full(len(gt_xyxy), -1, np.int64)
+    if len(gt_xyxy) == 0 or len(det_xyxy) == 0:
+        return out
+    iou = iou_matrix(gt_xyxy, det_xyxy)
+    r, c = linear_sum_assignment(-iou)
+    ok = iou[r, c] >= thr
+    out[r[ok]] = c[ok]
+    return out
+
+
+# ---------------------------------------------------------------- statistics
+
+QUANTILES = np.linspace(0, 1, 11)
+
+
+def measure(npz: str | os.PathLike, gt: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Noise statistics of one cached detection run against its gt (frames present in both)."""
+    d = np.load(npz)
+    acc: dict[str, list] = {k: [] for k in ("h", "hit", "jit", "tp", "fp", "nfp", "fph", "same", "diff", "mm", "mh")}
+    prev: dict[int, tuple[bool, np.ndarray | None]] = {}
+    for f in sorted(set(gt) & set(np.unique(d["frame"]).tolist()) | (set(gt) if len(d["frame"]) == 0 else set())):
+        sel = d["frame"] == f
+        _frame_stats(acc, prev, *gt[f], d["xyxy"][sel], d["score"][sel], d["embed"][sel])
+    return _summarise(acc)
+
+
+def _frame_stats(acc, prev, ids, g, xyxy, score, emb) -> None:
+    m = match_to_gt(g, xyxy)
+    gh = g[:, 3] - g[:, 1]
+    acc["h"].append(gh)
+    acc["hit"].append(m >= 0)
+    tp = m[m >= 0]
+    gm = g[m >= 0]
+    if len(tp):
+        gw, ghh = gm[:, 2] - gm[:, 0], gm[:, 3] - gm[:, 1]
+        dc = ((xyxy[tp, :2] + xyxy[tp, 2:]) - (gm[:, :2] + gm[:, 2:])) / 2
+        dwh = np.log(np.maximum(xyxy[tp, 2:] - xyxy[tp, :2], 1) / np.maximum(np.stack([gw, ghh], 1), 1))
+        acc["jit"].append(np.concatenate([dc / np.stack([gw, ghh], 1), dwh], 1))
+        acc["tp"].append(score[tp])
+    fp = np.setdiff1d(np.arange(len(score)), tp)
+    acc["fp"].append(score[fp])
+    acc["nfp"].append(len(fp))
+    if len(fp) and len(gh):
+        acc["fph"].append((xyxy[fp, 3] - xyxy[fp, 1]) / np.median(gh))
+    _appearance_stats(acc, prev, ids, m, emb)
+
+
+def _appearance_stats(acc, prev, ids, m, emb) -> None:
+    cur = {}
+    for i, j in zip(ids.tolist(), m.tolist()):
+        e = emb[j] if j >= 0 else None
+        was_hit, pe = prev.get(i, (None, None))
+        if was_hit is not None:
+            acc["mm" if not was_hit else "mh"].append(j < 0)
+        if e is not None and pe is not None:
+            acc["same"].append(float(e @ pe))
+        cur[i] = (j >= 0, e if e is not None else pe)
+    hit = m[m >= 0]
+    if len(hit) > 1:
+        c = emb[hit] @ emb[hit].T
+        acc["diff"].extend(c[np.triu_indices(len(hit), 1)].tolist())
+    prev.clear()
+    prev.update(cur)
+
+
+def _summarise(acc) -> dict:
+    cat = lambda k: np.concatenate(acc[k]) if acc[k] else np.zeros(0)  # noqa: E731
+    h, hit = cat("h"), cat("hit").astype(bool)
+    bins = np.digitize(h, HEIGHT_BINS[1:-1])
+    recall = [float(hit[bins == b].mean()) if (bins == b).any() else float(hit.mean() if len(hit) else 0.5)
+              for b in range(len(HEIGHT_BINS) - 1)]
+    jit = np.concatenate(acc["jit"]) if acc["jit"] else np.zeros((0, 4))
+    q = lambda x: np.quantile(x, QUANTILES).tolist() if len(x) else QUANTILES.tolist()  # noqa: E731
+    return {
+        "recall_by_height": recall,
+        "miss_after_miss": float(np.mean(acc["mm"])) if acc["mm"] else 0.5,
+        "miss_after_hit": float(np.mean(acc["mh"])) if acc["mh"] else 0.1,
+        "jitter_std": (1.4826 * np.median(np.abs(jit - np.median(jit, 0)), 0)).tolist() if len(jit) else [0.05] * 4,
+        "tp_score_q": q(cat("tp")),
+        "fp_score_q": q(cat("fp")),
+        "fp_per_frame": float(np.mean(acc["nfp"])) if acc["nfp"] else 1.0,
+        "fp_height_q": q(cat("fph")),
+        "app_same_q": q(np.array(acc["same"])),
+        "app_diff_q": q(np.array(acc["diff"])),
+        "n_gt": int(len(h)),
+    }
+
+
+# ---------------------------------------------------------------- entry point
+
+def train_sequences(data: Path) -> list[tuple[Path, tuple[int, int] | None]]:
+    """TRAIN frames only: PETS09-S2L1 1-600 and every MOT17-mini sequence. Never PETS 601+ or TUD."""
+    mot17 = sorted((data / "MOT17-mini" / "train").glob("MOT17-*"))
+    return [(data / "PETS09-S2L1", (1, 600)), *((p, None) for p in mot17)]
+
+
+def pool(stats: list[dict]) -> dict:
+    """Average per-sequence statistics weighted by gt count."""
+    wts = np.array([s["n_gt"] for s in stats], np.float64)
+    wts = wts / max(wts.sum(), 1)
+    out = {k: np.tensordot(wts, np.array([s[k] for s in stats], np.float64), 1).tolist()
+           for k in stats[0] if k != "n_gt"}
+    out["n_gt"] = int(sum(s["n_gt"] for s in stats))
+    return out
+
+
+def measure_all(onnx_path: str | os.PathLike, data: str | os.PathLike, out_json: str | os.PathLike) -> dict:
+    """Measure clean and degraded noise on the TRAIN frames; write {clean: ..., degraded: ...}."""
+    det = YoloxOnnx(onnx_path)
+    result = {}
+    for cond in ("clean", "degraded"):
+        stats = []
+        for seq, frames in train_sequences(Path(data)):
+            npz = detect_sequence(det, seq, frames, degraded=cond == "degraded")
+            stats.append(measure(npz, load_gt(seq)))
+        result[cond] = pool(stats)
+    result["source"] = {"detector": Path(onnx_path).name, "frames": "PETS09-S2L1 1-600 + MOT17-mini",
+                        "embed": "YOLOX-nano cls-branch features (64-d)"}
+    Path(out_json).write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":  # python -m vsdmot.models.noise_model [DATA] [ONNX] [OUT]
+    import sys
+
+    logging.basicConfig(level=logging.INFO)
+    a = sys.argv[1:] + [None] * 3
+    data = Path(a[0] or "../shared/data")
+    res = measure_all(a[1] or data.parent / "models" / "yolox_nano.onnx", data,
+                      a[2] or Path(__file__).parent / "weights" / "tracker_noise.json")
+    print(json.dumps({k: {kk: (np.round(vv, 3).tolist() if isinstance(vv, list) else vv) for kk, vv in v.items()}
+                      for k, v in res.items() if k != "source"}, indent=0))
