@@ -67,7 +67,6 @@ class PipelineConfig:
     precision: str = "fp32"  # TensorRT engine precision (int8 needs a Q/DQ bundle)
     threads: int = 0  # onnxruntime intra-op threads per network (0 = all cores)
     engine_cache: str = ""  # TensorRT engine cache folder ("" = $XDG_CACHE_HOME/vsdmot/engines)
-    input_size: int = 416  # detector letterbox side in pixels (must match detector.onnx)
     score_thr: float = 0.1  # detector proposal score floor (the tracker applies its own thresholds)
     nms_thr: float = 0.45  # detector NMS IoU threshold
 
@@ -75,7 +74,6 @@ class PipelineConfig:
         _choice("pipeline", "backend", self.backend, BACKENDS)
         _choice("pipeline", "precision", self.precision, PRECISIONS)
         _positive("pipeline", "threads", self.threads)
-        _positive("pipeline", "input_size", self.input_size, strict=True)
         for name in ("score_thr", "nms_thr"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"[pipeline] {name}: expected a value in [0, 1], got {getattr(self, name)!r}")

@@ -1,0 +1,185 @@
+"""Track a camera, stream, video, image folder or MOTChallenge sequence and write the results.
+
+    vsdmot-edge run (--camera /dev/videoN | --source FILE_OR_URL_OR_DIR | --demo) [--bundle DIR]
+        [--backend auto|onnxruntime|tensorrt|torch] [--semantic auto|always|never]
+        [--tracker e2e|hybrid|bytetrack] [--mot-out FILE] [--jsonl-out FILE] [--video-out FILE]
+        [--stats-out FILE] [--max-frames N] [--config FILE]
+
+Order matters for "nothing already written is lost": the config, the bundle (schema, hashes), the
+networks and the source are all checked before any output file is opened, and the run loop
+closes (flushes) the sinks whatever stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parents[1] / "runtime" / "assets"
+DEMO_CLIP = ASSETS / "demo.mp4"
+URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "tcp://", "udp://", "rtmp://", "srt://")
+
+# CLI flag -> config key; a flag left unset keeps the config file's (or the default) value.
+OVERRIDES = {
+    "camera": "source.camera", "source": "source.source", "width": "source.width", "height": "source.height",
+    "fps": "source.fps", "fourcc": "source.fourcc", "loop": "source.loop",
+    "bundle": "pipeline.bundle", "backend": "pipeline.backend", "threads": "pipeline.threads",
+    "precision": "pipeline.precision", "semantic": "semantics.policy", "tracker": "tracker.kind",
+    "mot_out": "sinks.mot_out", "jsonl_out": "sinks.jsonl_out", "video_out": "sinks.video_out",
+    "stats_out": "sinks.stats_out", "max_frames": "max_frames",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--camera", metavar="DEV", help="V4L2 camera (/dev/video0 or 0) or csi://N on a Jetson")
+    src.add_argument("--source", metavar="PATH_OR_URL", help="video file, image folder, MOTChallenge sequence or stream URL")
+    src.add_argument("--demo", action="store_true", help="the shipped demo clip (PETS09-S2L1 excerpt, 640x480)")
+    p.add_argument("--bundle", metavar="DIR", help="model bundle (default: the shipped runtime/assets/default)")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt", "torch"),
+                   help="auto = TensorRT with a GPU, else onnxruntime; torch = the training reference")
+    p.add_argument("--semantic", choices=("auto", "always", "never"), help="semantic policy (default auto)")
+    p.add_argument("--tracker", choices=("e2e", "hybrid", "bytetrack"), help="tracker (default: the bundle's)")
+    for flag, what in (("mot-out", "MOTChallenge results"), ("jsonl-out", "per-frame JSON lines"),
+                       ("video-out", "annotated video (.avi MJPG survives a kill)"), ("stats-out", "run statistics JSON")):
+        p.add_argument(f"--{flag}", metavar="FILE", help=what)
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    p.add_argument("--config", metavar="FILE", help="TOML run config (flags override it)")
+    cam = p.add_argument_group("camera and source options")
+    cam.add_argument("--width", type=int, help="capture width in pixels")
+    cam.add_argument("--height", type=int, help="capture height in pixels")
+    cam.add_argument("--fps", type=float, help="capture frame rate, or a file's true rate")
+    cam.add_argument("--fourcc", help="capture pixel format, e.g. MJPG or YUYV")
+    cam.add_argument("--loop", action="store_true", default=None, help="replay a file source forever (soak runs)")
+    tune = p.add_argument_group("tuning")
+    tune.add_argument("--threads", type=int, help="onnxruntime threads per network (0 = all cores)")
+    tune.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="TensorRT engine precision")
+    service = _service_module()
+    if service is not None:
+        service.add_run_arguments(p)
+
+
+def _service_module():
+    """vsdmot.edge.service (systemd notify, health server) when it is installed, else None."""
+    try:
+        return importlib.import_module("vsdmot.edge.service")
+    except ModuleNotFoundError as e:
+        if e.name != "vsdmot.edge.service":
+            raise
+        return None
+
+
+def build_config(args: argparse.Namespace):
+    """The run config: defaults, then --config, then the flags that were given."""
+    from vsdmot.runtime.config import load_config
+
+    overrides = {key: getattr(args, flag) for flag, key in OVERRIDES.items() if getattr(args, flag, None) is not None}
+    if getattr(args, "demo", False):
+        overrides["source.source"] = str(DEMO_CLIP)
+    cfg = load_config(args.config, overrides)
+    if not (cfg.source.camera or cfg.source.source):
+        raise ValueError("run: expected a source: --camera DEV, --source PATH_OR_URL or --demo (or [source] in --config)")
+    if cfg.source.camera and cfg.source.source:
+        raise ValueError("run: expected one source, got both a camera and a source")
+    return cfg
+
+
+def open_bundle(path: str):
+    """The bundle at `path`, or the shipped default; BundleError says what is wrong."""
+    from vsdmot.runtime.bundle import DEFAULT_BUNDLE, load_bundle
+    from vsdmot.runtime.errors import BundleError
+
+    if path:
+        return load_bundle(path)
+    if not (DEFAULT_BUNDLE / "manifest.json").is_file():
+        raise BundleError(f"the shipped default bundle is missing ({DEFAULT_BUNDLE}); build it with "
+                          "`vsdmot-export --fp32 --out runtime/assets/default` or pass --bundle DIR")
+    return load_bundle(DEFAULT_BUNDLE)
+
+
+def open_source(cfg) -> Any:
+    """A frame source: a camera or stream through vsdmot.edge.sources, a file through runtime.sources."""
+    from vsdmot.edge.runner import LoopingSource
+    from vsdmot.runtime.sources import open_file_source
+
+    sc = cfg.source
+    if sc.camera or sc.source.startswith(URL_SCHEMES):
+        from vsdmot.edge import sources as live
+
+        return live.open_source(cfg)
+    source = open_file_source(sc.source, sc.fps or None)
+    return LoopingSource(source) if sc.loop else source
+
+
+def make_hooks(args: argparse.Namespace, cfg) -> list:
+    service = _service_module()
+    return list(service.make_hooks(args, cfg)) if service is not None else []
+
+
+def run(args: argparse.Namespace) -> int:
+    from vsdmot.edge.runner import run_loop
+    from vsdmot.runtime.pipeline import build_pipeline
+    from vsdmot.runtime.sinks import open_sinks
+
+    cfg = build_config(args)
+    bundle = open_bundle(cfg.pipeline.bundle)
+    source = open_source(cfg)
+    try:
+        pipeline = build_pipeline(bundle, cfg, fps=source.fps)
+        try:
+            stop, hooks = threading.Event(), make_hooks(args, cfg)
+            sinks = open_sinks(**vars(cfg.sinks), fps=source.fps, meta=_meta(cfg, pipeline, source))
+            with _signals(stop, _reloader(args, pipeline)):
+                summary = run_loop(source, pipeline, sinks, hooks, stop, cfg.max_frames)
+        finally:
+            pipeline.close()
+    finally:
+        source.close()
+    print(f"vsdmot-edge run: {summary.frames} frames, {summary.fps:.1f} FPS end to end, "
+          f"semantics {summary.semantic}, stopped by {summary.stopped_by}", file=sys.stderr)
+    return 0
+
+
+@contextmanager
+def _signals(stop: threading.Event, reload_callback):
+    """SIGTERM/SIGINT set `stop`: the service's handlers (STOPPING=1, SIGHUP reload) or plain ones."""
+    service = _service_module()
+    if service is None or threading.current_thread() is not threading.main_thread():
+        from vsdmot.edge.runner import stop_on_signals
+
+        with stop_on_signals(stop):
+            yield
+        return
+    restore = service.install_signal_handlers(stop, reload_callback)
+    try:
+        yield
+    finally:
+        restore()
+
+
+def _reloader(args: argparse.Namespace, pipeline):
+    """SIGHUP with --config: re-read it and apply its [semantics] table (the rest needs a restart)."""
+    if not args.config:
+        return None
+
+    def reload() -> None:
+        cfg = build_config(args)
+        pipeline.semantics.cfg = cfg.semantics
+        log.info("reloaded [semantics] from %s: %s", args.config, cfg.semantics)
+
+    return reload
+
+
+def _meta(cfg, pipeline, source) -> dict[str, Any]:
+    from vsdmot.runtime.config import to_dict
+
+    return {"source": getattr(source, "name", ""), "tracker": pipeline.tracker_kind,
+            "backend": pipeline.backend_kind, "config": to_dict(cfg)}

@@ -1,0 +1,193 @@
+"""The run loop: pull frames, step the pipeline, write sinks, tell hooks; stop cleanly on a signal.
+
+    summary = run_loop(source, pipeline, sinks, hooks, stop_event, max_frames)
+
+A stop (SIGTERM / SIGINT through `stop_on_signals`, `max_frames`, or the source ending) finishes
+the frame in flight, then closes (flushes) every sink. Sinks are also closed when a frame fails,
+so what was written before the error is kept. Hooks (the service's systemd notify, health server,
+...) see `on_start()`, `on_frame(result, source_stats)` per frame and `on_stop(summary)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from vsdmot.runtime.pipeline import step
+from vsdmot.runtime.types import Frame, FrameResult
+
+log = logging.getLogger(__name__)
+
+LATENCY_WINDOW = 10_000  # frames of per-stage latency kept for percentiles (bounded memory)
+
+
+class Hook(Protocol):
+    def on_start(self) -> None: ...
+
+    def on_frame(self, result: FrameResult, source_stats: Any) -> None: ...
+
+    def on_stop(self, summary: RunSummary) -> None: ...
+
+
+@dataclass(slots=True)
+class RunSummary:
+    frames: int  # frames stepped
+    seconds: float  # wall time from the first pull to the last frame written
+    fps: float  # frames / seconds, end to end (decode + pipeline + sinks)
+    semantic: dict[str, int]  # fresh / reused / skipped counts
+    latency_ms: dict[str, dict[str, float]]  # stage -> p50 / p90 / p99 / mean / max (last LATENCY_WINDOW frames)
+    stopped_by: str  # "end" | "max_frames" | "signal" | "error"
+    source_stats: Any = None  # the source's own counters (drops, reconnects, stalls) where it has them
+    error: str = ""  # what stopped the run when stopped_by == "error"
+
+
+class _Latencies:
+    """Per-stage ring buffers of the last LATENCY_WINDOW frames."""
+
+    def __init__(self, window: int = LATENCY_WINDOW):
+        self.window, self.n, self.buf = window, 0, {}
+
+    def add(self, ms: dict[str, float]) -> None:
+        slot = self.n % self.window
+        for stage, value in ms.items():
+            self.buf.setdefault(stage, np.full(self.window, np.nan))[slot] = value
+        self.n += 1
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for stage, values in self.buf.items():
+            v = values[~np.isnan(values)]
+            if len(v):
+                p50, p90, p99 = np.percentile(v, [50, 90, 99])
+                out[stage] = {"p50": p50, "p90": p90, "p99": p99, "mean": v.mean(), "max": v.max()}
+        return {s: {k: round(float(x), 3) for k, x in d.items()} for s, d in out.items()}
+
+
+def source_stats(source: Any) -> Any:
+    """A live source's counters (`stats` attribute or method), else None."""
+    stats = getattr(source, "stats", None)
+    return stats() if callable(stats) else stats
+
+
+def run_loop(source: Iterable[Frame], pipeline, sinks: Sequence, hooks: Sequence[Hook] = (),
+             stop_event: threading.Event | None = None, max_frames: int = 0,
+             step_fn: Callable = step) -> RunSummary:
+    """Run until the source ends, `max_frames` frames, or `stop_event`. Sinks are closed here."""
+    stop_event = stop_event or threading.Event()
+    lat, frames, stopped_by, error = _Latencies(), 0, "end", ""
+    for hook in hooks:
+        hook.on_start()
+    t0 = time.perf_counter()
+    try:
+        for frame in _until(source, stop_event):
+            result = step_fn(frame, pipeline)
+            for sink in sinks:
+                sink.write(result, frame.image)
+            frames += 1
+            lat.add(result.latency_ms)
+            stats = source_stats(source)
+            for hook in hooks:
+                hook.on_frame(result, stats)
+            if max_frames and frames >= max_frames:
+                stopped_by = "max_frames"
+                break
+        else:
+            stopped_by = "signal" if stop_event.is_set() else "end"
+    except BaseException as e:
+        stopped_by, error = "error", f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        seconds = time.perf_counter() - t0
+        summary = RunSummary(frames, seconds, frames / seconds if seconds > 0 else 0.0,
+                             pipeline.semantics.counts.as_dict(), lat.summary(), stopped_by,
+                             source_stats(source), error)
+        _close_all(sinks)
+        _stop_hooks(hooks, summary)
+    log.info("run: %d frames in %.1f s (%.1f FPS), stopped by %s", frames, seconds, summary.fps, stopped_by)
+    return summary
+
+
+def _until(source: Iterable[Frame], stop_event: threading.Event) -> Iterator[Frame]:
+    """Frames from `source` until the stop event is set (checked before each pull)."""
+    it = iter(source)
+    while not stop_event.is_set():
+        try:
+            frame = next(it)
+        except StopIteration:
+            return
+        yield frame
+
+
+def _close_all(sinks: Sequence) -> None:
+    """Close every sink even if one fails; re-raise the first failure after trying them all."""
+    first: BaseException | None = None
+    for sink in sinks:
+        try:
+            sink.close()
+        except Exception as e:  # noqa: BLE001 - the others must still be flushed
+            log.error("closing %s failed: %s", type(sink).__name__, e)
+            first = first or e
+    if first is not None:
+        raise first
+
+
+def _stop_hooks(hooks: Sequence[Hook], summary: RunSummary) -> None:
+    for hook in hooks:
+        try:
+            hook.on_stop(summary)
+        except Exception as e:  # noqa: BLE001 - a hook must not hide the run's own outcome
+            log.error("hook %s on_stop failed: %s", type(hook).__name__, e)
+
+
+@contextmanager
+def stop_on_signals(stop_event: threading.Event, signals=(signal.SIGTERM, signal.SIGINT)):
+    """SIGTERM / SIGINT set `stop_event` (finish the frame, flush, exit 0); a second one aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield stop_event
+        return
+
+    def handler(signum, _frame):
+        if stop_event.is_set():
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+        log.warning("%s: stopping after this frame", signal.Signals(signum).name)
+        stop_event.set()
+
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield stop_event
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@dataclass
+class LoopingSource:
+    """Replays a file source forever (soak runs); frame indices and timestamps keep increasing."""
+
+    source: Any  # a re-iterable file source (VideoFileSource, ImageFolderSource)
+    passes: int = field(default=0, init=False)  # completed passes
+
+    def __post_init__(self) -> None:
+        self.fps, self.name = self.source.fps, self.source.name
+
+    def __iter__(self) -> Iterator[Frame]:
+        offset, t_offset = 0, 0.0
+        while True:
+            last = None
+            for f in self.source:
+                last = Frame(offset + f.index, f.image, t_offset + f.timestamp)
+                yield last
+            if last is None:
+                return
+            offset, t_offset, self.passes = last.index, last.timestamp + 1.0 / self.fps, self.passes + 1
+
+    def close(self) -> None:
+        self.source.close()

@@ -1,0 +1,162 @@
+"""The per-frame pipeline: built once from a bundle and a config, then `step(frame, p)` per frame.
+
+    frame -> quality gate -> q -> DSWR w -> semantic policy (None | cached | fresh student vector)
+          -> detector -> tracker.step(dets, semantic, w) -> FrameResult (tracks + per-stage ms)
+
+Everything with state (backends, tracker slots, the semantic cache) lives in `Pipeline`;
+`step` holds no state of its own. No threads here: sources and sinks own those.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .backends import Backend, open_backend
+from .config import RunConfig
+from .semantics import SemanticPolicy, Student
+from .types import Frame, FrameResult
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
+
+log = logging.getLogger(__name__)
+
+STAGES = ("quality", "semantics", "detector", "tracker")  # FrameResult.latency_ms keys, plus "total"
+TRACKER_KINDS = ("e2e", "hybrid", "bytetrack")
+
+
+@dataclass
+class Pipeline:
+    gate: Any  # runtime/quality.py QualityGate: assess(image) -> q in [0, 1]
+    dswr: Any  # runtime/dswr.py Dswr: weight(q) -> w in [0, 1]
+    semantics: SemanticPolicy  # None | cached | fresh student vector, with counts
+    detector: Any  # runtime/yolox.py YoloxDetector: detect(image) -> Detections
+    tracker: Any  # runtime/tracking.py Tracker: step(dets, semantic, w) -> Detections with track_id
+    tracker_kind: str = "e2e"  # which tracker this is (e2e / hybrid / bytetrack)
+    backend_kind: str = "onnxruntime"  # what the networks run on
+    backends: list[Backend] = field(default_factory=list, repr=False)  # closed by close()
+
+    def reset(self) -> None:
+        """A new scene (another source, or a reconnect after a long gap): forget tracks and cache."""
+        self.tracker.reset()
+        self.semantics.reset()
+
+    def close(self) -> None:
+        for b in self.backends:
+            b.close()
+        self.backends = []
+
+
+def step(frame: Frame, p: Pipeline) -> FrameResult:
+    """One frame through the pipeline. Per-stage latency in ms lands in FrameResult.latency_ms."""
+    t = _Laps()
+    q = p.gate.assess(frame.image)  # ~1 ms, numpy / OpenCV
+    w = p.dswr.weight(q)
+    t.lap("quality")
+    sem, state = p.semantics.get(frame.image, q, w)  # (1, D) or None; fresh / reused / skipped
+    t.lap("semantics")
+    dets = p.detector.detect(frame.image)  # proposals in source pixels (+ appearance)
+    t.lap("detector")
+    tracks = p.tracker.step(dets, sem, w)  # queries += w * proj(sem) inside the network
+    t.lap("tracker")
+    return FrameResult(frame.index, frame.timestamp, float(q), float(w), state, tracks, t.done())
+
+
+class _Laps:
+    """Milliseconds per stage since the previous lap, and the total."""
+
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.ms: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.ms[stage], self.last = (now - self.last) * 1e3, now
+
+    def done(self) -> dict[str, float]:
+        self.ms["total"] = (self.last - self.start) * 1e3
+        return self.ms
+
+
+def build_pipeline(bundle: Bundle, cfg: RunConfig, fps: float = 30.0) -> Pipeline:
+    """Open every network of `bundle` on the configured backend and build all per-run state.
+
+    `fps` is the source's true frame rate (ByteTrack scales its lost-track buffer by it)."""
+    from .dswr import Dswr
+    from .quality import QualityGate
+    from .yolox import YoloxDetector
+
+    kind = resolve_tracker(bundle, cfg.tracker.kind)
+    backends: list[Backend] = []
+    opener = _opener(cfg, backends)
+    try:
+        params = bundle.params("quality.json")
+        gate, dswr = QualityGate.from_params(params), Dswr.from_params(params)
+        det_backend = opener(bundle, "detector.onnx")
+        detector = YoloxDetector(det_backend, detector_input_size(det_backend), cfg.pipeline.score_thr, cfg.pipeline.nms_thr)
+        semantics = _semantics(bundle, cfg, kind, opener)
+        tracker = make_tracker(kind, bundle, cfg, opener, fps)
+    except BaseException:
+        for b in backends:
+            b.close()
+        raise
+    log.info("pipeline: %s tracker, %s backend, semantics %s", kind, cfg.pipeline.backend, semantics.cfg.policy)
+    return Pipeline(gate, dswr, semantics, detector, tracker, kind, cfg.pipeline.backend, backends)
+
+
+def _opener(cfg: RunConfig, backends: list[Backend]):
+    pc = cfg.pipeline
+
+    def open_one(bundle: Bundle, name: str) -> Backend:
+        backend = open_backend(pc.backend, bundle.file(name), threads=pc.threads, precision=pc.precision,
+                               cache_dir=pc.engine_cache or None)
+        backends.append(backend)
+        return backend
+
+    return open_one
+
+
+def detector_input_size(backend: Backend) -> int:
+    """S of the detector's (1, 3, S, S) input; ValueError for anything else."""
+    (spec,) = list(backend.inputs.values())[:1]
+    shape = spec.shape
+    if len(shape) != 4 or shape[:2] != (1, 3) or shape[2] != shape[3] or shape[2] <= 0:
+        raise ValueError(f"detector input '{spec.name}': expected a static (1, 3, S, S), got {shape}")
+    return int(shape[2])
+
+
+def _semantics(bundle: Bundle, cfg: RunConfig, kind: str, opener) -> SemanticPolicy:
+    sc = cfg.semantics
+    if kind == "bytetrack" and sc.policy != "never":
+        log.info("semantics: ByteTrack takes no semantics; policy %r -> 'never'", sc.policy)
+        from dataclasses import replace
+
+        sc = replace(sc, policy="never")
+    student = Student(opener(bundle, "student.onnx")) if sc.policy != "never" else None
+    return SemanticPolicy(sc, student)
+
+
+def resolve_tracker(bundle: Bundle, kind: str) -> str:
+    """`default` -> the bundle's recommended tracker (manifest "tracker"), else e2e."""
+    if kind != "default":
+        return kind
+    choice = bundle.manifest.get("tracker", "e2e")
+    choice = choice.get("default", "e2e") if isinstance(choice, dict) else choice
+    if choice not in TRACKER_KINDS:
+        raise ValueError(f"bundle {bundle.path}: manifest tracker {choice!r} is not one of {list(TRACKER_KINDS)}")
+    return choice
+
+
+def make_tracker(kind: str, bundle: Bundle, cfg: RunConfig, opener, fps: float = 30.0):
+    """The tracker for `kind`; e2e and hybrid run tracker.onnx, ByteTrack needs no network."""
+    if kind == "bytetrack":
+        from .bytetrack import ByteTrack
+
+        return ByteTrack(frame_rate=fps)
+    from .e2e import E2ETracker, HybridTracker
+
+    cls = E2ETracker if kind == "e2e" else HybridTracker
+    return cls(opener(bundle, "tracker.onnx"), cfg.tracker)
