@@ -1,0 +1,301 @@
+"""Health and metrics over HTTP (stdlib `http.server` on a thread), bound to localhost by default.
+
+    GET /healthz  200 while fresh frames arrive within the stall window, else 503; JSON body
+    GET /metrics  Prometheus text: FPS, per-stage latency histograms, semantic skip ratio,
+                  dropped frames, reconnects, stalls, and power where a meter exists
+
+`HealthHook` is a run-loop hook (`on_start`, `on_frame(result, source_stats)`, `on_stop`): it
+feeds a thread-safe `Metrics` that the server thread reads.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Latency histogram upper bounds in seconds (Prometheus convention: base units).
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+SOURCE_COUNTERS = ("dropped", "reconnects", "stalls")  # SourceStats fields exported as counters
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """"HOST:PORT" or "[v6]:PORT" -> (host, port). ValueError otherwise."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"health listen address: expected HOST:PORT (e.g. 127.0.0.1:9108), got {text!r}")
+    return host, int(port)
+
+
+class FpsWindow:
+    """Frames per second over the last `window_s` seconds of frame arrivals."""
+
+    def __init__(self, window_s: float = 5.0):
+        self.window_s = window_s
+        self._times: collections.deque[float] = collections.deque()
+
+    def tick(self, now: float) -> None:
+        self._times.append(now)
+        while self._times and now - self._times[0] > self.window_s:
+            self._times.popleft()
+
+    def fps(self, now: float) -> float:
+        while self._times and now - self._times[0] > self.window_s:
+            self._times.popleft()
+        if len(self._times) < 2:
+            return 0.0
+        return (len(self._times) - 1) / max(self._times[-1] - self._times[0], 1e-9)
+
+
+def last_fresh(stats: Any, now: float) -> float:
+    """When the source last delivered a fresh frame (monotonic s). No stats: this frame is fresh."""
+    t = getattr(stats, "last_fresh_monotonic", None) if stats is not None else None
+    return now if t is None else float(t)
+
+
+def is_fresh(stats: Any, now: float, stall_s: float) -> bool:
+    """Fresh = connected and a new frame within `stall_s` seconds (a stuck camera repeating its
+    last image, or a stream that stopped, is not fresh)."""
+    if stats is not None and getattr(stats, "connected", True) is False:
+        return False
+    return now - last_fresh(stats, now) <= stall_s
+
+
+class Histogram:
+    """Cumulative-bucket histogram of seconds."""
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS_S):
+        self.bounds, self.counts, self.total, self.n = bounds, [0] * len(bounds), 0.0, 0
+
+    def observe(self, seconds: float) -> None:
+        for i, b in enumerate(self.bounds):
+            if seconds <= b:
+                self.counts[i] += 1
+        self.total += seconds
+        self.n += 1
+
+
+class Metrics:
+    """Thread-safe run state: written by the run loop, read by the HTTP thread."""
+
+    def __init__(self, stall_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        if stall_s <= 0:
+            raise ValueError(f"stall window: expected > 0 s, got {stall_s}")
+        self.stall_s, self.clock = stall_s, clock
+        self.started = clock()
+        self._lock = threading.Lock()
+        self._fps = FpsWindow()
+        self.frames = 0
+        self.semantic = {"fresh": 0, "reused": 0, "skipped": 0}
+        self.latency: dict[str, Histogram] = {}
+        self.source: dict[str, float] = {k: 0 for k in SOURCE_COUNTERS}
+        self.connected = True
+        self.last_fresh: float | None = None
+        self.last_q = self.last_w = math.nan
+        self.power: Any = None  # a power.PowerSample, when metered
+        self.power_meter = ""  # meter name, "" = none
+
+    def observe(self, result: Any, stats: Any = None) -> None:
+        now = self.clock()
+        with self._lock:
+            self.frames += 1
+            self._fps.tick(now)
+            self.semantic[result.semantic] = self.semantic.get(result.semantic, 0) + 1
+            for stage, ms in result.latency_ms.items():
+                self.latency.setdefault(stage, Histogram()).observe(ms / 1000.0)
+            self.last_q, self.last_w = float(result.q), float(result.w)
+            self._observe_source(stats, now)
+
+    def _observe_source(self, stats: Any, now: float) -> None:
+        for k in SOURCE_COUNTERS:
+            self.source[k] = getattr(stats, k, self.source[k]) if stats is not None else self.source[k]
+        self.connected = bool(getattr(stats, "connected", True)) if stats is not None else True
+        self.last_fresh = last_fresh(stats, now)
+
+    def set_power(self, sample: Any, meter: str) -> None:
+        with self._lock:
+            self.power, self.power_meter = sample, meter
+
+    def fps(self) -> float:
+        with self._lock:
+            return self._fps.fps(self.clock())
+
+    def skip_ratio(self) -> float:
+        n = sum(self.semantic.values())
+        return self.semantic.get("skipped", 0) / n if n else 0.0
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body): 200 while a fresh frame came within the stall window."""
+        now = self.clock()
+        with self._lock:
+            age = None if self.last_fresh is None else now - self.last_fresh
+            ok = age is not None and age <= self.stall_s and self.connected
+            status = "ok" if ok else ("starting" if self.frames == 0 else "stalled")
+            body = {
+                "status": status, "frames": self.frames, "fps": round(self._fps.fps(now), 2),
+                "last_fresh_age_s": None if age is None else round(age, 3), "stall_timeout_s": self.stall_s,
+                "source_connected": self.connected, "uptime_s": round(now - self.started, 1),
+                **{f"source_{k}": self.source[k] for k in SOURCE_COUNTERS},
+            }
+        return (200 if ok else 503), body
+
+    def prometheus(self) -> str:
+        """The text exposition format (version 0.0.4)."""
+        now = self.clock()
+        with self._lock:
+            lines = _counter_lines(self, now) + _histogram_lines(self.latency) + _power_lines(self)
+        return "\n".join(lines) + "\n"
+
+
+def _metric(lines: list[str], name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+    lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    lines += [f"{name}{labels} {_num(v)}" for labels, v in samples]
+
+
+def _num(v: float) -> str:
+    return "NaN" if isinstance(v, float) and math.isnan(v) else repr(float(v)) if isinstance(v, float) else str(v)
+
+
+def _counter_lines(m: Metrics, now: float) -> list[str]:
+    out: list[str] = []
+    age = now - m.last_fresh if m.last_fresh is not None else math.nan
+    n = sum(m.semantic.values())
+    _metric(out, "vsdmot_frames_total", "counter", "Frames processed.", [("", m.frames)])
+    _metric(out, "vsdmot_fps", "gauge", "Frames per second over the last 5 s.", [("", m._fps.fps(now))])
+    _metric(out, "vsdmot_semantic_frames_total", "counter", "Frames by semantic state (fresh, reused, skipped).",
+            [(f'{{state="{k}"}}', v) for k, v in sorted(m.semantic.items())])
+    _metric(out, "vsdmot_semantic_skip_ratio", "gauge", "Share of frames that skipped semantic work.",
+            [("", m.semantic.get("skipped", 0) / n if n else 0.0)])
+    _metric(out, "vsdmot_quality", "gauge", "Quality q of the last frame (1 = clean).", [("", m.last_q)])
+    _metric(out, "vsdmot_dswr_weight", "gauge", "DSWR fusion weight w of the last frame.", [("", m.last_w)])
+    for k in SOURCE_COUNTERS:
+        name = "vsdmot_source_dropped_frames_total" if k == "dropped" else f"vsdmot_source_{k}_total"
+        _metric(out, name, "counter", f"Source {k} (from the source's statistics).", [("", m.source[k])])
+    _metric(out, "vsdmot_source_connected", "gauge", "1 while the source is connected.", [("", int(m.connected))])
+    _metric(out, "vsdmot_last_fresh_frame_age_seconds", "gauge", "Seconds since the last fresh frame.", [("", age)])
+    return out
+
+
+def _histogram_lines(latency: dict[str, Histogram]) -> list[str]:
+    if not latency:
+        return []
+    out = ["# HELP vsdmot_stage_latency_seconds Per-stage latency.", "# TYPE vsdmot_stage_latency_seconds histogram"]
+    for stage, h in sorted(latency.items()):
+        name = f'vsdmot_stage_latency_seconds_bucket{{stage="{stage}",le='
+        out += [f'{name}"{b}"}} {c}' for b, c in zip(h.bounds, h.counts)] + [f'{name}"+Inf"}} {h.n}']
+        out += [f'vsdmot_stage_latency_seconds_sum{{stage="{stage}"}} {h.total!r}',
+                f'vsdmot_stage_latency_seconds_count{{stage="{stage}"}} {h.n}']
+    return out
+
+
+def _power_lines(m: Metrics) -> list[str]:
+    """Only a real meter's readings; with none, a single info gauge says so (no invented watts)."""
+    out: list[str] = []
+    meter = m.power_meter or "none"
+    _metric(out, "vsdmot_power_meter_info", "gauge", "The power meter in use (meter=\"none\": no watts).",
+            [(f'{{meter="{meter}"}}', 1)])
+    if m.power is not None:
+        rails = [(f'{{rail="{k}"}}', v) for k, v in sorted(m.power.rails_w.items())]
+        _metric(out, "vsdmot_power_rail_watts", "gauge", "Power per rail in watts.", rails)
+        _metric(out, "vsdmot_power_watts", "gauge", "Board power in watts.",
+                [(f'{{rail="{m.power.total_rail}"}}', m.power.total_w)])
+    return out
+
+
+class _Handler(BaseHTTPRequestHandler):
+    metrics: Metrics  # set on a subclass per server
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            code, body = self.metrics.health()
+            self._send(code, "application/json", json.dumps(body) + "\n")
+        elif path == "/metrics":
+            self._send(200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.prometheus())
+        else:
+            self._send(404, "application/json", json.dumps({"error": "not found", "paths": ["/healthz", "/metrics"]}))
+
+    def _send(self, code: int, ctype: str, text: str) -> None:
+        data = text.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, fmt: str, *args: Any) -> None:
+        log.debug("health %s: " + fmt, self.client_address[0], *args)
+
+
+class HealthServer:
+    """The HTTP server on a daemon thread. Port 0 picks a free port (see `.address`)."""
+
+    def __init__(self, metrics: Metrics, listen: str = "127.0.0.1:9108"):
+        host, port = parse_listen(listen)
+        handler = type("Handler", (_Handler,), {"metrics": metrics})
+        server = type("Server", (ThreadingHTTPServer,), {"address_family": _family(host), "daemon_threads": True})
+        self._httpd = server((host, port), handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="vsdmot-health", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._httpd.server_address[:2]
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        log.info("health: serving /healthz and /metrics on http://%s:%d", *self.address)
+        return self
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def _family(host: str) -> int:
+    import socket
+
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class HealthHook:
+    """Run-loop hook: serve health/metrics for the run, and power readings where metered."""
+
+    def __init__(self, listen: str, stall_s: float, meter_order: tuple[str, ...] | None = None):
+        self.metrics = Metrics(stall_s)
+        self.listen, self.meter_order = listen, meter_order
+        self.server: HealthServer | None = None
+        self.sampler: Any = None
+
+    def on_start(self) -> None:
+        self.server = HealthServer(self.metrics, self.listen).start()
+        if self.meter_order:
+            self._start_power()
+
+    def _start_power(self) -> None:
+        from .power import PowerSampler, open_meter
+
+        probe = open_meter(self.meter_order)
+        log.info("health: %s", probe.explain())
+        if probe.meter is not None:
+            self.sampler = PowerSampler(probe.meter, period_s=1.0).start()
+
+    def on_frame(self, result: Any, source_stats: Any = None) -> None:
+        self.metrics.observe(result, source_stats)
+        if self.sampler is not None and (sample := self.sampler.latest()) is not None:
+            self.metrics.set_power(sample, self.sampler.meter.name)
+
+    def on_stop(self, summary: Any = None) -> None:
+        if self.sampler is not None:
+            self.sampler.stop()
+            self.sampler.meter.close()
+        if self.server is not None:
+            self.server.close()

@@ -1,0 +1,210 @@
+"""Generate, install or inspect the systemd service: `vsdmot-edge service unit|install|uninstall|status`.
+
+    unit       print the unit file (or --out FILE)
+    install    write the unit, a sysusers.d entry for the user and /etc/vsdmot/edge.toml (kept if
+               present), then create the user, reload systemd and enable the service. Needs root;
+               --dry-run prints the plan, --root DIR writes into a staging root (packaging).
+    uninstall  disable and stop the service, remove the unit and sysusers entry (--purge: config too)
+    status     systemctl's view of the service, and its /healthz answer
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .unit import UnitConfig, default_config_toml, render_sysusers, render_unit
+
+
+@dataclass(frozen=True)
+class Action:
+    """One step of an install or uninstall plan."""
+
+    kind: str  # "write" | "write-if-absent" | "remove" | "run"
+    target: str  # file path, or the command line for "run"
+    content: str = ""  # file content for writes
+    mode: int = 0o644  # file mode for writes
+
+    def describe(self) -> str:
+        verbs = {"write": "write", "write-if-absent": "write (unless it exists)", "remove": "remove", "run": "run"}
+        extra = f" ({len(self.content.splitlines())} lines, mode {self.mode:o})" if self.content else ""
+        return f"{verbs[self.kind]}: {self.target}{extra}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="service_command", required=True, metavar="ACTION")
+    for name, help_text in (("unit", "print the systemd unit"), ("install", "install and enable the service"),
+                            ("uninstall", "disable and remove the service"), ("status", "show the service's state")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--name", default="vsdmot-edge", help="unit name (default: vsdmot-edge)")
+        if name in ("unit", "install"):
+            _unit_options(p)
+        if name in ("install", "uninstall"):
+            p.add_argument("--dry-run", action="store_true", help="print what would be done; change nothing")
+            p.add_argument("--root", metavar="DIR", help="write into this staging root (packaging); runs nothing")
+        if name == "install":
+            p.add_argument("--no-start", action="store_true", help="enable, but do not start now")
+        if name == "uninstall":
+            p.add_argument("--purge", action="store_true", help="also remove /etc/vsdmot/edge.toml")
+        if name == "unit":
+            p.add_argument("--out", metavar="FILE", help="write the unit here instead of stdout")
+        if name == "status":
+            p.add_argument("--health-url", default="http://127.0.0.1:9108/healthz", help="the service's /healthz")
+
+
+def _unit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exec", dest="exec_path", metavar="PATH", default=None,
+                   help="absolute path of vsdmot-edge (default: the one beside this Python)")
+    p.add_argument("--config", dest="config_path", default="/etc/vsdmot/edge.toml", help="config file the service reads")
+    p.add_argument("--user", default="vsdmot", help="system user the service runs as (default: vsdmot)")
+    p.add_argument("--watchdog-sec", type=int, default=30, help="WatchdogSec (default: 30)")
+
+
+def default_exec_path() -> str:
+    """vsdmot-edge beside the running interpreter (the venv's bin/), else on PATH."""
+    beside = Path(sys.executable).parent / "vsdmot-edge"
+    if beside.is_file():
+        return str(beside.absolute())
+    found = shutil.which("vsdmot-edge")
+    if found is None:
+        raise ValueError("cannot find the vsdmot-edge executable: pass --exec /path/to/venv/bin/vsdmot-edge")
+    return str(Path(found).absolute())
+
+
+def unit_config(args: argparse.Namespace) -> UnitConfig:
+    return UnitConfig(name=args.name, exec_path=args.exec_path or default_exec_path(),
+                      config_path=args.config_path, user=args.user, watchdog_s=args.watchdog_sec)
+
+
+def install_plan(cfg: UnitConfig, root: str | None) -> list[Action]:
+    """Files to write and commands to run. A staging root gets the vendor layout (/usr/lib) and
+    no commands; the live system gets /etc and the commands."""
+    base = Path(root or "/")
+    unit_dir, sysusers_dir = ("usr/lib/systemd/system", "usr/lib/sysusers.d") if root else ("etc/systemd/system", "etc/sysusers.d")
+    sysusers = base / sysusers_dir / f"{cfg.name}.conf"
+    plan = [
+        Action("write", str(base / unit_dir / cfg.unit_file), render_unit(cfg)),
+        Action("write", str(sysusers), render_sysusers(cfg)),
+        Action("write-if-absent", str(base / cfg.config_path.lstrip("/")), default_config_toml(cfg), 0o640),
+    ]
+    if root:
+        return plan
+    return plan + [
+        Action("run", f"systemd-sysusers {sysusers}"),
+        Action("run", f"chgrp {cfg.user} {cfg.config_path}"),
+        Action("run", "systemctl daemon-reload"),
+    ]
+
+
+def uninstall_plan(cfg: UnitConfig, root: str | None, purge: bool) -> list[Action]:
+    base = Path(root or "/")
+    dirs = ("usr/lib/systemd/system", "usr/lib/sysusers.d") if root else ("etc/systemd/system", "etc/sysusers.d")
+    plan = [] if root else [Action("run", f"systemctl disable --now {cfg.unit_file}")]
+    plan += [Action("remove", str(base / dirs[0] / cfg.unit_file)), Action("remove", str(base / dirs[1] / f"{cfg.name}.conf"))]
+    if purge:
+        plan.append(Action("remove", str(base / cfg.config_path.lstrip("/"))))
+    return plan + ([] if root else [Action("run", "systemctl daemon-reload")])
+
+
+def apply(plan: list[Action], dry_run: bool) -> None:
+    """Carry out (or, dry, print) each step; a failing command raises OSError naming it."""
+    for action in plan:
+        path = Path(action.target)
+        if action.kind == "write-if-absent" and path.exists():
+            print(f"keep: {path} (exists; not overwritten)")
+            continue
+        print(("would " if dry_run else "") + action.describe())
+        if dry_run:
+            continue
+        if action.kind.startswith("write"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(action.content)
+            path.chmod(action.mode)
+        elif action.kind == "remove":
+            path.unlink(missing_ok=True)
+        else:
+            _run(action.target.split())
+
+
+def _run(argv: list[str]) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise OSError(f"`{' '.join(argv)}` failed ({done.returncode}): {(done.stderr or done.stdout).strip()}")
+
+
+def _need_root(args: argparse.Namespace, what: str) -> None:
+    if not args.dry_run and not args.root and os.geteuid() != 0:
+        raise PermissionError(f"service {what}: needs root (run it with sudo), or pass --dry-run to see the "
+                              "plan, or --root DIR to write into a staging root")
+
+
+def systemd_running() -> bool:
+    """True when systemd is PID 1 here (sd_booted's test)."""
+    return Path("/run/systemd/system").is_dir()
+
+
+def run(args: argparse.Namespace) -> int:
+    action = args.service_command
+    if action == "unit":
+        text = render_unit(unit_config(args))
+        if args.out:
+            Path(args.out).write_text(text)
+            print(f"wrote {args.out}")
+        else:
+            sys.stdout.write(text)
+        return 0
+    if action == "status":
+        return _status(args)
+    _need_root(args, action)
+    if action == "install":
+        return _install(args)
+    cfg = UnitConfig(name=args.name)
+    apply(uninstall_plan(cfg, args.root, args.purge), args.dry_run)
+    return 0
+
+
+def _install(args: argparse.Namespace) -> int:
+    cfg = unit_config(args)
+    if not Path(cfg.exec_path).is_file():
+        raise ValueError(f"--exec {cfg.exec_path}: no such executable (install vsdmot into a venv first)")
+    live = not args.root and not args.dry_run
+    if live and not systemd_running():
+        raise OSError("systemd is not running on this machine: use --root DIR to stage the files for a package")
+    plan = install_plan(cfg, args.root)
+    if not args.root:
+        plan.append(Action("run", f"systemctl enable {'' if args.no_start else '--now '}{cfg.unit_file}"))
+    apply(plan, args.dry_run)
+    if not args.root:
+        print(f"next: edit {cfg.config_path}, then `systemctl reload {cfg.name}`; logs: journalctl -u {cfg.name} -f")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    """0 when active, 3 when not (like systemctl), 1 when systemd is not running here."""
+    if not systemd_running():
+        print("systemd is not running on this machine (no /run/systemd/system): there is no service to inspect. "
+              "On the device: systemctl status " + args.name)
+        return 1
+    props = "ActiveState,SubState,Result,MainPID,NRestarts,StatusText,ExecMainStartTimestamp"
+    done = subprocess.run(["systemctl", "show", "-p", props, f"{args.name}.service"], capture_output=True, text=True)
+    print(done.stdout.strip() or done.stderr.strip())
+    active = "ActiveState=active" in done.stdout
+    print(f"health: {_health(args.health_url)}")
+    return 0 if active else 3
+
+
+def _health(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - a local URL the user gives
+            return f"{r.status} {json.loads(r.read())}"
+    except urllib.error.HTTPError as e:
+        return f"{e.code} {e.read().decode(errors='replace').strip()}"
+    except (OSError, ValueError) as e:
+        return f"no answer from {url} ({e})"
