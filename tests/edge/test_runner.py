@@ -1,0 +1,156 @@
+"""The run loop: sinks written and closed on every exit path, hooks called, signals stop cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+from vsdmot.edge.runner import LoopingSource, RunSummary, run_loop, stop_on_signals
+from vsdmot.runtime.semantics import SemanticCounts
+from vsdmot.runtime.types import Detections, Frame, FrameResult
+
+IMG = np.zeros((8, 8, 3), np.uint8)
+
+
+class Source:
+    def __init__(self, n, fps=10.0):
+        self.n, self.fps, self.name, self.pulled, self.stats = n, fps, "fake", 0, {"dropped": 0}
+
+    def __iter__(self):
+        for i in range(1, self.n + 1):
+            self.pulled += 1
+            yield Frame(i, IMG, (i - 1) / self.fps)
+
+    def close(self):
+        pass
+
+
+class FakePipeline:
+    def __init__(self):
+        self.semantics = type("S", (), {"counts": SemanticCounts(skipped=0)})()
+
+
+def fake_step(frame, p, fail_at=None, on_frame=None):
+    if frame.index == fail_at:
+        raise ValueError(f"input 'images': expected (1, 3, 416, 416), got frame {frame.index}")
+    p.semantics.counts.skipped += 1
+    if on_frame:
+        on_frame(frame)
+    return FrameResult(frame.index, frame.timestamp, 1.0, 0.0, "skipped", Detections.empty(True),
+                       {"quality": 1.0, "detector": 2.0, "total": 3.0})
+
+
+class Sink:
+    def __init__(self):
+        self.written, self.closed = [], False
+
+    def write(self, result, image=None):
+        assert image is not None
+        self.written.append(result.index)
+
+    def close(self):
+        self.closed = True
+
+
+class Hook:
+    def __init__(self):
+        self.calls = []
+
+    def on_start(self):
+        self.calls.append("start")
+
+    def on_frame(self, result, source_stats):
+        self.calls.append((result.index, source_stats["dropped"]))
+
+    def on_stop(self, summary):
+        self.calls.append(("stop", summary.stopped_by))
+
+
+def run(n=5, max_frames=0, stop=None, **step_kw):
+    source, sink, hook = Source(n), Sink(), Hook()
+    summary = run_loop(source, FakePipeline(), [sink], [hook], stop, max_frames,
+                       step_fn=lambda f, p: fake_step(f, p, **step_kw))
+    return summary, source, sink, hook
+
+
+@pytest.mark.parametrize("n,max_frames,frames,stopped_by", [(5, 0, 5, "end"), (5, 3, 3, "max_frames"),
+                                                            (0, 0, 0, "end"), (3, 10, 3, "end")])
+def test_runs_to_end_or_max_frames(n, max_frames, frames, stopped_by):
+    summary, source, sink, hook = run(n, max_frames)
+    assert isinstance(summary, RunSummary)
+    assert (summary.frames, summary.stopped_by) == (frames, stopped_by)
+    assert sink.written == list(range(1, frames + 1)) and sink.closed
+    assert source.pulled == frames  # max_frames does not pull one frame too many
+    assert hook.calls == ["start", *[(i, 0) for i in range(1, frames + 1)], ("stop", stopped_by)]
+    assert summary.semantic == {"fresh": 0, "reused": 0, "skipped": frames}
+    if frames:
+        assert summary.latency_ms["detector"]["p50"] == 2.0 and summary.fps > 0
+        assert summary.source_stats == {"dropped": 0}
+
+
+def test_stop_event_finishes_the_frame_in_flight():
+    stop = threading.Event()
+    summary, source, sink, _ = run(100, stop=stop, on_frame=lambda f: f.index == 4 and stop.set())
+    assert summary.stopped_by == "signal" and summary.frames == 4
+    assert sink.written == [1, 2, 3, 4] and sink.closed and source.pulled == 4
+
+
+def test_error_mid_run_closes_sinks_keeps_what_was_written():
+    source, sink, hook = Source(10), Sink(), Hook()
+    with pytest.raises(ValueError, match="input 'images'"):
+        run_loop(source, FakePipeline(), [sink], [hook], None, 0, step_fn=lambda f, p: fake_step(f, p, fail_at=4))
+    assert sink.written == [1, 2, 3] and sink.closed
+    assert hook.calls[-1] == ("stop", "error")
+
+
+def test_one_failing_sink_close_does_not_stop_the_others():
+    class Bad(Sink):
+        def close(self):
+            super().close()
+            raise OSError(28, "No space left on device")
+
+    bad, good = Bad(), Sink()
+    with pytest.raises(OSError, match="No space"):
+        run_loop(Source(2), FakePipeline(), [bad, good], [], None, 0, step_fn=fake_step)
+    assert bad.closed and good.closed and good.written == [1, 2]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_sets_stop_event_then_second_one_aborts(signum):
+    stop = threading.Event()
+    before = signal.getsignal(signum)
+    with stop_on_signals(stop):
+        os.kill(os.getpid(), signum)
+        assert stop.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signum)
+    assert signal.getsignal(signum) == before
+
+
+def test_signal_during_run_exits_cleanly():
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        summary, _, sink, _ = run(50, stop=stop, on_frame=lambda f: f.index == 7 and os.kill(os.getpid(), signal.SIGTERM))
+    assert summary.stopped_by == "signal" and sink.written == list(range(1, 8)) and sink.closed
+
+
+def test_latency_window_is_bounded():
+    from vsdmot.edge import runner
+
+    lat = runner._Latencies(window=4)
+    for i in range(10):
+        lat.add({"total": float(i)})
+    assert lat.buf["total"].shape == (4,) and lat.summary()["total"]["max"] == 9.0
+    assert lat.summary()["total"]["p50"] == 7.5  # the last 4 frames: 6, 7, 8, 9
+
+
+def test_looping_source_keeps_indices_increasing():
+    loop = LoopingSource(Source(3, fps=10.0))
+    frames = [f for _, f in zip(range(8), loop)]
+    assert [f.index for f in frames] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert np.all(np.diff([f.timestamp for f in frames]) > 0) and loop.passes == 2
+    assert list(LoopingSource(Source(0))) == []
