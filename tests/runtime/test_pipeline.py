@@ -1,0 +1,136 @@
+"""The pipeline: built once from a (tiny, real) bundle, one step per frame on real PETS frames."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from tinybundle import make_bundle
+from vsdmot.runtime import pipeline as P
+from vsdmot.runtime.bundle import load_bundle
+from vsdmot.runtime.config import load_config
+from vsdmot.runtime.sources import open_sequence
+from vsdmot.runtime.types import Detections, FrameResult, TensorSpec
+
+pytest.importorskip("torch")  # the tiny student is made with torch
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, yolox_onnx):
+    return load_bundle(make_bundle(tmp_path_factory.mktemp("b") / "bundle", yolox_onnx, extra={"tracker": "bytetrack"}))
+
+
+@pytest.fixture(scope="module")
+def frames(pets_dir):
+    src = open_sequence(pets_dir).frames()
+    out = list(itertools.islice(iter(src), 12))
+    src.close()
+    return out
+
+
+def cfg(**over):
+    return load_config(None, {"pipeline.backend": "onnxruntime", "pipeline.threads": 1, **over})
+
+
+def test_bytetrack_pipeline_on_real_frames(bundle, frames):
+    p = P.build_pipeline(bundle, cfg(), fps=7.0)
+    assert p.tracker_kind == "bytetrack" and p.semantics.cfg.policy == "never"  # ByteTrack takes none
+    results = [P.step(f, p) for f in frames]
+    p.close()
+    assert all(isinstance(r, FrameResult) for r in results)
+    assert set(results[-1].latency_ms) == {*P.STAGES, "total"}
+    assert all(0.0 <= r.q <= 1.0 and 0.0 <= r.w <= 1.0 for r in results)
+    last = results[-1].tracks
+    assert len(last) >= 3 and last.track_id is not None  # PETS has several walkers from frame 1
+    assert np.all(last.xyxy[:, 2] <= 768) and np.all(last.xyxy[:, 3] <= 576)  # source pixels
+    assert p.semantics.counts.skipped == len(frames)
+
+
+class Recorder:
+    """A tracker stand-in: remembers what the pipeline handed it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def step(self, dets, semantic=None, w=0.0):
+        self.calls.append((len(dets), None if semantic is None else semantic.shape, w))
+        return Detections(dets.xyxy, dets.score, np.arange(len(dets)))
+
+    def reset(self):
+        self.calls.clear()
+
+
+class FixedGate:
+    def __init__(self, q):
+        self.q = q
+
+    def assess(self, image):
+        return self.q
+
+
+@pytest.mark.parametrize("policy,q,state,shape", [
+    ("always", 0.9, "fresh", (1, 16)), ("never", 0.1, "skipped", None),
+    ("auto", 0.95, "skipped", None), ("auto", 0.2, "fresh", (1, 16)),
+])
+def test_step_feeds_semantics_and_weight_to_tracker(bundle, frames, policy, q, state, shape, monkeypatch):
+    monkeypatch.setattr(P, "make_tracker", lambda *a, **k: Recorder())
+    c = cfg(**{"semantics.policy": policy, "tracker.kind": "e2e"})
+    p = P.build_pipeline(bundle, c)
+    p.gate = FixedGate(q)
+    r = P.step(frames[0], p)
+    assert r.semantic == state and r.q == q and r.w == pytest.approx(p.dswr.weight(q))
+    assert p.tracker.calls == [(len(r.tracks), shape, r.w)]
+    p.close()
+
+
+def test_build_failure_closes_opened_backends(bundle, monkeypatch):
+    closed = []
+    real_open = P.open_backend
+
+    def tracking_open(*a, **k):
+        b = real_open(*a, **k)
+        b.close = lambda: closed.append(b)
+        return b
+
+    def boom(*a, **k):
+        raise ValueError("tracker.onnx: expected input 'slots' (1, 32, 64), got (1, 16, 64)")
+
+    monkeypatch.setattr(P, "open_backend", tracking_open)
+    monkeypatch.setattr(P, "make_tracker", boom)
+    with pytest.raises(ValueError, match="expected input 'slots'"):
+        P.build_pipeline(bundle, cfg(**{"semantics.policy": "always", "tracker.kind": "e2e"}))
+    assert len(closed) == 2  # detector and student
+
+
+class SpecOnly:
+    def __init__(self, shape):
+        self.inputs = {"images": TensorSpec("images", shape, "float32")}
+
+
+@pytest.mark.parametrize("shape,size", [((1, 3, 416, 416), 416), ((1, 3, 320, 320), 320),
+                                        ((1, 3, 416, 320), None), ((1, 3, -1, -1), None), ((3, 416, 416), None)])
+def test_detector_input_size(shape, size):
+    if size is None:
+        with pytest.raises(ValueError, match="detector input 'images': expected a static"):
+            P.detector_input_size(SpecOnly(shape))
+    else:
+        assert P.detector_input_size(SpecOnly(shape)) == size
+
+
+@pytest.mark.parametrize("kind,manifest,expected", [
+    ("hybrid", {"tracker": "e2e"}, "hybrid"), ("default", {"tracker": "hybrid"}, "hybrid"),
+    ("default", {"tracker": {"default": "bytetrack"}}, "bytetrack"), ("default", {}, "e2e"),
+    ("default", {"tracker": "sort"}, ValueError),
+])
+def test_resolve_tracker(bundle, kind, manifest, expected):
+    b = replace(bundle, manifest={**bundle.manifest, **manifest})
+    if "tracker" not in manifest:
+        b = replace(bundle, manifest={k: v for k, v in bundle.manifest.items() if k != "tracker"})
+    if expected is ValueError:
+        with pytest.raises(ValueError, match="'sort'"):
+            P.resolve_tracker(b, kind)
+    else:
+        assert P.resolve_tracker(b, kind) == expected
