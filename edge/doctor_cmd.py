@@ -1,13 +1,220 @@
-"""Placeholder while the doctor command is written (issue 6)."""
+"""Say what this device has and what that means: `vsdmot-edge doctor [--json]`.
+
+Each line is a check: a status mark, what was found, and what it means for running the tracker.
+    ok  present and usable       --  absent; the kit works without it (with the stated cost)
+    !!  absent or broken in a way the user should fix for their setup
+"""
 
 from __future__ import annotations
 
 import argparse
+import ctypes.util
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# L4T major.minor -> JetPack (NVIDIA's release table); the L4T release file gives R<major>, REVISION <minor>.
+JETPACK = {"32.7": "4.6.x", "32.6": "4.6", "32.5": "4.5", "35.1": "5.0.2", "35.2": "5.1", "35.3": "5.1.1",
+           "35.4": "5.1.2", "35.5": "5.1.3", "35.6": "5.1.4", "36.2": "6.0 DP", "36.3": "6.0", "36.4": "6.1/6.2"}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One finding."""
+
+    name: str  # what was checked, e.g. "TensorRT"
+    status: str  # "ok", "--" (absent, fine) or "!!" (needs attention)
+    found: str  # what is there
+    meaning: str  # what that means for the user
+
+    def line(self) -> str:
+        return f"[{self.status}] {self.name}: {self.found}\n       -> {self.meaning}"
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip("\x00\n ")
+    except OSError:
+        return ""
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - a broken install is as good as absent here
+        return None
+    return str(getattr(mod, "__version__", "") or "installed")
+
+
+def parse_l4t_release(text: str) -> tuple[str, str] | None:
+    """'# R35 (release), REVISION: 4.1, ...' -> ("35.4.1", JetPack guess)."""
+    m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
+    if not m:
+        return None
+    l4t = f"{m[1]}.{m[2]}"
+    return l4t, JETPACK.get(".".join(l4t.split(".")[:2]), "unknown (newer than this table)")
+
+
+def check_l4t(root: Path) -> Check:
+    model = _read(root / "proc/device-tree/model")
+    release = parse_l4t_release(_read(root / "etc/nv_tegra_release"))
+    pkg = _dpkg_version("nvidia-l4t-core") if root == Path("/") else None
+    if release is None and pkg is None:
+        return Check("Jetson / L4T", "--", f"not a Jetson ({platform.machine()}, {model or 'no device-tree model'})",
+                     "no JetPack here: TensorRT engines, INA3221 power rails and CSI cameras are Jetson-only; "
+                     "the tracker runs on onnxruntime CPU")
+    l4t, jp = release or (pkg, JETPACK.get(".".join((pkg or "").split(".")[:2]), "unknown"))
+    return Check("Jetson / L4T", "ok", f"{model or 'Jetson'}, L4T {l4t} (nvidia-l4t-core {pkg or '?'}), JetPack {jp}",
+                 "use JetPack's TensorRT, torch and OpenCV; build engines on this device (docs/jetson.md)")
+
+
+def _dpkg_version(package: str) -> str | None:
+    if shutil.which("dpkg-query") is None:
+        return None
+    out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True)
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def check_tensorrt() -> Check:
+    v = _version("tensorrt")
+    builder = v is not None and hasattr(importlib.import_module("tensorrt"), "Builder")
+    if v and builder:
+        return Check("TensorRT", "ok", f"tensorrt {v}", "--backend tensorrt builds engines here and caches them")
+    if v:
+        return Check("TensorRT", "!!", f"tensorrt {v} without a Builder (a lean/stub wheel)",
+                     "cannot build engines: install JetPack's python3-libnvinfer (or the full TensorRT)")
+    return Check("TensorRT", "--", "not installed", "backend auto falls back to onnxruntime; no INT8/FP16 engines")
+
+
+def check_cuda(root: Path) -> Check:
+    ver = _read(root / "usr/local/cuda/version.txt") or _cuda_json(root)
+    lib = ctypes.util.find_library("cudart")
+    py = [n for n, m in (("cuda-python", "cuda"), ("pycuda", "pycuda")) if _version(m)]
+    found = f"toolkit {ver or 'absent'}, libcudart {'found' if lib else 'absent'}, python: {', '.join(py) or 'none'}"
+    if not (ver or lib) or not _gpu_nodes(root):
+        return Check("CUDA", "--", found, "no CUDA GPU to use: CPU inference only (expected on a build or CI machine)")
+    status = "ok" if py else "!!"
+    meaning = "TensorRT inference can allocate device buffers" if py else \
+        "install cuda-python (pip install cuda-python) or pycuda: the TensorRT backend needs one of them"
+    return Check("CUDA", status, found, meaning)
+
+
+def _cuda_json(root: Path) -> str:
+    text = _read(root / "usr/local/cuda/version.json")
+    m = re.search(r'"cuda"\s*:\s*\{[^}]*"version"\s*:\s*"([^"]+)"', text)
+    return m[1] if m else ""
+
+
+def _gpu_nodes(root: Path) -> list[str]:
+    nodes = [p.name for p in sorted((root / "dev").glob("nvhost-gpu")) + sorted((root / "dev").glob("nvidia[0-9]*"))]
+    return nodes + (["nvgpu/"] if (root / "dev/nvgpu").is_dir() else [])
+
+
+def check_gpu(root: Path) -> Check:
+    nodes = _gpu_nodes(root)
+    if not nodes:
+        return Check("GPU", "--", "no NVIDIA GPU device nodes (/dev/nvhost-gpu, /dev/nvgpu, /dev/nvidia*)",
+                     "no GPU: inference runs on the CPU; FPS will be far below a Jetson's")
+    return Check("GPU", "ok", ", ".join(nodes), "the service needs the 'render'/'video' groups to open these")
+
+
+def check_onnxruntime() -> Check:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return Check("onnxruntime", "!!", "not installed", "install it (on a Jetson: NVIDIA's Jetson Zoo wheel)")
+    providers = ort.get_available_providers()
+    gpu = [p for p in providers if p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")]
+    meaning = f"GPU execution through {', '.join(gpu)}" if gpu else "CPU execution only (CPUExecutionProvider)"
+    return Check("onnxruntime", "ok", f"{ort.__version__}: {', '.join(providers)}", meaning)
+
+
+def check_opencv() -> Check:
+    try:
+        import cv2
+    except ImportError:
+        return Check("OpenCV", "!!", "not installed", "no video decoding: install opencv (JetPack's on a Jetson)")
+    info = cv2.getBuildInformation()
+    gst = re.search(r"GStreamer:\s*(\w+)", info)
+    has = bool(gst and gst[1].upper() == "YES")
+    meaning = ("CSI cameras (csi://N via nvarguscamerasrc) and hardware decode work" if has else
+               "no GStreamer: USB cameras, files and RTSP (FFmpeg) work; CSI cameras need JetPack's OpenCV "
+               "(apt install python3-opencv, then a venv with --system-site-packages)")
+    return Check("OpenCV", "ok" if has else "--", f"{cv2.__version__}, GStreamer {'yes' if has else 'no'}", meaning)
+
+
+def check_cameras(root: Path) -> Check:
+    devs = sorted((root / "dev").glob("video*"))
+    if not devs:
+        return Check("cameras", "--", "no /dev/video*",
+                     "no V4L2 camera: use --source FILE or an RTSP URL (or plug a camera, check `dmesg`)")
+    names = [f"{d.name} ({_read(root / 'sys/class/video4linux' / d.name / 'name') or '?'})" for d in devs]
+    access = os.access(devs[0], os.R_OK | os.W_OK)
+    meaning = "readable by you" if access else "not readable by you: add yourself to 'video' (the service user is)"
+    return Check("cameras", "ok" if access else "!!", ", ".join(names), meaning)
+
+
+def check_jtop(root: Path) -> Check:
+    v = _version("jtop")
+    sock = (root / "run/jtop.sock").exists()
+    if sock and v:
+        return Check("jtop", "ok", f"jetson-stats {v}, service socket /run/jtop.sock", "power via jtop in profile and /metrics")
+    found = f"jetson-stats {v or 'not installed'}, {'socket present' if sock else 'no /run/jtop.sock (service not running)'}"
+    return Check("jtop", "--", found, "no jtop power: the INA3221 rails are read from sysfs directly if present")
+
+
+def check_power(root: Path) -> Check:
+    from .power import find_ina3221_rails, open_meter
+
+    rails = find_ina3221_rails(root)
+    if root == Path("/"):
+        probe = open_meter()
+        meaning = probe.explain()
+    else:
+        meaning = "power meter: ina3221" if rails else "no power meter: energy is not reported"
+    found = ", ".join(r.name for r in rails) or "no INA3221 rails in sysfs"
+    metered = "no power meter" not in meaning
+    return Check("power", "ok" if metered else "--", found, meaning)
+
+
+def check_systemd() -> Check:
+    running = Path("/run/systemd/system").is_dir()
+    found = "running (PID 1)" if running else "not running here"
+    meaning = "`vsdmot-edge service install` can install and start the service" if running else \
+        "the service cannot run here; `service unit` and `service install --root DIR` still work"
+    return Check("systemd", "ok" if running else "--", found, meaning)
+
+
+PROBES: tuple[Callable[..., Check], ...] = (check_l4t, check_tensorrt, check_cuda, check_gpu, check_onnxruntime,
+                                            check_opencv, check_cameras, check_jtop, check_power, check_systemd)
+
+
+def diagnose(root: Path = Path("/")) -> list[Check]:
+    """Every probe, in order. `root` lets tests point the file-system probes at a recorded tree."""
+    needs_root = {"check_l4t", "check_cuda", "check_gpu", "check_cameras", "check_jtop", "check_power"}
+    return [p(root) if p.__name__ in needs_root else p() for p in PROBES]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--json", action="store_true", help="print the checks as JSON")
+    parser.add_argument("--root", default="/", help=argparse.SUPPRESS)  # a recorded tree, for tests
 
 
 def run(args: argparse.Namespace) -> int:
-    raise ValueError("doctor: not implemented yet")
+    checks = diagnose(Path(args.root))
+    if args.json:
+        print(json.dumps([asdict(c) for c in checks], indent=2))
+        return 0
+    print(f"vsdmot-edge doctor: {platform.node()} {platform.machine()}, Python {sys.version.split()[0]}")
+    for c in checks:
+        print(c.line())
+    return 0

@@ -284,7 +284,7 @@ def open_meter(order: Iterable[str] = METER_ORDER, root: str | os.PathLike = "/"
             meter = _FACTORIES[name](str(root))
             meter.read()
         except Exception as e:  # noqa: BLE001 - any failure means "not this meter", with the reason kept
-            probe.tried[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'unavailable'}"
+            probe.tried[name] = f"{type(e).__name__}: {' '.join(str(e).split()) or 'unavailable'}"
             continue
         probe.meter = meter
         return probe
