@@ -1,0 +1,139 @@
+"""YOLOX letterbox, decode and detector: synthetic head outputs with known answers, and the real
+yolox_nano.onnx on real frames against the ground truth."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from vsdmot.runtime.backends import OnnxRuntimeBackend
+from vsdmot.runtime.mot import read_rows
+from vsdmot.runtime.sources import open_sequence
+from vsdmot.runtime.tracking import box_iou
+from vsdmot.runtime.types import TensorSpec
+from vsdmot.runtime.yolox import PAD_VALUE, YoloxDetector, anchor_grid, decode, letterbox, nms
+
+
+@pytest.mark.parametrize(
+    "hw, size, scale, content",
+    [
+        ((576, 768), 416, 416 / 768, (312, 416)),  # PETS: landscape, pad at the bottom
+        ((480, 640), 416, 0.65, (312, 416)),
+        ((600, 300), 416, 416 / 600, (416, 208)),  # portrait, pad on the right
+        ((1080, 1920), 640, 1 / 3, (360, 640)),
+    ],
+)
+def test_letterbox(hw, size, scale, content):
+    img = np.zeros((*hw, 3), np.uint8)
+    img[..., 0], img[..., 1], img[..., 2] = 10, 20, 30  # B, G, R
+    tensor, got_scale = letterbox(img, size)
+    assert tensor.shape == (1, 3, size, size) and tensor.dtype == np.float32
+    assert got_scale == pytest.approx(scale)
+    h, w = content
+    np.testing.assert_array_equal(tensor[0, :, 0, 0], [10, 20, 30])  # BGR kept, 0..255, no mean/std
+    assert (tensor[0, :, h:, :] == PAD_VALUE).all() and (tensor[0, :, :, w:] == PAD_VALUE).all()
+    assert (tensor[0, :, :h, :w] != PAD_VALUE).all()
+
+
+def test_letterbox_rejects_gray():
+    with pytest.raises(ValueError, match=r"expected an \(H, W, 3\) image"):
+        letterbox(np.zeros((10, 10), np.uint8), 416)
+
+
+@pytest.mark.parametrize("size, anchors", [(416, 3549), (640, 8400), (320, 2100)])
+def test_anchor_grid_order(size, anchors):
+    grid, stride = anchor_grid(size)
+    n8 = (size // 8) ** 2
+    assert len(grid) == anchors and stride[0, 0] == 8 and stride[n8, 0] == 16 and stride[-1, 0] == 32
+    np.testing.assert_array_equal(grid[1], [1, 0])  # x runs fastest
+    np.testing.assert_array_equal(grid[size // 8], [0, 1])
+
+
+def _raw(size=416, classes=80):
+    return np.zeros((1, len(anchor_grid(size)[0]), 5 + classes), np.float32)
+
+
+def test_decode_one_anchor():
+    raw = _raw()
+    k = 52 * 52 + 5 * 26 + 3  # stride 16, cell x=3, y=5
+    raw[0, k, :5] = [0.5, 0.5, np.log(2), np.log(4), 0.8]
+    raw[0, k, 5], raw[0, k, 6] = 0.5, 0.9  # person, bicycle
+    xyxy, score, idx = decode(raw, 416, score_thr=0.1)
+    assert idx.tolist() == [k]
+    np.testing.assert_allclose(xyxy[0], [40, 56, 72, 120], atol=1e-4)  # centre (56, 88), 32 x 64
+    assert score[0] == pytest.approx(0.4)
+    _, score1, _ = decode(raw, 416, class_id=1, score_thr=0.1)
+    assert score1[0] == pytest.approx(0.72)
+
+
+def test_decode_all_anchors_by_default():
+    xyxy, score, idx = decode(_raw(), 416)
+    assert len(xyxy) == 0  # every score is 0, not > 0
+    raw = _raw()
+    raw[0, :, 4:6] = 0.5
+    xyxy, score, idx = decode(raw, 416)
+    assert xyxy.shape == (3549, 4) and (idx == np.arange(3549)).all() and np.allclose(score, 0.25)
+
+
+@pytest.mark.parametrize("shape", [(1, 3548, 85), (1, 3549, 5)])
+def test_decode_wrong_layout(shape):
+    with pytest.raises(ValueError, match="decode: expected"):
+        decode(np.zeros(shape, np.float32), 416)
+
+
+def test_nms_keeps_best_of_overlapping():
+    boxes = np.array([[0, 0, 10, 20], [1, 0, 11, 20], [50, 50, 60, 70]], np.float32)
+    keep = nms(boxes, np.array([0.6, 0.9, 0.5], np.float32), 0.45)
+    assert keep.tolist() == [1, 2]
+    assert nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.45).shape == (0,)
+
+
+@pytest.fixture(scope="module")
+def detector(yolox_onnx):
+    return YoloxDetector(OnnxRuntimeBackend(yolox_onnx, threads=1))
+
+
+@pytest.mark.parametrize("fixture, frames", [("tud_dir", (1, 40)), ("pets_dir", (1, 300)), ("mot17_dir", (1, 4))])
+def test_detector_finds_the_annotated_people(request, detector, fixture, frames):
+    seq = open_sequence(request.getfixturevalue(fixture))
+    gt = read_rows(seq.gt_path)
+    for frame in itertools.islice(seq.frames(), frames[1] - 1, frames[1]):
+        dets = detector.detect(frame.image)
+        g = gt.at(frame.index).select(gt.at(frame.index).conf != 0)
+        g_xyxy = np.c_[g.xywh[:, :2], g.xywh[:, :2] + g.xywh[:, 2:]]
+        h, w = frame.image.shape[:2]
+        assert (dets.xyxy >= 0).all() and (dets.xyxy[:, [0, 2]] <= w).all() and (dets.xyxy[:, [1, 3]] <= h).all()
+        assert (dets.score > 0.1).all() and dets.feature is None
+        hit = box_iou(g_xyxy, dets.xyxy[dets.score > 0.3]).max(axis=1, initial=0) >= 0.5
+        assert hit.mean() >= 0.6, (frame.index, hit)  # YOLOX-nano recall on annotated people
+
+
+class EmbedBackend:
+    """The real detector plus an `embed` output whose rows are (anchor index, 2 * index)."""
+
+    def __init__(self, inner):
+        self.inner, self.inputs = inner, inner.inputs
+        self.outputs = {**inner.outputs, "embed": TensorSpec("embed", (1, 3549, 2), "float32")}
+
+    def infer(self, feed):
+        out = self.inner.infer(feed)
+        idx = np.arange(3549, dtype=np.float32)
+        return {**out, "embed": np.stack([idx, 2 * idx], 1)[None]}
+
+    def close(self):
+        self.inner.close()
+
+
+def test_embed_rows_follow_the_kept_anchors(yolox_onnx, tud_dir):
+    inner = OnnxRuntimeBackend(yolox_onnx, threads=1)
+    frame = next(iter(open_sequence(tud_dir).frames()))
+    dets = YoloxDetector(EmbedBackend(inner)).detect(frame.image)
+    assert dets.feature.shape == (len(dets), 2) and len(dets) > 3
+    tensor, scale = letterbox(frame.image, 416)
+    xyxy, _, idx = decode(inner.infer({"images": tensor})["output"], 416)
+    anchors = dets.feature[:, 0].astype(int)
+    np.testing.assert_allclose(dets.feature[:, 1], 2 * anchors)
+    expected = np.clip(xyxy[np.searchsorted(idx, anchors)] / scale, 0, [640, 480, 640, 480])
+    np.testing.assert_allclose(dets.xyxy, expected, atol=1e-3)
