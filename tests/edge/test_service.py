@@ -1,0 +1,288 @@
+"""systemd integration: the sd_notify protocol on real datagram sockets, the notify hook's READY /
+WATCHDOG / STATUS / STOPPING logic (driven with FrameResults and SourceStats-like objects), the
+signal handlers, and a real `vsdmot-edge run` under a test NOTIFY_SOCKET stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from vsdmot.edge import service as S
+from vsdmot.runtime.types import Detections, FrameResult
+
+
+@dataclass
+class Stats:
+    """The fields of edge/sources.py's SourceStats the hooks read."""
+
+    last_fresh_monotonic: float
+    connected: bool = True
+    dropped: int = 0
+    reconnects: int = 0
+    stalls: int = 0
+
+
+def result(i: int, semantic: str = "skipped") -> FrameResult:
+    return FrameResult(i, i / 25, 0.9, 0.1, semantic, Detections.empty(with_ids=True), {"detector": 5.0, "total": 6.0})
+
+
+class Listener:
+    """A bound unix datagram socket standing in for systemd's notify socket."""
+
+    def __init__(self, address: str | bytes):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(address)
+        self.sock.settimeout(0.05)
+
+    def drain(self) -> list[str]:
+        out = []
+        while True:
+            try:
+                out.append(self.sock.recv(4096).decode())
+            except (TimeoutError, socket.timeout):
+                return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def listener(tmp_path):
+    lst = Listener(str(tmp_path / "notify.sock"))
+    yield lst, str(tmp_path / "notify.sock")
+    lst.close()
+
+
+@pytest.mark.parametrize(
+    "value, expected, error",
+    [
+        ("/run/systemd/notify", "/run/systemd/notify", None),
+        ("@/org/freedesktop/systemd1/notify/123", "\0/org/freedesktop/systemd1/notify/123", None),
+        ("relative.sock", None, "absolute path or @abstract"),
+        ("", None, "absolute path or @abstract"),
+    ],
+)
+def test_notify_address(value, expected, error):
+    if error:
+        with pytest.raises(ValueError, match=error):
+            S.notify_address(value)
+    else:
+        assert S.notify_address(value) == expected
+
+
+def test_notifier_path_socket(listener):
+    lst, path = listener
+    n = S.Notifier.from_env({"NOTIFY_SOCKET": path})
+    assert n.enabled and n.send("READY=1", "STATUS=hello")
+    assert lst.drain() == ["READY=1\nSTATUS=hello"]
+
+
+def test_notifier_abstract_socket():
+    name = f"@vsdmot-test-{os.getpid()}-{time.monotonic_ns()}"
+    lst = Listener("\0" + name[1:])
+    try:
+        assert S.Notifier(name).send("WATCHDOG=1")
+        assert lst.drain() == ["WATCHDOG=1"]
+    finally:
+        lst.close()
+
+
+def test_notifier_without_systemd_is_a_no_op(tmp_path):
+    n = S.Notifier.from_env({})
+    assert not n.enabled and n.send("READY=1") is False and n.sent == []
+    gone = S.Notifier(str(tmp_path / "nobody-listens.sock"))
+    assert gone.send("READY=1") is False  # logged, never raised: systemd going away must not kill the run
+
+
+@pytest.mark.parametrize(
+    "env, pid, expected",
+    [
+        ({}, 1, None),
+        ({"WATCHDOG_USEC": "30000000"}, 1, 15.0),
+        ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}, 1, 15.0),
+        ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "2"}, 1, None),  # meant for another process
+        ({"WATCHDOG_USEC": "abc"}, 1, ValueError),
+    ],
+)
+def test_watchdog_interval(env, pid, expected):
+    if expected is ValueError:
+        with pytest.raises(ValueError, match="WATCHDOG_USEC"):
+            S.watchdog_interval_s(env, pid)
+    else:
+        assert S.watchdog_interval_s(env, pid) == expected
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def kinds(messages: list[str]) -> list[str]:
+    return [m.split("\n")[0].split("=")[0] for m in messages]
+
+
+def test_ready_after_first_frame_then_watchdog_while_fresh(listener):
+    lst, path = listener
+    clock = Clock()
+    hook = S.NotifyHook(S.Notifier(path), stall_s=2.0, watchdog_s=1.0, clock=clock)
+    hook.on_start()
+    assert kinds(lst.drain()) == ["STATUS"]  # starting; not READY before a frame is processed
+    for i in range(1, 31):  # 3 s of fresh frames at 10 FPS
+        clock.t += 0.1
+        hook.on_frame(result(i), Stats(last_fresh_monotonic=clock.t))
+    got = kinds(lst.drain())
+    assert got[0] == "READY" and got.count("READY") == 1
+    assert got.count("WATCHDOG") == 3  # at t = 0.1, 1.1, 2.1 s: every watchdog_s
+    hook.on_stop(None)
+    assert kinds(lst.drain()) == ["STOPPING"]
+
+
+def test_watchdog_stops_when_the_source_stalls_and_resumes_when_fresh(listener):
+    """A camera that vanished (or repeats its last image) keeps the loop turning with stale
+    frames; the watchdog must starve so systemd restarts the service."""
+    lst, path = listener
+    clock = Clock()
+    hook = S.NotifyHook(S.Notifier(path), stall_s=2.0, watchdog_s=0.5, clock=clock)
+    start, fresh_until = clock.t, clock.t + 1.0
+    ping_times = []
+    for i in range(1, 81):  # 8 s at 10 FPS: fresh for 1 s, then the last fresh frame stays at +1 s
+        clock.t += 0.1
+        hook.on_frame(result(i), Stats(last_fresh_monotonic=min(clock.t, fresh_until)))
+        if "WATCHDOG" in kinds(lst.drain()):
+            ping_times.append(round(clock.t - start, 1))
+    # pings every 0.5 s while the newest fresh frame is within the 2 s stall window, then none
+    assert ping_times == [0.1, 0.6, 1.1, 1.6, 2.1, 2.6]
+    clock.t += 0.1  # fresh again: pings resume at once
+    hook.on_frame(result(81), Stats(last_fresh_monotonic=clock.t))
+    assert "WATCHDOG" in kinds(lst.drain())
+
+
+def test_disconnected_source_is_not_fresh(listener):
+    lst, path = listener
+    clock = Clock()
+    hook = S.NotifyHook(S.Notifier(path), stall_s=5.0, watchdog_s=0.1, clock=clock)
+    hook.on_frame(result(1), Stats(last_fresh_monotonic=clock.t, connected=False))
+    assert kinds(lst.drain()) == ["READY"]  # processed a frame, but no watchdog ping
+
+
+def test_status_reports_fps(listener):
+    lst, path = listener
+    clock = Clock()
+    hook = S.NotifyHook(S.Notifier(path), stall_s=2.0, watchdog_s=None, clock=clock)
+    for i in range(1, 62):
+        clock.t += 0.1
+        hook.on_frame(result(i), None)  # a file source has no stats: its frames are fresh
+    status = [m for m in lst.drain() if m.startswith("STATUS=tracking")]
+    assert status and "10.0 fps" in status[-1] and "semantic skipped 100%" in status[-1]
+
+
+def test_signal_handlers_stop_and_reload(listener):
+    lst, path = listener
+    stop, calls = threading.Event(), []
+    restore = S.install_signal_handlers(stop, lambda: calls.append("reload"), S.Notifier(path))
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(0.05)
+        assert calls == ["reload"] and not stop.is_set()
+        assert kinds(lst.drain()) == ["RELOADING", "READY"]
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert stop.is_set() and kinds(lst.drain()) == ["STOPPING"]
+    finally:
+        restore()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_failed_reload_keeps_running(listener):
+    lst, path = listener
+
+    def bad() -> None:
+        raise ValueError("[semantics] policy: expected one of ['auto', 'always', 'never'], got 'sometimes'")
+
+    restore = S.install_signal_handlers(threading.Event(), bad, S.Notifier(path))
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(0.05)
+    finally:
+        restore()
+    msgs = lst.drain()
+    assert kinds(msgs) == ["RELOADING", "READY"] and "reload failed" in msgs[1]
+
+
+def test_make_hooks_from_args_and_config():
+    import argparse
+
+    from vsdmot.edge.health import HealthHook
+    from vsdmot.runtime.config import load_config
+
+    p = argparse.ArgumentParser()
+    S.add_run_arguments(p)
+    cfg = load_config(None, {"service.stall_timeout_s": 3.0})
+    hooks = S.make_hooks(p.parse_args(["--health-listen", "off"]), cfg)
+    assert [type(h) for h in hooks] == [S.NotifyHook] and hooks[0].stall_s == 3.0
+    hooks = S.make_hooks(p.parse_args(["--health-listen", "127.0.0.1:0", "--stall-timeout", "7", "--power-meter", "none"]), cfg)
+    assert isinstance(hooks[1], HealthHook) and hooks[1].metrics.stall_s == 7.0 and hooks[1].meter_order is None
+    with pytest.raises(ValueError, match="stall-timeout"):
+        S.make_hooks(p.parse_args(["--stall-timeout", "-1"]), cfg)
+
+
+# ---- a real `vsdmot-edge run` under a test notify socket ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, yolox_onnx) -> Path:
+    pytest.importorskip("torch")  # the tiny bundle's student is made with torch
+    from tinybundle import make_bundle
+
+    return make_bundle(tmp_path_factory.mktemp("b") / "bundle", yolox_onnx, extra={"tracker": "bytetrack"})
+
+
+def test_real_run_notifies_in_order_and_sigterm_loses_no_results(bundle, tmp_path):
+    """READY=1, WATCHDOG=1, STOPPING=1 in that order from a real subprocess on the demo clip;
+    after SIGTERM every frame processed is in the outputs, and no line is torn."""
+    from vsdmot.runtime.mot import read_rows
+
+    sock_path = tmp_path / "notify.sock"
+    lst = Listener(str(sock_path))
+    out = {k: tmp_path / f"{k}.out" for k in ("mot", "jsonl", "stats")}
+    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"}
+    cmd = [sys.executable, "-c", "import sys; from vsdmot.edge.cli import main; sys.exit(main(sys.argv[1:]))",
+           "run", "--demo", "--loop", "--bundle", str(bundle), "--threads", "1", "--health-listen", "127.0.0.1:0",
+           "--power-meter", "none", "--mot-out", str(out["mot"]), "--jsonl-out", str(out["jsonl"]),
+           "--stats-out", str(out["stats"])]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    msgs: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and kinds(msgs).count("WATCHDOG") < 2:
+            msgs += lst.drain()
+            assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        msgs += lst.drain()
+    finally:
+        proc.kill() if proc.poll() is None else None
+        lst.close()
+    assert proc.returncode == 0, err
+    order = [k for k in kinds(msgs) if k in ("READY", "WATCHDOG", "STOPPING")]
+    assert order[0] == "READY" and order[-1] == "STOPPING" and order.count("STOPPING") == 1
+    assert order.index("WATCHDOG") > order.index("READY") and "WATCHDOG" not in order[order.index("STOPPING"):]
+    frames = json.loads(out["stats"].read_text())["frames"]
+    records = [json.loads(line) for line in out["jsonl"].read_text().splitlines()]
+    rows = read_rows(out["mot"])
+    assert frames > 0 and len(records) == frames  # every processed frame written, none torn
+    assert len(rows.frame) == sum(len(r["tracks"]) for r in records)
+    assert rows.frame.max() <= frames
