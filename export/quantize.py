@@ -1,0 +1,176 @@
+"""Step: FP32 ONNX -> explicit INT8 Q/DQ ONNX (ONNX Runtime `quantize_static`), for ORT and TensorRT.
+
+Symmetric int8 activations (zero-point 0, per tensor) and per-channel symmetric int8 weights;
+bias left in float (TensorRT's DequantizeLinear takes int8 only). Kept at higher precision:
+- op types in `keep_op_types` (Softmax, LayerNormalization, ...);
+- attention: MatMuls of two activations (Q.K^T and attn.V) when `keep_attention`;
+- the DSWR/fusion path: every node computed only from `keep_inputs` (`semantic`, `w`).
+Calibration runs in chunks of `stride` frames (ORT's CalibStridedMinMax) so 500 detector
+frames never sit in memory as intermediate activations at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vsdmot.runtime.bundle import file_sha256
+
+from .report import cached_step, fingerprint
+
+log = logging.getLogger(__name__)
+METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    method: str = "minmax"  # minmax | entropy | percentile (see `--method auto` in the chain)
+    per_channel: bool = True  # per-output-channel weight scales (TensorRT's explicit INT8 layout)
+    keep_op_types: tuple[str, ...] = ("Softmax", "LayerNormalization", "Sigmoid", "Erf", "Exp", "Log",
+                                      "Pow", "Sqrt", "ReduceMean", "Div")  # stay float
+    keep_attention: bool = True  # MatMul of two activations (attention scores / mixing) stays float
+    keep_inputs: tuple[str, ...] = ("semantic", "w")  # graph inputs whose cone (DSWR/fusion) stays float
+    exclude_nodes: tuple[str, ...] = ()  # further node names to keep float (from a sensitivity scan)
+    percentile: float = 99.999  # percentile method: the clipped range's percentile
+    num_bins: int = 0  # histogram bins for entropy/percentile; 0 = ORT's default (128 / 2048)
+    stride: int = 25  # calibration frames per collection chunk (memory bound)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"quantize method: expected one of {list(METHODS)}, got {self.method!r}")
+        if self.stride < 1:
+            raise ValueError(f"quantize stride: expected >= 1, got {self.stride}")
+
+
+class FeedReader:
+    """ORT CalibrationDataReader over a sequence of feeds, with the ranges strided collection needs."""
+
+    def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]], names: Sequence[str]):
+        self.feeds, self.names = feeds, list(names)
+        self.start, self.end, self.i = 0, len(feeds), 0
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.start, self.end, self.i = start_index, end_index, start_index
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.i >= self.end:
+            return None
+        feed = self.feeds[self.i]
+        self.i += 1
+        return {k: np.ascontiguousarray(feed[k]) for k in self.names}
+
+    def rewind(self) -> None:
+        self.i = self.start
+
+
+def quantize(onnx_path: str | Path, cfg: QuantConfig, out_path: str | Path,
+             feeds: Sequence[Mapping[str, np.ndarray]], feeds_id: str = "") -> Path:
+    """Quantise `onnx_path` calibrated on `feeds` (`feeds_id` names them in the idempotence key)."""
+    if len(feeds) == 0:
+        raise ValueError("quantize: no calibration feeds")
+
+    def build(out: Path) -> dict[str, Any]:
+        return _quantize(Path(onnx_path), cfg, out, feeds)
+
+    key = fingerprint(file_sha256(onnx_path), cfg, feeds_id or len(feeds))
+    return cached_step(f"quantize[{cfg.method}]", out_path, key, build)
+
+
+def _quantize(src: Path, cfg: QuantConfig, out: Path, feeds) -> dict[str, Any]:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    model = onnx.load(str(src))
+    name_nodes(model)
+    excluded = sorted(nodes_to_keep_float(model, cfg))
+    n = len(feeds) - len(feeds) % min(cfg.stride, len(feeds))  # strided collection needs a multiple
+    with tempfile.TemporaryDirectory(prefix="vsdmot-quant-") as tmp:
+        named = Path(tmp) / "named.onnx"
+        onnx.save(model, str(named))
+        inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+        reader = FeedReader(feeds[:n] if n < len(feeds) else feeds, inputs)
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[cfg.method]
+        quantize_static(str(named), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                        calibrate_method=method, extra_options=extra_options(cfg, n))
+    qmodel = onnx.load(str(out))
+    rewired = float_inputs(qmodel, set(excluded))
+    onnx.save(qmodel, str(out))
+    return {"method": cfg.method, "calib_frames": n, "kept_float": excluded, "per_channel": cfg.per_channel,
+            "float_inputs_rewired": rewired}
+
+
+def extra_options(cfg: QuantConfig, n: int) -> dict[str, Any]:
+    opts: dict[str, Any] = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                            "CalibStridedMinMax": min(cfg.stride, n), "CalibTensorRangeSymmetric": True,
+                            "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+                            "DedicatedQDQPair": True}  # float consumers read the float tensor
+    if cfg.method == "percentile":
+        opts["CalibPercentile"] = cfg.percentile
+    if cfg.num_bins and cfg.method != "minmax":
+        opts["CalibNumBins"] = cfg.num_bins
+    return opts
+
+
+def float_inputs(model, names: set[str]) -> int:
+    """Kept-float nodes read the float tensor, not DQ(Q(x)) of it; drop Q/DQ left without consumers."""
+    prod = {o: n for n in model.graph.node for o in n.output}
+    rewired = 0
+    for node in model.graph.node:
+        if node.name not in names:
+            continue
+        for k, name in enumerate(node.input):
+            dq = prod.get(name)
+            q = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[k], rewired = q.input[0], rewired + 1
+    drop_dead_qdq(model)
+    return rewired
+
+
+def drop_dead_qdq(model) -> None:
+    outputs = {o.name for o in model.graph.output}
+    for _ in range(2):  # DQ first, then the Q that fed it
+        used = {i for n in model.graph.node for i in n.input} | outputs
+        dead = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        for n in dead:
+            model.graph.node.remove(n)
+
+
+def name_nodes(model) -> None:
+    """Give every unnamed node a stable name (exclusion lists refer to nodes by name)."""
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+
+
+def nodes_to_keep_float(model, cfg: QuantConfig) -> set[str]:
+    """Names of nodes to leave unquantised: kept op types, attention MatMuls, the fusion cone."""
+    consts = {t.name for t in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
+                                                          for o in n.output}
+    keep = {n.name for n in model.graph.node if n.op_type in cfg.keep_op_types} | set(cfg.exclude_nodes)
+    if cfg.keep_attention:
+        keep |= {n.name for n in model.graph.node if n.op_type == "MatMul" and not (set(n.input) & consts)}
+    return keep | cone_nodes(model, cfg.keep_inputs, consts)
+
+
+def cone_nodes(model, inputs: Sequence[str], consts: set[str]) -> set[str]:
+    """Nodes whose non-constant inputs all derive from `inputs` only (graph is topologically sorted)."""
+    derived, names = set(inputs) & {i.name for i in model.graph.input}, set()
+    for node in model.graph.node:
+        live = [i for i in node.input if i and i not in consts]
+        if live and all(i in derived for i in live):
+            derived.update(node.output)
+            names.add(node.name)
+    return names
