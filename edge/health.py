@@ -243,7 +243,11 @@ class HealthServer:
         host, port = parse_listen(listen)
         handler = type("Handler", (_Handler,), {"metrics": metrics})
         server = type("Server", (ThreadingHTTPServer,), {"address_family": _family(host), "daemon_threads": True})
-        self._httpd = server((host, port), handler)
+        try:
+            self._httpd = server((host, port), handler)
+        except OSError as e:
+            raise OSError(f"health server: cannot listen on {listen} ({e.strerror or e}); set [service] "
+                          "health_listen or --health-listen to another HOST:PORT, or 'off'") from None
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="vsdmot-health", daemon=True)
 
     @property

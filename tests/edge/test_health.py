@@ -1,0 +1,156 @@
+"""Health and metrics: /healthz 200/503 by freshness, Prometheus text that a parser accepts, a real
+server on loopback, and power metrics only from a (recorded) meter."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from vsdmot.edge import health as H
+from vsdmot.edge.power import Ina3221Meter
+from vsdmot.runtime.types import Detections, FrameResult
+
+
+@dataclass
+class Stats:
+    last_fresh_monotonic: float
+    connected: bool = True
+    dropped: int = 0
+    reconnects: int = 0
+    stalls: int = 0
+
+
+class Clock:
+    def __init__(self):
+        self.t = 500.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def result(i: int, semantic: str, total_ms: float = 20.0) -> FrameResult:
+    return FrameResult(i, i / 10, 0.8, 0.3, semantic, Detections.empty(with_ids=True),
+                       {"quality": 1.0, "detector": total_ms - 3, "tracker": 2.0, "total": total_ms})
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("127.0.0.1:9108", ("127.0.0.1", 9108)), ("[::1]:9108", ("::1", 9108)), ("0.0.0.0:0", ("0.0.0.0", 0)),
+     ("localhost", ValueError), (":9108", ValueError), ("127.0.0.1:99999", ValueError)],
+)
+def test_parse_listen(text, expected):
+    if expected is ValueError:
+        with pytest.raises(ValueError, match="HOST:PORT"):
+            H.parse_listen(text)
+    else:
+        assert H.parse_listen(text) == expected
+
+
+def test_health_by_freshness():
+    clock = Clock()
+    m = H.Metrics(stall_s=5.0, clock=clock)
+    code, body = m.health()
+    assert (code, body["status"]) == (503, "starting")
+    m.observe(result(1, "fresh"), Stats(last_fresh_monotonic=clock.t))
+    assert m.health()[0] == 200
+    clock.t += 4.9  # no frame for 4.9 s: still within the window
+    assert m.health()[0] == 200
+    clock.t += 0.2
+    code, body = m.health()
+    assert (code, body["status"]) == (503, "stalled") and body["last_fresh_age_s"] == pytest.approx(5.1)
+    # frames keep coming but the source says they are stale (a stuck camera): still 503
+    m.observe(result(2, "skipped"), Stats(last_fresh_monotonic=clock.t - 5.1, stalls=1))
+    assert m.health()[0] == 503
+    m.observe(result(3, "skipped"), Stats(last_fresh_monotonic=clock.t, connected=False, reconnects=1))
+    code, body = m.health()
+    assert code == 503 and body["source_connected"] is False and body["source_reconnects"] == 1
+    m.observe(result(4, "skipped"), Stats(last_fresh_monotonic=clock.t, reconnects=1))
+    assert m.health()[0] == 200
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """Every sample line `name{labels} value` -> value; raises on a malformed line."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            assert re.match(r"^# (HELP|TYPE) [a-zA-Z_:][a-zA-Z0-9_:]* .+$", line) or not line, line
+            continue
+        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[a-zA-Z_]+="[^"]*"(?:,[a-zA-Z_]+="[^"]*")*\})?) (\S+)$', line)
+        assert m, f"malformed sample line: {line!r}"
+        out[m[1]] = float(m[2])
+    return out
+
+
+def test_metrics_content():
+    clock = Clock()
+    m = H.Metrics(stall_s=5.0, clock=clock)
+    states = ["fresh"] + ["skipped"] * 6 + ["reused"] * 3
+    for i, st in enumerate(states, 1):
+        clock.t += 0.1
+        m.observe(result(i, st, total_ms=4.0 if i % 2 else 40.0), Stats(clock.t, dropped=2, reconnects=1, stalls=1))
+    s = parse_prometheus(m.prometheus())
+    assert s["vsdmot_frames_total"] == 10
+    assert s["vsdmot_fps"] == pytest.approx(10.0)
+    assert s["vsdmot_semantic_skip_ratio"] == pytest.approx(0.6)
+    assert s['vsdmot_semantic_frames_total{state="reused"}'] == 3
+    assert s["vsdmot_source_dropped_frames_total"] == 2 and s["vsdmot_source_reconnects_total"] == 1
+    assert s['vsdmot_stage_latency_seconds_bucket{stage="total",le="0.005"}'] == 5
+    assert s['vsdmot_stage_latency_seconds_bucket{stage="total",le="0.05"}'] == 10
+    assert s['vsdmot_stage_latency_seconds_bucket{stage="total",le="+Inf"}'] == 10
+    assert s['vsdmot_stage_latency_seconds_sum{stage="total"}'] == pytest.approx(0.22)
+    assert s['vsdmot_power_meter_info{meter="none"}'] == 1
+    assert not any(k.startswith("vsdmot_power_watts") for k in s)  # no meter, no watts
+
+
+def test_metrics_power_from_a_recorded_meter():
+    m = H.Metrics()
+    m.set_power(Ina3221Meter(Path(__file__).parent / "data/sysfs/jp6_orin_nano").read(), "ina3221")
+    s = parse_prometheus(m.prometheus())
+    assert s['vsdmot_power_watts{rail="VDD_IN"}'] == pytest.approx(5.072 * 1.024)
+    assert s['vsdmot_power_rail_watts{rail="VDD_SOC"}'] == pytest.approx(5.072 * 0.288)
+    assert s['vsdmot_power_meter_info{meter="ina3221"}'] == 1
+
+
+def get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.headers["Content-Type"], r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["Content-Type"], e.read().decode()
+
+
+def test_server_on_loopback_through_the_hook():
+    hook = H.HealthHook("127.0.0.1:0", stall_s=60.0)
+    hook.on_start()
+    try:
+        host, port = hook.server.address
+        assert host == "127.0.0.1"
+        base = f"http://{host}:{port}"
+        code, ctype, body = get(base + "/healthz")
+        assert (code, ctype, json.loads(body)["status"]) == (503, "application/json", "starting")
+        import time
+
+        hook.on_frame(result(1, "fresh"), Stats(time.monotonic()))
+        code, _, body = get(base + "/healthz")
+        assert code == 200 and json.loads(body)["frames"] == 1
+        code, ctype, body = get(base + "/metrics")
+        assert code == 200 and ctype.startswith("text/plain; version=0.0.4")
+        assert parse_prometheus(body)["vsdmot_frames_total"] == 1
+        assert get(base + "/nope")[0] == 404
+    finally:
+        hook.on_stop(None)
+
+
+def test_port_in_use_is_a_clear_error():
+    first = H.HealthServer(H.Metrics(), "127.0.0.1:0").start()
+    try:
+        with pytest.raises(OSError, match="health server"):
+            H.HealthServer(H.Metrics(), "127.0.0.1:%d" % first.address[1])
+    finally:
+        first.close()
