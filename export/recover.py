@@ -1,0 +1,98 @@
+"""Step: recover a pruned network by distillation from the unpruned one, on degraded frames.
+
+The student (pruned) learns to reproduce every output of the teacher (unpruned) on the same
+inputs: the loss per output is the mean squared error over the teacher's variance, summed.
+BatchNorm statistics stay frozen (eval mode): batches are small and the kept channels' stats
+are still right. Stops at `steps` or `max_seconds`, whichever comes first; records the
+distillation loss before and after on a held-out slice of the feeds.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .report import cached_step, fingerprint
+from .to_onnx import TorchNet, module_sha256
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RecoverConfig:
+    steps: int = 300  # optimizer steps at most
+    max_seconds: float = 180.0  # wall-clock budget (the default export: minutes on a 2-core CPU)
+    batch: int = 4  # feeds per step
+    lr: float = 3e-4  # Adam learning rate
+    holdout: float = 0.1  # fraction of feeds kept out of training to measure the loss
+    seed: int = 0  # batch order
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch < 1 or self.lr <= 0 or not 0 < self.holdout < 1:
+            raise ValueError(f"recover config out of range: {self}")
+
+
+def recover(pruned: TorchNet, cfg: RecoverConfig, out_path: str | Path, teacher: TorchNet,
+            feeds: Sequence[Mapping[str, np.ndarray]], feeds_id: str = "") -> Path:
+    """Distil `teacher` into `pruned` on `feeds`; write the recovered module to `out_path`."""
+    def build(out: Path) -> dict[str, Any]:
+        module, details = distil(pruned, teacher, feeds, cfg)
+        torch.save(module, out)
+        return details
+
+    key = fingerprint(module_sha256(pruned.module), module_sha256(teacher.module), cfg, feeds_id or len(feeds))
+    return cached_step("recover", out_path, key, build)
+
+
+def distil(pruned: TorchNet, teacher: TorchNet, feeds: Sequence[Mapping[str, np.ndarray]],
+           cfg: RecoverConfig) -> tuple[nn.Module, dict[str, Any]]:
+    student = copy.deepcopy(pruned.module).eval()  # eval: BatchNorm stats frozen, dropout off
+    n_hold = max(1, int(len(feeds) * cfg.holdout))
+    train, hold = list(range(n_hold, len(feeds))), list(range(n_hold))
+    names = list(teacher.inputs)
+    before = held_loss(student, teacher, feeds, hold, names)
+    opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
+    rng, t0, step = np.random.default_rng(cfg.seed), time.perf_counter(), 0
+    while step < cfg.steps and time.perf_counter() - t0 < cfg.max_seconds and train:
+        idx = rng.choice(train, size=min(cfg.batch, len(train)), replace=False)
+        loss = distil_loss(student, teacher, batch(feeds, idx, names))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+    after = held_loss(student, teacher, feeds, hold, names)
+    log.info("recover %s: %d steps in %.0f s, held-out distillation loss %.4f -> %.4f", pruned.name, step,
+             time.perf_counter() - t0, before, after)
+    return student.eval(), {"steps": step, "seconds": round(time.perf_counter() - t0, 1), "loss_before": before,
+                            "loss_after": after, "train_feeds": len(train), "holdout_feeds": len(hold)}
+
+
+def batch(feeds, idx, names) -> list[torch.Tensor]:
+    """Concatenate the chosen feeds along the batch axis, per input, in forward() order."""
+    return [torch.as_tensor(np.concatenate([feeds[int(i)][k] for i in idx], 0)) for k in names]
+
+
+def outputs(module: nn.Module, args: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    out = module(*args)
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def distil_loss(student: nn.Module, teacher: TorchNet, args: list[torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        target = outputs(teacher.module.eval(), args)
+    pred = outputs(student, args)
+    return sum(((p - t) ** 2).mean() / (t.var() + 1e-6) for p, t in zip(pred, target))
+
+
+def held_loss(student: nn.Module, teacher: TorchNet, feeds, idx, names) -> float:
+    with torch.no_grad():
+        return float(np.mean([float(distil_loss(student, teacher, batch(feeds, [i], names))) for i in idx]))
