@@ -181,10 +181,14 @@ class JtopMeter:
     scope = "jtop total (VDD_IN / POM_5V_IN where the board has it, else the sum of rails)"
 
     def __init__(self):
-        from jtop import jtop  # lazily: jetson-stats is a Jetson extra
+        import warnings
 
-        self._jtop = jtop()
-        self._jtop.start()  # raises JtopException when the jtop service is absent
+        with warnings.catch_warnings():  # jetson-stats calls the deprecated distro.linux_distribution()
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from jtop import jtop  # lazily: jetson-stats is a Jetson extra
+
+            self._jtop = jtop()
+            self._jtop.start()  # raises JtopException when the jtop service is absent
 
     def read(self) -> PowerSample:
         power = self._jtop.power  # {"rail": {name: {"power": mW, ...}}, "tot": {"power": mW, "name"?}}

@@ -1,0 +1,110 @@
+"""`vsdmot-edge profile`: steady-state statistics from frame records, energy arithmetic, and a real
+comparison report on the demo clip (here: no power meter, so no watts anywhere in the report)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from vsdmot.edge import profile_cmd as PC
+from vsdmot.edge.cli import main
+from vsdmot.edge.power import make_sample
+
+
+def records(n: int, dt: float = 0.1, cpu_per_frame: float = 0.05) -> list[PC.FrameRecord]:
+    states = ["fresh", "skipped", "skipped", "reused"]
+    return [PC.FrameRecord(t=100.0 + dt * i, index=i, q=0.9, w=0.1, semantic=states[i % 4],
+                           latency_ms={"quality": 1.0, "semantics": 2.0, "detector": 30.0, "tracker": 3.0, "total": 40.0 if i else 900.0},
+                           cpu_s=10.0 + cpu_per_frame * i) for i in range(1, n + 1)]
+
+
+def test_summarize_steady_state():
+    recs = records(40)  # frames finish at 100.1 .. 104.0; run started at 100.0
+    s = PC.summarize(recs, t_start=100.0, warmup_s=1.0)
+    assert s["warmup_frames"] == 9 and s["frames"] == 31  # frames at t - start < 1.0 s are warm-up
+    assert s["seconds"] == pytest.approx(3.1)
+    assert s["fps"]["end_to_end"] == pytest.approx(31 / 3.1, rel=1e-3)
+    assert s["fps"]["model"] == pytest.approx(1000 / 35.0, rel=1e-3)  # semantics + detector + tracker
+    assert s["fps"]["pipeline"] == pytest.approx(1000 / 40.0, rel=1e-3)  # the warm-up's 900 ms frame is excluded
+    assert s["latency_ms"]["total"]["p99"] == 40.0
+    assert s["semantic"]["skipped"] + s["semantic"]["fresh"] + s["semantic"]["reused"] == 31
+    assert s["semantic_skip_ratio"] == pytest.approx(s["semantic"]["skipped"] / 31, abs=1e-4)
+    assert s["cpu_seconds"] == pytest.approx(31 * 0.05) and s["cpu_cores_busy"] == pytest.approx(0.5, rel=1e-3)
+
+
+def test_warmup_longer_than_the_run_is_a_clear_error():
+    with pytest.raises(ValueError, match="no frames after the 10.0 s warm-up"):
+        PC.summarize(records(5), t_start=100.0, warmup_s=10.0)
+
+
+def test_first_frame_is_always_warmup():
+    assert PC.summarize(records(5), t_start=100.0, warmup_s=0.0)["frames"] == 4
+
+
+def test_energy_net_of_idle_baseline():
+    """Arithmetic only (samples built by hand, labelled as such; never reported as measured)."""
+    stats = {"frames": 100, "seconds": 10.0}
+    samples = [make_sample({"VDD_IN": 7.0}, t) for t in (0.0, 5.0, 10.0)]
+    e = PC.energy(stats, samples, idle_w=5.0)
+    assert (e["mean_w"], e["net_w"], e["joules_per_frame"], e["net_joules_per_frame"]) == (7.0, 2.0, 0.7, 0.2)
+    assert "too few" in PC.energy(stats, samples[:1], None)["note"]
+
+
+@pytest.mark.parametrize(
+    "flags, labels, error",
+    [
+        ({}, ["semantic=config"], None),
+        ({"semantic": "never"}, ["semantic=never"], None),
+        ({"compare_semantic": "auto,always"}, ["semantic=auto", "semantic=always"], None),
+        ({"compare_bundle": "/b/int8,/b/fp32"}, ["bundle=int8", "bundle=fp32"], None),
+        ({"compare_semantic": "auto"}, None, "two comma-separated"),
+        ({"compare_semantic": "auto,sometimes"}, None, "auto, always or never"),
+        ({"compare_semantic": "auto,always", "compare_bundle": "a,b"}, None, "exclusive"),
+    ],
+)
+def test_variants(flags, labels, error):
+    args = argparse.Namespace(**{"semantic": None, "compare_semantic": None, "compare_bundle": None, **flags})
+    if error:
+        with pytest.raises(ValueError, match=error):
+            PC.variants(args)
+    else:
+        assert [v.label for v in PC.variants(args)] == labels
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, yolox_onnx) -> Path:
+    pytest.importorskip("torch")  # the tiny bundle's student is made with torch
+    from tinybundle import make_bundle
+
+    return make_bundle(tmp_path_factory.mktemp("b") / "bundle", yolox_onnx, extra={"tracker": "bytetrack"})
+
+
+def test_profile_report_on_the_demo_clip(bundle, tmp_path, capsys):
+    """Two runs side by side on the shipped demo clip; no meter here, so time and CPU only."""
+    rep = tmp_path / "report"
+    rc = main(["profile", "--demo", "--bundle", str(bundle), "--threads", "1", "--duration", "2", "--warmup", "0.5",
+               "--idle", "0", "--compare-semantic", "auto,always", "--report", str(rep)])
+    assert rc == 0
+    report = json.loads((rep / "report.json").read_text())
+    assert [r["label"] for r in report["runs"]] == ["semantic=auto", "semantic=always"]
+    for r in report["runs"]:
+        s = r["stats"]
+        assert s["frames"] > 5 and s["warmup_frames"] >= 1
+        assert {"quality", "detector", "tracker", "total"} <= set(s["latency_ms"])
+        assert all(s["fps"][k] > 0 for k in ("model", "pipeline", "end_to_end"))
+        assert s["fps"]["model"] >= s["fps"]["pipeline"] >= s["fps"]["end_to_end"] * 0.9
+        assert s["cpu_seconds"] > 0 and 0 <= s["semantic_skip_ratio"] <= 1
+        assert r["config"]["semantics"]["policy"] == r["label"].split("=")[1]
+        if report["meter"]["name"] is None:
+            assert r["energy"] == {"metered": False, "note": report["meter"]["explain"]} and r["power_samples"] == []
+    pngs = {p.name for p in rep.glob("*.png")}
+    assert {"latency_over_time.png", "stage_breakdown.png", "quality_weight.png"} <= pngs
+    md = (rep / "report.md").read_text()
+    assert "| FPS, end to end (decode + step + hooks) |" in md and "semantic=always" in md
+    if report["meter"]["name"] is None:
+        assert "power_over_time.png" not in pngs and "no power meter" in md
+        assert not any(w in md for w in ("mean power W", "J per frame"))
+    assert "semantic=auto:" in capsys.readouterr().out
