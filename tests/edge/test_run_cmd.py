@@ -1,0 +1,139 @@
+"""`vsdmot-edge run`: the BRIEF contract end to end on real frames, and bad input as one clear line
+with a non-zero exit that leaves earlier outputs intact."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from tinybundle import make_bundle, write_manifest
+from vsdmot.edge.cli import main
+from vsdmot.edge.run_cmd import DEMO_CLIP
+from vsdmot.runtime.mot import read_rows
+
+pytest.importorskip("torch")  # the tiny bundle's student is made with torch
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, yolox_onnx) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("b") / "bundle", yolox_onnx, extra={"tracker": "bytetrack"})
+
+
+def edge_run(*args: str) -> int:
+    return main(["run", "--health-listen", "off", "--threads", "1", *map(str, args)])
+
+
+def test_demo_clip_is_shipped_small_and_not_the_shared_file():
+    assert DEMO_CLIP.is_file() and DEMO_CLIP.stat().st_size < 2_000_000
+    import cv2
+
+    cap = cv2.VideoCapture(str(DEMO_CLIP))
+    assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (640, 480)
+    assert 150 <= cap.get(cv2.CAP_PROP_FRAME_COUNT) <= 200
+    assert (DEMO_CLIP.parent / "NOTICE-demo.md").is_file()
+
+
+def test_contract_outputs(bundle, tmp_path):
+    out = {k: tmp_path / n for k, n in (("mot", "mot.txt"), ("stats", "stats.json"), ("jsonl", "f.jsonl"), ("video", "a.avi"))}
+    rc = edge_run("--demo", "--bundle", bundle, "--max-frames", 6, "--mot-out", out["mot"], "--stats-out", out["stats"],
+                  "--jsonl-out", out["jsonl"], "--video-out", out["video"])
+    assert rc == 0
+    rows = read_rows(out["mot"])
+    assert rows.frame.min() == 1 and rows.frame.max() == 6 and len(set(rows.id)) >= 3
+    assert (rows.xywh[:, 0] + rows.xywh[:, 2]).max() <= 640.5  # demo-clip pixels
+    stats = json.loads(out["stats"].read_text())
+    assert stats["frames"] == 6 and stats["fps"] > 0
+    assert {"semantic_runs", "semantic_skipped", "latency_ms"} <= set(stats)
+    assert {"detector", "tracker", "quality"} <= set(stats["latency_ms"])
+    assert len(out["jsonl"].read_text().splitlines()) == 6
+    assert out["video"].stat().st_size > 0
+
+
+def test_config_file_and_flag_precedence(bundle, tmp_path):
+    conf = tmp_path / "run.toml"
+    conf.write_text(f'max_frames = 2\n[pipeline]\nbundle = "{bundle}"\n[sinks]\nmot_out = "{tmp_path / "a.txt"}"\n')
+    assert edge_run("--config", conf, "--source", DEMO_CLIP, "--max-frames", 3) == 0
+    assert read_rows(tmp_path / "a.txt").frame.max() == 3  # the flag beats the file
+
+
+def _tamper_schema(b: Path) -> None:
+    m = json.loads((b / "manifest.json").read_text())
+    write_manifest(b, {"schema_version": 99, "tracker": m.get("tracker")})
+
+
+def _tamper_hash(b: Path) -> None:
+    (b / "quality.json").write_text((b / "quality.json").read_text().replace("0.6", "0.7"))
+
+
+def _wrong_shape(b: Path) -> None:
+    import torch
+
+    (b / "detector.onnx").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torch.nn.Conv2d(3, 85, 1), (torch.zeros(1, 3, 320, 416),), str(b / "detector.onnx"),
+                          input_names=["images"], output_names=["output"], opset_version=17, dynamo=False)
+    write_manifest(b, {"tracker": "bytetrack"})
+
+
+BAD = [  # (what, setup(bundle dir) or None, extra args, exit code, words in the error line)
+    ("missing source", None, ["--source", "/nonexistent/clip.mp4"], 1, ["nothing at /nonexistent/clip.mp4"]),
+    ("no source", None, [], 2, ["expected a source"]),
+    ("wrong schema", _tamper_schema, ["--demo"], 1, ["schema_version 1", "found 99"]),
+    ("hash mismatch", _tamper_hash, ["--demo"], 1, ["quality.json", "sha256"]),
+    ("wrong input shape", _wrong_shape, ["--demo"], 2, ["detector input 'images'", "(1, 3, 320, 416)"]),
+    ("bad config key", None, ["--demo", "--config", "BADCONF"], 2, ["unknown key 'bogus'"]),
+]
+
+
+@pytest.mark.parametrize("what,setup,args,code,words", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_one_line_nonzero_and_outputs_kept(what, setup, args, code, words, bundle, tmp_path, capsys):
+    b = tmp_path / "bundle"
+    os.system(f"cp -a {bundle} {b}")  # symlinked detector stays a symlink
+    if setup:
+        setup(b)
+    conf = tmp_path / "bad.toml"
+    conf.write_text("[semantics]\nbogus = 1\n")
+    mot = tmp_path / "mot.txt"
+    mot.write_text("1,1,1.00,2.00,3.00,4.00,0.9000,-1,-1,-1\n")  # an earlier run's results
+    args = [str(conf) if a == "BADCONF" else a for a in args]
+    rc = edge_run("--bundle", b, "--mot-out", mot, "--max-frames", 2, *args)
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln.lower()]
+    assert rc == code and len(err) == 1 and "Traceback" not in err[0]
+    for word in words:
+        assert word in err[0]
+    assert mot.read_text() == "1,1,1.00,2.00,3.00,4.00,0.9000,-1,-1,-1\n"
+
+
+def test_missing_default_bundle_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    import vsdmot.runtime.bundle as rb
+
+    monkeypatch.setattr(rb, "DEFAULT_BUNDLE", tmp_path / "absent")
+    assert edge_run("--demo", "--max-frames", 1) == 1
+    assert "shipped default bundle is missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_finishes_frame_flushes_and_exits_zero(signum, bundle, tmp_path):
+    mot, stats = tmp_path / "mot.txt", tmp_path / "stats.json"
+    code = "import sys; from vsdmot.edge.cli import main; sys.exit(main(sys.argv[1:]))"
+    cmd = [sys.executable, "-c", code, "run", "--demo", "--loop", "--bundle", str(bundle), "--threads", "1",
+           "--health-listen", "off", "--mot-out", str(mot), "--stats-out", str(stats)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (mot.exists() and mot.stat().st_size > 0):
+        time.sleep(0.2)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "stopped by signal" in err
+    rows = read_rows(mot)  # every line complete
+    assert json.loads(stats.read_text())["frames"] == rows.frame.max()
