@@ -1,0 +1,86 @@
+"""`vsdmot-edge doctor`: honest about this machine (no GPU, TensorRT, jtop or meter), and right about
+a Jetson-shaped file tree (L4T release file, device nodes, recorded INA3221 rails)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vsdmot.edge import doctor_cmd as D
+from vsdmot.edge.cli import main
+
+SYSFS = Path(__file__).parent / "data" / "sysfs"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025",
+         ("36.4.3", "6.1/6.2")),
+        ("# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, DATE: Tue Aug  1 19:57:35 UTC 2023",
+         ("35.4.1", "5.1.2")),
+        ("# R32 (release), REVISION: 7.1, GCID: 29818004, BOARD: t210ref, EABI: aarch64, DATE: Sat Feb 19 17:05:08 UTC 2022",
+         ("32.7.1", "4.6.x")),
+        ("# R38 (release), REVISION: 2.0", ("38.2.0", "unknown (newer than this table)")),
+        ("garbage", None),
+    ],
+)
+def test_parse_l4t_release(text, expected):
+    assert D.parse_l4t_release(text) == expected
+
+
+def test_doctor_here_is_honest(capsys):
+    """This machine has no GPU, no TensorRT, no jtop service and no power meter; doctor says so."""
+    if Path("/etc/nv_tegra_release").exists():
+        pytest.skip("running on a Jetson")
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    checks = {c.name: c for c in D.diagnose()}
+    assert checks["Jetson / L4T"].status == "--" and "not a Jetson" in checks["Jetson / L4T"].found
+    assert checks["TensorRT"].status in ("--", "!!")  # absent, or a lean wheel without a Builder
+    assert checks["GPU"].status == "--" and "no GPU" in checks["GPU"].meaning
+    assert checks["jtop"].status == "--" and "no /run/jtop.sock" in checks["jtop"].found
+    assert checks["power"].status == "--" and "no power meter" in checks["power"].meaning
+    assert "CPUExecutionProvider" in checks["onnxruntime"].found
+    assert "GStreamer" in checks["OpenCV"].found
+    for c in checks.values():
+        assert c.meaning and f"{c.name}: " in out  # every line says what it means
+
+
+def test_doctor_json(capsys):
+    assert main(["doctor", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} >= {"TensorRT", "CUDA", "cameras", "power", "jtop", "OpenCV"}
+    assert all(r["status"] in ("ok", "--", "!!") for r in rows)
+
+
+@pytest.fixture
+def orin_tree(tmp_path) -> Path:
+    """A Jetson Orin Nano's files as doctor reads them (device nodes as plain files)."""
+    root = tmp_path / "orin"
+    shutil.copytree(SYSFS / "jp6_orin_nano", root, symlinks=True)
+    (root / "etc").mkdir()
+    (root / "etc/nv_tegra_release").write_text("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64\n")
+    (root / "proc/device-tree").mkdir(parents=True)
+    (root / "proc/device-tree/model").write_text("NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super\0")
+    (root / "dev").mkdir()
+    for node in ("video0", "nvhost-gpu", "nvmap"):
+        (root / "dev" / node).write_text("")
+    (root / "sys/class/video4linux/video0").mkdir(parents=True)
+    (root / "sys/class/video4linux/video0/name").write_text("vi-output, imx219 9-0010\n")
+    (root / "run").mkdir()
+    (root / "run/jtop.sock").write_text("")
+    return root
+
+
+def test_doctor_on_a_jetson_tree(orin_tree):
+    checks = {c.name: c for c in D.diagnose(orin_tree)}
+    l4t = checks["Jetson / L4T"]
+    assert l4t.status == "ok" and "L4T 36.4.3" in l4t.found and "JetPack 6.1/6.2" in l4t.found and "Orin Nano" in l4t.found
+    assert checks["GPU"].status == "ok" and "nvhost-gpu" in checks["GPU"].found
+    assert "video0 (vi-output, imx219 9-0010)" in checks["cameras"].found
+    assert checks["power"].found == "VDD_IN, VDD_CPU_GPU_CV, VDD_SOC" and checks["power"].status == "ok"
+    assert "socket /run/jtop.sock" in checks["jtop"].found or checks["jtop"].status == "--"  # needs jetson-stats too
