@@ -1,0 +1,273 @@
+"""Benchmark: trackers x sequences x degradation conditions -> TrackEval scores and tracking FPS.
+
+A tracker is registered by name with a factory; the factory gets a `BenchEnv` (frame rate of the
+sequence, threads, input size, detector path) and returns a `FrameTracker` for one sequence:
+`track(frame) -> Detections with track_id`. `peer` (YOLOX-nano on onnxruntime + ByteTrack) is
+registered here; the project's own trackers register themselves the same way.
+
+Degraded sequences are written once by `vsdmot.calibration.sequence.write_degraded_sequence` and
+cached under `cache_dir/<sequence>/<condition>-seed<N>/`, stamped with a key (source files,
+condition, seed, degradation code) so a stale cache is rebuilt, never silently reused.
+
+FPS counts only the time inside `track(frame)` (detector + tracker, including letterbox and
+decode of the network output); reading and decoding the video is excluded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from vsdmot.runtime.errors import VsdmotError
+from vsdmot.runtime.mot import format_result_rows, read_seqinfo
+from vsdmot.runtime.sources import open_sequence
+from vsdmot.runtime.types import Detections, Frame
+
+from .metrics import evaluate, parse_window
+
+log = logging.getLogger(__name__)
+
+DEFAULT_YOLOX = Path(__file__).resolve().parents[2] / "shared" / "models" / "yolox_nano.onnx"
+TABLE_KEYS = ("HOTA", "DetA", "AssA", "MOTA", "IDF1", "IDSW")
+
+
+@dataclass(slots=True, frozen=True)
+class BenchEnv:
+    """What a tracker factory may need to build a tracker for one sequence."""
+
+    frame_rate: float  # true fps of the sequence (seqinfo.ini)
+    threads: int = 1  # intra-op threads for inference backends
+    input_size: int = 416  # detector letterbox side, px
+    yolox_onnx: Path | None = None  # the peer's detector; None = $VSDMOT_YOLOX_ONNX or ../shared/models
+
+
+class FrameTracker(Protocol):
+    def track(self, frame: Frame) -> Detections:
+        """One frame -> output tracks with track_id set, in source pixels."""
+        ...
+
+    def close(self) -> None: ...
+
+
+TrackerFactory = Callable[[BenchEnv], FrameTracker]
+_REGISTRY: dict[str, tuple[TrackerFactory, str]] = {}
+
+
+def register_tracker(name: str, factory: TrackerFactory, description: str = "") -> None:
+    """Make `name` available to `vsdmot-bench --tracker`. Re-registering replaces the factory."""
+    _REGISTRY[name] = (factory, description)
+
+
+def available_trackers() -> dict[str, str]:
+    """name -> one-line description."""
+    return {name: desc for name, (_, desc) in _REGISTRY.items()}
+
+
+def make_tracker(name: str, env: BenchEnv) -> FrameTracker:
+    if name not in _REGISTRY:
+        raise ValueError(f"tracker: expected one of {sorted(_REGISTRY)}, got {name!r}")
+    return _REGISTRY[name][0](env)
+
+
+# -- the peer: YOLOX-nano + ByteTrack ------------------------------------------------------------
+class DetectThenTrack:
+    """Any detector (`detect(image) -> Detections`) followed by any runtime Tracker."""
+
+    def __init__(self, detector, tracker):
+        self.detector, self.tracker = detector, tracker
+
+    def track(self, frame: Frame) -> Detections:
+        return self.tracker.step(self.detector.detect(frame.image))
+
+    def close(self) -> None:
+        self.detector.backend.close()
+
+
+def yolox_path(env: BenchEnv) -> Path:
+    path = Path(env.yolox_onnx or os.environ.get("VSDMOT_YOLOX_ONNX") or DEFAULT_YOLOX)
+    if not path.is_file():
+        raise ValueError(f"peer detector: expected the YOLOX ONNX at {path} (set --detector or $VSDMOT_YOLOX_ONNX)")
+    return path
+
+
+def make_peer(env: BenchEnv) -> DetectThenTrack:
+    from vsdmot.runtime.backends import OnnxRuntimeBackend
+    from vsdmot.runtime.bytetrack import ByteTrack
+    from vsdmot.runtime.yolox import YoloxDetector
+
+    backend = OnnxRuntimeBackend(yolox_path(env), providers=["CPUExecutionProvider"], threads=env.threads)
+    return DetectThenTrack(YoloxDetector(backend, input_size=env.input_size), ByteTrack(frame_rate=env.frame_rate))
+
+
+register_tracker("peer", make_peer, "YOLOX-nano (onnxruntime, FP32) + ByteTrack")
+
+
+# -- conditions and the degraded-sequence cache ---------------------------------------------------
+@dataclass(slots=True, frozen=True)
+class Condition:
+    """One way to present a sequence: clean, a preset at a severity, or a time-varying schedule."""
+
+    preset: str | None = None
+    severity: int | None = None
+    schedule: str | None = None
+
+    @property
+    def name(self) -> str:
+        if self.schedule:
+            return f"schedule-{self.schedule}"
+        return f"{self.preset}-s{self.severity}" if self.preset else "clean"
+
+
+def conditions(presets: Iterable[str], severity: int, schedules: Iterable[str], clean: bool = True) -> list[Condition]:
+    out = [Condition()] if clean else []
+    out += [Condition(preset=p, severity=severity) for p in presets]
+    return out + [Condition(schedule=s) for s in schedules]
+
+
+def known_presets() -> list[str]:
+    try:
+        from vsdmot.calibration.degrade import PRESETS  # noqa: PLC0415  (lazy: calibration is optional here)
+    except ImportError as e:
+        raise VsdmotError(f"degradation presets need vsdmot.calibration.degrade, which does not import: {e}") from None
+    return list(PRESETS)
+
+
+def prepare_sequence(src: Path, cond: Condition, cache_dir: Path, seed: int = 0,
+                     writer: Callable | None = None, progress: bool = True) -> Path:
+    """The sequence folder to run on: `src` when clean, else a cached degraded copy (built if missing or stale)."""
+    if cond == Condition():
+        return src
+    key = _cache_key(src, cond, seed)
+    out = Path(cache_dir) / read_seqinfo(src).name / f"{cond.name}-seed{seed}"
+    stamp = out / ".bench-cache.json"
+    if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
+        log.info("cache hit %s", out)
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    writer = writer or _default_writer()
+    writer(src, tmp, preset=cond.preset, severity=cond.severity, schedule=cond.schedule, seed=seed, progress=progress)
+    (tmp / ".bench-cache.json").write_text(json.dumps({"key": key, "condition": asdict(cond), "seed": seed}))
+    tmp.rename(out)
+    return out
+
+
+def _default_writer() -> Callable:
+    from vsdmot.calibration.sequence import write_degraded_sequence  # noqa: PLC0415
+
+    return write_degraded_sequence
+
+
+def _cache_key(src: Path, cond: Condition, seed: int) -> str:
+    """Hash of the source files (size, mtime), the condition, the seed and the degradation code."""
+    h = hashlib.sha256(json.dumps([asdict(cond), seed]).encode())
+    for p in sorted(q for q in Path(src).rglob("*") if q.is_file()):
+        st = p.stat()
+        h.update(f"{p.relative_to(src)}:{st.st_size}:{int(st.st_mtime)}".encode())
+    for p in _degradation_sources():
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _degradation_sources() -> list[Path]:
+    try:
+        import vsdmot.calibration as cal  # noqa: PLC0415
+    except ImportError:
+        return []
+    return sorted(Path(cal.__file__).parent.glob("*.py"))
+
+
+# -- running -------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class RunResult:
+    tracker: str
+    sequence: str
+    condition: str
+    metrics: dict  # evaluate()'s dict
+    fps: float  # frames / seconds inside track(), decode excluded
+    ms_p50: float  # per-frame track() latency, ms
+    ms_p90: float
+    frames: int
+    results_file: str
+    extra: dict = field(default_factory=dict)
+
+
+def run_one(name: str, seq_dir: Path, env: BenchEnv, out_file: Path,
+            frames: tuple[int, int] | None = None, progress: bool = True) -> tuple[float, list[float]]:
+    """Track one sequence, write MOTChallenge results. Returns (seconds in track(), per-frame ms)."""
+    from tqdm import tqdm
+
+    seq = open_sequence(seq_dir)
+    first, last = parse_window(frames, seq.info.length)
+    tracker = make_tracker(name, env)
+    source, lines, times = seq.frames(), [], []
+    try:
+        bar = tqdm(total=last - first + 1, desc=f"{name} {seq_dir.name}", unit="f", leave=False, disable=not progress)
+        for frame in source:
+            if frame.index < first:
+                continue
+            if frame.index > last:
+                break
+            t0 = time.perf_counter()
+            out = tracker.track(frame)
+            times.append(time.perf_counter() - t0)
+            lines.append(format_result_rows(frame.index, out.track_id, out.xywh, out.score))
+            bar.update()
+        bar.close()
+    finally:
+        source.close()
+        tracker.close()
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text("".join(lines))
+    return float(np.sum(times)), [1000 * t for t in times]
+
+
+def bench(seqs: Sequence[Path], conds: Sequence[Condition], trackers: Sequence[str], out_dir: Path, *,
+          cache_dir: Path, threads: int = 1, input_size: int = 416, frames: tuple[int, int] | None = None,
+          seed: int = 0, yolox_onnx: Path | None = None, progress: bool = True) -> list[RunResult]:
+    """Every tracker on every sequence under every condition; results under out_dir/results/."""
+    from tqdm import tqdm
+
+    for name in trackers:
+        if name not in _REGISTRY:
+            raise ValueError(f"tracker: expected one of {sorted(_REGISTRY)}, got {name!r}")
+    results = []
+    jobs = [(s, c, t) for s in seqs for c in conds for t in trackers]
+    for src, cond, name in tqdm(jobs, desc="bench", unit="run", disable=not progress):
+        seq_dir = prepare_sequence(Path(src), cond, cache_dir, seed, progress=progress)
+        info = read_seqinfo(seq_dir)
+        env = BenchEnv(info.frame_rate, threads, input_size, yolox_onnx)
+        res_file = out_dir / "results" / name / cond.name / f"{info.name}.txt"
+        seconds, ms = run_one(name, seq_dir, env, res_file, frames, progress)
+        metrics = evaluate(seq_dir, res_file, frames=frames)
+        results.append(RunResult(name, info.name, cond.name, metrics, len(ms) / max(seconds, 1e-9),
+                                 float(np.percentile(ms, 50)), float(np.percentile(ms, 90)), len(ms), str(res_file)))
+    return results
+
+
+def format_table(results: Sequence[RunResult]) -> str:
+    """One table: tracker, sequence, condition, HOTA DetA AssA MOTA IDF1 (percent), IDSW, FPS."""
+    head = ["tracker", "sequence", "condition", *TABLE_KEYS, "FPS"]
+    rows = [[r.tracker, r.sequence, r.condition,
+             *(f"{100 * r.metrics[k]:.1f}" if isinstance(r.metrics[k], float) else str(r.metrics[k]) for k in TABLE_KEYS),
+             f"{r.fps:.1f}"] for r in results]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+
+
+def write_json(results: Sequence[RunResult], path: Path, meta: dict) -> None:
+    payload = {"meta": meta, "runs": [asdict(r) for r in results]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))

@@ -1,0 +1,135 @@
+"""vsdmot-bench: the tracker registry, the degraded-sequence cache, and a tiny real run of the peer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from vsdmot.evaluation import bench as B
+from vsdmot.evaluation.bench_cli import main as bench_main
+from vsdmot.runtime.mot import read_rows
+from vsdmot.runtime.types import Detections
+
+
+class Oracle:
+    """Outputs the counted ground truth of each frame: a perfect tracker."""
+
+    def __init__(self, gt):
+        self.gt = gt
+
+    def track(self, frame):
+        g = self.gt.at(frame.index)
+        g = g.select(g.conf != 0)
+        return Detections(np.c_[g.xywh[:, :2], g.xywh[:, :2] + g.xywh[:, 2:]], g.conf, g.id)
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def oracle(tud_dir):
+    gt = read_rows(tud_dir / "gt" / "gt.txt")
+    B.register_tracker("test-oracle", lambda env: Oracle(gt), "ground truth replayed")
+    yield "test-oracle"
+    B._REGISTRY.pop("test-oracle", None)
+
+
+def test_registry_and_perfect_run(oracle, tud_dir, tmp_path):
+    assert "peer" in B.available_trackers() and B.available_trackers()[oracle] == "ground truth replayed"
+    (run,) = B.bench([tud_dir], [B.Condition()], [oracle], tmp_path, cache_dir=tmp_path / "cache",
+                     frames=(5, 14), progress=False)
+    assert (run.tracker, run.sequence, run.condition, run.frames) == (oracle, "TUD-Campus", "clean", 10)
+    assert run.metrics["HOTA"] == pytest.approx(1.0) and run.metrics["frames"] == 10 and run.fps > 0
+    rows = read_rows(run.results_file)
+    assert (rows.frame.min(), rows.frame.max()) == (5, 14)  # source numbering kept in the file
+    table = B.format_table([run]).splitlines()
+    assert table[0].split() == ["tracker", "sequence", "condition", "HOTA", "DetA", "AssA", "MOTA", "IDF1", "IDSW", "FPS"]
+    assert table[2].split()[3:8] == ["100.0"] * 5
+
+
+def test_unknown_tracker(tud_dir, tmp_path):
+    with pytest.raises(ValueError, match="tracker: expected one of .*'peer'.*got 'nope'"):
+        B.bench([tud_dir], [B.Condition()], ["nope"], tmp_path, cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "cond, name",
+    [(B.Condition(), "clean"), (B.Condition("noise", 3), "noise-s3"), (B.Condition(schedule="mixed"), "schedule-mixed")],
+)
+def test_condition_names(cond, name):
+    assert cond.name == name
+
+
+def test_conditions_list():
+    got = [c.name for c in B.conditions(["blur", "jpeg"], 3, ["mixed"])]
+    assert got == ["clean", "blur-s3", "jpeg-s3", "schedule-mixed"]
+    assert [c.name for c in B.conditions([], 2, [], clean=False)] == []
+
+
+class FakeWriter:
+    """Stands in for write_degraded_sequence: copies the sequence, counts calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, src, out, *, preset=None, severity=None, schedule=None, seed=0, progress=True):
+        self.calls.append((preset, severity, schedule, seed))
+        shutil.copytree(src, out)
+        return out
+
+
+def test_degraded_sequences_are_cached_by_condition_and_seed(tud_dir, tmp_path):
+    src = tmp_path / "TUD-Campus"
+    shutil.copytree(tud_dir, src)
+    cache, writer = tmp_path / "cache", FakeWriter()
+    blur = B.Condition("blur", 3)
+    assert B.prepare_sequence(src, B.Condition(), cache, writer=writer) == src  # clean: no copy
+    a = B.prepare_sequence(src, blur, cache, seed=0, writer=writer)
+    assert a == cache / "TUD-Campus" / "blur-s3-seed0" and (a / "seqinfo.ini").is_file()
+    assert B.prepare_sequence(src, blur, cache, seed=0, writer=writer) == a  # hit
+    B.prepare_sequence(src, blur, cache, seed=1, writer=writer)
+    B.prepare_sequence(src, B.Condition("blur", 4), cache, seed=0, writer=writer)
+    assert writer.calls == [("blur", 3, None, 0), ("blur", 3, None, 1), ("blur", 4, None, 0)]
+    (src / "gt" / "gt.txt").write_text((src / "gt" / "gt.txt").read_text() + "\n")  # source changed
+    B.prepare_sequence(src, blur, cache, seed=0, writer=writer)
+    assert len(writer.calls) == 4 and not list(cache.rglob("*.partial"))
+
+
+def test_cli_peer_tiny_run(yolox_onnx, tud_dir, tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = bench_main(["--seq", str(tud_dir), "--frames", "1:6", "--out", str(out), "--cache", str(tmp_path / "c"),
+                       "--detector", str(yolox_onnx), "--threads", "1"])
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[0] == "tracker" and lines[2].split()[:3] == ["peer", "TUD-Campus", "clean"]
+    data = json.loads((out / "bench.json").read_text())
+    assert data["meta"]["threads"] == 1 and data["meta"]["input_size"] == 416 and "decode excluded" in data["meta"]["fps_note"]
+    (run,) = data["runs"]
+    assert run["frames"] == 6 and run["metrics"]["MOTA"] > 0.3 and run["fps"] > 0
+    assert (out / "bench.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--tracker", "nope"], "tracker: expected one of"),
+        (["--severity", "9"], "severity 1-5"),
+        (["--frames", "5:900"], "expected 1 <= A <= B <= 71"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tud_dir, tmp_path, capsys, argv, message):
+    code = bench_main(["--seq", str(tud_dir), "--out", str(tmp_path), "--no-plot", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and message in err[-1] and err[-1].startswith("vsdmot-bench: error:")
+
+
+def test_real_preset_if_degradations_exist(tud_dir, tmp_path):
+    degrade = pytest.importorskip("vsdmot.calibration.degrade", reason="degradation library not landed yet")
+    pytest.importorskip("vsdmot.calibration.sequence", reason="write_degraded_sequence not landed yet")
+    preset = sorted(degrade.PRESETS)[0]
+    seq = B.prepare_sequence(tud_dir, B.Condition(preset, 3), tmp_path, progress=False)
+    assert read_rows(seq / "gt" / "gt.txt").frame.max() == 71
+    assert B.prepare_sequence(tud_dir, B.Condition(preset, 3), tmp_path, progress=False) == seq
