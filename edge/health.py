@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 # Latency histogram upper bounds in seconds (Prometheus convention: base units).
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-SOURCE_COUNTERS = ("dropped", "reconnects", "stalls")  # SourceStats fields exported as counters
+# edge/sources.py SourceStats counters exported to /metrics and /healthz
+SOURCE_COUNTERS = ("frames_read", "dropped", "duplicates", "read_failures", "stalls", "reconnects")
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -57,15 +58,18 @@ class FpsWindow:
 
 
 def last_fresh(stats: Any, now: float) -> float:
-    """When the source last delivered a fresh frame (monotonic s). No stats: this frame is fresh."""
+    """When the source last delivered a fresh frame (monotonic s). Without stats (a file source)
+    the frame just processed is fresh; a live source's 0.0 means "none yet"."""
     t = getattr(stats, "last_fresh_monotonic", None) if stats is not None else None
-    return now if t is None else float(t)
+    if t is None:
+        return now
+    return float(t) if t > 0 else -math.inf
 
 
 def is_fresh(stats: Any, now: float, stall_s: float) -> bool:
-    """Fresh = connected and a new frame within `stall_s` seconds (a stuck camera repeating its
-    last image, or a stream that stopped, is not fresh)."""
-    if stats is not None and getattr(stats, "connected", True) is False:
+    """Fresh = connected, not flagged stalled, and a new frame within `stall_s` seconds (a stuck
+    camera repeating its last image, or a stream that stopped, is not fresh)."""
+    if stats is not None and (getattr(stats, "connected", True) is False or getattr(stats, "stalled", False) is True):
         return False
     return now - last_fresh(stats, now) <= stall_s
 
@@ -98,7 +102,7 @@ class Metrics:
         self.semantic = {"fresh": 0, "reused": 0, "skipped": 0}
         self.latency: dict[str, Histogram] = {}
         self.source: dict[str, float] = {k: 0 for k in SOURCE_COUNTERS}
-        self.connected = True
+        self.connected, self.stalled = True, False
         self.last_fresh: float | None = None
         self.last_q = self.last_w = math.nan
         self.power: Any = None  # a power.PowerSample, when metered
@@ -119,7 +123,9 @@ class Metrics:
         for k in SOURCE_COUNTERS:
             self.source[k] = getattr(stats, k, self.source[k]) if stats is not None else self.source[k]
         self.connected = bool(getattr(stats, "connected", True)) if stats is not None else True
-        self.last_fresh = last_fresh(stats, now)
+        self.stalled = bool(getattr(stats, "stalled", False)) if stats is not None else False
+        t = last_fresh(stats, now)
+        self.last_fresh = t if math.isfinite(t) else self.last_fresh
 
     def set_power(self, sample: Any, meter: str) -> None:
         with self._lock:
@@ -138,7 +144,7 @@ class Metrics:
         now = self.clock()
         with self._lock:
             age = None if self.last_fresh is None else now - self.last_fresh
-            ok = age is not None and age <= self.stall_s and self.connected
+            ok = age is not None and age <= self.stall_s and self.connected and not self.stalled
             status = "ok" if ok else ("starting" if self.frames == 0 else "stalled")
             body = {
                 "status": status, "frames": self.frames, "fps": round(self._fps.fps(now), 2),
@@ -179,7 +185,7 @@ def _counter_lines(m: Metrics, now: float) -> list[str]:
     _metric(out, "vsdmot_dswr_weight", "gauge", "DSWR fusion weight w of the last frame.", [("", m.last_w)])
     for k in SOURCE_COUNTERS:
         name = "vsdmot_source_dropped_frames_total" if k == "dropped" else f"vsdmot_source_{k}_total"
-        _metric(out, name, "counter", f"Source {k} (from the source's statistics).", [("", m.source[k])])
+        _metric(out, name, "counter", f"Source {k.replace('_', ' ')} (the live source's statistics).", [("", m.source[k])])
     _metric(out, "vsdmot_source_connected", "gauge", "1 while the source is connected.", [("", int(m.connected))])
     _metric(out, "vsdmot_last_fresh_frame_age_seconds", "gauge", "Seconds since the last fresh frame.", [("", age)])
     return out

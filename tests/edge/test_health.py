@@ -21,6 +21,7 @@ from vsdmot.runtime.types import Detections, FrameResult
 class Stats:
     last_fresh_monotonic: float
     connected: bool = True
+    stalled: bool = False
     dropped: int = 0
     reconnects: int = 0
     stalls: int = 0
@@ -72,6 +73,18 @@ def test_health_by_freshness():
     assert code == 503 and body["source_connected"] is False and body["source_reconnects"] == 1
     m.observe(result(4, "skipped"), Stats(last_fresh_monotonic=clock.t, reconnects=1))
     assert m.health()[0] == 200
+    m.observe(result(5, "skipped"), Stats(last_fresh_monotonic=clock.t, stalled=True))  # the source's own verdict
+    assert m.health()[0] == 503
+
+
+def test_live_source_without_a_fresh_frame_yet():
+    clock = Clock()
+    m = H.Metrics(stall_s=5.0, clock=clock)
+    m.observe(result(1, "skipped"), Stats(last_fresh_monotonic=0.0))  # SourceStats: 0.0 = none yet
+    code, body = m.health()
+    assert code == 503 and body["last_fresh_age_s"] is None and json.dumps(body)
+    assert not H.is_fresh(Stats(last_fresh_monotonic=0.0), clock.t, 5.0)
+    assert H.is_fresh(None, clock.t, 5.0)  # a file source has no stats: its frames are fresh
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
