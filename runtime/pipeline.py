@@ -99,6 +99,7 @@ def build_pipeline(bundle: Bundle, cfg: RunConfig, fps: float = 30.0) -> Pipelin
         detector = YoloxDetector(det_backend, detector_input_size(det_backend), cfg.pipeline.score_thr, cfg.pipeline.nms_thr)
         semantics = _semantics(bundle, cfg, kind, opener)
         tracker = make_tracker(kind, bundle, cfg, opener, fps)
+        check_semantic_width(semantics.student, tracker)
     except BaseException:
         for b in backends:
             b.close()
@@ -139,6 +140,17 @@ def _semantics(bundle: Bundle, cfg: RunConfig, kind: str, opener) -> SemanticPol
     return SemanticPolicy(sc, student)
 
 
+def check_semantic_width(student: Student | None, tracker: Any) -> None:
+    """The student's (1, D) output must be the width the tracker network fuses."""
+    want = getattr(tracker, "D", None)
+    if student is None or want is None:
+        return
+    spec = student.backend.outputs[student.output_name]
+    if spec.shape[-1] not in (-1, want):
+        raise ValueError(f"student.onnx output '{spec.name}' is {spec.shape}, but tracker.onnx input "
+                         f"'semantic' expects (1, {want}): the bundle's networks do not belong together")
+
+
 def resolve_tracker(bundle: Bundle, kind: str) -> str:
     """`default` -> the bundle's recommended tracker (manifest "tracker"), else e2e."""
     if kind != "default":
@@ -156,7 +168,10 @@ def make_tracker(kind: str, bundle: Bundle, cfg: RunConfig, opener, fps: float =
         from .bytetrack import ByteTrack
 
         return ByteTrack(frame_rate=fps)
-    from .e2e import E2ETracker, HybridTracker
+    from .e2e import E2EConfig, E2ETracker, HybridTracker
 
+    t = cfg.tracker
+    e2e_cfg = E2EConfig(birth=t.birth_score, keep=t.keep_score, miss_tolerance=t.miss_tolerance,
+                        output_score=t.output_score, min_area=t.min_area)
     cls = E2ETracker if kind == "e2e" else HybridTracker
-    return cls(opener(bundle, "tracker.onnx"), cfg.tracker)
+    return cls(opener(bundle, "tracker.onnx"), e2e_cfg)

@@ -42,6 +42,19 @@ def tiny_student_onnx(path: Path, size: int = 64, dim: int = 16) -> Path:
     return path
 
 
+def tiny_tracker_onnx(path: Path, semantic_dim: int = 16, seed: int = 0) -> Path:
+    """The real tracker head (models/tracker_head.py), randomly initialised, exported static."""
+    import torch
+
+    from vsdmot.models.tracker_head import TrackerHead, TrackerHeadConfig, export_onnx
+
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_onnx(TrackerHead(TrackerHeadConfig(semantic_dim=semantic_dim)), path)
+    return path
+
+
 def write_manifest(root: Path, extra: dict | None = None) -> Path:
     files = {p.name: {"sha256": file_sha256(p), "size": p.stat().st_size}
              for p in sorted(root.iterdir()) if p.name != "manifest.json"}
@@ -52,13 +65,16 @@ def write_manifest(root: Path, extra: dict | None = None) -> Path:
     return root
 
 
-def make_bundle(root: Path, detector: Path, *, student: bool = True, tracker: Path | None = None,
+def make_bundle(root: Path, detector: Path, *, student: bool = True, tracker: Path | bool | None = None,
                 extra: dict | None = None) -> Path:
+    """`tracker`: a tracker.onnx to link, True for a random-weight one made here, None for none."""
     root.mkdir(parents=True, exist_ok=True)
     os.symlink(detector, root / "detector.onnx")
     if student:
         tiny_student_onnx(root / "student.onnx")
-    if tracker is not None:
+    if tracker is True:
+        tiny_tracker_onnx(root / "tracker.onnx")
+    elif tracker is not None:
         os.symlink(tracker, root / "tracker.onnx")
     (root / "quality.json").write_text(json.dumps(QUALITY))
     return write_manifest(root, extra)
