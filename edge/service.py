@@ -201,8 +201,6 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--health-listen", metavar="HOST:PORT", default=None,
                    help="serve /healthz and /metrics here (default: [service] health_listen, 127.0.0.1:9108); "
                         "'off' disables")
-    g.add_argument("--stall-timeout", metavar="S", type=float, default=None,
-                   help="seconds without a fresh frame that count as a stall (default: [service] stall_timeout_s)")
     g.add_argument("--no-watchdog", action="store_true", help="never send WATCHDOG=1 even if systemd asks for it")
     g.add_argument("--power-meter", metavar="LIST", default="jtop,ina3221,nvml,rapl",
                    help="power meters to try for /metrics, in order ('none' = no power metrics)")
@@ -212,10 +210,8 @@ def _service_settings(args: argparse.Namespace, cfg: Any) -> tuple[str, float, b
     svc = getattr(cfg, "service", None)
     listen = getattr(args, "health_listen", None)
     listen = listen if listen is not None else getattr(svc, "health_listen", "127.0.0.1:9108")
-    stall = getattr(args, "stall_timeout", None) or getattr(svc, "stall_timeout_s", 5.0)
+    stall = getattr(svc, "stall_timeout_s", 5.0)  # one stall window for the source, health and watchdog
     watchdog = getattr(svc, "watchdog", True) and not getattr(args, "no_watchdog", False)
-    if stall <= 0:
-        raise ValueError(f"--stall-timeout: expected > 0 seconds, got {stall}")
     return ("" if listen in ("off", "none") else listen), float(stall), bool(watchdog)
 
 

@@ -233,10 +233,10 @@ def test_make_hooks_from_args_and_config():
     cfg = load_config(None, {"service.stall_timeout_s": 3.0})
     hooks = S.make_hooks(p.parse_args(["--health-listen", "off"]), cfg)
     assert [type(h) for h in hooks] == [S.NotifyHook] and hooks[0].stall_s == 3.0
-    hooks = S.make_hooks(p.parse_args(["--health-listen", "127.0.0.1:0", "--stall-timeout", "7", "--power-meter", "none"]), cfg)
-    assert isinstance(hooks[1], HealthHook) and hooks[1].metrics.stall_s == 7.0 and hooks[1].meter_order is None
-    with pytest.raises(ValueError, match="stall-timeout"):
-        S.make_hooks(p.parse_args(["--stall-timeout", "-1"]), cfg)
+    hooks = S.make_hooks(p.parse_args(["--health-listen", "127.0.0.1:0", "--power-meter", "none"]), cfg)
+    assert isinstance(hooks[1], HealthHook) and hooks[1].metrics.stall_s == 3.0 and hooks[1].meter_order is None
+    assert len(S.make_hooks(p.parse_args([]), cfg)) == 2  # health on by default ([service] health_listen)
+    assert S.make_hooks(p.parse_args(["--no-watchdog"]), cfg)[0].watchdog_s is None
 
 
 # ---- a real `vsdmot-edge run` under a test notify socket ------------------------------------
@@ -286,3 +286,4 @@ def test_real_run_notifies_in_order_and_sigterm_loses_no_results(bundle, tmp_pat
     assert frames > 0 and len(records) == frames  # every processed frame written, none torn
     assert len(rows.frame) == sum(len(r["tracks"]) for r in records)
     assert rows.frame.max() <= frames
+
