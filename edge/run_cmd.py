@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parents[1] / "runtime" / "assets"
 DEMO_CLIP = ASSETS / "demo.mp4"
-URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "tcp://", "udp://", "rtmp://", "srt://")
 
 # CLI flag -> config key; a flag left unset keeps the config file's (or the default) value.
 OVERRIDES = {
@@ -106,17 +105,12 @@ def open_bundle(path: str):
 
 
 def open_source(cfg) -> Any:
-    """A frame source: a camera or stream through vsdmot.edge.sources, a file through runtime.sources."""
-    from vsdmot.edge.runner import LoopingSource
-    from vsdmot.runtime.sources import open_file_source
+    """Camera, stream, file, folder or sequence through vsdmot.edge.sources (edge-io's entry)."""
+    from vsdmot.edge import sources
 
     sc = cfg.source
-    if sc.camera or sc.source.startswith(URL_SCHEMES):
-        from vsdmot.edge import sources as live
-
-        return live.open_source(cfg)
-    source = open_file_source(sc.source, sc.fps or None)
-    return LoopingSource(source) if sc.loop else source
+    opts = sources.live_options(sc, cfg.service)
+    return sources.open_source(camera=sc.camera or None, source=sc.source or None, opts=opts)
 
 
 def make_hooks(args: argparse.Namespace, cfg) -> list:

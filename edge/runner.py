@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -166,28 +166,3 @@ def stop_on_signals(stop_event: threading.Event, signals=(signal.SIGTERM, signal
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-
-
-@dataclass
-class LoopingSource:
-    """Replays a file source forever (soak runs); frame indices and timestamps keep increasing."""
-
-    source: Any  # a re-iterable file source (VideoFileSource, ImageFolderSource)
-    passes: int = field(default=0, init=False)  # completed passes
-
-    def __post_init__(self) -> None:
-        self.fps, self.name = self.source.fps, self.source.name
-
-    def __iter__(self) -> Iterator[Frame]:
-        offset, t_offset = 0, 0.0
-        while True:
-            last = None
-            for f in self.source:
-                last = Frame(offset + f.index, f.image, t_offset + f.timestamp)
-                yield last
-            if last is None:
-                return
-            offset, t_offset, self.passes = last.index, last.timestamp + 1.0 / self.fps, self.passes + 1
-
-    def close(self) -> None:
-        self.source.close()

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from vsdmot.edge.runner import LoopingSource, RunSummary, run_loop, stop_on_signals
+from vsdmot.edge.runner import RunSummary, run_loop, stop_on_signals
 from vsdmot.runtime.semantics import SemanticCounts
 from vsdmot.runtime.types import Detections, Frame, FrameResult
 
@@ -146,11 +146,3 @@ def test_latency_window_is_bounded():
         lat.add({"total": float(i)})
     assert lat.buf["total"].shape == (4,) and lat.summary()["total"]["max"] == 9.0
     assert lat.summary()["total"]["p50"] == 7.5  # the last 4 frames: 6, 7, 8, 9
-
-
-def test_looping_source_keeps_indices_increasing():
-    loop = LoopingSource(Source(3, fps=10.0))
-    frames = [f for _, f in zip(range(8), loop)]
-    assert [f.index for f in frames] == [1, 2, 3, 4, 5, 6, 7, 8]
-    assert np.all(np.diff([f.timestamp for f in frames]) > 0) and loop.passes == 2
-    assert list(LoopingSource(Source(0))) == []
