@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vsdmot-bench", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    p.add_argument("--seq", nargs="+", required=True, type=Path, metavar="DIR", help="MOTChallenge sequence folders")
+    p.add_argument("--seq", nargs="+", default=[], type=Path, metavar="DIR", help="MOTChallenge sequence folders")
     deg = p.add_mutually_exclusive_group()
     deg.add_argument("--preset", nargs="+", default=[], metavar="NAME", help="degradation presets to run")
     deg.add_argument("--all-presets", action="store_true", help="every preset in vsdmot.calibration.degrade.PRESETS")
@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         for name, desc in B.available_trackers().items():
             print(f"{name:16s} {desc}")
         return 0
+    if not args.seq:
+        raise ValueError("expected --seq DIR [DIR ...] (MOTChallenge sequence folders)")
     if args.threads < 1 or not 1 <= args.severity <= 5:
         raise ValueError(f"expected --threads >= 1 and --severity 1-5, got {args.threads} and {args.severity}")
     cv2.setNumThreads(args.threads)
