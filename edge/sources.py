@@ -1,0 +1,435 @@
+"""Live frame sources (V4L2 and CSI cameras, network streams) and `open_source`, the one entry
+`vsdmot-edge run` calls. Files, image folders and MOTChallenge sequences come from
+`vsdmot.runtime.sources` and end cleanly.
+
+A live source reads on its own thread into a bounded queue that drops the OLDEST frame when
+the loop falls behind (counted). A frame counts as fresh only when it differs from the one
+before: a stuck camera whose `read()` keeps reporting success with the same buffer is caught
+by comparing a small subsample of each frame. No fresh frame within `stall_timeout_s` is a
+stall, and the capture is re-opened with exponential backoff (capped). Frame indices keep
+rising across reconnects; a gap in them is a dropped frame. `stats()` gives a `SourceStats`
+snapshot for the loop, the stats file and the systemd watchdog (fed only on fresh frames).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from vsdmot.runtime.errors import SourceError
+from vsdmot.runtime.sources import FrameSource, open_file_source
+from vsdmot.runtime.types import Frame
+
+from .gst import CSI_DEFAULT, CsiSpec, open_csi, parse_csi
+
+log = logging.getLogger(__name__)
+
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "tcp", "udp")
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    width: int = 0  # camera capture width in pixels (0 = the device's default; CSI: 1280)
+    height: int = 0  # camera capture height in pixels (0 = the device's default; CSI: 720)
+    fps: float = 0.0  # camera rate to request; a file's true rate (0 = device default / header)
+    fourcc: str = ""  # V4L2 pixel format, e.g. "MJPG" or "YUYV" ("" = the device's default)
+    queue_size: int = 4  # frames buffered between the reader thread and the loop; oldest dropped
+    stall_timeout_s: float = 5.0  # no fresh frame for this long is a stall: reconnect
+    reconnect_initial_s: float = 0.5  # first wait before re-opening; doubles per failure
+    reconnect_max_s: float = 30.0  # cap on that wait
+    max_reconnect_failures: int = 0  # give up after this many failed opens in a row (0 = never)
+    open_timeout_s: float = 10.0  # streams: FFmpeg connect/probe timeout
+    read_timeout_s: float = 3.0  # streams: FFmpeg per-read timeout (bounds a blocked read)
+    rtsp_transport: str = "tcp"  # rtsp: "tcp" (robust through NAT/loss) or "udp"
+    wait_for_device: bool = False  # keep retrying a first open that fails, instead of raising
+    detect_duplicates: bool = True  # a frame identical to the previous one is not fresh
+    loop: bool = False  # files only: restart at the end (soak runs)
+
+    def __post_init__(self) -> None:
+        for name in ("width", "height", "fps", "max_reconnect_failures"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"LiveOptions.{name}: expected >= 0, got {getattr(self, name)!r}")
+        for name in ("queue_size", "stall_timeout_s", "reconnect_initial_s", "open_timeout_s", "read_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"LiveOptions.{name}: expected > 0, got {getattr(self, name)!r}")
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise ValueError(f"LiveOptions.reconnect_max_s: expected >= reconnect_initial_s "
+                             f"({self.reconnect_initial_s}), got {self.reconnect_max_s}")
+        if self.fourcc and len(self.fourcc) != 4:
+            raise ValueError(f"LiveOptions.fourcc: expected 4 characters, got {self.fourcc!r}")
+        if self.rtsp_transport not in ("tcp", "udp"):
+            raise ValueError(f"LiveOptions.rtsp_transport: expected 'tcp' or 'udp', got {self.rtsp_transport!r}")
+
+
+def live_options(source_cfg: Any, service_cfg: Any = None, **overrides: Any) -> LiveOptions:
+    """LiveOptions from the run config's [source] (and [service] for the stall timeout)."""
+    kw = {k: getattr(source_cfg, k) for k in ("width", "height", "fps", "fourcc", "loop")}
+    if service_cfg is not None:
+        kw["stall_timeout_s"] = service_cfg.stall_timeout_s
+    return LiveOptions(**{**kw, **overrides})
+
+
+@dataclass(frozen=True)
+class SourceStats:
+    frames_read: int  # fresh frames captured (delivered or dropped)
+    dropped: int  # fresh frames dropped because the queue was full (oldest first)
+    duplicates: int  # frames identical to the one before (stuck buffer), not delivered
+    read_failures: int  # read() calls that returned no frame
+    stalls: int  # episodes of no fresh frame for longer than stall_timeout_s
+    reconnects: int  # successful re-opens after the first open
+    connected: bool  # a capture is open now
+    stalled: bool  # no fresh frame for longer than stall_timeout_s now
+    last_fresh_monotonic: float  # time.monotonic() of the last fresh frame (0.0 = none yet)
+    last_error: str  # the last open or read problem ("" = none)
+
+
+@dataclass(slots=True, frozen=True)
+class LiveFrame(Frame):
+    """A Frame with capture clocks. `timestamp` is monotonic seconds since the source opened."""
+
+    wall_time: float = 0.0  # time.time() at capture, seconds since the epoch
+    monotonic: float = 0.0  # time.monotonic() at capture
+
+
+class Capture(Protocol):
+    """What cv2.VideoCapture offers and the reader uses (tests pass a fake)."""
+
+    def read(self) -> tuple[bool, np.ndarray | None]: ...
+
+    def release(self) -> None: ...
+
+    def get(self, prop: int) -> float: ...
+
+
+def signature(img: np.ndarray) -> np.ndarray:
+    """A ~64x48 subsample of the frame; equal signatures = the same buffer (cheap: ~10 kB)."""
+    step = max(1, min(img.shape[0] // 48, img.shape[1] // 64))
+    return img[::step, ::step].copy()
+
+
+class _Counters:
+    """Mutable counters behind SourceStats; guarded by LiveSource._lock."""
+
+    def __init__(self, now: float):
+        self.frames_read = self.dropped = self.duplicates = self.read_failures = 0
+        self.stalls = self.reconnects = 0
+        self.connected, self.in_stall = False, False
+        self.last_fresh, self.opened_at, self.last_error = 0.0, now, ""
+
+
+class LiveSource:
+    """Frames from a capture that `opener()` makes, read on a thread; see the module doc."""
+
+    def __init__(self, name: str, opener: Callable[[], Capture], opts: LiveOptions, fps: float = 0.0):
+        self.name, self.opts, self._opener = name, opts, opener
+        self._lock = threading.Condition()
+        self._queue: deque[LiveFrame] = deque(maxlen=opts.queue_size)
+        self._stop = threading.Event()
+        self._t0 = time.monotonic()
+        self._c = _Counters(self._t0)
+        self._failures, self._index, self._last_sig, self._fatal = 0, 0, None, ""
+        self._opened_once = False
+        self._cap: Capture | None = None
+        if not opts.wait_for_device:
+            self._cap = self._open_or_raise()
+        cap_fps = self._cap.get(cv2.CAP_PROP_FPS) if self._cap is not None else 0.0
+        self.fps = float(opts.fps or (cap_fps if 0 < cap_fps <= 240 else 0) or fps or 25.0)
+        self._thread = threading.Thread(target=self._run, name=f"source:{name}", daemon=True)
+        self._thread.start()
+
+    def _open_or_raise(self) -> Capture:
+        cap = self._opener()  # raises SourceError with the reason
+        with self._lock:
+            self._c.connected, self._c.opened_at = True, time.monotonic()
+            self._c.reconnects += self._opened_once
+        self._opened_once = True
+        return cap
+
+    # -- reader thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if self._cap is None and not self._reconnect():
+                    continue
+                self._read_one()
+                self._check_stall(time.monotonic())
+        except Exception as e:  # a bug or a driver crash must end iteration, not hang it
+            log.exception("%s: reader thread failed", self.name)
+            self._fail(f"{self.name}: reader failed: {e}")
+        finally:
+            self._release()
+
+    def _read_one(self) -> None:
+        ok, img = self._cap.read()
+        now = time.monotonic()
+        if not ok or img is None or img.size == 0:
+            with self._lock:
+                self._c.read_failures += 1
+            self._drop_capture("read() returned no frame (unplugged, stream ended or timed out)")
+            return
+        sig = signature(img) if self.opts.detect_duplicates else None
+        if sig is not None and self._last_sig is not None and np.array_equal(sig, self._last_sig):
+            with self._lock:
+                self._c.duplicates += 1
+            return
+        self._last_sig = sig
+        self._push(img, now)
+
+    def _push(self, img: np.ndarray, now: float) -> None:
+        if img.ndim == 2:  # a grey camera
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        self._index += 1
+        frame = LiveFrame(self._index, np.ascontiguousarray(img), now - self._t0, time.time(), now)
+        with self._lock:
+            c = self._c
+            c.frames_read, c.last_fresh, c.in_stall = c.frames_read + 1, now, False
+            if len(self._queue) == self._queue.maxlen:
+                c.dropped += 1  # deque(maxlen) drops the oldest on append
+            self._queue.append(frame)
+            self._lock.notify()
+        self._failures = 0
+
+    def _note_stall(self, now: float) -> bool:
+        """Whether no fresh frame came for stall_timeout_s; counts each episode once. Holds _lock."""
+        c = self._c
+        quiet = now - (c.last_fresh or self._t0)
+        if quiet > self.opts.stall_timeout_s and not c.in_stall:
+            c.in_stall, c.stalls = True, c.stalls + 1
+            log.warning("%s: stall: no fresh frame for %.1f s", self.name, quiet)
+        return quiet > self.opts.stall_timeout_s
+
+    def _check_stall(self, now: float) -> None:
+        """Count a stall episode, and re-open a capture that gave nothing fresh for the timeout."""
+        with self._lock:
+            self._note_stall(now)
+            since = now - max(self._c.last_fresh, self._c.opened_at)
+        if self._cap is not None and since > self.opts.stall_timeout_s:
+            self._drop_capture(f"no fresh frame for {since:.1f} s")
+
+    def _drop_capture(self, reason: str) -> None:
+        log.warning("%s: %s; reconnecting", self.name, reason)
+        self._release()
+        self._last_sig = None
+        with self._lock:
+            self._c.connected, self._c.last_error = False, reason
+        self._failures += 1
+
+    def _release(self) -> None:
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            cap.release()
+
+    def _reconnect(self) -> bool:
+        """Wait the backoff, then try one open. False when it failed (or we are closing)."""
+        if self._failures:
+            delay = min(self.opts.reconnect_initial_s * 2 ** min(self._failures - 1, 30), self.opts.reconnect_max_s)
+            if self._stop.wait(delay):
+                return False
+        try:
+            cap = self._open_or_raise()
+        except SourceError as e:
+            return self._open_failed(str(e))
+        self._cap = cap
+        log.info("%s: connected", self.name)
+        return True
+
+    def _open_failed(self, reason: str) -> bool:
+        self._failures += 1
+        with self._lock:
+            self._c.last_error = reason
+        self._check_stall(time.monotonic())
+        limit = self.opts.max_reconnect_failures
+        if limit and self._failures >= limit:
+            self._fail(f"{self.name}: gave up after {self._failures} failed opens: {reason}")
+        return False
+
+    def _fail(self, message: str) -> None:
+        with self._lock:
+            self._fatal = message
+            self._lock.notify_all()
+        self._stop.set()
+
+    # -- consumer side ---------------------------------------------------------------------
+    def __iter__(self) -> Iterator[LiveFrame]:
+        """Yield frames until close(); raise SourceError if the reader gave up."""
+        while True:
+            with self._lock:
+                while not self._queue and not self._stop.is_set():
+                    self._lock.wait(0.25)
+                    self._note_stall(time.monotonic())
+                if self._queue:
+                    frame = self._queue.popleft()
+                elif self._fatal:
+                    raise SourceError(self._fatal)
+                else:
+                    return
+            yield frame
+
+    def stats(self) -> SourceStats:
+        now = time.monotonic()
+        with self._lock:
+            c, stalled = self._c, self._note_stall(now)
+            return SourceStats(c.frames_read, c.dropped, c.duplicates, c.read_failures, c.stalls,
+                               c.reconnects, c.connected, stalled, c.last_fresh, c.last_error)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the reader; waits at most one read timeout (a blocked FFmpeg read) plus a second."""
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join(self.opts.read_timeout_s + 1.0 if timeout is None else timeout)
+            if self._thread.is_alive():
+                log.warning("%s: reader thread still blocked in read(); leaving it (daemon)", self.name)
+
+    def __enter__(self) -> LiveSource:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# -- openers ------------------------------------------------------------------------------------
+def _check_readback(cap: cv2.VideoCapture, camera: str, prop: int, name: str, want: float) -> None:
+    got = cap.get(prop)
+    if want and abs(got - want) > 0.5:
+        log.warning("camera %s refused %s=%g; it gives %g", camera, name, want, got)
+
+
+def open_v4l2(camera: str, opts: LiveOptions) -> cv2.VideoCapture:
+    """A V4L2 camera (/dev/videoN or an index) with fourcc, size and fps set and read back."""
+    dev: str | int = int(camera) if camera.isdigit() else camera
+    if isinstance(dev, str) and not Path(dev).exists():
+        raise SourceError(f"camera {camera}: no such device (unplugged? `ls /dev/video*`)")
+    cap = cv2.VideoCapture(dev, cv2.CAP_V4L2)
+    if not cap.isOpened():
+        cap.release()
+        raise SourceError(f"camera {camera}: V4L2 cannot open it (busy, or no permission: "
+                          "is the user in the 'video' group?)")
+    if opts.fourcc:
+        cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*opts.fourcc))
+        got = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode("ascii", "replace")
+        if got != opts.fourcc:
+            log.warning("camera %s refused fourcc %s; it gives %s", camera, opts.fourcc, got)
+    for prop, name, want in ((cv2.CAP_PROP_FRAME_WIDTH, "width", opts.width),
+                             (cv2.CAP_PROP_FRAME_HEIGHT, "height", opts.height), (cv2.CAP_PROP_FPS, "fps", opts.fps)):
+        if want:
+            cap.set(prop, want)
+            _check_readback(cap, camera, prop, name, want)
+    cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, opts.read_timeout_s * 1000)  # ignored by older builds
+    return cap
+
+
+_ENV_LOCK = threading.Lock()  # OPENCV_FFMPEG_CAPTURE_OPTIONS is process-wide; read at open time
+
+
+def ffmpeg_options(url: str, opts: LiveOptions) -> str:
+    """FFmpeg demuxer options for this scheme, in OpenCV's "key;value|key;value" form."""
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in ("rtsp", "rtsps"):
+        return f"rtsp_transport;{opts.rtsp_transport}"
+    if scheme == "udp":
+        return "overrun_nonfatal;1|fifo_size;50000"  # a late reader loses packets, not the stream
+    if scheme in ("http", "https"):
+        return "reconnect;1|reconnect_streamed;1"
+    return ""
+
+
+def open_stream(url: str, opts: LiveOptions) -> cv2.VideoCapture:
+    """A network stream through OpenCV's FFmpeg backend, with open and read timeouts."""
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(opts.open_timeout_s * 1000),
+              cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(opts.read_timeout_s * 1000)]
+    options = ffmpeg_options(url, opts)
+    with _ENV_LOCK:
+        user = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")
+        if options and user is None:  # the user's own setting wins
+            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = options
+        try:
+            cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
+        finally:
+            if options and user is None:
+                os.environ.pop("OPENCV_FFMPEG_CAPTURE_OPTIONS", None)
+    if not cap.isOpened():
+        cap.release()
+        raise SourceError(f"stream {url}: cannot open within {opts.open_timeout_s:g} s "
+                          "(server down, wrong URL, or no video in it)")
+    return cap
+
+
+# -- files ----------------------------------------------------------------------------------------
+class FileSource:
+    """A file source with the live sources' `stats()`, optionally looping (indices keep rising)."""
+
+    def __init__(self, path: str, opts: LiveOptions):
+        self.path, self.opts = path, opts
+        self._inner = open_file_source(path, opts.fps or None)
+        self.fps, self.name = self._inner.fps, self._inner.name
+        self._read, self._last = 0, 0.0
+
+    def __iter__(self) -> Iterator[Frame]:
+        offset, dt = 0, 1.0 / self.fps
+        while True:
+            last = 0
+            for f in self._inner:
+                last = f.index
+                self._read, self._last = self._read + 1, time.monotonic()
+                yield Frame(f.index + offset, f.image, f.timestamp + offset * dt) if offset else f
+            if not self.opts.loop or last == 0:
+                return
+            offset += last
+            self._inner.close()
+            self._inner = open_file_source(self.path, self.opts.fps or None)
+
+    def stats(self) -> SourceStats:
+        return SourceStats(self._read, 0, 0, 0, 0, 0, True, False, self._last, "")
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def __enter__(self) -> FileSource:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# -- the entry -------------------------------------------------------------------------------------
+def is_stream_url(text: str) -> bool:
+    return "://" in text and text.split("://", 1)[0].lower() in STREAM_SCHEMES
+
+
+def open_camera(camera: str, opts: LiveOptions) -> LiveSource:
+    """`/dev/videoN`, a V4L2 index (`0`) or `csi://N` on a Jetson."""
+    if camera.startswith("csi://"):
+        w, h, fps = CSI_DEFAULT
+        spec = CsiSpec(parse_csi(camera), opts.width or w, opts.height or h, opts.fps or fps)
+        return LiveSource(camera, lambda: open_csi(spec), opts, spec.fps)
+    if not (camera.isdigit() or camera.startswith("/dev/")):
+        raise ValueError(f"camera: expected /dev/videoN, a V4L2 index or csi://N, got {camera!r}")
+    return LiveSource(camera, lambda: open_v4l2(camera, opts), opts)
+
+
+def open_source(camera: str | None = None, source: str | None = None,
+                opts: LiveOptions = LiveOptions()) -> FrameSource:
+    """Exactly one of `camera` (device) or `source` (file, folder, sequence or stream URL)."""
+    if bool(camera) == bool(source):
+        raise ValueError(f"expected exactly one of camera or source, got camera={camera!r} source={source!r}")
+    if camera:
+        return open_camera(str(camera), opts)
+    source = str(source)
+    if is_stream_url(source):
+        return LiveSource(source, lambda: open_stream(source, opts), opts)
+    if "://" in source:
+        raise ValueError(f"source: unsupported scheme in {source!r}; expected one of {list(STREAM_SCHEMES)} "
+                         "or a file, image folder or MOTChallenge sequence")
+    return FileSource(source, opts)

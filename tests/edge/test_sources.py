@@ -1,0 +1,256 @@
+"""Live-source logic with a fake capture (queue, drops, stalls, backoff, close), CSI without
+GStreamer, and `open_source` dispatch. The fake stands in for cv2.VideoCapture to make the
+queue and timing logic deterministic; real streams are in test_streams.py."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from vsdmot.edge.gst import CsiSpec, csi_pipeline, has_gstreamer, parse_csi
+from vsdmot.edge.sources import (
+    FileSource, LiveFrame, LiveOptions, LiveSource, ffmpeg_options, live_options, open_source,
+)
+from vsdmot.runtime.config import ServiceConfig, SourceConfig
+from vsdmot.runtime.errors import SourceError
+
+FAST = dict(queue_size=16, stall_timeout_s=0.3, reconnect_initial_s=0.02, reconnect_max_s=0.08, read_timeout_s=0.2)
+
+
+def image(k: int) -> np.ndarray:
+    """A distinct 48x64 frame per k."""
+    img = np.zeros((48, 64, 3), np.uint8)
+    img[k % 48, :, :] = 255
+    img[:, k % 64, 1] = 128 + k % 100
+    return img
+
+
+class FakeCapture:
+    """Gives `frames` distinct images, then either blocks (a quiet camera), repeats the last one
+    with ok=True (a stuck buffer) or fails (an unplug)."""
+
+    def __init__(self, frames: int, then: str = "block", start: int = 0, block_s: float = 0.2):
+        self.k, self.frames, self.then, self.start, self.block_s = 0, frames, then, start, block_s
+        self.released = threading.Event()
+
+    def read(self):
+        if self.k < self.frames:
+            self.k += 1
+            return True, image(self.start + self.k)
+        if self.then == "stuck":
+            time.sleep(0.005)
+            return True, image(self.start + self.k)
+        if self.then == "fail":
+            return False, None
+        time.sleep(self.block_s)  # a quiet camera: read blocks until FFmpeg's read timeout
+        return False, None
+
+    def get(self, prop):
+        return 30.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+    def release(self):
+        self.released.set()
+
+
+class Opener:
+    """Hands out captures from a list; an exception in the list is raised as an open failure."""
+
+    def __init__(self, *caps):
+        self.caps, self.calls = list(caps), []
+
+    def __call__(self):
+        self.calls.append(time.monotonic())
+        cap = self.caps.pop(0) if len(self.caps) > 1 else self.caps[0]
+        if isinstance(cap, Exception):
+            raise cap
+        return cap
+
+
+def take(src, n: int, timeout: float = 5.0) -> list:
+    """n frames from src, or fewer if a watchdog closes it after `timeout` (never hangs)."""
+    watchdog = threading.Timer(timeout, src.close)
+    watchdog.start()
+    try:
+        it = iter(src)
+        return [f for _, f in zip(range(n), it)]
+    finally:
+        watchdog.cancel()
+
+
+def wait_until(cond, timeout=3.0):
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.01)
+
+
+def test_queue_drops_oldest_and_counts():
+    src = LiveSource("fake", Opener(FakeCapture(10)), LiveOptions(queue_size=3, stall_timeout_s=30))
+    wait_until(lambda: src.stats().frames_read == 10)
+    got = take(src, 3)
+    src.close()
+    assert [f.index for f in got] == [8, 9, 10]  # the newest three survive
+    assert src.stats().dropped == 7 and src.fps == 30.0
+    np.testing.assert_array_equal(got[-1].image, image(10))
+    assert all(isinstance(f, LiveFrame) and f.monotonic > 0 and f.wall_time > 1e9 for f in got)
+
+
+def test_stuck_buffer_is_a_stall_then_reconnects():
+    opener = Opener(FakeCapture(3, then="stuck"), FakeCapture(5, then="block", start=100))
+    with LiveSource("fake", opener, LiveOptions(**FAST)) as src:
+        t0 = time.monotonic()
+        frames = take(src, 8)
+        waited = time.monotonic() - t0
+        s = src.stats()
+    assert s.stalls == 1 and s.reconnects == 1 and s.duplicates > 10 and len(opener.calls) == 2
+    assert [f.index for f in frames] == list(range(1, 9))  # indices keep rising across reconnects
+    assert 0.3 <= waited < 2.0
+
+
+def test_unplug_reconnects_with_capped_backoff():
+    down = SourceError("unplugged")
+    opener = Opener(FakeCapture(2, then="fail"), down, down, down, down, FakeCapture(2, start=50))
+    with LiveSource("fake", opener, LiveOptions(**{**FAST, "stall_timeout_s": 5})) as src:
+        assert [f.index for f in take(src, 4)] == [1, 2, 3, 4]
+        s = src.stats()
+    gaps = np.diff(opener.calls)
+    assert s.reconnects == 1 and s.read_failures == 1 and s.last_error == "unplugged"
+    assert gaps[0] >= 0.02 and gaps[1] >= 0.04 and gaps[2] >= 0.08 and gaps[3] < 0.2  # 0.02 0.04 0.08 0.08
+
+
+def test_gives_up_after_max_failures():
+    opener = Opener(FakeCapture(1, then="fail"), SourceError("gone"))
+    src = LiveSource("fake", opener, LiveOptions(**FAST, max_reconnect_failures=3))
+    with pytest.raises(SourceError, match="gave up after 3 failed opens: gone"):
+        list(src)
+
+
+def test_first_open_failure_raises_unless_waiting():
+    with pytest.raises(SourceError, match="nope"):
+        LiveSource("fake", Opener(SourceError("nope")), LiveOptions(**FAST))
+    opener = Opener(SourceError("not yet"), FakeCapture(2))
+    with LiveSource("fake", opener, LiveOptions(**FAST, wait_for_device=True)) as src:
+        assert [f.index for f in take(src, 2)] == [1, 2]
+        assert src.stats().reconnects == 0
+
+
+def test_close_is_prompt_and_ends_iteration():
+    cap = FakeCapture(0)
+    src = LiveSource("fake", Opener(cap), LiveOptions(stall_timeout_s=30))
+    done = []
+    consumer = threading.Thread(target=lambda: done.append(list(src)))
+    consumer.start()
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    src.close()
+    consumer.join(2)
+    assert time.monotonic() - t0 < 0.5 and done == [[]] and cap.released.is_set()
+    assert not src._thread.is_alive()
+
+
+def test_stats_report_a_stall_while_read_blocks():
+    with LiveSource("fake", Opener(FakeCapture(1, block_s=1)), LiveOptions(stall_timeout_s=0.2)) as src:
+        wait_until(lambda: src.stats().stalled, timeout=1.0)
+        assert src.stats().stalls == 1 and src.stats().frames_read == 1
+
+
+@pytest.mark.parametrize(
+    "camera, source, exception",
+    [
+        (None, None, ValueError),
+        ("/dev/video0", "x.mp4", ValueError),
+        ("webcam", None, ValueError),
+        ("csi://front", None, ValueError),
+        (None, "ftp://127.0.0.1/x.ts", ValueError),
+        ("/dev/video99", None, SourceError),
+        (None, "/nonexistent/clip.mp4", SourceError),
+    ],
+)
+def test_open_source_bad_input(camera, source, exception):
+    with pytest.raises(exception):
+        open_source(camera=camera, source=source, opts=LiveOptions())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"queue_size": 0}, "queue_size"),
+        ({"stall_timeout_s": 0}, "stall_timeout_s"),
+        ({"reconnect_initial_s": 2, "reconnect_max_s": 1}, "reconnect_max_s"),
+        ({"fourcc": "MJPEG"}, "fourcc"),
+        ({"rtsp_transport": "http"}, "rtsp_transport"),
+        ({"width": -1}, "width"),
+    ],
+)
+def test_live_options_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LiveOptions(**kwargs)
+
+
+def test_live_options_from_config():
+    opts = live_options(SourceConfig(width=640, height=480, fourcc="MJPG", loop=True), ServiceConfig(stall_timeout_s=2))
+    assert (opts.width, opts.height, opts.fourcc, opts.loop, opts.stall_timeout_s) == (640, 480, "MJPG", True, 2.0)
+
+
+def test_csi_without_gstreamer_explains():
+    if has_gstreamer():
+        pytest.skip("this OpenCV has GStreamer; the error path needs one without")
+    with pytest.raises(SourceError, match="CSI cameras need OpenCV built with GStreamer.*JetPack"):
+        src = open_source(camera="csi://0")
+        src.close()
+
+
+@pytest.mark.parametrize(
+    "info, expected",
+    [
+        ("  Video I/O:\n    GStreamer:                   YES (1.20.3)\n", True),
+        ("  Video I/O:\n    GStreamer:                   NO\n", False),
+        ("  Video I/O:\n    FFMPEG: YES\n", False),
+    ],
+)
+def test_has_gstreamer_parses_build_info(info, expected):
+    assert has_gstreamer(info) is expected
+
+
+def test_csi_pipeline_text():
+    assert parse_csi("csi://1") == 1
+    text = csi_pipeline(CsiSpec(1, 1920, 1080, 29.97))
+    assert text.startswith("nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM),width=1920,height=1080")
+    assert "framerate=2997/100" in text and "nvvidconv" in text and "format=BGRx" in text
+    assert text.endswith("appsink drop=1 max-buffers=1 sync=false")
+
+
+def test_ffmpeg_options_per_scheme():
+    opts = LiveOptions()
+    assert ffmpeg_options("rtsp://cam/stream", opts) == "rtsp_transport;tcp"
+    assert "overrun_nonfatal;1" in ffmpeg_options("udp://127.0.0.1:5000", opts)
+    assert ffmpeg_options("tcp://127.0.0.1:5000", opts) == ""
+
+
+@pytest.fixture(scope="module")
+def tiny_video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("video") / "tiny.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for k in range(1, 6):
+        writer.write(image(k))
+    writer.release()
+    return path
+
+
+def test_file_source_ends_cleanly(tiny_video):
+    with open_source(source=str(tiny_video)) as src:
+        assert isinstance(src, FileSource) and src.fps == 10
+        frames = list(src)
+        assert [f.index for f in frames] == [1, 2, 3, 4, 5] and src.stats().frames_read == 5
+
+
+def test_file_source_loops_with_rising_indices(tiny_video):
+    with open_source(source=str(tiny_video), opts=LiveOptions(loop=True)) as src:
+        it = iter(src)
+        frames = [next(it) for _ in range(12)]
+    assert [f.index for f in frames] == list(range(1, 13))
+    assert frames[5].timestamp == pytest.approx(0.5)
