@@ -282,6 +282,11 @@ class LiveSource:
             return SourceStats(c.frames_read, c.dropped, c.duplicates, c.read_failures, c.stalls,
                                c.reconnects, c.connected, stalled, c.last_fresh, c.last_error)
 
+    def stop(self) -> None:
+        """End iteration promptly (within 0.25 s) without waiting for the reader: safe to call
+        from a signal handler or another thread while the loop waits on a stalled source."""
+        self._stop.set()
+
     def close(self, timeout: float | None = None) -> None:
         """Stop the reader; waits at most one read timeout (a blocked FFmpeg read) plus a second."""
         self._stop.set()
@@ -374,13 +379,15 @@ class FileSource:
         self.path, self.opts = path, opts
         self._inner = open_file_source(path, opts.fps or None)
         self.fps, self.name = self._inner.fps, self._inner.name
-        self._read, self._last = 0, 0.0
+        self._read, self._last, self._stopped = 0, 0.0, False
 
     def __iter__(self) -> Iterator[Frame]:
         offset, dt = 0, 1.0 / self.fps
         while True:
             last = 0
             for f in self._inner:
+                if self._stopped:
+                    return
                 last = f.index
                 self._read, self._last = self._read + 1, time.monotonic()
                 yield Frame(f.index + offset, f.image, f.timestamp + offset * dt) if offset else f
@@ -392,6 +399,10 @@ class FileSource:
 
     def stats(self) -> SourceStats:
         return SourceStats(self._read, 0, 0, 0, 0, 0, True, False, self._last, "")
+
+    def stop(self) -> None:
+        """End iteration before the next frame (signal-safe)."""
+        self._stopped = True
 
     def close(self) -> None:
         self._inner.close()

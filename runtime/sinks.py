@@ -247,8 +247,9 @@ class VideoSink(_SinkBase):
             self._writer = None
 
 
-# Latency stages whose sum is the "model-only" time (the networks, not I/O or drawing).
-MODEL_STAGES = ("detector", "semantic", "student", "tracker")
+# Latency stages (runtime/pipeline.py STAGES) whose sum is the "model-only" time: the networks
+# and their bookkeeping, not the quality gate, decoding, sinks or waiting for the source.
+MODEL_STAGES = ("semantics", "detector", "tracker")
 
 
 class LatencyHistogram:
@@ -297,7 +298,7 @@ class StatsSink(_SinkBase):
     """Run statistics JSON, rewritten atomically every `every_s` seconds (or `every_frames`)
     and at close. Keys: frames, fps, fps_end_to_end, fps_model, semantic_runs / _reused /
     _skipped, latency_ms {stage: p50 p90 p99 mean max n}, dropped_frames, reconnects, stalls,
-    source {...}, elapsed_s, final. Memory stays bounded (histograms, not lists).
+    source_stats {...}, elapsed_s, updated_unix, final, plus the `meta` keys. Memory stays bounded (histograms, not lists).
 
     `source_stats()` returns the live source's `SourceStats` (or a mapping); `meta` is copied in.
     """
@@ -342,7 +343,7 @@ class StatsSink(_SinkBase):
         elapsed = self._t_last - self._t_first
         src = _as_dict(self.source_stats() if self.source_stats else None)
         fps_of = lambda h: _round(1000.0 * h.n / h.total_ms) if h.total_ms > 0 else None  # noqa: E731
-        return {
+        return {**self.meta, **{
             "frames": self.frames,
             "fps": _round((self.frames - 1) / elapsed) if self.frames > 1 and elapsed > 0 else None,
             "fps_end_to_end": fps_of(self._e2e),  # 1000 / mean per-frame processing ms (capacity)
@@ -355,12 +356,11 @@ class StatsSink(_SinkBase):
             "dropped_frames": int(src.get("dropped", 0)),
             "reconnects": int(src.get("reconnects", 0)),
             "stalls": int(src.get("stalls", 0)),
-            "source": src,
+            "source_stats": src,
             "elapsed_s": round(elapsed, 3),
             "updated_unix": round(time.time(), 3),
             "final": final,
-            **self.meta,
-        }
+        }}  # the contract keys win over `meta`
 
     def flush(self, final: bool = False) -> None:
         """Replace the stats file atomically; on failure the previous file stays as it was."""

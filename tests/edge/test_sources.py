@@ -152,6 +152,14 @@ def test_close_is_prompt_and_ends_iteration():
     assert not src._thread.is_alive()
 
 
+def test_stop_ends_iteration_while_waiting_for_frames():
+    src = LiveSource("fake", Opener(FakeCapture(2, block_s=1)), LiveOptions(stall_timeout_s=30))
+    threading.Timer(0.3, src.stop).start()  # e.g. a SIGTERM handler during an outage
+    t0 = time.monotonic()
+    assert [f.index for f in src] == [1, 2] and time.monotonic() - t0 < 1.0
+    src.close()
+
+
 def test_stats_report_a_stall_while_read_blocks():
     with LiveSource("fake", Opener(FakeCapture(1, block_s=1)), LiveOptions(stall_timeout_s=0.2)) as src:
         wait_until(lambda: src.stats().stalled, timeout=1.0)

@@ -112,14 +112,15 @@ def test_histogram_percentiles_within_a_bin():
 def test_stats_keys_and_percentiles(tmp_path):
     path = tmp_path / "stats.json"
     src = lambda: {"frames_read": 40, "dropped": 3, "reconnects": 2, "stalls": 1}  # noqa: E731
-    with StatsSink(path, every_s=0, every_frames=10, source_stats=src, meta={"source_name": "x"}) as sink:
+    with StatsSink(path, every_s=0, every_frames=10, source_stats=src, meta={"source": "cam0", "frames": -1}) as sink:
         for i in range(1, 41):
             states = ["fresh", "reused", "skipped", "skipped"]
-            sink.write(make_result(i, semantic=states[i % 4], latency={"detector": float(i), "sinks": 1.0}))
+            sink.write(make_result(i, semantic=states[i % 4], latency={"detector": float(i), "quality": 1.0}))
             if i == 10:
                 assert json.loads(path.read_text())["frames"] == 10  # periodic write
     s = json.loads(path.read_text())
-    assert s["final"] and s["frames"] == 40 and s["source_name"] == "x"
+    assert s["final"] and s["frames"] == 40 and s["source"] == "cam0"  # contract keys win over meta
+    assert s["source_stats"]["frames_read"] == 40
     assert (s["semantic_runs"], s["semantic_reused"], s["semantic_skipped"]) == (10, 10, 20)
     assert (s["dropped_frames"], s["reconnects"], s["stalls"]) == (3, 2, 1)
     det = s["latency_ms"]["detector"]
@@ -128,6 +129,14 @@ def test_stats_keys_and_percentiles(tmp_path):
     assert s["fps_model"] == pytest.approx(1000 / 20.5, rel=1e-3)
     assert s["fps_end_to_end"] == pytest.approx(1000 / 21.5, rel=1e-3)
     assert s["fps"] is not None and s["fps"] > 0
+
+
+def test_stats_end_to_end_uses_the_total_stage(tmp_path):
+    with StatsSink(tmp_path / "s.json") as sink:
+        sink.write(make_result(1, latency={"quality": 1.0, "semantics": 2.0, "detector": 4.0, "tracker": 2.0, "total": 10.0}))
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["fps_end_to_end"] == pytest.approx(100.0) and s["fps_model"] == pytest.approx(125.0)
+    assert s["model_stages"] == ["semantics", "detector", "tracker"]
 
 
 def test_stats_sink_flushes_on_close_with_no_frames(tmp_path):
