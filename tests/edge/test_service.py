@@ -287,3 +287,96 @@ def test_real_run_notifies_in_order_and_sigterm_loses_no_results(bundle, tmp_pat
     assert len(rows.frame) == sum(len(r["tracks"]) for r in records)
     assert rows.frame.max() <= frames
 
+
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveRun:
+    """`vsdmot-edge run` on a live H.264 stream over loopback TCP (Debian's ffmpeg as the sender),
+    under a test notify socket, with a 1 s stall window. SIGSTOP on the sender freezes the stream:
+    a camera that stopped delivering while the tracker process itself is fine."""
+
+    def __init__(self, ffmpeg: str, bundle: Path, tmp_path: Path):
+        from vsdmot.edge.run_cmd import DEMO_CLIP
+
+        port = _free_port()
+        self.sender = subprocess.Popen([ffmpeg, "-loglevel", "quiet", "-re", "-stream_loop", "-1", "-i", str(DEMO_CLIP),
+                                        "-c", "copy", "-f", "mpegts", f"tcp://127.0.0.1:{port}?listen=1"],
+                                       stdin=subprocess.DEVNULL)
+        self.lst = Listener(str(tmp_path / "notify.sock"))
+        config = tmp_path / "edge.toml"
+        config.write_text("[service]\nstall_timeout_s = 1.0\n")
+        env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "400000"}
+        time.sleep(0.5)  # the sender is listening
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from vsdmot.edge.cli import main; sys.exit(main(sys.argv[1:]))",
+             "run", "--source", f"tcp://127.0.0.1:{port}", "--bundle", str(bundle), "--threads", "1",
+             "--health-listen", "off", "--config", str(config)], env=env, stderr=subprocess.PIPE, text=True)
+        self.timed: list[tuple[float, str]] = []
+
+    def collect(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.timed.extend((time.monotonic(), m) for m in self.lst.drain())
+
+    def wait_pings(self, n: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and sum(m.startswith("WATCHDOG=1") for _, m in self.timed) < n:
+            self.collect(0.2)
+            assert self.proc.poll() is None, self.proc.stderr.read()
+
+    def freeze(self) -> float:
+        os.kill(self.sender.pid, signal.SIGSTOP)
+        return time.monotonic()
+
+    def close(self) -> None:
+        for p in (self.proc, self.sender):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.lst.close()
+
+
+@pytest.fixture
+def live_run(ffmpeg, bundle, tmp_path):
+    pytest.importorskip("vsdmot.edge.sources")
+    run = LiveRun(ffmpeg, bundle, tmp_path)
+    yield run
+    run.close()
+
+
+def test_real_stream_stall_starves_the_watchdog(live_run):
+    """Freezing the stream stops WATCHDOG=1 within the stall window, so systemd restarts us."""
+    live_run.wait_pings(3)
+    frozen_at = live_run.freeze()
+    live_run.collect(4.0)
+    pings = [t for t, m in live_run.timed if m.startswith("WATCHDOG=1")]
+    assert pings[0] < frozen_at
+    # after the freeze: at most the 1 s stall window plus the frames still queued, then none
+    assert all(t < frozen_at + 2.0 for t in pings), [round(t - frozen_at, 2) for t in pings]
+    assert live_run.proc.poll() is None  # alive: the restart is systemd's decision (WatchdogSec)
+
+
+@pytest.mark.xfail(strict=False, reason="known: the run loop waits inside the live source's iterator while no "
+                   "frame comes, so a stop requested during a stall is seen only when frames resume "
+                   "(edge/runner.py _until, edge/sources.py LiveSource.__iter__); systemd then SIGKILLs after "
+                   "TimeoutStopSec. STOPPING=1 itself is sent at once.")
+def test_sigterm_during_a_stall_exits_promptly(live_run):
+    """Measured: after a 6 s freeze (the source has dropped the capture and is re-opening) the
+    process does not exit within 10 s of SIGTERM; after a 2 s freeze it does."""
+    live_run.wait_pings(2)
+    live_run.freeze()
+    live_run.collect(6.0)
+    live_run.proc.send_signal(signal.SIGTERM)
+    live_run.collect(0.5)
+    assert any(m.startswith("STOPPING=1") for _, m in live_run.timed)
+    try:
+        live_run.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pytest.fail("SIGTERM during a stall: no exit within 10 s")
+    assert live_run.proc.returncode == 0
