@@ -14,6 +14,7 @@ snapshot for the loop, the stats file and the systemd watchdog (fed only on fres
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -245,6 +246,7 @@ class LiveSource:
 
     def _open_failed(self, reason: str) -> bool:
         self._failures += 1
+        log.warning("%s: open failed (%d in a row): %s", self.name, self._failures, reason)
         with self._lock:
             self._c.last_error = reason
         self._check_stall(time.monotonic())
@@ -316,6 +318,9 @@ def open_v4l2(camera: str, opts: LiveOptions) -> cv2.VideoCapture:
     dev: str | int = int(camera) if camera.isdigit() else camera
     if isinstance(dev, str) and not Path(dev).exists():
         raise SourceError(f"camera {camera}: no such device (unplugged? `ls /dev/video*`)")
+    # OpenCV's V4L2 backend ignores CAP_PROP_READ_TIMEOUT_MSEC; its select() waits 10 s per read
+    # unless this is set, and it reads the variable once per process (the first V4L2 capture).
+    os.environ.setdefault("OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT", str(max(1, math.ceil(opts.read_timeout_s))))
     cap = cv2.VideoCapture(dev, cv2.CAP_V4L2)
     if not cap.isOpened():
         cap.release()
@@ -331,7 +336,8 @@ def open_v4l2(camera: str, opts: LiveOptions) -> cv2.VideoCapture:
         if want:
             cap.set(prop, want)
             _check_readback(cap, camera, prop, name, want)
-    cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, opts.read_timeout_s * 1000)  # ignored by older builds
+    log.info("camera %s: %gx%g at %g fps", camera, cap.get(cv2.CAP_PROP_FRAME_WIDTH),
+             cap.get(cv2.CAP_PROP_FRAME_HEIGHT), cap.get(cv2.CAP_PROP_FPS))
     return cap
 
 

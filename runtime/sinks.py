@@ -13,15 +13,19 @@ Durability (a device runs for weeks and may be killed or lose power at any time)
   (`atomic_write_text`), so a reader never sees a half-written JSON.
 - The video sink cannot promise this (OpenCV's writer buffers and reports no errors); an `.avi`
   (MJPG) stays readable after a kill, an `.mp4` does not (its index is written at close).
+  It encodes on its own thread (the only sink with one) so drawing overlaps the pipeline.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import math
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, is_dataclass
@@ -170,6 +174,7 @@ class JsonlSink(_DurableAppender):
 VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
 
+@functools.lru_cache(maxsize=4096)
 def track_colour(track_id: int) -> tuple[int, int, int]:
     """A stable, well-spread BGR colour per track id (golden-ratio hue steps)."""
     hue = int((track_id * 0.618033988749895 % 1.0) * 180)
@@ -205,11 +210,15 @@ def _quality_bar(img: np.ndarray, result: FrameResult) -> None:
 class VideoSink(_SinkBase):
     """Annotated video. `.mp4/.m4v/.mov` -> mp4v, `.avi/.mkv` -> MJPG; anything else ValueError.
 
-    `frame_size` is (width, height); None takes it from the first image. Images of another size
-    are resized to it.
+    Drawing and encoding (~10 ms per 640x480 frame here) run on the sink's own thread, so they
+    overlap the pipeline instead of halving its FPS. When `queue_size` frames are waiting, a
+    new frame is dropped and counted in `dropped` (the tracker outranks its debug video), unless
+    `drop_when_full=False`, which makes `write` wait. `frame_size` is (width, height); None takes
+    it from the first image; other sizes are resized to it.
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float, frame_size: tuple[int, int] | None = None):
+    def __init__(self, path: str | os.PathLike, fps: float, frame_size: tuple[int, int] | None = None,
+                 queue_size: int = 16, drop_when_full: bool = True):
         self.path = Path(path)
         ext = self.path.suffix.lower()
         if ext not in VIDEO_CODECS:
@@ -217,34 +226,53 @@ class VideoSink(_SinkBase):
                              "(OpenCV here writes mp4v or MJPG, not H.264)")
         if not fps > 0:
             raise ValueError(f"video sink: expected fps > 0, got {fps!r}")
-        self.fps, self.frame_size, self.frames = float(fps), frame_size, 0
+        self.fps, self.frame_size, self.drop_when_full = float(fps), frame_size, drop_when_full
+        self.frames = self.dropped = 0  # frames encoded / frames dropped because the queue was full
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._writer: cv2.VideoWriter | None = None
+        self._thread: threading.Thread | None = None
         if frame_size is not None:
             self._open(frame_size)
 
     def _open(self, size: tuple[int, int]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS[self.path.suffix.lower()])
-        self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, tuple(int(v) for v in size))
+        fourcc = VIDEO_CODECS[self.path.suffix.lower()]
+        self.frame_size = (int(size[0]), int(size[1]))
+        self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*fourcc), self.fps, self.frame_size)
         if not self._writer.isOpened():
-            raise SinkError(f"video sink: OpenCV cannot open {self.path} for writing at {size} "
-                            f"({VIDEO_CODECS[self.path.suffix.lower()]})")
-        self.frame_size = tuple(int(v) for v in size)
+            raise SinkError(f"video sink: OpenCV cannot open {self.path} for writing at {size} ({fourcc})")
+        self._thread = threading.Thread(target=self._encode, name=f"video:{self.path.name}", daemon=True)
+        self._thread.start()
 
     def write(self, result: FrameResult, image: np.ndarray | None = None) -> None:
         if image is None:
             raise ValueError(f"video sink: frame {result.index} came without its image (pass write(result, image))")
         if self._writer is None:
             self._open((image.shape[1], image.shape[0]))
-        if (image.shape[1], image.shape[0]) != self.frame_size:
-            image = cv2.resize(image, self.frame_size, interpolation=cv2.INTER_AREA)
-        self._writer.write(annotate(image, result))
-        self.frames += 1
+        try:
+            self._queue.put((result, image), block=not self.drop_when_full)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1:
+                log.warning("video sink: encoding falls behind; dropping frames from %s", self.path)
+
+    def _encode(self) -> None:
+        while (item := self._queue.get()) is not None:
+            result, image = item
+            if (image.shape[1], image.shape[0]) != self.frame_size:
+                image = cv2.resize(image, self.frame_size, interpolation=cv2.INTER_AREA)
+            self._writer.write(annotate(image, result))
+            self.frames += 1
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+        if self._writer is None:
+            return
+        self._queue.put(None)  # after the frames already queued
+        self._thread.join()
+        self._writer.release()
+        self._writer = None
+        if self.dropped:
+            log.warning("video sink: %d frames dropped from %s", self.dropped, self.path)
 
 
 # Latency stages (runtime/pipeline.py STAGES) whose sum is the "model-only" time: the networks

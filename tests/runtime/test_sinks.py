@@ -88,6 +88,14 @@ def test_video_sink_bad_input(tmp_path, name, kwargs, exception):
         VideoSink(tmp_path / name, **kwargs)
 
 
+def test_video_sink_drops_rather_than_stalls_the_loop(tmp_path):
+    img = np.full((240, 320, 3), 90, np.uint8)
+    with VideoSink(tmp_path / "v.avi", 10, queue_size=1) as sink:
+        for i in range(1, 41):
+            sink.write(make_result(i), img)
+    assert sink.frames + sink.dropped == 40 and sink.frames >= 1
+
+
 def test_video_sink_needs_the_image(tmp_path):
     with VideoSink(tmp_path / "v.avi", 10) as sink, pytest.raises(ValueError, match="without its image"):
         sink.write(make_result(1))
