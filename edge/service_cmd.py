@@ -64,6 +64,8 @@ def _unit_options(p: argparse.ArgumentParser) -> None:
                    help="absolute path of vsdmot-edge (default: the one beside this Python)")
     p.add_argument("--config", dest="config_path", default="/etc/vsdmot/edge.toml", help="config file the service reads")
     p.add_argument("--user", default="vsdmot", help="system user the service runs as (default: vsdmot)")
+    p.add_argument("--groups", default="video,render",
+                   help="supplementary groups, comma-separated (default video,render; add jtop for jtop power)")
     p.add_argument("--watchdog-sec", type=int, default=30, help="WatchdogSec (default: 30)")
 
 
@@ -80,7 +82,8 @@ def default_exec_path() -> str:
 
 def unit_config(args: argparse.Namespace) -> UnitConfig:
     return UnitConfig(name=args.name, exec_path=args.exec_path or default_exec_path(),
-                      config_path=args.config_path, user=args.user, watchdog_s=args.watchdog_sec)
+                      config_path=args.config_path, user=args.user, watchdog_s=args.watchdog_sec,
+                      groups=tuple(g for g in args.groups.split(",") if g))
 
 
 def install_plan(cfg: UnitConfig, root: str | None) -> list[Action]:

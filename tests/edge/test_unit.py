@@ -110,8 +110,10 @@ def test_default_config_is_a_valid_run_config(tmp_path):
 def test_cli_unit_prints_and_writes(tmp_path, capsys):
     assert main(["service", "unit", "--exec", REAL_EXEC]) == 0
     assert "Type=notify" in capsys.readouterr().out
-    assert main(["service", "unit", "--exec", REAL_EXEC, "--user", "tracker", "--out", str(tmp_path / "u.service")]) == 0
-    assert "User=tracker" in (tmp_path / "u.service").read_text()
+    assert main(["service", "unit", "--exec", REAL_EXEC, "--user", "tracker", "--groups", "video,render,jtop",
+                 "--out", str(tmp_path / "u.service")]) == 0
+    text = (tmp_path / "u.service").read_text()
+    assert "User=tracker" in text and "SupplementaryGroups=video render jtop" in text
 
 
 def test_install_into_staging_root(tmp_path, capsys):
