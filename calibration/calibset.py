@@ -47,7 +47,7 @@ class CalibSetConfig:
     variants: int = 3  # candidates per source frame (clean or degraded)
     clean_share: float = 0.2  # probability a candidate stays clean
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)  # degradation severities drawn from
-    presets: tuple[str, ...] = ()  # degradation presets drawn from; () = all of calibration.degrade.PRESETS
+    presets: tuple[str, ...] = ()  # degradation presets drawn from; () = every per-frame preset (degrade.FRAME_PRESETS)
     stride: int = 2  # take every stride-th source frame
     seed: int = 0  # one seed for the whole set; candidate k uses (seed, k)
 
@@ -158,9 +158,9 @@ def histogram(q: np.ndarray, bins: int) -> dict[str, list]:
 
 
 def default_degrade():
-    from vsdmot.calibration.degrade import PRESETS, degrade
+    from vsdmot.calibration import degrade as d
 
-    return degrade, tuple(PRESETS)
+    return d.degrade, tuple(getattr(d, "FRAME_PRESETS", d.PRESETS))  # per-frame presets: no codec subprocess
 
 
 def build_calibset(sources: Sequence[str | os.PathLike], cfg: CalibSetConfig, out_dir: str | os.PathLike,

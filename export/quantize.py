@@ -22,6 +22,7 @@ import numpy as np
 
 from vsdmot.runtime.bundle import file_sha256
 
+from .parity import latency_ms
 from .report import cached_step, fingerprint
 
 log = logging.getLogger(__name__)
@@ -106,8 +107,9 @@ def _quantize(src: Path, cfg: QuantConfig, out: Path, feeds) -> dict[str, Any]:
     qmodel = onnx.load(str(out))
     rewired = float_inputs(qmodel, set(excluded))
     onnx.save(qmodel, str(out))
+    latency = {"fp32": latency_ms(src, feeds[0], runs=10), "int8": latency_ms(out, feeds[0], runs=10)}
     return {"method": cfg.method, "calib_frames": n, "kept_float": excluded, "per_channel": cfg.per_channel,
-            "float_inputs_rewired": rewired}
+            "float_inputs_rewired": rewired, "latency_ms_1thread": latency}
 
 
 def extra_options(cfg: QuantConfig, n: int) -> dict[str, Any]:

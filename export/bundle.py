@@ -1,0 +1,163 @@
+"""Step: write a model bundle (files + manifest.json) into a staging directory, then put it in place.
+
+    stage = write_bundle(contents, BundleConfig(precision="int8"), staging_dir)   # loads as valid
+    ... the accuracy gate evaluates `stage` ...
+    publish(stage, out_dir, gate)      # gate passed or forced: atomic rename into out_dir
+                                       # otherwise: out_dir.rejected (refused by the loader) + BundleError
+
+The manifest (schema `SCHEMA_VERSION` of runtime/bundle.py) records: vsdmot and tool versions;
+per file its sha256, size, precision, role and ONNX inputs/outputs; provenance (checkpoints,
+teacher, training data, the YOLOX-nano Apache-2.0 notice carried as NOTICE); calibration
+(sources, frame count, quality histogram, method); parity per network; accuracy vs FP32 and
+the gate's verdict (and whether it was forced). `manifest_sha256` seals it (runtime/bundle.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vsdmot import __version__
+from vsdmot.runtime.bundle import DIGEST_FIELD, MANIFEST, PRECISIONS, SCHEMA_VERSION, file_sha256, manifest_digest
+from vsdmot.runtime.errors import BundleError
+
+log = logging.getLogger(__name__)
+ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool", 3: "int8", 2: "uint8"}
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    precision: str = "int8"  # the bundle's headline precision (fp32 | fp16 | int8)
+    tracker: str = "e2e"  # the tracker `vsdmot-edge run` uses by default (manifest "tracker")
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"bundle precision: expected one of {list(PRECISIONS)}, got {self.precision!r}")
+
+
+@dataclass
+class BundleFile:
+    source: Path  # where the chain produced it
+    role: str  # detector | student | tracker | params | notice | report
+    precision: str = ""  # fp32 | fp16 | int8 for networks, "" otherwise
+
+
+@dataclass
+class BundleContents:
+    files: dict[str, BundleFile]  # bundle name -> file
+    provenance: dict[str, Any] = field(default_factory=dict)  # checkpoints, teacher, data, notices
+    calibration: dict[str, Any] = field(default_factory=dict)  # sources, frames, histogram, method
+    parity: dict[str, Any] = field(default_factory=dict)  # per network: thresholds and results
+    export: dict[str, Any] = field(default_factory=dict)  # pruning ratio, methods, steps, forced...
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of the tools that made the bundle (absent ones are left out)."""
+    import importlib.metadata as md
+
+    out = {}
+    for dist in ("onnx", "onnxruntime", "torch", "torch-pruning", "onnxslim", "onnxsim", "numpy", "opencv-python-headless"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def io_specs(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """ONNX graph inputs and outputs as [{name, shape, dtype}]."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+
+    def spec(v):
+        t = v.type.tensor_type
+        return {"name": v.name, "shape": [d.dim_value if d.dim_value else -1 for d in t.shape.dim],
+                "dtype": ONNX_DTYPES.get(t.elem_type, str(t.elem_type))}
+
+    return {"inputs": [spec(v) for v in graph.input if v.name not in inits], "outputs": [spec(v) for v in graph.output]}
+
+
+def file_entry(path: Path, f: BundleFile) -> dict[str, Any]:
+    entry: dict[str, Any] = {"sha256": file_sha256(path), "size": path.stat().st_size, "role": f.role}
+    if f.precision:
+        entry["precision"] = f.precision
+    if path.suffix == ".onnx":
+        entry.update(io_specs(path))
+    return entry
+
+
+def write_bundle(contents: BundleContents, cfg: BundleConfig, out_path: str | Path) -> Path:
+    """Copy the files into `out_path` (a fresh staging directory) and seal a manifest; returns the dir."""
+    out = Path(out_path)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    entries = {}
+    for name, f in sorted(contents.files.items()):
+        if not f.source.is_file():
+            raise ValueError(f"bundle: {name} expected at {f.source}, found nothing")
+        shutil.copyfile(f.source, out / name)
+        entries[name] = file_entry(out / name, f)
+    manifest = {
+        "schema_version": SCHEMA_VERSION, "vsdmot_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "precision": cfg.precision, "tracker": cfg.tracker, "tools": tool_versions(), "files": entries,
+        "provenance": contents.provenance, "calibration": contents.calibration, "parity": contents.parity,
+        "export": contents.export, "engine_cache_key": "runtime.bundle.engine_cache_key(onnx sha256, TensorRT, GPU, precision)",
+    }
+    seal(out, manifest)
+    log.info("bundle staged in %s: %s", out, ", ".join(entries))
+    return out
+
+
+def seal(root: Path, manifest: dict[str, Any]) -> None:
+    manifest.pop(DIGEST_FIELD, None)
+    manifest[DIGEST_FIELD] = manifest_digest(manifest)
+    tmp = root / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str))
+    os.replace(tmp, root / MANIFEST)
+
+
+def record_gate(stage: Path, accuracy: Mapping[str, Any], gate: Mapping[str, Any], extra: tuple[str, ...] = ()) -> None:
+    """Add the measured accuracy, the gate's verdict and `extra` files already in `stage` (the
+    export report) to a staged manifest, and re-seal it."""
+    manifest = json.loads((stage / MANIFEST).read_text())
+    manifest["accuracy"], manifest["accuracy_gate"] = dict(accuracy), dict(gate)
+    for name in extra:
+        manifest["files"][name] = file_entry(stage / name, BundleFile(stage / name, "report"))
+    seal(stage, manifest)
+
+
+def publish(stage: Path, out: Path, gate: Mapping[str, Any]) -> Path:
+    """Move a staged bundle into `out` when its gate passed or was forced; else refuse (BundleError)."""
+    if not (gate.get("passed") or gate.get("forced")):
+        rejected = out.with_name(out.name + ".rejected")
+        _replace(stage, rejected)
+        raise BundleError(f"accuracy gate refused the bundle: {gate.get('reason')}. Nothing was written to {out}; "
+                          f"the refused files are in {rejected} (the loader refuses them). Re-run with --force "
+                          f"to publish anyway (recorded in the manifest)")
+    _replace(stage, out)
+    log.info("bundle written to %s%s", out, " (gate FORCED)" if gate.get("forced") and not gate.get("passed") else "")
+    return out
+
+
+def _replace(stage: Path, out: Path) -> None:
+    """Atomically swap `stage` into `out`; refuse to delete a directory that is not a bundle."""
+    if out.exists():
+        if any(out.iterdir()) and not (out / MANIFEST).is_file():
+            raise ValueError(f"--out {out}: exists and is not a bundle (no {MANIFEST}); refusing to replace it")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(stage, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(stage, out)

@@ -1,0 +1,373 @@
+"""The export driver: calls the steps in order, with progress bars and one log line per step.
+
+    fp32 reference:  to_onnx -> simplify -> parity(torch)                      -> write_bundle
+    device bundle:   prune -> recover -> to_onnx -> simplify -> parity(torch)
+                     -> quantize -> qdq_check -> parity(fp32) -> write_bundle (staging)
+                     -> gate_accuracy (vs the fp32 reference bundle) -> publish (or refuse)
+
+Every step is `(artifact, cfg, out_path) -> out_path` in its own module and skips itself when
+its output is up to date (export/report.py). Intermediates live in a work directory
+(`$VSDMOT_EXPORT_CACHE` or ~/.cache/vsdmot/export/<out name>-<hash of out path>), so a re-run
+after a failure or with another precision redoes only what changed. Networks come from
+`export/sources.py`-style adapters here: the shipped weights (models/weights/) or CHECKPOINT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .accuracy_gate import EvalFn, GateConfig, gate_accuracy
+from .bundle import BundleConfig, BundleContents, BundleFile, publish, record_gate, write_bundle
+from .parity import FP32, INT8, onnx_runner, parity
+from .prune import PruneConfig, load_module, prune
+from .qdq_check import QdqCheckConfig, qdq_check
+from .quantize import METHODS, QuantConfig, quantize
+from .recover import RecoverConfig, recover
+from .report import Report, fingerprint, write_report
+from .simplify import SimplifyConfig, simplify
+from .to_onnx import OnnxConfig, TorchNet, to_onnx
+
+log = logging.getLogger(__name__)
+DEFAULT_PRUNE = 0.5  # the measured default for --int8 (docs/export.md)
+DEFAULT_METHOD = "minmax"  # the measured default calibration method (docs/export.md)
+TARGETS = ("onnx", "tensorrt", "torch-tensorrt")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    precision: str = "int8"  # int8 | fp16 (FP32 ONNX, engine built in FP16) | fp32
+    prune: float | None = None  # channel ratio; None = DEFAULT_PRUNE for int8/fp16, 0 for fp32
+    method: str = DEFAULT_METHOD  # minmax | entropy | percentile | auto (chosen by the gate's HOTA)
+    target: str = "onnx"  # onnx (ORT + TensorRT from Q/DQ) | tensorrt (also a legacy calibration cache) | torch-tensorrt
+    calib: tuple[str, ...] = ()  # calibration sources; () = default_calib_sources()
+    work_dir: str = ""  # intermediates; "" = default_work_dir(out)
+    recover: RecoverConfig = RecoverConfig()  # distillation budget after pruning
+    calibset: Any = None  # calibration.calibset.CalibSetConfig; None = its defaults
+    gate: GateConfig = GateConfig()  # accuracy gate (force lives here)
+    progress: bool = True  # tqdm progress bars
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("int8", "fp16", "fp32"):
+            raise ValueError(f"precision: expected int8, fp16 or fp32, got {self.precision!r}")
+        if self.method not in (*METHODS, "auto"):
+            raise ValueError(f"--method: expected one of {[*METHODS, 'auto']}, got {self.method!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"--target: expected one of {list(TARGETS)}, got {self.target!r}")
+
+    @property
+    def ratio(self) -> float:
+        if self.prune is not None:
+            return self.prune
+        return 0.0 if self.precision == "fp32" else DEFAULT_PRUNE
+
+
+@dataclass
+class Sources:
+    """What to export: torch networks, JSON params and notices, provenance."""
+
+    nets: dict[str, TorchNet]  # detector / student / tracker
+    files: dict[str, Path] = field(default_factory=dict)  # bundle name -> path (quality.json, NOTICE)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    feeds: dict[str, Sequence[Mapping]] = field(default_factory=dict)  # overrides (tests; tracker feeds)
+
+
+def default_work_dir(out: Path) -> Path:
+    base = Path(os.environ.get("VSDMOT_EXPORT_CACHE") or Path.home() / ".cache" / "vsdmot" / "export")
+    return base / f"{out.name}-{hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:10]}"
+
+
+def export(cfg: ExportConfig, out: str | Path, checkpoint: str | Path | None = None,
+           sources: Sources | None = None, eval_fn: EvalFn | None = None) -> Path:
+    """Run the chain; return the published bundle directory (BundleError when the gate refuses)."""
+    out = Path(out)
+    work = Path(cfg.work_dir) if cfg.work_dir else default_work_dir(out)
+    sources = sources or load_sources(checkpoint)
+    report = Report()
+    ref_files = {name: torch_to_onnx(net, work / "fp32" / name, report) for name, net in sources.nets.items()}
+    reference = stage_bundle(sources, ref_files, "fp32", work / "reference", {"prune": 0.0}, {})
+    if cfg.precision == "fp32" and cfg.ratio == 0:
+        verdict = {"passed": True, "forced": False, "reason": "the FP32 reference: nothing to compare against"}
+        return finish(reference, out, {"reference": True}, verdict, report, cfg, work, copy=True)
+    feeds = network_feeds(sources, cfg, work, reference)
+    files, calib = device_files(sources, cfg, work, feeds, report, reference, eval_fn)
+    stage = stage_bundle(sources, files, cfg.precision, staging_dir(out), export_info(cfg), calib)
+    gate_json = gate_accuracy(stage, cfg.gate, work / f"gate-{cfg.precision}-p{cfg.ratio}.json", reference, eval_fn)
+    verdict = json.loads(gate_json.read_text())
+    return finish(stage, out, summarize(verdict), verdict, report, cfg, work)
+
+
+def torch_to_onnx(net: TorchNet, base: Path, report: Report, feeds=None) -> Path:
+    """to_onnx -> simplify -> parity against the torch module; returns the simplified ONNX."""
+    raw = to_onnx(net, OnnxConfig(), base.with_suffix(".onnx"))
+    sim = simplify(raw, SimplifyConfig(), base.with_suffix(".sim.onnx"))
+    ref_feeds = feeds if feeds is not None else [{k: v.numpy() for k, v in net.inputs.items()}]
+    par = parity(sim, FP32, base.with_suffix(".parity.json"), net.run, f"torch:{fingerprint(net.name, str(raw))[:8]}",
+                 ref_feeds)
+    for p in (raw, sim, par):
+        report.add(net.name, p)
+    return sim
+
+
+def network_feeds(sources: Sources, cfg: ExportConfig, work: Path, reference: Path) -> dict[str, Sequence[Mapping]]:
+    """Calibration/distillation feeds per network: overrides, else from the degraded calibration set."""
+    feeds = dict(sources.feeds)
+    missing = [n for n in sources.nets if n not in feeds]
+    if not missing:
+        return feeds
+    feeds.update(calibration_feeds(sources, missing, cfg, work, reference))
+    return feeds
+
+
+def device_files(sources, cfg, work, feeds, report, reference, eval_fn) -> tuple[dict[str, Path], dict]:
+    """Per network: prune/recover when asked, ONNX, then INT8 when asked. Returns (files, calibration)."""
+    from tqdm import tqdm
+
+    files, calib = {}, {"method": None, "sources": list(cfg.calib), "frames": {}}
+    for name, net in tqdm(sources.nets.items(), desc="export: networks", disable=not cfg.progress):
+        base = work / (f"p{cfg.ratio:g}" if cfg.ratio and net.prune_roots else "fp32") / name
+        net = pruned(net, cfg, base, feeds[name], report)
+        onnx_fp32 = torch_to_onnx(net, base, report, feeds=feeds[name][:8])
+        files[name] = onnx_fp32
+        calib["frames"][name] = len(feeds[name])
+    if cfg.precision == "int8":
+        method = choose_method(sources, cfg, work, feeds, files, report, reference, eval_fn)
+        files = {n: int8(files[n], cfg, method, feeds[n], report, n) for n in files}
+        calib["method"] = method
+    calib.update(getattr(feeds, "manifest", {}) or calibset_summary(work))
+    return files, calib
+
+
+def pruned(net: TorchNet, cfg: ExportConfig, base: Path, feeds, report: Report) -> TorchNet:
+    if cfg.ratio == 0 or not net.prune_roots:
+        return net
+    p = prune(net, PruneConfig(ratio=cfg.ratio), base.with_name(base.name + ".pruned.pt"))
+    small = replace(net, module=load_module(p))
+    r = recover(small, cfg.recover, base.with_name(base.name + ".recovered.pt"), net, feeds, feeds_id(feeds))
+    report.add(net.name, p)
+    report.add(net.name, r)
+    return replace(net, module=load_module(r))
+
+
+def int8(fp32: Path, cfg: ExportConfig, method: str, feeds, report: Report, name: str) -> Path:
+    stem = fp32.parent / fp32.name.replace(".sim.onnx", f".int8-{method}")  # detector.int8-minmax
+    q = quantize(fp32, QuantConfig(method=method), f"{stem}.onnx", feeds, feeds_id(feeds))
+    chk = qdq_check(q, QdqCheckConfig(), f"{stem}.qdq.json")
+    par = parity(q, INT8, f"{stem}.parity.json", onnx_runner(fp32), "fp32-onnx", feeds)
+    for p in (q, chk, par):
+        report.add(name, p)
+    return q
+
+
+def choose_method(sources, cfg, work, feeds, files, report, reference, eval_fn) -> str:
+    """`auto`: quantise with each method, gate each on the held-out clips, keep the smallest HOTA drop."""
+    if cfg.method != "auto":
+        return cfg.method
+    drops = {}
+    for method in METHODS:
+        qfiles = {n: int8(files[n], cfg, method, feeds[n], report, n) for n in files}
+        stage = stage_bundle(sources, qfiles, "int8", work / f"auto-{method}", {"method": method}, {})
+        verdict = json.loads(gate_accuracy(stage, cfg.gate, work / f"auto-{method}.gate.json", reference,
+                                           eval_fn).read_text())
+        drops[method] = verdict["worst_hota_drop"]
+    best = min(METHODS, key=lambda m: (drops[m], METHODS.index(m)))
+    log.info("--method auto: worst HOTA drops %s -> %s", drops, best)
+    return best
+
+
+def stage_bundle(sources: Sources, nets: Mapping[str, Path], precision: str, where: Path,
+                 export_meta: Mapping[str, Any], calib: Mapping[str, Any]) -> Path:
+    files = {f"{n}.onnx": BundleFile(p, n, "int8" if ".int8-" in p.name else "fp32") for n, p in nets.items()}
+    files |= {name: BundleFile(p, "params" if name.endswith(".json") else "notice") for name, p in sources.files.items()}
+    contents = BundleContents(files, dict(sources.provenance), dict(calib), parity_of(nets), dict(export_meta))
+    tracker = "e2e" if "tracker" in nets else "bytetrack"
+    return write_bundle(contents, BundleConfig(precision=precision, tracker=tracker), where)
+
+
+def parity_of(nets: Mapping[str, Path]) -> dict[str, Any]:
+    out = {}
+    for name, path in nets.items():
+        pj = path.with_name(path.name.replace(".sim.onnx", "").replace(".onnx", "") + ".parity.json")
+        if pj.is_file():
+            out[name] = json.loads(pj.read_text())
+    return out
+
+
+def staging_dir(out: Path) -> Path:
+    return out.with_name(f".{out.name}.staging-{os.getpid()}")
+
+
+def export_info(cfg: ExportConfig) -> dict[str, Any]:
+    return {"precision": cfg.precision, "prune": cfg.ratio, "method": cfg.method, "target": cfg.target,
+            "recover": {"steps": cfg.recover.steps, "max_seconds": cfg.recover.max_seconds}}
+
+
+def summarize(verdict: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest's "accuracy" section: per case the bundle's and FP32's metrics and the drop."""
+    return {"vs": "fp32 reference (unpruned)", "threshold_hota_drop": verdict.get("threshold_hota_drop"),
+            "worst_hota_drop": verdict.get("worst_hota_drop"), "cases": verdict.get("cases", [])}
+
+
+def feeds_id(feeds) -> str:
+    return str(getattr(feeds, "key", "")) or f"n={len(feeds)}"
+
+
+def calibset_summary(work: Path) -> dict[str, Any]:
+    path = work / "calibset.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def finish(stage: Path, out: Path, accuracy: Mapping, verdict: Mapping, report: Report, cfg: ExportConfig,
+           work: Path, copy: bool = False) -> Path:
+    """Record the verdict and the report in the staged bundle, then publish it (a copy when `copy`)."""
+    gate = {k: verdict.get(k) for k in ("passed", "forced", "reason", "worst_hota_drop", "threshold_hota_drop")}
+    gate["forced"] = bool(verdict.get("forced") or (cfg.gate.force and not verdict.get("passed")))
+    report.summary = {"precision": cfg.precision, "prune": cfg.ratio, "method": cfg.method, "gate": gate["reason"],
+                      "forced": gate["forced"], "work_dir": str(work)}
+    if copy:  # the fp32 reference stays in the work dir for later gates
+        shutil.rmtree(staging_dir(out), ignore_errors=True)
+        stage = Path(shutil.copytree(stage, staging_dir(out)))
+    write_report(report, stage)
+    record_gate(stage, accuracy, gate, ("export_report.json", "export_report.md"))
+    return publish(stage, out, gate)
+
+
+# -- what to export: the shipped networks (or CHECKPOINT) and their calibration feeds ----------------
+NETWORKS = ("detector", "student", "tracker")
+
+
+def load_sources(checkpoint: str | Path | None = None) -> Sources:
+    """Networks from CHECKPOINT (a weights folder like models/weights/, or one <network>.pt whose
+    siblings fill in the rest), else the shipped weights. quality.json and NOTICE come along."""
+    from vsdmot.models.detector import WEIGHTS_DIR
+
+    ckpt = Path(checkpoint) if checkpoint else WEIGHTS_DIR
+    if not ckpt.exists():
+        raise ValueError(f"CHECKPOINT {ckpt}: no such file or folder")
+    folder = ckpt if ckpt.is_dir() else ckpt.parent
+    paths = {n: folder / f"{n}.pt" for n in NETWORKS if (folder / f"{n}.pt").is_file()}
+    if ckpt.is_file():
+        paths[ckpt.stem if ckpt.stem in NETWORKS else "detector"] = ckpt
+    if "detector" not in paths:
+        raise ValueError(f"CHECKPOINT {ckpt}: expected detector.pt (and student.pt, tracker.pt) there")
+    nets, prov = {}, {"checkpoints": {}}
+    for name, path in paths.items():
+        nets[name], meta = LOADERS[name](path)
+        prov["checkpoints"][name] = {"path": str(path), "sha256": file_sha(path), "meta": _jsonable(meta)}
+    files = {n: folder / n for n in ("quality.json", "NOTICE") if (folder / n).is_file()}
+    if "quality.json" not in files:
+        log.warning("no quality.json beside %s: the bundle will lack quality-gate parameters", folder)
+    prov["notice"] = "NOTICE (carried in the bundle): YOLOX-nano, Apache-2.0, Megvii" if "NOTICE" in files else None
+    return Sources(nets, files, prov)
+
+
+def _detector(path: Path) -> tuple[TorchNet, dict]:
+    import torch
+
+    from vsdmot.models.detector import load_detector
+
+    m, meta = load_detector(path)
+    s = m.cfg.input_size
+    return TorchNet("detector", m, {"images": torch.zeros(1, 3, s, s)}, ("output", "embed"),
+                    prune_roots=("yolox.backbone",), keep_layers=("yolox.head", "embed_proj")), meta
+
+
+def _student(path: Path) -> tuple[TorchNet, dict]:
+    import torch
+
+    from vsdmot.models.student import load_student
+
+    m, meta = load_student(path)
+    r = m.cfg.input_size
+    return TorchNet("student", m, {"image": torch.zeros(1, 3, r, r)}, ("semantic",),
+                    prune_roots=("features",), keep_layers=("head",)), meta
+
+
+def _tracker(path: Path) -> tuple[TorchNet, dict]:
+    """The tracker head is not pruned: measured, it costs ~1-2 ms of a frame (docs/export.md)."""
+    from vsdmot.models.tracker_head import INPUTS, OUTPUTS, example_inputs
+    from vsdmot.models.train_tracker import load_tracker
+
+    m, meta = load_tracker(path)
+    return TorchNet("tracker", m, dict(zip(INPUTS, example_inputs(m.cfg))), tuple(OUTPUTS)), meta
+
+
+LOADERS = {"detector": _detector, "student": _student, "tracker": _tracker}
+
+
+def file_sha(path: Path) -> str:
+    from vsdmot.runtime.bundle import file_sha256
+
+    return file_sha256(path)
+
+
+def _jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=str))
+
+
+def default_calib_sources() -> tuple[str, ...]:
+    """PETS09-S2L1 frames 1-600 and MOT17-mini (never the gate's held-out frames); else the demo clip."""
+    from vsdmot.export.accuracy_gate import data_root
+
+    root = data_root(GateConfig())
+    if (root / "PETS09-S2L1").is_dir():
+        mot17 = sorted((root / "MOT17-mini" / "train").glob("MOT17-*"))
+        return (f"{root / 'PETS09-S2L1'}:1-600", *map(str, mot17))
+    return (str(Path(__file__).resolve().parents[1] / "runtime" / "assets" / "demo.mp4"),)
+
+
+def calibration_feeds(sources: Sources, names: Sequence[str], cfg: ExportConfig, work: Path,
+                      reference: Path) -> dict[str, Sequence[Mapping]]:
+    """Detector and student feeds from the calibration set; tracker feeds recorded from the FP32
+    reference pipeline run over the calibration frames (real proposals and carried track state)."""
+    from vsdmot.calibration.calibset import CalibSetConfig, build_calibset
+    from vsdmot.calibration.feeds import DetectorFeeds, StudentFeeds
+
+    ccfg = cfg.calibset or CalibSetConfig()
+    srcs = cfg.calib or default_calib_sources()
+    params = json.loads(sources.files["quality.json"].read_text()) if "quality.json" in sources.files else None
+    cs = build_calibset(srcs, ccfg, work.parent / f"calib-{fingerprint(srcs, ccfg)[:12]}", params)
+    (work / "calibset.json").write_text(json.dumps({k: cs.manifest[k] for k in (
+        "sources", "frame_count", "quality", "quality_histogram", "presets", "sha256")} | {"path": str(cs.path)}))
+    out: dict[str, Sequence[Mapping]] = {}
+    for name in names:
+        size = sources.nets[name].inputs
+        if name == "detector":
+            out[name] = _keyed(DetectorFeeds(cs, size["images"].shape[-1]), cs)
+        elif name == "student":
+            out[name] = _keyed(StudentFeeds(cs, size["image"].shape[-1]), cs)
+    if "tracker" in names:
+        out["tracker"] = record_tracker_feeds(reference, cs)
+    return out
+
+
+def _keyed(feeds, cs):
+    feeds.key = f"{cs.manifest['sha256']}:{type(feeds).__name__}:{feeds.size}"
+    return feeds
+
+
+def record_tracker_feeds(reference: Path, cs, limit: int = 512) -> list[dict]:
+    """tracker.onnx's inputs as the FP32 reference pipeline feeds them over the calibration frames."""
+    from vsdmot.calibration.feeds import record_feeds
+    from vsdmot.runtime.bundle import load_bundle
+    from vsdmot.runtime.config import RunConfig
+    from vsdmot.runtime.pipeline import build_pipeline, step
+    from vsdmot.runtime.types import Frame
+
+    p = build_pipeline(load_bundle(reference), RunConfig(), 7.0)
+    try:
+        trk = next(b for b in p.backends if Path(getattr(b, "path", "")).stem == "tracker")
+        frames = (Frame(i + 1, cs.image(i), i / 7.0) for i in range(min(len(cs), limit)))
+        return record_feeds(lambda f: step(f, p), frames, {"tracker": trk})["tracker"]
+    finally:
+        p.close()
+
+
+__all__ = ["ExportConfig", "Sources", "export", "load_sources", "default_work_dir"]

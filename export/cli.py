@@ -1,0 +1,103 @@
+"""`vsdmot-export`: prune, quantise and package the networks into a verified model bundle.
+
+    vsdmot-export [--int8 | --fp16 | --fp32] [--prune RATIO] [--calib PATH ...] --out DIR [CHECKPOINT]
+
+--int8 (default): the recommended device bundle, pruned at the measured default ratio, INT8 Q/DQ
+calibrated on degraded clips, refused when its HOTA drops more than --max-hota-drop against FP32.
+--fp32: the unpruned reference. --fp16: FP32 ONNX whose TensorRT engine is built in FP16.
+With no CHECKPOINT it exports the shipped weights (models/weights/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from vsdmot import __version__
+from vsdmot._cli import run_main
+
+log = logging.getLogger(__name__)
+
+
+def ratio(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a ratio in [0, 0.95), got {text!r}") from None
+    if not 0.0 <= v < 0.95:
+        raise argparse.ArgumentTypeError(f"expected a ratio in [0, 0.95), got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .chain import DEFAULT_METHOD, DEFAULT_PRUNE, TARGETS
+
+    p = argparse.ArgumentParser(prog="vsdmot-export", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    prec = p.add_mutually_exclusive_group()
+    for flag in ("int8", "fp16", "fp32"):
+        prec.add_argument(f"--{flag}", dest="precision", action="store_const", const=flag, help=f"{flag} bundle")
+    p.set_defaults(precision="int8")
+    p.add_argument("--prune", type=ratio, metavar="RATIO", help=f"channel pruning ratio (default {DEFAULT_PRUNE} "
+                   f"for --int8/--fp16, 0 for --fp32)")
+    p.add_argument("--calib", nargs="+", metavar="PATH", default=[], help="calibration sources: videos, image "
+                   "folders, MOTChallenge sequences (PATH:A-B keeps frames A..B); default: the kit's degraded set")
+    p.add_argument("--method", choices=["minmax", "entropy", "percentile", "auto"], default=DEFAULT_METHOD,
+                   help=f"INT8 calibration method; auto picks by the gate's HOTA (default {DEFAULT_METHOD})")
+    p.add_argument("--target", choices=TARGETS, default="onnx", help="onnx (Q/DQ for ORT and TensorRT), tensorrt "
+                   "(also a legacy INT8 calibration cache on the device), torch-tensorrt (on a device with it)")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="bundle directory to write")
+    p.add_argument("--force", action="store_true", help="publish even if the accuracy gate fails (recorded)")
+    p.add_argument("--max-hota-drop", type=float, default=1.0, metavar="POINTS", help="accuracy gate threshold")
+    p.add_argument("--recover-seconds", type=float, default=None, metavar="S", help="distillation budget after pruning")
+    p.add_argument("--work-dir", default="", metavar="DIR", help="intermediates (default ~/.cache/vsdmot/export/...)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("checkpoint", nargs="?", type=Path, metavar="CHECKPOINT",
+                   help="weights folder (like models/weights/) or one network's .pt; default: shipped weights")
+    p.set_defaults(func=run)
+    return p
+
+
+def config_from_args(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from .accuracy_gate import GateConfig
+    from .chain import ExportConfig
+    from .recover import RecoverConfig
+
+    rec = RecoverConfig() if args.recover_seconds is None else replace(RecoverConfig(), max_seconds=args.recover_seconds)
+    return ExportConfig(precision=args.precision, prune=args.prune, method=args.method, target=args.target,
+                        calib=tuple(args.calib), work_dir=args.work_dir, recover=rec,
+                        gate=GateConfig(max_hota_drop=args.max_hota_drop, force=args.force),
+                        progress=not args.no_progress)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .chain import export
+
+    cfg = config_from_args(args)
+    if cfg.target == "torch-tensorrt":
+        check_torch_tensorrt()
+    out = export(cfg, args.out, args.checkpoint)
+    log.warning("bundle written: %s (%s, prune %.2f)", out, cfg.precision, cfg.ratio)
+    print(out)
+    return 0
+
+
+def check_torch_tensorrt() -> None:
+    """--target torch-tensorrt needs torch_tensorrt (with libnvinfer) on this machine."""
+    from vsdmot.runtime.errors import DeviceError
+
+    try:
+        import torch_tensorrt  # noqa: F401
+    except (ImportError, OSError) as e:
+        raise DeviceError(f"--target torch-tensorrt needs torch-tensorrt with TensorRT on this device ({e}); "
+                          f"use --target onnx (the Q/DQ ONNX builds on TensorRT directly)") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(build_parser(), argv)

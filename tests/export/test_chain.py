@@ -1,0 +1,124 @@
+"""The whole chain on small real networks and real frames: fp32 reference, pruned INT8, the gate."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from vsdmot.calibration.feeds import DetectorFeeds, ImageList
+from vsdmot.export import chain
+from vsdmot.export.accuracy_gate import GateConfig
+from vsdmot.export.chain import ExportConfig, Sources, export
+from vsdmot.export.recover import RecoverConfig
+from vsdmot.runtime.bundle import load_bundle
+from vsdmot.runtime.errors import BundleError
+
+QUALITY = {"features": ["brightness"], "mean": [0.5], "std": [0.2], "layers": [{"W": [[1.0]], "b": [0.0]}]}
+
+
+@pytest.fixture
+def sources(det_net, real_frames, tmp_path):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "quality.json").write_text(json.dumps(QUALITY))
+    (tmp_path / "w" / "NOTICE").write_text("YOLOX-nano notice (test)\n")
+    feeds = DetectorFeeds(ImageList(real_frames), 64)
+    feeds.key = "pets-24"
+    return Sources({"detector": det_net}, {"quality.json": tmp_path / "w" / "quality.json",
+                                           "NOTICE": tmp_path / "w" / "NOTICE"},
+                   {"checkpoints": {"detector": {"path": "test"}}}, {"detector": feeds})
+
+
+def fake_eval(drop_points: float):
+    """An EvalFn: the reference scores HOTA 0.60; every other bundle scores `drop_points` less."""
+    def evaluate(bundle_dir, seq, cond):
+        ref = "reference" in str(bundle_dir)
+        h = 0.60 if ref else 0.60 - drop_points / 100
+        return {"HOTA": h, "DetA": h, "AssA": h, "MOTA": h, "IDF1": h}
+    return evaluate
+
+
+def cfg_for(tmp_path, **kw):
+    base = ExportConfig(work_dir=str(tmp_path / "work"), recover=RecoverConfig(steps=10, max_seconds=20),
+                        gate=GateConfig(sequences=("S1",), conditions=("clean", "realesrgan-s3")), progress=False)
+    return replace(base, **kw)
+
+
+def test_fp32_reference_bundle(sources, tmp_path):
+    out = export(cfg_for(tmp_path, precision="fp32"), tmp_path / "fp32", sources=sources)
+    b = load_bundle(out)
+    m = b.manifest
+    assert m["precision"] == "fp32" and m["tracker"] == "bytetrack"
+    assert m["files"]["detector.onnx"]["inputs"] == [{"name": "images", "shape": [1, 3, 64, 64], "dtype": "float32"}]
+    assert {"onnx", "onnxruntime", "torch", "torch-pruning"} <= set(m["tools"])
+    assert m["parity"]["detector"]["passed"] and m["accuracy_gate"]["passed"]
+    assert b.params("quality.json") == QUALITY and b.has("NOTICE") and b.has("export_report.md")
+
+
+def test_pruned_int8_passes_gate_and_is_idempotent(sources, tmp_path, caplog):
+    cfg = cfg_for(tmp_path, precision="int8", prune=0.5)
+    out = export(cfg, tmp_path / "int8", sources=sources, eval_fn=fake_eval(0.4))
+    m = load_bundle(out).manifest
+    assert m["files"]["detector.onnx"]["precision"] == "int8" and m["export"]["prune"] == 0.5
+    assert m["accuracy_gate"] == {**m["accuracy_gate"], "passed": True, "forced": False}
+    assert m["accuracy"]["worst_hota_drop"] == pytest.approx(0.4) and len(m["accuracy"]["cases"]) == 2
+    assert m["calibration"]["method"] == "minmax" and m["calibration"]["frames"]["detector"] == 24
+    assert m["files"]["detector.onnx"]["size"] < 0.5 * load_bundle(tmp_path / "work" / "reference").entry("detector.onnx")["size"]
+    steps = json.loads((out / "export_report.json").read_text())["steps"]
+    assert {"prune", "recover", "to_onnx", "simplify", "parity", "quantize[minmax]", "qdq_check"} <= {
+        s["step"] for s in steps if s["network"] == "detector"}
+    caplog.set_level("INFO")
+    export(cfg, tmp_path / "int8", sources=sources, eval_fn=fake_eval(0.4))
+    assert "prune: detector.pruned.pt is up to date" in caplog.text and "quantize[minmax]" in caplog.text
+    assert caplog.text.count("up to date") >= 8
+
+
+def test_gate_refuses_and_leaves_nothing_loadable(sources, tmp_path):
+    cfg = cfg_for(tmp_path, precision="int8", prune=0.0)
+    with pytest.raises(BundleError, match="accuracy gate refused.*5.00 points.*--force"):
+        export(cfg, tmp_path / "bad", sources=sources, eval_fn=fake_eval(5.0))
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(BundleError, match="accuracy gate failed"):
+        load_bundle(tmp_path / "bad.rejected")
+    assert not list(tmp_path.glob(".bad.staging-*"))
+
+
+def test_gate_failure_keeps_the_previous_bundle(sources, tmp_path):
+    good = export(cfg_for(tmp_path, precision="fp32"), tmp_path / "b", sources=sources)
+    before = (good / "manifest.json").read_bytes()
+    with pytest.raises(BundleError):
+        export(cfg_for(tmp_path, precision="int8", prune=0.0), tmp_path / "b", sources=sources, eval_fn=fake_eval(3))
+    assert (good / "manifest.json").read_bytes() == before and load_bundle(good)
+
+
+def test_force_publishes_and_records_it(sources, tmp_path):
+    cfg = cfg_for(tmp_path, precision="int8", prune=0.0, gate=GateConfig(sequences=("S1",), conditions=("clean",), force=True))
+    m = load_bundle(export(cfg, tmp_path / "forced", sources=sources, eval_fn=fake_eval(5.0))).manifest
+    assert m["accuracy_gate"]["passed"] is False and m["accuracy_gate"]["forced"] is True
+
+
+def test_method_auto_picks_by_gate(sources, tmp_path, monkeypatch):
+    def by_method(bundle_dir, seq, cond):
+        drop = {"auto-minmax": 0.8, "auto-entropy": 0.3, "auto-percentile": 0.5}.get(bundle_dir.name, 0.3)
+        h = 0.6 if bundle_dir.name == "reference" else 0.6 - drop / 100
+        return {"HOTA": h, "MOTA": h, "IDF1": h}
+    cfg = cfg_for(tmp_path, precision="int8", prune=0.0, method="auto",
+                  gate=GateConfig(sequences=("S1",), conditions=("clean",)))
+    m = load_bundle(export(cfg, tmp_path / "auto", sources=sources, eval_fn=by_method)).manifest
+    assert m["calibration"]["method"] == "entropy"
+
+
+def test_cli_exits_nonzero_when_the_gate_refuses(sources, tmp_path, monkeypatch, capsys):
+    from vsdmot.export import accuracy_gate, cli
+
+    monkeypatch.setattr(chain, "load_sources", lambda ckpt: sources)
+    monkeypatch.setattr(accuracy_gate, "pipeline_eval", lambda cfg: fake_eval(2.0))
+    argv = ["--int8", "--prune", "0", "--out", str(tmp_path / "cli"), "--work-dir", str(tmp_path / "work"),
+            "--no-progress"]
+    monkeypatch.setattr(chain, "GateConfig", GateConfig)
+    rc = cli.main(argv)
+    assert rc == 1 and "accuracy gate refused" in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()
+    assert cli.main([*argv, "--force"]) == 0
+    assert load_bundle(tmp_path / "cli").manifest["accuracy_gate"]["forced"] is True
