@@ -5,6 +5,7 @@ time; every ffmpeg process is killed at teardown."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -75,6 +76,19 @@ def serve(ffmpeg, clip):
         s.kill()
 
 
+def wait_listening(port: int, timeout: float = 10.0) -> None:
+    """Wait until something LISTENs on 127.0.0.1:port, read from /proc/net/tcp: a probing
+    connect would be the one client ffmpeg's `listen=1` accepts."""
+    want = f"0100007F:{port:04X}"
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+        if any(r.split()[1] == want and r.split()[3] == "0A" for r in rows):
+            return
+        time.sleep(0.05)
+    pytest.fail(f"ffmpeg did not listen on 127.0.0.1:{port} within {timeout} s")
+
+
 def take(src, n: int, timeout: float = 10.0) -> list:
     """n frames, or fewer if the watchdog closes the source after `timeout` (never hangs)."""
     watchdog = threading.Timer(timeout, src.close)
@@ -88,7 +102,7 @@ def take(src, n: int, timeout: float = 10.0) -> list:
 def open_tcp(serve, opts: LiveOptions = OPTS) -> tuple[Server, LiveSource]:
     port = free_port()
     server = serve(f"tcp://127.0.0.1:{port}?listen=1")
-    time.sleep(0.3)  # let it bind
+    wait_listening(port)
     return server, open_source(source=f"tcp://127.0.0.1:{port}", opts=opts)
 
 
@@ -105,7 +119,8 @@ def test_tcp_stream_reads_frames(serve):
 def test_udp_stream_reads_frames(serve):
     port = free_port(socket.SOCK_DGRAM)
     serve(f"udp://127.0.0.1:{port}?pkt_size=1316")
-    with open_source(source=f"udp://127.0.0.1:{port}", opts=OPTS) as src:
+    opts = dataclasses.replace(OPTS, open_timeout_s=8.0)  # the probe waits for ffmpeg's first packets
+    with open_source(source=f"udp://127.0.0.1:{port}", opts=opts) as src:
         frames = take(src, 30)
     indices = [f.index for f in frames]
     assert len(frames) == 30 and frames[-1].image.shape == (240, 320, 3)
