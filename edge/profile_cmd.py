@@ -192,6 +192,7 @@ def run_variant(args: argparse.Namespace, variant: Variant, cfg: ProfileConfig, 
     source = run_cmd.open_source(run_cfg)
     try:
         pipeline = build_pipeline(bundle, run_cfg, fps=source.fps)
+        backend = _backends(pipeline)  # before close() empties pipeline.backends
         stop = threading.Event()
         hook = ProfileHook(cfg, stop)
         try:
@@ -203,9 +204,16 @@ def run_variant(args: argparse.Namespace, variant: Variant, cfg: ProfileConfig, 
         source.close()
     stats = summarize(hook.records, hook.t_start, cfg.warmup_s)
     return {"label": variant.label, "config": to_dict(run_cfg), "stats": stats,
-            "tracker": pipeline.tracker_kind, "backend": pipeline.backend_kind,
+            "tracker": pipeline.tracker_kind, "backend": backend,
+            "input_size": getattr(getattr(getattr(pipeline, "detector", None), "config", None), "input_size", None),
             "series": _series(hook.records, hook.t_start),
             "power_samples": [] if sampler is None else _power_series(sampler, stats["window"], hook.t_start)}
+
+
+def _backends(pipeline: Any) -> str:
+    """What the networks really ran on ("auto" resolved), e.g. "OnnxRuntimeBackend"."""
+    names = sorted({type(b).__name__ for b in getattr(pipeline, "backends", [])})
+    return ", ".join(names) or str(pipeline.backend_kind)
 
 
 def _series(records: list[FrameRecord], t_start: float) -> dict[str, list]:

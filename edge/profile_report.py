@@ -166,7 +166,7 @@ def _notes(runs: list[dict[str, Any]]) -> list[str]:
         if pol == "always" and r["stats"]["semantic"]["fresh"] == 0:
             notes.append(f"- {r['label']}: the {r['tracker']} tracker takes no semantic input, so the semantic "
                          "policy has no effect here; compare policies with the e2e or hybrid tracker.")
-        if r["backend"] in ("auto", "onnxruntime") and r["energy"].get("mean_w") is None:
+        if "TensorRT" not in r["backend"] and r["energy"].get("mean_w") is None:
             notes.append(f"- {r['label']}: CPU inference without a power meter: time and CPU seconds only.")
     return notes + ([""] if notes else [])
 
@@ -178,7 +178,7 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
              f"Source: `{st['source']}`. Warm-up {st['warmup_s']} s, measured {st['duration_s']} s per run.",
              f"Threads / precision / input size per run: " + "; ".join(
                  f"{r['label']}: threads {r['config']['pipeline']['threads'] or 'all'}, {r['config']['pipeline']['precision']}, "
-                 f"{r['config']['pipeline'].get('input_size', 'bundle')} px" for r in runs),
+                 f"detector input {r.get('input_size') or '?'} px" for r in runs),
              "", f"**Power:** {meter['explain']}."]
     if meter["name"] and meter["idle_w"] is not None:
         lines.append(f"Idle baseline {meter['idle_w']:.3f} W, measured before any model was loaded; net figures subtract it.")
