@@ -296,6 +296,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_listening(port: int, timeout: float = 30.0) -> None:
+    """Until something listens on 127.0.0.1:port (read from /proc/net/tcp: no probing connect,
+    which ffmpeg's single-client listener would take as its client)."""
+    needle = f":{port:04X} 00000000:0000 0A"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if needle in Path("/proc/net/tcp").read_text():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"ffmpeg did not listen on port {port} within {timeout} s")
+
+
 class LiveRun:
     """`vsdmot-edge run` on a live H.264 stream over loopback TCP (Debian's ffmpeg as the sender),
     under a test notify socket, with a 1 s stall window. SIGSTOP on the sender freezes the stream:
@@ -312,7 +324,7 @@ class LiveRun:
         config = tmp_path / "edge.toml"
         config.write_text("[service]\nstall_timeout_s = 1.0\n")
         env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "400000"}
-        time.sleep(0.5)  # the sender is listening
+        _wait_listening(port)
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "import sys; from vsdmot.edge.cli import main; sys.exit(main(sys.argv[1:]))",
              "run", "--source", f"tcp://127.0.0.1:{port}", "--bundle", str(bundle), "--threads", "1",
