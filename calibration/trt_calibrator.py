@@ -1,0 +1,143 @@
+"""Legacy TensorRT INT8 calibration (TensorRT < 10.1, JetPack 5) over the same feeds, with a stamped cache.
+
+TensorRT 10.1 deprecated implicit INT8 calibrators in favour of explicit Q/DQ ONNX (what
+`vsdmot-export --int8` writes). JetPack 5's TensorRT 8.5 can still want the legacy path: an
+`IInt8EntropyCalibrator2` that pulls the calibration feeds (calibration/feeds.py) onto the GPU
+and builds an implicit-INT8 engine from the FP32 ONNX.
+
+A calibration cache is only valid for the TensorRT version, GPU and model (and calibration data)
+it was computed for. The cache is written with a stamp beside it (`<cache>.stamp.json`: TensorRT
+version, GPU name, model sha256, calibration id, the cache's own sha256), and a cache whose
+stamp differs in any field is refused: the calibrator recalibrates instead of silently reusing
+ranges from another model or device. The stamping is plain Python and tested here; the
+calibrator class needs TensorRT and a CUDA device (imported lazily, tests skip with the reason).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vsdmot.runtime.errors import DeviceError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CacheStamp:
+    """What a calibration cache is valid for."""
+
+    tensorrt: str  # tensorrt.__version__
+    gpu: str  # CUDA device name
+    model_sha256: str  # sha256 of the FP32 ONNX the engine is built from
+    calib_id: str  # the calibration set's identity (its manifest sha256s), "" when unknown
+
+
+def stamp_path(cache: str | os.PathLike) -> Path:
+    return Path(str(cache) + ".stamp.json")
+
+
+def write_cache(cache: str | os.PathLike, stamp: CacheStamp, data: bytes) -> Path:
+    """Write the cache bytes and their stamp (atomically, stamp last)."""
+    cache = Path(cache)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp")
+    tmp.write_bytes(bytes(data))
+    os.replace(tmp, cache)
+    body = {**asdict(stamp), "cache_sha256": hashlib.sha256(bytes(data)).hexdigest()}
+    stamp_path(cache).write_text(json.dumps(body, indent=2))
+    return cache
+
+
+def check_cache(cache: str | os.PathLike, stamp: CacheStamp) -> bytes | None:
+    """The cache bytes when valid for `stamp`; None when absent; DeviceError saying what differs."""
+    cache = Path(cache)
+    if not cache.is_file():
+        return None
+    try:
+        found = json.loads(stamp_path(cache).read_text())
+    except (OSError, ValueError):
+        raise DeviceError(f"INT8 calibration cache {cache}: no readable stamp; refusing an unstamped cache") from None
+    for name, want in asdict(stamp).items():
+        if found.get(name) != want:
+            raise DeviceError(f"INT8 calibration cache {cache}: made for {name}={found.get(name)!r}, expected "
+                              f"{want!r}; refusing the stale cache")
+    data = cache.read_bytes()
+    if hashlib.sha256(data).hexdigest() != found.get("cache_sha256"):
+        raise DeviceError(f"INT8 calibration cache {cache}: sha256 differs from its stamp (altered); refusing it")
+    return data
+
+
+def read_cache_or_none(cache: str | os.PathLike, stamp: CacheStamp) -> bytes | None:
+    """What the calibrator hands TensorRT: a valid cache, or None (recalibrate) with a warning."""
+    try:
+        return check_cache(cache, stamp)
+    except DeviceError as e:
+        log.warning("%s; recalibrating", e)
+        return None
+
+
+def make_entropy_calibrator(feeds: Sequence[Mapping[str, np.ndarray]], cache: str | os.PathLike, stamp: CacheStamp):
+    """A `tensorrt.IInt8EntropyCalibrator2` over `feeds` (batch 1), its cache stamped with `stamp`."""
+    import pycuda.autoinit  # noqa: F401  (creates the CUDA context)
+    import pycuda.driver as cuda
+    import tensorrt as trt
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self):
+            super().__init__()
+            self.i, first = 0, feeds[0]
+            self.buffers = {k: cuda.mem_alloc(np.ascontiguousarray(v, np.float32).nbytes) for k, v in first.items()}
+
+        def get_batch_size(self) -> int:
+            return 1
+
+        def get_batch(self, names):
+            if self.i >= len(feeds):
+                return None
+            feed, self.i = feeds[self.i], self.i + 1
+            for k in names:
+                cuda.memcpy_htod(self.buffers[k], np.ascontiguousarray(feed[k], np.float32))
+            return [int(self.buffers[k]) for k in names]
+
+        def read_calibration_cache(self):
+            return read_cache_or_none(cache, stamp)
+
+        def write_calibration_cache(self, data) -> None:
+            write_cache(cache, stamp, bytes(data))
+
+    return EntropyCalibrator()
+
+
+def build_legacy_int8_engine(onnx_path: str | os.PathLike, feeds: Sequence[Mapping[str, np.ndarray]],
+                             cache: str | os.PathLike, calib_id: str = "", workspace_mb: int = 1024) -> bytes:
+    """Serialized implicit-INT8 engine from an FP32 ONNX (TensorRT 8.5-10.0), calibrated on `feeds`."""
+    import pycuda.autoinit  # noqa: F401
+    import pycuda.driver as cuda
+    import tensorrt as trt
+
+    from vsdmot.runtime.bundle import file_sha256
+
+    stamp = CacheStamp(trt.__version__, cuda.Device(0).name(), file_sha256(onnx_path), calib_id)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise DeviceError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    config.set_flag(trt.BuilderFlag.INT8)
+    config.int8_calibrator = make_entropy_calibrator(feeds, cache, stamp)
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise DeviceError(f"TensorRT failed to build a legacy INT8 engine for {onnx_path}")
+    return bytes(engine)
