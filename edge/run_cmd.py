@@ -119,7 +119,7 @@ def make_hooks(args: argparse.Namespace, cfg) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vsdmot.edge.runner import run_loop
+    from vsdmot.edge.runner import SourceStopEvent, run_loop
     from vsdmot.runtime.pipeline import build_pipeline
     from vsdmot.runtime.sinks import open_sinks
 
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         pipeline = build_pipeline(bundle, cfg, fps=source.fps)
         try:
-            stop, hooks = threading.Event(), make_hooks(args, cfg)
+            stop, hooks = SourceStopEvent(source), make_hooks(args, cfg)
             sinks = open_sinks(**vars(cfg.sinks), fps=source.fps, meta=_meta(cfg, pipeline, source))
             with _signals(stop, _reloader(args, pipeline)):
                 summary = run_loop(source, pipeline, sinks, hooks, stop, cfg.max_frames)

@@ -71,6 +71,21 @@ class _Latencies:
         return {s: {k: round(float(x), 3) for k, x in d.items()} for s, d in out.items()}
 
 
+class SourceStopEvent(threading.Event):
+    """The run's stop event; setting it also calls `source.stop()` where the source has one, so a
+    live source waiting through a stall returns at once instead of when frames resume. Safe in a
+    signal handler (both only set flags)."""
+
+    def __init__(self, source: Any):
+        super().__init__()
+        self._stop_source = getattr(source, "stop", None)
+
+    def set(self) -> None:
+        super().set()
+        if self._stop_source is not None:
+            self._stop_source()
+
+
 def source_stats(source: Any) -> Any:
     """A live source's counters (`stats` attribute or method), else None."""
     stats = getattr(source, "stats", None)

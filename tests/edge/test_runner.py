@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 import pytest
 
-from vsdmot.edge.runner import RunSummary, run_loop, stop_on_signals
+from vsdmot.edge.runner import RunSummary, SourceStopEvent, run_loop, stop_on_signals
 from vsdmot.runtime.semantics import SemanticCounts
 from vsdmot.runtime.types import Detections, Frame, FrameResult
 
@@ -146,3 +147,35 @@ def test_latency_window_is_bounded():
         lat.add({"total": float(i)})
     assert lat.buf["total"].shape == (4,) and lat.summary()["total"]["max"] == 9.0
     assert lat.summary()["total"]["p50"] == 7.5  # the last 4 frames: 6, 7, 8, 9
+
+
+class StallingSource(Source):
+    """Delivers 2 frames, then waits for frames that never come until stop() (a stalled camera)."""
+
+    def __init__(self):
+        super().__init__(2)
+        self._stopped = threading.Event()
+
+    def __iter__(self):
+        yield from super().__iter__()
+        while not self._stopped.wait(0.05):
+            pass
+
+    def stop(self):
+        self._stopped.set()
+
+
+def test_stop_during_a_stall_returns_promptly():
+    source = StallingSource()
+    stop = SourceStopEvent(source)
+    timer = threading.Timer(0.3, stop.set)
+    timer.start()
+    t0 = time.monotonic()
+    summary = run_loop(source, FakePipeline(), [Sink()], [], stop, 0, step_fn=fake_step)
+    assert summary.frames == 2 and summary.stopped_by == "signal" and time.monotonic() - t0 < 2.0
+
+
+def test_source_stop_event_without_stop_method():
+    stop = SourceStopEvent(object())
+    stop.set()
+    assert stop.is_set()
