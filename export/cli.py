@@ -82,7 +82,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg.target == "torch-tensorrt":
         check_torch_tensorrt()
+    if cfg.target == "tensorrt":
+        check_tensorrt()
     out = export(cfg, args.out, args.checkpoint)
+    if cfg.target == "tensorrt":
+        prebuild_engines(out)
     log.warning("bundle written: %s (%s, prune %.2f)", out, cfg.precision, cfg.ratio)
     print(out)
     return 0
@@ -97,6 +101,33 @@ def check_torch_tensorrt() -> None:
     except (ImportError, OSError) as e:
         raise DeviceError(f"--target torch-tensorrt needs torch-tensorrt with TensorRT on this device ({e}); "
                           f"use --target onnx (the Q/DQ ONNX builds on TensorRT directly)") from None
+
+
+def check_tensorrt() -> None:
+    """--target tensorrt builds the engines here, so TensorRT must import (it does on a Jetson)."""
+    from vsdmot.runtime.errors import DeviceError
+
+    try:
+        import tensorrt as trt
+
+        trt.Builder  # noqa: B018  (the lean wheel has no Builder)
+    except (ImportError, OSError, AttributeError) as e:
+        raise DeviceError(f"--target tensorrt builds engines on this device and needs TensorRT ({e}); export with "
+                          f"--target onnx and let `vsdmot-edge run --backend tensorrt` build them on the device") from None
+
+
+def prebuild_engines(out: Path) -> None:
+    """Build and cache each network's engine now (runtime.backends keys the cache by ONNX sha256,
+    TensorRT version, GPU and precision), so the first `vsdmot-edge run` starts at full speed."""
+    from vsdmot.runtime.backends import TensorRTBackend
+    from vsdmot.runtime.bundle import load_bundle
+
+    bundle = load_bundle(out)
+    for name in bundle.names:
+        if name.endswith(".onnx"):
+            entry = bundle.entry(name)
+            TensorRTBackend(bundle.file(name), precision=entry.get("precision", bundle.precision)).close()
+            log.warning("TensorRT engine for %s built and cached", name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,50 @@
+"""vsdmot-export arguments: the contract flags, bad input (exit 2), device targets off a device (exit 1)."""
+
+from __future__ import annotations
+
+import pytest
+
+from vsdmot.export import chain, cli
+
+
+def args(*argv):
+    return cli.config_from_args(cli.build_parser().parse_args(list(argv)))
+
+
+def test_defaults_are_the_device_bundle():
+    cfg = args("--out", "x")
+    assert cfg.precision == "int8" and cfg.ratio == chain.DEFAULT_PRUNE and cfg.method == chain.DEFAULT_METHOD
+    assert args("--fp32", "--out", "x").ratio == 0.0
+    assert args("--fp16", "--prune", "0.3", "--out", "x").ratio == 0.3
+
+
+def test_flags_reach_the_config():
+    cfg = args("--int8", "--calib", "a.mp4", "seq:1-600", "--method", "auto", "--force", "--max-hota-drop", "2",
+               "--recover-seconds", "30", "--out", "x", "ckpt")
+    assert cfg.calib == ("a.mp4", "seq:1-600") and cfg.method == "auto"
+    assert cfg.gate.force and cfg.gate.max_hota_drop == 2 and cfg.recover.max_seconds == 30
+
+
+@pytest.mark.parametrize("argv", [["--prune", "1.2", "--out", "x"], ["--int8", "--fp32", "--out", "x"],
+                                  ["--method", "kl", "--out", "x"], []])
+def test_bad_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize("target,needs", [("tensorrt", "needs TensorRT"), ("torch-tensorrt", "needs torch-tensorrt")])
+def test_device_targets_refuse_cleanly_here(target, needs, tmp_path, capsys):
+    pytest.importorskip("torch")
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is importable here")
+    except ImportError:
+        pass
+    assert cli.main(["--target", target, "--out", str(tmp_path / "b")]) == 1
+    assert needs in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_missing_checkpoint_is_bad_input(tmp_path, capsys):
+    assert cli.main(["--fp32", "--out", str(tmp_path / "b"), str(tmp_path / "nope.pt")]) == 2
+    assert "no such file" in capsys.readouterr().err
