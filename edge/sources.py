@@ -47,13 +47,13 @@ class LiveOptions:
     queue_size: int = 4  # frames buffered between the reader thread and the loop; oldest dropped
     stall_timeout_s: float = 5.0  # no fresh frame for this long is a stall: reconnect
     reconnect_initial_s: float = 0.5  # first wait before re-opening; doubles per failure
-    reconnect_max_s: float = 30.0  # cap on that wait
+    reconnect_max_s: float = 10.0  # cap on that wait
     max_reconnect_failures: int = 0  # give up after this many failed opens in a row (0 = never)
     open_timeout_s: float = 10.0  # streams: FFmpeg connect/probe timeout
     read_timeout_s: float = 3.0  # streams: FFmpeg per-read timeout (bounds a blocked read)
     rtsp_transport: str = "tcp"  # rtsp: "tcp" (robust through NAT/loss) or "udp"
     wait_for_device: bool = False  # keep retrying a first open that fails, instead of raising
-    detect_duplicates: bool = True  # a frame identical to the previous one is not fresh
+    detect_duplicates: bool = True  # a frame identical to the previous one (same timestamp) is not fresh
     loop: bool = False  # files only: restart at the end (soak runs)
 
     def __post_init__(self) -> None:
@@ -138,7 +138,7 @@ class LiveSource:
         self._stop = threading.Event()
         self._t0 = time.monotonic()
         self._c = _Counters(self._t0)
-        self._failures, self._index, self._last_sig, self._fatal = 0, 0, None, ""
+        self._failures, self._index, self._last_sig, self._last_stamp, self._fatal = 0, 0, None, 0.0, ""
         self._opened_once = False
         self._cap: Capture | None = None
         if not opts.wait_for_device:
@@ -178,13 +178,21 @@ class LiveSource:
                 self._c.read_failures += 1
             self._drop_capture("read() returned no frame (unplugged, stream ended or timed out)")
             return
-        sig = signature(img) if self.opts.detect_duplicates else None
-        if sig is not None and self._last_sig is not None and np.array_equal(sig, self._last_sig):
+        if self.opts.detect_duplicates and self._is_repeat(img):
             with self._lock:
                 self._c.duplicates += 1
             return
-        self._last_sig = sig
         self._push(img, now)
+
+    def _is_repeat(self, img: np.ndarray) -> bool:
+        """The same buffer again: identical subsample and no newer capture timestamp. Where the
+        backend gives timestamps (V4L2 buffers, GStreamer and FFmpeg pts), an identical frame with
+        a newer one is fresh (a dark, noiseless scene); without them, content alone decides."""
+        sig, stamp = signature(img), self._cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0
+        prev_sig, prev_stamp = self._last_sig, self._last_stamp
+        self._last_sig, self._last_stamp = sig, stamp
+        same = prev_sig is not None and np.array_equal(sig, prev_sig)
+        return same and not (stamp > 0 and stamp > prev_stamp)
 
     def _push(self, img: np.ndarray, now: float) -> None:
         if img.ndim == 2:  # a grey camera
@@ -220,7 +228,7 @@ class LiveSource:
     def _drop_capture(self, reason: str) -> None:
         log.warning("%s: %s; reconnecting", self.name, reason)
         self._release()
-        self._last_sig = None
+        self._last_sig, self._last_stamp = None, 0.0
         with self._lock:
             self._c.connected, self._c.last_error = False, reason
         self._failures += 1
@@ -351,9 +359,7 @@ def ffmpeg_options(url: str, opts: LiveOptions) -> str:
         return f"rtsp_transport;{opts.rtsp_transport}"
     if scheme == "udp":
         return "overrun_nonfatal;1|fifo_size;50000"  # a late reader loses packets, not the stream
-    if scheme in ("http", "https"):
-        return "reconnect;1|reconnect_streamed;1"
-    return ""
+    return ""  # http(s), tcp, rtmp: FFmpeg's defaults; our own loop re-opens on failure
 
 
 def open_stream(url: str, opts: LiveOptions) -> cv2.VideoCapture:

@@ -33,11 +33,13 @@ class FakeCapture:
     """Gives `frames` distinct images, then either blocks (a quiet camera), repeats the last one
     with ok=True (a stuck buffer) or fails (an unplug)."""
 
-    def __init__(self, frames: int, then: str = "block", start: int = 0, block_s: float = 0.2):
+    def __init__(self, frames: int, then: str = "block", start: int = 0, block_s: float = 0.2, stamps: bool = False):
         self.k, self.frames, self.then, self.start, self.block_s = 0, frames, then, start, block_s
+        self.stamps, self.reads = stamps, 0  # stamps: POS_MSEC rises per read (a live driver's clock)
         self.released = threading.Event()
 
     def read(self):
+        self.reads += 1
         if self.k < self.frames:
             self.k += 1
             return True, image(self.start + self.k)
@@ -50,6 +52,8 @@ class FakeCapture:
         return False, None
 
     def get(self, prop):
+        if prop == cv2.CAP_PROP_POS_MSEC:
+            return 40.0 * self.reads if self.stamps else 0.0
         return 30.0 if prop == cv2.CAP_PROP_FPS else 0.0
 
     def release(self):
@@ -109,6 +113,14 @@ def test_stuck_buffer_is_a_stall_then_reconnects():
     assert s.stalls == 1 and s.reconnects == 1 and s.duplicates > 10 and len(opener.calls) == 2
     assert [f.index for f in frames] == list(range(1, 9))  # indices keep rising across reconnects
     assert 0.3 <= waited < 2.0
+
+
+def test_identical_frames_with_rising_timestamps_are_fresh():
+    """A dark, noiseless scene repeats the same pixels, but the driver's timestamps move on."""
+    with LiveSource("fake", Opener(FakeCapture(1, then="stuck", stamps=True)), LiveOptions(**FAST)) as src:
+        frames = take(src, 20)
+        s = src.stats()
+    assert len(frames) == 20 and s.duplicates == 0 and s.stalls == 0
 
 
 def test_unplug_reconnects_with_capped_backoff():
@@ -236,7 +248,7 @@ def test_ffmpeg_options_per_scheme():
     opts = LiveOptions()
     assert ffmpeg_options("rtsp://cam/stream", opts) == "rtsp_transport;tcp"
     assert "overrun_nonfatal;1" in ffmpeg_options("udp://127.0.0.1:5000", opts)
-    assert ffmpeg_options("tcp://127.0.0.1:5000", opts) == ""
+    assert ffmpeg_options("tcp://127.0.0.1:5000", opts) == ffmpeg_options("http://h/x.ts", opts) == ""
 
 
 @pytest.fixture(scope="module")

@@ -43,8 +43,9 @@ class Server:
     """`ffmpeg -re -stream_loop -1 -i clip -c copy -f mpegts URL`, restartable, always killed."""
 
     def __init__(self, ffmpeg: str, clip: Path, url: str):
+        listen = ["-listen", "1"] if url.startswith("http") else []
         self.cmd = [ffmpeg, "-loglevel", "quiet", "-re", "-stream_loop", "-1", "-i", str(clip),
-                    "-c", "copy", "-f", "mpegts", url]
+                    "-c", "copy", "-f", "mpegts", *listen, url]
         self.procs: list[subprocess.Popen] = []
         self.start()
 
@@ -125,6 +126,32 @@ def test_udp_stream_reads_frames(serve):
     indices = [f.index for f in frames]
     assert len(frames) == 30 and frames[-1].image.shape == (240, 320, 3)
     assert indices == sorted(set(indices))
+
+
+def test_http_stream_reads_frames(serve):
+    port = free_port()
+    serve(f"http://127.0.0.1:{port}/live.ts")  # ffmpeg serves HTTP with -listen 1 (see Server)
+    wait_listening(port)
+    with open_source(source=f"http://127.0.0.1:{port}/live.ts", opts=OPTS) as src:
+        frames = take(src, 20)
+    assert len(frames) == 20 and frames[0].image.shape == (240, 320, 3)
+
+
+def test_udp_sender_restart_after_an_outage(serve):
+    """UDP has no connection: a sender away longer than the read timeout is a failed read and a
+    stall; the source re-opens and frames resume when the sender is back."""
+    port = free_port(socket.SOCK_DGRAM)
+    server = serve(f"udp://127.0.0.1:{port}?pkt_size=1316")
+    opts = dataclasses.replace(OPTS, open_timeout_s=8.0)
+    with open_source(source=f"udp://127.0.0.1:{port}", opts=opts) as src:
+        before = take(src, 10)
+        server.kill()
+        time.sleep(2.0)  # > read_timeout_s and > stall_timeout_s
+        server.start()
+        after = take(src, 10, timeout=15)
+        s = src.stats()
+    assert len(before) == 10 and len(after) == 10 and after[0].index > before[-1].index
+    assert s.stalls >= 1 and s.reconnects >= 1 and s.read_failures >= 1
 
 
 def test_tcp_reconnects_after_server_restart(serve):
