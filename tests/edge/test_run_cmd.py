@@ -137,3 +137,39 @@ def test_signal_finishes_frame_flushes_and_exits_zero(signum, bundle, tmp_path):
     assert "stopped by signal" in err
     rows = read_rows(mot)  # every line complete
     assert json.loads(stats.read_text())["frames"] == rows.frame.max()
+
+
+@pytest.fixture(scope="module")
+def e2e_bundle(tmp_path_factory, yolox_onnx) -> Path:
+    pytest.importorskip("vsdmot.models.tracker_head")
+    return make_bundle(tmp_path_factory.mktemp("e") / "bundle", yolox_onnx, tracker=True, extra={"tracker": "e2e"})
+
+
+@pytest.mark.parametrize("policy,runs", [("always", 4), ("never", 0)])
+def test_semantic_policy_reaches_the_stats(e2e_bundle, tmp_path, policy, runs):
+    stats = tmp_path / "stats.json"
+    assert edge_run("--demo", "--bundle", e2e_bundle, "--semantic", policy, "--max-frames", 4, "--stats-out", stats) == 0
+    s = json.loads(stats.read_text())
+    assert s["semantic_runs"] == runs and s["semantic_runs"] + s["semantic_reused"] + s["semantic_skipped"] == 4
+
+
+def test_backend_torch_runs_the_reference(e2e_bundle, tmp_path):
+    from vsdmot.models import reference  # noqa: F401  (the torch side must be importable)
+
+    weights = Path(reference.WEIGHTS)
+    missing = [n for n in ("detector.pt", "student.pt", "tracker.pt") if not (weights / n).is_file()]
+    if missing:
+        pytest.skip(f"--backend torch runs the shipped torch weights; missing {missing} in {weights}")
+    mot = tmp_path / "mot.txt"
+    assert edge_run("--demo", "--bundle", e2e_bundle, "--backend", "torch", "--max-frames", 3, "--mot-out", mot) == 0
+    assert mot.is_file()
+
+
+def test_backend_tensorrt_without_tensorrt_is_one_line(bundle, tmp_path, capsys):
+    from vsdmot.runtime.backends import tensorrt_status
+
+    if tensorrt_status()[0]:
+        pytest.skip("TensorRT works here")
+    assert edge_run("--demo", "--bundle", bundle, "--backend", "tensorrt", "--max-frames", 1) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
+    assert len(err) == 1 and "TensorRT is not installed" in err[0]
