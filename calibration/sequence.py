@@ -1,0 +1,194 @@
+"""Write a degraded copy of a MOTChallenge sequence: frames, gt (byte copy), seqinfo, per-frame log.
+
+    write_degraded_sequence(src_dir, out_dir, preset="jpeg", severity=3, seed=0)
+    write_degraded_sequence(src_dir, out_dir, schedule="mixed", seed=0)
+
+Output folder:
+    seqinfo.ini         same frame rate, length and size; name "<src>-<preset>-s<severity>" or "<src>-mixed"
+    <name>.mkv          FFV1 (lossless) when the source is a video, read back by open_sequence, or
+    img1/NNNNNN.png     PNG (lossless) with the source's frame numbers when the source is an image folder
+    gt/gt.txt           the source's, byte for byte
+    degradation.json    per frame: index, preset (null = clean), severity, seed
+So the only loss is the degradation itself. Frame k gets degrade.frame_rng(seed, k); an h264
+stretch is coded as one clip. The folder appears whole or not at all (written beside, then renamed).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from vsdmot import __version__
+from vsdmot.runtime.errors import VsdmotError
+from vsdmot.runtime.mot import SeqInfo, write_seqinfo
+from vsdmot.runtime.sources import open_sequence
+from vsdmot.runtime.types import Frame
+
+from .degrade import TABLE, check, degrade, degrade_frames, frame_rng
+from .schedule import FrameState, schedule as named_schedule, stretches
+
+log = logging.getLogger(__name__)
+
+LOG_NAME = "degradation.json"
+
+
+def _states(preset: str | None, severity: int | None, schedule: str | None, n: int, fps: float, seed: int) -> tuple[str, list[FrameState]]:
+    """(name suffix, one state per frame) for either a fixed preset or a named schedule."""
+    if (schedule is None) == (preset is None) or (preset is None) != (severity is None):
+        raise ValueError("degraded sequence: expected either --preset NAME --severity S, or --schedule NAME "
+                         f"(got preset={preset!r}, severity={severity!r}, schedule={schedule!r})")
+    if schedule is not None:
+        return schedule, named_schedule(schedule, n, fps, seed)
+    check(preset, severity)
+    return f"{preset}-s{severity}", [FrameState(preset, int(severity))] * n
+
+
+def _degraded(frames: Iterator[Frame], states: list[FrameState], seed: int, fps: float) -> Iterator[tuple[Frame, FrameState]]:
+    """Each source frame degraded as its state says (streamed: a stretch is never held in memory)."""
+    for first, stop, state in stretches(states):
+        run = itertools.islice(frames, stop - first)
+        if state.preset is None:
+            yield from ((f, state) for f in run)
+        elif TABLE[state.preset].clip:
+            yield from ((f, state) for f in _coded(run, state, seed, fps))
+        else:
+            for f in run:
+                img = degrade(f.image, state.preset, state.severity, frame_rng(seed, f.index))
+                yield Frame(f.index, img, f.timestamp), state
+
+
+def _coded(run: Iterator[Frame], state: FrameState, seed: int, fps: float) -> Iterator[Frame]:
+    """A clip preset (h264) over one stretch: images stream into the codec, indices wait here."""
+    first = next(run, None)
+    if first is None:
+        return
+    meta: list[tuple[int, float]] = []
+
+    def images() -> Iterator[np.ndarray]:
+        for f in itertools.chain([first], run):
+            meta.append((f.index, f.timestamp))
+            yield f.image
+
+    coded = degrade_frames(images(), state.preset, state.severity, seed, fps=fps, start=first.index)
+    for k, img in enumerate(coded):  # the codec has read the whole stretch before its first output
+        yield Frame(meta[k][0], img, meta[k][1])
+
+
+class _FrameWriter:
+    """FFV1 video (frames numbered 1..N in order) or PNG files named by frame number."""
+
+    def __init__(self, folder: Path, info: SeqInfo, as_video: bool):
+        self.folder, self.info, self.as_video, self.count = folder, info, as_video, 0
+        self.path = folder / f"{info.name}.mkv" if as_video else folder / info.im_dir
+        self._vw = None
+        if not as_video:
+            self.path.mkdir(parents=True)
+
+    def write(self, frame: Frame) -> None:
+        if self.as_video:
+            self._video(frame.image).write(frame.image)
+        elif not cv2.imwrite(str(self.path / f"{frame.index:06d}.png"), frame.image, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+            raise VsdmotError(f"degraded sequence: could not write frame {frame.index} to {self.path}")
+        self.count += 1
+
+    def _video(self, img: np.ndarray) -> cv2.VideoWriter:
+        if self._vw is None:
+            h, w = img.shape[:2]
+            self._vw = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"FFV1"), self.info.frame_rate, (w, h))
+            if not self._vw.isOpened():
+                raise VsdmotError(f"degraded sequence: OpenCV cannot write FFV1 video to {self.path}")
+        return self._vw
+
+    def close(self) -> None:
+        if self._vw is not None:
+            self._vw.release()
+
+
+def _frame_estimate(source, info: SeqInfo) -> int:
+    return int(getattr(source, "frame_count", 0) or info.length)
+
+
+def _write_frames(src_dir: Path, tmp: Path, out_info: SeqInfo, states_for, seed: int, progress: bool) -> list[dict]:
+    """Degrade and store every frame; the per-frame log rows."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    seq = open_sequence(src_dir)
+    source = seq.frames()
+    n_est = _frame_estimate(source, seq.info)
+    states = states_for(n_est * 2 + 1)  # room for a video whose header undercounts
+    writer, rows = _FrameWriter(tmp, out_info, as_video=seq.video is not None), []
+    try:
+        bar = tqdm(total=n_est, desc=out_info.name, unit="frame", file=sys.stderr, disable=not progress, leave=False)
+        for frame, state in _degraded(iter(source), states, seed, seq.info.frame_rate):
+            writer.write(frame)
+            rows.append({"index": frame.index, "preset": state.preset, "severity": state.severity, "seed": seed})
+            bar.update()
+        bar.close()
+    finally:
+        writer.close()
+        source.close()
+    return rows
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move tmp to out; an existing out must be an earlier output of this function (or empty)."""
+    if out.exists():
+        if not out.is_dir() or (any(out.iterdir()) and not (out / LOG_NAME).is_file()):
+            raise ValueError(f"degraded sequence: {out} exists and is not a degraded sequence; refusing to replace it")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def write_degraded_sequence(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, preset: str | None = None,
+                            severity: int | None = None, schedule: str | None = None, seed: int = 0,
+                            progress: bool = True) -> Path:
+    """Write the degraded sequence to out_dir (replacing an earlier one) and return out_dir."""
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    info = open_sequence(src_dir).info  # ValueError early: missing seqinfo, no frames
+    suffix, _ = _states(preset, severity, schedule, 0, info.frame_rate, seed)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the sequence is an ordinary folder
+    try:
+        out_info = SeqInfo(f"{info.name}-{suffix}", info.frame_rate, info.length, info.width, info.height, "img1", ".png")
+        states_for = lambda n: _states(preset, severity, schedule, n, info.frame_rate, seed)[1]  # noqa: E731
+        rows = _write_frames(src_dir, tmp, out_info, states_for, seed, progress)
+        _finish(src_dir, tmp, out_info, rows, dict(preset=preset, severity=severity, schedule=schedule, seed=seed))
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if len(rows) != info.length:
+        log.warning("%s: %d frames written, seqinfo.ini states %d", src_dir, len(rows), info.length)
+    log.info("wrote %s: %d frames (%s)", out_dir, len(rows), suffix)
+    return out_dir
+
+
+def _finish(src_dir: Path, tmp: Path, out_info: SeqInfo, rows: list[dict], how: dict) -> None:
+    """gt (byte copy), seqinfo.ini, degradation.json."""
+    if not rows:
+        raise VsdmotError(f"degraded sequence: {src_dir} yielded no frames")
+    gt = src_dir / "gt" / "gt.txt"
+    if gt.is_file():
+        (tmp / "gt").mkdir()
+        shutil.copyfile(gt, tmp / "gt" / "gt.txt")
+    write_seqinfo(tmp / "seqinfo.ini", out_info)
+    (tmp / "seqinfo.ini").chmod(0o644)
+    doc = {"vsdmot": __version__, "source": str(src_dir.resolve()), "name": out_info.name, **how,
+           "rng": "frame k: numpy default_rng([seed, k]); h264 stretches coded as one clip (GOP phase from [seed, first k])",
+           "storage": "ffv1-mkv" if (tmp / f"{out_info.name}.mkv").exists() else "png", "frames": rows}
+    (tmp / LOG_NAME).write_text(json.dumps(doc, indent=1))
