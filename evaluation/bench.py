@@ -246,8 +246,8 @@ def bench(seqs: Sequence[Path], conds: Sequence[Condition], trackers: Sequence[s
     jobs = [(s, c, t) for s in seqs for c in conds for t in trackers]
     for src, cond, name in tqdm(jobs, desc="bench", unit="run", disable=not progress):
         seq_dir = prepare_sequence(Path(src), cond, cache_dir, seed, progress=progress)
-        info = read_seqinfo(seq_dir)
-        env = BenchEnv(info.frame_rate, threads, input_size, yolox_onnx)
+        info = read_seqinfo(Path(src))  # the source's name: a degraded copy's carries a suffix
+        env = BenchEnv(read_seqinfo(seq_dir).frame_rate, threads, input_size, yolox_onnx)
         res_file = out_dir / "results" / name / cond.name / f"{info.name}.txt"
         seconds, ms = run_one(name, seq_dir, env, res_file, frames, progress)
         metrics = evaluate(seq_dir, res_file, frames=frames)

@@ -126,10 +126,13 @@ def test_cli_bad_input_is_one_line(tud_dir, tmp_path, capsys, argv, message):
     assert code == 2 and message in err[-1] and err[-1].startswith("vsdmot-bench: error:")
 
 
-def test_real_preset_if_degradations_exist(tud_dir, tmp_path):
+def test_real_preset_if_degradations_exist(oracle, tud_dir, tmp_path):
     degrade = pytest.importorskip("vsdmot.calibration.degrade", reason="degradation library not landed yet")
     pytest.importorskip("vsdmot.calibration.sequence", reason="write_degraded_sequence not landed yet")
     preset = sorted(degrade.PRESETS)[0]
-    seq = B.prepare_sequence(tud_dir, B.Condition(preset, 3), tmp_path, progress=False)
+    seq = B.prepare_sequence(tud_dir, B.Condition(preset, 3), tmp_path / "cache", progress=False)
     assert read_rows(seq / "gt" / "gt.txt").frame.max() == 71
-    assert B.prepare_sequence(tud_dir, B.Condition(preset, 3), tmp_path, progress=False) == seq
+    assert B.prepare_sequence(tud_dir, B.Condition(preset, 3), tmp_path / "cache", progress=False) == seq
+    (run,) = B.bench([tud_dir], [B.Condition(preset, 3)], ["test-oracle"], tmp_path, cache_dir=tmp_path / "cache",
+                     frames=(1, 5), progress=False)
+    assert (run.sequence, run.condition) == ("TUD-Campus", f"{preset}-s3") and run.metrics["HOTA"] == pytest.approx(1.0)
