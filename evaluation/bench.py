@@ -142,6 +142,14 @@ def known_presets() -> list[str]:
     return list(PRESETS)
 
 
+def known_schedules() -> list[str]:
+    try:
+        from vsdmot.calibration.schedule import SCHEDULES  # noqa: PLC0415
+    except ImportError as e:
+        raise VsdmotError(f"schedules need vsdmot.calibration.schedule, which does not import: {e}") from None
+    return list(SCHEDULES)
+
+
 def prepare_sequence(src: Path, cond: Condition, cache_dir: Path, seed: int = 0,
                      writer: Callable | None = None, progress: bool = True) -> Path:
     """The sequence folder to run on: `src` when clean, else a cached degraded copy (built if missing or stale)."""

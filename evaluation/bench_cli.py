@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"expected --threads >= 1 and --severity 1-5, got {args.threads} and {args.severity}")
     cv2.setNumThreads(args.threads)
     presets = B.known_presets() if args.all_presets else args.preset
-    _check_presets(presets)
+    _check_names("preset", presets, B.known_presets)
+    _check_names("schedule", args.schedule, B.known_schedules)
     conds = B.conditions(presets, args.severity, args.schedule, args.clean)
     if not conds:
         raise ValueError("no conditions: give --preset, --all-presets or --schedule, or keep the clean run")
@@ -78,14 +79,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_presets(presets: list[str]) -> None:
-    if not presets:
+def _check_names(what: str, names: list[str], known) -> None:
+    """Fail before any work on a name the degradation library does not know."""
+    if not names:
         return
-    from vsdmot.evaluation.bench import known_presets
-
-    unknown = sorted(set(presets) - set(known_presets()))
+    unknown = sorted(set(names) - set(known()))
     if unknown:
-        raise ValueError(f"preset: expected names from {known_presets()}, got {unknown}")
+        raise ValueError(f"{what}: expected names from {known()}, got {unknown}")
 
 
 def _meta(args: argparse.Namespace) -> dict:
