@@ -195,8 +195,8 @@ class LiveSource:
         return same and not (stamp > 0 and stamp > prev_stamp)
 
     def _push(self, img: np.ndarray, now: float) -> None:
-        if img.ndim == 2:  # a grey camera
-            img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+        if img.ndim == 2 or img.shape[2] != 3:  # a grey camera, or BGRA from some backends
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR if img.ndim == 2 else cv2.COLOR_BGRA2BGR)
         self._index += 1
         frame = LiveFrame(self._index, np.ascontiguousarray(img), now - self._t0, time.time(), now)
         with self._lock:

@@ -164,6 +164,20 @@ def test_close_is_prompt_and_ends_iteration():
     assert not src._thread.is_alive()
 
 
+@pytest.mark.parametrize("channels", [None, 4])
+def test_grey_and_bgra_frames_become_bgr(channels):
+    class Odd(FakeCapture):
+        def read(self):
+            ok, img = super().read()
+            if ok:
+                img = img[:, :, 0] if channels is None else np.dstack([img, img[:, :, :1]])
+            return ok, img
+
+    with LiveSource("fake", Opener(Odd(3)), LiveOptions(**FAST)) as src:
+        frames = take(src, 3)
+    assert [f.image.shape for f in frames] == [(48, 64, 3)] * 3
+
+
 def test_stop_ends_iteration_while_waiting_for_frames():
     src = LiveSource("fake", Opener(FakeCapture(2, block_s=1)), LiveOptions(stall_timeout_s=30))
     threading.Timer(0.3, src.stop).start()  # e.g. a SIGTERM handler during an outage
