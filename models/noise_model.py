@@ -16,92 +16,38 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from vsdmot.runtime.types import Detections
+
 log = logging.getLogger(__name__)
 
-STRIDES = (8, 16, 32)
 HEIGHT_BINS = (0, 40, 60, 80, 120, 200, 10_000)  # px: recall is measured per gt-height bin
 
 
-@dataclass(frozen=True)
-class DetectorConfig:
-    size: int = 416  # letterbox side (px)
-    conf: float = 0.1  # keep boxes with obj*cls above this (ByteTrack's low threshold)
-    nms: float = 0.45  # NMS IoU
-    person: int = 0  # COCO class index
+def project_detector(onnx_path: str | os.PathLike | None = None, threads: int = 1):
+    """The runtime's YoloxDetector over the project's detector.onnx (exported from
+    models/weights/detector.pt into the cache when no path is given): boxes, scores and `embed` rows."""
+    from vsdmot.runtime.backends import OnnxRuntimeBackend
+    from vsdmot.runtime.yolox import YoloxDetector
+
+    if onnx_path is None:
+        from vsdmot.models.detector import DEFAULT_WEIGHTS, export_onnx, load_detector
+
+        onnx_path = cache_dir().parent / f"detector_{_sha(DEFAULT_WEIGHTS)}.onnx"
+        if not Path(onnx_path).is_file():
+            Path(onnx_path).parent.mkdir(parents=True, exist_ok=True)
+            export_onnx(load_detector()[0], onnx_path)
+    return YoloxDetector(OnnxRuntimeBackend(onnx_path, threads=threads))
 
 
-class YoloxOnnx:
-    """YOLOX-nano via onnxruntime, with the cls-branch features exposed as a per-anchor embedding.
+def _sha(path: Path) -> str:
+    import hashlib
 
-    The embedding (64-d, L2-normalised) is the input of `head.cls_preds.{0,1,2}`: a real pretrained
-    feature from the detector's own classification branch, the same source the project's detector
-    exposes as `embed`.
-    """
-
-    def __init__(self, onnx_path: str | os.PathLike, cfg: DetectorConfig = DetectorConfig(), threads: int = 1):
-        import onnx
-        import onnxruntime as ort
-
-        model = onnx.load(str(onnx_path))
-        feats = [n.input[0] for n in model.graph.node if n.op_type == "Conv" and n.input[1].startswith("head.cls_preds.")]
-        if len(feats) != 3:
-            raise ValueError(f"{onnx_path}: expected 3 head.cls_preds convs, found {len(feats)}")
-        model.graph.output.extend(onnx.ValueInfoProto(name=f) for f in feats)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        self.sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        self.names = ["output", *feats]
-        self.cfg = cfg
-        self.grid, self.stride = _grids(cfg.size)
-
-    def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(H, W, 3) uint8 BGR -> xyxy (N, 4) source px, score (N,), embed (N, 64) unit rows."""
-        blob, r = letterbox(image, self.cfg.size)
-        out, *maps = self.sess.run(self.names, {"images": blob})
-        out = out[0]  # (A, 85)
-        emb = np.concatenate([m[0].reshape(m.shape[1], -1).T for m in maps], 0)  # (A, 64)
-        score = out[:, 4] * out[:, 5 + self.cfg.person]
-        keep = np.flatnonzero(score > self.cfg.conf)
-        cxcy = (out[keep, :2] + self.grid[keep]) * self.stride[keep, None]
-        wh = np.exp(np.clip(out[keep, 2:4], -10, 10)) * self.stride[keep, None]
-        xyxy = np.concatenate([cxcy - wh / 2, cxcy + wh / 2], 1) / r
-        idx = _nms(xyxy, score[keep], self.cfg.nms)
-        e = emb[keep][idx]
-        e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-6)
-        return xyxy[idx].astype(np.float32), score[keep][idx].astype(np.float32), e.astype(np.float32)
-
-
-def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
-    """Resize keeping aspect into a size x size canvas padded with 114 -> (1, 3, S, S) f32, ratio."""
-    h, w = image.shape[:2]
-    r = min(size / h, size / w)
-    canvas = np.full((size, size, 3), 114, np.uint8)
-    canvas[: int(h * r), : int(w * r)] = cv2.resize(image, (int(w * r), int(h * r)), interpolation=cv2.INTER_LINEAR)
-    return canvas.transpose(2, 0, 1)[None].astype(np.float32), r
-
-
-def _grids(size: int) -> tuple[np.ndarray, np.ndarray]:
-    grids, strides = [], []
-    for s in STRIDES:
-        n = size // s
-        yy, xx = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-        grids.append(np.stack([xx, yy], -1).reshape(-1, 2))
-        strides.append(np.full(n * n, s))
-    return np.concatenate(grids).astype(np.float32), np.concatenate(strides).astype(np.float32)
-
-
-def _nms(xyxy: np.ndarray, score: np.ndarray, thr: float) -> np.ndarray:
-    if len(xyxy) == 0:
-        return np.zeros(0, np.int64)
-    xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], 1)
-    idx = cv2.dnn.NMSBoxes(xywh.tolist(), score.tolist(), 0.0, thr)
-    return np.asarray(idx, np.int64).reshape(-1)
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
 def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -129,14 +75,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VSDMOT_CACHE", "~/.cache/vsdmot")).expanduser() / "dets"
 
 
-def detect_sequence(det: YoloxOnnx, seq_dir: str | os.PathLike, frames: tuple[int, int] | None,
+def detect_sequence(det, seq_dir: str | os.PathLike, frames: tuple[int, int] | None,
                     degraded: bool, seed: int = 0) -> Path:
-    """Detect every frame in `frames` (inclusive, 1-based) of a sequence; cached .npz path."""
+    """Detect every frame in `frames` (inclusive, 1-based) of a sequence with `det.detect(image) ->
+    Detections` (feature = embed rows); returns the cached .npz path (keyed by `det.tag`)."""
     from vsdmot.runtime.sources import open_sequence
 
     seq = open_sequence(seq_dir)
     lo, hi = frames or (1, 10**9)
-    out = cache_dir() / f"{seq.info.name}_{lo}-{min(hi, seq.info.length)}_{'deg' if degraded else 'clean'}{seed}.npz"
+    out = cache_dir() / f"{getattr(det, 'tag', 'det')}_{seq.info.name}_{lo}-{min(hi, seq.info.length)}_{'deg' if degraded else 'clean'}{seed}.npz"
     if out.is_file():
         return out
     rng = np.random.default_rng(seed)
@@ -146,7 +93,7 @@ def detect_sequence(det: YoloxOnnx, seq_dir: str | os.PathLike, frames: tuple[in
         if not lo <= f.index <= hi:
             continue
         img = degrade(f.image, rng) if degraded else f.image
-        xyxy, score, emb = det.detect(img)
+        xyxy, score, emb = _detect(det, img)
         for k, v in zip(rows, (np.full(len(score), f.index), xyxy, score, emb)):
             rows[k].append(v)
     src.close()
@@ -155,6 +102,14 @@ def detect_sequence(det: YoloxOnnx, seq_dir: str | os.PathLike, frames: tuple[in
                         size=np.array([seq.info.width, seq.info.height]))
     log.info("detections cached: %s", out)
     return out
+
+
+def _detect(det, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        d: Detections = det.detect(img)
+    except ValueError:  # Detections rejects an empty (0, E) feature array: an empty frame
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 32), np.float32)
+    return d.xyxy, d.score, d.feature
 
 
 def load_gt(seq_dir: str | os.PathLike) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -288,9 +243,8 @@ def pool(stats: list[dict]) -> dict:
     return out
 
 
-def measure_all(onnx_path: str | os.PathLike, data: str | os.PathLike, out_json: str | os.PathLike) -> dict:
+def measure_all(det, data: str | os.PathLike, out_json: str | os.PathLike) -> dict:
     """Measure clean and degraded noise on the TRAIN frames; write {clean: ..., degraded: ...}."""
-    det = YoloxOnnx(onnx_path)
     result = {}
     for cond in ("clean", "degraded"):
         stats = []
@@ -298,19 +252,26 @@ def measure_all(onnx_path: str | os.PathLike, data: str | os.PathLike, out_json:
             npz = detect_sequence(det, seq, frames, degraded=cond == "degraded")
             stats.append(measure(npz, load_gt(seq)))
         result[cond] = pool(stats)
-    result["source"] = {"detector": Path(onnx_path).name, "frames": "PETS09-S2L1 1-600 + MOT17-mini",
-                        "embed": "YOLOX-nano cls-branch features (64-d)"}
+    result["source"] = {"detector": det.tag, "frames": "PETS09-S2L1 1-600 + MOT17-mini (TRAIN only)",
+                        "embed": "project detector `embed` (models/weights/detector.pt)"}
     Path(out_json).write_text(json.dumps(result, indent=1))
     return result
 
 
-if __name__ == "__main__":  # python -m vsdmot.models.noise_model [DATA] [ONNX] [OUT]
-    import sys
+def main(argv: list[str] | None = None) -> None:
+    """python -m vsdmot.models.noise_model [--data DIR] [--detector-onnx F] [--out JSON]"""
+    import argparse
 
+    ap = argparse.ArgumentParser(prog="python -m vsdmot.models.noise_model")
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--detector-onnx", default=None)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "weights" / "tracker_noise.json"))
+    a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    a = sys.argv[1:] + [None] * 3
-    data = Path(a[0] or "../shared/data")
-    res = measure_all(a[1] or data.parent / "models" / "yolox_nano.onnx", data,
-                      a[2] or Path(__file__).parent / "weights" / "tracker_noise.json")
-    print(json.dumps({k: {kk: (np.round(vv, 3).tolist() if isinstance(vv, list) else vv) for kk, vv in v.items()}
-                      for k, v in res.items() if k != "source"}, indent=0))
+    det = project_detector(a.detector_onnx)
+    det.tag = f"det{_sha(det.backend.path)}"
+    measure_all(det, a.data, a.out)
+
+
+if __name__ == "__main__":
+    main()

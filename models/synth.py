@@ -25,7 +25,7 @@ NOISE_JSON = Path(__file__).parent / "weights" / "tracker_noise.json"
 @dataclass(frozen=True)
 class SynthConfig:
     frames: int = 40  # clip length (frames)
-    objects: tuple[int, int] = (1, 28)  # people per clip (min, max), drawn uniformly
+    objects: tuple[int, int] = (1, 20)  # people per clip (min, max), drawn uniformly
     width: tuple[int, int] = (480, 1920)  # image width range (px)
     person_height: tuple[float, float] = (30.0, 320.0)  # median person height range (px), log-uniform
     speed: tuple[float, float] = (0.0, 0.12)  # walking speed range, person heights per frame
@@ -33,8 +33,8 @@ class SynthConfig:
     duplicate: float = 0.02  # chance a detected person also gets a second, looser box
     static_fp: float = 0.5  # share of false positives that come from a few fixed clutter spots
     randomise: float = 1.0  # 0 = measured noise as is; 1 = per-clip multipliers on rates and jitter
-    embed_dim: int = 64  # E: appearance vector width
-    semantic_dim: int = 64  # D: semantic vector width
+    embed_dim: int = 32  # E: appearance vector width
+    semantic_dim: int = 128  # D: semantic vector width
 
 
 @dataclass(slots=True)
@@ -44,9 +44,10 @@ class SynthFrame:
     embed: np.ndarray  # (N, E) float32 unit rows
     gid: np.ndarray  # (N,) int64 gt identity, -1 for FP / duplicate
     semantic: np.ndarray  # (D,) float32 unit vector
-    w: float  # fusion weight
+    w: float  # fusion weight (training replaces it with DSWR's g(q))
     gt_xyxy: np.ndarray  # (K, 4) float32 true boxes of people in view
     gt_id: np.ndarray  # (K,) int64
+    q: float = 1.0  # frame quality in [0, 1]; -1 = semantics off (policy `never`: w = 0)
 
 
 def load_noise(path: str | Path = NOISE_JSON) -> dict:
@@ -81,7 +82,8 @@ def make_clip(cfg: SynthConfig, noise: dict, rng: np.random.Generator) -> list[S
     """One synthetic clip of cfg.frames frames."""
     q = float(rng.beta(0.8, 0.8))  # clip quality: 1 clean, 0 degraded as measured
     nz = _randomise(_lerp(noise["clean"], noise["degraded"], 1 - q), cfg.randomise, rng)
-    w = 0.0 if rng.random() < 0.15 else float(np.clip(1 - q + rng.normal(0, 0.1), 0, 1))
+    off = rng.random() < 0.15  # semantics off: the runtime feeds zeros and w = 0
+    w = 0.0 if off else float(np.clip(1 - q + rng.normal(0, 0.1), 0, 1))
     sem = _Semantics(cfg.semantic_dim)
     W = int(rng.integers(*cfg.width))
     H = int(W * rng.uniform(0.55, 0.8))
@@ -92,7 +94,7 @@ def make_clip(cfg: SynthConfig, noise: dict, rng: np.random.Generator) -> list[S
     frames = []
     for t in range(cfg.frames):
         frames.append(_observe(t, boxes[t], alive[t], state, app, fps, nz, cfg, (W, H), rng))
-        frames[-1].semantic, frames[-1].w = sem(q, rng), w
+        frames[-1].semantic, frames[-1].w, frames[-1].q = sem(q, rng) * (not off), w, -1.0 if off else q
     return frames
 
 

@@ -37,11 +37,12 @@ class TrackerHeadConfig:
     d: int = 64  # query width
     heads: int = 4  # attention heads
     layers: int = 2  # decoder layers
-    embed_dim: int = 64  # E: appearance embedding width (the detector's `embed` rows)
-    semantic_dim: int = 64  # D: the student's semantic vector width
+    embed_dim: int = 32  # E: appearance embedding width (the detector's `embed` rows)
+    semantic_dim: int = 128  # D: the student's semantic vector width
     proposals: int = 64  # P: proposal slots in the exported graph (training may use fewer)
     slots: int = 32  # S: track slots in the exported graph (training may use fewer)
     miss_norm: float = 20.0  # frames: miss counts are divided by this (MOTRv2's tolerance)
+    pair_dim: int = 32  # width of the track-proposal pair embedding
     embed_dropout: float = 0.2  # dropout on the raw embedding projection (generalise beyond cosine)
 
     @classmethod
@@ -93,43 +94,43 @@ class BiasedAttention(nn.Module):
         super().__init__()
         self.h, self.dh = heads, d // heads
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
-        self.null_k = nn.Parameter(torch.zeros(1, 1, d))
-        self.null_v = nn.Parameter(torch.zeros(1, 1, d))
+        self.null_k = nn.Parameter(torch.zeros(heads, d // heads))
+        self.null_v = nn.Parameter(torch.zeros(heads, d // heads))
 
     def forward(self, x, y, bias, pv, ymask) -> torch.Tensor:
-        """x (B,N,d) attends y (B,M,d); bias (B,N,M,H); pv (B,N,M,d) pair values; ymask (B,M)."""
+        """x (B,N,d) attends y (B,M,d); bias (B,N,M,H); pv (B,N,M,d) pair values or None; ymask (B,M)."""
         b, n, _ = x.shape
-        k = torch.cat([self.null_k.expand(b, 1, -1), self.k(y)], 1)  # (B,M+1,d)
-        v = torch.cat([self.null_v.expand(b, 1, -1), self.v(y)], 1)
+        m = y.shape[1]
         q = self.q(x).view(b, n, self.h, self.dh)
-        logit = torch.einsum("bnhc,bmhc->bnmh", q, k.view(b, -1, self.h, self.dh)) / math.sqrt(self.dh)
-        bias = F.pad(bias, (0, 0, 1, 0))  # null key has no pair bias
-        m = F.pad(ymask, (1, 0), value=1.0)[:, None, :, None]  # (B,1,M+1,1)
-        att = torch.softmax(logit + bias + (1 - m) * NEG, dim=2)  # (B,N,M+1,H)
-        pv = F.pad(pv, (0, 0, 1, 0))
-        vals = (v[:, None] + pv).view(b, n, -1, self.h, self.dh)  # (B,N,M+1,H,dh)
-        out = torch.einsum("bnmh,bnmhc->bnhc", att, vals).reshape(b, n, -1)
-        return self.o(out)
+        k, v = self.k(y).view(b, m, self.h, self.dh), self.v(y).view(b, m, self.h, self.dh)
+        scale = 1.0 / math.sqrt(self.dh)
+        logit = torch.einsum("bnhc,bmhc->bnmh", q, k) * scale + bias + (1 - ymask)[:, None, :, None] * NEG
+        lnull = (q * self.null_k).sum(-1)[:, :, None, :] * scale  # (B,N,1,H)
+        att = torch.softmax(torch.cat([lnull, logit], 2), dim=2)  # (B,N,M+1,H)
+        am = att[:, :, 1:]
+        out = torch.einsum("bnmh,bmhc->bnhc", am, v) + att[:, :, 0, :, None] * self.null_v
+        if pv is not None:
+            out = out + (am[..., None] * pv.view(b, n, m, self.h, self.dh)).sum(2)
+        return self.o(out.reshape(b, n, -1))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, d: int, heads: int):
+    def __init__(self, d: int, heads: int, pd: int):
         super().__init__()
         self.t2p, self.p2t, self.p2p = (BiasedAttention(d, heads) for _ in range(3))
-        self.bias_tp, self.bias_pt = nn.Linear(d, heads), nn.Linear(d, heads)
-        self.val_tp, self.val_pt = nn.Linear(d, d), nn.Linear(d, d)
+        self.bias = nn.Linear(pd, 2 * heads)  # pair embedding -> track->prop and prop->track biases
+        self.val_tp, self.val_pt = nn.Linear(pd, d), nn.Linear(pd, d)
         self.bias_pp = mlp(2, 16, heads)
         self.ffn_t, self.ffn_p = mlp(d, 2 * d, d), mlp(d, 2 * d, d)
         self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(7))
 
     def forward(self, t, p, e, pp, tmask, pmask):
-        """t (B,S,d), p (B,P,d), e (B,S,P,d) pair embedding, pp (B,P,P,2)."""
-        n = self.norms
-        et = e.transpose(1, 2)  # (B,P,S,d)
-        t = t + self.t2p(n[0](t), n[1](p), self.bias_tp(e), self.val_tp(e), pmask)
-        p = p + self.p2t(n[2](p), n[3](t), self.bias_pt(et), self.val_pt(et), tmask)
-        zero = torch.zeros_like(pp[..., :1]).expand(*pp.shape[:3], p.shape[-1])
-        p = p + self.p2p(n[4](p), n[4](p), self.bias_pp(pp), zero, pmask)
+        """t (B,S,d), p (B,P,d), e (B,S,P,pd) pair embedding, pp (B,P,P,2)."""
+        n, h = self.norms, self.bias.out_features // 2
+        bias = self.bias(e)  # (B,S,P,2H)
+        t = t + self.t2p(n[0](t), n[1](p), bias[..., :h], self.val_tp(e), pmask)
+        p = p + self.p2t(n[2](p), n[3](t), bias[..., h:].transpose(1, 2), self.val_pt(e).transpose(1, 2), tmask)
+        p = p + self.p2p(n[4](p), n[4](p), self.bias_pp(pp), None, pmask)
         return t + self.ffn_t(n[5](t)), p + self.ffn_p(n[6](p))
 
 
@@ -143,11 +144,12 @@ class TrackerHead(nn.Module):
         self.det_in = mlp(cfg.embed_dim + 1, d, d)
         self.track_in = nn.Linear(1, d)
         self.sem = nn.Linear(cfg.semantic_dim, d)
-        self.pair = mlp(PAIR_FEATURES, d, d)
-        self.pair_sem = nn.Linear(d, d)
-        self.layers = nn.ModuleList(DecoderLayer(d, cfg.heads) for _ in range(cfg.layers))
-        self.ptr_t, self.ptr_p = nn.Linear(d, d), nn.Linear(d, d)
-        self.ptr = mlp(d, d, 1)
+        pd = cfg.pair_dim
+        self.pair = mlp(PAIR_FEATURES, pd, pd)
+        self.pair_sem = nn.Linear(d, pd)
+        self.layers = nn.ModuleList(DecoderLayer(d, cfg.heads, pd) for _ in range(cfg.layers))
+        self.ptr_t, self.ptr_p = nn.Linear(d, pd), nn.Linear(d, pd)
+        self.ptr = mlp(pd, pd, 1)
         self.null, self.keep, self.birth = nn.Linear(d, 1), nn.Linear(d, 1), nn.Linear(d, 1)
         self.update = mlp(2 * d, 2 * d, d)
         self.born = mlp(d, 2 * d, d)
@@ -162,7 +164,7 @@ class TrackerHead(nn.Module):
         p = self.det_in(emb) + fuse  # (B,P,d) detect queries
         t = track_query + self.track_in(miss[..., None]) + fuse  # (B,S,d) track queries
         e = self.pair(pair_features(track_box, prop_box, track_embed, prop_embed, prop_score, miss))
-        e = e + self.pair_sem(fuse)[:, :, None, :]  # (B,S,P,d): quality-conditioned pair embedding
+        e = e + self.pair_sem(fuse)[:, :, None, :]  # (B,S,P,pd): quality-conditioned pair embedding
         pp = prop_pair_features(prop_box, prop_embed)
         for layer in self.layers:
             t, p = layer(t, p, e, pp, track_mask, prop_mask)

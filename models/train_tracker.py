@@ -1,0 +1,368 @@
+"""`vsdmot-train tracker`: synthetic pretraining, then fine-tuning on real TRAIN clips, MOTR-style.
+
+Each step unrolls B clips frame by frame with the runtime's own slot bookkeeping (constant-velocity
+prediction, appearance EMA, miss tolerance 20), teacher-forced by ground truth:
+- track slots keep their gt identity: pointer target = the proposal carrying that identity, else
+  the "no match" column; keep target = 1 if matched;
+- detect queries are matched to newborn objects (an identity with no live slot): birth target 1 on
+  the proposal carrying it (synthetic boxes carry their identity; real boxes get it by Hungarian
+  matching to gt at IoU >= 0.5, `noise_model.match_to_gt`), 0 on false positives and duplicates;
+- track drop-out (a live slot is deleted, so the object must be re-born) and false-positive
+  injection (a slot born from a false positive, whose target is always "no match").
+Track queries flow through time with gradients, truncated every `tbptt` frames.
+Real data: PETS09-S2L1 frames 1-600 and MOT17-mini only (clean and degraded detections).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vsdmot.runtime.e2e import predict_boxes, update_motion
+
+from .synth import SynthConfig, SynthFrame, load_noise, make_clip, _Semantics
+from .tracker_head import TrackerHead, TrackerHeadConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0  # torch and numpy seed
+    synth_steps: int = 300  # steps of synthetic-only pretraining
+    real_steps: int = 150  # steps of fine-tuning (real clips mixed with synthetic)
+    real_share: float = 0.5  # share of real clips in a fine-tuning batch
+    batch: int = 8  # clips per step
+    clip_frames: int = 40  # frames per clip (long: exercises the miss tolerance)
+    slots: int = 24  # S during training (the graph has no size-dependent weights)
+    proposals: int = 32  # P during training
+    tbptt: int = 10  # frames between gradient truncations of the track queries
+    lr: float = 1e-3  # AdamW learning rate (cosine decay)
+    weight_decay: float = 1e-4  # AdamW
+    clip_grad: float = 1.0  # gradient norm clip
+    drop_track: float = 0.03  # chance per frame and live slot of deleting it (must be re-born)
+    inject_fp: float = 0.15  # chance per frame of a slot born from a false positive
+    birth_pos_weight: float = 2.0  # BCE weight on positive birth targets (they are rare)
+    miss_tolerance: int = 20  # frames a slot survives unmatched (MOTRv2)
+    momentum: float = 0.7  # velocity EMA (same as the runtime's)
+    embed_momentum: float = 0.8  # appearance EMA (same as the runtime's)
+    data: str = "../shared/data"  # the real clips' root
+    max_minutes: float = 25.0  # wall-clock budget; stops early and saves
+    out: str = "runs/train/tracker"  # checkpoint folder
+    threads: int = 1  # torch threads (shared machine)
+    log_every: int = 10  # steps between log lines
+    save_every: int = 50  # steps between checkpoints
+    head: TrackerHeadConfig = field(default_factory=TrackerHeadConfig)  # network shape
+    synth: SynthConfig = field(default_factory=SynthConfig)  # synthetic generator
+
+
+@dataclass
+class Slots:
+    """Teacher-forced slot state for B clips; queries are torch (with grad), the rest numpy."""
+
+    valid: np.ndarray  # (B,S) bool
+    gid: np.ndarray  # (B,S) int64 identity, -1 = slot born from a false positive
+    box: np.ndarray  # (B,S,4) last matched box
+    vel: np.ndarray  # (B,S,4) per-frame box velocity
+    miss: np.ndarray  # (B,S) frames since the last match
+    embed: np.ndarray  # (B,S,E) appearance EMA
+    query: torch.Tensor  # (B,S,d)
+
+    @classmethod
+    def empty(cls, b: int, s: int, e: int, d: int) -> Slots:
+        z = lambda *sh: np.zeros(sh, np.float32)  # noqa: E731
+        return cls(np.zeros((b, s), bool), np.full((b, s), -1), z(b, s, 4), z(b, s, 4), z(b, s), z(b, s, e),
+                   torch.zeros(b, s, d))
+
+
+def pack_frame(fr: SynthFrame, P: int) -> tuple[np.ndarray, ...]:
+    """Top-P proposals by score: box (P,4), score (P,), embed (P,E), mask (P,), gid (P,)."""
+    order = np.argsort(-fr.score, kind="stable")[:P]
+    n, E = len(order), fr.embed.shape[1]
+    box, score, emb = np.zeros((P, 4), np.float32), np.zeros(P, np.float32), np.zeros((P, E), np.float32)
+    mask, gid = np.zeros(P, np.float32), np.full(P, -2)
+    box[:n], score[:n], emb[:n], mask[:n], gid[:n] = fr.xyxy[order], fr.score[order], fr.embed[order], 1, fr.gid[order]
+    box[n:] = [0, 0, 1, 1]
+    return box, score, emb, mask, gid
+
+
+def frame_inputs(frames: list[SynthFrame], st: Slots, P: int, dswr=None):
+    """Torch inputs (INPUTS order) for one frame of B clips, and the proposals' gids (B,P).
+    With a DSWR head, w = g(q) (0 where semantics are off), so the tracking loss trains g."""
+    packed = [pack_frame(f, P) for f in frames]
+    pb, ps, pe, pm, pg = (np.stack(x) for x in zip(*packed))
+    tbox = predict_boxes(st.box, st.vel, st.miss + 1)
+    t = torch.from_numpy
+    sem = np.stack([f.semantic for f in frames])
+    w = t(np.array([[f.w] for f in frames], np.float32))
+    if dswr is not None:
+        q = t(np.array([[f.q] for f in frames], np.float32))
+        w = torch.where(q < 0, torch.zeros_like(q), dswr(q))
+    feed = (t(pb), t(ps), t(pe), t(pm), st.query, t(tbox.astype(np.float32)), t(st.embed), t(st.miss),
+            t(st.valid.astype(np.float32)), t(sem), w)
+    return feed, pg, (pb, pe)
+
+
+def targets(st: Slots, pg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pointer target per slot (B,S) in [0, P] (P = no match) and birth target per proposal (B,P)."""
+    B, S = st.valid.shape
+    P = pg.shape[1]
+    ptr = np.full((B, S), P)
+    birth = np.zeros((B, P), np.float32)
+    for b in range(B):
+        live = set(st.gid[b, st.valid[b] & (st.gid[b] >= 0)].tolist())
+        where = {g: p for p, g in enumerate(pg[b].tolist()) if g >= 0}
+        for s in np.flatnonzero(st.valid[b] & (st.gid[b] >= 0)):
+            ptr[b, s] = where.get(int(st.gid[b, s]), P)
+        for g, p in where.items():
+            birth[b, p] = float(g not in live)
+    return ptr, birth
+
+
+def frame_loss(out, st: Slots, ptr, birth, pmask, active, cfg: TrainConfig) -> torch.Tensor:
+    """Pointer CE + keep BCE over live slots, birth BCE over valid proposals, of active clips (B,)."""
+    logits, keep, born, _, _ = out
+    valid = torch.from_numpy(st.valid & active[:, None])
+    tgt = torch.from_numpy(ptr)
+    ce = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), reduction="none").view_as(tgt)
+    seen = (tgt < logits.shape[-1] - 1).float()
+    bk = F.binary_cross_entropy(keep.clamp(1e-6, 1 - 1e-6), seen, reduction="none")
+    nv = valid.float().sum().clamp(min=1)
+    l_track = ((ce + bk) * valid).sum() / nv
+    bt, pm = torch.from_numpy(birth), torch.from_numpy(pmask * active[:, None])
+    wt = (1 + (cfg.birth_pos_weight - 1) * bt) * pm
+    l_birth = (F.binary_cross_entropy(born.clamp(1e-6, 1 - 1e-6), bt, reduction="none") * wt).sum() / pm.sum().clamp(min=1)
+    return l_track + l_birth
+
+
+def advance(st: Slots, out, ptr, birth, pg, pb, pe, cfg: TrainConfig, rng: np.random.Generator) -> None:
+    """Teacher-forced bookkeeping, the same rules as runtime/e2e.py (motion, EMA, misses, births)."""
+    _, _, _, t_out, b_out = out
+    P = pg.shape[1]
+    matched = st.valid & (ptr < P)
+    idx = np.where(matched, ptr, 0)
+    new_box = np.take_along_axis(pb, idx[..., None], 1)  # (B,S,4)
+    new_emb = np.take_along_axis(pe, idx[..., None], 1)  # (B,S,E)
+    st.box, st.vel = update_motion(st.box, st.vel, new_box, st.miss + 1, matched, cfg.momentum)
+    mix = cfg.embed_momentum * st.embed + (1 - cfg.embed_momentum) * new_emb
+    st.embed = np.where(matched[..., None], mix / np.maximum(np.linalg.norm(mix, axis=-1, keepdims=True), 1e-6), st.embed)
+    st.miss = np.where(matched, 0, st.miss + 1).astype(np.float32)
+    st.valid &= (st.miss <= cfg.miss_tolerance) & (rng.random(st.valid.shape) >= cfg.drop_track)
+    query = t_out.clone()
+    for b, p in zip(*np.nonzero(birth)):
+        _born(st, query, b, p, int(pg[b, p]), pb, pe, b_out)
+    for b in np.flatnonzero(rng.random(len(pg)) < cfg.inject_fp):
+        fp = np.flatnonzero(pg[b] == -1)
+        if len(fp):
+            _born(st, query, b, int(rng.choice(fp)), -1, pb, pe, b_out)
+    st.query = query
+
+
+def _born(st: Slots, query: torch.Tensor, b: int, p: int, gid: int, pb, pe, b_out) -> None:
+    free = np.flatnonzero(~st.valid[b])
+    if not len(free):
+        return
+    s = free[0]
+    st.valid[b, s], st.gid[b, s], st.box[b, s], st.vel[b, s] = True, gid, pb[b, p], 0
+    st.miss[b, s], st.embed[b, s] = 0, pe[b, p]
+    query[b, s] = b_out[b, p]
+
+
+def _blank(f: SynthFrame) -> SynthFrame:
+    """An empty frame that pads a short clip (its loss is masked)."""
+    z = np.zeros((0, 4), np.float32)
+    return SynthFrame(z, np.zeros(0, np.float32), np.zeros((0, f.embed.shape[1]), np.float32), np.zeros(0, np.int64),
+                      f.semantic, f.w, z, np.zeros(0, np.int64))
+
+
+class TrainModel(torch.nn.Module):
+    """The tracker head and the DSWR head, trained together (checkpoint keys head.*, dswr.*)."""
+
+    def __init__(self, head: TrackerHeadConfig):
+        super().__init__()
+        from .dswr import DswrHead
+
+        self.head = TrackerHead(head)
+        self.dswr = DswrHead()
+
+
+def rollout(model: TrainModel, clips: list[list[SynthFrame]], cfg: TrainConfig, rng: np.random.Generator) -> torch.Tensor:
+    """Unroll B clips (equal length) and return the mean loss over frames."""
+    st = Slots.empty(len(clips), cfg.slots, model.head.cfg.embed_dim, model.head.cfg.d)
+    total = torch.zeros(())
+    T = max(len(c) for c in clips)
+    for t in range(T):
+        if t % cfg.tbptt == 0:
+            st.query = st.query.detach()
+        active = np.array([t < len(c) for c in clips])
+        frames = [c[t] if t < len(c) else _blank(c[-1]) for c in clips]
+        feed, pg, (pb, pe) = frame_inputs(frames, st, cfg.proposals, model.dswr)
+        out = model.head(*feed)
+        ptr, birth = targets(st, pg)
+        total = total + frame_loss(out, st, ptr, birth, feed[3].numpy(), active, cfg) * active.mean()
+        advance(st, out, ptr, birth, pg, pb, pe, cfg, rng)
+    return total / T
+
+
+# ---------------------------------------------------------------- real TRAIN clips
+
+class RealClips:
+    """Windows of cached detections on PETS09-S2L1 1-600 and MOT17-mini (clean and degraded),
+    with identities from Hungarian matching to gt. Never PETS 601-795 or TUD-Campus."""
+
+    def __init__(self, cfg: TrainConfig, det=None):
+        from .noise_model import detect_sequence, load_gt, project_detector, train_sequences, _sha
+
+        det = det or project_detector()
+        det.tag = getattr(det, "tag", f"det{_sha(det.backend.path)}")
+        self.seqs = []  # (frames list, degraded flag)
+        for seq, frames in train_sequences(Path(cfg.data)):
+            gt = load_gt(seq)
+            for deg in (False, True):
+                npz = np.load(detect_sequence(det, seq, frames, deg))
+                self.seqs.append((self._frames(npz, gt, cfg.head.embed_dim), deg))
+        self.sem = _Semantics(cfg.head.semantic_dim)
+        log.info("real clips: %d sequences, %d frames", len(self.seqs), sum(len(s) for s, _ in self.seqs))
+
+    @staticmethod
+    def _frames(npz, gt: dict, E: int) -> list[SynthFrame]:
+        from .noise_model import match_to_gt
+
+        out = []
+        for f in sorted(gt):
+            sel = npz["frame"] == f
+            xyxy, score, emb = npz["xyxy"][sel].reshape(-1, 4), npz["score"][sel], npz["embed"][sel].reshape(-1, E)
+            ids, g = gt[f]
+            gid = np.full(len(score), -1)
+            m = match_to_gt(g, xyxy)
+            gid[m[m >= 0]] = ids[m >= 0]
+            out.append(SynthFrame(xyxy.astype(np.float32), score.astype(np.float32), emb.astype(np.float32), gid,
+                                  np.zeros(0, np.float32), 0.0, g, ids))
+        return out
+
+    def sample(self, T: int, rng: np.random.Generator) -> list[SynthFrame]:
+        frames, deg = self.seqs[int(rng.integers(len(self.seqs)))]
+        stride = int(rng.integers(1, 3)) if len(frames) > 2 * T else 1
+        span = min(len(frames), T * stride)
+        start = int(rng.integers(0, len(frames) - span + 1))
+        clip = frames[start: start + span: stride]
+        q = rng.uniform(0.05, 0.5) if deg else rng.uniform(0.7, 1.0)
+        off = rng.random() < 0.15
+        flip = rng.random() < 0.5
+        return [self._aug(f, q, off, flip, rng) for f in clip]
+
+    def _aug(self, f: SynthFrame, q, off, flip, rng) -> SynthFrame:
+        xyxy = f.xyxy.copy()
+        if flip:  # mirror about x = 0: relative features see a mirrored scene
+            xyxy[:, [0, 2]] = -xyxy[:, [2, 0]]
+        sem = self.sem(q, rng) * (not off)
+        return SynthFrame(xyxy, f.score, f.embed, f.gid, sem, 0.0, f.gt_xyxy, f.gt_id, -1.0 if off else q)
+
+
+def make_batch(cfg: TrainConfig, noise: dict, real: RealClips | None, rng: np.random.Generator) -> list[list[SynthFrame]]:
+    """B clips (a short real clip is padded in `rollout`): synthetic, or real with probability `real_share` once real is given."""
+    clips = []
+    for _ in range(cfg.batch):
+        if real is not None and rng.random() < cfg.real_share:
+            clips.append(real.sample(cfg.clip_frames, rng))
+        else:
+            clips.append(make_clip(cfg.synth, noise, rng))
+    return clips
+
+
+# ---------------------------------------------------------------- loop
+
+def train(cfg: TrainConfig, resume: bool = True, real: RealClips | None = None) -> Path:
+    """Run (or resume) the stage; returns the final checkpoint path (out/last.pt)."""
+    from tqdm import tqdm
+
+    from .checkpoint import resume as resume_ckpt, save_checkpoint
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model = TrainModel(cfg.head)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    out = Path(cfg.out)
+    last = out / "last.pt"
+    step = resume_ckpt(last, model, opt, cfg) if resume and last.is_file() else 0
+    noise, total, t0 = load_noise(), cfg.synth_steps + cfg.real_steps, time.time()
+    if cfg.real_steps and real is None:
+        real = RealClips(cfg)
+    bar = tqdm(range(step, total), initial=step, total=total, desc="tracker", mininterval=5)
+    avg = None
+    for step in bar:
+        rng = np.random.default_rng([cfg.seed, step])  # per step: a resumed run draws the same data
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
+        model.train()
+        loss = rollout(model, make_batch(cfg, noise, real if step >= cfg.synth_steps else None, rng), cfg, rng)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        opt.step()
+        avg = loss.item() if avg is None else 0.95 * avg + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{avg:.3f}")
+        if (step + 1) % cfg.log_every == 0:
+            log.info("step %d loss %.4f", step + 1, avg)
+        over = (time.time() - t0) / 60 > cfg.max_minutes
+        if (step + 1) % cfg.save_every == 0 or step + 1 == total or over:
+            save_checkpoint(last, model, cfg.head, cfg, opt, step + 1, meta=_meta(cfg, avg, model))
+        if over:
+            log.warning("time budget of %.1f min reached at step %d", cfg.max_minutes, step + 1)
+            break
+    return last
+
+
+def _meta(cfg: TrainConfig, loss: float | None, model: TrainModel) -> dict:
+    return {"stage": "tracker", "loss": loss, "seed": cfg.seed, "dswr": model.dswr.to_params(),
+            "semantics": "stand-in vectors (a fixed base + a degradation direction), not the student's",
+            "data": "synthetic (noise model from PETS09-S2L1 1-600 + MOT17-mini) + PETS09-S2L1 1-600 + MOT17-mini",
+            "detector": "models/weights/detector.pt (YOLOX-nano converted, Apache-2.0)"}
+
+
+SHIPPED = Path(__file__).resolve().parent / "weights" / "tracker.pt"
+
+
+def ship(ckpt: str | Path, dest: str | Path = SHIPPED) -> Path:
+    """Write the shipped weights: the tracker head alone (checkpoint layout, no optimizer),
+    with the jointly trained DSWR parameters and the training provenance in its meta."""
+    from .checkpoint import load_checkpoint, save_checkpoint
+
+    c = load_checkpoint(ckpt)
+    head = TrackerHead(TrackerHeadConfig.from_dict(c["model_config"]))
+    head.load_state_dict({k[5:]: v for k, v in c["model"].items() if k.startswith("head.")})
+    meta = dict(c["meta"], step=c["step"], train_config=c["train_config"])
+    return save_checkpoint(dest, head, head.cfg, meta=meta)
+
+
+def load_tracker(path: str | Path = SHIPPED) -> tuple[TrackerHead, dict]:
+    """The shipped (or any `ship`ped) tracker head, eval mode, and its meta."""
+    from .checkpoint import load_model_file
+
+    return load_model_file(path, lambda c: TrackerHead(TrackerHeadConfig.from_dict(c)))
+
+
+def add_arguments(parser) -> None:
+    from .trainloop import add_config_args
+
+    add_config_args(parser, TrainConfig, skip=("head", "synth"))
+    parser.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
+    parser.add_argument("--ship", default=None, help="also write the head alone to this path (e.g. models/weights/tracker.pt)")
+
+
+def run(args) -> int:
+    from .trainloop import config_from_args
+
+    cfg = config_from_args(TrainConfig, args)
+    last = train(cfg, resume=not args.no_resume)
+    log.info("tracker checkpoint: %s", last)
+    if args.ship:
+        log.info("shipped: %s", ship(last, args.ship))
+    return 0

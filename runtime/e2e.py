@@ -1,0 +1,204 @@
+"""Slot bookkeeping (numpy) around the end-to-end tracker network (`tracker.onnx` on any Backend).
+
+The network (models/tracker_head.py, I/O in docs/networks.md "Tracker head") sees P proposal slots
+and S track slots with validity masks. This module owns everything around it: track ids, the
+track queries carried between frames, constant-velocity box prediction, the appearance EMA, the
+miss counter, and packing/unpacking the static-shape feed.
+
+- `E2ETracker`: identity from the network. A live slot is matched to the proposal its pointer
+  selects (argmax over P proposals + "no match") when its keep score >= `keep`; a proposal whose
+  birth score >= `birth` and that no track took starts a new track. If two tracks point at the
+  same proposal (rare), the one with the higher pointer probability wins and the other counts a
+  miss this frame. A slot unmatched for more than `miss_tolerance` frames dies.
+- `HybridTracker`: the same network's pointer probabilities used as the association cost of
+  ByteTrack-style two-stage matching (high-score detections first, then low-score ones), so the
+  learned appearance/motion cost stays conditioned on frame quality and semantics through w.
+Both implement the Tracker protocol (`step(dets, semantic, w) -> Detections` with `track_id`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backends import Backend
+from .tracking import linear_assignment
+from .types import Detections
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class E2EConfig:
+    birth: float = 0.5  # birth score a free proposal needs to start a track (MOTRv2)
+    keep: float = 0.5  # keep score a live track needs to count as seen (MOTRv2)
+    miss_tolerance: int = 20  # frames a track survives unseen (MOTRv2)
+    output_score: float = 0.6  # a track is reported only at or above this score (MOTRv2)
+    min_area: float = 100.0  # px^2: smaller boxes are not reported (MOTRv2)
+    min_det_score: float = 0.1  # detections below this are not fed as proposals
+    momentum: float = 0.7  # velocity EMA weight on the old velocity
+    embed_momentum: float = 0.8  # appearance EMA weight on the old embedding
+    max_predict_gap: int = 5  # frames: constant-velocity prediction stops extrapolating after this
+    high_score: float = 0.5  # hybrid: detections at or above this are matched in the first stage
+    new_score: float = 0.6  # hybrid: an unmatched high detection at or above this starts a track
+    match_prob: float = 0.1  # hybrid: least pointer probability for a match
+
+
+def predict_boxes(box: np.ndarray, vel: np.ndarray, gap: np.ndarray, max_gap: int = 5) -> np.ndarray:
+    """(..., 4) last matched boxes + (..., 4) per-frame velocity * min(gap, max_gap) frames."""
+    return box + vel * np.minimum(gap, max_gap)[..., None]
+
+
+def update_motion(box, vel, new_box, gap, matched, momentum: float):
+    """Matched slots take `new_box` and blend the observed per-frame velocity into `vel`."""
+    v = (new_box - box) / np.maximum(gap, 1)[..., None]
+    m = matched[..., None]
+    return np.where(m, new_box, box), np.where(m, momentum * vel + (1 - momentum) * v, vel)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+class _SlotTracker:
+    """State and feed packing shared by E2ETracker and HybridTracker."""
+
+    def __init__(self, backend: Backend, cfg: E2EConfig = E2EConfig()):
+        self.backend, self.cfg = backend, cfg
+        spec = backend.inputs
+        self.P = spec["prop_box"].shape[1]  # proposal slots
+        self.S, self.d = spec["track_query"].shape[1:]  # track slots, query width
+        self.E = spec["prop_embed"].shape[2]  # appearance width
+        self.D = spec["semantic"].shape[1]  # semantic width
+        self.reset()
+
+    def reset(self) -> None:
+        S = self.S
+        self.valid = np.zeros(S, bool)  # (S,) slot holds a live track
+        self.ids = np.zeros(S, np.int64)  # (S,) track id (>= 1) of a live slot
+        self.box = np.zeros((S, 4), np.float32)  # (S, 4) last matched box, px
+        self.vel = np.zeros((S, 4), np.float32)  # (S, 4) px per frame
+        self.miss = np.zeros(S, np.float32)  # (S,) frames since the last match
+        self.embed = np.zeros((S, self.E), np.float32)  # (S, E) appearance EMA
+        self.query = np.zeros((S, self.d), np.float32)  # (S, d) track queries
+        self.next_id = 1
+
+    def _proposals(self, dets: Detections) -> Detections:
+        """Detections fed as proposals: score >= min_det_score, the top P by score."""
+        keep = np.flatnonzero(dets.score >= self.cfg.min_det_score)
+        keep = keep[np.argsort(-dets.score[keep], kind="stable")][: self.P]
+        feat = dets.feature
+        if feat is not None and feat.shape[1] != self.E:
+            raise ValueError(f"tracker: expected detection features of width {self.E}, got {feat.shape[1]}")
+        return Detections(dets.xyxy[keep], dets.score[keep], feature=feat[keep] if feat is not None and len(keep) else None)
+
+    def _feed(self, props: Detections, semantic: np.ndarray | None, w: float) -> dict[str, np.ndarray]:
+        P, n = self.P, len(props)
+        box = np.tile(np.array([0, 0, 1, 1], np.float32), (P, 1))
+        score, emb, mask = np.zeros(P, np.float32), np.zeros((P, self.E), np.float32), np.zeros(P, np.float32)
+        box[:n], score[:n], mask[:n] = props.xyxy, props.score, 1
+        if props.feature is not None:
+            emb[:n] = props.feature
+        sem = np.zeros(self.D, np.float32) if semantic is None else np.asarray(semantic, np.float32).reshape(self.D)
+        w = 0.0 if semantic is None else float(w)  # no vector, no fusion
+        tbox = predict_boxes(self.box, self.vel, self.miss + 1, self.cfg.max_predict_gap)
+        f = lambda a: np.ascontiguousarray(a, np.float32)[None]  # noqa: E731
+        return {"prop_box": f(box), "prop_score": f(score), "prop_embed": f(emb), "prop_mask": f(mask),
+                "track_query": f(self.query), "track_box": f(tbox), "track_embed": f(self.embed),
+                "track_miss": f(self.miss), "track_mask": f(self.valid), "semantic": f(sem),
+                "w": np.array([[w]], np.float32)}
+
+    def step(self, dets: Detections, semantic: np.ndarray | None = None, w: float = 0.0) -> Detections:
+        """One frame: feed, infer, associate, update slots; the reported tracks with `track_id`."""
+        props = self._proposals(dets)
+        out = self.backend.infer(self._feed(props, semantic, w))
+        prob = softmax(out["match_logits"][0].astype(np.float64))  # (S, P+1), last = no match
+        m, m_score, born, b_score = self._associate(prob, out["keep"][0], out["birth"][0], props)
+        self._update(props, m, born, out)
+        rows = np.concatenate([m[:, 1], born]).astype(np.int64)
+        score = np.concatenate([m_score, b_score]).astype(np.float32)
+        ids = np.concatenate([self.ids[m[:, 0]], self.ids[self._born_slots]])
+        return self._report(props, rows, score, ids)
+
+    def _associate(self, prob, keep, birth, props):
+        """-> matches (K, 2) slot/proposal, their scores (K,), born proposals (M,), their scores (M,)."""
+        raise NotImplementedError
+
+    def _update(self, props: Detections, m: np.ndarray, born: np.ndarray, out: dict) -> None:
+        cfg = self.cfg
+        matched = np.zeros(self.S, bool)
+        matched[m[:, 0]] = True
+        new_box = self.box.copy()
+        new_box[m[:, 0]] = props.xyxy[m[:, 1]]
+        self.box, self.vel = update_motion(self.box, self.vel, new_box, self.miss + 1, matched, cfg.momentum)
+        if props.feature is not None and len(m):
+            mix = cfg.embed_momentum * self.embed[m[:, 0]] + (1 - cfg.embed_momentum) * props.feature[m[:, 1]]
+            self.embed[m[:, 0]] = mix / np.maximum(np.linalg.norm(mix, axis=1, keepdims=True), 1e-6)
+        self.miss = np.where(matched, 0, self.miss + 1).astype(np.float32)
+        self.query = np.where(self.valid[:, None], out["track_query_out"][0], 0).astype(np.float32)
+        self.valid &= self.miss <= cfg.miss_tolerance
+        self._born_slots = self._birth(props, born, out["birth_query"][0])
+
+    def _birth(self, props: Detections, born: np.ndarray, bq: np.ndarray) -> np.ndarray:
+        """Start tracks in free slots; proposals beyond the free slots are dropped (logged)."""
+        free = np.flatnonzero(~self.valid)[: len(born)]
+        if len(free) < len(born):
+            log.debug("tracker: %d births dropped, all %d slots live", len(born) - len(free), self.S)
+        p = born[: len(free)]
+        self.valid[free], self.box[free], self.vel[free], self.miss[free] = True, props.xyxy[p], 0, 0
+        self.embed[free] = props.feature[p] if props.feature is not None else 0
+        self.query[free] = bq[p]
+        self.ids[free] = np.arange(self.next_id, self.next_id + len(free))
+        self.next_id += len(free)
+        self._born_count = len(free)
+        return free
+
+    def _report(self, props: Detections, rows, score, ids) -> Detections:
+        rows, score = rows[: len(ids)], score[: len(ids)]  # births beyond free slots were dropped
+        box = props.xyxy[rows]
+        area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
+        ok = (score >= self.cfg.output_score) & (area >= self.cfg.min_area)
+        feat = None if props.feature is None or not ok.any() else props.feature[rows][ok]  # (0, E) is refused
+        return Detections(box[ok], score[ok], ids[ok], feat)
+
+
+class E2ETracker(_SlotTracker):
+    """Identity from the network: pointer argmax + keep score; births from the birth score."""
+
+    def _associate(self, prob, keep, birth, props):
+        cfg, n = self.cfg, len(props)
+        choice = prob.argmax(1)  # (S,)
+        cand = np.flatnonzero(self.valid & (choice < n) & (keep >= cfg.keep))
+        cand = cand[np.argsort(-prob[cand, choice[cand]], kind="stable")]  # highest probability first
+        taken: set[int] = set()
+        m = []
+        for s in cand:
+            if int(choice[s]) not in taken:  # two tracks on one proposal: the likelier one wins
+                taken.add(int(choice[s]))
+                m.append((s, choice[s]))
+        m = np.array(m, np.int64).reshape(-1, 2)
+        order = np.argsort(-birth[:n], kind="stable")
+        born = np.array([p for p in order if birth[p] >= cfg.birth and p not in taken], np.int64)
+        return m, keep[m[:, 0]], born, birth[born]
+
+
+class HybridTracker(_SlotTracker):
+    """ByteTrack-style two-stage matching on the network's pointer probabilities (cost 1 - p)."""
+
+    def _associate(self, prob, keep, birth, props):
+        cfg, n = self.cfg, len(props)
+        slots = np.flatnonzero(self.valid)
+        cost = 1.0 - prob[slots][:, :n]  # (L, n)
+        high = np.flatnonzero(props.score >= cfg.high_score)
+        low = np.flatnonzero(props.score < cfg.high_score)
+        m1, rest, free_high = linear_assignment(cost[:, high], 1.0 - cfg.match_prob)
+        m2, _, _ = linear_assignment(cost[rest][:, low], 1.0 - cfg.match_prob)
+        m = np.concatenate([np.stack([slots[m1[:, 0]], high[m1[:, 1]]], 1),
+                            np.stack([slots[rest[m2[:, 0]]], low[m2[:, 1]]], 1)]).astype(np.int64).reshape(-1, 2)
+        cand = high[free_high]
+        born = cand[props.score[cand] >= cfg.new_score]
+        born = born[np.argsort(-props.score[born], kind="stable")]
+        return m, np.ones(len(m), np.float32), born, props.score[born]
