@@ -139,22 +139,28 @@ class MotSink(_DurableAppender):
         self._append(format_result_rows(result.index, t.track_id, t.xywh, t.score))
 
 
+def _num(v: float, digits: int) -> float | None:
+    """Rounded, or None for NaN/inf (JSON has neither)."""
+    v = float(v)
+    return round(v, digits) if math.isfinite(v) else None
+
+
 def result_record(result: FrameResult) -> dict[str, Any]:
     """One frame as a JSON-ready dict (the JSONL schema)."""
     t = result.tracks
     ids = t.track_id if t.track_id is not None else np.full(len(t), -1, np.int64)
     tracks = [
-        {"id": int(i), "box": [round(float(v), 2) for v in b], "score": round(float(s), 4)}
+        {"id": int(i), "box": [_num(v, 2) for v in b], "score": _num(s, 4)}
         for i, b, s in zip(ids, t.xyxy, t.score)
     ]
     return {
         "frame": int(result.index),
-        "timestamp": round(float(result.timestamp), 6),
-        "q": round(float(result.q), 4),
-        "w": round(float(result.w), 4),
+        "timestamp": _num(result.timestamp, 6),
+        "q": _num(result.q, 4),
+        "w": _num(result.w, 4),
         "semantic": result.semantic,
         "tracks": tracks,
-        "latency_ms": {k: round(float(v), 3) for k, v in result.latency_ms.items()},
+        "latency_ms": {k: _num(v, 3) for k, v in result.latency_ms.items()},
     }
 
 
@@ -167,7 +173,7 @@ class JsonlSink(_DurableAppender):
     kind = "JSONL sink"
 
     def write(self, result: FrameResult, image: np.ndarray | None = None) -> None:
-        self._append(json.dumps(result_record(result), separators=(",", ":")) + "\n")
+        self._append(json.dumps(result_record(result), separators=(",", ":"), allow_nan=False) + "\n")
 
 
 # Containers OpenCV can write here (it cannot encode H.264): extension -> fourcc.
@@ -201,7 +207,8 @@ def _quality_bar(img: np.ndarray, result: FrameResult) -> None:
     for row, (name, value, colour) in enumerate((("q", result.q, (0, 200, 0)), ("w", result.w, (0, 140, 255)))):
         y = 6 + row * 14
         cv2.rectangle(img, (30, y), (130, y + 10), (60, 60, 60), -1)
-        cv2.rectangle(img, (30, y), (30 + int(100 * min(max(value, 0.0), 1.0)), y + 10), colour, -1)
+        fill = min(max(value, 0.0), 1.0) if math.isfinite(value) else 0.0
+        cv2.rectangle(img, (30, y), (30 + int(100 * fill), y + 10), colour, -1)
         cv2.putText(img, name, (8, y + 10), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
     label = f"#{result.index} semantic: {result.semantic}"
     cv2.putText(img, label, (140, 26), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1)

@@ -17,7 +17,7 @@ import pytest
 
 from vsdmot.runtime.mot import read_rows
 from vsdmot.runtime.sinks import (
-    JsonlSink, LatencyHistogram, MotSink, SinkError, StatsSink, VideoSink, open_sinks, track_colour,
+    JsonlSink, LatencyHistogram, MotSink, SinkError, StatsSink, VideoSink, annotate, open_sinks, track_colour,
 )
 from vsdmot.runtime.types import Detections, FrameResult
 
@@ -61,6 +61,12 @@ def test_jsonl_parses(tmp_path):
     assert recs[0]["latency_ms"] == {"detector": 5.0}
 
 
+def test_jsonl_writes_nan_as_null(tmp_path):
+    with JsonlSink(tmp_path / "out.jsonl") as sink:
+        sink.write(FrameResult(1, 0.0, float("nan"), 0.0, "skipped", Detections.empty(with_ids=True)))
+    assert json.loads((tmp_path / "out.jsonl").read_text())["q"] is None
+
+
 @pytest.mark.parametrize("ext", [".avi", ".mp4"])
 def test_video_sink_writes_every_frame(tmp_path, ext):
     img = np.full((120, 160, 3), 90, np.uint8)
@@ -94,6 +100,12 @@ def test_video_sink_drops_rather_than_stalls_the_loop(tmp_path):
         for i in range(1, 41):
             sink.write(make_result(i), img)
     assert sink.frames + sink.dropped == 40 and sink.frames >= 1
+
+
+def test_annotate_survives_nan_quality():
+    img = np.zeros((120, 160, 3), np.uint8)
+    out = annotate(img, FrameResult(1, 0.0, float("nan"), float("inf"), "fresh", make_result(1).tracks))
+    assert out.shape == img.shape and out.any() and not img.any()
 
 
 def test_video_sink_needs_the_image(tmp_path):
