@@ -242,7 +242,10 @@ class VideoSink(_SinkBase):
             self._open(frame_size)
 
     def _open(self, size: tuple[int, int]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SinkError(f"video sink: cannot create {self.path}: {_describe(e)}") from e
         fourcc = VIDEO_CODECS[self.path.suffix.lower()]
         self.frame_size = (int(size[0]), int(size[1]))
         self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*fourcc), self.fps, self.frame_size)

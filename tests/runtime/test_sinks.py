@@ -210,6 +210,21 @@ def test_sigkill_keeps_every_completed_frame(tmp_path):
     assert [r["frame"] for r in recs][:done] == list(range(1, done + 1))
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: MotSink(p),
+        lambda p: JsonlSink(p),
+        lambda p: VideoSink(p.with_suffix(".avi"), 10, (64, 48)),
+        lambda p: StatsSink(p).close(),
+    ],
+    ids=["mot", "jsonl", "video", "stats"],
+)
+def test_unwritable_path_is_a_sink_error_naming_it(make):
+    with pytest.raises(SinkError, match="/dev/null/out"):
+        make(Path("/dev/null/out.txt"))
+
+
 def test_full_disk_error_names_the_file():
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full")
