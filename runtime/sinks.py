@@ -7,6 +7,8 @@ Durability (a device runs for weeks and may be killed or lose power at any time)
 - MOT and JSONL sinks write each frame's text with one `os.write` on an unbuffered descriptor,
   so a SIGKILL loses at most the frame in flight; they `fsync` every `fsync_every_s` seconds
   (cheap) and at close, which bounds what a power cut can lose.
+- An existing non-empty file is moved aside (`name.<mtime UTC>`, newest 5 kept), never truncated:
+  a service restarted by its watchdog must not wipe what it wrote for weeks.
 - A failed write (a full disk, ENOSPC) truncates the file back to the last complete frame and
   raises `SinkError` naming the file: what was already written stays intact and parseable.
 - The stats file is rewritten periodically and at close through temp file + fsync + rename
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import glob
 import json
 import logging
 import math
@@ -66,12 +69,29 @@ def _describe(e: OSError) -> str:
     return e.strerror or str(e)
 
 
+def rotate_previous(path: Path, keep: int) -> Path | None:
+    """Move a non-empty `path` aside to `path.YYYYmmddTHHMMSSZ` (its mtime, UTC) so a restart
+    (systemd after a watchdog kill) never truncates what an earlier run wrote; keep the newest
+    `keep` such files. keep=0 just replaces the file. Returns where the old file went."""
+    if keep <= 0 or not path.is_file() or path.stat().st_size == 0:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(path.stat().st_mtime))
+    target, n = path.with_name(f"{path.name}.{stamp}"), 1
+    while target.exists():
+        target, n = path.with_name(f"{path.name}.{stamp}-{n}"), n + 1
+    os.replace(path, target)
+    log.info("kept the previous %s as %s", path, target.name)
+    for old in sorted(path.parent.glob(f"{glob.escape(path.name)}.2*"))[:-keep]:
+        old.unlink(missing_ok=True)
+    return target
+
+
 class _DurableAppender(_SinkBase):
     """A text file written frame by frame with one write per frame and periodic fsync."""
 
     kind = "output"
 
-    def __init__(self, path: str | os.PathLike, fsync_every_s: float = 1.0):
+    def __init__(self, path: str | os.PathLike, fsync_every_s: float = 1.0, keep_previous: int = 5):
         self.path = Path(path)
         self.fsync_every_s = fsync_every_s  # seconds between fsyncs; 0 = after every frame
         self.frames = 0  # frames whose text is completely written
@@ -79,6 +99,7 @@ class _DurableAppender(_SinkBase):
         self._last_sync = time.monotonic()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            rotate_previous(self.path, keep_previous)
             self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except OSError as e:
             raise SinkError(f"{self.kind}: cannot create {self.path}: {_describe(e)}") from e

@@ -45,6 +45,20 @@ def test_mot_round_trip(tmp_path):
     np.testing.assert_allclose(r2.conf, make_result(2).tracks.score, atol=1e-4)
 
 
+def test_a_restart_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "res.txt"
+    for run in range(4):
+        with MotSink(path, keep_previous=2) as sink:
+            for i in range(1, run + 2):
+                sink.write(make_result(i))
+        os.utime(path, (1e9 + run * 3600, 1e9 + run * 3600))  # distinct mtimes, an hour apart
+    kept = sorted(p.name for p in tmp_path.iterdir() if p.name != "res.txt")
+    assert kept == ["res.txt.20010909T024640Z", "res.txt.20010909T034640Z"]  # runs 1 and 2: the newest two
+    assert [len(read_rows(tmp_path / k)) for k in kept] == [6, 9] and len(read_rows(path)) == 12
+    MotSink(path, keep_previous=0).close()  # 0: plain replace
+    assert path.read_text() == "" and len(list(tmp_path.iterdir())) == 3
+
+
 def test_mot_sink_refuses_tracks_without_ids(tmp_path):
     with MotSink(tmp_path / "res.txt") as sink, pytest.raises(ValueError, match="track_id"):
         sink.write(FrameResult(1, 0.0, 1.0, 0.0, "skipped", Detections.empty()))
