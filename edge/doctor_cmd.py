@@ -194,13 +194,41 @@ def check_systemd() -> Check:
     return Check("systemd", "ok" if running else "--", found, meaning)
 
 
+def check_service(root: Path) -> Check:
+    """Is the service installed, and do its user and device groups exist?"""
+    import grp
+    import pwd
+
+    units = [p for p in ("etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system")
+             if (root / p / "vsdmot-edge.service").is_file()]
+    missing = [g for g in ("video", "render") if not _exists(grp.getgrnam, g)]
+    user = _exists(pwd.getpwnam, "vsdmot")
+    found = f"unit {'in /' + units[0] if units else 'not installed'}, user vsdmot {'exists' if user else 'absent'}, " \
+            f"groups missing: {', '.join(missing) or 'none'}"
+    if not units:
+        meaning = "install with `sudo vsdmot-edge service install` (docs/jetson.md, section 4)"
+    elif not user or missing:
+        meaning = "run `sudo systemd-sysusers` (the install's sysusers.d entry creates the user and groups)"
+    else:
+        meaning = "installed; `vsdmot-edge service status` shows its state"
+    return Check("service", "ok" if units and user and not missing else "--", found, meaning)
+
+
+def _exists(lookup: Callable[[str], object], name: str) -> bool:
+    try:
+        lookup(name)
+    except KeyError:
+        return False
+    return True
+
+
 PROBES: tuple[Callable[..., Check], ...] = (check_l4t, check_tensorrt, check_cuda, check_gpu, check_onnxruntime,
-                                            check_opencv, check_cameras, check_jtop, check_power, check_systemd)
+                                            check_opencv, check_cameras, check_jtop, check_power, check_systemd, check_service)
 
 
 def diagnose(root: Path = Path("/")) -> list[Check]:
     """Every probe, in order. `root` lets tests point the file-system probes at a recorded tree."""
-    needs_root = {"check_l4t", "check_cuda", "check_gpu", "check_cameras", "check_jtop", "check_power"}
+    needs_root = {"check_l4t", "check_cuda", "check_gpu", "check_cameras", "check_jtop", "check_power", "check_service"}
     return [p(root) if p.__name__ in needs_root else p() for p in PROBES]
 
 

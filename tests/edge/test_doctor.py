@@ -84,3 +84,10 @@ def test_doctor_on_a_jetson_tree(orin_tree):
     assert "video0 (vi-output, imx219 9-0010)" in checks["cameras"].found
     assert checks["power"].found == "VDD_IN, VDD_CPU_GPU_CV, VDD_SOC" and checks["power"].status == "ok"
     assert "socket /run/jtop.sock" in checks["jtop"].found or checks["jtop"].status == "--"  # needs jetson-stats too
+    assert "not installed" in checks["service"].found
+
+
+def test_doctor_sees_an_installed_unit(orin_tree):
+    assert main(["service", "install", "--root", str(orin_tree), "--exec", shutil.which("true")]) == 0
+    service = {c.name: c for c in D.diagnose(orin_tree)}["service"]
+    assert "unit in /usr/lib/systemd/system" in service.found

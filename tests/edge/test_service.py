@@ -296,6 +296,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_real_run_to_max_frames_notifies_and_writes_every_frame(bundle, tmp_path):
+    """A file source with --max-frames under a notify socket: READY first, STOPPING last, exit 0."""
+    sock_path, jsonl = tmp_path / "notify.sock", tmp_path / "f.jsonl"
+    lst = Listener(str(sock_path))
+    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "200000"}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", "import sys; from vsdmot.edge.cli import main; sys.exit(main(sys.argv[1:]))",
+             "run", "--demo", "--max-frames", "12", "--bundle", str(bundle), "--threads", "1", "--health-listen", "off",
+             "--jsonl-out", str(jsonl)], env=env, capture_output=True, text=True, timeout=300)
+        msgs = lst.drain()
+    finally:
+        lst.close()
+    assert done.returncode == 0, done.stderr
+    order = [k for k in kinds(msgs) if k in ("READY", "WATCHDOG", "STOPPING")]
+    assert order[0] == "READY" and order[-1] == "STOPPING" and order.count("READY") == 1
+    assert len(jsonl.read_text().splitlines()) == 12
+
+
 def _wait_listening(port: int, timeout: float = 30.0) -> None:
     """Until something listens on 127.0.0.1:port (read from /proc/net/tcp: no probing connect,
     which ffmpeg's single-client listener would take as its client)."""
