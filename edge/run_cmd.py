@@ -30,7 +30,7 @@ DEMO_CLIP = ASSETS / "demo.mp4"
 OVERRIDES = {
     "camera": "source.camera", "source": "source.source", "width": "source.width", "height": "source.height",
     "fps": "source.fps", "fourcc": "source.fourcc", "loop": "source.loop",
-    "bundle": "pipeline.bundle", "backend": "pipeline.backend", "threads": "pipeline.threads",
+    "bundle": "pipeline.bundle", "backend": "pipeline.backend", "threads": "pipeline.threads", "spin": "pipeline.spin",
     "precision": "pipeline.precision", "semantic": "semantics.policy", "tracker": "tracker.kind",
     "mot_out": "sinks.mot_out", "jsonl_out": "sinks.jsonl_out", "video_out": "sinks.video_out",
     "stats_out": "sinks.stats_out", "max_frames": "max_frames",
@@ -60,6 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cam.add_argument("--loop", action="store_true", default=None, help="replay a file source forever (soak runs)")
     tune = p.add_argument_group("tuning")
     tune.add_argument("--threads", type=int, help="onnxruntime threads per network (0 = all cores)")
+    tune.add_argument("--spin", action="store_true", default=None,
+                      help="let onnxruntime workers busy-wait between runs (only helps on an idle CPU)")
     tune.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="TensorRT engine precision")
     service = _service_module()
     if service is not None:

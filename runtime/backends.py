@@ -49,12 +49,15 @@ def check_feed(specs: Mapping[str, TensorSpec], feed: Mapping[str, np.ndarray]) 
 class OnnxRuntimeBackend:
     """ONNX Runtime on CPU, or the CUDA / TensorRT execution providers where installed."""
 
-    def __init__(self, onnx_path: str | os.PathLike, providers: list[str] | None = None, threads: int = 0):
+    def __init__(self, onnx_path: str | os.PathLike, providers: list[str] | None = None, threads: int = 0,
+                 spin: bool = False):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads  # 0 = ORT's default (all cores)
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spin:  # idle workers sleep: several sessions run one after another each frame
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = ort.get_available_providers()
         chosen = [p for p in (providers or available) if p in available] or ["CPUExecutionProvider"]
         self.path = Path(onnx_path)
@@ -386,7 +389,7 @@ def tensorrt_status() -> tuple[bool, str]:
 
 
 def open_backend(kind: str, onnx_path: str | os.PathLike, *, threads: int = 0, precision: str = "fp32",
-                 cache_dir: str | os.PathLike | None = None, module=None) -> Backend:
+                 cache_dir: str | os.PathLike | None = None, module=None, spin: bool = False) -> Backend:
     """One backend for one network. `auto` = TensorRT when it imports with a GPU, else onnxruntime.
 
     For `torch`, `module` is the nn.Module; without one, models/reference.py supplies it.
@@ -399,7 +402,7 @@ def open_backend(kind: str, onnx_path: str | os.PathLike, *, threads: int = 0, p
         kind = "tensorrt" if usable else "onnxruntime"
         log.info("backend auto -> %s (%s)", kind, reason)
     if kind == "onnxruntime":
-        return OnnxRuntimeBackend(onnx_path, threads=threads)
+        return OnnxRuntimeBackend(onnx_path, threads=threads, spin=spin)
     if kind == "tensorrt":
         return TensorRTBackend(onnx_path, precision=precision, cache_dir=cache_dir)
     if kind == "torch":

@@ -66,6 +66,7 @@ class PipelineConfig:
     backend: str = "auto"  # auto = tensorrt with a GPU, else onnxruntime; or onnxruntime/tensorrt/torch
     precision: str = "fp32"  # TensorRT engine precision (int8 needs a Q/DQ bundle)
     threads: int = 0  # onnxruntime intra-op threads per network (0 = all cores)
+    spin: bool = False  # onnxruntime workers busy-wait between runs (faster only on an otherwise idle CPU)
     engine_cache: str = ""  # TensorRT engine cache folder ("" = $XDG_CACHE_HOME/vsdmot/engines)
     score_thr: float = 0.1  # detector proposal score floor (the tracker applies its own thresholds)
     nms_thr: float = 0.45  # detector NMS IoU threshold

@@ -113,7 +113,7 @@ def _opener(cfg: RunConfig, backends: list[Backend]):
 
     def open_one(bundle: Bundle, name: str) -> Backend:
         backend = open_backend(pc.backend, bundle.file(name), threads=pc.threads, precision=pc.precision,
-                               cache_dir=pc.engine_cache or None)
+                               cache_dir=pc.engine_cache or None, spin=pc.spin)
         backends.append(backend)
         return backend
 
