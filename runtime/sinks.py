@@ -239,14 +239,17 @@ class VideoSink(_SinkBase):
     """Annotated video. `.mp4/.m4v/.mov` -> mp4v, `.avi/.mkv` -> MJPG; anything else ValueError.
 
     Drawing and encoding (~10 ms per 640x480 frame here) run on the sink's own thread, so they
-    overlap the pipeline instead of halving its FPS. When `queue_size` frames are waiting, a
-    new frame is dropped and counted in `dropped` (the tracker outranks its debug video), unless
-    `drop_when_full=False`, which makes `write` wait. `frame_size` is (width, height); None takes
-    it from the first image; other sizes are resized to it.
+    overlap the pipeline instead of halving its FPS. When `queue_size` frames are waiting (0 =
+    as many as fit in QUEUE_BYTES, 2 to 32), a new frame is dropped and counted in `dropped`
+    (the tracker outranks its debug video), unless `drop_when_full=False`, which makes `write`
+    wait. `frame_size` is (width, height); None takes it from the first image; other sizes are
+    resized to it.
     """
 
+    QUEUE_BYTES = 64 << 20  # memory the frames waiting for the encoder may take
+
     def __init__(self, path: str | os.PathLike, fps: float, frame_size: tuple[int, int] | None = None,
-                 queue_size: int = 16, drop_when_full: bool = True):
+                 queue_size: int = 0, drop_when_full: bool = True):
         self.path = Path(path)
         ext = self.path.suffix.lower()
         if ext not in VIDEO_CODECS:
@@ -256,7 +259,8 @@ class VideoSink(_SinkBase):
             raise ValueError(f"video sink: expected fps > 0, got {fps!r}")
         self.fps, self.frame_size, self.drop_when_full = float(fps), frame_size, drop_when_full
         self.frames = self.dropped = 0  # frames encoded / frames dropped because the queue was full
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self._queue: queue.Queue | None = None
         self._writer: cv2.VideoWriter | None = None
         self._thread: threading.Thread | None = None
         if frame_size is not None:
@@ -272,6 +276,9 @@ class VideoSink(_SinkBase):
         self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*fourcc), self.fps, self.frame_size)
         if not self._writer.isOpened():
             raise SinkError(f"video sink: OpenCV cannot open {self.path} for writing at {size} ({fourcc})")
+        per_frame = 3 * self.frame_size[0] * self.frame_size[1]
+        n = self.queue_size or min(max(self.QUEUE_BYTES // per_frame, 2), 32)  # 640x480: 32, 1080p: 10
+        self._queue = queue.Queue(maxsize=n)
         self._thread = threading.Thread(target=self._encode, name=f"video:{self.path.name}", daemon=True)
         self._thread.start()
 
