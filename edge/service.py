@@ -67,8 +67,12 @@ class Notifier:
         with self._lock:
             try:
                 if self._sock is None:
-                    self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                    # non-blocking: a wedged receiver must never stall the tracking loop
+                    self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
                 self._sock.sendto(msg.encode(), self.address)
+            except BlockingIOError:
+                log.warning("sd_notify %r dropped: the notify socket's queue is full", msg.split("\n")[0])
+                return False
             except OSError as e:
                 log.warning("sd_notify %r failed: %s", msg, e)
                 return False
