@@ -286,6 +286,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt", "torch"))
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="TensorRT engine precision")
     p.add_argument("--threads", type=int, help="onnxruntime threads per network (0 = all cores)")
+    p.add_argument("--spin", action="store_true", default=None, help="onnxruntime workers spin between runs (as run --spin)")
     p.add_argument("--semantic", choices=("auto", "always", "never"), help="semantic policy (single run)")
     p.add_argument("--tracker", choices=("e2e", "hybrid", "bytetrack"))
     p.add_argument("--config", metavar="FILE", help="TOML run config (flags override it)")
