@@ -190,8 +190,8 @@ class Preset:
     fn: Callable  # f(img, level, rng, s) -> img
     levels: tuple  # the parameter at severity 1..5
     unit: str  # what a level means (docs, --list)
-    seeded: bool = True  # False: the output does not depend on the rng
-    clip: bool = False  # True: degrade_frames runs it over time (a real codec)
+    seeded: bool = True  # False: degrade()'s output does not depend on the rng
+    clip: bool = False  # True: degrade_frames codes the clip over time, GOP phase drawn from the seed
 
 
 _TABLE = (
@@ -200,7 +200,7 @@ _TABLE = (
     Preset("motion_blur", motion_blur, (4, 7, 11, 16, 22), "line length, px at 480 short side"),
     Preset("defocus_blur", defocus_blur, (1.5, 2.5, 3.5, 5.0, 7.0), "disk radius, px at 480 short side", seeded=False),
     Preset("jpeg", jpeg, (40, 25, 15, 10, 6), "JPEG quality", seeded=False),
-    Preset("h264", h264_frame, (0.1, 0.06, 0.035, 0.02, 0.012), "bits per pixel (clip); intra QP per frame", seeded=True, clip=True),
+    Preset("h264", h264_frame, (0.1, 0.06, 0.035, 0.02, 0.012), "bits per pixel (clip); intra QP per frame", seeded=False, clip=True),
     Preset("downscale", downscale, (1.5, 2.0, 3.0, 4.0, 6.0), "downscale factor", seeded=False),
     Preset("low_light", low_light, (0.2, 0.08, 0.03, 0.012, 0.005), "exposure (fraction of light)"),
     Preset("haze", haze, (0.5, 0.9, 1.3, 1.8, 2.4), "extinction beta (depth 0.35..1)"),
