@@ -279,9 +279,9 @@ def _family(host: str) -> int:
 class HealthHook:
     """Run-loop hook: serve health/metrics for the run, and power readings where metered."""
 
-    def __init__(self, listen: str, stall_s: float, meter_order: tuple[str, ...] | None = None):
+    def __init__(self, listen: str, stall_s: float, meter_order: tuple[str, ...] | None = None, root: str = "/"):
         self.metrics = Metrics(stall_s)
-        self.listen, self.meter_order = listen, meter_order
+        self.listen, self.meter_order, self.root = listen, meter_order, root  # root: "/" (tests: a recorded tree)
         self.server: HealthServer | None = None
         self.sampler: Any = None
 
@@ -293,10 +293,10 @@ class HealthHook:
     def _start_power(self) -> None:
         from .power import PowerSampler, open_meter
 
-        probe = open_meter(self.meter_order)
+        probe = open_meter(self.meter_order, self.root)
         log.info("health: %s", probe.explain())
         if probe.meter is not None:
-            self.sampler = PowerSampler(probe.meter, period_s=1.0).start()
+            self.sampler = PowerSampler(probe.meter, period_s=1.0, keep=10).start()  # bounded: runs for months
 
     def on_frame(self, result: Any, source_stats: Any = None) -> None:
         self.metrics.observe(result, source_stats)

@@ -10,6 +10,7 @@ gives mW, mV and mA; jtop gives mW; NVML gives mW; RAPL gives cumulative microjo
 
 from __future__ import annotations
 
+import collections
 import glob
 import logging
 import os
@@ -298,11 +299,12 @@ def open_meter(order: Iterable[str] = METER_ORDER, root: str | os.PathLike = "/"
 class PowerSampler:
     """Reads a meter on a thread every `period_s` and keeps the samples (for plots and energy)."""
 
-    def __init__(self, meter: Meter, period_s: float = 0.1):
+    def __init__(self, meter: Meter, period_s: float = 0.1, keep: int | None = None):
+        """`keep`: only the last `keep` samples (a long-running service); None keeps all (a profile)."""
         if period_s <= 0:
             raise ValueError(f"power sampler: period_s must be > 0, got {period_s}")
         self.meter, self.period_s = meter, period_s
-        self.samples: list[PowerSample] = []
+        self.samples: collections.deque[PowerSample] = collections.deque(maxlen=keep)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="vsdmot-power", daemon=True)

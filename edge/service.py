@@ -19,6 +19,7 @@ frame in hand when `stop_event` is set, flushes its sinks and returns; the CLI e
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import os
 import signal
@@ -49,7 +50,8 @@ class Notifier:
         self.address = notify_address(socket_name) if socket_name else None
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
-        self.sent: list[str] = []  # every message sent, for logs and tests
+        self.sent: collections.deque[str] = collections.deque(maxlen=64)  # the last messages sent (bounded)
+        self.stopping = False  # STOPPING=1 was sent
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Notifier:
@@ -77,6 +79,7 @@ class Notifier:
                 log.warning("sd_notify %r failed: %s", msg, e)
                 return False
             self.sent.append(msg)
+            self.stopping = self.stopping or msg.startswith("STOPPING=1")
         return True
 
     def close(self) -> None:
@@ -134,7 +137,7 @@ class NotifyHook:
         return f"STATUS=tracking: {self._fps.fps(now):.1f} fps, {len(result.tracks)} tracks, semantic skipped {skip:.0f}%"
 
     def on_stop(self, summary: Any = None) -> None:
-        if not any(m.startswith("STOPPING=1") for m in self.notifier.sent):
+        if not self.notifier.stopping:
             self.notifier.send("STOPPING=1", f"STATUS=stopped after {self.frames} frames")
         self.notifier.close()
 
@@ -178,7 +181,12 @@ def install_signal_handlers(stop_event: threading.Event, reload_callback: Callab
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
-    return lambda: [signal.signal(s, h) for s, h in previous.items()] and None
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    return restore
 
 
 def _reload(notifier: Notifier, reload_callback: Callable[[], Any] | None) -> None:

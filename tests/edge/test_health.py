@@ -167,3 +167,24 @@ def test_port_in_use_is_a_clear_error():
             H.HealthServer(H.Metrics(), "127.0.0.1:%d" % first.address[1])
     finally:
         first.close()
+
+
+def test_hook_serves_power_from_a_meter():
+    """The hook's sampler thread on the recorded Orin Nano sysfs tree (a replay of recorded files,
+    not a measurement) ends up in /metrics."""
+    import time
+
+    hook = H.HealthHook("127.0.0.1:0", stall_s=60.0, meter_order=("ina3221",),
+                        root=str(Path(__file__).parent / "data/sysfs/jp6_orin_nano"))
+    hook.on_start()
+    try:
+        deadline = time.monotonic() + 5
+        while hook.sampler.latest() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        hook.on_frame(result(1, "fresh"), Stats(time.monotonic()))
+        host, port = hook.server.address
+        s = parse_prometheus(get(f"http://{host}:{port}/metrics")[2])
+    finally:
+        hook.on_stop(None)
+    assert s['vsdmot_power_meter_info{meter="ina3221"}'] == 1
+    assert s['vsdmot_power_watts{rail="VDD_IN"}'] == pytest.approx(5.072 * 1.024)

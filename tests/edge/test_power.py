@@ -99,6 +99,17 @@ def test_sampler_reads_a_recorded_tree_on_its_thread():
     assert len(sampler.samples) >= 3 and sampler.latest().total_rail == "VDD_IN"
 
 
+def test_service_sampler_memory_is_bounded():
+    sampler = P.PowerSampler(P.Ina3221Meter(SYSFS / "jp4_nano"), period_s=0.001, keep=5).start()
+    try:
+        import time
+
+        time.sleep(0.2)
+    finally:
+        sampler.stop()
+    assert len(sampler.samples) == 5
+
+
 def test_no_meter_here_is_said_with_reasons():
     if Path("/sys/bus/i2c/drivers/ina3221").exists() or Path("/run/jtop.sock").exists():
         pytest.skip("this machine has a power meter")
