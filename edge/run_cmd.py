@@ -168,6 +168,9 @@ def _reloader(args: argparse.Namespace, pipeline):
 
     def reload() -> None:
         cfg = build_config(args)
+        if pipeline.semantics.student is None and cfg.semantics.policy != "never":
+            raise ValueError(f"[semantics] policy {cfg.semantics.policy!r} needs the student, which this run "
+                             "did not load (it started with 'never' or ByteTrack): restart to change that")
         pipeline.semantics.cfg = cfg.semantics
         log.info("reloaded [semantics] from %s: %s", args.config, cfg.semantics)
 

@@ -49,6 +49,8 @@ def check_feed(specs: Mapping[str, TensorSpec], feed: Mapping[str, np.ndarray]) 
 class OnnxRuntimeBackend:
     """ONNX Runtime on CPU, or the CUDA / TensorRT execution providers where installed."""
 
+    kind = "onnxruntime"
+
     def __init__(self, onnx_path: str | os.PathLike, providers: list[str] | None = None, threads: int = 0,
                  spin: bool = False):
         import onnxruntime as ort
@@ -95,6 +97,8 @@ class TorchBackend:
     The module is called with the inputs in `inputs` order, as CPU tensors; it may return one
     tensor, a tuple in `outputs` order, or a mapping by output name. torch is imported here only.
     """
+
+    kind = "torch"
 
     def __init__(self, module, inputs: Mapping[str, TensorSpec], outputs: Mapping[str, TensorSpec],
                  threads: int = 0):
@@ -295,6 +299,8 @@ class TensorRTBackend:
     Uses the named-tensor API (`set_tensor_address` / `execute_async_v3`) that TensorRT 8.5 and
     10.x share. Static shapes only: the bundle's networks are exported with fixed shapes.
     """
+
+    kind = "tensorrt"
 
     def __init__(self, onnx_path: str | os.PathLike, precision: str = "fp32",
                  cache_dir: str | os.PathLike | None = None, workspace_mb: int = 1024):

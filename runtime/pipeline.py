@@ -104,8 +104,10 @@ def build_pipeline(bundle: Bundle, cfg: RunConfig, fps: float = 30.0) -> Pipelin
         for b in backends:
             b.close()
         raise
-    log.info("pipeline: %s tracker, %s backend, semantics %s", kind, cfg.pipeline.backend, semantics.cfg.policy)
-    return Pipeline(gate, dswr, semantics, detector, tracker, kind, cfg.pipeline.backend, backends)
+    log.info("pipeline: %s tracker, %s backend, semantics %s", kind, getattr(det_backend, "kind", "?"),
+             semantics.cfg.policy)
+    ran_on = getattr(det_backend, "kind", cfg.pipeline.backend)  # what `auto` resolved to
+    return Pipeline(gate, dswr, semantics, detector, tracker, kind, ran_on, backends)
 
 
 def _opener(cfg: RunConfig, backends: list[Backend]):

@@ -38,6 +38,7 @@ def cfg(**over):
 def test_bytetrack_pipeline_on_real_frames(bundle, frames):
     p = P.build_pipeline(bundle, cfg(), fps=7.0)
     assert p.tracker_kind == "bytetrack" and p.semantics.cfg.policy == "never"  # ByteTrack takes none
+    assert p.backend_kind == "onnxruntime"
     results = [P.step(f, p) for f in frames]
     p.close()
     assert all(isinstance(r, FrameResult) for r in results)
