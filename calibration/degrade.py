@@ -35,10 +35,10 @@ def _u8(x: np.ndarray) -> np.ndarray:
 def randn(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     """float32 standard normal noise of `shape`, from OpenCV's RNG seeded by `rng` (3x faster than
     numpy's; reproducible for a given rng state)."""
-    out = np.empty(shape, np.float32)
+    out = np.empty((int(np.prod(shape)), 1), np.float32)  # one channel: randn's scalar sigma is per channel
     cv2.setRNGSeed(int(rng.integers(2**31 - 1)))
     cv2.randn(out, 0.0, 1.0)
-    return out
+    return out.reshape(shape)
 
 
 def gaussian_noise(img, sigma: float, rng, s=1.0):

@@ -1,0 +1,124 @@
+"""write_degraded_sequence on the real sequences: same frame count, identical gt, lossless storage,
+per-frame log, atomic replacement."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vsdmot.calibration import sequence as seqmod
+from vsdmot.calibration.degrade import degrade, frame_rng
+from vsdmot.calibration.schedule import mixed_schedule
+from vsdmot.calibration.sequence import write_degraded_sequence
+from vsdmot.runtime.mot import read_seqinfo
+from vsdmot.runtime.sources import open_sequence
+
+
+def _images(seq_dir):
+    src = open_sequence(seq_dir).frames()
+    try:
+        return [(f.index, f.image) for f in src]
+    finally:
+        src.close()
+
+
+@pytest.fixture(scope="module")
+def tud_frames(tud_dir):
+    return _images(tud_dir)
+
+
+def _log(out):
+    return json.loads((out / "degradation.json").read_text())
+
+
+def test_fixed_preset_on_tud_campus(tud_dir, tud_frames, tmp_path):
+    out = write_degraded_sequence(tud_dir, tmp_path / "tud-jpeg", preset="jpeg", severity=4, seed=3, progress=False)
+    got = _images(out)
+    assert len(got) == len(tud_frames) == 71
+    assert (out / "gt" / "gt.txt").read_bytes() == (tud_dir / "gt" / "gt.txt").read_bytes()
+    src, new = read_seqinfo(tud_dir), read_seqinfo(out)
+    assert (new.frame_rate, new.length, new.width, new.height) == (src.frame_rate, src.length, src.width, src.height)
+    assert new.name == "TUD-Campus-jpeg-s4" and open_sequence(out).video.suffix == ".mkv"
+    log = _log(out)
+    assert [r["index"] for r in log["frames"]] == list(range(1, 72)) and log["storage"] == "ffv1-mkv"
+    assert {(r["preset"], r["severity"], r["seed"]) for r in log["frames"]} == {("jpeg", 4, 3)}
+    for (k, img), (k2, stored) in zip(tud_frames[::10], got[::10]):  # lossless: exactly what degrade made
+        assert k == k2 and stored.tobytes() == degrade(img, "jpeg", 4, frame_rng(3, k)).tobytes()
+
+
+def test_mixed_schedule_on_tud_campus(tud_dir, tud_frames, tmp_path):
+    out = write_degraded_sequence(tud_dir, tmp_path / "mixed", schedule="mixed", seed=3, progress=False)  # defocus 2.6 s, then clean
+    got, log = _images(out), _log(out)
+    want = mixed_schedule(71, 25.0, 3)
+    assert [(r["preset"], r["severity"]) for r in log["frames"]] == [(s.preset, s.severity) for s in want]
+    assert log["schedule"] == "mixed" and len(got) == 71 and len({s.kind for s in want}) == 2
+    for (_, img), (_, stored), s in zip(tud_frames, got, want):
+        assert (stored.tobytes() == img.tobytes()) == (s.preset is None)  # clean frames pass through untouched
+
+
+def test_h264_sequence_keeps_the_frames(ffmpeg, mot17_dir, tmp_path):
+    out = write_degraded_sequence(mot17_dir, tmp_path / "h264", preset="h264", severity=5, progress=False)
+    src, got = _images(mot17_dir), _images(out)
+    assert [i for i, _ in got] == [i for i, _ in src]
+    assert all(a.shape == b.shape and a.tobytes() != b.tobytes() for (_, a), (_, b) in zip(src, got))
+
+
+def test_image_sequence_keeps_frame_numbers_as_png(mot17_dir, tmp_path):
+    out = write_degraded_sequence(mot17_dir, tmp_path / "m17", preset="haze", severity=2, progress=False)
+    src_names = sorted(p.stem for p in (mot17_dir / "img1").iterdir())
+    assert sorted(p.name for p in (out / "img1").iterdir()) == [f"{n}.png" for n in src_names]
+    assert (out / "gt" / "gt.txt").read_bytes() == (mot17_dir / "gt" / "gt.txt").read_bytes()
+    assert [i for i, _ in _images(out)] == [i for i, _ in _images(mot17_dir)]
+    assert read_seqinfo(out).im_ext == ".png" and _log(out)["storage"] == "png"
+
+
+def test_crash_leaves_nothing_and_a_rerun_replaces(mot17_dir, tmp_path, monkeypatch):
+    calls = []
+
+    def boom(img, preset, sev, rng):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash on frame 3")
+        return img
+
+    monkeypatch.setattr(seqmod, "degrade", boom)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        write_degraded_sequence(mot17_dir, tmp_path / "out", preset="jpeg", severity=1, progress=False)
+    assert list(tmp_path.iterdir()) == []  # no half sequence, no temp folder
+    monkeypatch.undo()
+    out = write_degraded_sequence(mot17_dir, tmp_path / "out", preset="jpeg", severity=1, progress=False)
+    out = write_degraded_sequence(mot17_dir, out, preset="contrast", severity=5, progress=False)  # replaces
+    assert read_seqinfo(out).name.endswith("contrast-s5") and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_refuses_to_replace_a_foreign_folder(mot17_dir, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="exists and is not a degraded sequence"):
+        write_degraded_sequence(mot17_dir, tmp_path / "mine", preset="jpeg", severity=1, progress=False)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(preset="jpeg"), "expected either --preset NAME --severity S, or --schedule NAME"),
+        (dict(preset="jpeg", severity=2, schedule="mixed"), "expected either"),
+        (dict(), "expected either"),
+        (dict(preset="fog", severity=2), "unknown degradation preset 'fog'"),
+        (dict(schedule="calm"), "unknown schedule 'calm'"),
+    ],
+)
+def test_bad_arguments(kw, match, mot17_dir, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        write_degraded_sequence(mot17_dir, tmp_path / "o", progress=False, **kw)
+    assert not (tmp_path / "o").exists()
+
+
+def test_stored_frames_are_not_the_source_frames(mot17_dir, tmp_path):
+    out = write_degraded_sequence(mot17_dir, tmp_path / "n", preset="gaussian_noise", severity=1, progress=False)
+    a, b = _images(mot17_dir)[0][1], _images(out)[0][1]
+    assert a.shape == b.shape and 4 < np.abs(a.astype(int) - b).mean() < 12  # sigma 8 noise, clipped
