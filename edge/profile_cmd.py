@@ -228,6 +228,22 @@ def _power_series(sampler: Any, window: list[float], t_start: float) -> list[lis
             for s in sampler.between(t_start, window[1] + 1.0)]
 
 
+def compare(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """First run relative to the second (ratios A / B); None where either side has no figure."""
+    def ratio(get) -> float | None:
+        a, b = (get(r) for r in runs)
+        return round(a / b, 3) if a is not None and b not in (None, 0) else None
+
+    return {
+        "a": runs[0]["label"], "b": runs[1]["label"],
+        "fps_end_to_end": ratio(lambda r: r["stats"]["fps"]["end_to_end"]),
+        "fps_model": ratio(lambda r: r["stats"]["fps"]["model"]),
+        "cpu_seconds_per_frame": ratio(lambda r: r["stats"]["cpu_seconds_per_frame"]),
+        "net_joules_per_frame": ratio(lambda r: r["energy"].get("net_joules_per_frame")),
+        "joules_per_frame": ratio(lambda r: r["energy"].get("joules_per_frame")),
+    }
+
+
 def measure_idle(sampler: Any, idle_s: float) -> float | None:
     """Mean board power while nothing of ours runs (before any model is loaded)."""
     from .power import mean_watts
@@ -266,11 +282,12 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
         if sampler is not None:
             sampler.stop()
             probe.meter.close()
+    comparison = compare(runs) if len(runs) == 2 else None
     meter = {"name": probe.meter.name if probe.meter else None, "scope": probe.meter.scope if probe.meter else None,
              "explain": probe.explain(), "tried": probe.tried, "idle_w": idle_w}
     return {"vsdmot_version": __version__, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "host": host_info(), "settings": vars(cfg) | {"source": args.source or "demo"}, "meter": meter,
-            "runs": runs, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "runs": runs, "comparison": comparison, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 # ---- CLI ------------------------------------------------------------------------------------------

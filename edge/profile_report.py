@@ -158,6 +158,17 @@ def _stage_table(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _comparison(c: dict[str, Any] | None) -> list[str]:
+    if not c:
+        return []
+    def x(key: str) -> str:
+        return "n/a (no power meter)" if c[key] is None and "joules" in key else f"x{c[key]}"
+
+    return ["", f"**{c['a']} relative to {c['b']}:** end-to-end FPS {x('fps_end_to_end')}, model FPS "
+            f"{x('fps_model')}, CPU seconds per frame {x('cpu_seconds_per_frame')}, net energy per frame "
+            f"{x('net_joules_per_frame')}."]
+
+
 def _notes(runs: list[dict[str, Any]]) -> list[str]:
     """Caveats a reader must see next to the numbers."""
     notes = []
@@ -184,6 +195,7 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
         lines.append(f"Idle baseline {meter['idle_w']:.3f} W, measured before any model was loaded; net figures subtract it.")
     lines += ["", "| | " + " | ".join(r["label"] for r in runs) + " |", "|---|" + "---|" * len(runs)]
     lines += [f"| {name} | " + " | ".join(vals) + " |" for name, vals in _rows(runs)]
+    lines += _comparison(report.get("comparison"))
     lines += ["", "FPS three ways: *model stages* = 1000 / mean(semantics + detector + tracker ms); *whole step* adds "
               "the quality gate; *end to end* = frames / wall time, with decoding and hooks.", ""] + _notes(runs) + [
 

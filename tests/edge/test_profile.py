@@ -105,11 +105,15 @@ def test_profile_report_on_the_demo_clip(bundle, tmp_path, capsys):
     auto, always = (r["stats"] for r in report["runs"])
     assert always["semantic"]["fresh"] == always["frames"] and always["semantic_skip_ratio"] == 0
     assert auto["semantic_skip_ratio"] >= always["semantic_skip_ratio"]
+    c = report["comparison"]
+    assert (c["a"], c["b"]) == ("semantic=auto", "semantic=always") and c["fps_end_to_end"] > 0
+    if report["meter"]["name"] is None:
+        assert c["net_joules_per_frame"] is None and c["joules_per_frame"] is None
     pngs = {p.name for p in rep.glob("*.png")}
     assert {"latency_over_time.png", "stage_breakdown.png", "quality_weight.png"} <= pngs
     md = (rep / "report.md").read_text()
     assert "| FPS, end to end (decode + step + hooks) |" in md and "semantic=always" in md
     if report["meter"]["name"] is None:
         assert "power_over_time.png" not in pngs and "no power meter" in md
-        assert not any(w in md for w in ("mean power W", "J per frame"))
+        assert not any(w in md for w in ("mean power W", "J per frame")) and "n/a (no power meter)" in md
     assert "semantic=auto:" in capsys.readouterr().out
