@@ -117,3 +117,20 @@ def test_profile_report_on_the_demo_clip(bundle, tmp_path, capsys):
         assert "power_over_time.png" not in pngs and "no power meter" in md
         assert not any(w in md for w in ("mean power W", "J per frame")) and "n/a (no power meter)" in md
     assert "semantic=auto:" in capsys.readouterr().out
+
+
+def _has_board_meter() -> bool:
+    return any(Path(p).exists() for p in ("/sys/bus/i2c/drivers/ina3221", "/sys/bus/i2c/drivers/ina3221x"))
+
+
+@pytest.mark.jetson
+@pytest.mark.skipif(not _has_board_meter(), reason="needs a Jetson's INA3221 rails (/sys/bus/i2c/drivers/ina3221*)")
+def test_profile_with_the_board_meter(bundle, tmp_path):
+    rep = tmp_path / "report"
+    assert main(["profile", "--demo", "--bundle", str(bundle), "--duration", "10", "--warmup", "2", "--idle", "3",
+                 "--power-meter", "ina3221", "--report", str(rep)]) == 0
+    report = json.loads((rep / "report.json").read_text())
+    e = report["runs"][0]["energy"]
+    assert report["meter"]["name"] == "ina3221" and report["meter"]["idle_w"] > 0
+    assert e["mean_w"] > 0 and e["samples"] > 10 and "net_joules_per_frame" in e
+    assert (rep / "power_over_time.png").is_file()
