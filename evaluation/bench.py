@@ -243,8 +243,10 @@ def run_one(name: str, seq_dir: Path, env: BenchEnv, out_file: Path,
 
 def bench(seqs: Sequence[Path], conds: Sequence[Condition], trackers: Sequence[str], out_dir: Path, *,
           cache_dir: Path, threads: int = 1, input_size: int = 416, frames: tuple[int, int] | None = None,
-          seed: int = 0, yolox_onnx: Path | None = None, progress: bool = True) -> list[RunResult]:
-    """Every tracker on every sequence under every condition; results under out_dir/results/."""
+          seed: int = 0, yolox_onnx: Path | None = None, progress: bool = True,
+          on_result: Callable[[list[RunResult]], None] | None = None) -> list[RunResult]:
+    """Every tracker on every sequence under every condition; results under out_dir/results/.
+    `on_result(results so far)` runs after each run (the CLI saves partial JSON with it)."""
     from tqdm import tqdm
 
     for name in trackers:
@@ -261,6 +263,8 @@ def bench(seqs: Sequence[Path], conds: Sequence[Condition], trackers: Sequence[s
         metrics = evaluate(seq_dir, res_file, frames=frames)
         results.append(RunResult(name, info.name, cond.name, metrics, len(ms) / max(seconds, 1e-9),
                                  float(np.percentile(ms, 50)), float(np.percentile(ms, 90)), len(ms), str(res_file)))
+        if on_result is not None:
+            on_result(results)
     return results
 
 

@@ -66,10 +66,13 @@ def run(args: argparse.Namespace) -> int:
     conds = B.conditions(presets, args.severity, args.schedule, args.clean)
     if not conds:
         raise ValueError("no conditions: give --preset, --all-presets or --schedule, or keep the clean run")
+    meta, json_path = _meta(args), args.out / "bench.json"
+    partial = lambda rs: B.write_json(rs, json_path, {**meta, "complete": False})  # noqa: E731
     results = B.bench(args.seq, conds, args.tracker, args.out, cache_dir=args.cache, threads=args.threads,
-                      input_size=args.input_size, frames=args.frames, seed=args.seed, yolox_onnx=args.detector)
+                      input_size=args.input_size, frames=args.frames, seed=args.seed, yolox_onnx=args.detector,
+                      on_result=partial)
     print(B.format_table(results))
-    B.write_json(results, args.out / "bench.json", _meta(args))
+    B.write_json(results, json_path, {**meta, "complete": True})
     if args.plot:
         from vsdmot.evaluation.plots import plot_bench
 

@@ -106,7 +106,7 @@ def test_cli_peer_tiny_run(yolox_onnx, tud_dir, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split()[0] == "tracker" and lines[2].split()[:3] == ["peer", "TUD-Campus", "clean"]
     data = json.loads((out / "bench.json").read_text())
-    assert data["meta"]["threads"] == 1 and data["meta"]["input_size"] == 416 and "decode excluded" in data["meta"]["fps_note"]
+    assert data["meta"]["complete"] and data["meta"]["threads"] == 1 and data["meta"]["input_size"] == 416 and "decode excluded" in data["meta"]["fps_note"]
     (run,) = data["runs"]
     assert run["frames"] == 6 and run["metrics"]["MOTA"] > 0.3 and run["fps"] > 0
     assert (out / "bench.png").stat().st_size > 5000
