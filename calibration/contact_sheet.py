@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 
 FRAME = 150  # PETS09-S2L1 frame shown (1-based)
 CLIP = 8  # frames up to FRAME fed to the h264 codec, so the frame shown is inter-coded
-CROP = (382, 142, 224, 168)  # x, y, w, h in source pixels: a group of walkers, mid scene
-TILE = (128, 96)  # w, h of a tile in the sheet
+CROP = (384, 144, 210, 158)  # x, y, w, h in source pixels: a group of walkers, mid scene
+TILE = (120, 90)  # w, h of a tile in the sheet
 LABEL_W, HEAD_H = 120, 22  # px of the row-label column and the header row
 
 

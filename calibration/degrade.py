@@ -114,10 +114,10 @@ _TO_PIXEL = np.rint(255.0 * (np.arange(65536) / 65535.0) ** (1 / _GAMMA)).astype
 
 def low_light(img, exposure: float, rng, s=1.0):
     """Under-exposure: linear light x `exposure`, shot + read noise at that photon count, then the
-    camera's auto-gain recovers only part of it (gain = exposure ** -0.35) before gamma."""
+    camera's auto-gain recovers only part of it (gain = exposure ** -0.45) before gamma."""
     lin = _TO_LINEAR[img] * (exposure * _FULL_WELL)  # photons
     lin += np.sqrt(lin + 2.0**2) * randn(img.shape, rng)  # shot noise + 2 e- read noise
-    gain = 65535.0 * exposure**-0.35 / _FULL_WELL  # partial auto-gain: net light x exposure**0.65; 16-bit
+    gain = 65535.0 * exposure**-0.45 / _FULL_WELL  # partial auto-gain: net light x exposure**0.55; 16-bit
     return _TO_PIXEL[cv2.multiply(lin, gain, dtype=cv2.CV_16U)]
 
 
@@ -196,7 +196,7 @@ class Preset:
 
 _TABLE = (
     Preset("gaussian_noise", gaussian_noise, (8, 15, 24, 36, 52), "sigma, 8-bit levels"),
-    Preset("shot_noise", shot_noise, (300, 100, 40, 16, 6), "photons at white"),
+    Preset("shot_noise", shot_noise, (400, 150, 60, 25, 12), "photons at white"),
     Preset("motion_blur", motion_blur, (4, 7, 11, 16, 22), "line length, px at 480 short side"),
     Preset("defocus_blur", defocus_blur, (1.5, 2.5, 3.5, 5.0, 7.0), "disk radius, px at 480 short side", seeded=False),
     Preset("jpeg", jpeg, (40, 25, 15, 10, 6), "JPEG quality", seeded=False),
