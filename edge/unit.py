@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from vsdmot import __version__
 
+HIDDEN_DIRS = ("/home", "/root", "/run/user", "/tmp", "/var/tmp")  # invisible or private to the service
 _NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
@@ -34,6 +35,11 @@ class UnitConfig:
             path = getattr(self, what)
             if not path.startswith("/") or any(c.isspace() for c in path):
                 raise ValueError(f"unit {what}: expected an absolute path without spaces, got {path!r}")
+        paths = (self.exec_path + "/", self.config_path + "/")
+        hidden = [d for d in HIDDEN_DIRS if any(p.startswith(d + "/") for p in paths)]
+        if hidden:
+            raise ValueError(f"unit: {self.exec_path} / {self.config_path} is under {hidden[0]}, which the service cannot "
+                             "see (ProtectHome=yes, PrivateTmp=yes): install the venv under /opt, e.g. /opt/vsdmot/venv")
         for name in (self.user, *self.groups):
             if not _NAME_RE.match(name):
                 raise ValueError(f"unit user/group: expected a system name like 'vsdmot', got {name!r}")

@@ -85,6 +85,9 @@ def test_every_option_says_why():
         ("user", "Root User", "system name"),
         ("watchdog_s", 0, "watchdog_s"),
         ("name", "vsdmot edge", "unit name"),
+        ("exec_path", "/home/me/venv/bin/vsdmot-edge", "under /home, which the service cannot see"),
+        ("exec_path", "/tmp/venv/bin/vsdmot-edge", "under /tmp"),
+        ("config_path", "/root/edge.toml", "under /root"),
     ],
 )
 def test_bad_unit_config(field, value, message):
