@@ -37,6 +37,7 @@ class QuantConfig:
                                       "Pow", "Sqrt", "ReduceMean", "Div")  # stay float
     keep_attention: bool = True  # MatMul of two activations (attention scores / mixing) stays float
     keep_inputs: tuple[str, ...] = ("semantic", "w")  # graph inputs whose cone (DSWR/fusion) stays float
+    keep_output_tail: bool = True  # nodes between the last weighted layer and each graph output stay float
     exclude_nodes: tuple[str, ...] = ()  # further node names to keep float (from a sensitivity scan)
     percentile: float = 99.999  # percentile method: the clipped range's percentile
     num_bins: int = 0  # histogram bins for entropy/percentile; 0 = ORT's default (128 / 2048)
@@ -141,6 +142,7 @@ def float_inputs(model, names: set[str]) -> int:
 
 
 def drop_dead_qdq(model) -> None:
+    """Remove Q/DQ nodes nobody reads any more, then the scales and zero-points they held."""
     outputs = {o.name for o in model.graph.output}
     for _ in range(2):  # DQ first, then the Q that fed it
         used = {i for n in model.graph.node for i in n.input} | outputs
@@ -148,6 +150,9 @@ def drop_dead_qdq(model) -> None:
                 and not any(o in used for o in n.output)]
         for n in dead:
             model.graph.node.remove(n)
+    used = {i for n in model.graph.node for i in n.input}
+    for init in [i for i in model.graph.initializer if i.name not in used]:
+        model.graph.initializer.remove(init)
 
 
 def name_nodes(model) -> None:
@@ -164,7 +169,25 @@ def nodes_to_keep_float(model, cfg: QuantConfig) -> set[str]:
     keep = {n.name for n in model.graph.node if n.op_type in cfg.keep_op_types} | set(cfg.exclude_nodes)
     if cfg.keep_attention:
         keep |= {n.name for n in model.graph.node if n.op_type == "MatMul" and not (set(n.input) & consts)}
+    keep |= tail_nodes(model) if cfg.keep_output_tail else set()
     return keep | cone_nodes(model, cfg.keep_inputs, consts)
+
+
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def tail_nodes(model) -> set[str]:
+    """Nodes that assemble the outputs after the last weighted layer (concat of raw boxes with
+    sigmoid scores, reshapes, L2 normalisation): one int8 scale over mixed ranges wrecks them."""
+    prod = {o: n for n in model.graph.node for o in n.output}
+    todo, seen = [o.name for o in model.graph.output], set()
+    while todo:
+        node = prod.get(todo.pop())
+        if node is None or node.name in seen or node.op_type in WEIGHTED:
+            continue
+        seen.add(node.name)
+        todo.extend(node.input)
+    return seen
 
 
 def cone_nodes(model, inputs: Sequence[str], consts: set[str]) -> set[str]:
