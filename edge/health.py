@@ -286,7 +286,10 @@ class HealthHook:
         self.sampler: Any = None
 
     def on_start(self) -> None:
-        self.server = HealthServer(self.metrics, self.listen).start()
+        try:
+            self.server = HealthServer(self.metrics, self.listen).start()
+        except OSError as e:  # tracking matters more than its metrics: run on, loudly
+            log.error("%s; running without /healthz and /metrics", e)
         if self.meter_order:
             self._start_power()
 

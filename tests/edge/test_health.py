@@ -165,6 +165,10 @@ def test_port_in_use_is_a_clear_error():
     try:
         with pytest.raises(OSError, match="health server"):
             H.HealthServer(H.Metrics(), "127.0.0.1:%d" % first.address[1])
+        hook = H.HealthHook("127.0.0.1:%d" % first.address[1], stall_s=5.0)
+        hook.on_start()  # the run goes on without its own server, and says so in the log
+        assert hook.server is None
+        hook.on_stop(None)
     finally:
         first.close()
 
