@@ -114,7 +114,7 @@ class NotifyHook:
         self._skipped = 0
 
     def on_start(self) -> None:
-        self.notifier.send("STATUS=starting: loading the model and opening the source")
+        self.notifier.send("STATUS=starting: model loaded, waiting for the first frame")
 
     def on_frame(self, result: Any, source_stats: Any = None) -> None:
         now = self.clock()
@@ -122,8 +122,8 @@ class NotifyHook:
         self._skipped += result.semantic == "skipped"
         self._fps.tick(now)
         if not self.ready:
-            self.ready = self.notifier.send("READY=1", self._status(result, now)) or not self.notifier.enabled
-            self._last_status = now
+            self.notifier.send("READY=1", self._status(result, now))  # once: a failure is logged, not retried
+            self.ready, self._last_status = True, now
         fresh = is_fresh(source_stats, now, self.stall_s)
         if fresh and self.watchdog_s is not None and now - self._last_ping >= self.watchdog_s:
             self.notifier.send("WATCHDOG=1")
