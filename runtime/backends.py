@@ -309,7 +309,8 @@ class TensorRTBackend:
         self.key = EngineKey(file_sha256(self.path), trt.__version__, self._cuda.gpu_name(), precision)
         self._logger = trt.Logger(trt.Logger.WARNING)
         data = self._cached_or_built(Path(cache_dir or default_engine_cache()), workspace_mb)
-        self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(data)
+        self._runtime = trt.Runtime(self._logger)  # must outlive the engine
+        self._engine = self._runtime.deserialize_cuda_engine(data)
         if self._engine is None:
             raise DeviceError(f"TensorRT could not deserialise the engine for {self.path.name}")
         self._context = self._engine.create_execution_context()
@@ -348,7 +349,7 @@ class TensorRTBackend:
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise DeviceError(f"TensorRT failed to build an engine for {self.path.name} ({self.key.precision})")
-        return bytes(serialized)
+        return bytes(memoryview(serialized))
 
     def _bind_buffers(self) -> None:
         trt, eng = self._trt, self._engine
@@ -381,7 +382,7 @@ class TensorRTBackend:
     def close(self) -> None:
         for ptr in getattr(self, "_dev", {}).values():
             self._cuda.free(ptr)
-        self._dev, self._context, self._engine = {}, None, None
+        self._dev, self._context, self._engine, self._runtime = {}, None, None, None
 
 
 def tensorrt_status() -> tuple[bool, str]:
