@@ -4,6 +4,7 @@
     vsdmot-degrade --input SEQ_DIR --schedule mixed [--seed N] --out DIR
     vsdmot-degrade --list
     vsdmot-degrade --contact-sheet docs/contact_sheet.png [--input PETS09-S2L1_DIR]
+    vsdmot-degrade --bench [--input SEQ_DIR]      (ms per frame per preset; default TUD-Campus, 640x480)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list", action="store_true", help="list presets with their parameter per severity")
     p.add_argument("--contact-sheet", type=Path, metavar="PNG", help="render the preset x severity contact sheet")
+    p.add_argument("--bench", action="store_true", help="time every preset on --input's first frames (ms/frame)")
     p.set_defaults(func=run)
     return p
 
@@ -46,11 +48,47 @@ def _list() -> int:
     return 0
 
 
+def _bench(seq_dir: Path, reps: int = 10) -> int:
+    """Median ms per frame (wall and CPU, one OpenCV thread) per preset and severity 1/3/5."""
+    import time  # noqa: PLC0415
+
+    import cv2  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    from vsdmot.runtime.sources import open_sequence  # noqa: PLC0415
+
+    from .degrade import PRESETS, TABLE, degrade, degrade_frames  # noqa: PLC0415
+
+    cv2.setNumThreads(1)
+    src = open_sequence(seq_dir).frames()
+    clip = [f.image for _, f in zip(range(50), src)]
+    src.close()
+    print(f"{clip[0].shape[1]}x{clip[0].shape[0]}, median of {reps}, 1 OpenCV thread; wall ms / CPU ms (this process)")
+    for preset in PRESETS:
+        cells = []
+        for sev in (1, 3, 5):
+            wall, cpu = [], []
+            for k in range(reps):
+                t0, c0 = time.perf_counter(), time.process_time()
+                degrade(clip[k % len(clip)], preset, sev, np.random.default_rng(k))
+                wall.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
+            cells.append(f"s{sev} {np.median(wall) * 1e3:6.1f} / {np.median(cpu) * 1e3:6.1f}")
+        if TABLE[preset].clip:
+            t0 = time.perf_counter()
+            n = sum(1 for _ in degrade_frames(clip, preset, 3, 0))
+            cells.append(f"clip s3 {(time.perf_counter() - t0) * 1e3 / n:.1f} ms/frame wall")
+        print(f"{preset:15s} " + "   ".join(cells))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if not args.verbose:  # FFmpeg's own log lines (e.g. "moov atom not found") would double our one-line error
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     if args.list:
         return _list()
+    if args.bench:
+        return _bench(args.input or DEFAULT_SHEET_INPUT.with_name("TUD-Campus"))
     if args.contact_sheet:
         from .contact_sheet import write  # noqa: PLC0415
 
