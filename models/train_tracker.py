@@ -53,6 +53,8 @@ class TrainConfig:
     miss_tolerance: int = 20  # frames a slot survives unmatched (MOTRv2)
     momentum: float = 0.7  # velocity EMA (same as the runtime's)
     embed_momentum: float = 0.8  # appearance EMA (same as the runtime's)
+    random_semantic: float = 0.3  # share of clips whose semantic vector is a random direction (robust to any student)
+    init: str = ""  # start from this checkpoint's weights (e.g. the synthetic pretraining), not from scratch
     data: str = "../shared/data"  # the real clips' root
     max_minutes: float = 25.0  # wall-clock budget; stops early and saves
     out: str = "runs/train/tracker"  # checkpoint folder
@@ -274,7 +276,19 @@ def make_batch(cfg: TrainConfig, noise: dict, real: RealClips | None, rng: np.ra
             clips.append(real.sample(cfg.clip_frames, rng))
         else:
             clips.append(make_clip(cfg.synth, noise, rng))
+        if rng.random() < cfg.random_semantic:
+            _random_semantic(clips[-1], rng)
     return clips
+
+
+def _random_semantic(clip: list[SynthFrame], rng: np.random.Generator) -> None:
+    """Replace the stand-in vectors by one random direction (plus noise): w * proj(sem) must not
+    break tracking when the real student's vectors look nothing like the stand-in."""
+    u = rng.normal(size=clip[0].semantic.shape)
+    for f in clip:
+        if f.q >= 0:
+            v = u + 0.3 * rng.normal(size=u.shape)
+            f.semantic = (v / np.linalg.norm(v)).astype(np.float32)
 
 
 # ---------------------------------------------------------------- loop
@@ -292,6 +306,11 @@ def train(cfg: TrainConfig, resume: bool = True, real: RealClips | None = None) 
     out = Path(cfg.out)
     last = out / "last.pt"
     step = resume_ckpt(last, model, opt, cfg) if resume and last.is_file() else 0
+    if step == 0 and cfg.init:
+        from .checkpoint import load_checkpoint
+
+        model.load_state_dict(load_checkpoint(cfg.init)["model"])
+        log.info("initialised from %s", cfg.init)
     noise, total, t0 = load_noise(), cfg.synth_steps + cfg.real_steps, time.time()
     if cfg.real_steps and real is None:
         real = RealClips(cfg)

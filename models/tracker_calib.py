@@ -1,0 +1,95 @@
+"""Score calibration of the tracker head on TRAIN frames, so MOTRv2's fixed thresholds fit it.
+
+The runtime keeps MOTRv2's thresholds (birth / keep 0.5, output 0.6). Instead of moving them, we
+shift the biases of the head's `keep` and `birth` logits (a per-head logit offset, folded into the
+weights: the exported graph is unchanged) and pick the pair of offsets with the best mean HOTA of
+the end-to-end tracker on PETS09-S2L1 frames 1-600, clean and degraded detections. Evaluation
+frames (PETS 601-795, TUD-Campus) are never used here.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from itertools import product
+from pathlib import Path
+
+import torch
+
+from .tracker_head import TrackerHead
+
+log = logging.getLogger(__name__)
+
+OFFSETS = (-1.0, -0.5, 0.0, 0.5)  # logit offsets tried for keep and for birth
+
+
+def shifted(head: TrackerHead, keep: float, birth: float) -> TrackerHead:
+    """A copy of `head` whose keep / birth logits are raised by the given offsets."""
+    h = copy.deepcopy(head)
+    with torch.no_grad():
+        h.keep.bias += keep
+        h.birth.bias += birth
+    return h
+
+
+def train_runs(data: str | Path = "../shared/data") -> list[tuple[Path, Path, tuple[int, int], float]]:
+    """(cached detections, sequence folder, frames, fps) for PETS09-S2L1 1-600, clean and degraded."""
+    from .noise_model import _sha, detect_sequence, project_detector
+
+    det = project_detector()
+    det.tag = f"det{_sha(det.backend.path)}"
+    seq = Path(data) / "PETS09-S2L1"
+    return [(detect_sequence(det, seq, (1, 600), deg), seq, (1, 600), 7.0) for deg in (False, True)]
+
+
+def score(head: TrackerHead, runs, kind: str = "e2e") -> float:
+    """Mean HOTA of `kind` over the runs, the head on onnxruntime (fast) via a temporary export."""
+    from vsdmot.evaluation.metrics import evaluate
+    from vsdmot.runtime.backends import OnnxRuntimeBackend
+
+    from .reference import make_tracker, track_cached
+    from .tracker_head import export_onnx
+
+    hotas = []
+    with tempfile.TemporaryDirectory() as tmp:
+        export_onnx(head, Path(tmp) / "t.onnx")
+        backend = OnnxRuntimeBackend(Path(tmp) / "t.onnx", threads=1)
+        for npz, seq, frames, fps in runs:
+            res = Path(tmp) / "res.txt"
+            res.write_text(track_cached(npz, make_tracker(kind, backend, fps=fps), frames))
+            hotas.append(float(evaluate(seq, res, frames=frames)["HOTA"]))
+    return sum(hotas) / len(hotas)
+
+
+def calibrate(head: TrackerHead, runs, offsets=OFFSETS) -> tuple[TrackerHead, dict]:
+    """Grid over (keep, birth) offsets; returns the best shifted head and the table."""
+    table = {}
+    for k, b in product(offsets, offsets):
+        table[(k, b)] = score(shifted(head, k, b), runs)
+        log.info("keep %+.1f birth %+.1f: HOTA %.3f", k, b, table[(k, b)])
+    best = max(table, key=table.get)
+    return shifted(head, *best), {"keep_offset": best[0], "birth_offset": best[1], "train_hota": table[best],
+                                  "grid": {f"{k:+.1f},{b:+.1f}": round(v, 4) for (k, b), v in table.items()}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m vsdmot.models.tracker_calib IN.pt OUT.pt: calibrate and write shipped-layout weights."""
+    import argparse
+
+    from .checkpoint import save_checkpoint
+    from .train_tracker import load_tracker
+
+    ap = argparse.ArgumentParser(prog="python -m vsdmot.models.tracker_calib")
+    ap.add_argument("weights")
+    ap.add_argument("out")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    head, meta = load_tracker(a.weights)
+    best, info = calibrate(head, train_runs())
+    save_checkpoint(a.out, best, best.cfg, meta={**meta, "calibration": info})
+    log.info("calibrated: %s", {k: v for k, v in info.items() if k != "grid"})
+
+
+if __name__ == "__main__":
+    main()
