@@ -1,7 +1,7 @@
 """vsdmot-degrade: write a degraded copy of a MOTChallenge sequence, list presets, or draw the contact sheet.
 
-    vsdmot-degrade --input SEQ_DIR --preset NAME --severity S [--seed N] --out DIR
-    vsdmot-degrade --input SEQ_DIR --schedule mixed [--seed N] --out DIR
+    vsdmot-degrade --input SEQ_DIR --preset NAME --severity S [--seed N] [--storage png|ffv1] --out DIR
+    vsdmot-degrade --input SEQ_DIR --schedule mixed [--seed N] [--storage png|ffv1] --out DIR
     vsdmot-degrade --list
     vsdmot-degrade --contact-sheet docs/contact_sheet.png [--input PETS09-S2L1_DIR]
     vsdmot-degrade --bench [--input SEQ_DIR]      (ms per frame per preset; default TUD-Campus, 640x480)
@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", metavar="NAME", help="time-varying schedule instead of one preset: mixed")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", type=Path, metavar="DIR", help="output sequence folder (replaced if it is an earlier output)")
+    p.add_argument("--storage", default="png", metavar="png|ffv1",
+                   help="frames as lossless PNG img1/ (default; fastest to read back) or one FFV1 .mkv")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--list", action="store_true", help="list presets with their parameter per severity")
     p.add_argument("--contact-sheet", type=Path, metavar="PNG", help="render the preset x severity contact sheet")
@@ -99,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     from .sequence import write_degraded_sequence  # noqa: PLC0415
 
     out = write_degraded_sequence(args.input, args.out, preset=args.preset, severity=args.severity,
-                                  schedule=args.schedule, seed=args.seed, progress=not args.no_progress)
+                                  schedule=args.schedule, seed=args.seed, progress=not args.no_progress,
+                                  storage=args.storage)
     print(out)
     return 0
 

@@ -5,8 +5,11 @@
 
 Output folder:
     seqinfo.ini         same frame rate, length and size; name "<src>-<preset>-s<severity>" or "<src>-mixed"
-    <name>.mkv          FFV1 (lossless) when the source is a video, read back by open_sequence, or
-    img1/NNNNNN.png     PNG (lossless) with the source's frame numbers when the source is an image folder
+    img1/NNNNNN.png     PNG (lossless), the source's frame numbers (storage="png", the default), or
+    <name>.mkv          one FFV1 (lossless) video, frames 1..N (storage="ffv1"); open_sequence reads both
+PNG is the default because a degraded sequence is written once and read many times (every tracker
+of a benchmark): at 640x480 a PNG frame decodes in ~9 ms CPU against ~29 ms for FFV1 through
+OpenCV, at the same size (docs/degradations.md).
     gt/gt.txt           the source's, byte for byte
     degradation.json    per frame: index, preset (null = clean), severity, seed
 So the only loss is the degradation itself. Frame k gets degrade.frame_rng(seed, k); an h264
@@ -40,6 +43,7 @@ from .schedule import FrameState, schedule as named_schedule, stretches
 log = logging.getLogger(__name__)
 
 LOG_NAME = "degradation.json"
+STORAGES = ("png", "ffv1")
 
 
 def _states(preset: str | None, severity: int | None, schedule: str | None, n: int, fps: float, seed: int) -> tuple[str, list[FrameState]]:
@@ -95,6 +99,9 @@ class _FrameWriter:
             self.path.mkdir(parents=True)
 
     def write(self, frame: Frame) -> None:
+        if self.as_video and frame.index != self.count + 1:
+            raise ValueError(f"ffv1 storage: frames must be numbered 1..N, got frame {frame.index} "
+                             f"after {self.count} frames (use storage png to keep the numbers)")
         if self.as_video:
             self._video(frame.image).write(frame.image)
         elif not cv2.imwrite(str(self.path / f"{frame.index:06d}.png"), frame.image, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
@@ -118,7 +125,8 @@ def _frame_estimate(source, info: SeqInfo) -> int:
     return int(getattr(source, "frame_count", 0) or info.length)
 
 
-def _write_frames(src_dir: Path, tmp: Path, out_info: SeqInfo, states_for, seed: int, progress: bool) -> list[dict]:
+def _write_frames(src_dir: Path, tmp: Path, out_info: SeqInfo, states_for, seed: int, progress: bool,
+                  as_video: bool) -> list[dict]:
     """Degrade and store every frame; the per-frame log rows."""
     from tqdm import tqdm  # noqa: PLC0415
 
@@ -126,7 +134,7 @@ def _write_frames(src_dir: Path, tmp: Path, out_info: SeqInfo, states_for, seed:
     source = seq.frames()
     n_est = _frame_estimate(source, seq.info)
     states = states_for(n_est * 2 + 1)  # room for a video whose header undercounts
-    writer, rows = _FrameWriter(tmp, out_info, as_video=seq.video is not None), []
+    writer, rows = _FrameWriter(tmp, out_info, as_video), []
     try:
         bar = tqdm(total=n_est, desc=out_info.name, unit="frame", file=sys.stderr, disable=not progress, leave=False)
         for frame, state in _degraded(iter(source), states, seed, seq.info.frame_rate):
@@ -155,8 +163,10 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 def write_degraded_sequence(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, preset: str | None = None,
                             severity: int | None = None, schedule: str | None = None, seed: int = 0,
-                            progress: bool = True) -> Path:
+                            progress: bool = True, storage: str = "png") -> Path:
     """Write the degraded sequence to out_dir (replacing an earlier one) and return out_dir."""
+    if storage not in STORAGES:
+        raise ValueError(f"storage: expected one of {', '.join(STORAGES)}, got {storage!r}")
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     info = open_sequence(src_dir).info  # ValueError early: missing seqinfo, no frames
     suffix, _ = _states(preset, severity, schedule, 0, info.frame_rate, seed)
@@ -166,8 +176,9 @@ def write_degraded_sequence(src_dir: str | os.PathLike, out_dir: str | os.PathLi
     try:
         out_info = SeqInfo(f"{info.name}-{suffix}", info.frame_rate, info.length, info.width, info.height, "img1", ".png")
         states_for = lambda n: _states(preset, severity, schedule, n, info.frame_rate, seed)[1]  # noqa: E731
-        rows = _write_frames(src_dir, tmp, out_info, states_for, seed, progress)
-        _finish(src_dir, tmp, out_info, rows, dict(preset=preset, severity=severity, schedule=schedule, seed=seed))
+        rows = _write_frames(src_dir, tmp, out_info, states_for, seed, progress, as_video=storage == "ffv1")
+        how = dict(preset=preset, severity=severity, schedule=schedule, seed=seed, storage=storage)
+        _finish(src_dir, tmp, out_info, rows, how)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -190,5 +201,5 @@ def _finish(src_dir: Path, tmp: Path, out_info: SeqInfo, rows: list[dict], how: 
     (tmp / "seqinfo.ini").chmod(0o644)
     doc = {"vsdmot": __version__, "source": str(src_dir.resolve()), "name": out_info.name, **how,
            "rng": "frame k: numpy default_rng([seed, k]); h264 stretches coded as one clip (GOP phase from [seed, first k])",
-           "storage": "ffv1-mkv" if (tmp / f"{out_info.name}.mkv").exists() else "png", "frames": rows}
+           "frames": rows}
     (tmp / LOG_NAME).write_text(json.dumps(doc, indent=1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -34,7 +35,8 @@ def _log(out):
 
 
 def test_fixed_preset_on_tud_campus(tud_dir, tud_frames, tmp_path):
-    out = write_degraded_sequence(tud_dir, tmp_path / "tud-jpeg", preset="jpeg", severity=4, seed=3, progress=False)
+    out = write_degraded_sequence(tud_dir, tmp_path / "tud-jpeg", preset="jpeg", severity=4, seed=3, progress=False,
+                                  storage="ffv1")
     got = _images(out)
     assert len(got) == len(tud_frames) == 71
     assert (out / "gt" / "gt.txt").read_bytes() == (tud_dir / "gt" / "gt.txt").read_bytes()
@@ -42,7 +44,7 @@ def test_fixed_preset_on_tud_campus(tud_dir, tud_frames, tmp_path):
     assert (new.frame_rate, new.length, new.width, new.height) == (src.frame_rate, src.length, src.width, src.height)
     assert new.name == "TUD-Campus-jpeg-s4" and open_sequence(out).video.suffix == ".mkv"
     log = _log(out)
-    assert [r["index"] for r in log["frames"]] == list(range(1, 72)) and log["storage"] == "ffv1-mkv"
+    assert [r["index"] for r in log["frames"]] == list(range(1, 72)) and log["storage"] == "ffv1"
     assert {(r["preset"], r["severity"], r["seed"]) for r in log["frames"]} == {("jpeg", 4, 3)}
     for (k, img), (k2, stored) in zip(tud_frames[::10], got[::10]):  # lossless: exactly what degrade made
         assert k == k2 and stored.tobytes() == degrade(img, "jpeg", 4, frame_rng(3, k)).tobytes()
@@ -51,6 +53,7 @@ def test_fixed_preset_on_tud_campus(tud_dir, tud_frames, tmp_path):
 def test_mixed_schedule_on_tud_campus(tud_dir, tud_frames, tmp_path):
     out = write_degraded_sequence(tud_dir, tmp_path / "mixed", schedule="mixed", seed=3, progress=False)  # defocus 2.6 s, then clean
     got, log = _images(out), _log(out)
+    assert log["storage"] == "png" and len(list((out / "img1").glob("*.png"))) == 71
     want = mixed_schedule(71, 25.0, 3)
     assert [(r["preset"], r["severity"]) for r in log["frames"]] == [(s.preset, s.severity) for s in want]
     assert log["schedule"] == "mixed" and len(got) == 71 and len({s.kind for s in want}) == 2
@@ -72,6 +75,21 @@ def test_image_sequence_keeps_frame_numbers_as_png(mot17_dir, tmp_path):
     assert (out / "gt" / "gt.txt").read_bytes() == (mot17_dir / "gt" / "gt.txt").read_bytes()
     assert [i for i, _ in _images(out)] == [i for i, _ in _images(mot17_dir)]
     assert read_seqinfo(out).im_ext == ".png" and _log(out)["storage"] == "png"
+
+
+def test_ffv1_needs_frames_numbered_from_one(tmp_path, mot17_dir):
+    src = tmp_path / "sparse"
+    (src / "img1").mkdir(parents=True)
+    (src / "seqinfo.ini").write_text((mot17_dir / "seqinfo.ini").read_text())
+    img = _images(mot17_dir)[0][1]
+    for k in (1, 3):
+        cv2.imwrite(str(src / "img1" / f"{k:06d}.jpg"), img)
+    with pytest.raises(ValueError, match="ffv1 storage: frames must be numbered 1..N, got frame 3"):
+        write_degraded_sequence(src, tmp_path / "o", preset="jpeg", severity=1, progress=False, storage="ffv1")
+    out = write_degraded_sequence(src, tmp_path / "o", preset="jpeg", severity=1, progress=False)
+    assert [i for i, _ in _images(out)] == [1, 3]
+    with pytest.raises(ValueError, match="storage: expected one of png, ffv1, got 'avi'"):
+        write_degraded_sequence(src, tmp_path / "o", preset="jpeg", severity=1, progress=False, storage="avi")
 
 
 def test_crash_leaves_nothing_and_a_rerun_replaces(mot17_dir, tmp_path, monkeypatch):
