@@ -53,6 +53,7 @@ class ExportConfig:
     calibset: Any = None  # calibration.calibset.CalibSetConfig; None = its defaults
     gate: GateConfig = GateConfig()  # accuracy gate (force lives here)
     progress: bool = True  # tqdm progress bars
+    int8_min_cosine: float = 0.9  # a network whose INT8 outputs fall below this cosine vs FP32 stays FP32
 
     def __post_init__(self) -> None:
         if self.precision not in ("int8", "fp16", "fp32"):
@@ -163,6 +164,11 @@ def int8(fp32: Path, cfg: ExportConfig, method: str, feeds, report: Report, name
     par = parity(q, INT8, f"{stem}.parity.json", onnx_runner(fp32), "fp32-onnx", feeds)
     for p in (q, chk, par):
         report.add(name, p)
+    worst = min(r["cosine"] for r in json.loads(Path(par).read_text())["outputs"].values())
+    if worst < cfg.int8_min_cosine:
+        log.warning("%s: INT8 output cosine %.3f < %.2f even with its sensitive layers in float; the network "
+                    "stays FP32 in the bundle (the gate judges the rest)", name, worst, cfg.int8_min_cosine)
+        return fp32
     return q
 
 
@@ -186,7 +192,8 @@ def stage_bundle(sources: Sources, nets: Mapping[str, Path], precision: str, whe
                  export_meta: Mapping[str, Any], calib: Mapping[str, Any]) -> Path:
     files = {f"{n}.onnx": BundleFile(p, n, "int8" if ".int8-" in p.name else "fp32") for n, p in nets.items()}
     files |= {name: BundleFile(p, "params" if name.endswith(".json") else "notice") for name, p in sources.files.items()}
-    contents = BundleContents(files, dict(sources.provenance), dict(calib), parity_of(nets), dict(export_meta))
+    meta = dict(export_meta) | {"fp32_networks": sorted(n for n, p in nets.items() if ".int8-" not in p.name)}
+    contents = BundleContents(files, dict(sources.provenance), dict(calib), parity_of(nets), meta)
     tracker = "e2e" if "tracker" in nets else "bytetrack"
     return write_bundle(contents, BundleConfig(precision=precision, tracker=tracker), where)
 

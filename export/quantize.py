@@ -42,6 +42,9 @@ class QuantConfig:
     percentile: float = 99.999  # percentile method: the clipped range's percentile
     num_bins: int = 0  # histogram bins for entropy/percentile; 0 = ORT's default (128 / 2048)
     stride: int = 25  # calibration frames per collection chunk (memory bound)
+    min_cosine: float = 0.98  # per output, FP32 vs INT8 on probe frames; below it sensitive activations go float
+    max_float_share: float = 0.5  # at most this share of quantised activations put back to float
+    probe_frames: int = 6  # calibration frames (spread evenly) used to measure cosine and sensitivity
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -89,28 +92,93 @@ def quantize(onnx_path: str | Path, cfg: QuantConfig, out_path: str | Path,
 
 def _quantize(src: Path, cfg: QuantConfig, out: Path, feeds) -> dict[str, Any]:
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     model = onnx.load(str(src))
     name_nodes(model)
-    excluded = sorted(nodes_to_keep_float(model, cfg))
+    excluded = set(nodes_to_keep_float(model, cfg))
     n = len(feeds) - len(feeds) % min(cfg.stride, len(feeds))  # strided collection needs a multiple
+    probe = [feeds[int(i)] for i in np.linspace(0, len(feeds) - 1, min(cfg.probe_frames, len(feeds))).astype(int)]
     with tempfile.TemporaryDirectory(prefix="vsdmot-quant-") as tmp:
-        named = Path(tmp) / "named.onnx"
+        named, ranges = Path(tmp) / "named.onnx", Path(tmp) / "ranges.json"
         onnx.save(model, str(named))
-        inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-        reader = FeedReader(feeds[:n] if n < len(feeds) else feeds, inputs)
-        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                  "percentile": CalibrationMethod.Percentile}[cfg.method]
-        quantize_static(str(named), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
-                        calibrate_method=method, extra_options=extra_options(cfg, n))
-    qmodel = onnx.load(str(out))
-    rewired = float_inputs(qmodel, set(excluded))
-    onnx.save(qmodel, str(out))
+        run_ort_quant(named, out, cfg, feeds[:n], excluded, ranges)  # calibrates once, caches the ranges
+        cos = min_cosine(src, out, probe)
+        trail = [(0, round(cos, 5))]
+        for extra in sensitivity_schedule(model, out, src, probe, cfg, cos):
+            run_ort_quant(named, out, cfg, None, excluded | extra, ranges)  # cached ranges: no recalibration
+            cos = min_cosine(src, out, probe)
+            trail.append((len(extra), round(cos, 5)))
+            if cos >= cfg.min_cosine:
+                excluded |= extra
+                break
     latency = {"fp32": latency_ms(src, feeds[0], runs=10), "int8": latency_ms(out, feeds[0], runs=10)}
-    return {"method": cfg.method, "calib_frames": n, "kept_float": excluded, "per_channel": cfg.per_channel,
-            "float_inputs_rewired": rewired, "latency_ms_1thread": latency}
+    return {"method": cfg.method, "calib_frames": n, "kept_float": sorted(excluded), "per_channel": cfg.per_channel,
+            "min_output_cosine": cos, "sensitivity_trail": trail, "latency_ms_1thread": latency}
+
+
+def run_ort_quant(named: Path, out: Path, cfg: QuantConfig, feeds, excluded: set[str], ranges: Path) -> None:
+    """ORT quantize_static (QDQ, symmetric int8) then float inputs for kept-float nodes."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    model = onnx.load(str(named))
+    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    reader = FeedReader(feeds, inputs) if feeds is not None else None
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[cfg.method]
+    quantize_static(str(named), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=sorted(excluded),
+                    calibrate_method=method, extra_options=extra_options(cfg, len(feeds) if feeds else cfg.stride),
+                    calibration_cache_path=str(ranges))
+    qmodel = onnx.load(str(out))
+    float_inputs(qmodel, excluded)
+    onnx.save(qmodel, str(out))
+
+
+def min_cosine(src: Path, quantized: Path, probe) -> float:
+    """Smallest per-output cosine (FP32 vs INT8) over the probe feeds."""
+    from .parity import compare, onnx_runner
+
+    return min(r["cosine"] for r in compare(onnx_runner(src), onnx_runner(quantized), probe).values())
+
+
+def sensitivity_schedule(model, quantized: Path, src: Path, probe, cfg: QuantConfig, cos: float):
+    """Growing sets of nodes to keep float, most sensitive first: the consumers of the activation
+    tensors whose int8 rounding (with the calibrated scale) loses most, measured on FP32 values."""
+    if cos >= cfg.min_cosine or cfg.max_float_share <= 0:
+        return
+    ranked = rank_activations(model, quantized, src, probe)
+    consumers = {t: {n.name for n in model.graph.node if t in n.input} for t in ranked}
+    k = 2
+    while k <= max(2, int(len(ranked) * cfg.max_float_share)):
+        yield set().union(*(consumers[t] for t in ranked[:k]))
+        k *= 2
+
+
+def rank_activations(model, quantized: Path, src: Path, probe) -> list[str]:
+    """Activation tensors quantised in `quantized`, worst int8 rounding error (1 - cosine) first."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    q = onnx.load(str(quantized))
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    scales = {n.input[0]: float(inits[n.input[1]]) for n in q.graph.node
+              if n.op_type == "QuantizeLinear" and n.input[1] in inits and inits[n.input[1]].size == 1}
+    names = [t for t in scales if t not in inits]
+    m = onnx.load(str(src))
+    have = {o.name for o in m.graph.output}
+    m.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in names if t not in have)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = [o.name for o in sess.get_outputs()]
+    err = dict.fromkeys(names, 0.0)
+    for feed in probe:
+        vals = dict(zip(outs, sess.run(None, dict(feed))))
+        for t in names:
+            x = vals[t].astype(np.float64).ravel()
+            xq = np.clip(np.round(x / scales[t]), -127, 127) * scales[t]
+            err[t] += 1.0 - float(x @ xq / (np.linalg.norm(x) * np.linalg.norm(xq) + 1e-12))
+    return sorted(names, key=lambda t: -err[t])
 
 
 def extra_options(cfg: QuantConfig, n: int) -> dict[str, Any]:
