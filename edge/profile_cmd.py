@@ -7,7 +7,8 @@
 Per run: warm up (frames in the first --warmup seconds are not counted), then measure for
 --duration seconds. A file source is replayed if it ends early. Reported: per-stage latency
 percentiles; FPS three ways (model stages only, the whole per-frame step, and end to end with
-decode and hooks); the semantic skip ratio; CPU seconds (time.process_time) and peak RSS; and,
+decode and hooks); the semantic skip ratio; CPU seconds (time.process_time); RSS and its growth
+per minute; and,
 only where a real power meter exists, watts with the idle baseline (measured before any model is
 loaded) subtracted and joules per frame. Without a meter the report says so and has no watts.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import resource
 import threading
@@ -58,6 +60,19 @@ class FrameRecord:
     semantic: str  # fresh / reused / skipped
     latency_ms: dict[str, float]  # stage -> ms
     cpu_s: float  # time.process_time() when the frame finished
+    rss_mb: float = 0.0  # resident set size after the frame, MiB (0 where /proc is absent)
+
+
+_PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20 if hasattr(os, "sysconf") else 0.0
+
+
+def rss_mb() -> float:
+    """This process's resident set size now, MiB (Linux /proc; 0.0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE_MB
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 @dataclass
@@ -76,7 +91,7 @@ class ProfileHook:
     def on_frame(self, result: Any, source_stats: Any = None) -> None:
         now = time.monotonic()
         self.records.append(FrameRecord(now, result.index, float(result.q), float(result.w), result.semantic,
-                                        dict(result.latency_ms), time.process_time()))
+                                        dict(result.latency_ms), time.process_time(), rss_mb()))
         over_time = now - self.t_start >= self.cfg.warmup_s + self.cfg.duration_s
         if over_time or (self.cfg.max_frames and len(self.records) >= self.cfg.max_frames):
             self.stop_event.set()
@@ -127,6 +142,8 @@ def summarize(records: list[FrameRecord], t_start: float, warmup_s: float) -> di
         "cpu_seconds": round(cpu, 3),
         "cpu_seconds_per_frame": round(cpu / n, 5),
         "cpu_cores_busy": round(cpu / wall, 3) if wall > 0 else None,
+        "rss_mb": [round(rows[0].rss_mb, 1), round(rows[-1].rss_mb, 1)],  # steady window start, end
+        "rss_growth_mb_per_min": round((rows[-1].rss_mb - rows[0].rss_mb) / wall * 60, 2) if wall > 0 else None,
         "window": [t0, rows[-1].t],
     }
 
@@ -219,7 +236,8 @@ def _backends(pipeline: Any) -> str:
 def _series(records: list[FrameRecord], t_start: float) -> dict[str, list]:
     return {"t": [round(r.t - t_start, 4) for r in records], "index": [r.index for r in records],
             "q": [round(r.q, 4) for r in records], "w": [round(r.w, 4) for r in records],
-            "semantic": [r.semantic for r in records], "latency_ms": [r.latency_ms for r in records]}
+            "semantic": [r.semantic for r in records], "latency_ms": [r.latency_ms for r in records],
+            "rss_mb": [round(r.rss_mb, 1) for r in records]}
 
 
 def _power_series(sampler: Any, window: list[float], t_start: float) -> list[list[float]]:
@@ -256,8 +274,6 @@ def measure_idle(sampler: Any, idle_s: float) -> float | None:
 
 
 def host_info() -> dict[str, Any]:
-    import os
-
     return {"machine": platform.machine(), "node": platform.node(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "platform": platform.platform(), "vsdmot": __version__}
 

@@ -142,6 +142,8 @@ def _rows(runs: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
         ("semantic skip ratio", col(lambda r: f"{100 * r['stats']['semantic_skip_ratio']:.1f} %")),
         ("CPU seconds (per frame)", col(lambda r: f"{r['stats']['cpu_seconds']} ({1000 * r['stats']['cpu_seconds_per_frame']:.1f} ms)")),
         ("CPU cores busy", col(lambda r: _fmt(r["stats"]["cpu_cores_busy"]))),
+        ("RSS MiB, start -> end (growth per min)", col(lambda r: "{} -> {} ({})".format(
+            *r["stats"].get("rss_mb", ["?", "?"]), _fmt(r["stats"].get("rss_growth_mb_per_min"))))),
     ]
     if any(r["energy"].get("mean_w") is not None for r in runs):
         rows += [("mean power W (idle W)", col(lambda r: f"{_fmt(r['energy'].get('mean_w'))} ({_fmt(r['energy'].get('idle_w'))})")),

@@ -33,6 +33,7 @@ def test_summarize_steady_state():
     assert s["semantic"]["skipped"] + s["semantic"]["fresh"] + s["semantic"]["reused"] == 31
     assert s["semantic_skip_ratio"] == pytest.approx(s["semantic"]["skipped"] / 31, abs=1e-4)
     assert s["cpu_seconds"] == pytest.approx(31 * 0.05) and s["cpu_cores_busy"] == pytest.approx(0.5, rel=1e-3)
+    assert s["rss_growth_mb_per_min"] == 0.0  # records() leaves RSS at 0
 
 
 def test_warmup_longer_than_the_run_is_a_clear_error():
@@ -99,6 +100,7 @@ def test_profile_report_on_the_demo_clip(bundle, tmp_path, capsys):
         assert all(s["fps"][k] > 0 for k in ("model", "pipeline", "end_to_end"))
         assert s["fps"]["model"] >= s["fps"]["pipeline"] >= s["fps"]["end_to_end"] * 0.9
         assert s["cpu_seconds"] > 0 and 0 <= s["semantic_skip_ratio"] <= 1
+        assert s["rss_mb"][0] > 10 and s["rss_growth_mb_per_min"] is not None
         assert r["config"]["semantics"]["policy"] == r["label"].split("=")[1]
         if report["meter"]["name"] is None:
             assert r["energy"] == {"metered": False, "note": report["meter"]["explain"]} and r["power_samples"] == []
