@@ -8,9 +8,8 @@ Per run: warm up (frames in the first --warmup seconds are not counted), then me
 --duration seconds. A file source is replayed if it ends early. Reported: per-stage latency
 percentiles; FPS three ways (model stages only, the whole per-frame step, and end to end with
 decode and hooks); the semantic skip ratio; CPU seconds (time.process_time); RSS and its growth
-per minute; and,
-only where a real power meter exists, watts with the idle baseline (measured before any model is
-loaded) subtracted and joules per frame. Without a meter the report says so and has no watts.
+per minute; and, only where a real power meter exists, watts with the idle baseline (measured
+before any model is loaded) subtracted and joules per frame. Without a meter the report says so and has no watts.
 """
 
 from __future__ import annotations
