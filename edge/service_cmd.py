@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if name == "unit":
             p.add_argument("--out", metavar="FILE", help="write the unit here instead of stdout")
         if name == "status":
-            p.add_argument("--health-url", default="http://127.0.0.1:9108/healthz", help="the service's /healthz")
+            p.add_argument("--health-url", help="the service's /healthz (default: from the config's [service] health_listen)")
+            p.add_argument("--config", dest="config_path", default="/etc/vsdmot/edge.toml", help=argparse.SUPPRESS)
 
 
 def _unit_options(p: argparse.ArgumentParser) -> None:
@@ -199,8 +200,22 @@ def _status(args: argparse.Namespace) -> int:
     done = subprocess.run(["systemctl", "show", "-p", props, f"{args.name}.service"], capture_output=True, text=True)
     print(done.stdout.strip() or done.stderr.strip())
     active = "ActiveState=active" in done.stdout
-    print(f"health: {_health(args.health_url)}")
+    print(f"health: {_health(args.health_url or health_url(args.config_path))}")
     return 0 if active else 3
+
+
+def health_url(config_path: str) -> str:
+    """http://HOST:PORT/healthz from the config's [service] health_listen (default if unreadable)."""
+    listen = "127.0.0.1:9108"
+    try:
+        from vsdmot.runtime.config import load_config
+
+        listen = load_config(config_path).service.health_listen or listen
+    except (OSError, ValueError):
+        pass
+    host, _, port = listen.rpartition(":")
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host in ("::", "[::]") else host)
+    return f"http://{host}:{port}/healthz"
 
 
 def _health(url: str) -> str:

@@ -167,3 +167,15 @@ def test_status_without_systemd(capsys):
 
 def test_default_exec_is_the_venv_script():
     assert C.default_exec_path().endswith("/bin/vsdmot-edge") and Path(C.default_exec_path()).is_file()
+
+
+@pytest.mark.parametrize(
+    "toml, url",
+    [(None, "http://127.0.0.1:9108/healthz"), ('[service]\nhealth_listen = "0.0.0.0:9200"\n', "http://127.0.0.1:9200/healthz"),
+     ('[service]\nhealth_listen = "192.0.2.7:9108"\n', "http://192.0.2.7:9108/healthz"), ("not toml [", "http://127.0.0.1:9108/healthz")],
+)
+def test_status_finds_the_health_url_in_the_config(tmp_path, toml, url):
+    path = tmp_path / "edge.toml"
+    if toml is not None:
+        path.write_text(toml)
+    assert C.health_url(str(path)) == url
