@@ -178,7 +178,7 @@ def _default_writer() -> Callable:
 
 
 def _cache_key(src: Path, cond: Condition, seed: int) -> str:
-    """Hash of the source files (size, mtime), the condition, the seed and the degradation code."""
+    """Hash of the source files (size, mtime), the condition, the seed and the degradation modules."""
     h = hashlib.sha256(json.dumps([asdict(cond), seed]).encode())
     for p in sorted(q for q in Path(src).rglob("*") if q.is_file()):
         st = p.stat()
@@ -188,12 +188,16 @@ def _cache_key(src: Path, cond: Condition, seed: int) -> str:
     return h.hexdigest()[:16]
 
 
+_DEGRADATION_MODULES = ("degrade", "schedule", "sequence", "codec", "realesrgan")  # what the writer runs
+
+
 def _degradation_sources() -> list[Path]:
     try:
         import vsdmot.calibration as cal  # noqa: PLC0415
     except ImportError:
         return []
-    return sorted(Path(cal.__file__).parent.glob("*.py"))
+    here = Path(cal.__file__).parent
+    return [here / f"{m}.py" for m in _DEGRADATION_MODULES if (here / f"{m}.py").is_file()]
 
 
 # -- running -------------------------------------------------------------------------------------
@@ -243,29 +247,63 @@ def run_one(name: str, seq_dir: Path, env: BenchEnv, out_file: Path,
 
 def bench(seqs: Sequence[Path], conds: Sequence[Condition], trackers: Sequence[str], out_dir: Path, *,
           cache_dir: Path, threads: int = 1, input_size: int = 416, frames: tuple[int, int] | None = None,
-          seed: int = 0, yolox_onnx: Path | None = None, progress: bool = True,
+          seed: int = 0, yolox_onnx: Path | None = None, progress: bool = True, jobs: int = 1,
           on_result: Callable[[list[RunResult]], None] | None = None) -> list[RunResult]:
     """Every tracker on every sequence under every condition; results under out_dir/results/.
-    `on_result(results so far)` runs after each run (the CLI saves partial JSON with it)."""
+
+    `jobs` > 1 runs (sequence, condition) pairs in that many processes (FPS then shares the CPU).
+    `on_result(results so far)` runs after each pair (the CLI saves partial JSON with it).
+    """
     from tqdm import tqdm
 
     for name in trackers:
         if name not in _REGISTRY:
             raise ValueError(f"tracker: expected one of {sorted(_REGISTRY)}, got {name!r}")
-    results = []
-    jobs = [(s, c, t) for s in seqs for c in conds for t in trackers]
-    for src, cond, name in tqdm(jobs, desc="bench", unit="run", disable=not progress):
-        seq_dir = prepare_sequence(Path(src), cond, cache_dir, seed, progress=progress)
-        info = read_seqinfo(Path(src))  # the source's name: a degraded copy's carries a suffix
-        env = BenchEnv(read_seqinfo(seq_dir).frame_rate, threads, input_size, yolox_onnx)
-        res_file = out_dir / "results" / name / cond.name / f"{info.name}.txt"
+    opts = dict(out_dir=out_dir, cache_dir=cache_dir, threads=threads, input_size=input_size, frames=frames,
+                seed=seed, yolox_onnx=yolox_onnx, progress=progress and jobs == 1)
+    pairs = [(Path(s), c) for s in seqs for c in conds]
+    done: dict[int, list[RunResult]] = {}
+    bar = tqdm(total=len(pairs) * len(trackers), desc="bench", unit="run", disable=not progress)
+    for i, runs in _map_pairs(pairs, trackers, opts, jobs):
+        done[i] = runs
+        bar.update(len(runs))
+        if on_result is not None:
+            on_result([r for k in sorted(done) for r in done[k]])
+    bar.close()
+    return [r for k in sorted(done) for r in done[k]]
+
+
+def _map_pairs(pairs: list, trackers: Sequence[str], opts: dict, jobs: int):
+    """Yield (pair index, runs) as pairs finish; in this process or in a pool of `jobs`."""
+    if jobs <= 1:
+        for i, (src, cond) in enumerate(pairs):
+            yield i, run_pair(src, cond, trackers, **opts)
+        return
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    # fork: children inherit the tracker registry, including trackers registered at run time
+    with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork")) as pool:
+        futures = {pool.submit(run_pair, src, cond, list(trackers), **opts): i for i, (src, cond) in enumerate(pairs)}
+        for fut in cf.as_completed(futures):
+            yield futures[fut], fut.result()
+
+
+def run_pair(src: Path, cond: Condition, trackers: Sequence[str], *, out_dir: Path, cache_dir: Path, threads: int,
+             input_size: int, frames: tuple[int, int] | None, seed: int, yolox_onnx: Path | None,
+             progress: bool) -> list[RunResult]:
+    """Prepare one (sequence, condition) and run every tracker on it."""
+    seq_dir = prepare_sequence(src, cond, cache_dir, seed, progress=progress)
+    name_ = read_seqinfo(src).name  # the source's name: a degraded copy's carries a suffix
+    env = BenchEnv(read_seqinfo(seq_dir).frame_rate, threads, input_size, yolox_onnx)
+    runs = []
+    for name in trackers:
+        res_file = out_dir / "results" / name / cond.name / f"{name_}.txt"
         seconds, ms = run_one(name, seq_dir, env, res_file, frames, progress)
         metrics = evaluate(seq_dir, res_file, frames=frames)
-        results.append(RunResult(name, info.name, cond.name, metrics, len(ms) / max(seconds, 1e-9),
-                                 float(np.percentile(ms, 50)), float(np.percentile(ms, 90)), len(ms), str(res_file)))
-        if on_result is not None:
-            on_result(results)
-    return results
+        runs.append(RunResult(name, name_, cond.name, metrics, len(ms) / max(seconds, 1e-9),
+                              float(np.percentile(ms, 50)), float(np.percentile(ms, 90)), len(ms), str(res_file)))
+    return runs
 
 
 def format_table(results: Sequence[RunResult]) -> str:

@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-clean", dest="clean", action="store_false", help="skip the clean condition")
     p.add_argument("--tracker", nargs="+", default=["peer"], metavar="NAME", help="registered trackers (default: peer)")
     p.add_argument("--frames", type=parse_frames, metavar="A:B", help="track and score frames A..B only")
-    p.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="inference threads per run (default 1)")
+    p.add_argument("--jobs", type=int, default=1, help="(sequence, condition) pairs run in parallel processes (default 1)")
     p.add_argument("--input-size", type=int, default=416, help="detector input side, px")
     p.add_argument("--seed", type=int, default=0, help="degradation seed")
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder (bench.json, bench.png, results/)")
@@ -57,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.seq:
         raise ValueError("expected --seq DIR [DIR ...] (MOTChallenge sequence folders)")
-    if args.threads < 1 or not 1 <= args.severity <= 5:
-        raise ValueError(f"expected --threads >= 1 and --severity 1-5, got {args.threads} and {args.severity}")
+    if args.threads < 1 or args.jobs < 1 or not 1 <= args.severity <= 5:
+        raise ValueError(f"expected --threads >= 1, --jobs >= 1 and --severity 1-5, "
+                         f"got {args.threads}, {args.jobs} and {args.severity}")
     cv2.setNumThreads(args.threads)
     presets = B.known_presets() if args.all_presets else args.preset
     _check_names("preset", presets, B.known_presets)
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     partial = lambda rs: B.write_json(rs, json_path, {**meta, "complete": False})  # noqa: E731
     results = B.bench(args.seq, conds, args.tracker, args.out, cache_dir=args.cache, threads=args.threads,
                       input_size=args.input_size, frames=args.frames, seed=args.seed, yolox_onnx=args.detector,
-                      on_result=partial)
+                      jobs=args.jobs, on_result=partial)
     print(B.format_table(results))
     B.write_json(results, json_path, {**meta, "complete": True})
     if args.plot:
@@ -96,7 +98,7 @@ def _meta(args: argparse.Namespace) -> dict:
 
     return {
         "command": " ".join(["vsdmot-bench", *args.argv]),
-        "vsdmot": __version__, "threads": args.threads, "input_size": args.input_size, "seed": args.seed,
+        "vsdmot": __version__, "threads": args.threads, "jobs": args.jobs, "input_size": args.input_size, "seed": args.seed,
         "severity": args.severity, "frames": args.frames, "precision": "fp32",
         "fps_note": "frames / seconds inside track(frame): detector + tracker; video decode excluded",
         "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),

@@ -140,3 +140,23 @@ def test_real_preset_if_degradations_exist(oracle, tud_dir, tmp_path):
     (run,) = B.bench([tud_dir], [B.Condition(preset, 3)], ["test-oracle"], tmp_path, cache_dir=tmp_path / "cache",
                      frames=(1, 5), progress=False)
     assert (run.sequence, run.condition) == ("TUD-Campus", f"{preset}-s3") and run.metrics["HOTA"] == pytest.approx(1.0)
+
+
+class Empty:
+    def track(self, frame):
+        return Detections.empty(with_ids=True)
+
+    def close(self):
+        pass
+
+
+def test_parallel_jobs_keep_order_and_report_each_pair(tud_dir, mot17_dir, tmp_path):
+    B.register_tracker("test-empty", lambda env: Empty())
+    seen = []
+    try:
+        runs = B.bench([tud_dir, mot17_dir], [B.Condition()], ["test-empty"], tmp_path, cache_dir=tmp_path / "c",
+                       jobs=2, progress=False, on_result=lambda rs: seen.append(len(rs)))
+    finally:
+        B._REGISTRY.pop("test-empty", None)
+    assert [r.sequence for r in runs] == ["TUD-Campus", "MOT17-05-FRCNN"]
+    assert all(r.metrics["HOTA"] == 0.0 and r.metrics["FN"] > 0 for r in runs) and seen == [1, 2]
