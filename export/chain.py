@@ -53,6 +53,7 @@ class ExportConfig:
     calibset: Any = None  # calibration.calibset.CalibSetConfig; None = its defaults
     gate: GateConfig = GateConfig()  # accuracy gate (force lives here)
     progress: bool = True  # tqdm progress bars
+    calib_quality: str = "auto"  # calibration-set stratification: gate (quality.json) | proxy (severity) | auto
     int8_min_cosine: float = 0.9  # a network whose INT8 outputs fall below this cosine vs FP32 stays FP32
 
     def __post_init__(self) -> None:
@@ -339,7 +340,8 @@ def calibration_feeds(sources: Sources, names: Sequence[str], cfg: ExportConfig,
 
     ccfg = cfg.calibset or CalibSetConfig()
     srcs = cfg.calib or default_calib_sources()
-    params = json.loads(sources.files["quality.json"].read_text()) if "quality.json" in sources.files else None
+    use_gate = "quality.json" in sources.files and cfg.calib_quality != "proxy"
+    params = json.loads(sources.files["quality.json"].read_text()) if use_gate else None
     cs = build_calibset(srcs, ccfg, work.parent / f"calib-{fingerprint(srcs, ccfg)[:12]}", params)
     (work / "calibset.json").write_text(json.dumps({k: cs.manifest[k] for k in (
         "sources", "frame_count", "quality", "quality_histogram", "presets", "sha256")} | {"path": str(cs.path)}))

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"INT8 calibration method; auto picks by the gate's HOTA (default {DEFAULT_METHOD})")
     p.add_argument("--target", choices=TARGETS, default="onnx", help="onnx (Q/DQ for ORT and TensorRT), tensorrt "
                    "(also a legacy INT8 calibration cache on the device), torch-tensorrt (on a device with it)")
+    p.add_argument("--calib-quality", choices=["auto", "gate", "proxy"], default="auto",
+                   help="stratify calibration frames by the bundle's quality gate or by degradation severity")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="bundle directory to write")
     p.add_argument("--force", action="store_true", help="publish even if the accuracy gate fails (recorded)")
     p.add_argument("--max-hota-drop", type=float, default=1.0, metavar="POINTS", help="accuracy gate threshold")
@@ -73,7 +75,7 @@ def config_from_args(args: argparse.Namespace):
     return ExportConfig(precision=args.precision, prune=args.prune, method=args.method, target=args.target,
                         calib=tuple(args.calib), work_dir=args.work_dir, recover=rec,
                         gate=GateConfig(max_hota_drop=args.max_hota_drop, force=args.force),
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, calib_quality=args.calib_quality)
 
 
 def run(args: argparse.Namespace) -> int:
