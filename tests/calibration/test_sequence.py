@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from vsdmot.calibration import sequence as seqmod
-from vsdmot.calibration.degrade import degrade, frame_rng
-from vsdmot.calibration.schedule import mixed_schedule
+from vsdmot.calibration.degrade import degrade, degrade_frames, frame_rng
+from vsdmot.calibration.schedule import CLEAN, FrameState, mixed_schedule
 from vsdmot.calibration.sequence import write_degraded_sequence
 from vsdmot.runtime.mot import read_seqinfo
 from vsdmot.runtime.sources import open_sequence
@@ -66,6 +66,17 @@ def test_h264_sequence_keeps_the_frames(ffmpeg, mot17_dir, tmp_path):
     src, got = _images(mot17_dir), _images(out)
     assert [i for i, _ in got] == [i for i, _ in src]
     assert all(a.shape == b.shape and a.tobytes() != b.tobytes() for (_, a), (_, b) in zip(src, got))
+
+
+def test_a_schedule_codes_its_h264_stretch_as_one_clip(ffmpeg, mot17_dir, tmp_path, monkeypatch):
+    plan = [FrameState("h264", 3)] * 3 + [CLEAN] * 2 + [FrameState("h264", 3)]
+    monkeypatch.setattr(seqmod, "named_schedule", lambda name, n, fps, seed: (plan * n)[:n])
+    out = write_degraded_sequence(mot17_dir, tmp_path / "s", schedule="mixed", seed=0, progress=False)
+    src, got = _images(mot17_dir), _images(out)
+    assert [i for i, _ in got] == [i for i, _ in src] == [1, 2, 3, 4, 5, 6]
+    assert [a.tobytes() == b.tobytes() for (_, a), (_, b) in zip(src, got)] == [False] * 3 + [True] * 2 + [False]
+    clip = list(degrade_frames([img for _, img in src[:3]], "h264", 3, 0, fps=read_seqinfo(mot17_dir).frame_rate, start=1))
+    assert all(a.tobytes() == b.tobytes() for a, (_, b) in zip(clip, got[:3]))  # one clip, in order
 
 
 def test_image_sequence_keeps_frame_numbers_as_png(mot17_dir, tmp_path):
