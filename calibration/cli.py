@@ -1,4 +1,4 @@
-"""vsdmot-degrade: write a degraded copy of a MOTChallenge sequence, list presets, or draw the contact sheet.
+"""Write a degraded copy of a MOTChallenge sequence, list the presets, time them, or draw the contact sheet.
 
     vsdmot-degrade --input SEQ_DIR --preset NAME --severity S [--seed N] [--storage png|ffv1] --out DIR
     vsdmot-degrade --input SEQ_DIR --schedule mixed [--seed N] [--storage png|ffv1] --out DIR
@@ -20,8 +20,15 @@ from vsdmot._cli import run_main
 DEFAULT_SHEET_INPUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "PETS09-S2L1"
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (and exit 2), like every other bad input of this command."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vsdmot-degrade", description=__doc__.strip().splitlines()[0],
+    p = _OneLineParser(prog="vsdmot-degrade", description=__doc__.strip().splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 1)[1])
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")

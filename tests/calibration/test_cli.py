@@ -57,6 +57,15 @@ def test_bad_input_is_one_clear_line(args, code, message, broken, tud_dir, capfd
     assert not (broken / "out").exists()
 
 
+@pytest.mark.parametrize("args, message", [(["--severity", "abc"], "argument --severity: invalid int value: 'abc'"),
+                                           (["--fast"], "unrecognized arguments: --fast")])
+def test_usage_errors_are_one_line_too(args, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err.splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("vsdmot-degrade: error: ") and message in err[0]
+
+
 def test_missing_out_is_bad_input(tud_dir, capsys):
     assert main(["--input", str(tud_dir), "--preset", "jpeg", "--severity", "1"]) == 2
     assert "expected --input SEQ_DIR and --out DIR" in capsys.readouterr().err
