@@ -14,7 +14,7 @@ Parameters per severity and the reasons for them: docs/degradations.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -25,7 +25,9 @@ from . import codec
 SEVERITIES = (1, 2, 3, 4, 5)
 
 
-# -- per-frame operations: f(img uint8 (H,W,3), level, rng, s) -> uint8; s = short side / 480 ------
+# -- per-frame operations: f(img uint8 (H,W,3), level, rng, s, scene) -> uint8 ----------------------
+# s = short side / 480; scene = the generator for what stays put over a clip (fog, wind direction):
+# a fresh default_rng(scene_seed) per frame in clips, the frame's own rng for a single image.
 
 def _u8(x: np.ndarray) -> np.ndarray:
     """float -> uint8, rounded and saturated (OpenCV's saturate_cast: 15x faster than numpy)."""
@@ -46,12 +48,12 @@ def _add_u8(img: np.ndarray, noise: np.ndarray) -> np.ndarray:
     return cv2.add(img, noise, dtype=cv2.CV_8U)
 
 
-def gaussian_noise(img, sigma: float, rng, s=1.0):
+def gaussian_noise(img, sigma: float, rng, s=1.0, scene=None):
     """Additive white Gaussian noise, independent per channel; sigma in 8-bit levels."""
     return _add_u8(img, randn(img.shape, rng, sigma))
 
 
-def shot_noise(img, peak: float, rng, s=1.0):
+def shot_noise(img, peak: float, rng, s=1.0, scene=None):
     """Photon (Poisson) noise with `peak` photons at white: variance = signal / gain.
 
     Drawn as the Gaussian with Poisson's mean and variance (exact Poisson costs 40x more time and
@@ -72,7 +74,7 @@ def _line_kernel(length: float, angle_deg: float) -> np.ndarray:
     return ker / ker.sum()
 
 
-def motion_blur(img, length: float, rng, s=1.0):
+def motion_blur(img, length: float, rng, s=1.0, scene=None):
     """Linear camera/subject motion over the exposure: a line kernel at a random angle."""
     return cv2.filter2D(img, -1, _line_kernel(max(length * s, 1.0), rng.uniform(0, 180)), borderType=cv2.BORDER_REFLECT)
 
@@ -86,24 +88,24 @@ def disk_kernel(radius: float) -> np.ndarray:
     return ker / ker.sum()
 
 
-def defocus_blur(img, radius: float, rng, s=1.0):
+def defocus_blur(img, radius: float, rng, s=1.0, scene=None):
     """Out-of-focus lens: convolution with a disk (deterministic: the rng is unused)."""
     return cv2.filter2D(img, -1, disk_kernel(max(radius * s, 0.5)), borderType=cv2.BORDER_REFLECT)
 
 
-def jpeg(img, quality: int, rng, s=1.0):
+def jpeg(img, quality: int, rng, s=1.0, scene=None):
     """Baseline JPEG (4:2:0) at `quality` (OpenCV's libjpeg scale 1..100)."""
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)
 
 
-def h264_frame(img, qp: int, rng, s=1.0):
+def h264_frame(img, qp: int, rng, s=1.0, scene=None):
     """One frame as an H.264 intra frame at a fixed QP (ffmpeg/libx264); clips use the real codec
     over time in degrade_frames. Deterministic: the rng is unused."""
     return codec.h264_intra(img, int(qp))
 
 
-def downscale(img, factor: float, rng, s=1.0):
+def downscale(img, factor: float, rng, s=1.0, scene=None):
     """A low-resolution camera: area-downscale by `factor`, bilinear upscale back to the same size."""
     h, w = img.shape[:2]
     small = cv2.resize(img, (max(round(w / factor), 1), max(round(h / factor), 1)), interpolation=cv2.INTER_AREA)
@@ -116,7 +118,7 @@ _TO_LINEAR = ((np.arange(256) / 255.0) ** _GAMMA).astype(np.float32)  # uint8 ->
 _TO_PIXEL = np.rint(255.0 * (np.arange(65536) / 65535.0) ** (1 / _GAMMA)).astype(np.uint8)  # 16-bit linear -> uint8
 
 
-def low_light(img, exposure: float, rng, s=1.0):
+def low_light(img, exposure: float, rng, s=1.0, scene=None):
     """Under-exposure: linear light x `exposure`, shot + read noise at that photon count, then the
     camera's auto-gain recovers only part of it (gain = exposure ** -0.45) before gamma."""
     photons = _TO_LINEAR * np.float32(exposure * _FULL_WELL)
@@ -132,17 +134,18 @@ def _smooth_field(h: int, w: int, rng, cells: tuple[int, int] = (3, 4)) -> np.nd
     return np.clip(cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC), -1, 1)
 
 
-def haze(img, beta: float, rng, s=1.0):
+def haze(img, beta: float, rng, s=1.0, scene=None):
     """Koschmieder fog I = J t + A (1 - t), t = exp(-beta d). Depth d: 1 at the top row (far, a
-    camera looking down) to 0.35 at the bottom, +-0.15 patchy; airlight A a pale grey."""
+    camera looking down) to 0.35 at the bottom, +-0.15 patchy; airlight A a pale grey. Both come
+    from `scene`, so fog holds still over a clip instead of flickering."""
     h, w = img.shape[:2]
-    d = np.linspace(1.0, 0.35, h, dtype=np.float32)[:, None] + 0.15 * _smooth_field(h, w, rng)
+    d = np.linspace(1.0, 0.35, h, dtype=np.float32)[:, None] + 0.15 * _smooth_field(h, w, scene)
     t = np.exp(-beta * d)[..., None]  # (h, w, 1) transmission
-    air = 255.0 * (rng.uniform(0.80, 0.92) + rng.uniform(-0.02, 0.02, 3)).astype(np.float32)
+    air = 255.0 * (scene.uniform(0.80, 0.92) + scene.uniform(-0.02, 0.02, 3)).astype(np.float32)
     return _u8(img * t + air * (1 - t))
 
 
-def contrast(img, factor: float, rng, s=1.0):
+def contrast(img, factor: float, rng, s=1.0, scene=None):
     """Contrast loss about the mean grey level (flat light, a dirty lens); deterministic."""
     mean = float(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).mean())
     return _u8(mean + (img.astype(np.float32) - mean) * factor)
@@ -155,17 +158,17 @@ def _streaks(h: int, w: int, density: float, length: float, angle: float, rng) -
     return np.minimum(cv2.filter2D(seeds, -1, ker / ker.max() * 0.7), 1.0)
 
 
-def rain(img, level: tuple[float, float, float], rng, s=1.0):
+def rain(img, level: tuple[float, float, float], rng, s=1.0, scene=None):
     """Rain: near-vertical bright streaks (density, length px, opacity) over a slightly darker,
     lower-contrast scene (overcast, wet air)."""
     density, length, alpha = level
     h, w = img.shape[:2]
-    layer = _streaks(h, w, density, length * s, 90 + rng.uniform(-20, 20), rng)[..., None]
+    layer = _streaks(h, w, density, length * s, 90 + scene.uniform(-20, 20), rng)[..., None]  # wind: per clip
     base = img.astype(np.float32) * (1 - alpha * 0.25) + 90.0 * alpha * 0.25
     return _u8(base * (1 - alpha * layer) + 230.0 * alpha * layer)
 
 
-def snow(img, level: tuple[float, float, float], rng, s=1.0):
+def snow(img, level: tuple[float, float, float], rng, s=1.0, scene=None):
     """Snow: soft white flakes of two sizes (px), smeared a little by their fall, over a whitish veil."""
     density, size, veil = level
     h, w = img.shape[:2]
@@ -174,13 +177,13 @@ def snow(img, level: tuple[float, float, float], rng, s=1.0):
         sigma = max(sz / 2, 0.4)
         seeds = (rng.random((h, w), dtype=np.float32) < density * frac).astype(np.float32)
         flakes += cv2.GaussianBlur(seeds, (0, 0), sigma) * (2 * np.pi * sigma**2)  # peak ~1 per flake
-    ker = _line_kernel(max(size * s * 1.5, 1.0), 90 + rng.uniform(-30, 30))
+    ker = _line_kernel(max(size * s * 1.5, 1.0), 90 + scene.uniform(-30, 30))  # wind: per clip
     flakes = np.minimum(cv2.filter2D(flakes, -1, ker) * 2.0, 1.0)[..., None]
     base = img.astype(np.float32) * (1 - veil) + 235.0 * veil
     return _u8(base * (1 - 0.9 * flakes) + 0.9 * 245.0 * flakes)
 
 
-def realesrgan_pipeline(img, severity: int, rng, s=1.0):
+def realesrgan_pipeline(img, severity: int, rng, s=1.0, scene=None):
     """Real-ESRGAN's second-order pipeline, drawn fresh per call (calibration/realesrgan.py)."""
     from . import realesrgan  # noqa: PLC0415  (it imports randn from here)
 
@@ -192,7 +195,7 @@ def realesrgan_pipeline(img, severity: int, rng, s=1.0):
 @dataclass(frozen=True, slots=True)
 class Preset:
     name: str
-    fn: Callable  # f(img, level, rng, s) -> img
+    fn: Callable  # f(img, level, rng, s, scene) -> img
     levels: tuple  # the parameter at severity 1..5
     unit: str  # what a level means (docs, --list)
     seeded: bool = True  # False: degrade()'s output does not depend on the rng
@@ -238,12 +241,22 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def degrade(image: np.ndarray, preset: str, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """One frame, (H, W, 3) uint8 BGR -> same shape and dtype. Same rng state, same bytes."""
+def degrade(image: np.ndarray, preset: str, severity: int, rng: np.random.Generator, *,
+            scene_seed: int | Sequence[int] | None = None) -> np.ndarray:
+    """One frame, (H, W, 3) uint8 BGR -> same shape and dtype. Same rng state, same bytes.
+
+    `scene_seed` fixes what stays put over a clip (haze field and airlight, rain/snow direction);
+    without it those come from `rng` like the rest."""
     p = check(preset, severity)
     img = _check_image(image)
     level = H264_INTRA_QP[severity - 1] if p.clip else p.levels[severity - 1]
-    return p.fn(img, level, rng, min(img.shape[:2]) / 480.0)
+    scene = rng if scene_seed is None else np.random.default_rng(scene_seed)
+    return p.fn(img, level, rng, min(img.shape[:2]) / 480.0, scene)
+
+
+def scene_seed(seed: int, start: int) -> list[int]:
+    """The scene seed of a clip (or a schedule stretch) that starts at frame `start`."""
+    return [int(seed), int(start), 0x5CE4E]
 
 
 def frame_rng(seed: int, index: int) -> np.random.Generator:
@@ -253,7 +266,8 @@ def frame_rng(seed: int, index: int) -> np.random.Generator:
 
 def degrade_frames(images: Iterable[np.ndarray], preset: str, severity: int, seed: int, *,
                    fps: float = 25.0, start: int = 1) -> Iterator[np.ndarray]:
-    """A clip, frame by frame. Frame k (numbered from `start`) uses frame_rng(seed, k).
+    """A clip, frame by frame. Frame k (numbered from `start`) uses frame_rng(seed, k), and the
+    whole clip one scene_seed(seed, start) (fog and wind hold still).
 
     `h264` encodes the whole clip with libx264 at severity's bits per pixel and `fps`, GOP 2 s
     with a phase drawn from (seed, start), then decodes it (codec.h264_clip); it needs Debian's
@@ -263,8 +277,9 @@ def degrade_frames(images: Iterable[np.ndarray], preset: str, severity: int, see
         phase_rng = np.random.default_rng([int(seed), int(start), 264])  # GOP phase of this clip
         yield from codec.h264_clip((_check_image(i) for i in images), p.levels[severity - 1], fps, phase_rng)
         return
+    scene = scene_seed(seed, start)
     for k, img in enumerate(images, start):
-        yield degrade(img, preset, severity, frame_rng(seed, k))
+        yield degrade(img, preset, severity, frame_rng(seed, k), scene_seed=scene)
 
 
 def random_degrade(image: np.ndarray, rng: np.random.Generator, presets: Iterable[str] = FRAME_PRESETS,

@@ -12,8 +12,8 @@ of a benchmark): at 640x480 a PNG frame decodes in ~9 ms CPU against ~29 ms for 
 OpenCV, at the same size (docs/degradations.md).
     gt/gt.txt           the source's, byte for byte
     degradation.json    per frame: index, preset (null = clean), severity, seed
-So the only loss is the degradation itself. Frame k gets degrade.frame_rng(seed, k); an h264
-stretch is coded as one clip. The folder appears whole or not at all (written beside, then renamed).
+So the only loss is the degradation itself. Frame k gets degrade.frame_rng(seed, k), each stretch
+one degrade.scene_seed(seed, first k); an h264 stretch is coded as one clip. The folder appears whole or not at all (written beside, then renamed).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from vsdmot.runtime.mot import SeqInfo, write_seqinfo
 from vsdmot.runtime.sources import open_sequence
 from vsdmot.runtime.types import Frame
 
-from .degrade import TABLE, check, degrade, degrade_frames, frame_rng
+from .degrade import TABLE, check, degrade, degrade_frames, frame_rng, scene_seed
 from .schedule import FrameState, schedule as named_schedule, stretches
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,10 @@ def _degraded(frames: Iterator[Frame], states: list[FrameState], seed: int, fps:
         elif TABLE[state.preset].clip:
             yield from ((f, state) for f in _coded(run, state, seed, fps))
         else:
+            scene = None
             for f in run:
-                img = degrade(f.image, state.preset, state.severity, frame_rng(seed, f.index))
+                scene = scene or scene_seed(seed, f.index)  # from the stretch's first frame
+                img = degrade(f.image, state.preset, state.severity, frame_rng(seed, f.index), scene_seed=scene)
                 yield Frame(f.index, img, f.timestamp), state
 
 
@@ -200,6 +202,7 @@ def _finish(src_dir: Path, tmp: Path, out_info: SeqInfo, rows: list[dict], how: 
     write_seqinfo(tmp / "seqinfo.ini", out_info)
     (tmp / "seqinfo.ini").chmod(0o644)
     doc = {"vsdmot": __version__, "source": str(src_dir.resolve()), "name": out_info.name, **how,
-           "rng": "frame k: numpy default_rng([seed, k]); h264 stretches coded as one clip (GOP phase from [seed, first k])",
+           "rng": "frame k: default_rng([seed, k]); scene (fog, wind) per stretch: default_rng(scene_seed(seed, first k)); "
+                  "h264 stretches coded as one clip (GOP phase from [seed, first k, 264])",
            "frames": rows}
     (tmp / LOG_NAME).write_text(json.dumps(doc, indent=1))

@@ -9,7 +9,7 @@ import pytest
 
 from vsdmot.calibration import codec, realesrgan
 from vsdmot.calibration.degrade import (
-    FRAME_PRESETS, PRESETS, TABLE, degrade, degrade_frames, disk_kernel, frame_rng, random_degrade,
+    FRAME_PRESETS, PRESETS, TABLE, degrade, degrade_frames, disk_kernel, frame_rng, random_degrade, scene_seed,
 )
 from vsdmot.runtime.errors import VsdmotError
 from vsdmot.runtime.sources import open_sequence
@@ -153,6 +153,16 @@ def test_degrade_frames_uses_one_generator_per_frame_index(frames):
     for k, img in enumerate(out, 10):
         assert img.tobytes() == degrade(frames[1], "gaussian_noise", 2, frame_rng(5, k)).tobytes()
     assert out[0].tobytes() != out[1].tobytes()  # fresh noise per frame
+
+
+def test_fog_holds_still_over_a_clip_while_rain_falls(frames):
+    still = [frames[1]] * 3  # a static camera
+    fog = list(degrade_frames(still, "haze", 3, seed=1))
+    assert fog[0].tobytes() == fog[1].tobytes() == fog[2].tobytes()  # no flicker within a clip
+    assert fog[0].tobytes() != next(degrade_frames(still, "haze", 3, seed=2)).tobytes()
+    assert fog[0].tobytes() == degrade(frames[1], "haze", 3, frame_rng(1, 1), scene_seed=scene_seed(1, 1)).tobytes()
+    rain = list(degrade_frames(still, "rain", 3, seed=1))
+    assert rain[0].tobytes() != rain[1].tobytes()  # new drops every frame
 
 
 def test_random_degrade_is_seeded_and_never_spawns_the_codec(frames, monkeypatch):

@@ -106,7 +106,7 @@ def test_ffv1_needs_frames_numbered_from_one(tmp_path, mot17_dir):
 def test_crash_leaves_nothing_and_a_rerun_replaces(mot17_dir, tmp_path, monkeypatch):
     calls = []
 
-    def boom(img, preset, sev, rng):
+    def boom(img, preset, sev, rng, **kw):
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("simulated crash on frame 3")
