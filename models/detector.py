@@ -43,8 +43,12 @@ class Detector(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         output, feats = self.yolox(images)
-        emb = torch.cat([self.embed_proj(f).flatten(2) for f in feats], 2).permute(0, 2, 1)  # (B,A,E)
-        return output, F.normalize(emb, dim=-1)
+        return output, self.embed_from_feats(feats)
+
+    def embed_from_feats(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Per-level (B,128,h,w) head features -> (B,A,E) L2-normalised, anchors in output order."""
+        emb = torch.cat([self.embed_proj(f).flatten(2) for f in feats], 2).permute(0, 2, 1)
+        return F.normalize(emb, dim=-1)
 
 
 def from_yolox_onnx(onnx_path: str | Path, cfg: DetectorConfig = DetectorConfig()) -> tuple[Detector, dict]:

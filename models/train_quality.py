@@ -1,0 +1,187 @@
+"""`vsdmot-train quality`: fit the quality head on degraded training frames (task-aware target).
+
+Target: how much a degradation changes what the detector sees. For a training frame and a
+degraded copy (random per-frame preset, severity 1..5, plus the clean frame itself), the detector
+runs on both; q* = F1 agreement of the degraded frame's person boxes with the clean frame's
+(score > score_thr, IoU >= 0.5). So q = 1 means "the detector sees what it would see on a clean
+frame", whatever the scene; frames where the clean detector sees nobody carry no signal and are
+skipped. The head (runtime/quality.py: standardise, small MLP, sigmoid) is fitted by BCE on q*.
+
+Samples are collected once into <out>/samples.npz (resumable: collection continues where it
+stopped), then the head is fitted in seconds. Training frames only (PETS 1-600, MOT17-mini).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vsdmot.models.dswr import DswrConfig, DswrHead
+from vsdmot.models.trainframes import DEFAULT_DATA, REPO, TrainFrame, degrade_fn, load_mot17, load_pets
+from vsdmot.models.trainloop import out_dir, setup
+from vsdmot.runtime.quality import FEATURES, QualityGate, compute_features
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QualityTrainConfig:
+    seed: int = 0  # python, numpy and torch seed
+    pets_every: int = 6  # use every n-th PETS frame of 1-600
+    views: int = 2  # random views per frame (crop 50-100 %, downscaled to a random short side): scene variety
+    draws: int = 5  # degraded copies per view (random preset and severity each)
+    min_side: int = 360  # smallest short side of a view, px
+    severity_max: int = 5  # severities drawn from 1..severity_max
+    score_thr: float = 0.3  # detections counted for the agreement target
+    hidden: int = 32  # MLP hidden units (0 = logistic regression)
+    epochs: int = 400  # full-batch Adam epochs of the head fit
+    lr: float = 1e-2  # Adam learning rate
+    weight_decay: float = 1e-3  # Adam weight decay (L2)
+    detector: str = str(REPO.parent / "shared" / "models" / "yolox_nano.onnx")  # ONNX giving the target
+    data: str = str(DEFAULT_DATA)  # root of the real data (PETS09-S2L1, MOT17-mini)
+    out: str = "runs/train/quality"  # run folder: samples.npz (resumable) and quality.json
+    threads: int = 1  # torch and onnxruntime threads
+    resume: bool = False  # continue collecting into <out>/samples.npz
+
+
+def _detect_fn(path: str, threads: int, thr: float):
+    """image -> (K, 4) person boxes, source px, by onnxruntime (the runtime's own decode and NMS)."""
+    import onnxruntime as ort
+
+    from vsdmot.runtime.yolox import decode, letterbox, nms
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    name, size = sess.get_inputs()[0].name, sess.get_inputs()[0].shape[2]
+
+    def detect(img: np.ndarray) -> np.ndarray:
+        x, r = letterbox(img, size)
+        xyxy, score, _ = decode(sess.run(None, {name: x})[0], size, score_thr=thr)
+        return xyxy[nms(xyxy, score, 0.45)] / r
+
+    return detect
+
+
+def agreement(a: np.ndarray, b: np.ndarray, iou_thr: float = 0.5) -> float:
+    """F1 of boxes b against boxes a (greedy one-to-one matching by IoU). a non-empty."""
+    if len(b) == 0:
+        return 0.0
+    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), -1)
+    area = lambda x: np.prod(x[:, 2:] - x[:, :2], -1)  # noqa: E731
+    iou = inter / (area(a)[:, None] + area(b)[None] - inter + 1e-9)
+    matches = 0
+    while iou.size and iou.max() >= iou_thr:
+        i, j = np.unravel_index(np.argmax(iou), iou.shape)
+        iou[i, :], iou[:, j], matches = -1, -1, matches + 1
+    return 2.0 * matches / (len(a) + len(b))
+
+
+def random_view(img: np.ndarray, rng, min_side: int) -> np.ndarray:
+    """A random crop (50-100 % of each side) downscaled (INTER_AREA) to a random short side."""
+    h, w = img.shape[:2]
+    ch, cw = int(h * rng.uniform(0.5, 1.0)), int(w * rng.uniform(0.5, 1.0))
+    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    crop = img[y : y + ch, x : x + cw]
+    side = rng.uniform(min(min_side, min(ch, cw)), min(ch, cw))
+    r = side / min(ch, cw)
+    return cv2.resize(crop, (max(int(cw * r), 16), max(int(ch * r), 16)), interpolation=cv2.INTER_AREA) if r < 1 else crop
+
+
+def _frame_samples(f: TrainFrame, detect, deg, rng, cfg: QualityTrainConfig) -> list[tuple[np.ndarray, float]]:
+    out, (fn, presets) = [], deg
+    for v in range(cfg.views):
+        view = np.ascontiguousarray(f.image if v == 0 else random_view(f.image, rng, cfg.min_side))
+        ref = detect(view)
+        if len(ref) == 0:
+            continue
+        out.append((compute_features(view), 1.0))
+        for _ in range(cfg.draws):
+            img = fn(view, presets[rng.integers(len(presets))], int(rng.integers(1, cfg.severity_max + 1)), rng)
+            out.append((compute_features(img), agreement(ref, detect(img))))
+    return out
+
+
+def collect(cfg: QualityTrainConfig, out: Path) -> dict[str, np.ndarray]:
+    """X (N, F), y (N,), source (N,) — saved to out/samples.npz every 10 frames (resumable)."""
+    path = out / "samples.npz"
+    old = dict(np.load(path)) if cfg.resume and path.exists() else {"X": np.zeros((0, len(FEATURES)), np.float32), "y": np.zeros(0, np.float32), "source": np.zeros(0, "U32"), "done": np.zeros(0, "U32")}
+    frames = load_pets(Path(cfg.data), every=cfg.pets_every) + load_mot17(Path(cfg.data))
+    detect, deg = _detect_fn(cfg.detector, cfg.threads, cfg.score_thr), degrade_fn()
+    X, y, src, done = list(old["X"]), list(old["y"]), list(old["source"]), set(old["done"].tolist())
+    for k, f in enumerate(tqdm(frames, desc="quality samples", dynamic_ncols=True, mininterval=2.0)):
+        if f.source in done:
+            continue
+        for feats, target in _frame_samples(f, detect, deg, np.random.default_rng([cfg.seed, k]), cfg):
+            X.append(feats), y.append(target), src.append(f.source)
+        done.add(f.source)
+        if len(done) % 10 == 0 or k == len(frames) - 1:
+            np.savez(path, X=np.asarray(X, np.float32), y=np.asarray(y, np.float32), source=np.asarray(src, "U32"), done=np.asarray(sorted(done), "U32"))
+    return {"X": np.asarray(X, np.float32), "y": np.asarray(y, np.float32), "source": np.asarray(src)}
+
+
+def is_validation(source: str) -> bool:
+    """PETS 541-600 and MOT17-13 are held out of the head fit to report validation numbers."""
+    seq, k = source.split(":")
+    return (seq == "PETS09-S2L1" and int(k) > 540) or seq == "MOT17-13-FRCNN"
+
+
+def fit_head(X: np.ndarray, y: np.ndarray, cfg: QualityTrainConfig) -> QualityGate:
+    """Standardise, then BCE(sigmoid(mlp(z)), y) full batch with Adam."""
+    mean, std = X.mean(0), X.std(0) + 1e-6
+    z, t = torch.from_numpy((X - mean) / std), torch.from_numpy(y)
+    dims = [X.shape[1]] + ([cfg.hidden] if cfg.hidden else []) + [1]
+    layers = [torch.nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:])]
+    net = torch.nn.Sequential(*[m for l in layers for m in (l, torch.nn.ReLU())][:-1])
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    for _ in range(cfg.epochs):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(z)[:, 0], t)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    params = [(l.weight.detach().numpy(), l.bias.detach().numpy()) for l in layers]
+    return QualityGate(FEATURES, mean.astype(np.float32), std.astype(np.float32), tuple(params))
+
+
+def metrics(gate: QualityGate, X: np.ndarray, y: np.ndarray) -> dict:
+    from scipy.stats import spearmanr
+
+    q = gate.score(X)
+    return {"n": int(len(y)), "mae": float(np.abs(q - y).mean()), "spearman": float(spearmanr(q, y).statistic)}
+
+
+def train(cfg: QualityTrainConfig) -> Path:
+    setup(cfg.seed, cfg.threads)
+    out = out_dir(cfg.out)
+    s = collect(cfg, out)
+    val = np.array([is_validation(x) for x in s["source"]])
+    gate = fit_head(s["X"][~val], s["y"][~val], cfg)
+    m = {"train": metrics(gate, s["X"][~val], s["y"][~val]), "validation": metrics(gate, s["X"][val], s["y"][val])}
+    log.info("quality head: %s", m)
+    doc = {"schema": "vsdmot.quality/1", "gate": gate.params(), "dswr": DswrHead(DswrConfig()).to_params(),
+           "meta": {"stage": "quality", "target": "F1 agreement of degraded vs clean detections", "detector": Path(cfg.detector).name,
+                    "data": "PETS09-S2L1 1-600 every %d, MOT17-mini train" % cfg.pets_every, "metrics": m, "train_config": asdict(cfg)}}
+    path = out / "quality.json"
+    path.write_text(json.dumps(doc, indent=1))
+    return path
+
+
+def add_arguments(parser) -> None:
+    from vsdmot.models.trainloop import add_config_args
+
+    add_config_args(parser, QualityTrainConfig)
+
+
+def run(args) -> int:
+    from vsdmot.models.trainloop import config_from_args
+
+    print(f"quality params: {train(config_from_args(QualityTrainConfig, args))}")
+    return 0

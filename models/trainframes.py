@@ -1,0 +1,100 @@
+"""Training frames for the networks of this package, with the evaluation frames fenced off.
+
+Training may use PETS09-S2L1 frames 1-600 and the MOT17-mini train frames only. PETS 601-795 and
+TUD-Campus are evaluation data: `load_pets` refuses any frame above `PETS_TRAIN_LAST`.
+Frames are read in place from ../shared/data (never copied) and kept in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+PETS_TRAIN_LAST = 600  # PETS09-S2L1 frames 601-795 are held out for evaluation
+MOT17_MAX_WIDTH = 960  # MOT17's 1920x1080 frames are halved on load (memory)
+
+
+@dataclass
+class TrainFrame:
+    image: np.ndarray  # (H, W, 3) uint8 BGR
+    source: str  # "PETS09-S2L1:17", "MOT17-04-FRCNN:3"
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # (N, 4) xyxy, image px
+    ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))  # (N,) gt identity
+
+
+def _gt(path: Path, scale: float) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """frame -> (xyxy (N,4), ids (N,)) from a MOTChallenge gt.txt, rows with conf 0 dropped."""
+    rows = np.loadtxt(path, delimiter=",", ndmin=2)
+    rows = rows[rows[:, 6] != 0]
+    out = {}
+    for f in np.unique(rows[:, 0]).astype(int):
+        r = rows[rows[:, 0] == f]
+        xyxy = np.c_[r[:, 2:4], r[:, 2:4] + r[:, 4:6]] * scale
+        out[f] = (xyxy.astype(np.float32), r[:, 1].astype(np.int64))
+    return out
+
+
+def load_pets(data: Path = DEFAULT_DATA, first: int = 1, last: int = PETS_TRAIN_LAST, every: int = 1) -> list[TrainFrame]:
+    """PETS09-S2L1 frames first..last (1-based, last <= 600) with gt boxes and ids."""
+    if not 1 <= first <= last <= PETS_TRAIN_LAST:
+        raise ValueError(f"PETS training frames: expected 1 <= first <= last <= {PETS_TRAIN_LAST}, got {first}..{last}")
+    seq = Path(data) / "PETS09-S2L1"
+    gt = _gt(seq / "gt" / "gt.txt", 1.0)
+    cap, out = cv2.VideoCapture(str(seq / "PETS09-S2L1.avi")), []
+    for k in range(1, last + 1):
+        ok, img = cap.read()
+        if not ok:
+            raise ValueError(f"{seq}: could not decode frame {k}")
+        if k >= first and (k - first) % every == 0:
+            boxes, ids = gt.get(k, (np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)))
+            out.append(TrainFrame(img, f"PETS09-S2L1:{k}", boxes, ids))
+    cap.release()
+    return out
+
+
+def load_mot17(data: Path = DEFAULT_DATA) -> list[TrainFrame]:
+    """Every MOT17-mini train frame present, halved if wider than MOT17_MAX_WIDTH, with gt."""
+    out = []
+    for seq in sorted((Path(data) / "MOT17-mini" / "train").glob("MOT17-*")):
+        gt_path = seq / "gt" / "gt.txt"
+        for p in sorted((seq / "img1").glob("*.jpg")):
+            img = cv2.imread(str(p))
+            s = min(1.0, MOT17_MAX_WIDTH / img.shape[1])
+            if s < 1.0:
+                img = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+            gt = _gt(gt_path, s) if gt_path.exists() else {}
+            boxes, ids = gt.get(int(p.stem), (np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)))
+            out.append(TrainFrame(img, f"{seq.name}:{int(p.stem)}", boxes, ids))
+    return out
+
+
+def load_train_frames(data: Path = DEFAULT_DATA, pets_every: int = 2) -> list[TrainFrame]:
+    frames = load_pets(data, every=pets_every) + load_mot17(data)
+    log.info("training frames: %d (PETS 1-%d every %d, MOT17-mini train)", len(frames), PETS_TRAIN_LAST, pets_every)
+    return frames
+
+
+def letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """(S,S,3) uint8, pad 114 bottom/right, and the scale r (letterbox px = source px * r)."""
+    r = min(size / img.shape[0], size / img.shape[1])
+    h, w = int(img.shape[0] * r), int(img.shape[1] * r)  # as YOLOX preproc
+    out = np.full((size, size, 3), 114, np.uint8)
+    out[:h, :w] = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+    return out, r
+
+
+def degrade_fn():
+    """calibration.degrade's (degrade, preset names), imported lazily (it may not be installed yet)."""
+    try:
+        from vsdmot.calibration import degrade as d
+    except ImportError as e:
+        raise ValueError("vsdmot.calibration.degrade is needed for degraded training frames") from e
+    return d.degrade, list(getattr(d, "FRAME_PRESETS", d.PRESETS))  # per-frame presets (no codec subprocess)

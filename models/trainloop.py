@@ -1,0 +1,96 @@
+"""Plumbing shared by the training stages: seeds, threads, a budgeted tqdm loop that checkpoints
+and resumes, and the run folder (`runs/train/<stage>/`: last.pt, and the final model file)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+def setup(seed: int, threads: int) -> np.random.Generator:
+    """Seed python, numpy and torch; cap torch threads (shared CPU). Returns the numpy RNG."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(max(1, threads))
+    return np.random.default_rng(seed)
+
+
+def run_steps(step_fn: Callable[[int], dict], start: int, steps: int, max_minutes: float,
+              save_fn: Callable[[int], None], save_every: int, desc: str) -> int:
+    """Call step_fn(step) for step in [start, steps) until the CPU-time budget ends.
+
+    The budget is this process's CPU time (all threads), not wall time, so a run does the same
+    work on a busy shared machine as on an idle one.
+
+    Saves every `save_every` steps and at the end (so a stopped run resumes from its last save).
+    Returns the number of steps completed in total.
+    """
+    t0, step = time.process_time(), start
+    bar = tqdm(total=steps, initial=start, desc=desc, dynamic_ncols=True, mininterval=2.0)
+    while step < steps:
+        if max_minutes > 0 and time.process_time() - t0 > max_minutes * 60:
+            log.info("%s: CPU budget of %.1f min reached at step %d", desc, max_minutes, step)
+            break
+        parts = step_fn(step)
+        step += 1
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.4f}" for k, v in parts.items()}, refresh=False)
+        if save_every > 0 and step % save_every == 0:
+            save_fn(step)
+    bar.close()
+    save_fn(step)
+    return step
+
+
+def cosine_lr(opt: torch.optim.Optimizer, base: float | tuple[float, ...], step: int, total: int, warmup: int = 20) -> None:
+    """Linear warm-up then cosine decay; `base` per param group (or one for all)."""
+    f = min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(step / max(total, 1), 1.0)))
+    bases = base if isinstance(base, tuple) else (base,) * len(opt.param_groups)
+    for g, b in zip(opt.param_groups, bases):
+        g["lr"] = float(b * f)
+
+
+def out_dir(path: str) -> Path:
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _field_help(cls: type) -> dict[str, str]:
+    """One-line field comments of a config dataclass, read from its source."""
+    import inspect
+    import re
+
+    src = inspect.getsource(cls)
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+): [^=]+=.*?#\s*(.+)$", src, re.M)}
+
+
+def add_config_args(parser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """--field-name for every field of a frozen config dataclass (bools: --x / --no-x)."""
+    import argparse
+    import dataclasses
+
+    helps = _field_help(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag, h = "--" + f.name.replace("_", "-"), f"{helps.get(f.name, '')} (default: {f.default})"
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=h)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default, help=h)
+
+
+def config_from_args(cls: type, args) -> object:
+    import dataclasses
+
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
