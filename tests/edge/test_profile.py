@@ -136,3 +136,16 @@ def test_profile_with_the_board_meter(bundle, tmp_path):
     assert report["meter"]["name"] == "ina3221" and report["meter"]["idle_w"] > 0
     assert e["mean_w"] > 0 and e["samples"] > 10 and "net_joules_per_frame" in e
     assert (rep / "power_over_time.png").is_file()
+
+
+def test_profile_with_the_shipped_default_bundle(tmp_path):
+    """What a user runs first: the demo clip and the default model, no --bundle."""
+    from vsdmot.runtime.bundle import DEFAULT_BUNDLE
+
+    if not (DEFAULT_BUNDLE / "manifest.json").is_file():
+        pytest.skip(f"the shipped default bundle is not in this checkout ({DEFAULT_BUNDLE})")
+    rep = tmp_path / "report"
+    assert main(["profile", "--demo", "--threads", "1", "--duration", "2", "--warmup", "0.5", "--idle", "0",
+                 "--report", str(rep)]) == 0
+    report = json.loads((rep / "report.json").read_text())
+    assert report["runs"][0]["stats"]["frames"] > 0 and (rep / "report.md").is_file()
