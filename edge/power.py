@@ -137,16 +137,15 @@ def _hwmon_rails(dev: Path) -> list[Rail]:
 def find_ina3221_rails(root: str | os.PathLike = "/") -> list[Rail]:
     """Every INA3221 rail under `root` (a test passes a recorded tree; a device uses "/")."""
     root, seen, rails = Path(root), set(), []
-    patterns = [
-        ("sys/bus/i2c/drivers/ina3221x/*/iio:device*", _iio_rails),
-        ("sys/bus/i2c/drivers/ina3221/*/hwmon/hwmon*", _hwmon_rails),
-        ("sys/class/hwmon/hwmon*", _hwmon_rails),
+    patterns = [  # (glob, reader, whether the glob alone proves it is an INA3221)
+        ("sys/bus/i2c/drivers/ina3221x/*/iio:device*", _iio_rails, True),
+        ("sys/bus/i2c/drivers/ina3221/*/hwmon/hwmon*", _hwmon_rails, True),
+        ("sys/class/hwmon/hwmon*", _hwmon_rails, False),  # any sensor: check its name
     ]
-    for pattern, reader in patterns:
+    for pattern, reader, known in patterns:
         for dev in sorted(root.glob(pattern)):
             real = dev.resolve()
-            is_ina = reader is _iio_rails or "ina3221" in _read_text(dev / "name") or "drivers/ina3221" in pattern
-            if real in seen or not is_ina:
+            if real in seen or not (known or "ina3221" in _read_text(dev / "name")):
                 continue
             seen.add(real)
             rails += [r for r in reader(dev) if r.name not in {x.name for x in rails}]
