@@ -222,13 +222,65 @@ def _exists(lookup: Callable[[str], object], name: str) -> bool:
     return True
 
 
+DEVICE_GLOBS = ("dev/nvhost-*", "dev/nvmap", "dev/nvgpu/*/*", "dev/nvidia*", "dev/dri/renderD*", "dev/video*", "dev/media*")
+
+
+def char_groups(proc_devices: str) -> dict[int, str]:
+    """/proc/devices' "Character devices:" table -> {major: group name}."""
+    out, in_char = {}, False
+    for line in proc_devices.splitlines():
+        if line.strip().endswith("devices:"):
+            in_char = line.startswith("Character")
+            continue
+        parts = line.split()
+        if in_char and len(parts) == 2 and parts[0].isdigit():
+            out.setdefault(int(parts[0]), parts[1])
+    return out
+
+
+def refused_by_unit(nodes: dict[str, str]) -> list[str]:
+    """Device nodes {"/dev/x": char group} that the unit's DevicePolicy=closed + DeviceAllow= refuse."""
+    import fnmatch
+
+    from .unit import DEVICE_RULES
+
+    def allowed(path: str, group: str) -> bool:
+        return any(spec == path or (spec.startswith("char-") and fnmatch.fnmatchcase(group, spec[5:]))
+                   for spec, _ in DEVICE_RULES)
+
+    return sorted(f"{p} ({g})" for p, g in nodes.items() if not allowed(p, g))
+
+
+def check_device_policy(root: Path) -> Check:
+    """Would the generated unit let the service open this device's GPU and camera nodes?"""
+    import stat
+
+    groups = char_groups(_read(root / "proc/devices"))
+    nodes = {}
+    for pattern in DEVICE_GLOBS:
+        for node in sorted(root.glob(pattern)):
+            st = node.stat()
+            if stat.S_ISCHR(st.st_mode):
+                nodes["/" + str(node.relative_to(root))] = groups.get(os.major(st.st_rdev), "?")
+    if not nodes:
+        return Check("unit devices", "--", "no GPU or camera device nodes here", "nothing to check against the unit")
+    refused = refused_by_unit(nodes)
+    if refused:
+        return Check("unit devices", "!!", f"refused by the unit: {', '.join(refused)}",
+                     "add them with `systemctl edit vsdmot-edge` ([Service] DeviceAllow=/dev/NODE rw) and report it")
+    return Check("unit devices", "ok", f"{len(nodes)} GPU/camera nodes, all allowed by the unit's DeviceAllow=",
+                 "the hardened service can open the GPU and cameras")
+
+
 PROBES: tuple[Callable[..., Check], ...] = (check_l4t, check_tensorrt, check_cuda, check_gpu, check_onnxruntime,
-                                            check_opencv, check_cameras, check_jtop, check_power, check_systemd, check_service)
+                                            check_opencv, check_cameras, check_jtop, check_power, check_systemd, check_service,
+                                            check_device_policy)
 
 
 def diagnose(root: Path = Path("/")) -> list[Check]:
     """Every probe, in order. `root` lets tests point the file-system probes at a recorded tree."""
-    needs_root = {"check_l4t", "check_cuda", "check_gpu", "check_cameras", "check_jtop", "check_power", "check_service"}
+    needs_root = {"check_l4t", "check_cuda", "check_gpu", "check_cameras", "check_jtop", "check_power", "check_service",
+                  "check_device_policy"}
     return [p(root) if p.__name__ in needs_root else p() for p in PROBES]
 
 

@@ -91,3 +91,59 @@ def test_doctor_sees_an_installed_unit(orin_tree):
     assert main(["service", "install", "--root", str(orin_tree), "--exec", shutil.which("true")]) == 0
     service = {c.name: c for c in D.diagnose(orin_tree)}["service"]
     assert "unit in /usr/lib/systemd/system" in service.found
+
+
+PROC_DEVICES = """Character devices:
+  1 mem
+ 10 misc
+ 81 video4linux
+226 drm
+233 nvhost-ctrl-gpu
+234 nvhost-gpu
+239 media
+500 nvgpu-ctrl
+501 mystery-dev
+
+Block devices:
+  7 loop
+ 81 notachar
+"""
+
+
+def test_char_groups():
+    groups = D.char_groups(PROC_DEVICES)
+    assert groups[81] == "video4linux" and groups[10] == "misc" and groups[501] == "mystery-dev"
+    assert 7 not in groups  # block devices are not char groups
+
+
+@pytest.mark.parametrize(
+    "nodes, refused",
+    [
+        ({"/dev/nvhost-gpu": "nvhost-gpu", "/dev/nvhost-ctrl-gpu": "nvhost-ctrl-gpu", "/dev/nvmap": "misc",
+          "/dev/video0": "video4linux", "/dev/dri/renderD128": "drm", "/dev/media0": "media",
+          "/dev/nvgpu/igpu0/ctrl": "nvgpu-ctrl", "/dev/nvidia0": "nvidia-frontend"}, []),
+        ({"/dev/nvhost-vic": "misc"}, ["/dev/nvhost-vic (misc)"]),  # a misc nvhost node is not covered by its group
+        ({"/dev/weird": "mystery-dev"}, ["/dev/weird (mystery-dev)"]),
+    ],
+)
+def test_refused_by_unit(nodes, refused):
+    assert D.refused_by_unit(nodes) == refused
+
+
+def test_device_policy_on_real_device_nodes(tmp_path):
+    """Real character-device nodes made with mknod (root only) in a scratch tree."""
+    import os
+
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/devices").write_text(PROC_DEVICES)
+    try:
+        os.mknod(tmp_path / "dev/video0", 0o600 | 0o020000, os.makedev(81, 0))
+        os.mknod(tmp_path / "dev/nvhost-gpu", 0o600 | 0o020000, os.makedev(234, 0))
+    except PermissionError:
+        pytest.skip("mknod needs root (CAP_MKNOD)")
+    check = D.check_device_policy(tmp_path)
+    assert check.status == "ok" and check.found.startswith("2 GPU/camera nodes")
+    os.mknod(tmp_path / "dev/nvidia-odd", 0o600 | 0o020000, os.makedev(501, 0))
+    check = D.check_device_policy(tmp_path)
+    assert check.status == "!!" and "/dev/nvidia-odd (mystery-dev)" in check.found
