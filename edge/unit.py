@@ -57,7 +57,7 @@ class UnitConfig:
 # Character-device groups of /proc/devices (systemd matches "char-NAME" with shell globs), so
 # devices that appear after start (a camera plugged in later) are allowed too.
 DEVICE_RULES = (
-    ("char-nvhost-*", "Jetson GPU, encoders and host1x channels (/dev/nvhost-*)"),
+    ("char-nvhost*", "Jetson GPU, encoders and host1x channels (/dev/nvhost-*; group nvhost or nvhost-...)"),
     ("char-nvgpu*", "Jetson Orin iGPU nodes (/dev/nvgpu/igpu0/*)"),
     ("char-nvidia*", "discrete GPUs and JetPack 7 OpenRM (/dev/nvidia*, nvidia-uvm)"),
     ("char-drm", "DRM render nodes (/dev/dri/renderD*), used by the render group"),

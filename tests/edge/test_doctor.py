@@ -98,6 +98,7 @@ PROC_DEVICES = """Character devices:
  10 misc
  81 video4linux
 226 drm
+232 nvhost
 233 nvhost-ctrl-gpu
 234 nvhost-gpu
 239 media
@@ -122,6 +123,7 @@ def test_char_groups():
         ({"/dev/nvhost-gpu": "nvhost-gpu", "/dev/nvhost-ctrl-gpu": "nvhost-ctrl-gpu", "/dev/nvmap": "misc",
           "/dev/video0": "video4linux", "/dev/dri/renderD128": "drm", "/dev/media0": "media",
           "/dev/nvgpu/igpu0/ctrl": "nvgpu-ctrl", "/dev/nvidia0": "nvidia-frontend"}, []),
+        ({"/dev/nvhost-vic": "nvhost"}, []),  # one group for all channels on some L4T kernels
         ({"/dev/nvhost-vic": "misc"}, ["/dev/nvhost-vic (misc)"]),  # a misc nvhost node is not covered by its group
         ({"/dev/weird": "mystery-dev"}, ["/dev/weird (mystery-dev)"]),
     ],
