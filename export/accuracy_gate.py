@@ -123,7 +123,7 @@ def pipeline_eval(cfg: GateConfig, cache_dir: Path | None = None, threads: int =
     memo: dict[tuple[str, str, str], Mapping[str, Any]] = {}
 
     def run_pipeline(bundle_dir: Path, seq: str, cond: str) -> Mapping[str, Any]:
-        k = (bundle_id(bundle_dir), seq, cond)
+        k = (_content_id(Path(bundle_dir)), seq, cond)
         if k not in memo:
             memo[k] = _track_and_score(bundle_dir, seq, cond, cfg, cache, threads)
         return memo[k]
@@ -138,8 +138,9 @@ def _track_and_score(bundle_dir: Path, seq: str, cond: str, cfg: GateConfig, cac
     name, window = split_sequence(seq)
     seq_dir = prepare_sequence(data_root(cfg) / name, parse_condition(cond), cache / "sequences", cfg.seed,
                                progress=False)
-    res = cache / "results" / bundle_id(bundle_dir)[:16] / cond / f"{name}.txt"
-    track_sequence(bundle_dir, seq_dir, window, res, threads)
+    res = cache / "results" / _content_id(bundle_dir)[:16] / cond / f"{name}.txt"  # same files, same tracks
+    if not res.is_file():
+        track_sequence(bundle_dir, seq_dir, window, res, threads)
     return evaluate(seq_dir, res, frames=window)
 
 

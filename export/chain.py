@@ -268,7 +268,7 @@ def load_sources(checkpoint: str | Path | None = None) -> Sources:
     nets, prov = {}, {"checkpoints": {}}
     for name, path in paths.items():
         nets[name], meta = LOADERS[name](path)
-        prov["checkpoints"][name] = {"path": str(path), "sha256": file_sha(path), "meta": _jsonable(meta)}
+        prov["checkpoints"][name] = {"path": _shown(path), "sha256": file_sha(path), "meta": _jsonable(meta)}
     files = {n: folder / n for n in ("quality.json", "NOTICE") if (folder / n).is_file()}
     if "quality.json" not in files:
         log.warning("no quality.json beside %s: the bundle will lack quality-gate parameters", folder)
@@ -308,6 +308,15 @@ def _tracker(path: Path) -> tuple[TorchNet, dict]:
 
 
 LOADERS = {"detector": _detector, "student": _student, "tracker": _tracker}
+
+
+def _shown(path: Path) -> str:
+    """A checkpoint path as recorded: relative to the repository when inside it (no local prefixes)."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        return str(path.resolve().relative_to(repo))
+    except ValueError:
+        return str(path)
 
 
 def file_sha(path: Path) -> str:

@@ -45,6 +45,7 @@ class QuantConfig:
     min_cosine: float = 0.98  # per output, FP32 vs INT8 on probe frames; below it sensitive activations go float
     max_float_share: float = 0.5  # at most this share of quantised activations put back to float
     probe_frames: int = 6  # calibration frames (spread evenly) used to measure cosine and sensitivity
+    max_rounds: int = 4  # sensitivity rounds at most (each re-inserts Q/DQ with the cached ranges)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -149,10 +150,9 @@ def sensitivity_schedule(model, quantized: Path, src: Path, probe, cfg: QuantCon
         return
     ranked = rank_activations(model, quantized, src, probe)
     consumers = {t: {n.name for n in model.graph.node if t in n.input} for t in ranked}
-    k = 2
-    while k <= max(2, int(len(ranked) * cfg.max_float_share)):
+    limit = max(2, int(len(ranked) * cfg.max_float_share))
+    for k in np.unique(np.geomspace(max(2, limit // 2 ** (cfg.max_rounds - 1)), limit, cfg.max_rounds).astype(int)):
         yield set().union(*(consumers[t] for t in ranked[:k]))
-        k *= 2
 
 
 def rank_activations(model, quantized: Path, src: Path, probe) -> list[str]:
