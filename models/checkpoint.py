@@ -66,7 +66,8 @@ def resume(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     """Load model, optimizer and RNG from `path`; return the step to continue from."""
     ckpt = load_checkpoint(path)
     want, got = _as_dict(train_config), ckpt.get("train_config")
-    diff = {k for k in set(want) | set(got or {}) if k not in _RESUMABLE and (got or {}).get(k) != want.get(k)}
+    got = got or {}
+    diff = {k for k in set(want) & set(got) if k not in _RESUMABLE and got[k] != want[k]}  # new fields: defaults
     if diff:
         raise ValueError(f"checkpoint {path}: training config differs in {sorted(diff)}; use a new --out")
     model.load_state_dict(ckpt["model"])

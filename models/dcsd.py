@@ -80,8 +80,8 @@ def dcsd_loss(s: torch.Tensor, tp: torch.Tensor, cfg: DcsdConfig = DcsdConfig())
     total, parts = s.sum() * 0.0, {}
     if cfg.alignment:
         la = alignment_loss(s, tp)
-        total, parts["align"] = total + cfg.w_align * la, float(la)
+        total, parts["align"] = total + cfg.w_align * la, la.item()
     if cfg.relational:
         lr = relational_loss(s, tp)
-        total, parts["rel"] = total + cfg.w_rel * lr, float(lr)
+        total, parts["rel"] = total + cfg.w_rel * lr, lr.item()
     return total, parts

@@ -44,6 +44,8 @@ class DetectorTrainConfig:
     w_embed: float = 0.2  # weight of the appearance InfoNCE term
     tau: float = 0.1  # InfoNCE temperature
     gap: int = 10  # max frames between the two frames of an identity pair
+    mot17: bool = True  # also distil on the MOT17-mini train frames
+    pets_last: int = 540  # last PETS frame trained on (541-600: validation; 601-795 never)
     train_size: int = 320  # letterbox side during training (fully convolutional; 416 costs 1.7x)
     init: str = ""  # start from this detector file (default: convert yolox_onnx)
     yolox_onnx: str = str(REPO.parent / "shared" / "models" / "yolox_nano.onnx")  # official YOLOX-nano ONNX
@@ -118,8 +120,8 @@ def _load_init(cfg: DetectorTrainConfig) -> tuple[Detector, dict]:
 def train(cfg: DetectorTrainConfig) -> Path:
     rng = setup(cfg.seed, cfg.threads)
     out = out_dir(cfg.out)
-    pets = [f for f in load_pets(Path(cfg.data), last=540, every=2) if len(f.ids)]  # 541-600: validation
-    others = load_mot17(Path(cfg.data))
+    pets = [f for f in load_pets(Path(cfg.data), last=min(cfg.pets_last, 540), every=2) if len(f.ids)]
+    others = load_mot17(Path(cfg.data)) if cfg.mot17 else []
     deg = degrade_fn() if cfg.p_degrade > 0 else None
     model, prov = _load_init(cfg)
     prov = prov.get("provenance", prov)

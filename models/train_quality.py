@@ -44,6 +44,8 @@ class QualityTrainConfig:
     epochs: int = 400  # full-batch Adam epochs of the head fit
     lr: float = 1e-2  # Adam learning rate
     weight_decay: float = 1e-3  # Adam weight decay (L2)
+    pets_last: int = 600  # last PETS frame used (601-795 never)
+    mot17: bool = True  # also use the MOT17-mini train frames
     detector: str = str(REPO.parent / "shared" / "models" / "yolox_nano.onnx")  # ONNX giving the target
     data: str = str(DEFAULT_DATA)  # root of the real data (PETS09-S2L1, MOT17-mini)
     out: str = "runs/train/quality"  # run folder: samples.npz (resumable) and quality.json
@@ -114,7 +116,7 @@ def collect(cfg: QualityTrainConfig, out: Path) -> dict[str, np.ndarray]:
     """X (N, F), y (N,), source (N,) — saved to out/samples.npz every 10 frames (resumable)."""
     path = out / "samples.npz"
     old = dict(np.load(path)) if cfg.resume and path.exists() else {"X": np.zeros((0, len(FEATURES)), np.float32), "y": np.zeros(0, np.float32), "source": np.zeros(0, "U32"), "done": np.zeros(0, "U32")}
-    frames = load_pets(Path(cfg.data), every=cfg.pets_every) + load_mot17(Path(cfg.data))
+    frames = load_pets(Path(cfg.data), last=cfg.pets_last, every=cfg.pets_every) + (load_mot17(Path(cfg.data)) if cfg.mot17 else [])
     detect, deg = _detect_fn(cfg.detector, cfg.threads, cfg.score_thr), degrade_fn()
     X, y, src, done = list(old["X"]), list(old["y"]), list(old["source"]), set(old["done"].tolist())
     for k, f in enumerate(tqdm(frames, desc="quality samples", dynamic_ncols=True, mininterval=2.0)):
@@ -163,8 +165,9 @@ def train(cfg: QualityTrainConfig) -> Path:
     out = out_dir(cfg.out)
     s = collect(cfg, out)
     val = np.array([is_validation(x) for x in s["source"]])
+    val = val if 0 < val.sum() < len(val) else np.zeros(len(val), bool)  # tiny runs: no split
     gate = fit_head(s["X"][~val], s["y"][~val], cfg)
-    m = {"train": metrics(gate, s["X"][~val], s["y"][~val]), "validation": metrics(gate, s["X"][val], s["y"][val])}
+    m = {"train": metrics(gate, s["X"][~val], s["y"][~val]), "validation": metrics(gate, s["X"][val], s["y"][val]) if val.any() else {}}
     log.info("quality head: %s", m)
     doc = {"schema": "vsdmot.quality/1", "gate": gate.params(), "dswr": DswrHead(DswrConfig()).to_params(),
            "meta": {"stage": "quality", "target": "F1 agreement of degraded vs clean detections", "detector": Path(cfg.detector).name,

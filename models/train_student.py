@@ -46,6 +46,8 @@ class StudentTrainConfig:
     pca_crops: int = 384  # clean crops used to fit the teacher projection
     input_size: int = 128  # student input R
     dim: int = 128  # semantic vector length D
+    pets_last: int = 600  # last PETS frame used (541-600 are the validation crops; 601-795 never)
+    mot17: bool = True  # also use the MOT17-mini train frames
     data: str = str(DEFAULT_DATA)  # root of the real data (PETS09-S2L1, MOT17-mini)
     out: str = "runs/train/student"  # run folder: last.pt (resumable) and student.pt
     threads: int = 2  # torch threads
@@ -118,7 +120,8 @@ def _split(frames: list[TrainFrame]) -> tuple[list[TrainFrame], list[TrainFrame]
 def train(cfg: StudentTrainConfig) -> Path:
     rng = setup(cfg.seed, cfg.threads)
     out = out_dir(cfg.out)
-    train_frames, val_frames = _split(load_train_frames(Path(cfg.data)))
+    train_frames, val_frames = _split(load_train_frames(Path(cfg.data), last=cfg.pets_last, mot17=cfg.mot17))
+    val_frames = val_frames or train_frames  # tiny runs: report on training crops
     deg = degrade_fn() if cfg.p_degrade > 0 else None
     teacher = make_teacher(cfg.teacher, cfg.teacher_checkpoint or None)
     scfg = StudentConfig(input_size=cfg.input_size, dim=cfg.dim)

@@ -76,9 +76,9 @@ def load_mot17(data: Path = DEFAULT_DATA) -> list[TrainFrame]:
     return out
 
 
-def load_train_frames(data: Path = DEFAULT_DATA, pets_every: int = 2) -> list[TrainFrame]:
-    frames = load_pets(data, every=pets_every) + load_mot17(data)
-    log.info("training frames: %d (PETS 1-%d every %d, MOT17-mini train)", len(frames), PETS_TRAIN_LAST, pets_every)
+def load_train_frames(data: Path = DEFAULT_DATA, pets_every: int = 2, last: int = PETS_TRAIN_LAST, mot17: bool = True) -> list[TrainFrame]:
+    frames = load_pets(data, last=last, every=pets_every) + (load_mot17(data) if mot17 else [])
+    log.info("training frames: %d (PETS 1-%d every %d, MOT17-mini train: %s)", len(frames), last, pets_every, mot17)
     return frames
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 GLOBAL_WIDTH = 160  # px, width of the downscaled global view
 CROP = (192, 256)  # px (h, w), the native-resolution fine view (centre, 8-px aligned)
+MIN_SIDE = 32  # px, smallest frame side accepted (the fine view needs several 8-px blocks)
 _EPS = 1e-6
 FEATURES = (
     "brightness",  # mean grey / 255 (global)
@@ -45,6 +46,8 @@ def _views(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         got = getattr(image, "shape", type(image).__name__), getattr(image, "dtype", None)
         raise ValueError(f"quality: expected (H, W, 3) uint8 BGR, got shape/dtype {got}")
     h, w = image.shape[:2]
+    if h < MIN_SIDE or w < MIN_SIDE:
+        raise ValueError(f"quality: expected a frame of at least {MIN_SIDE}x{MIN_SIDE} px, got {w}x{h}")
     small = _downscale(image)
     ch, cw = min(CROP[0], h) // 8 * 8, min(CROP[1], w) // 8 * 8
     y0, x0 = (h - ch) // 2 // 8 * 8, (w - cw) // 2 // 8 * 8

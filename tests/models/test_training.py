@@ -1,0 +1,65 @@
+"""Tiny training runs of each stage (few steps, tiny inputs) that save, resume and write their outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("vsdmot.calibration.degrade")
+
+from vsdmot.models.checkpoint import load_checkpoint  # noqa: E402
+
+
+def test_detector_stage_saves_and_resumes(tmp_path, pets_dir, yolox_onnx):
+    from vsdmot.models.train_detector import DetectorTrainConfig, train
+
+    cfg = dict(steps=2, train_size=96, pets_last=30, mot17=False, save_every=1, out=str(tmp_path), threads=1,
+               gap=4, data=str(pets_dir.parent), yolox_onnx=str(yolox_onnx))
+    train(DetectorTrainConfig(**cfg))
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 2
+    final = train(DetectorTrainConfig(**{**cfg, "steps": 3, "resume": True}))
+    ckpt = load_checkpoint(final)
+    assert ckpt["step"] == 3 and ckpt["optimizer"] is None and ckpt["meta"]["provenance"]["license"] == "Apache-2.0"
+    assert ckpt["train_config"]["train_size"] == 96 and ckpt["model_config"]["num_classes"] == 1
+
+
+def test_student_stage_saves_and_resumes(tmp_path, pets_dir):
+    from vsdmot.models.student import load_student
+    from vsdmot.models.train_student import StudentTrainConfig, train
+
+    cfg = dict(steps=2, batch=3, pca_crops=6, pets_last=20, mot17=False, input_size=64, dim=16, save_every=1,
+               out=str(tmp_path), threads=1, data=str(pets_dir.parent))
+    train(StudentTrainConfig(**cfg))
+    final = train(StudentTrainConfig(**{**cfg, "steps": 3, "resume": True}))
+    student, meta = load_student(final)
+    assert meta["step"] == 3 and meta["teacher"] == "efficientnet-lite0" and student.cfg.dim == 16
+    assert set(meta["validation"]) == {"cos_student_clean", "cos_student_degraded", "cos_teacher_degraded"}
+    with pytest.raises(ValueError, match="differs"):
+        train(StudentTrainConfig(**{**cfg, "lr": 1.0, "resume": True}))
+
+
+def test_quality_stage_writes_params_and_reuses_samples(tmp_path, pets_dir, yolox_onnx):
+    from vsdmot.models.train_quality import QualityTrainConfig, train
+    from vsdmot.runtime.dswr import Dswr
+    from vsdmot.runtime.quality import QualityGate
+
+    cfg = dict(pets_every=10, pets_last=30, mot17=False, views=1, draws=1, epochs=20, hidden=4, out=str(tmp_path),
+               data=str(pets_dir.parent), detector=str(yolox_onnx))
+    path = train(QualityTrainConfig(**cfg))
+    doc = json.loads(path.read_text())
+    n = doc["meta"]["metrics"]["train"]["n"]
+    assert n >= 4 and QualityGate.from_params(doc) and Dswr.from_params(doc)
+    again = json.loads(train(QualityTrainConfig(**{**cfg, "resume": True, "hidden": 0})).read_text())
+    assert again["meta"]["metrics"]["train"]["n"] == n and len(again["gate"]["layers"]) == 1
+
+
+def test_cli_lists_every_stage(capsys):
+    from vsdmot.models.cli import COMMANDS, main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in COMMANDS) and {"detector", "student", "quality", "tracker"} <= set(COMMANDS)
