@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .backends import Backend, open_backend
@@ -135,8 +135,9 @@ def _semantics(bundle: Bundle, cfg: RunConfig, kind: str, opener) -> SemanticPol
     sc = cfg.semantics
     if kind == "bytetrack" and sc.policy != "never":
         log.info("semantics: ByteTrack takes no semantics; policy %r -> 'never'", sc.policy)
-        from dataclasses import replace
-
+        sc = replace(sc, policy="never")
+    if sc.policy == "auto" and not bundle.has("student.onnx"):
+        log.warning("semantics: bundle %s has no student.onnx; policy 'auto' -> 'never'", bundle.path)
         sc = replace(sc, policy="never")
     student = Student(opener(bundle, "student.onnx")) if sc.policy != "never" else None
     return SemanticPolicy(sc, student)

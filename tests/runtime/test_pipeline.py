@@ -170,3 +170,15 @@ def test_student_and_tracker_widths_must_agree(tmp_path, yolox_onnx):
     write_manifest(root)
     with pytest.raises(ValueError, match=r"student.onnx output 'semantic' is \(1, 16\).*expects \(1, 24\)"):
         P.build_pipeline(load_bundle(root), cfg(**{"tracker.kind": "e2e"}))
+
+
+def test_bundle_without_student(tmp_path, yolox_onnx, monkeypatch):
+    b = load_bundle(make_bundle(tmp_path / "b", yolox_onnx, student=False, extra={"tracker": "bytetrack"}))
+    p = P.build_pipeline(b, cfg(**{"tracker.kind": "bytetrack"}))
+    assert p.semantics.cfg.policy == "never"
+    monkey = replace(b, manifest={**b.manifest, "tracker": "e2e"})
+    with pytest.raises(Exception, match="student.onnx"):  # always needs it: BundleError names the file
+        P.build_pipeline(monkey, cfg(**{"semantics.policy": "always", "tracker.kind": "e2e"}))
+    monkeypatch.setattr(P, "make_tracker", lambda *a, **k: Recorder())
+    p2 = P.build_pipeline(b, cfg(**{"semantics.policy": "auto", "tracker.kind": "e2e"}))
+    assert p2.semantics.cfg.policy == "never" and p2.semantics.student is None  # auto degrades, logged
