@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
-from itertools import product
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from .tracker_head import TrackerHead
 
 log = logging.getLogger(__name__)
 
-OFFSETS = (-1.0, -0.5, 0.0, 0.5)  # logit offsets tried for keep and for birth
+OFFSETS = ((0.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.0, 2.0), (1.0, 2.0))  # (keep, birth) logit offsets tried
 
 
 def shifted(head: TrackerHead, keep: float, birth: float) -> TrackerHead:
@@ -63,9 +62,9 @@ def score(head: TrackerHead, runs, kind: str = "e2e") -> float:
 
 
 def calibrate(head: TrackerHead, runs, offsets=OFFSETS) -> tuple[TrackerHead, dict]:
-    """Grid over (keep, birth) offsets; returns the best shifted head and the table."""
+    """Grid over (keep, birth) logit offsets; returns the best shifted head and the table."""
     table = {}
-    for k, b in product(offsets, offsets):
+    for k, b in offsets:
         table[(k, b)] = score(shifted(head, k, b), runs)
         log.info("keep %+.1f birth %+.1f: HOTA %.3f", k, b, table[(k, b)])
     best = max(table, key=table.get)
