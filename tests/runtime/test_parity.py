@@ -33,10 +33,12 @@ def _modules():
     torch.manual_seed(0)
     det = detector.load_detector()[0] if detector.DEFAULT_WEIGHTS.is_file() else detector.Detector()
     stu = student.load_student()[0] if student.DEFAULT_WEIGHTS.is_file() else student.StudentEncoder()
-    trk = tracker_head.TrackerHead(tracker_head.TrackerHeadConfig(semantic_dim=stu.cfg.dim))
-    path = tracker_head.DEFAULT_WEIGHTS if hasattr(tracker_head, "DEFAULT_WEIGHTS") else None
-    if path is not None and path.is_file() and hasattr(tracker_head, "load_tracker_head"):
-        trk = tracker_head.load_tracker_head(path)[0]
+    from vsdmot.models import train_tracker
+
+    if train_tracker.SHIPPED.is_file() and train_tracker.load_tracker()[0].cfg.semantic_dim == stu.cfg.dim:
+        trk = train_tracker.load_tracker()[0]
+    else:
+        trk = tracker_head.TrackerHead(tracker_head.TrackerHeadConfig(semantic_dim=stu.cfg.dim))
     return {"detector": (det, detector.export_onnx), "student": (stu, student.export_onnx),
             "tracker": (trk, tracker_head.export_onnx)}
 
