@@ -54,7 +54,8 @@ class ExportConfig:
     gate: GateConfig = GateConfig()  # accuracy gate (force lives here)
     progress: bool = True  # tqdm progress bars
     calib_quality: str = "auto"  # calibration-set stratification: gate (quality.json) | proxy (severity) | auto
-    int8_min_cosine: float = 0.9  # a network whose INT8 outputs fall below this cosine vs FP32 stays FP32
+    int8_min_cosine: float = 0.0  # a network whose INT8 outputs fall below this cosine vs FP32 stays FP32 (0: the gate decides)
+    int8_fallback: bool = True  # on a failed gate, put INT8 networks back to FP32 one by one (worst parity first)
 
     def __post_init__(self) -> None:
         if self.precision not in ("int8", "fp16", "fp32"):
@@ -99,11 +100,33 @@ def export(cfg: ExportConfig, out: str | Path, checkpoint: str | Path | None = N
         verdict = {"passed": True, "forced": False, "reason": "the FP32 reference: nothing to compare against"}
         return finish(reference, out, {"reference": True}, verdict, report, cfg, work, copy=True)
     feeds = network_feeds(sources, cfg, work, reference)
-    files, calib = device_files(sources, cfg, work, feeds, report, reference, eval_fn)
-    stage = stage_bundle(sources, files, cfg.precision, staging_dir(out), export_info(cfg), calib)
-    gate_json = gate_accuracy(stage, cfg.gate, work / f"gate-{cfg.precision}-p{cfg.ratio}.json", reference, eval_fn)
-    verdict = json.loads(gate_json.read_text())
+    files, calib, fp32_files = device_files(sources, cfg, work, feeds, report, reference, eval_fn)
+    stage, verdict = gated(sources, files, cfg, out, work, calib, reference, eval_fn)
+    for name in fallback_order(files) if cfg.int8_fallback else []:
+        if verdict["passed"]:
+            break
+        log.warning("gate: %s; trying again with %s in FP32", verdict["reason"], name)
+        files = {**files, name: fp32_files[name]}
+        stage, verdict = gated(sources, files, cfg, out, work, calib, reference, eval_fn)
     return finish(stage, out, summarize(verdict), verdict, report, cfg, work)
+
+
+def gated(sources, files, cfg, out, work, calib, reference, eval_fn) -> tuple[Path, dict]:
+    """Stage a bundle from `files` and run the accuracy gate on it: (staging dir, verdict)."""
+    stage = stage_bundle(sources, files, cfg.precision, staging_dir(out), export_info(cfg), calib)
+    kept = "+".join(sorted(n for n, p in files.items() if ".int8-" not in p.name)) or "none"
+    gate_json = gate_accuracy(stage, cfg.gate, work / f"gate-{cfg.precision}-p{cfg.ratio:g}-fp32-{kept}.json",
+                              reference, eval_fn)
+    return stage, json.loads(gate_json.read_text())
+
+
+def fallback_order(files: Mapping[str, Path]) -> list[str]:
+    """INT8 networks, the one whose INT8 outputs agree least with FP32 first."""
+    def worst(path: Path) -> float:
+        pj = path.with_name(path.name.replace(".onnx", ".parity.json"))
+        return min(r["cosine"] for r in json.loads(pj.read_text())["outputs"].values()) if pj.is_file() else 0.0
+
+    return sorted((n for n, p in files.items() if ".int8-" in p.name), key=lambda n: worst(files[n]))
 
 
 def torch_to_onnx(net: TorchNet, base: Path, report: Report, feeds=None) -> Path:
@@ -139,12 +162,13 @@ def device_files(sources, cfg, work, feeds, report, reference, eval_fn) -> tuple
         onnx_fp32 = torch_to_onnx(net, base, report, feeds=feeds[name][:8])
         files[name] = onnx_fp32
         calib["frames"][name] = len(feeds[name])
+    fp32_files = dict(files)
     if cfg.precision == "int8":
         method = choose_method(sources, cfg, work, feeds, files, report, reference, eval_fn)
         files = {n: int8(files[n], cfg, method, feeds[n], report, n) for n in files}
         calib["method"] = method
     calib.update(getattr(feeds, "manifest", {}) or calibset_summary(work))
-    return files, calib
+    return files, calib, fp32_files
 
 
 def pruned(net: TorchNet, cfg: ExportConfig, base: Path, feeds, report: Report) -> TorchNet:

@@ -84,6 +84,7 @@ def test_gate_refuses_and_leaves_nothing_loadable(sources, tmp_path):
     assert not list(tmp_path.glob(".bad.staging-*"))
 
 
+@pytest.mark.slow
 def test_gate_failure_keeps_the_previous_bundle(sources, tmp_path):
     good = export(cfg_for(tmp_path, precision="fp32"), tmp_path / "b", sources=sources)
     before = (good / "manifest.json").read_bytes()
@@ -98,6 +99,7 @@ def test_force_publishes_and_records_it(sources, tmp_path):
     assert m["accuracy_gate"]["passed"] is False and m["accuracy_gate"]["forced"] is True
 
 
+@pytest.mark.slow
 def test_method_auto_picks_by_gate(sources, tmp_path, monkeypatch):
     def by_method(bundle_dir, seq, cond):
         drop = {"auto-minmax": 0.8, "auto-entropy": 0.3, "auto-percentile": 0.5}.get(bundle_dir.name, 0.3)
@@ -122,3 +124,15 @@ def test_cli_exits_nonzero_when_the_gate_refuses(sources, tmp_path, monkeypatch,
     assert not (tmp_path / "cli").exists()
     assert cli.main([*argv, "--force"]) == 0
     assert load_bundle(tmp_path / "cli").manifest["accuracy_gate"]["forced"] is True
+
+
+@pytest.mark.slow
+def test_failed_gate_falls_back_to_fp32_networks(sources, tmp_path):
+    def int8_hurts(bundle_dir, seq, cond):
+        m = json.loads((bundle_dir / "manifest.json").read_text())
+        h = 0.6 - (0.05 if m["files"]["detector.onnx"].get("precision") == "int8" else 0.0)
+        return {"HOTA": h, "MOTA": h, "IDF1": h}
+    cfg = cfg_for(tmp_path, precision="int8", prune=0.0, gate=GateConfig(sequences=("S1",), conditions=("clean",)))
+    m = load_bundle(export(cfg, tmp_path / "fb", sources=sources, eval_fn=int8_hurts)).manifest
+    assert m["files"]["detector.onnx"]["precision"] == "fp32" and m["export"]["fp32_networks"] == ["detector"]
+    assert m["accuracy_gate"]["passed"] and m["accuracy"]["worst_hota_drop"] == 0.0
