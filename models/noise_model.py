@@ -107,8 +107,9 @@ def detect_sequence(det, seq_dir: str | os.PathLike, frames: tuple[int, int] | N
 def _detect(det, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     try:
         d: Detections = det.detect(img)
-    except ValueError:  # Detections rejects an empty (0, E) feature array: an empty frame
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 32), np.float32)
+    except ValueError:  # runtime.types.Detections refuses an empty (0, E) feature array: an empty frame
+        e = det.backend.outputs["embed"].shape[-1] if "embed" in det.backend.outputs else 0
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, max(e, 0)), np.float32)
     return d.xyxy, d.score, d.feature
 
 
