@@ -5,7 +5,8 @@ A checkpoint is a plain dict saved with torch.save and loaded with weights_only=
   train_config: dict   the stage's frozen training config (resume refuses a different one)
   model: state_dict    fp32 weights
   optimizer: state_dict | None, step: int, rng: torch RNG state | None
-  meta: dict           provenance, metrics, teacher, data
+  meta: dict           provenance, metrics, teacher, data (JSON-able: bundle manifests copy it)
+  extra: dict          tensors a stage needs besides the model (e.g. the student's teacher projection)
 Shipped weights (`models/weights/*.pt`) use the same layout without optimizer and rng.
 """
 
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, model_config: Any, train_config: Any = None,
-                    optimizer: torch.optim.Optimizer | None = None, step: int = 0, meta: dict | None = None) -> Path:
+                    optimizer: torch.optim.Optimizer | None = None, step: int = 0, meta: dict | None = None,
+                    extra: dict | None = None) -> Path:
     """Write atomically (tmp + rename) so an interrupted save never corrupts the last checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,6 +39,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, model_config: Any, train
         "step": int(step),
         "rng": torch.get_rng_state() if optimizer is not None else None,
         "meta": meta or {},
+        "extra": extra or {},
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(ckpt, tmp)

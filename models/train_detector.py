@@ -1,10 +1,15 @@
-"""`vsdmot-train detector`: fine-tune the detector for degraded video by self-distillation.
+"""`vsdmot-train detector`: train the appearance projection, and optionally (--no-freeze-detector)
+fine-tune the detector for degraded video by self-distillation.
+
+Default (measured best today, docs/training.md): the detector stays as converted and only the
+`embed` projection trains.
 
 Teacher: a frozen copy of the initial detector (converted YOLOX-nano) on the CLEAN frame.
 Student: the detector on a DEGRADED copy (calibration.degrade, random preset and severity).
 Loss per anchor (raw YOLOX layout): BCE(obj_s, obj_t) everywhere, BCE(cls_s, cls_t) and L1 on the
-raw box terms weighted by the teacher's person score. No labels needed, so it cannot drift from
-what the detector already knows; it only learns to see it through degradations.
+raw box terms weighted by the teacher's person score. No labels needed: it only asks the detector
+to see through degradations what it sees on clean frames. (Measured: 38 steps at lr 2e-4 damaged
+the BN-folded detector; it needs a longer budget and a lower lr than today's machine allowed.)
 Appearance: the `embed` projection learns by InfoNCE that the same ground-truth identity (PETS
 1-600) in two frames `gap` apart is closer than other people (head features detached, so this
 loss never moves the detector itself).
@@ -33,8 +38,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DetectorTrainConfig:
     seed: int = 0  # python, numpy and torch seed
-    steps: int = 300  # optimiser steps (the time budget may stop earlier)
-    max_minutes: float = 12.0  # CPU-time budget in minutes, all threads (0 = none)
+    steps: int = 200  # optimiser steps (the time budget may stop earlier)
+    max_minutes: float = 8.0  # CPU-time budget in minutes, all threads (0 = none)
     lr: float = 2e-4  # AdamW peak learning rate (fine-tuning: small)
     embed_lr: float = 3e-3  # learning rate of the appearance projection
     weight_decay: float = 1e-5  # AdamW weight decay
@@ -44,9 +49,10 @@ class DetectorTrainConfig:
     w_embed: float = 0.2  # weight of the appearance InfoNCE term
     tau: float = 0.1  # InfoNCE temperature
     gap: int = 10  # max frames between the two frames of an identity pair
+    freeze_detector: bool = True  # train only the appearance projection; --no-freeze-detector: self-distil too
     mot17: bool = True  # also distil on the MOT17-mini train frames
     pets_last: int = 540  # last PETS frame trained on (541-600: validation; 601-795 never)
-    train_size: int = 320  # letterbox side during training (fully convolutional; 416 costs 1.7x)
+    train_size: int = 416  # letterbox side during training (fully convolutional; 320 costs 0.6x)
     init: str = ""  # start from this detector file (default: convert yolox_onnx)
     yolox_onnx: str = str(REPO.parent / "shared" / "models" / "yolox_nano.onnx")  # official YOLOX-nano ONNX
     data: str = str(DEFAULT_DATA)  # root of the real data (PETS09-S2L1, MOT17-mini)
@@ -117,45 +123,55 @@ def _load_init(cfg: DetectorTrainConfig) -> tuple[Detector, dict]:
     return from_yolox_onnx(cfg.yolox_onnx)
 
 
-def train(cfg: DetectorTrainConfig) -> Path:
-    rng = setup(cfg.seed, cfg.threads)
-    out = out_dir(cfg.out)
-    pets = [f for f in load_pets(Path(cfg.data), last=min(cfg.pets_last, 540), every=2) if len(f.ids)]
-    others = load_mot17(Path(cfg.data)) if cfg.mot17 else []
-    deg = degrade_fn() if cfg.p_degrade > 0 else None
-    model, prov = _load_init(cfg)
-    prov = prov.get("provenance", prov)
-    teacher = copy.deepcopy(model.yolox).eval().requires_grad_(False)
-    model.train()
-    params = [{"params": model.yolox.parameters(), "lr": cfg.lr}, {"params": model.embed_proj.parameters(), "lr": cfg.embed_lr}]
-    opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
-    start = resume(out / "last.pt", model, opt, cfg) if cfg.resume and (out / "last.pt").exists() else 0
-    size, gap_items = cfg.train_size, max(cfg.gap // 2, 1)
+def _make_step(cfg: DetectorTrainConfig, model: Detector, teacher, opt, pets, others, deg, rng):
+    """One optimiser step: distillation (unless frozen) + appearance InfoNCE on a PETS pair."""
+    size, gap_items, frozen = cfg.train_size, max(cfg.gap // 2, 1), cfg.freeze_detector
 
     def step(k: int) -> dict:
-        cosine_lr(opt, (cfg.lr, cfg.embed_lr), k, cfg.steps)
-        frames = pick_frames(pets, others, rng, gap_items)
+        cosine_lr(opt, (0.0 if frozen else cfg.lr, cfg.embed_lr), k, cfg.steps)
+        frames = pick_frames(pets, others, rng, gap_items)[: 2 if frozen else 4]
         clean, ratios = _tensor([f.image for f in frames], size)
         degraded, _ = _tensor([_degrade(f.image, rng, cfg, deg) for f in frames], size)
         with torch.no_grad():
             t_out, _ = teacher(clean)
-        s_out, feats = model.yolox(degraded)
-        loss, parts = distill_loss(s_out, t_out, cfg.w_reg)
+        with torch.set_grad_enabled(not frozen):
+            s_out, feats = model.yolox(degraded)
+        loss, parts = (s_out.sum() * 0.0, {}) if frozen else distill_loss(s_out, t_out, cfg.w_reg)
         emb = model.embed_from_feats([f.detach() for f in feats])  # (B, A, E)
         tscore = (t_out[..., 4] * t_out[..., 5]).numpy()
         (ia, ida), (ib, idb) = (gt_anchors(frames[n], ratios[n], tscore[n], size) for n in (0, 1))
         nce = info_nce(emb[0, ia], ida, emb[1, ib], idb, cfg.tau) if len(ia) and len(ib) else None
         if nce is not None:
             loss, parts["nce"] = loss + cfg.w_embed * nce, nce.item()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if loss.requires_grad:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
         return parts
 
-    meta = lambda k: {"stage": "detector", "step": k, "provenance": prov,  # noqa: E731
-                      "data": "PETS09-S2L1 1-540 (541-600 validation), MOT17-mini train", "method": "self-distillation"}
+    return step
+
+
+def train(cfg: DetectorTrainConfig) -> Path:
+    rng = setup(cfg.seed, cfg.threads)
+    out = out_dir(cfg.out)
+    pets = [f for f in load_pets(Path(cfg.data), last=min(cfg.pets_last, 540), every=2) if len(f.ids)]
+    others = load_mot17(Path(cfg.data)) if cfg.mot17 else []
+    model, prov = _load_init(cfg)
+    prov = prov.get("provenance", prov)
+    teacher = copy.deepcopy(model.yolox).eval().requires_grad_(False)
+    model.train().yolox.requires_grad_(not cfg.freeze_detector)
+    params = [{"params": model.yolox.parameters(), "lr": 0.0 if cfg.freeze_detector else cfg.lr},
+              {"params": model.embed_proj.parameters(), "lr": cfg.embed_lr}]
+    opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
+    start = resume(out / "last.pt", model, opt, cfg) if cfg.resume and (out / "last.pt").exists() else 0
+    step = _make_step(cfg, model, teacher, opt, pets, others, degrade_fn() if cfg.p_degrade > 0 else None, rng)
+    method = "converted YOLOX-nano; appearance projection trained (InfoNCE)" if cfg.freeze_detector else "self-distillation"
+    meta = lambda k: {"stage": "detector", "step": k, "provenance": prov, "method": method,  # noqa: E731
+                      "data": "PETS09-S2L1 1-540 (541-600 validation), MOT17-mini train"}
     save = lambda k: save_checkpoint(out / "last.pt", model, model.cfg, cfg, opt, k, meta(k))  # noqa: E731
     done = run_steps(step, start, cfg.steps, cfg.max_minutes, save, cfg.save_every, "detector")
+    model.yolox.requires_grad_(True)
     return save_checkpoint(out / "detector.pt", model, model.cfg, cfg, None, done, meta(done))
 
 
@@ -198,3 +214,27 @@ def evaluate(detector_files: dict[str, str], frames: list[TrainFrame], severity:
             row["mean_degraded"] = float(np.mean([v for k, v in row.items() if k != "clean"]))
             out[name] = row
     return out
+
+
+@torch.no_grad()
+def embed_auc(model: Detector, frames: list[TrainFrame], gap: int = 10, deg=None, seed: int = 0) -> float:
+    """ROC AUC of embed cosine, same gt identity (frames `gap` apart) vs different identities.
+    Anchors: the model's best-scoring anchor inside each gt box. `deg` = (degrade, presets) or None."""
+    rng, size, rows = np.random.default_rng(seed), model.cfg.input_size, []
+    for f in frames:
+        img = f.image if deg is None else deg[0](f.image, deg[1][rng.integers(len(deg[1]))], 3, rng)
+        x, (r,) = _tensor([img], size)
+        out, emb = model(x)
+        idx, ids = gt_anchors(f, r, (out[0, :, 4] * out[0, :, 5]).numpy(), size)
+        rows.append((int(f.source.split(":")[1]), emb[0, idx].numpy(), ids))
+    pos, neg = [], []
+    for ka, ea, ia in rows:
+        for kb, eb, ib in rows:
+            if 0 < kb - ka <= gap:
+                sim = ea @ eb.T
+                same = ia[:, None] == ib[None, :]
+                pos += sim[same].tolist()
+                neg += sim[~same].tolist()
+    from scipy.stats import mannwhitneyu
+
+    return float(mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg)))

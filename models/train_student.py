@@ -132,7 +132,8 @@ def train(cfg: StudentTrainConfig) -> Path:
     if cfg.resume and (out / "last.pt").exists():
         start = resume(out / "last.pt", student, opt, cfg)
         proj = TeacherProjection(teacher.dim, cfg.dim)
-        proj.load_state_dict(torch.load(out / "last.pt", weights_only=True)["meta"]["projection"])
+        ck = torch.load(out / "last.pt", weights_only=True)
+        proj.load_state_dict(ck.get("extra", {}).get("projection") or ck["meta"]["projection"])
     proj = proj or fit_projection(teacher, train_frames, rng, cfg)
 
     def step(k: int) -> dict:
@@ -146,14 +147,14 @@ def train(cfg: StudentTrainConfig) -> Path:
 
     def meta(k: int) -> dict:
         return {"stage": "student", "step": k, "teacher": teacher.name, "teacher_weights": Path(teacher.weights).name,
-                "dcsd": asdict(dcfg), "data": "PETS09-S2L1 1-540 (541-600 validation), MOT17-mini train",
-                "projection": proj.state_dict()}
+                "dcsd": asdict(dcfg), "data": "PETS09-S2L1 1-540 (541-600 validation), MOT17-mini train"}
 
-    save = lambda k: save_checkpoint(out / "last.pt", student, scfg, cfg, opt, k, meta(k))  # noqa: E731
+    extra = {"projection": proj.state_dict()}  # teacher -> semantic space (mean, basis)
+    save = lambda k: save_checkpoint(out / "last.pt", student, scfg, cfg, opt, k, meta(k), extra)  # noqa: E731
     done = run_steps(step, start, cfg.steps, cfg.max_minutes, save, cfg.save_every, "student")
     metrics = evaluate(student, teacher, proj, val_frames, cfg, deg)
     log.info("student validation (PETS 541-600): %s", {k: round(v, 4) for k, v in metrics.items()})
-    return save_checkpoint(out / "student.pt", student, scfg, cfg, None, done, {**meta(done), "validation": metrics})
+    return save_checkpoint(out / "student.pt", student, scfg, cfg, None, done, {**meta(done), "validation": metrics}, extra)
 
 
 def add_arguments(parser) -> None:

@@ -12,10 +12,10 @@ pytest.importorskip("vsdmot.calibration.degrade")
 from vsdmot.models.checkpoint import load_checkpoint  # noqa: E402
 
 
-def test_detector_stage_saves_and_resumes(tmp_path, pets_dir, yolox_onnx):
+def test_detector_stage_self_distils_saves_and_resumes(tmp_path, pets_dir, yolox_onnx):
     from vsdmot.models.train_detector import DetectorTrainConfig, train
 
-    cfg = dict(steps=2, train_size=96, pets_last=30, mot17=False, save_every=1, out=str(tmp_path), threads=1,
+    cfg = dict(steps=2, train_size=96, pets_last=30, mot17=False, freeze_detector=False, save_every=1, out=str(tmp_path), threads=1,
                gap=4, data=str(pets_dir.parent), yolox_onnx=str(yolox_onnx))
     train(DetectorTrainConfig(**cfg))
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 2
