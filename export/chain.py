@@ -262,7 +262,10 @@ def finish(stage: Path, out: Path, accuracy: Mapping, verdict: Mapping, report: 
     gate = {k: verdict.get(k) for k in ("passed", "forced", "reason", "worst_hota_drop", "threshold_hota_drop")}
     gate["forced"] = bool(verdict.get("forced") or (cfg.gate.force and not verdict.get("passed")))
     report.summary = {"precision": cfg.precision, "prune": cfg.ratio, "method": cfg.method, "gate": gate["reason"],
-                      "forced": gate["forced"], "work_dir": str(work)}
+                      "forced": gate["forced"], "accuracy_vs_fp32": {
+                          f"{c['sequence']} {c['condition']}": f"HOTA {100 * c['bundle']['HOTA']:.1f} "
+                          f"(fp32 {100 * c['reference']['HOTA']:.1f})" for c in accuracy.get("cases", [])},
+                      "work_dir": str(work)}
     if copy:  # the fp32 reference stays in the work dir for later gates
         shutil.rmtree(staging_dir(out), ignore_errors=True)
         stage = Path(shutil.copytree(stage, staging_dir(out)))

@@ -74,8 +74,9 @@ class Report:
 
     def add(self, network: str, out: Path) -> None:
         stamp = read_stamp(out)
-        if stamp:
-            self.steps.append({"network": network, **stamp})
+        if stamp:  # one row per output file: a step reached twice (reference and device) is listed once
+            self.steps = [s for s in self.steps if (s["network"], s["path"]) != (network, str(out))]
+            self.steps.append({"network": network, "path": str(out), **stamp})
 
     def to_json(self) -> dict[str, Any]:
         return {"summary": self.summary, "steps": self.steps}
