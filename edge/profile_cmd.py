@@ -209,6 +209,7 @@ def run_variant(args: argparse.Namespace, variant: Variant, cfg: ProfileConfig, 
     try:
         pipeline = build_pipeline(bundle, run_cfg, fps=source.fps)
         backend = _backends(pipeline)  # before close() empties pipeline.backends
+        policy = getattr(getattr(getattr(pipeline, "semantics", None), "cfg", None), "policy", run_cfg.semantics.policy)
         stop = threading.Event()
         hook = ProfileHook(cfg, stop)
         try:
@@ -219,7 +220,8 @@ def run_variant(args: argparse.Namespace, variant: Variant, cfg: ProfileConfig, 
     finally:
         source.close()
     stats = summarize(hook.records, hook.t_start, cfg.warmup_s)
-    return {"label": variant.label, "config": to_dict(run_cfg), "stats": stats,
+    label = variant.label.replace("=config", f"={run_cfg.semantics.policy}")
+    return {"label": label, "config": to_dict(run_cfg), "stats": stats, "semantic_policy_effective": policy,
             "tracker": pipeline.tracker_kind, "backend": backend,
             "input_size": getattr(getattr(getattr(pipeline, "detector", None), "config", None), "input_size", None),
             "series": _series(hook.records, hook.t_start),

@@ -176,6 +176,9 @@ def _notes(runs: list[dict[str, Any]]) -> list[str]:
     notes = []
     for r in runs:
         pol = r["config"]["semantics"]["policy"]
+        if r.get("semantic_policy_effective", pol) != pol:
+            notes.append(f"- {r['label']}: the bundle has no student encoder, so policy '{pol}' ran as "
+                         f"'{r['semantic_policy_effective']}' (no semantic work at all).")
         if pol == "always" and r["stats"]["semantic"]["fresh"] == 0:
             notes.append(f"- {r['label']}: the {r['tracker']} tracker takes no semantic input, so the semantic "
                          "policy has no effect here; compare policies with the e2e or hybrid tracker.")

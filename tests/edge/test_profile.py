@@ -148,4 +148,7 @@ def test_profile_with_the_shipped_default_bundle(tmp_path):
     assert main(["profile", "--demo", "--threads", "1", "--duration", "2", "--warmup", "0.5", "--idle", "0",
                  "--report", str(rep)]) == 0
     report = json.loads((rep / "report.json").read_text())
-    assert report["runs"][0]["stats"]["frames"] > 0 and (rep / "report.md").is_file()
+    run = report["runs"][0]
+    assert run["stats"]["frames"] > 0 and run["label"] == f"semantic={run['config']['semantics']['policy']}"
+    if run["semantic_policy_effective"] != run["config"]["semantics"]["policy"]:
+        assert "has no student encoder" in (rep / "report.md").read_text()
