@@ -34,6 +34,7 @@ class RecoverConfig:
     batch: int = 4  # feeds per step
     lr: float = 3e-4  # Adam learning rate
     holdout: float = 0.1  # fraction of feeds kept out of training to measure the loss
+    holdout_max: int = 16  # at most this many held-out feeds are scored (before and after)
     seed: int = 0  # batch order
 
     def __post_init__(self) -> None:
@@ -57,7 +58,8 @@ def distil(pruned: TorchNet, teacher: TorchNet, feeds: Sequence[Mapping[str, np.
            cfg: RecoverConfig) -> tuple[nn.Module, dict[str, Any]]:
     student = copy.deepcopy(pruned.module).eval()  # eval: BatchNorm stats frozen, dropout off
     n_hold = max(1, int(len(feeds) * cfg.holdout))
-    train, hold = list(range(n_hold, len(feeds))), list(range(n_hold))
+    train = list(range(n_hold, len(feeds)))
+    hold = [int(i) for i in np.linspace(0, n_hold - 1, min(n_hold, cfg.holdout_max)).round()]
     names = list(teacher.inputs)
     before = held_loss(student, teacher, feeds, hold, names)
     opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
@@ -73,7 +75,7 @@ def distil(pruned: TorchNet, teacher: TorchNet, feeds: Sequence[Mapping[str, np.
     log.info("recover %s: %d steps in %.0f s, held-out distillation loss %.4f -> %.4f", pruned.name, step,
              time.perf_counter() - t0, before, after)
     return student.eval(), {"steps": step, "seconds": round(time.perf_counter() - t0, 1), "loss_before": before,
-                            "loss_after": after, "train_feeds": len(train), "holdout_feeds": len(hold)}
+                            "loss_after": after, "train_feeds": len(train), "holdout_feeds": n_hold, "holdout_scored": len(hold)}
 
 
 def batch(feeds, idx, names) -> list[torch.Tensor]:
