@@ -317,16 +317,8 @@ def train(cfg: TrainConfig, resume: bool = True, real: RealClips | None = None) 
     bar = tqdm(range(step, total), initial=step, total=total, desc="tracker", mininterval=5)
     avg = None
     for step in bar:
-        rng = np.random.default_rng([cfg.seed, step])  # per step: a resumed run draws the same data
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
-        model.train()
-        loss = rollout(model, make_batch(cfg, noise, real if step >= cfg.synth_steps else None, rng), cfg, rng)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        opt.step()
-        avg = loss.item() if avg is None else 0.95 * avg + 0.05 * loss.item()
+        loss = _train_step(model, opt, cfg, noise, real if step >= cfg.synth_steps else None, step, total)
+        avg = loss if avg is None else 0.95 * avg + 0.05 * loss
         bar.set_postfix(loss=f"{avg:.3f}")
         if (step + 1) % cfg.log_every == 0:
             log.info("step %d loss %.4f", step + 1, avg)
@@ -337,6 +329,19 @@ def train(cfg: TrainConfig, resume: bool = True, real: RealClips | None = None) 
             log.warning("time budget of %.1f min reached at step %d", cfg.max_minutes, step + 1)
             break
     return last
+
+
+def _train_step(model: TrainModel, opt, cfg: TrainConfig, noise: dict, real, step: int, total: int) -> float:
+    rng = np.random.default_rng([cfg.seed, step])  # per step: a resumed run draws the same data
+    for g in opt.param_groups:
+        g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
+    model.train()
+    loss = rollout(model, make_batch(cfg, noise, real, rng), cfg, rng)
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+    opt.step()
+    return loss.item()
 
 
 def _meta(cfg: TrainConfig, loss: float | None, model: TrainModel) -> dict:
