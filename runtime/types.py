@@ -44,7 +44,10 @@ class Detections:
             if len(self.track_id) != n:
                 raise ValueError(f"Detections: {n} boxes but {len(self.track_id)} track ids")
         if self.feature is not None:
-            self.feature = np.asarray(self.feature, dtype=np.float32).reshape(n, -1)
+            feat = np.asarray(self.feature, dtype=np.float32)
+            if feat.ndim != 2 or len(feat) != n:
+                raise ValueError(f"Detections: {n} boxes but features of shape {feat.shape}, expected ({n}, D)")
+            self.feature = feat
 
     def __len__(self) -> int:
         return len(self.xyxy)
