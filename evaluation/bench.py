@@ -261,6 +261,8 @@ def bench(seqs: Sequence[Path], conds: Sequence[Condition], trackers: Sequence[s
             raise ValueError(f"tracker: expected one of {sorted(_REGISTRY)}, got {name!r}")
     opts = dict(out_dir=out_dir, cache_dir=cache_dir, threads=threads, input_size=input_size, frames=frames,
                 seed=seed, yolox_onnx=yolox_onnx, progress=progress and jobs == 1)
+    if any(c != Condition() for c in conds):
+        _default_writer()  # import the degradation library once, before any fork: one version per run
     pairs = [(Path(s), c) for s in seqs for c in conds]
     done: dict[int, list[RunResult]] = {}
     bar = tqdm(total=len(pairs) * len(trackers), desc="bench", unit="run", disable=not progress)
