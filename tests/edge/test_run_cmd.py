@@ -153,16 +153,22 @@ def test_semantic_policy_reaches_the_stats(e2e_bundle, tmp_path, policy, runs):
     assert s["semantic_runs"] == runs and s["semantic_runs"] + s["semantic_reused"] + s["semantic_skipped"] == 4
 
 
-def test_backend_torch_runs_the_reference(e2e_bundle, tmp_path):
-    from vsdmot.models import reference  # noqa: F401  (the torch side must be importable)
+def test_backend_torch_matches_onnxruntime_on_the_default_bundle(tmp_path):
+    from vsdmot.models import reference
+    from vsdmot.runtime.bundle import DEFAULT_BUNDLE, load_bundle
 
-    weights = Path(reference.WEIGHTS)
-    missing = [n for n in ("detector.pt", "student.pt", "tracker.pt") if not (weights / n).is_file()]
+    if not (DEFAULT_BUNDLE / "manifest.json").is_file():
+        pytest.skip(f"no shipped default bundle at {DEFAULT_BUNDLE}")
+    nets = [n[:-5] for n in load_bundle(DEFAULT_BUNDLE).names if n.endswith(".onnx")]
+    missing = [n for n in nets if not (Path(reference.WEIGHTS) / f"{n}.pt").is_file()]
     if missing:
-        pytest.skip(f"--backend torch runs the shipped torch weights; missing {missing} in {weights}")
-    mot = tmp_path / "mot.txt"
-    assert edge_run("--demo", "--bundle", e2e_bundle, "--backend", "torch", "--max-frames", 3, "--mot-out", mot) == 0
-    assert mot.is_file()
+        pytest.skip(f"--backend torch runs the shipped torch weights; missing {missing} in {reference.WEIGHTS}")
+    rows = {}
+    for kind in ("torch", "onnxruntime"):
+        assert edge_run("--demo", "--backend", kind, "--max-frames", 5, "--mot-out", tmp_path / f"{kind}.txt") == 0
+        rows[kind] = read_rows(tmp_path / f"{kind}.txt")
+    assert len(rows["torch"]) > 0 and (rows["torch"].id == rows["onnxruntime"].id).all()
+    assert abs(rows["torch"].xywh - rows["onnxruntime"].xywh).max() < 0.5
 
 
 def test_backend_tensorrt_without_tensorrt_is_one_line(bundle, tmp_path, capsys):
