@@ -89,8 +89,16 @@ def default_work_dir(out: Path) -> Path:
 
 def export(cfg: ExportConfig, out: str | Path, checkpoint: str | Path | None = None,
            sources: Sources | None = None, eval_fn: EvalFn | None = None) -> Path:
-    """Run the chain; return the published bundle directory (BundleError when the gate refuses)."""
-    out = Path(out)
+    """Run the chain; return the published bundle directory (BundleError when the gate refuses).
+    A failure part-way removes the staging directory: nothing loadable is left behind."""
+    try:
+        return _export(cfg, Path(out), checkpoint, sources, eval_fn)
+    except BaseException:
+        shutil.rmtree(staging_dir(Path(out)), ignore_errors=True)
+        raise
+
+
+def _export(cfg: ExportConfig, out: Path, checkpoint, sources: Sources | None, eval_fn: EvalFn | None) -> Path:
     work = Path(cfg.work_dir) if cfg.work_dir else default_work_dir(out)
     sources = sources or load_sources(checkpoint)
     report = Report()

@@ -136,3 +136,11 @@ def test_failed_gate_falls_back_to_fp32_networks(sources, tmp_path):
     m = load_bundle(export(cfg, tmp_path / "fb", sources=sources, eval_fn=int8_hurts)).manifest
     assert m["files"]["detector.onnx"]["precision"] == "fp32" and m["export"]["fp32_networks"] == ["detector"]
     assert m["accuracy_gate"]["passed"] and m["accuracy"]["worst_hota_drop"] == 0.0
+
+
+def test_a_crash_in_the_gate_leaves_nothing_behind(sources, tmp_path):
+    def broken(bundle_dir, seq, cond):
+        raise RuntimeError("tracker crashed")
+    with pytest.raises(RuntimeError, match="tracker crashed"):
+        export(cfg_for(tmp_path, precision="int8", prune=0.0), tmp_path / "x", sources=sources, eval_fn=broken)
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.staging-*"))
