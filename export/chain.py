@@ -227,8 +227,14 @@ def stage_bundle(sources: Sources, nets: Mapping[str, Path], precision: str, whe
     files |= {name: BundleFile(p, "params" if name.endswith(".json") else "notice") for name, p in sources.files.items()}
     meta = dict(export_meta) | {"fp32_networks": sorted(n for n, p in nets.items() if ".int8-" not in p.name)}
     contents = BundleContents(files, dict(sources.provenance), dict(calib), parity_of(nets), meta)
-    tracker = "e2e" if "tracker" in nets else "bytetrack"
+    tracker = default_tracker(sources) if "tracker" in nets else "bytetrack"
     return write_bundle(contents, BundleConfig(precision=precision, tracker=tracker), where)
+
+
+def default_tracker(sources: Sources) -> str:
+    """The tracker tracker.pt recommends (its meta's default_tracker, measured in training), else e2e."""
+    meta = sources.provenance.get("checkpoints", {}).get("tracker", {}).get("meta", {})
+    return str(meta.get("default_tracker") or "e2e")
 
 
 def parity_of(nets: Mapping[str, Path]) -> dict[str, Any]:
