@@ -263,15 +263,16 @@ def bench(seqs: Sequence[Path], conds: Sequence[Condition], trackers: Sequence[s
                 seed=seed, yolox_onnx=yolox_onnx, progress=progress and jobs == 1)
     if any(c != Condition() for c in conds):
         _default_writer()  # import the degradation library once, before any fork: one version per run
+    for s in seqs:
+        parse_window(frames, read_seqinfo(s).length)  # bad --frames fails before any work
     pairs = [(Path(s), c) for s in seqs for c in conds]
     done: dict[int, list[RunResult]] = {}
-    bar = tqdm(total=len(pairs) * len(trackers), desc="bench", unit="run", disable=not progress)
-    for i, runs in _map_pairs(pairs, trackers, opts, jobs):
-        done[i] = runs
-        bar.update(len(runs))
-        if on_result is not None:
-            on_result([r for k in sorted(done) for r in done[k]])
-    bar.close()
+    with tqdm(total=len(pairs) * len(trackers), desc="bench", unit="run", disable=not progress) as bar:
+        for i, runs in _map_pairs(pairs, trackers, opts, jobs):
+            done[i] = runs
+            bar.update(len(runs))
+            if on_result is not None:
+                on_result([r for k in sorted(done) for r in done[k]])
     return [r for k in sorted(done) for r in done[k]]
 
 
