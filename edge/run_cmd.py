@@ -132,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
         pipeline = build_pipeline(bundle, cfg, fps=source.fps)
         try:
             stop, hooks = SourceStopEvent(source), make_hooks(args, cfg)
-            sinks = open_sinks(**vars(cfg.sinks), fps=source.fps, meta=_meta(cfg, pipeline, source))
+            sinks = open_sinks(**vars(cfg.sinks), fps=source.fps, source_stats=getattr(source, "stats", None),
+                               meta=_meta(cfg, pipeline, source))
             with _signals(stop, _reloader(args, pipeline)):
                 summary = run_loop(source, pipeline, sinks, hooks, stop, cfg.max_frames)
         finally:

@@ -55,6 +55,7 @@ def test_contract_outputs(bundle, tmp_path):
     assert {"detector", "tracker", "quality"} <= set(stats["latency_ms"])
     assert len(out["jsonl"].read_text().splitlines()) == 6
     assert out["video"].stat().st_size > 0
+    assert stats["source_stats"]["frames_read"] >= 6  # the source's own counters reach the stats file
 
 
 def test_config_file_and_flag_precedence(bundle, tmp_path):
