@@ -7,7 +7,6 @@ checking every weight and bias shape. Person-only (C=1) keeps COCO class 0's cls
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -16,20 +15,13 @@ import torch
 from torch import nn
 
 from vsdmot.models.yolox import YoloxConfig, YoloxNano
+from vsdmot.runtime.bundle import file_sha256
 
 log = logging.getLogger(__name__)
 
 SOURCE_NAME = "yolox_nano.onnx"
 SOURCE_URL = "https://github.com/Megvii-BaseDetection/YOLOX (release 0.1.1rc0, yolox_nano.onnx)"
 LICENSE = "Apache-2.0"
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _onnx_convs(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -75,7 +67,7 @@ def convert(onnx_path: str | Path, num_classes: int = 1) -> tuple[YoloxNano, dic
     load_onnx_weights(model, onnx_path)
     prov = {
         "source": SOURCE_NAME,
-        "source_sha256": sha256_file(onnx_path),
+        "source_sha256": file_sha256(onnx_path),
         "source_url": SOURCE_URL,
         "license": LICENSE,
         "classes": "COCO class 0 (person) only" if num_classes == 1 else "COCO 80",
