@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vsdmot.runtime.bundle import read_stamped
 from vsdmot.runtime.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -59,20 +60,7 @@ def write_cache(cache: str | os.PathLike, stamp: CacheStamp, data: bytes) -> Pat
 def check_cache(cache: str | os.PathLike, stamp: CacheStamp) -> bytes | None:
     """The cache bytes when valid for `stamp`; None when absent; DeviceError saying what differs."""
     cache = Path(cache)
-    if not cache.is_file():
-        return None
-    try:
-        found = json.loads(stamp_path(cache).read_text())
-    except (OSError, ValueError):
-        raise DeviceError(f"INT8 calibration cache {cache}: no readable stamp; refusing an unstamped cache") from None
-    for name, want in asdict(stamp).items():
-        if found.get(name) != want:
-            raise DeviceError(f"INT8 calibration cache {cache}: made for {name}={found.get(name)!r}, expected "
-                              f"{want!r}; refusing the stale cache")
-    data = cache.read_bytes()
-    if hashlib.sha256(data).hexdigest() != found.get("cache_sha256"):
-        raise DeviceError(f"INT8 calibration cache {cache}: sha256 differs from its stamp (altered); refusing it")
-    return data
+    return read_stamped(cache, stamp_path(cache), asdict(stamp), "cache_sha256", "INT8 calibration cache")
 
 
 def read_cache_or_none(cache: str | os.PathLike, stamp: CacheStamp) -> bytes | None:

@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .bundle import file_sha256
+from .bundle import file_sha256, read_stamped
 from .errors import DeviceError
 from .types import TensorSpec
 
@@ -173,22 +173,8 @@ def engine_dir(cache_root: str | os.PathLike, onnx_path: str | os.PathLike, key:
 def load_cached_engine(folder: str | os.PathLike, key: EngineKey) -> bytes | None:
     """The cached engine bytes, None when absent; DeviceError when stamped for another key or altered."""
     folder = Path(folder)
-    plan, stamp_path = folder / "engine.plan", folder / "stamp.json"
-    if not plan.is_file():
-        return None
-    try:
-        stamp = json.loads(stamp_path.read_text())
-    except (OSError, ValueError) as e:
-        raise DeviceError(f"cached engine {plan}: unreadable stamp ({e}); refusing it") from None
-    want = asdict(key)
-    for field_name, expected in want.items():
-        if stamp.get(field_name) != expected:
-            raise DeviceError(f"cached engine {plan}: built for {field_name}={stamp.get(field_name)!r}, "
-                              f"this run needs {expected!r}; refusing it")
-    data = plan.read_bytes()
-    if hashlib.sha256(data).hexdigest() != stamp.get("engine_sha256"):
-        raise DeviceError(f"cached engine {plan}: sha256 does not match its stamp (truncated or altered); refusing it")
-    return data
+    return read_stamped(folder / "engine.plan", folder / "stamp.json", asdict(key), "engine_sha256",
+                        "cached engine", verb="built")
 
 
 def store_engine(folder: str | os.PathLike, key: EngineKey, data: bytes) -> Path:

@@ -50,6 +50,29 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def read_stamped(path: Path, stamp_path: Path, expected: Mapping[str, Any], sha_field: str,
+                 label: str, verb: str = "made") -> bytes | None:
+    """The bytes at `path` when its JSON stamp matches `expected` and records their sha256 under
+    `sha_field`; None when `path` is absent; DeviceError saying what differs otherwise. One check
+    for every stamped cache (TensorRT engines, legacy INT8 calibration caches)."""
+    from .errors import DeviceError
+
+    if not path.is_file():
+        return None
+    try:
+        found = json.loads(stamp_path.read_text())
+    except (OSError, ValueError) as e:
+        raise DeviceError(f"{label} {path}: no readable stamp ({e}); refusing an unstamped cache") from None
+    for name, want in expected.items():
+        if found.get(name) != want:
+            raise DeviceError(f"{label} {path}: {verb} for {name}={found.get(name)!r}, expected {want!r}; "
+                              "refusing the stale cache")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != found.get(sha_field):
+        raise DeviceError(f"{label} {path}: sha256 does not match its stamp (truncated or altered); refusing it")
+    return data
+
+
 def manifest_digest(manifest: Mapping[str, Any]) -> str:
     """sha256 of the manifest as canonical JSON (sorted keys, no spaces), `manifest_sha256` left out."""
     body = {k: v for k, v in manifest.items() if k != DIGEST_FIELD}
