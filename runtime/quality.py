@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -140,8 +141,12 @@ class QualityGate:
 
     def features(self, image: np.ndarray) -> np.ndarray:
         """(F,) float32, the features this head uses, in its order."""
-        f = compute_features(image)
-        return f[[FEATURES.index(n) for n in self.features_used]]
+        return compute_features(image)[self._columns]
+
+    @cached_property
+    def _columns(self) -> np.ndarray:
+        """Indices of `features_used` in FEATURES, computed once (features() runs every frame)."""
+        return np.array([FEATURES.index(n) for n in self.features_used], np.intp)
 
     def score(self, feats: np.ndarray) -> np.ndarray:
         """(N, F) or (F,) features -> (N,) or () q."""
