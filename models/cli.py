@@ -8,7 +8,7 @@ from vsdmot._cli import build_parser, run_main
 
 # name -> (module with add_arguments(parser) and run(args) -> int, one-line help). Add a stage here.
 COMMANDS = {
-    "detector": ("vsdmot.models.train_detector", "fine-tune the detector on degraded frames (self-distillation)"),
+    "detector": ("vsdmot.models.train_detector", "train the appearance projection (--no-freeze-detector: also self-distil on degraded frames)"),
     "student": ("vsdmot.models.train_student", "distil the teacher into the student semantic encoder (DCSD)"),
     "quality": ("vsdmot.models.train_quality", "fit the quality head (task-aware q) on degraded frames"),
     "tracker": ("vsdmot.models.train_tracker", "train the end-to-end tracker head and DSWR"),
