@@ -29,10 +29,9 @@ from typing import Any
 import numpy as np
 
 from vsdmot import __version__
+from vsdmot.runtime.stats_sink import MODEL_STAGES  # the networks' stages (incl. their pre/post-processing)
 
 log = logging.getLogger(__name__)
-
-MODEL_STAGES = ("semantics", "detector", "tracker")  # the networks' stages (incl. their pre/post-processing)
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from vsdmot.edge.gst import CsiSpec, csi_pipeline, has_gstreamer, parse_csi
-from vsdmot.edge.sources import (
-    FileSource, LiveFrame, LiveOptions, LiveSource, ffmpeg_options, live_options, open_source,
-)
+from vsdmot.edge.capture import ffmpeg_options
+from vsdmot.edge.sources import FileSource, LiveFrame, LiveOptions, LiveSource, live_options, open_source
 from vsdmot.runtime.config import ServiceConfig, SourceConfig
 from vsdmot.runtime.errors import SourceError
 

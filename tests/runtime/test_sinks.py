@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from vsdmot.runtime.mot import read_rows
-from vsdmot.runtime.sinks import (
-    JsonlSink, LatencyHistogram, MotSink, SinkError, StatsSink, VideoSink, annotate, open_sinks, track_colour,
-)
+from vsdmot.runtime.sinks import JsonlSink, MotSink, SinkError, open_sinks
+from vsdmot.runtime.stats_sink import LatencyHistogram, StatsSink
+from vsdmot.runtime.video_sink import VideoSink, annotate, track_colour
 from vsdmot.runtime.types import Detections, FrameResult
 
 from helpers import REPO

@@ -1,0 +1,89 @@
+"""OpenCV captures for the live sources: V4L2 cameras (format, size and rate set and read back)
+and network streams through FFmpeg (open and read timeouts, per-scheme demuxer options).
+`edge/gst.py` builds the CSI (GStreamer) one. `edge/sources.py: LiveSource` re-opens them."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+
+from vsdmot.runtime.errors import SourceError
+
+if TYPE_CHECKING:  # sources.py imports this module
+    from .sources import LiveOptions
+
+log = logging.getLogger(__name__)
+
+
+def _check_readback(cap: cv2.VideoCapture, camera: str, prop: int, name: str, want: float) -> None:
+    got = cap.get(prop)
+    if want and abs(got - want) > 0.5:
+        log.warning("camera %s refused %s=%g; it gives %g", camera, name, want, got)
+
+
+def open_v4l2(camera: str, opts: LiveOptions) -> cv2.VideoCapture:
+    """A V4L2 camera (/dev/videoN or an index) with fourcc, size and fps set and read back."""
+    dev: str | int = int(camera) if camera.isdigit() else camera
+    if isinstance(dev, str) and not Path(dev).exists():
+        raise SourceError(f"camera {camera}: no such device (unplugged? `ls /dev/video*`)")
+    # OpenCV's V4L2 backend ignores CAP_PROP_READ_TIMEOUT_MSEC; its select() waits 10 s per read
+    # unless this is set, and it reads the variable once per process (the first V4L2 capture).
+    os.environ.setdefault("OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT", str(max(1, math.ceil(opts.read_timeout_s))))
+    cap = cv2.VideoCapture(dev, cv2.CAP_V4L2)
+    if not cap.isOpened():
+        cap.release()
+        raise SourceError(f"camera {camera}: V4L2 cannot open it (busy, or no permission: "
+                          "is the user in the 'video' group?)")
+    if opts.fourcc:
+        cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*opts.fourcc))
+        got = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode("ascii", "replace")
+        if got != opts.fourcc:
+            log.warning("camera %s refused fourcc %s; it gives %s", camera, opts.fourcc, got)
+    for prop, name, want in ((cv2.CAP_PROP_FRAME_WIDTH, "width", opts.width),
+                             (cv2.CAP_PROP_FRAME_HEIGHT, "height", opts.height), (cv2.CAP_PROP_FPS, "fps", opts.fps)):
+        if want:
+            cap.set(prop, want)
+            _check_readback(cap, camera, prop, name, want)
+    log.info("camera %s: %gx%g at %g fps", camera, cap.get(cv2.CAP_PROP_FRAME_WIDTH),
+             cap.get(cv2.CAP_PROP_FRAME_HEIGHT), cap.get(cv2.CAP_PROP_FPS))
+    return cap
+
+
+_ENV_LOCK = threading.Lock()  # OPENCV_FFMPEG_CAPTURE_OPTIONS is process-wide; read at open time
+
+
+def ffmpeg_options(url: str, opts: LiveOptions) -> str:
+    """FFmpeg demuxer options for this scheme, in OpenCV's "key;value|key;value" form."""
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in ("rtsp", "rtsps"):
+        return f"rtsp_transport;{opts.rtsp_transport}"
+    if scheme == "udp":
+        return "overrun_nonfatal;1|fifo_size;50000"  # a late reader loses packets, not the stream
+    return ""  # http(s), tcp, rtmp: FFmpeg's defaults; our own loop re-opens on failure
+
+
+def open_stream(url: str, opts: LiveOptions) -> cv2.VideoCapture:
+    """A network stream through OpenCV's FFmpeg backend, with open and read timeouts."""
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(opts.open_timeout_s * 1000),
+              cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(opts.read_timeout_s * 1000)]
+    options = ffmpeg_options(url, opts)
+    with _ENV_LOCK:
+        user = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")
+        if options and user is None:  # the user's own setting wins
+            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = options
+        try:
+            cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
+        finally:
+            if options and user is None:
+                os.environ.pop("OPENCV_FFMPEG_CAPTURE_OPTIONS", None)
+    if not cap.isOpened():
+        cap.release()
+        raise SourceError(f"stream {url}: cannot open within {opts.open_timeout_s:g} s "
+                          "(server down, wrong URL, or no video in it)")
+    return cap
