@@ -18,6 +18,7 @@ import logging
 import sys
 import threading
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,7 @@ def _reloader(args: argparse.Namespace, pipeline):
     """SIGHUP with --config: re-read it and apply its [semantics] table (the rest needs a restart)."""
     if not args.config:
         return None
+    started = build_config(args)  # what the running pipeline was built from
 
     def reload() -> None:
         cfg = build_config(args)
@@ -174,6 +176,10 @@ def _reloader(args: argparse.Namespace, pipeline):
                              "did not load (it started with 'never' or ByteTrack): restart to change that")
         pipeline.semantics.cfg = cfg.semantics
         log.info("reloaded [semantics] from %s: %s", args.config, cfg.semantics)
+        pending = [f.name for f in fields(cfg) if f.name != "semantics" and getattr(cfg, f.name) != getattr(started, f.name)]
+        if pending:
+            log.warning("reload: %s changed in %s but only [semantics] applies live; restart to apply them "
+                        "(systemctl restart vsdmot-edge)", ", ".join(f"[{n}]" for n in pending), args.config)
 
     return reload
 

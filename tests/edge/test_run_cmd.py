@@ -180,3 +180,20 @@ def test_backend_tensorrt_without_tensorrt_is_one_line(bundle, tmp_path, capsys)
     assert edge_run("--demo", "--bundle", bundle, "--backend", "tensorrt", "--max-frames", 1) == 1
     err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln]
     assert len(err) == 1 and "TensorRT is not installed" in err[0]
+
+
+def test_reload_applies_semantics_and_names_sections_that_need_a_restart(tmp_path, caplog):
+    import argparse
+    from types import SimpleNamespace
+
+    from vsdmot.edge.run_cmd import _reloader
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('[source]\nsource = "clip.mp4"\n[semantics]\npolicy = "auto"\n[tracker]\nkind = "hybrid"\n')
+    pipeline = SimpleNamespace(semantics=SimpleNamespace(student=object(), cfg=None))
+    reload = _reloader(argparse.Namespace(config=str(cfg)), pipeline)
+    cfg.write_text('[source]\nsource = "clip.mp4"\n[semantics]\npolicy = "always"\n[tracker]\nkind = "bytetrack"\n')
+    with caplog.at_level("WARNING"):
+        reload()
+    assert pipeline.semantics.cfg.policy == "always"
+    assert "[tracker]" in caplog.text and "[source]" not in caplog.text and "restart" in caplog.text
