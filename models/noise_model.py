@@ -86,22 +86,78 @@ def detect_sequence(det, seq_dir: str | os.PathLike, frames: tuple[int, int] | N
     out = cache_dir() / f"{getattr(det, 'tag', 'det')}_{seq.info.name}_{lo}-{min(hi, seq.info.length)}_{'deg' if degraded else 'clean'}{seed}.npz"
     if out.is_file():
         return out
-    rng = np.random.default_rng(seed)
     rows: dict[str, list] = {"frame": [], "xyxy": [], "score": [], "embed": []}
-    src = seq.frames()
-    for f in src:
-        if not lo <= f.index <= hi:
-            continue
-        img = degrade(f.image, rng) if degraded else f.image
+    for index, img in _images(seq, lo, hi, degraded, seed):
         xyxy, score, emb = _detect(det, img)
-        for k, v in zip(rows, (np.full(len(score), f.index), xyxy, score, emb)):
+        for k, v in zip(rows, (np.full(len(score), index), xyxy, score, emb)):
             rows[k].append(v)
-    src.close()
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, **{k: np.concatenate(v) if v else np.zeros(0) for k, v in rows.items()},
                         size=np.array([seq.info.width, seq.info.height]))
     log.info("detections cached: %s", out)
     return out
+
+
+def _images(seq, lo: int, hi: int, degraded: bool, seed: int):
+    """(index, BGR image) of frames lo..hi, degraded by a per-sequence stream seeded by `seed`: the
+    detection cache and the semantics cache replay the exact same degraded frames."""
+    rng = np.random.default_rng(seed)
+    src = seq.frames()
+    try:
+        for f in src:
+            if lo <= f.index <= hi:
+                yield f.index, (degrade(f.image, rng) if degraded else f.image)
+    finally:
+        src.close()
+
+
+def semantics_sequence(sem, seq_dir: str | os.PathLike, frames: tuple[int, int] | None,
+                       degraded: bool, seed: int = 0) -> Path:
+    """Per frame, what inference feeds the tracker: q from the runtime quality gate and the
+    student's vector (runtime Student), on the same (degraded) frames as `detect_sequence`.
+    `sem` has .gate (QualityGate), .student (runtime Student) and .tag. Cached .npz: frame (N,),
+    q (N,) float32, semantic (N, D) float32."""
+    from vsdmot.runtime.sources import open_sequence
+
+    seq = open_sequence(seq_dir)
+    lo, hi = frames or (1, 10**9)
+    out = cache_dir() / f"{sem.tag}_{seq.info.name}_{lo}-{min(hi, seq.info.length)}_{'deg' if degraded else 'clean'}{seed}.npz"
+    if out.is_file():
+        return out
+    idx, qs, vecs = [], [], []
+    for index, img in _images(seq, lo, hi, degraded, seed):
+        idx.append(index)
+        qs.append(sem.gate.assess(img))
+        vecs.append(sem.student(img)[0])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, frame=np.array(idx), q=np.array(qs, np.float32), semantic=np.array(vecs, np.float32))
+    log.info("semantics cached: %s", out)
+    return out
+
+
+class ShippedSemantics:
+    """The shipped quality gate (quality.json) and student (student.pt, runtime Student on the
+    torch backend): exactly what the torch reference pipeline feeds. `.tag` keys the cache."""
+
+    def __init__(self, quality_json: str | os.PathLike | None = None, student_pt: str | os.PathLike | None = None,
+                 threads: int = 1):
+        from vsdmot.runtime.quality import QualityGate
+        from vsdmot.runtime.semantics import Student
+
+        from .reference import WEIGHTS, student_backend
+
+        qj = Path(quality_json or WEIGHTS / "quality.json")
+        sp = Path(student_pt or WEIGHTS / "student.pt")
+        self.gate = QualityGate.from_params(json.loads(qj.read_text()))
+        self.student = Student(student_backend(threads, sp))
+        gate_sha = _sha_bytes(json.dumps(self.gate.params(), sort_keys=True).encode())  # the gate, not the dswr section
+        self.tag = f"sem{gate_sha}{_sha(sp)[:6]}"
+
+
+def _sha_bytes(b: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(b).hexdigest()[:6]
 
 
 def _detect(det, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -267,8 +323,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--detector-onnx", default=None)
     ap.add_argument("--out", default=str(Path(__file__).parent / "weights" / "tracker_noise.json"))
+    ap.add_argument("--semantics", action="store_true",
+                    help="instead: cache the shipped gate's q and student's vectors on the TRAIN frames")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    if a.semantics:
+        sem = ShippedSemantics()
+        for seq, frames in train_sequences(Path(a.data)):
+            for deg in (False, True):
+                semantics_sequence(sem, seq, frames, deg)
+        return
     det = project_detector(a.detector_onnx)
     det.tag = f"det{_sha(det.backend.path)}"
     measure_all(det, a.data, a.out)

@@ -123,21 +123,23 @@ def torch_pipeline(tracker: str = "e2e", semantic: str = "auto", quality_json=No
     det_backend = TorchBackend(det, {"images": TensorSpec("images", (1, 3, s, s), "float32")},
                                {"output": TensorSpec("output", (1, -1, -1), "float32"),
                                 "embed": TensorSpec("embed", (1, -1, -1), "float32")}, threads)
-    student = _student_backend(threads) if semantic != "never" and tracker != "bytetrack" else None
+    student = student_backend(threads) if semantic != "never" and tracker != "bytetrack" else None
     policy = SemanticPolicy(SemanticsConfig(policy=semantic if student else "never"), student and Student(student))
     trk = make_tracker(tracker, tracker_backend(head, threads) if tracker != "bytetrack" else None, fps=fps)
     return Pipeline(gate, dswr, policy, YoloxDetector(det_backend, s), trk, tracker, "torch", [det_backend])
 
 
-def _student_backend(threads: int):
+def student_backend(threads: int = 1, path: str | os.PathLike | None = None):
+    """The student (shipped weights by default) behind the Backend protocol; None if absent."""
     from vsdmot.runtime.backends import TorchBackend
 
-    if not (WEIGHTS / "student.pt").is_file():
-        log.warning("no shipped student weights: semantics off")
+    path = Path(path or WEIGHTS / "student.pt")
+    if not path.is_file():
+        log.warning("no student weights at %s: semantics off", path)
         return None
     from .student import load_student
 
-    st = load_student()[0]
+    st = load_student(path)[0]
     r = st.cfg.input_size
     return TorchBackend(st, {"image": TensorSpec("image", (1, 3, r, r), "float32")},
                         {"semantic": TensorSpec("semantic", (1, st.cfg.dim), "float32")}, threads)
@@ -167,9 +169,43 @@ def run_sequence(source: str | os.PathLike, mot_out: str | os.PathLike, *, track
     return {"frames": n, **p.semantics.counts.as_dict()} if hasattr(p.semantics, "counts") else {"frames": n}
 
 
-def track_cached(npz: str | os.PathLike, tracker, frames: tuple[int, int] | None = None) -> str:
+class CachedSemantics:
+    """Per-frame q and student vectors from a `noise_model.semantics_sequence` cache, through the
+    runtime's own DSWR and SemanticPolicy (auto's hysteresis and reuse included): the tracker sees
+    what the pipeline would feed it on those frames."""
+
+    def __init__(self, npz: str | os.PathLike, dswr, policy: str = "auto"):
+        from vsdmot.runtime.config import SemanticsConfig
+        from vsdmot.runtime.semantics import SemanticPolicy
+
+        d = np.load(npz)
+        self.q = dict(zip(d["frame"].tolist(), d["q"].tolist()))
+        self.vec = dict(zip(d["frame"].tolist(), d["semantic"]))
+        self.dswr, self._f = dswr, None
+        self.policy = SemanticPolicy(SemanticsConfig(policy=policy), self._student)
+        self.w: list[float] = []  # w of every frame seen
+
+    def _student(self, image) -> np.ndarray:  # the runtime Student's output for the current frame
+        return self.vec[self._f].reshape(1, -1)
+
+    def get(self, f: int) -> tuple[np.ndarray | None, float]:
+        """(vector or None, w) for frame f."""
+        self._f = f
+        q = self.q[f]
+        w = self.dswr.weight(q)
+        self.w.append(w)
+        vec, _ = self.policy.get(None, q, w)
+        return vec, w
+
+    def skip_share(self) -> float:
+        c = self.policy.counts
+        return c.skipped / max(c.fresh + c.reused + c.skipped, 1)
+
+
+def track_cached(npz: str | os.PathLike, tracker, frames: tuple[int, int] | None = None,
+                 semantics: CachedSemantics | None = None) -> str:
     """Run a Tracker over cached detections (models/noise_model.py .npz); MOTChallenge rows.
-    Semantics: none (w = 0) - the comparison isolates association on identical boxes."""
+    Without `semantics`, none (w = 0): the comparison isolates association on identical boxes."""
     from vsdmot.runtime.mot import format_result_rows
 
     d = np.load(npz)
@@ -180,53 +216,87 @@ def track_cached(npz: str | os.PathLike, tracker, frames: tuple[int, int] | None
         sel = d["frame"] == f
         n = int(sel.sum())
         dets = Detections(d["xyxy"][sel].reshape(-1, 4), d["score"][sel], feature=d["embed"][sel].reshape(n, -1) if n else None)
-        out = tracker.step(dets, None, 0.0)
+        vec, w = semantics.get(f) if semantics is not None else (None, 0.0)
+        out = tracker.step(dets, vec, w)
         rows.append(format_result_rows(f, out.track_id, out.xywh, out.score))
     return "".join(rows)
 
 
 EVAL_SETS = (("PETS09-S2L1", (601, 795), 7.0), ("TUD-Campus", None, 25.0))  # never trained on
+VAL_SETS = (("PETS09-S2L1", (541, 600), 7.0),)  # TRAIN side: left out of the real clips by --val-first 541
 
 
 def compare_trackers(data: str | os.PathLike = "../shared/data", weights: str | os.PathLike | None = None,
-                     kinds=("e2e", "hybrid", "bytetrack"), conditions=("clean", "deg"), seed: int = 7) -> list[dict]:
+                     kinds=("e2e", "hybrid", "bytetrack"), conditions=("clean", "deg"), seed: int = 7,
+                     semantic: str = "never", dswr=None, sets=EVAL_SETS) -> list[dict]:
     """HOTA/DetA/AssA/MOTA/IDF1 of each tracker on identical cached detections of the held-out
-    frames (PETS09-S2L1 601-795, TUD-Campus), clean and degraded (noise_model.degrade, seeded)."""
+    frames (PETS09-S2L1 601-795, TUD-Campus), clean and degraded (noise_model.degrade, seeded).
+    `semantic` auto / always / never: q from the shipped gate and the shipped student's vectors on
+    the same frames, w = dswr(q) (the tracker's learned DSWR by default), the runtime policy.
+    `sets=VAL_SETS, seed=0`: the train-side validation (PETS 541-600 of the TRAIN caches)."""
     import tempfile
 
     from vsdmot.evaluation.metrics import evaluate
+    from vsdmot.runtime.dswr import Dswr
 
-    from .noise_model import _sha, detect_sequence, project_detector
+    from .noise_model import ShippedSemantics, _sha, detect_sequence, project_detector, semantics_sequence
     from .train_tracker import load_tracker
 
     det = project_detector()
     det.tag = f"det{_sha(det.backend.path)}"
-    head = load_tracker(weights or WEIGHTS / "tracker.pt")[0]
+    head, meta = load_tracker(weights or WEIGHTS / "tracker.pt")
+    dswr = dswr or Dswr.from_params(meta.get("dswr", {}))
+    sem = ShippedSemantics() if semantic != "never" else None
     results = []
-    for name, frames, fps in EVAL_SETS:
+    for name, frames, fps in sets:
         seq = Path(data) / name
+        span = (1, 600) if sets is VAL_SETS else frames  # validation frames live in the TRAIN caches
         for cond in conditions:
-            npz = detect_sequence(det, seq, frames, cond == "deg", seed=seed)
+            npz = detect_sequence(det, seq, span, cond == "deg", seed=seed)
+            spath = semantics_sequence(sem, seq, span, cond == "deg", seed=seed) if sem else None
             for kind in kinds:
+                cs = CachedSemantics(spath, dswr, semantic) if spath and kind != "bytetrack" else None
                 trk = make_tracker(kind, tracker_backend(head) if kind != "bytetrack" else None, fps=fps)
                 with tempfile.TemporaryDirectory() as tmp:
                     res = Path(tmp) / "res.txt"
-                    res.write_text(track_cached(npz, trk, frames))
+                    res.write_text(track_cached(npz, trk, frames, cs))
                     m = evaluate(seq, res, frames=frames)
-                row = {"seq": name, "cond": cond, "tracker": kind, **{k: round(float(m[k]), 2) for k in ("HOTA", "DetA", "AssA", "MOTA", "IDF1")}}
+                row = {"seq": name, "cond": cond, "tracker": kind, "semantic": semantic if cs else "never",
+                       **{k: round(float(m[k]), 2) for k in ("HOTA", "DetA", "AssA", "MOTA", "IDF1")},
+                       "skip": round(cs.skip_share(), 3) if cs else 1.0,
+                       "w_mean": round(float(np.mean(cs.w)), 3) if cs else 0.0}
                 log.info("%s", row)
                 results.append(row)
     return results
 
 
 def markdown_table(rows: list[dict]) -> str:
-    keys = ("seq", "cond", "tracker", "HOTA", "DetA", "AssA", "MOTA", "IDF1")
+    keys = ("seq", "cond", "tracker", "semantic", "HOTA", "DetA", "AssA", "MOTA", "IDF1", "skip", "w_mean")
     head = "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n"
     return head + "".join("| " + " | ".join(str(r[k]) for k in keys) + " |\n" for r in rows)
 
 
-if __name__ == "__main__":  # python -m vsdmot.models.reference [WEIGHTS]: the held-out comparison
-    import sys
+def main(argv: list[str] | None = None) -> None:
+    """python -m vsdmot.models.reference [WEIGHTS] [--semantic never auto always] [--val] [--json F]"""
+    import argparse
 
+    ap = argparse.ArgumentParser(prog="python -m vsdmot.models.reference")
+    ap.add_argument("weights", nargs="?", default=None)
+    ap.add_argument("--semantic", nargs="+", default=["never"], choices=("never", "auto", "always"))
+    ap.add_argument("--kinds", nargs="+", default=["e2e", "hybrid", "bytetrack"])
+    ap.add_argument("--val", action="store_true", help="train-side validation: PETS 541-600 (TRAIN caches, seed 0)")
+    ap.add_argument("--json", default=None, help="also write the rows here")
+    a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    print(markdown_table(compare_trackers(weights=sys.argv[1] if len(sys.argv) > 1 else None)))
+    rows = []
+    for pol in a.semantic:
+        kinds = a.kinds if pol == "never" else [k for k in a.kinds if k != "bytetrack"]
+        rows += compare_trackers(weights=a.weights, kinds=kinds, semantic=pol,
+                                 **({"sets": VAL_SETS, "seed": 0} if a.val else {}))
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1))
+    print(markdown_table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from vsdmot.runtime.e2e import predict_boxes, update_motion
 
-from .synth import SynthConfig, SynthFrame, load_noise, make_clip, _Semantics
+from .realclips import RealClips
+from .synth import SynthConfig, SynthFrame, load_noise, make_clip
 from .tracker_head import TrackerHead, TrackerHeadConfig
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class TrainConfig:
     proposals: int = 32  # P during training
     tbptt: int = 10  # frames between gradient truncations of the track queries
     lr: float = 1e-3  # AdamW learning rate (cosine decay)
+    dswr_lr: float = 0.0  # DSWR's own param group (3 scalars, no weight decay); 0 = same as lr
     weight_decay: float = 1e-4  # AdamW
     clip_grad: float = 1.0  # gradient norm clip
     drop_track: float = 0.03  # chance per frame and live slot of deleting it (must be re-born)
@@ -54,6 +56,9 @@ class TrainConfig:
     momentum: float = 0.7  # velocity EMA (same as the runtime's)
     embed_momentum: float = 0.8  # appearance EMA (same as the runtime's)
     random_semantic: float = 0.3  # share of clips whose semantic vector is a random direction (robust to any student)
+    real_semantics: bool = False  # real clips: cached real q and student vectors (else stand-ins, q ~ U)
+    synth_semantics: str = "standin"  # synthetic clips: "standin" vectors, or "real" (q, vector) runs borrowed from real clips
+    val_first: int = 601  # PETS frames from here on are left out of the real clips (541: train-side validation)
     init: str = ""  # start from this checkpoint's weights (e.g. the synthetic pretraining), not from scratch
     data: str = "../shared/data"  # the real clips' root
     max_minutes: float = 25.0  # wall-clock budget; stops early and saves
@@ -213,61 +218,6 @@ def rollout(model: TrainModel, clips: list[list[SynthFrame]], cfg: TrainConfig, 
     return total / T
 
 
-# ---------------------------------------------------------------- real TRAIN clips
-
-class RealClips:
-    """Windows of cached detections on PETS09-S2L1 1-600 and MOT17-mini (clean and degraded),
-    with identities from Hungarian matching to gt. Never PETS 601-795 or TUD-Campus."""
-
-    def __init__(self, cfg: TrainConfig, det=None):
-        from .noise_model import detect_sequence, load_gt, project_detector, train_sequences, _sha
-
-        det = det or project_detector()
-        det.tag = getattr(det, "tag", f"det{_sha(det.backend.path)}")
-        self.seqs = []  # (frames list, degraded flag)
-        for seq, frames in train_sequences(Path(cfg.data)):
-            gt = load_gt(seq)
-            for deg in (False, True):
-                npz = np.load(detect_sequence(det, seq, frames, deg))
-                self.seqs.append((self._frames(npz, gt, cfg.head.embed_dim), deg))
-        self.sem = _Semantics(cfg.head.semantic_dim)
-        log.info("real clips: %d sequences, %d frames", len(self.seqs), sum(len(s) for s, _ in self.seqs))
-
-    @staticmethod
-    def _frames(npz, gt: dict, E: int) -> list[SynthFrame]:
-        from .noise_model import match_to_gt
-
-        out = []
-        for f in sorted(gt):
-            sel = npz["frame"] == f
-            xyxy, score, emb = npz["xyxy"][sel].reshape(-1, 4), npz["score"][sel], npz["embed"][sel].reshape(-1, E)
-            ids, g = gt[f]
-            gid = np.full(len(score), -1)
-            m = match_to_gt(g, xyxy)
-            gid[m[m >= 0]] = ids[m >= 0]
-            out.append(SynthFrame(xyxy.astype(np.float32), score.astype(np.float32), emb.astype(np.float32), gid,
-                                  np.zeros(0, np.float32), 0.0, g, ids))
-        return out
-
-    def sample(self, T: int, rng: np.random.Generator) -> list[SynthFrame]:
-        frames, deg = self.seqs[int(rng.integers(len(self.seqs)))]
-        stride = int(rng.integers(1, 3)) if len(frames) > 2 * T else 1
-        span = min(len(frames), T * stride)
-        start = int(rng.integers(0, len(frames) - span + 1))
-        clip = frames[start: start + span: stride]
-        q = rng.uniform(0.05, 0.5) if deg else rng.uniform(0.7, 1.0)
-        off = rng.random() < 0.15
-        flip = rng.random() < 0.5
-        return [self._aug(f, q, off, flip, rng) for f in clip]
-
-    def _aug(self, f: SynthFrame, q, off, flip, rng) -> SynthFrame:
-        xyxy = f.xyxy.copy()
-        if flip:  # mirror about x = 0: relative features see a mirrored scene
-            xyxy[:, [0, 2]] = -xyxy[:, [2, 0]]
-        sem = self.sem(q, rng) * (not off)
-        return SynthFrame(xyxy, f.score, f.embed, f.gid, sem, 0.0, f.gt_xyxy, f.gt_id, -1.0 if off else q)
-
-
 def make_batch(cfg: TrainConfig, noise: dict, real: RealClips | None, rng: np.random.Generator) -> list[list[SynthFrame]]:
     """B clips (a short real clip is padded in `rollout`): synthetic, or real with probability `real_share` once real is given."""
     clips = []
@@ -276,6 +226,8 @@ def make_batch(cfg: TrainConfig, noise: dict, real: RealClips | None, rng: np.ra
             clips.append(real.sample(cfg.clip_frames, rng))
         else:
             clips.append(make_clip(cfg.synth, noise, rng))
+            if real is not None and cfg.synth_semantics == "real":
+                real.bank.lend(clips[-1], rng)
         if rng.random() < cfg.random_semantic:
             _random_semantic(clips[-1], rng)
     return clips
@@ -302,7 +254,7 @@ def train(cfg: TrainConfig, resume: bool = True, real: RealClips | None = None) 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = TrainModel(cfg.head)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg)
     out = Path(cfg.out)
     last = out / "last.pt"
     step = resume_ckpt(last, model, opt, cfg) if resume and last.is_file() else 0
@@ -313,7 +265,7 @@ def train(cfg: TrainConfig, resume: bool = True, real: RealClips | None = None) 
         log.info("initialised from %s", cfg.init)
     noise, total, t0 = load_noise(), cfg.synth_steps + cfg.real_steps, time.time()
     if cfg.real_steps and real is None:
-        real = RealClips(cfg)
+        real = RealClips(cfg.data, cfg.head.embed_dim, cfg.head.semantic_dim, cfg.real_semantics, cfg.val_first)
     bar = tqdm(range(step, total), initial=step, total=total, desc="tracker", mininterval=5)
     avg = None
     for step in bar:
@@ -331,10 +283,19 @@ def train(cfg: TrainConfig, resume: bool = True, real: RealClips | None = None) 
     return last
 
 
+def make_optimizer(model: TrainModel, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with two groups: the head (lr, weight decay) and DSWR's 3 scalars (dswr_lr, no decay:
+    decay would pull q0 toward 0). Each group's cosine schedule starts at its `base_lr`."""
+    dlr = cfg.dswr_lr or cfg.lr
+    return torch.optim.AdamW([
+        {"params": list(model.head.parameters()), "lr": cfg.lr, "base_lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"params": list(model.dswr.parameters()), "lr": dlr, "base_lr": dlr, "weight_decay": 0.0}])
+
+
 def _train_step(model: TrainModel, opt, cfg: TrainConfig, noise: dict, real, step: int, total: int) -> float:
     rng = np.random.default_rng([cfg.seed, step])  # per step: a resumed run draws the same data
     for g in opt.param_groups:
-        g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
+        g["lr"] = g["base_lr"] * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
     model.train()
     loss = rollout(model, make_batch(cfg, noise, real, rng), cfg, rng)
     opt.zero_grad()
@@ -346,7 +307,8 @@ def _train_step(model: TrainModel, opt, cfg: TrainConfig, noise: dict, real, ste
 
 def _meta(cfg: TrainConfig, loss: float | None, model: TrainModel) -> dict:
     return {"stage": "tracker", "loss": loss, "seed": cfg.seed, "dswr": model.dswr.to_params(),
-            "semantics": "stand-in vectors (a fixed base + a degradation direction), not the student's",
+            "semantics": ("real clips: the shipped gate's q and student's vectors; synthetic: " + cfg.synth_semantics)
+            if cfg.real_semantics else "stand-in vectors (a fixed base + a degradation direction), not the student's",
             "data": "synthetic (noise model from PETS09-S2L1 1-600 + MOT17-mini) + PETS09-S2L1 1-600 + MOT17-mini",
             "detector": "models/weights/detector.pt (YOLOX-nano converted, Apache-2.0)"}
 

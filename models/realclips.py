@@ -1,0 +1,120 @@
+"""Real TRAIN clips for tracker fine-tuning, with what inference feeds: real q and student vectors.
+
+Cached detections (`noise_model.detect_sequence`) of PETS09-S2L1 frames 1-600 and MOT17-mini,
+clean and degraded, identities from Hungarian matching to gt; per frame, the shipped quality
+gate's q and the shipped student's vector on the *same* (degraded) frame
+(`noise_model.semantics_sequence`). Never PETS 601-795 or TUD-Campus. PETS frames from
+`val_first` on are left out, so they can validate the fine-tuning on the training side.
+
+`SemanticBank` lends the same real (q, vector) runs to synthetic clips, so fine-tuning sees one
+semantic distribution instead of stand-ins for synthetic and real vectors for real clips.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .synth import SynthFrame, _Semantics
+
+log = logging.getLogger(__name__)
+
+
+class SemanticBank:
+    """Per-frame (q, vector) runs of the real TRAIN sequences, split by condition."""
+
+    def __init__(self):
+        self.runs: dict[bool, list[tuple[np.ndarray, np.ndarray]]] = {False: [], True: []}  # degraded -> [(q (N,), sem (N,D))]
+
+    def add(self, degraded: bool, q: np.ndarray, sem: np.ndarray) -> None:
+        if len(q):
+            self.runs[degraded].append((q.astype(np.float32), sem.astype(np.float32)))
+
+    def draw(self, T: int, degraded: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(T,) q and (T, D) vectors: T consecutive frames (cyclic for short sequences) of one
+        sequence of that condition, sequences drawn uniformly (MOT17-mini's few frames count)."""
+        q, sem = self.runs[degraded][int(rng.integers(len(self.runs[degraded])))]
+        idx = (int(rng.integers(len(q))) + np.arange(T)) % len(q)
+        return q[idx], sem[idx]
+
+    def lend(self, clip: list[SynthFrame], rng: np.random.Generator) -> None:
+        """Replace a synthetic clip's stand-in (q, vector) by a real run; a clip of quality q
+        borrows a degraded run with probability 1 - q (semantics-off clips stay off)."""
+        if not clip or clip[0].q < 0:
+            return
+        q, sem = self.draw(len(clip), bool(rng.random() >= clip[0].q), rng)
+        for f, qi, si in zip(clip, q, sem):
+            f.q, f.semantic = float(qi), si
+
+
+class RealClips:
+    """Windows of real TRAIN clips as `SynthFrame` lists (see module doc)."""
+
+    def __init__(self, data: str | Path, embed_dim: int, semantic_dim: int, real_semantics: bool = True,
+                 val_first: int = 541, det=None, sem=None):
+        from .noise_model import ShippedSemantics, _sha, detect_sequence, load_gt, project_detector, train_sequences
+        from .noise_model import semantics_sequence
+
+        det = det or project_detector()
+        det.tag = getattr(det, "tag", f"det{_sha(det.backend.path)}")
+        sem = sem or ShippedSemantics()
+        self.real_semantics = real_semantics
+        self.bank = SemanticBank()
+        self.seqs = []  # (frames list, degraded flag)
+        for seq, frames in train_sequences(Path(data)):
+            gt = load_gt(seq)
+            last = val_first - 1 if seq.name.startswith("PETS") else 10**9
+            for deg in (False, True):
+                npz = np.load(detect_sequence(det, seq, frames, deg))
+                s = np.load(semantics_sequence(sem, seq, frames, deg))
+                keep = s["frame"] <= last
+                self.bank.add(deg, s["q"][keep], s["semantic"][keep])
+                self.seqs.append((self._frames(npz, s, gt, embed_dim, last), deg))
+        self.standin = _Semantics(semantic_dim)
+        qs = {d: np.concatenate([r[0] for r in self.bank.runs[d]]) for d in (False, True)}
+        log.info("real clips: %d sequences, %d frames; q clean median %.2f, degraded median %.2f",
+                 len(self.seqs), sum(len(f) for f, _ in self.seqs), np.median(qs[False]), np.median(qs[True]))
+
+    @staticmethod
+    def _frames(npz, sem, gt: dict, E: int, last: int) -> list[SynthFrame]:
+        """One SynthFrame per frame the caches hold (frames with gt, up to `last`); q and vector
+        are the real ones (SynthFrame.q, .semantic)."""
+        from .noise_model import match_to_gt
+
+        out = []
+        for f, q, vec in zip(sem["frame"].tolist(), sem["q"], sem["semantic"]):
+            if f > last or f not in gt:
+                continue
+            sel = npz["frame"] == f
+            xyxy, score, emb = npz["xyxy"][sel].reshape(-1, 4), npz["score"][sel], npz["embed"][sel].reshape(-1, E)
+            ids, g = gt[f]
+            gid = np.full(len(score), -1)
+            m = match_to_gt(g, xyxy)
+            gid[m[m >= 0]] = ids[m >= 0]
+            out.append(SynthFrame(xyxy.astype(np.float32), score.astype(np.float32), emb.astype(np.float32), gid,
+                                  vec.astype(np.float32), 0.0, g, ids, float(q)))
+        return out
+
+    def sample(self, T: int, rng: np.random.Generator) -> list[SynthFrame]:
+        """A window of up to T frames (temporal stride 1-2, mirrored half the time); in 15 % of
+        clips semantics are off (zeros, q = -1: w = 0, the runtime's `never` / skipped case)."""
+        frames, deg = self.seqs[int(rng.integers(len(self.seqs)))]
+        stride = int(rng.integers(1, 3)) if len(frames) > 2 * T else 1
+        span = min(len(frames), T * stride)
+        start = int(rng.integers(0, len(frames) - span + 1))
+        clip = frames[start: start + span: stride]
+        q_standin = rng.uniform(0.05, 0.5) if deg else rng.uniform(0.7, 1.0)
+        off = rng.random() < 0.15
+        flip = rng.random() < 0.5
+        return [self._aug(f, q_standin, off, flip, rng) for f in clip]
+
+    def _aug(self, f: SynthFrame, q_standin: float, off: bool, flip: bool, rng) -> SynthFrame:
+        xyxy = f.xyxy.copy()
+        if flip:  # mirror about x = 0: relative features see a mirrored scene
+            xyxy[:, [0, 2]] = -xyxy[:, [2, 0]]
+        q, sem = (f.q, f.semantic) if self.real_semantics else (q_standin, self.standin(q_standin, rng))
+        if off:
+            q, sem = -1.0, np.zeros_like(sem)
+        return SynthFrame(xyxy, f.score, f.embed, f.gid, sem, 0.0, f.gt_xyxy, f.gt_id, q)
