@@ -262,7 +262,7 @@ def compare_trackers(data: str | os.PathLike = "../shared/data", weights: str | 
                     res.write_text(track_cached(npz, trk, frames, cs))
                     m = evaluate(seq, res, frames=frames)
                 row = {"seq": name, "cond": cond, "tracker": kind, "semantic": semantic if cs else "never",
-                       **{k: round(float(m[k]), 2) for k in ("HOTA", "DetA", "AssA", "MOTA", "IDF1")},
+                       **{k: round(100 * float(m[k]), 1) for k in ("HOTA", "DetA", "AssA", "MOTA", "IDF1")},  # x 100
                        "skip": round(cs.skip_share(), 3) if cs else 1.0,
                        "w_mean": round(float(np.mean(cs.w)), 3) if cs else 0.0}
                 log.info("%s", row)

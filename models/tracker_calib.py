@@ -32,40 +32,47 @@ def shifted(head: TrackerHead, keep: float, birth: float) -> TrackerHead:
     return h
 
 
-def train_runs(data: str | Path = "../shared/data") -> list[tuple[Path, Path, tuple[int, int], float]]:
-    """(cached detections, sequence folder, frames, fps) for PETS09-S2L1 1-600, clean and degraded."""
-    from .noise_model import _sha, detect_sequence, project_detector
+def train_runs(data: str | Path = "../shared/data", frames: tuple[int, int] = (1, 600), semantic: bool = False):
+    """(cached detections, sequence folder, frames, fps, semantics cache or None) for
+    PETS09-S2L1 `frames` (within 1-600), clean and degraded."""
+    from .noise_model import ShippedSemantics, _sha, detect_sequence, project_detector, semantics_sequence
 
+    if not 1 <= frames[0] <= frames[1] <= 600:
+        raise ValueError(f"tracker_calib: expected TRAIN frames within 1-600, got {frames}")
     det = project_detector()
     det.tag = f"det{_sha(det.backend.path)}"
+    sem = ShippedSemantics() if semantic else None
     seq = Path(data) / "PETS09-S2L1"
-    return [(detect_sequence(det, seq, (1, 600), deg), seq, (1, 600), 7.0) for deg in (False, True)]
+    return [(detect_sequence(det, seq, (1, 600), deg), seq, frames, 7.0,
+             semantics_sequence(sem, seq, (1, 600), deg) if sem else None) for deg in (False, True)]
 
 
-def score(head: TrackerHead, runs, kind: str = "e2e") -> float:
-    """Mean HOTA of `kind` over the runs, the head on onnxruntime (fast) via a temporary export."""
+def score(head: TrackerHead, runs, kind: str = "e2e", policy: str = "auto", dswr=None) -> float:
+    """Mean HOTA of `kind` over the runs, the head on onnxruntime (fast) via a temporary export.
+    Runs with a semantics cache feed q, w = dswr(q) and the student's vectors under `policy`."""
     from vsdmot.evaluation.metrics import evaluate
     from vsdmot.runtime.backends import OnnxRuntimeBackend
 
-    from .reference import make_tracker, track_cached
+    from .reference import CachedSemantics, make_tracker, track_cached
     from .tracker_head import export_onnx
 
     hotas = []
     with tempfile.TemporaryDirectory() as tmp:
         export_onnx(head, Path(tmp) / "t.onnx")
         backend = OnnxRuntimeBackend(Path(tmp) / "t.onnx", threads=1)
-        for npz, seq, frames, fps in runs:
+        for npz, seq, frames, fps, sem in runs:
+            cs = CachedSemantics(sem, dswr, policy) if sem is not None else None
             res = Path(tmp) / "res.txt"
-            res.write_text(track_cached(npz, make_tracker(kind, backend, fps=fps), frames))
+            res.write_text(track_cached(npz, make_tracker(kind, backend, fps=fps), frames, cs))
             hotas.append(float(evaluate(seq, res, frames=frames)["HOTA"]))
     return sum(hotas) / len(hotas)
 
 
-def calibrate(head: TrackerHead, runs, offsets=OFFSETS) -> tuple[TrackerHead, dict]:
+def calibrate(head: TrackerHead, runs, offsets=OFFSETS, **kw) -> tuple[TrackerHead, dict]:
     """Grid over (keep, birth) logit offsets; returns the best shifted head and the table."""
     table = {}
     for k, b in offsets:
-        table[(k, b)] = score(shifted(head, k, b), runs)
+        table[(k, b)] = score(shifted(head, k, b), runs, **kw)
         log.info("keep %+.1f birth %+.1f: HOTA %.3f", k, b, table[(k, b)])
     best = max(table, key=table.get)
     return shifted(head, *best), {"keep_offset": best[0], "birth_offset": best[1], "train_hota": table[best],
@@ -73,8 +80,11 @@ def calibrate(head: TrackerHead, runs, offsets=OFFSETS) -> tuple[TrackerHead, di
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m vsdmot.models.tracker_calib IN.pt OUT.pt: calibrate and write shipped-layout weights."""
+    """python -m vsdmot.models.tracker_calib IN.pt OUT.pt [--frames 541 600] [--semantic auto]:
+    calibrate and write shipped-layout weights."""
     import argparse
+
+    from vsdmot.runtime.dswr import Dswr
 
     from .checkpoint import save_checkpoint
     from .train_tracker import load_tracker
@@ -82,10 +92,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m vsdmot.models.tracker_calib")
     ap.add_argument("weights")
     ap.add_argument("out")
+    ap.add_argument("--frames", nargs=2, type=int, default=(1, 600), help="PETS09-S2L1 TRAIN frames (within 1-600)")
+    ap.add_argument("--semantic", default="never", choices=("never", "auto", "always"),
+                    help="feed the shipped gate's q and student's vectors (w from the head's learned DSWR)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     head, meta = load_tracker(a.weights)
-    best, info = calibrate(head, train_runs())
+    runs = train_runs(frames=tuple(a.frames), semantic=a.semantic != "never")
+    best, info = calibrate(head, runs, policy=a.semantic, dswr=Dswr.from_params(meta.get("dswr", {})))
+    info.update(frames=list(a.frames), semantic=a.semantic)
     save_checkpoint(a.out, best, best.cfg, meta={**meta, "calibration": info})
     log.info("calibrated: %s", {k: v for k, v in info.items() if k != "grid"})
 

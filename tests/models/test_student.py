@@ -51,3 +51,32 @@ def test_prunes_with_torch_pruning_depgraph():
 def test_bad_config_raises():
     with pytest.raises(ValueError, match="equal length"):
         StudentEncoder(StudentConfig(widths=(8, 16), blocks=(1,)))
+
+
+def test_fp16_checkpoint_round_trips_through_load_student(tmp_path):
+    from vsdmot.models.checkpoint import save_checkpoint
+    from vsdmot.models.student import load_student, save_fp16
+
+    torch.manual_seed(0)
+    m = StudentEncoder().eval()
+    src = save_checkpoint(tmp_path / "student.pt", m, m.cfg, {"seed": 0}, None, 165, {"stage": "student"})
+    dest = save_fp16(src, tmp_path / "ablation" / "student_alignment.pt")
+    assert dest.stat().st_size <= 2_000_000
+    loaded, meta = load_student(dest)
+    assert meta["dtype"] == "float16" and next(loaded.parameters()).dtype == torch.float32
+    x = torch.rand(1, 3, 128, 128) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), m(x), atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["student_alignment.pt", "student_relational.pt"])
+def test_shipped_ablation_students_load(name):
+    from vsdmot.models.student import DEFAULT_WEIGHTS, load_student
+
+    path = DEFAULT_WEIGHTS.parent / "ablation" / name
+    if not path.is_file():
+        pytest.skip(f"{path} not shipped")
+    m, meta = load_student(path)
+    assert path.stat().st_size <= 2_100_000 and meta["stage"] == "student"
+    with torch.no_grad():
+        assert m(torch.rand(1, 3, 128, 128) * 255).shape == (1, 128)
