@@ -118,3 +118,43 @@ class RealClips:
         if off:
             q, sem = -1.0, np.zeros_like(sem)
         return SynthFrame(xyxy, f.score, f.embed, f.gid, sem, 0.0, f.gt_xyxy, f.gt_id, q)
+
+
+def w_on_train(dswr, data: str | Path = "../shared/data", policy: str = "auto") -> dict:
+    """Where DSWR's w lands on the TRAIN frames, clean vs degraded (the shipped gate's real q):
+    mean w, share of frames with w >= the runtime's eps_on, and the runtime policy's skip share."""
+    from vsdmot.runtime.config import SemanticsConfig
+    from vsdmot.runtime.semantics import SemanticPolicy
+
+    from .noise_model import ShippedSemantics, semantics_sequence, train_sequences
+
+    sem, eps_on = ShippedSemantics(), SemanticsConfig().eps_on
+    out = {}
+    for deg in (False, True):
+        ws, skipped, n = [], 0, 0
+        for seq, frames in train_sequences(Path(data)):
+            s = np.load(semantics_sequence(sem, seq, frames, deg))
+            pol = SemanticPolicy(SemanticsConfig(policy=policy), lambda _img: np.zeros((1, 1), np.float32))
+            for q in s["q"].tolist():
+                ws.append(dswr.weight(q))
+                skipped += pol.get(None, q, ws[-1])[1] == "skipped"
+                n += 1
+        w = np.array(ws)
+        out["degraded" if deg else "clean"] = {"frames": n, "w_mean": round(float(w.mean()), 3),
+                                               "w_p90": round(float(np.quantile(w, 0.9)), 3),
+                                               "share_w_ge_eps_on": round(float((w >= eps_on).mean()), 3),
+                                               "auto_skip_share": round(skipped / max(n, 1), 3)}
+    return out
+
+
+if __name__ == "__main__":  # python -m vsdmot.models.realclips [TRACKER.pt]: w and auto skips on TRAIN frames
+    import json
+    import sys
+
+    from vsdmot.runtime.dswr import Dswr
+
+    from .train_tracker import SHIPPED, load_tracker
+
+    meta = load_tracker(sys.argv[1] if len(sys.argv) > 1 else SHIPPED)[1]
+    d = Dswr.from_params(meta.get("dswr", {}))
+    print(json.dumps({"dswr": d.params(), **w_on_train(d)}, indent=1))

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vsdmot.models.checkpoint import resume, save_checkpoint
 from vsdmot.models.dcsd import DcsdConfig, TeacherProjection, dcsd_loss
@@ -98,17 +99,46 @@ def evaluate(student, teacher, proj, frames, cfg: StudentTrainConfig, deg, seed:
     teacher itself on degraded crops (how much degradation moves the teacher)."""
     rng = np.random.default_rng(seed)
     c = StudentTrainConfig(**{**asdict(cfg), "p_degrade": 1.0})
-    clean, degraded_s, degraded_t, n = 0.0, 0.0, 0.0, 4
+    clean, degraded_s, degraded_t, gram, n = 0.0, 0.0, 0.0, 0.0, 4
     student.eval()
     for _ in range(n):
         crops = [_crop(frames[i].image, rng, cfg.crop_min) for i in rng.integers(0, len(frames), cfg.batch)]
         degr = [_degrade(x, rng, c, deg) for x in crops]
         tp = proj(teacher(_to_tensor(crops, teacher.input_size)))
+        sd = student(_to_tensor(degr, cfg.input_size))
         clean += float((student(_to_tensor(crops, cfg.input_size)) * tp).sum(-1).mean()) / n
-        degraded_s += float((student(_to_tensor(degr, cfg.input_size)) * tp).sum(-1).mean()) / n
+        degraded_s += float((sd * tp).sum(-1).mean()) / n
         degraded_t += float((proj(teacher(_to_tensor(degr, teacher.input_size))) * tp).sum(-1).mean()) / n
+        gram += _gram_corr(sd, tp) / n
     student.train()
-    return {"cos_student_clean": clean, "cos_student_degraded": degraded_s, "cos_teacher_degraded": degraded_t}
+    return {"cos_student_clean": clean, "cos_student_degraded": degraded_s, "cos_teacher_degraded": degraded_t,
+            "gram_corr_degraded": gram}
+
+
+def _gram_corr(s: torch.Tensor, t: torch.Tensor) -> float:
+    """Pearson correlation of the off-diagonal (B, B) cosine matrices of student and projected
+    teacher: how well the student keeps which crops are alike (rotation-invariant, so it also
+    scores a relational-only student, whose coordinates need not match the teacher's)."""
+    a, b = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
+    off = ~torch.eye(len(a), dtype=torch.bool)
+    x, y = (a @ a.T)[off], (b @ b.T)[off]
+    x, y = x - x.mean(), y - y.mean()
+    return float((x * y).sum() / (x.norm() * y.norm()).clamp(min=1e-9))
+
+
+def validate_file(path: str | Path, seed: int = 123) -> dict:
+    """Re-run the PETS 541-600 validation of a saved student (its own projection and train config)
+    with the current evaluation code, so students trained at different times compare."""
+    from vsdmot.models.checkpoint import load_checkpoint
+    from vsdmot.models.student import load_student
+
+    c = load_checkpoint(path)
+    cfg = StudentTrainConfig(**{k: v for k, v in c["train_config"].items() if k in StudentTrainConfig.__dataclass_fields__})
+    teacher = make_teacher(cfg.teacher, cfg.teacher_checkpoint or None)
+    proj = TeacherProjection(teacher.dim, cfg.dim)
+    proj.load_state_dict(c["extra"]["projection"])
+    _, val = _split(load_train_frames(Path(cfg.data), last=cfg.pets_last, mot17=cfg.mot17))
+    return evaluate(load_student(path)[0], teacher, proj, val, cfg, degrade_fn(), seed)
 
 
 def _split(frames: list[TrainFrame]) -> tuple[list[TrainFrame], list[TrainFrame]]:
