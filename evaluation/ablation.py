@@ -1,0 +1,461 @@
+"""Ablation: tracker variants x sequences x degradation conditions, on the shipped per-frame code.
+
+Every row is the runtime's own `Pipeline` (built by `runtime.pipeline`'s `make_tracker` and
+`SemanticPolicy`, networks on onnxruntime) stepped by the runtime's own `step(frame, p)`; the
+peer is `bench.make_peer`. Only the expensive stages are memoised per (sequence, condition,
+frame), because they do not depend on the row:
+
+- the detector's output (once per detector file, shared by every row that uses it),
+- the quality score q (once per quality.json),
+- a student's vector (once per student file, computed the first time any row's real
+  `SemanticPolicy` asks for it, so `auto`'s hysteresis and reuse are replayed exactly).
+
+All rows step in lockstep over one decode of the frames. Each (row, sequence, condition) result
+is a JSON file under `out/rows/`, keyed by what it depends on (row, bundle manifest digest,
+student file, degraded-sequence key, window): a killed run resumes, and a result made with other
+weights is recomputed, never reused. `ablation_report.py` turns the results into tables and a plot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from vsdmot.runtime.bundle import DEFAULT_BUNDLE, file_sha256, load_bundle
+from vsdmot.runtime.mot import format_result_rows, read_seqinfo
+from vsdmot.runtime.sources import open_sequence
+from vsdmot.runtime.types import Detections, Frame
+
+from . import bench as B
+from .metrics import evaluate, parse_window
+
+log = logging.getLogger(__name__)
+
+SCHEMA = 1  # bump when a cached row result would mean something else
+ABLATION_STUDENTS = Path(__file__).resolve().parents[1] / "models" / "weights" / "ablation"
+METRICS = ("HOTA", "DetA", "AssA", "MOTA", "IDF1")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One variant of the tracker: a line of the ablation table."""
+
+    name: str  # row label
+    tracker: str  # e2e / hybrid / bytetrack (on the bundle's detector) / peer (YOLOX-nano + ByteTrack)
+    policy: str = "auto"  # semantics policy: auto / always / never
+    student: str = ""  # "" = the bundle's student.onnx; else a student checkpoint (.pt) or ONNX file
+    static_w: bool = False  # DSWR replaced by one constant w on every frame (AblationConfig.static_w)
+    bundle: str = ""  # "" = the main bundle; else another bundle folder (INT8, pruned, ...)
+    note: str = ""  # one line for the table
+
+
+def default_rows(students: Path = ABLATION_STUDENTS) -> tuple[Row, ...]:
+    """The issue's variants: e2e and hybrid under each policy, static w, each DCSD constraint, baselines."""
+    return (
+        Row("e2e-auto", "e2e", "auto", note="full model: DSWR + auto policy"),
+        Row("e2e-never", "e2e", "never", note="no semantics"),
+        Row("e2e-always", "e2e", "always", note="student on every frame, DSWR w"),
+        Row("e2e-static-w", "e2e", "always", static_w=True, note="no DSWR: constant w, student on every frame"),
+        Row("e2e-align-only", "e2e", "auto", str(students / "student_alignment.pt"), note="DCSD alignment constraint alone"),
+        Row("e2e-rel-only", "e2e", "auto", str(students / "student_relational.pt"), note="DCSD relational constraint alone"),
+        Row("hybrid-auto", "hybrid", "auto", note="shipped default: hybrid, auto policy"),
+        Row("hybrid-never", "hybrid", "never", note="hybrid, no semantics"),
+        Row("hybrid-always", "hybrid", "always", note="hybrid, student on every frame"),
+        Row("bytetrack", "bytetrack", "never", note="ByteTrack on the bundle's detector"),
+        Row("peer", "peer", "never", note="YOLOX-nano (official ONNX) + ByteTrack"),
+    )
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    seqs: tuple[Path, ...]  # MOTChallenge sequence folders
+    conditions: tuple[B.Condition, ...]  # clean, presets at a severity, schedules
+    rows: tuple[Row, ...] = field(default_factory=default_rows)  # the variants
+    out: Path = Path("runs/ablation")  # rows/<row>/<seq>/<cond>.json, results/, ablation.json
+    cache: Path = Path("runs/cache")  # the degraded-sequence cache shared with vsdmot-bench
+    bundle: Path = DEFAULT_BUNDLE  # the main bundle (the shipped default)
+    frames: tuple[int, int] | None = None  # track and score frames A..B only
+    seed: int = 0  # degradation seed
+    threads: int = 1  # onnxruntime intra-op threads per network
+    static_w: float | None = None  # constant w of static rows; None = w_max / 2 of the bundle's DSWR
+    yolox_onnx: Path | None = None  # the peer's detector (None = bench's default)
+    progress: bool = True  # tqdm bar over frames
+
+
+# -- memoised stages ------------------------------------------------------------------------------
+class FrameMemo:
+    """Values computed once per frame, keyed by (stage, component id); cleared at each new frame."""
+
+    def __init__(self):
+        self.index, self.values, self.calls = 0, {}, {}
+
+    def start(self, index: int) -> None:
+        self.index, self.values = index, {}
+
+    def once(self, key: tuple, compute: Callable):
+        if key not in self.values:
+            self.values[key] = compute()
+            self.calls[key[0]] = self.calls.get(key[0], 0) + 1
+        return self.values[key]
+
+
+class MemoGate:
+    def __init__(self, memo: FrameMemo, key: str, gate):
+        self.memo, self.key, self.gate = memo, key, gate
+
+    def assess(self, image: np.ndarray) -> float:
+        return self.memo.once(("q", self.key), lambda: self.gate.assess(image))
+
+
+class MemoDetector:
+    def __init__(self, memo: FrameMemo, key: str, detector):
+        self.memo, self.key, self.detector, self.backend = memo, key, detector, detector.backend
+
+    def detect(self, image: np.ndarray) -> Detections:
+        d = self.memo.once(("detector", self.key), lambda: self.detector.detect(image))
+        feat = None if d.feature is None else d.feature.copy()
+        return Detections(d.xyxy.copy(), d.score.copy(), feature=feat)  # each row gets its own arrays
+
+
+class MemoStudent:
+    """Callable like runtime.semantics.Student; the real one runs at most once per frame."""
+
+    def __init__(self, memo: FrameMemo, key: str, student):
+        self.memo, self.key, self.student = memo, key, student
+        self.backend, self.output_name = student.backend, student.output_name
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.memo.once(("student", self.key), lambda: self.student(image)).copy()
+
+
+class ConstantDswr:
+    """DSWR replaced by one weight for every frame (the static-fusion row)."""
+
+    def __init__(self, w: float):
+        self.w = float(w)
+
+    def weight(self, q: float) -> float:
+        return self.w
+
+
+# -- components shared by every pair --------------------------------------------------------------
+class Components:
+    """Bundles, onnxruntime sessions and students, opened once per ablation and shared by rows."""
+
+    def __init__(self, cfg: AblationConfig):
+        self.cfg, self.bundles, self.backends, self.students = cfg, {}, {}, {}
+
+    def bundle(self, path: str | Path):
+        key = str(Path(path or self.cfg.bundle).resolve())
+        if key not in self.bundles:
+            self.bundles[key] = load_bundle(key)
+        return self.bundles[key]
+
+    def backend(self, path: Path):
+        from vsdmot.runtime.backends import OnnxRuntimeBackend
+
+        key = str(Path(path).resolve())
+        if key not in self.backends:
+            self.backends[key] = OnnxRuntimeBackend(key, providers=["CPUExecutionProvider"], threads=self.cfg.threads)
+        return self.backends[key]
+
+    def opener(self, bundle, name: str):
+        return self.backend(bundle.file(name))
+
+    def student(self, path: str):
+        """A runtime Student from a checkpoint (.pt, exported once to ONNX) or an ONNX file."""
+        from vsdmot.runtime.semantics import Student
+
+        if path not in self.students:
+            self.students[path] = Student(self.backend(student_onnx(Path(path), self.cfg.out / "students")))
+        return self.students[path]
+
+    def close(self) -> None:
+        for b in self.backends.values():
+            b.close()
+        self.backends = {}
+
+
+def student_onnx(path: Path, out_dir: Path) -> Path:
+    """An ONNX student for `path`: itself if .onnx, else the checkpoint exported once (keyed by sha)."""
+    if path.suffix == ".onnx":
+        return path
+    out = out_dir / f"{path.stem}-{file_sha256(path)[:12]}.onnx"
+    if not out.is_file():
+        from vsdmot.models.student import export_onnx, load_student
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".partial.onnx")
+        export_onnx(load_student(path)[0].eval(), tmp)
+        tmp.rename(out)
+    return out
+
+
+def missing_input(row: Row) -> str | None:
+    """Why a row cannot run (its student or bundle file is absent), or None."""
+    if row.student and not Path(row.student).is_file():
+        return f"student checkpoint {row.student} not found (not trained or not committed yet): row skipped"
+    if row.bundle and not (Path(row.bundle) / "manifest.json").is_file():
+        return f"bundle {row.bundle} has no manifest.json: row skipped"
+    return None
+
+
+def static_weight(cfg: AblationConfig, comps: Components) -> float:
+    """The static row's constant w: given, or w_max / 2 = g(q0), read from the bundle's DSWR params."""
+    if cfg.static_w is not None:
+        return float(cfg.static_w)
+    from vsdmot.runtime.dswr import Dswr
+
+    return Dswr.from_params(comps.bundle("").params("quality.json")).w_max / 2
+
+
+# -- one row over one (sequence, condition) ---------------------------------------------------------
+class RowRun:
+    """A row's tracker state over one (sequence, condition): MOT lines, q, w and semantic states."""
+
+    def __init__(self, row: Row, runner):
+        self.row, self.runner = row, runner  # runtime Pipeline, or the peer's DetectThenTrack
+
+    def begin(self) -> None:
+        """Fresh tracker state, semantic cache and counts, as a new source would get."""
+        from vsdmot.runtime.pipeline import Pipeline
+        from vsdmot.runtime.semantics import SemanticPolicy
+
+        self.lines, self.q, self.w = [], [], []
+        if isinstance(self.runner, Pipeline):
+            self.runner.reset()
+            self.runner.semantics = SemanticPolicy(self.runner.semantics.cfg, self.runner.semantics.student)
+        else:
+            self.runner.tracker.reset()
+
+    def step(self, frame: Frame) -> None:
+        from vsdmot.runtime.pipeline import Pipeline, step
+
+        if isinstance(self.runner, Pipeline):
+            r = step(frame, self.runner)  # the shipped per-frame function
+            tracks = r.tracks
+            self.q.append(r.q)
+            self.w.append(r.w)
+        else:
+            tracks = self.runner.track(frame)
+        self.lines.append(format_result_rows(frame.index, tracks.track_id, tracks.xywh, tracks.score))
+
+    def semantics(self) -> dict:
+        """fresh / reused / skipped counts and shares (the policy's own counts); the peer has none."""
+        pol = getattr(self.runner, "semantics", None)
+        if pol is None:
+            return {}
+        c = pol.counts.as_dict()
+        n = max(sum(c.values()), 1)
+        return {**c, **{f"{k}_share": v / n for k, v in c.items()}}
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def open_row(row: Row, comps: Components, memo: FrameMemo, fps: float, static_w: float) -> RowRun:
+    """The row's tracker for a sequence at `fps`, its expensive stages memoised."""
+    if row.tracker == "peer":
+        peer = B.make_peer(B.BenchEnv(fps, comps.cfg.threads, 416, comps.cfg.yolox_onnx))
+        peer.detector = MemoDetector(memo, "yolox-" + _sha(B.yolox_path(B.BenchEnv(fps, yolox_onnx=comps.cfg.yolox_onnx))), peer.detector)
+        return RowRun(row, peer)
+    return RowRun(row, row_pipeline(row, comps, memo, fps, static_w))
+
+
+def row_pipeline(row: Row, comps: Components, memo: FrameMemo, fps: float, static_w: float):
+    """The runtime's own `build_pipeline` for the row, then the memo wrappers swapped in."""
+    from vsdmot.runtime.config import PipelineConfig, RunConfig, SemanticsConfig, TrackerConfig
+    from vsdmot.runtime.pipeline import build_pipeline, check_semantic_width
+    from vsdmot.runtime.semantics import SemanticPolicy
+
+    bundle = comps.bundle(row.bundle)
+    cfg = RunConfig(pipeline=PipelineConfig(bundle=str(bundle.path), backend="onnxruntime", threads=comps.cfg.threads),
+                    semantics=SemanticsConfig(policy=row.policy), tracker=TrackerConfig(kind=row.tracker))
+    p = build_pipeline(bundle, cfg, fps)
+    sha = lambda name: bundle.entry(name)["sha256"]  # noqa: E731
+    p.gate = MemoGate(memo, sha("quality.json"), p.gate)
+    p.detector = MemoDetector(memo, sha("detector.onnx"), p.detector)
+    student, key = p.semantics.student, (sha("student.onnx") if bundle.has("student.onnx") else "")
+    if row.student and student is not None:
+        student, key = comps.student(row.student), _sha(row.student)
+        check_semantic_width(student, p.tracker)
+    if row.static_w:
+        p.dswr = ConstantDswr(static_w)
+    p.semantics = SemanticPolicy(p.semantics.cfg, student and MemoStudent(memo, key, student))
+    return p
+
+
+# -- cached results -----------------------------------------------------------------------------------
+_SHA: dict[tuple, str] = {}
+
+
+def _sha(path: str | Path) -> str:
+    """file_sha256, remembered per (path, size, mtime)."""
+    st = Path(path).stat()
+    k = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if k not in _SHA:
+        _SHA[k] = file_sha256(path)
+    return _SHA[k]
+
+
+def row_key(row: Row, comps: Components, seq_key: str, static_w: float) -> str:
+    """What a row's result depends on: the row, its networks, the frames it saw."""
+    cfg = comps.cfg
+    parts: list = [SCHEMA, asdict(row), seq_key, cfg.frames]
+    if row.tracker == "peer":
+        parts.append(_sha(B.yolox_path(B.BenchEnv(1.0, yolox_onnx=cfg.yolox_onnx))))
+    else:
+        parts.append(comps.bundle(row.bundle).manifest.get("manifest_sha256"))
+    if row.student:
+        parts.append(_sha(row.student))
+    if row.static_w:
+        parts.append(static_w)
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+
+def result_path(out: Path, row: Row, seq: str, cond: str) -> Path:
+    return out / "rows" / row.name / seq / f"{cond}.json"
+
+
+def load_cached(path: Path, key: str) -> dict | None:
+    """A stored result whose key matches, else None (absent, unreadable or stale)."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if rec.get("key") == key else None
+
+
+def save_result(path: Path, rec: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    tmp.write_text(json.dumps(rec, indent=1))
+    tmp.replace(path)
+
+
+# -- the driver -------------------------------------------------------------------------------------
+@dataclass
+class Pair:
+    src: Path  # the clean source sequence
+    cond: B.Condition
+    name: str  # sequence name (the source's)
+    keys: dict[str, str]  # row name -> result key
+    todo: list[Row]  # rows without a valid cached result
+    window: tuple[int, int]  # frames tracked and scored
+
+
+def plan(cfg: AblationConfig, comps: Components, rows: Sequence[Row], static_w: float) -> list[Pair]:
+    """Every (sequence, condition), with the rows that still need running."""
+    pairs = []
+    for src in cfg.seqs:
+        info = read_seqinfo(src)
+        window = parse_window(cfg.frames, info.length)  # bad --frames fails before any work
+        for cond in cfg.conditions:
+            seq_key = B._cache_key(Path(src), cond, cfg.seed)
+            keys = {r.name: row_key(r, comps, seq_key, static_w) for r in rows}
+            todo = [r for r in rows if load_cached(result_path(cfg.out, r, info.name, cond.name), keys[r.name]) is None]
+            pairs.append(Pair(Path(src), cond, info.name, keys, todo, window))
+    return pairs
+
+
+def run_ablation(cfg: AblationConfig) -> dict:
+    """Run what is not cached yet; return {"meta", "rows", "results"} with every result."""
+    import time
+
+    from tqdm import tqdm
+
+    comps, memo, t0 = Components(cfg), FrameMemo(), time.time()
+    static_w = static_weight(cfg, comps)
+    missing = {r.name: why for r in cfg.rows if (why := missing_input(r))}
+    for name, why in missing.items():
+        log.warning("ablation row %s: %s", name, why)
+    rows = [r for r in cfg.rows if r.name not in missing]
+    pairs = plan(cfg, comps, rows, static_w)
+    total = sum(p.window[1] - p.window[0] + 1 for p in pairs if p.todo)
+    try:
+        with tqdm(total=total, desc="ablation", unit="f", disable=not cfg.progress) as bar:
+            for src in cfg.seqs:
+                run_sequence(cfg, comps, memo, [p for p in pairs if p.src == Path(src)], static_w, bar)
+    finally:
+        comps.close()
+    results = [load_cached(result_path(cfg.out, r, p.name, p.cond.name), p.keys[r.name]) for p in pairs for r in rows]
+    meta = {"static_w": static_w, "seconds_this_run": round(time.time() - t0, 1), "memo_calls": memo.calls,
+            "skipped_rows": missing, "recomputed_pairs": sum(bool(p.todo) for p in pairs)}
+    return {"meta": meta, "rows": [asdict(r) for r in cfg.rows], "results": [r for r in results if r]}
+
+
+def run_sequence(cfg: AblationConfig, comps: Components, memo: FrameMemo, pairs: list[Pair], static_w: float, bar) -> None:
+    """Every condition of one sequence; each row's tracker is built once and reset per condition."""
+    need = {r.name: r for p in pairs for r in p.todo}
+    if not need:
+        return
+    fps = read_seqinfo(pairs[0].src).frame_rate
+    runs = {name: open_row(r, comps, memo, fps, static_w) for name, r in need.items()}
+    try:
+        for p in pairs:
+            if p.todo:
+                run_pair(cfg, p, [runs[r.name] for r in p.todo], memo, bar)
+    finally:
+        for r in runs.values():
+            r.close()
+
+
+def run_pair(cfg: AblationConfig, p: Pair, runs: list[RowRun], memo: FrameMemo, bar) -> None:
+    """One decode of the frames; every row steps on each frame in turn; then score and store."""
+    import time
+
+    seq_dir = B.prepare_sequence(p.src, p.cond, cfg.cache, cfg.seed, progress=cfg.progress)
+    bar.set_postfix_str(f"{p.name} {p.cond.name} ({len(runs)} rows)")
+    for r in runs:
+        r.begin()
+    t0, source = time.time(), open_sequence(seq_dir).frames()
+    try:
+        for frame in source:
+            if frame.index > p.window[1]:
+                break
+            if frame.index >= p.window[0]:
+                memo.start(frame.index)
+                for r in runs:
+                    r.step(frame)
+                bar.update()
+    finally:
+        source.close()
+    seconds = time.time() - t0
+    for r in runs:
+        save_result(result_path(cfg.out, r.row, p.name, p.cond.name), score_row(cfg, p, seq_dir, r, seconds))
+
+
+def score_row(cfg: AblationConfig, p: Pair, seq_dir: Path, r: RowRun, seconds: float) -> dict:
+    res = cfg.out / "results" / r.row.name / p.cond.name / f"{p.name}.txt"
+    res.parent.mkdir(parents=True, exist_ok=True)
+    res.write_text("".join(r.lines))
+    m = evaluate(seq_dir, res, frames=cfg.frames)
+    return {"key": p.keys[r.row.name], "row": r.row.name, "sequence": p.name, "condition": p.cond.name,
+            "degraded": p.cond != B.Condition(), "metrics": m, "semantics": r.semantics(),
+            "q_mean": float(np.mean(r.q)) if r.q else None, "w_mean": float(np.mean(r.w)) if r.w else None,
+            "frames": len(r.lines), "results_file": str(res), "pair_seconds": round(seconds, 2)}
+
+
+def bundle_row(spec: str) -> Row:
+    """`NAME=DIR` -> an extra row running that bundle with its manifest's tracker, auto policy."""
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path:
+        raise ValueError(f"--bundle: expected NAME=DIR, got {spec!r}")
+    return Row(name, "default", "auto", bundle=path, note=f"bundle {path} (its manifest's tracker), auto")
+
+
+def select_rows(rows: Sequence[Row], names: Sequence[str] | None) -> tuple[Row, ...]:
+    """The rows named (all when None), in table order; ValueError on an unknown or repeated name."""
+    known = [r.name for r in rows]
+    if len(set(known)) != len(known):
+        raise ValueError(f"rows: names must be unique, got {known}")
+    unknown = sorted(set(names or ()) - set(known))
+    if unknown:
+        raise ValueError(f"rows: expected names from {known}, got {unknown}")
+    return tuple(r for r in rows if names is None or r.name in names)

@@ -1,0 +1,157 @@
+"""Ablation output: means per row (clean vs degraded), per-condition tables, issue-3 targets, a plot.
+
+Input is `run_ablation`'s dict: `results` holds one record per (row, sequence, condition) with
+TrackEval's metrics (fractions) and the SemanticPolicy's counts. Means weigh every sequence
+equally: a row's degraded mean is the mean over sequences of the mean over degraded conditions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+METRICS = ("HOTA", "DetA", "AssA", "MOTA", "IDF1")
+SHARES = ("skipped_share", "reused_share", "fresh_share")
+
+
+def _cell(results: Sequence[dict], row: str, degraded: bool, key: str, seq: str | None = None) -> float:
+    """Mean over sequences (equal weight) of the mean over conditions; metrics in percent."""
+    per_seq: dict[str, list[float]] = {}
+    for r in results:
+        if r["row"] == row and r["degraded"] == degraded and (seq is None or r["sequence"] == seq):
+            v = r["metrics"].get(key) if key in METRICS else r["semantics"].get(key)
+            if v is not None:
+                per_seq.setdefault(r["sequence"], []).append(100 * float(v))
+    return float(np.mean([np.mean(v) for v in per_seq.values()])) if per_seq else float("nan")
+
+
+def summary(data: dict, seq: str | None = None) -> list[dict]:
+    """One dict per row: {row, note, clean: {metric: %}, degraded: {metric: %}}."""
+    res, out = data["results"], []
+    for row in data["rows"]:
+        name = row["name"]
+        if name in data["meta"].get("skipped_rows", {}):
+            out.append({"row": name, "note": row["note"], "skipped": data["meta"]["skipped_rows"][name]})
+            continue
+        out.append({"row": name, "note": row["note"], **{
+            side: {k: _cell(res, name, deg, k, seq) for k in (*METRICS, *SHARES)}
+            for side, deg in (("clean", False), ("degraded", True))}})
+    return out
+
+
+def _fmt(v: float) -> str:
+    return "–" if v != v else f"{v:.1f}"  # NaN -> dash (no semantics: the peer)
+
+
+def summary_table(data: dict, seq: str | None = None) -> str:
+    head = ("| row | clean HOTA | DetA | AssA | MOTA | IDF1 | skipped % | degraded HOTA | DetA | AssA | MOTA | IDF1 "
+            "| skipped % | reused % | fresh % |\n|---|" + "---:|" * 14 + "\n")
+    lines = []
+    for s in summary(data, seq):
+        if "skipped" in s:
+            lines.append(f"| {s['row']} | {s['skipped']} |" + " |" * 13)
+            continue
+        c, d = s["clean"], s["degraded"]
+        cells = [*(c[k] for k in METRICS), c["skipped_share"], *(d[k] for k in METRICS), *(d[k] for k in SHARES)]
+        lines.append(f"| {s['row']} | " + " | ".join(_fmt(v) for v in cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def condition_table(data: dict, seq: str, key: str = "HOTA") -> str:
+    """Rows x conditions for one sequence: a metric (percent) or a semantic share (percent)."""
+    conds = list(dict.fromkeys(r["condition"] for r in data["results"] if r["sequence"] == seq))
+    rows = [r["name"] for r in data["rows"] if r["name"] not in data["meta"].get("skipped_rows", {})]
+    val = {(r["row"], r["condition"]): (r["metrics"].get(key) if key in METRICS else r["semantics"].get(key))
+           for r in data["results"] if r["sequence"] == seq}
+    head = "| row | " + " | ".join(conds) + " |\n|---|" + "---:|" * len(conds) + "\n"
+    body = ["| " + row + " | " + " | ".join(_fmt(100 * v if (v := val.get((row, c))) is not None else float("nan"))
+                                            for c in conds) + " |" for row in rows]
+    return head + "\n".join(body) + "\n"
+
+
+def targets(data: dict) -> list[dict]:
+    """Issue 3's targets, each {target, value, met}: from the pooled means (both sequences)."""
+    s = {x["row"]: x for x in summary(data) if "skipped" not in x}
+    out = []
+
+    def add(text: str, value: float, met: bool) -> None:
+        out.append({"target": text, "value": round(value, 2), "met": bool(met)})
+
+    for kind in ("e2e", "hybrid"):
+        auto, never = s.get(f"{kind}-auto"), s.get(f"{kind}-never")
+        if auto and never:
+            add(f"{kind}: auto - never, degraded HOTA >= +1", auto["degraded"]["HOTA"] - never["degraded"]["HOTA"],
+                auto["degraded"]["HOTA"] - never["degraded"]["HOTA"] >= 1.0)
+            add(f"{kind}: auto - never, clean HOTA >= -0.5", auto["clean"]["HOTA"] - never["clean"]["HOTA"],
+                auto["clean"]["HOTA"] - never["clean"]["HOTA"] >= -0.5)
+            add(f"{kind}: auto skips >= 50 % of semantic runs on clean (%)", auto["clean"]["skipped_share"],
+                auto["clean"]["skipped_share"] >= 50.0)
+    bt = s.get("bytetrack")
+    for kind in ("e2e", "hybrid"):
+        full = s.get(f"{kind}-auto")
+        if full and bt:
+            d_clean, d_deg = full["clean"]["HOTA"] - bt["clean"]["HOTA"], full["degraded"]["HOTA"] - bt["degraded"]["HOTA"]
+            add(f"{kind}-auto - bytetrack, clean HOTA >= -0.5 (matches)", d_clean, d_clean >= -0.5)
+            add(f"{kind}-auto - bytetrack, degraded HOTA > 0 (beats)", d_deg, d_deg > 0)
+    return out
+
+
+def targets_table(data: dict) -> str:
+    lines = [f"| {t['target']} | {t['value']:+.2f} | {'met' if t['met'] else 'MISSED'} |" for t in targets(data)]
+    return "| target (pooled means, both sequences) | measured | |\n|---|---:|---|\n" + "\n".join(lines) + "\n"
+
+
+def markdown(data: dict) -> str:
+    """The whole report body: pooled and per-sequence means, targets, per-condition tables."""
+    seqs = list(dict.fromkeys(r["sequence"] for r in data["results"]))
+    parts = ["### Means over conditions, both sequences (percent)\n", summary_table(data),
+             "\n### Targets of issue 3\n", targets_table(data)]
+    for seq in seqs:
+        parts += [f"\n### {seq}: means over conditions\n", summary_table(data, seq),
+                  f"\n### {seq}: HOTA per condition\n", condition_table(data, seq, "HOTA"),
+                  f"\n### {seq}: share of frames with semantics skipped (%)\n", condition_table(data, seq, "skipped_share")]
+    return "".join(parts)
+
+
+def write_outputs(data: dict, out: Path, plot: Path | None = None) -> list[Path]:
+    """ablation.json, ablation.md and (if `plot`) the PNG. Returns the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "ablation.json", out / "ablation.md"]
+    paths[0].write_text(json.dumps(data, indent=1))
+    paths[1].write_text(markdown(data))
+    if plot is not None:
+        paths.append(plot_delta(data, plot))
+    return paths
+
+
+def plot_delta(data: dict, path: Path, base: str = "e2e-never") -> Path:
+    """HOTA minus `base`'s HOTA, per condition (x) and row (lines), one panel per sequence."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = data["results"]
+    seqs = list(dict.fromkeys(r["sequence"] for r in res))
+    rows = [r["name"] for r in data["rows"] if r["name"] not in data["meta"].get("skipped_rows", {}) and r["name"] != base]
+    hota = {(r["row"], r["sequence"], r["condition"]): 100 * r["metrics"]["HOTA"] for r in res}
+    fig, axes = plt.subplots(1, len(seqs), figsize=(6.5 * len(seqs), 3.6), squeeze=False, sharey=True)
+    for ax, seq in zip(axes[0], seqs):
+        conds = list(dict.fromkeys(r["condition"] for r in res if r["sequence"] == seq))
+        for i, row in enumerate(rows):
+            y = [hota.get((row, seq, c), np.nan) - hota.get((base, seq, c), np.nan) for c in conds]
+            ax.plot(range(len(conds)), y, marker="o", ms=3, lw=1, label=row, ls="-" if i < 10 else "--")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(range(len(conds)), conds, rotation=60, ha="right", fontsize=7)
+        ax.set_title(f"{seq}: HOTA - {base} HOTA", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("HOTA difference (points)")
+    axes[0, -1].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
