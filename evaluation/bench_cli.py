@@ -119,9 +119,9 @@ def build_ablation_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     p.add_argument("--seq", nargs="+", type=Path, default=list(DEFAULT_ABLATION_SEQS), metavar="DIR",
                    help="sequences (default: the held-out PETS09-S2L1 601-795 copy and TUD-Campus)")
-    p.add_argument("--preset", nargs="+", metavar="NAME", help="presets (default: every preset)")
+    p.add_argument("--preset", nargs="*", metavar="NAME", help="presets (default: every preset; none if given empty)")
     p.add_argument("--severity", type=int, default=3, help="severity 1-5 for the presets (default 3)")
-    p.add_argument("--schedule", nargs="+", default=["mixed"], metavar="NAME", help="schedules (default: mixed)")
+    p.add_argument("--schedule", nargs="*", default=["mixed"], metavar="NAME", help="schedules (default: mixed; none if given empty)")
     p.add_argument("--no-clean", dest="clean", action="store_false", help="skip the clean condition")
     p.add_argument("--rows", nargs="+", metavar="NAME", help="run only these rows (default: all; see --list-rows)")
     p.add_argument("--bundle", nargs="+", default=[], metavar="NAME=DIR",

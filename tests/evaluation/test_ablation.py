@@ -1,0 +1,150 @@
+"""vsdmot-bench ablation on a few real TUD-Campus frames with the shipped default bundle: the rows
+give numbers and the policy's real counts, resume recomputes nothing, a missing student skips its
+row, and memoisation gives exactly what the plain runtime pipeline gives."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from vsdmot.evaluation import ablation as A
+from vsdmot.evaluation import ablation_report as R
+from vsdmot.evaluation import bench as B
+from vsdmot.evaluation.bench_cli import main as bench_main
+
+pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.skipif(not (A.DEFAULT_BUNDLE / "manifest.json").is_file(), reason="no shipped default bundle")
+
+ROWS = ("e2e-auto", "e2e-never", "e2e-always", "e2e-static-w", "hybrid-auto", "bytetrack", "peer")
+FRAMES = (1, 5)
+
+
+def config(seq: Path, out: Path, rows=ROWS, **kw) -> A.AblationConfig:
+    return A.AblationConfig((seq,), (B.Condition(),), A.select_rows(A.default_rows(), rows), out, out / "cache",
+                            frames=kw.pop("frames", FRAMES), progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def first_run(tud_dir, yolox_onnx, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ablation")
+    return out, A.run_ablation(config(tud_dir, out))
+
+
+def by_row(data: dict) -> dict[str, dict]:
+    return {r["row"]: r for r in data["results"]}
+
+
+def test_rows_give_numbers_and_policy_counts(first_run):
+    _, data = first_run
+    got = by_row(data)
+    assert sorted(got) == sorted(ROWS)
+    for name, r in got.items():
+        assert r["frames"] == 5 and r["condition"] == "clean" and not r["degraded"]
+        assert all(0.0 <= r["metrics"][k] <= 1.0 for k in A.METRICS), name
+        assert Path(r["results_file"]).is_file()
+    assert got["e2e-never"]["semantics"]["skipped_share"] == 1.0
+    assert got["bytetrack"]["semantics"]["skipped_share"] == 1.0  # the runtime turns ByteTrack's policy to never
+    for name in ("e2e-always", "e2e-static-w"):
+        assert got[name]["semantics"]["skipped_share"] == 0.0 and got[name]["semantics"]["fresh"] == 5
+    assert got["e2e-static-w"]["w_mean"] == pytest.approx(data["meta"]["static_w"])
+    assert got["peer"]["semantics"] == {}
+    assert data["meta"]["memo_calls"]["detector"] == 2 * 5  # bundle detector and peer detector, once per frame
+    assert data["meta"]["memo_calls"]["student"] == 5  # shared by always and static-w (and auto when on)
+
+
+def test_resume_recomputes_nothing(first_run, tud_dir):
+    out, data = first_run
+    again = A.run_ablation(config(tud_dir, out))
+    assert again["meta"]["recomputed_pairs"] == 0 and again["meta"]["memo_calls"] == {}
+    assert again["results"] == data["results"]
+    changed = A.run_ablation(config(tud_dir, out, rows=("e2e-static-w", "e2e-never"), static_w=0.3))
+    assert changed["meta"]["recomputed_pairs"] == 1 and changed["meta"]["memo_calls"]["student"] == 5
+    assert by_row(changed)["e2e-static-w"]["w_mean"] == pytest.approx(0.3)
+
+
+def test_missing_student_skips_its_row(first_run, tud_dir, caplog):
+    out, _ = first_run
+    gone = A.Row("e2e-align-only", "e2e", "auto", str(out / "nowhere" / "student_alignment.pt"))
+    cfg = config(tud_dir, out, rows=("e2e-never",))
+    with caplog.at_level(logging.WARNING):
+        data = A.run_ablation(A.AblationConfig(cfg.seqs, cfg.conditions, (*cfg.rows, gone), out, cfg.cache,
+                                               frames=FRAMES, progress=False))
+    why = data["meta"]["skipped_rows"]["e2e-align-only"]
+    assert "student_alignment.pt not found" in why and "row skipped" in why
+    assert "student_alignment.pt not found" in caplog.text
+    assert "e2e-align-only" not in by_row(data) and data["meta"]["recomputed_pairs"] == 0
+    assert f"| e2e-align-only | {why} |" in R.summary_table(data)
+
+
+def dark_tail_sequence(src: Path, out: Path, n: int = 8) -> Path:
+    """The first n TUD frames, the second half darkened (q falls, auto switches semantics on)."""
+    from vsdmot.runtime.mot import SeqInfo, read_rows, read_seqinfo, write_seqinfo
+    from vsdmot.runtime.sources import open_sequence
+
+    (out / "img1").mkdir(parents=True)
+    for f in open_sequence(src).frames():
+        if f.index > n:
+            break
+        img = f.image if f.index <= n // 2 else (f.image * 0.2).astype(np.uint8)
+        cv2.imwrite(str(out / "img1" / f"{f.index:06d}.png"), img)
+    (out / "gt").mkdir()
+    lines = [ln for ln in (src / "gt" / "gt.txt").read_text().splitlines() if int(ln.split(",")[0]) <= n]
+    (out / "gt" / "gt.txt").write_text("\n".join(lines) + "\n")
+    info = read_seqinfo(src)
+    write_seqinfo(out / "seqinfo.ini", SeqInfo("TUD-dark", info.frame_rate, n, info.width, info.height, "img1", ".png"))
+    assert len(read_rows(out / "gt" / "gt.txt"))
+    return out
+
+
+def plain_run(seq: Path, tracker: str, policy: str) -> tuple[str, dict]:
+    """The runtime pipeline as vsdmot-edge builds it, no memo: MOT lines and semantic counts."""
+    from vsdmot.runtime.bundle import load_bundle
+    from vsdmot.runtime.config import PipelineConfig, RunConfig, SemanticsConfig, TrackerConfig
+    from vsdmot.runtime.mot import format_result_rows, read_seqinfo
+    from vsdmot.runtime.pipeline import build_pipeline, step
+    from vsdmot.runtime.sources import open_sequence
+
+    cfg = RunConfig(pipeline=PipelineConfig(backend="onnxruntime", threads=1),
+                    semantics=SemanticsConfig(policy=policy), tracker=TrackerConfig(kind=tracker))
+    p = build_pipeline(load_bundle(A.DEFAULT_BUNDLE), cfg, read_seqinfo(seq).frame_rate)
+    lines = []
+    for f in open_sequence(seq).frames():
+        r = step(f, p)
+        lines.append(format_result_rows(f.index, r.tracks.track_id, r.tracks.xywh, r.tracks.score))
+    p.close()
+    return "".join(lines), p.semantics.counts.as_dict()
+
+
+def test_memoised_rows_equal_the_plain_pipeline(tud_dir, tmp_path):
+    seq = dark_tail_sequence(tud_dir, tmp_path / "TUD-dark")
+    rows = ("e2e-auto", "hybrid-always")
+    data = A.run_ablation(config(seq, tmp_path / "out", rows=rows, frames=None))
+    got = by_row(data)
+    assert got["e2e-auto"]["semantics"]["skipped"] < 8  # the dark half switched semantics on
+    for name, (tracker, policy) in zip(rows, (("e2e", "auto"), ("hybrid", "always"))):
+        text, counts = plain_run(seq, tracker, policy)
+        assert Path(got[name]["results_file"]).read_text() == text, name
+        assert {k: got[name]["semantics"][k] for k in counts} == counts, name
+
+
+def test_cli_writes_json_markdown_plot(tud_dir, yolox_onnx, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = bench_main(["ablation", "--seq", str(tud_dir), "--frames", "1:3", "--preset", "--schedule",
+                       "--rows", "bytetrack", "--out", str(out), "--cache", str(tmp_path / "cache")])
+    assert code == 0
+    assert "| bytetrack |" in capsys.readouterr().out
+    data = json.loads((out / "ablation.json").read_text())
+    assert data["meta"]["command"].startswith("vsdmot-bench ablation") and len(data["results"]) == 1
+    assert (out / "ablation.md").read_text().startswith("### Means") and (out / "ablation.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("spec, error", [("x", "expected NAME=DIR"), ("=dir", "expected NAME=DIR")])
+def test_bundle_row_spec(spec, error):
+    with pytest.raises(ValueError, match=error):
+        A.bundle_row(spec)
+    assert A.bundle_row("int8=runs/b").bundle == "runs/b"
