@@ -182,7 +182,7 @@ def device_files(sources, cfg, work, feeds, report, reference, eval_fn) -> tuple
 def pruned(net: TorchNet, cfg: ExportConfig, base: Path, feeds, report: Report) -> TorchNet:
     if cfg.ratio == 0 or not net.prune_roots:
         return net
-    p = prune(net, PruneConfig(ratio=cfg.ratio), base.with_name(base.name + ".pruned.pt"))
+    p = prune(net, PruneConfig(ratio=cfg.ratio), base.with_name(base.name + ".pruned.pt"), feeds, feeds_id(feeds))
     small = replace(net, module=load_module(p))
     r = recover(small, cfg.recover, base.with_name(base.name + ".recovered.pt"), net, feeds, feeds_id(feeds))
     report.add(net.name, p)

@@ -3,9 +3,21 @@
 Only channels of modules under `TorchNet.prune_roots` are removed (the detector's backbone and
 neck, the student's features); layers in `keep_layers` (prediction heads, embedding
 projections, the student's output head) and every module outside the roots keep their output
-channels, so the ONNX interface never changes. Importance is the group L2 magnitude; channel
-counts are rounded to multiples of `round_to` (TensorRT picks faster INT8 kernels for them).
-The output is the pruned module, pickled whole (its shapes differ from the class defaults).
+channels, so the ONNX interface never changes. Channel counts are rounded to multiples of
+`round_to` (TensorRT picks faster INT8 kernels for them). The output is the pruned module,
+pickled whole (its shapes differ from the class defaults).
+
+Why not plain weight magnitude: the shipped detector has BatchNorm folded into its convs, so a
+channel's scale lives partly in its bias and in its consumers' weights. Its channels carry large,
+nearly constant activations (a folded BN shift: e.g. 5.0 +- 0.7 in CSPDarknet dark3) read by
+consumers with *small* weights; group magnitude picks exactly those first, and removing one such
+channel at ratio 0.01 took the detector's best score on a PETS frame from 0.86 to 0.005. The
+dependency graph itself is right (pruning equals zeroing the same channels at their producers,
+to 3e-5, for every group at 1 % and 25 %). So by default (`importance="activation"`):
+- importance of a channel = sum over the layers reading it of ||W[:, c]||_2 * std(input c),
+  the output energy it really carries, measured on `stat_frames` real feeds;
+- compensation: each removed channel's mean activation times its consumers' weights is added
+  to the consumers' biases, so the constant the next layer relied on survives the removal.
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +41,17 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PruneConfig:
     ratio: float = 0.5  # fraction of prunable channels removed per layer (0 = unpruned copy)
-    round_to: int = 8  # keep channel counts multiples of this
+    round_to: int = 1  # keep channel counts multiples of this (8 floors a 16-channel nano layer to 8 at any ratio)
     iterative_steps: int = 1  # torch-pruning steps to reach the ratio
+    importance: str = "activation"  # activation (readers' weights x activation std, from feeds) | magnitude
+    compensate: str = "regress"  # regress (least squares from kept channels) | mean (bias only) | none
+    stat_frames: int = 16  # feeds used to measure activation mean/std (evenly spaced)
 
     def __post_init__(self) -> None:
+        if self.compensate not in ("regress", "mean", "none"):
+            raise ValueError(f"prune compensate: expected regress, mean or none, got {self.compensate!r}")
+        if self.importance not in ("activation", "magnitude"):
+            raise ValueError(f"prune importance: expected activation or magnitude, got {self.importance!r}")
         if not 0.0 <= self.ratio < 0.95:
             raise ValueError(f"prune ratio: expected 0 <= ratio < 0.95, got {self.ratio}")
         if self.round_to < 1 or self.iterative_steps < 1:
@@ -39,14 +59,18 @@ class PruneConfig:
                              f"{self.iterative_steps}")
 
 
-def prune(net: TorchNet, cfg: PruneConfig, out_path: str | Path) -> Path:
-    """Write the pruned copy of `net.module` to `out_path` (torch.save of the module)."""
+def prune(net: TorchNet, cfg: PruneConfig, out_path: str | Path, feeds: Sequence[Mapping[str, Any]] = (),
+          feeds_id: str = "") -> Path:
+    """Write the pruned copy of `net.module` to `out_path` (torch.save of the module).
+
+    `feeds` (real inputs by name) give the activation statistics; without them the example
+    inputs are used, which for an image network means blank frames: pass real ones."""
     def build(out: Path) -> dict[str, Any]:
-        module, details = prune_module(net, cfg)
+        module, details = prune_module(net, cfg, feeds)
         torch.save(module, out)
         return details
 
-    return cached_step("prune", out_path, net_key(net, cfg), build)
+    return cached_step("prune", out_path, net_key(net, cfg, feeds_id or len(feeds)), build)
 
 
 def load_module(path: str | Path) -> nn.Module:
@@ -54,21 +78,32 @@ def load_module(path: str | Path) -> nn.Module:
     return torch.load(path, map_location="cpu", weights_only=False).eval()
 
 
-def prune_module(net: TorchNet, cfg: PruneConfig) -> tuple[nn.Module, dict[str, Any]]:
+def prune_module(net: TorchNet, cfg: PruneConfig, feeds: Sequence[Mapping[str, Any]] = ()
+                 ) -> tuple[nn.Module, dict[str, Any]]:
     module = copy.deepcopy(net.module).eval()
     before = count_params(module)
     if cfg.ratio > 0:
         import torch_pruning as tp
 
-        example = tuple(net.inputs.values())
+        from .channel_stats import ActivationImportance, compensate, drop_stats, measure_inputs
+
+        if cfg.importance != "magnitude" or cfg.compensate != "none":
+            measure_inputs(module, net, feeds, cfg.stat_frames)
+        imp = ActivationImportance() if cfg.importance == "activation" else tp.importance.GroupMagnitudeImportance(p=2)
         pruner = tp.pruner.MetaPruner(
-            module, example, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=cfg.ratio,
+            module, tuple(net.inputs.values()), importance=imp, pruning_ratio=cfg.ratio,
             iterative_steps=cfg.iterative_steps, ignored_layers=ignored_layers(module, net), round_to=cfg.round_to)
-        for _ in range(cfg.iterative_steps):
-            pruner.step()
+        with torch.no_grad():
+            for _ in range(cfg.iterative_steps):
+                for group in pruner.step(interactive=True):
+                    compensate(group, cfg.compensate)
+                    group.prune()
+        drop_stats(module)
     after = count_params(module)
-    log.info("prune %s: %d -> %d parameters (ratio %.2f)", net.name, before, after, cfg.ratio)
-    return module, {"ratio": cfg.ratio, "params_before": before, "params_after": after,
+    log.info("prune %s: %d -> %d parameters (ratio %.2f, %s importance, %s compensation)", net.name, before, after,
+             cfg.ratio, cfg.importance, cfg.compensate)
+    return module, {"ratio": cfg.ratio, "params_before": before, "params_after": after, "importance": cfg.importance,
+                    "compensate": cfg.compensate, "stat_frames": min(cfg.stat_frames, len(feeds)) if feeds else 0,
                     "roots": list(net.prune_roots), "kept": list(net.keep_layers)}
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vsdmot.export.prune import PruneConfig, count_params, load_module, prune
+from vsdmot.export.prune import PruneConfig, count_params, load_module, prune, prune_module
 from vsdmot.export.recover import RecoverConfig, recover
 from vsdmot.export.report import read_stamp
 from vsdmot.export.to_onnx import TorchNet
@@ -50,3 +50,80 @@ def test_recover_respects_time_budget(det_net, det_feeds, tmp_path):
     pruned = as_net(det_net, load_module(prune(det_net, PruneConfig(ratio=0.5), tmp_path / "p.pt")))
     out = recover(pruned, RecoverConfig(steps=10_000, max_seconds=1.0), tmp_path / "r.pt", det_net, det_feeds)
     assert read_stamp(out)["details"]["seconds"] < 5
+
+
+class ConstChannel(torch.nn.Module):
+    """conv(3->8) -> SiLU -> conv(8->4): channel 0 of the middle activation is a constant (zero
+    weights, bias 4): what a folded BatchNorm shift looks like to the next layer."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 4, 1)
+        with torch.no_grad():
+            self.a.weight[0], self.a.bias[0] = 0.0, 4.0
+            self.a.weight[1:] *= 5.0  # the other channels have larger weights but are not constant
+
+    def forward(self, x):
+        return self.b(torch.nn.functional.silu(self.a(x)))
+
+
+@pytest.mark.parametrize("importance, compensate, max_err", [
+    ("magnitude", "regress", 1e-4),  # magnitude removes channel 0 (smallest weights) ...
+    ("magnitude", "mean", 1e-4),  # ... and its constant moves into the next layer's bias
+    ("magnitude", "none", None),  # the old behaviour: the next layer loses the constant
+    ("activation", "regress", 1e-4),  # zero variance: channel 0 carries no information, it goes first
+])
+def test_prune_compensates_the_constant_a_removed_channel_carried(importance, compensate, max_err):
+    x = torch.randn(6, 3, 8, 8)
+    net = TorchNet("toy", ConstChannel().eval(), {"x": x[:1]}, ("y",), prune_roots=("a",))
+    feeds = [{"x": x[i:i + 1].numpy()} for i in range(6)]
+    m, d = prune_module(net, PruneConfig(ratio=0.125, importance=importance, compensate=compensate), feeds)
+    assert m.a.out_channels == 7 and d["compensate"] == compensate  # 1/8: one channel
+    assert not torch.isclose(m.a.bias, torch.tensor(4.0)).any()  # the constant channel was the one removed
+    with torch.no_grad():
+        err = float((m(x) - net.module(x)).abs().max())
+    assert err > 0.1 if max_err is None else err < max_err
+
+
+def test_pruned_shipped_detector_keeps_its_detections_on_a_real_frame():
+    """Regression: DepGraph magnitude pruning of the BN-folded YOLOX-nano removed channels with
+    large constant activations and zeroed every score even at ratio 0.01. At 0.05 the pruned
+    detector must keep the unpruned one's detections on a held-out PETS frame."""
+    from vsdmot.models.detector import DEFAULT_WEIGHTS, load_detector
+    from helpers import DATA
+    import cv2
+
+    if not DEFAULT_WEIGHTS.is_file() or not (DATA / "PETS09-S2L1" / "PETS09-S2L1.avi").is_file():
+        pytest.skip("needs models/weights/detector.pt and ../shared/data/PETS09-S2L1")
+    det, _ = load_detector(DEFAULT_WEIGHTS)
+    frames = pets_letterboxed([100, 300, 500, 650], cv2)
+    net = TorchNet("detector", det.eval(), {"images": torch.zeros(1, 3, 416, 416)}, ("output", "embed"),
+                   prune_roots=("yolox.backbone",), keep_layers=("yolox.head", "embed_proj"))
+    m, d = prune_module(net, PruneConfig(ratio=0.05, stat_frames=3), [{"images": f} for f in frames[:3]])
+    assert d["params_after"] < d["params_before"]
+    x = torch.as_tensor(frames[3])
+    with torch.no_grad():
+        ref, got = (mod(x)[0][0] for mod in (det, m))
+    s_ref, s_got = ref[:, 4] * ref[:, 5], got[:, 4] * got[:, 5]  # obj x person score per anchor
+    assert float(s_ref.max()) > 0.5
+    assert abs(float(s_got.max() - s_ref.max())) < 0.1
+    assert int((s_got > 0.3).sum()) >= 0.7 * int((s_ref > 0.3).sum())
+    assert float(torch.nn.functional.cosine_similarity(s_got, s_ref, dim=0)) > 0.9
+
+
+def pets_letterboxed(indices, cv2) -> list[np.ndarray]:
+    """PETS09-S2L1 frames letterboxed like runtime/yolox.py: (1,3,416,416) float32, top-left, pad 114."""
+    from helpers import DATA
+
+    cap, out = cv2.VideoCapture(str(DATA / "PETS09-S2L1" / "PETS09-S2L1.avi")), []
+    for i in indices:
+        cap.set(cv2.CAP_PROP_POS_FRAMES, i)
+        img = cap.read()[1]
+        s = 416 / max(img.shape[:2])
+        h, w = int(img.shape[0] * s), int(img.shape[1] * s)
+        box = np.full((416, 416, 3), 114, np.uint8)
+        box[:h, :w] = cv2.resize(img, (w, h))
+        out.append(box.transpose(2, 0, 1)[None].astype(np.float32))
+    cap.release()
+    return out
