@@ -309,7 +309,8 @@ def _meta(cfg: TrainConfig, loss: float | None, model: TrainModel) -> dict:
     return {"stage": "tracker", "loss": loss, "seed": cfg.seed, "dswr": model.dswr.to_params(),
             "semantics": ("real clips: the shipped gate's q and student's vectors; synthetic: " + cfg.synth_semantics)
             if cfg.real_semantics else "stand-in vectors (a fixed base + a degradation direction), not the student's",
-            "data": "synthetic (noise model from PETS09-S2L1 1-600 + MOT17-mini) + PETS09-S2L1 1-600 + MOT17-mini",
+            "data": "synthetic (noise model from PETS09-S2L1 1-600 + MOT17-mini)"
+                    + (f" + PETS09-S2L1 1-{min(cfg.val_first - 1, 600)} + MOT17-mini" if cfg.real_steps else ""),
             "detector": "models/weights/detector.pt (YOLOX-nano converted, Apache-2.0)"}
 
 
