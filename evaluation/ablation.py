@@ -13,7 +13,8 @@ frame), because they do not depend on the row:
 All rows step in lockstep over one decode of the frames. Each (row, sequence, condition) result
 is a JSON file under `out/rows/`, keyed by what it depends on (row, bundle manifest digest,
 student file, degraded-sequence key, window): a killed run resumes, and a result made with other
-weights is recomputed, never reused. `ablation_report.py` turns the results into tables and a plot.
+weights is recomputed, never reused. `ablation_memo.py` holds the memoised stages;
+`ablation_report.py` turns the results into tables and a plot.
 """
 
 from __future__ import annotations
@@ -21,18 +22,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from vsdmot.runtime.bundle import DEFAULT_BUNDLE, file_sha256, load_bundle
-from vsdmot.runtime.mot import format_result_rows, read_seqinfo
+from vsdmot.runtime.bundle import DEFAULT_BUNDLE
+from vsdmot.runtime.mot import read_seqinfo
 from vsdmot.runtime.sources import open_sequence
-from vsdmot.runtime.types import Detections, Frame
 
 from . import bench as B
+from .ablation_memo import Components, FrameMemo, RowRun, _sha, open_row
 from .metrics import evaluate, parse_window
 
 log = logging.getLogger(__name__)
@@ -88,115 +89,6 @@ class AblationConfig:
     progress: bool = True  # tqdm bar over frames
 
 
-# -- memoised stages ------------------------------------------------------------------------------
-class FrameMemo:
-    """Values computed once per frame, keyed by (stage, component id); cleared at each new frame."""
-
-    def __init__(self):
-        self.index, self.values, self.calls = 0, {}, {}
-
-    def start(self, index: int) -> None:
-        self.index, self.values = index, {}
-
-    def once(self, key: tuple, compute: Callable):
-        if key not in self.values:
-            self.values[key] = compute()
-            self.calls[key[0]] = self.calls.get(key[0], 0) + 1
-        return self.values[key]
-
-
-class MemoGate:
-    def __init__(self, memo: FrameMemo, key: str, gate):
-        self.memo, self.key, self.gate = memo, key, gate
-
-    def assess(self, image: np.ndarray) -> float:
-        return self.memo.once(("q", self.key), lambda: self.gate.assess(image))
-
-
-class MemoDetector:
-    def __init__(self, memo: FrameMemo, key: str, detector):
-        self.memo, self.key, self.detector, self.backend = memo, key, detector, detector.backend
-
-    def detect(self, image: np.ndarray) -> Detections:
-        d = self.memo.once(("detector", self.key), lambda: self.detector.detect(image))
-        feat = None if d.feature is None else d.feature.copy()
-        return Detections(d.xyxy.copy(), d.score.copy(), feature=feat)  # each row gets its own arrays
-
-
-class MemoStudent:
-    """Callable like runtime.semantics.Student; the real one runs at most once per frame."""
-
-    def __init__(self, memo: FrameMemo, key: str, student):
-        self.memo, self.key, self.student = memo, key, student
-        self.backend, self.output_name = student.backend, student.output_name
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        return self.memo.once(("student", self.key), lambda: self.student(image)).copy()
-
-
-class ConstantDswr:
-    """DSWR replaced by one weight for every frame (the static-fusion row)."""
-
-    def __init__(self, w: float):
-        self.w = float(w)
-
-    def weight(self, q: float) -> float:
-        return self.w
-
-
-# -- components shared by every pair --------------------------------------------------------------
-class Components:
-    """Bundles, onnxruntime sessions and students, opened once per ablation and shared by rows."""
-
-    def __init__(self, cfg: AblationConfig):
-        self.cfg, self.bundles, self.backends, self.students = cfg, {}, {}, {}
-
-    def bundle(self, path: str | Path):
-        key = str(Path(path or self.cfg.bundle).resolve())
-        if key not in self.bundles:
-            self.bundles[key] = load_bundle(key)
-        return self.bundles[key]
-
-    def backend(self, path: Path):
-        from vsdmot.runtime.backends import OnnxRuntimeBackend
-
-        key = str(Path(path).resolve())
-        if key not in self.backends:
-            self.backends[key] = OnnxRuntimeBackend(key, providers=["CPUExecutionProvider"], threads=self.cfg.threads)
-        return self.backends[key]
-
-    def opener(self, bundle, name: str):
-        return self.backend(bundle.file(name))
-
-    def student(self, path: str):
-        """A runtime Student from a checkpoint (.pt, exported once to ONNX) or an ONNX file."""
-        from vsdmot.runtime.semantics import Student
-
-        if path not in self.students:
-            self.students[path] = Student(self.backend(student_onnx(Path(path), self.cfg.out / "students")))
-        return self.students[path]
-
-    def close(self) -> None:
-        for b in self.backends.values():
-            b.close()
-        self.backends = {}
-
-
-def student_onnx(path: Path, out_dir: Path) -> Path:
-    """An ONNX student for `path`: itself if .onnx, else the checkpoint exported once (keyed by sha)."""
-    if path.suffix == ".onnx":
-        return path
-    out = out_dir / f"{path.stem}-{file_sha256(path)[:12]}.onnx"
-    if not out.is_file():
-        from vsdmot.models.student import export_onnx, load_student
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".partial.onnx")
-        export_onnx(load_student(path)[0].eval(), tmp)
-        tmp.rename(out)
-    return out
-
-
 def missing_input(row: Row) -> str | None:
     """Why a row cannot run (its student or bundle file is absent), or None."""
     if row.student and not Path(row.student).is_file():
@@ -215,95 +107,7 @@ def static_weight(cfg: AblationConfig, comps: Components) -> float:
     return Dswr.from_params(comps.bundle("").params("quality.json")).w_max / 2
 
 
-# -- one row over one (sequence, condition) ---------------------------------------------------------
-class RowRun:
-    """A row's tracker state over one (sequence, condition): MOT lines, q, w and semantic states."""
-
-    def __init__(self, row: Row, runner):
-        self.row, self.runner = row, runner  # runtime Pipeline, or the peer's DetectThenTrack
-
-    def begin(self) -> None:
-        """Fresh tracker state, semantic cache and counts, as a new source would get."""
-        from vsdmot.runtime.pipeline import Pipeline
-        from vsdmot.runtime.semantics import SemanticPolicy
-
-        self.lines, self.q, self.w = [], [], []
-        if isinstance(self.runner, Pipeline):
-            self.runner.reset()
-            self.runner.semantics = SemanticPolicy(self.runner.semantics.cfg, self.runner.semantics.student)
-        else:
-            self.runner.tracker.reset()
-
-    def step(self, frame: Frame) -> None:
-        from vsdmot.runtime.pipeline import Pipeline, step
-
-        if isinstance(self.runner, Pipeline):
-            r = step(frame, self.runner)  # the shipped per-frame function
-            tracks = r.tracks
-            self.q.append(r.q)
-            self.w.append(r.w)
-        else:
-            tracks = self.runner.track(frame)
-        self.lines.append(format_result_rows(frame.index, tracks.track_id, tracks.xywh, tracks.score))
-
-    def semantics(self) -> dict:
-        """fresh / reused / skipped counts and shares (the policy's own counts); the peer has none."""
-        pol = getattr(self.runner, "semantics", None)
-        if pol is None:
-            return {}
-        c = pol.counts.as_dict()
-        n = max(sum(c.values()), 1)
-        return {**c, **{f"{k}_share": v / n for k, v in c.items()}}
-
-    def close(self) -> None:
-        self.runner.close()
-
-
-def open_row(row: Row, comps: Components, memo: FrameMemo, fps: float, static_w: float) -> RowRun:
-    """The row's tracker for a sequence at `fps`, its expensive stages memoised."""
-    if row.tracker == "peer":
-        peer = B.make_peer(B.BenchEnv(fps, comps.cfg.threads, 416, comps.cfg.yolox_onnx))
-        peer.detector = MemoDetector(memo, "yolox-" + _sha(B.yolox_path(B.BenchEnv(fps, yolox_onnx=comps.cfg.yolox_onnx))), peer.detector)
-        return RowRun(row, peer)
-    return RowRun(row, row_pipeline(row, comps, memo, fps, static_w))
-
-
-def row_pipeline(row: Row, comps: Components, memo: FrameMemo, fps: float, static_w: float):
-    """The runtime's own `build_pipeline` for the row, then the memo wrappers swapped in."""
-    from vsdmot.runtime.config import PipelineConfig, RunConfig, SemanticsConfig, TrackerConfig
-    from vsdmot.runtime.pipeline import build_pipeline, check_semantic_width
-    from vsdmot.runtime.semantics import SemanticPolicy
-
-    bundle = comps.bundle(row.bundle)
-    cfg = RunConfig(pipeline=PipelineConfig(bundle=str(bundle.path), backend="onnxruntime", threads=comps.cfg.threads),
-                    semantics=SemanticsConfig(policy=row.policy), tracker=TrackerConfig(kind=row.tracker))
-    p = build_pipeline(bundle, cfg, fps)
-    sha = lambda name: bundle.entry(name)["sha256"]  # noqa: E731
-    p.gate = MemoGate(memo, sha("quality.json"), p.gate)
-    p.detector = MemoDetector(memo, sha("detector.onnx"), p.detector)
-    student, key = p.semantics.student, (sha("student.onnx") if bundle.has("student.onnx") else "")
-    if row.student and student is not None:
-        student, key = comps.student(row.student), _sha(row.student)
-        check_semantic_width(student, p.tracker)
-    if row.static_w:
-        p.dswr = ConstantDswr(static_w)
-    p.semantics = SemanticPolicy(p.semantics.cfg, student and MemoStudent(memo, key, student))
-    return p
-
-
 # -- cached results -----------------------------------------------------------------------------------
-_SHA: dict[tuple, str] = {}
-
-
-def _sha(path: str | Path) -> str:
-    """file_sha256, remembered per (path, size, mtime)."""
-    st = Path(path).stat()
-    k = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if k not in _SHA:
-        _SHA[k] = file_sha256(path)
-    return _SHA[k]
-
-
 def row_key(row: Row, comps: Components, seq_key: str, static_w: float) -> str:
     """What a row's result depends on: the row, its networks, the frames it saw."""
     cfg = comps.cfg
@@ -459,3 +263,36 @@ def select_rows(rows: Sequence[Row], names: Sequence[str] | None) -> tuple[Row, 
     if unknown:
         raise ValueError(f"rows: expected names from {known}, got {unknown}")
     return tuple(r for r in rows if names is None or r.name in names)
+
+
+def held_out_copy(src: Path, out: Path, first: int, last: int) -> Path:
+    """Frames first..last of `src` as a lossless PNG sequence, gt cut to them and renumbered from 1
+    (docs/peer_baseline.md: PETS09-S2L1 601-795, the frames no training uses). Written once."""
+    import shutil
+
+    import cv2
+
+    from vsdmot.runtime.mot import SeqInfo, read_rows, write_rows, write_seqinfo
+
+    if (out / "seqinfo.ini").is_file():
+        return out
+    info, tmp = read_seqinfo(src), out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "img1").mkdir(parents=True)
+    source = open_sequence(src).frames()
+    try:
+        for f in source:
+            if f.index > last:
+                break
+            if f.index >= first:
+                cv2.imwrite(str(tmp / "img1" / f"{f.index - first + 1:06d}.png"), f.image)
+    finally:
+        source.close()
+    gt = read_rows(src / "gt" / "gt.txt")
+    gt = gt.select((gt.frame >= first) & (gt.frame <= last))
+    gt.frame -= first - 1
+    write_rows(tmp / "gt" / "gt.txt", gt)  # conf kept (0 = not counted), world coordinates dropped
+    write_seqinfo(tmp / "seqinfo.ini", SeqInfo(f"{info.name}-{first}-{last}", info.frame_rate, last - first + 1,
+                                               info.width, info.height, "img1", ".png"))
+    tmp.rename(out)
+    return out

@@ -47,15 +47,15 @@ def _fmt(v: float) -> str:
 
 
 def summary_table(data: dict, seq: str | None = None) -> str:
-    head = ("| row | clean HOTA | DetA | AssA | MOTA | IDF1 | skipped % | degraded HOTA | DetA | AssA | MOTA | IDF1 "
-            "| skipped % | reused % | fresh % |\n|---|" + "---:|" * 14 + "\n")
+    head = ("| row | clean HOTA | DetA | AssA | MOTA | IDF1 | skipped % | fresh % | degraded HOTA | DetA | AssA | MOTA "
+            "| IDF1 | skipped % | reused % | fresh % |\n|---|" + "---:|" * 15 + "\n")
     lines = []
     for s in summary(data, seq):
         if "skipped" in s:
-            lines.append(f"| {s['row']} | {s['skipped']} |" + " |" * 13)
+            lines.append(f"| {s['row']} | {s['skipped']} |" + " |" * 14)
             continue
         c, d = s["clean"], s["degraded"]
-        cells = [*(c[k] for k in METRICS), c["skipped_share"], *(d[k] for k in METRICS), *(d[k] for k in SHARES)]
+        cells = [*(c[k] for k in METRICS), c["skipped_share"], c["fresh_share"], *(d[k] for k in METRICS), *(d[k] for k in SHARES)]
         lines.append(f"| {s['row']} | " + " | ".join(_fmt(v) for v in cells) + " |")
     return head + "\n".join(lines) + "\n"
 
@@ -72,36 +72,47 @@ def condition_table(data: dict, seq: str, key: str = "HOTA") -> str:
     return head + "\n".join(body) + "\n"
 
 
-def targets(data: dict) -> list[dict]:
-    """Issue 3's targets, each {target, value, met}: from the pooled means (both sequences)."""
-    s = {x["row"]: x for x in summary(data) if "skipped" not in x}
-    out = []
+def targets(data: dict, seq: str | None = None) -> list[dict]:
+    """Issue 3's targets, each {target, value, met}, on the means of `seq` (None: both sequences).
 
-    def add(text: str, value: float, met: bool) -> None:
-        out.append({"target": text, "value": round(value, 2), "met": bool(met)})
-
+    "Matches ByteTrack" is read as: at most 0.5 HOTA below it (the tolerance issue 3 gives the
+    semantics on clean video). "Semantic runs skipped" counts frames where the student did not
+    run (skipped + reused), the skipped share alone is in the tables."""
+    s = {x["row"]: x for x in summary(data, seq) if "skipped" not in x}
+    out: list[dict] = []
+    add = lambda text, v, met: out.append({"target": text, "value": round(v, 2), "met": bool(met)})  # noqa: E731
     for kind in ("e2e", "hybrid"):
         auto, never = s.get(f"{kind}-auto"), s.get(f"{kind}-never")
         if auto and never:
-            add(f"{kind}: auto - never, degraded HOTA >= +1", auto["degraded"]["HOTA"] - never["degraded"]["HOTA"],
-                auto["degraded"]["HOTA"] - never["degraded"]["HOTA"] >= 1.0)
-            add(f"{kind}: auto - never, clean HOTA >= -0.5", auto["clean"]["HOTA"] - never["clean"]["HOTA"],
-                auto["clean"]["HOTA"] - never["clean"]["HOTA"] >= -0.5)
-            add(f"{kind}: auto skips >= 50 % of semantic runs on clean (%)", auto["clean"]["skipped_share"],
-                auto["clean"]["skipped_share"] >= 50.0)
+            deg, clean = (auto[k]["HOTA"] - never[k]["HOTA"] for k in ("degraded", "clean"))
+            add(f"{kind}: auto - never, degraded HOTA >= +1", deg, deg >= 1.0)
+            add(f"{kind}: auto - never, clean HOTA >= -0.5", clean, clean >= -0.5)
+            saved = 100 - auto["clean"]["fresh_share"]
+            add(f"{kind}: auto, clean: % of frames without a student run >= 50", saved, saved >= 50.0)
     bt = s.get("bytetrack")
     for kind in ("e2e", "hybrid"):
         full = s.get(f"{kind}-auto")
         if full and bt:
-            d_clean, d_deg = full["clean"]["HOTA"] - bt["clean"]["HOTA"], full["degraded"]["HOTA"] - bt["degraded"]["HOTA"]
-            add(f"{kind}-auto - bytetrack, clean HOTA >= -0.5 (matches)", d_clean, d_clean >= -0.5)
-            add(f"{kind}-auto - bytetrack, degraded HOTA > 0 (beats)", d_deg, d_deg > 0)
+            clean, deg = (full[k]["HOTA"] - bt[k]["HOTA"] for k in ("clean", "degraded"))
+            add(f"{kind}-auto - bytetrack, clean HOTA >= -0.5 (matches)", clean, clean >= -0.5)
+            add(f"{kind}-auto - bytetrack, degraded HOTA > 0 (beats)", deg, deg > 0)
     return out
 
 
 def targets_table(data: dict) -> str:
-    lines = [f"| {t['target']} | {t['value']:+.2f} | {'met' if t['met'] else 'MISSED'} |" for t in targets(data)]
-    return "| target (pooled means, both sequences) | measured | |\n|---|---:|---|\n" + "\n".join(lines) + "\n"
+    """One line per target: pooled over both sequences, then per sequence."""
+    seqs = list(dict.fromkeys(r["sequence"] for r in data["results"]))
+    scopes = [targets(data)] + [targets(data, q) for q in seqs]
+    cell = lambda t: f"{t['value']:+.2f} {'met' if t['met'] else '**missed**'}"  # noqa: E731
+    head = "| target | both sequences | " + " | ".join(seqs) + " |\n|---|" + "---:|" * (1 + len(seqs)) + "\n"
+    return head + "".join(f"| {ts[0]['target']} | " + " | ".join(cell(t) for t in ts) + " |\n" for ts in zip(*scopes))
+
+
+def quality_table(data: dict, seq: str, row: str = "e2e-auto") -> str:
+    """Mean q and w per condition (from `row`, a DSWR row): why auto skips where it does."""
+    recs = [r for r in data["results"] if r["sequence"] == seq and r["row"] == row and r.get("q_mean") is not None]
+    lines = [f"| {r['condition']} | {r['q_mean']:.2f} | {r['w_mean']:.2f} |" for r in recs]
+    return "| condition | mean q | mean w |\n|---|---:|---:|\n" + "\n".join(lines) + "\n"
 
 
 def markdown(data: dict) -> str:
@@ -112,7 +123,8 @@ def markdown(data: dict) -> str:
     for seq in seqs:
         parts += [f"\n### {seq}: means over conditions\n", summary_table(data, seq),
                   f"\n### {seq}: HOTA per condition\n", condition_table(data, seq, "HOTA"),
-                  f"\n### {seq}: share of frames with semantics skipped (%)\n", condition_table(data, seq, "skipped_share")]
+                  f"\n### {seq}: share of frames with semantics skipped (%)\n", condition_table(data, seq, "skipped_share"),
+                  f"\n### {seq}: quality and DSWR weight (e2e-auto)\n", quality_table(data, seq)]
     return "".join(parts)
 
 

@@ -110,7 +110,9 @@ def _meta(args: argparse.Namespace) -> dict:
     }
 
 
-DEFAULT_ABLATION_SEQS = (Path("runs/seqs/PETS09-S2L1-601-795"), Path(__file__).resolve().parents[2] / "shared" / "data" / "TUD-Campus")
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+HELD_OUT = Path("runs/seqs/PETS09-S2L1-601-795")  # PETS09-S2L1 frames 601-795: no training uses them
+DEFAULT_ABLATION_SEQS = (HELD_OUT, SHARED_DATA / "TUD-Campus")
 
 
 def build_ablation_parser() -> argparse.ArgumentParser:
@@ -154,6 +156,8 @@ def run_ablation(args: argparse.Namespace) -> int:
         return 0
     rows = A.select_rows(rows, args.rows)
     cv2.setNumThreads(args.threads)
+    if HELD_OUT in args.seq and not (HELD_OUT / "seqinfo.ini").is_file():  # written once, as docs/peer_baseline.md
+        A.held_out_copy(SHARED_DATA / "PETS09-S2L1", HELD_OUT, 601, 795)
     presets = B.known_presets() if args.preset is None else args.preset
     _check_names("preset", presets, B.known_presets)
     _check_names("schedule", args.schedule, B.known_schedules)

@@ -148,3 +148,13 @@ def test_bundle_row_spec(spec, error):
     with pytest.raises(ValueError, match=error):
         A.bundle_row(spec)
     assert A.bundle_row("int8=runs/b").bundle == "runs/b"
+
+
+def test_held_out_copy_cuts_and_renumbers(tud_dir, tmp_path):
+    from vsdmot.runtime.mot import read_rows, read_seqinfo
+
+    out = A.held_out_copy(tud_dir, tmp_path / "TUD-3-6", 3, 6)
+    info, gt, src = read_seqinfo(out), read_rows(out / "gt" / "gt.txt"), read_rows(tud_dir / "gt" / "gt.txt")
+    assert (info.name, info.length, len(list((out / "img1").glob("*.png")))) == ("TUD-Campus-3-6", 4, 4)
+    assert (gt.frame.min(), gt.frame.max()) == (1, 4) and len(gt) == int(((src.frame >= 3) & (src.frame <= 6)).sum())
+    assert A.held_out_copy(tud_dir, out, 3, 6) == out  # written once
