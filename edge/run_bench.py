@@ -2,6 +2,7 @@
 
     python -m vsdmot.edge.run_bench --peer-onnx ../shared/models/yolox_nano.onnx \
         [--source runtime/assets/demo.mp4] [--bundle DIR] [--rounds 3] [--threads 0] [--out FILE.json]
+        [--bundles NAME=DIR ...] [--ref NAME] [--bundle-semantic auto|always|never]
 
 Every variant is a fresh process doing the same work a user's run does: decode the clip, run
 the pipeline, write MOTChallenge rows. Variants are interleaved round by round (so load from
@@ -12,6 +13,10 @@ model loading) and the process's peak RSS (ru_maxrss). Variants:
     vsdmot-never    vsdmot-edge run --backend onnxruntime --semantic never
     vsdmot-auto     vsdmot-edge run --backend onnxruntime --semantic auto
     vsdmot-always   vsdmot-edge run --backend onnxruntime --semantic always
+    bundle:NAME     vsdmot-edge run --bundle DIR --semantic S, one per `--bundles NAME=DIR` (e.g. the
+                    exports fp32, fp32-p25, int8, int8-p25); their FPS ratios are given against
+                    `--ref` (default the first) and the peer, with each bundle's size (the bytes of
+                    the files its manifest lists) and its ratio to the reference's size.
 This is a benchmark, not a test: numbers depend on the machine and its load; it states both.
 """
 
@@ -70,11 +75,29 @@ def _command(variant: str, args: argparse.Namespace, tmp: Path) -> list[str]:
     if variant == "peer":
         return [sys.executable, "-c", _CHILD.format(main=_PEER), str(args.peer_onnx), str(args.source),
                 str(args.threads), str(tmp / "peer.txt")]
-    policy = variant.split("-", 1)[1]
+    if variant.startswith("bundle:"):
+        policy, bundle = args.bundle_semantic, dict(args.bundles)[variant.split(":", 1)[1]]
+    else:
+        policy, bundle = variant.split("-", 1)[1], args.bundle
+    slug = variant.replace(":", "_")
     run = ["run", "--source", str(args.source), "--backend", "onnxruntime", "--semantic", policy,
-           "--threads", str(args.threads), "--health-listen", "off", "--mot-out", str(tmp / f"{variant}.txt")]
-    run += ["--bundle", str(args.bundle)] if args.bundle else []
-    return [sys.executable, "-c", _CHILD.format(main=_RUN), *run, "--stats-out", str(tmp / f"{variant}.json")]
+           "--threads", str(args.threads), "--health-listen", "off", "--mot-out", str(tmp / f"{slug}.txt")]
+    run += ["--bundle", str(bundle)] if bundle else []
+    return [sys.executable, "-c", _CHILD.format(main=_RUN), *run, "--stats-out", str(tmp / f"{slug}.json")]
+
+
+def bundle_arg(text: str) -> tuple[str, Path]:
+    """`NAME=DIR` -> (NAME, DIR); the directory must hold a manifest.json."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not (Path(path) / "manifest.json").is_file():
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR with DIR/manifest.json, got {text!r}")
+    return name, Path(path)
+
+
+def bundle_bytes(path: Path) -> int:
+    """Size of a bundle: the files its manifest lists (what a device downloads), plus the manifest."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    return sum(int(f["size"]) for f in manifest["files"].values()) + (path / "manifest.json").stat().st_size
 
 
 def _measure(cmd: list[str]) -> dict:
@@ -88,10 +111,11 @@ def _measure(cmd: list[str]) -> dict:
 
 
 def bench(args: argparse.Namespace) -> dict:
-    runs: dict[str, list[dict]] = {v: [] for v in args.variants}
+    variants = [*args.variants, *(f"bundle:{n}" for n, _ in args.bundles)]
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="vsdmot-bench-") as tmp:
         for r in range(args.rounds):
-            for v in args.variants:
+            for v in variants:
                 rec = _measure(_command(v, args, Path(tmp)))
                 runs[v].append(rec)
                 if v == "vsdmot-auto":
@@ -113,11 +137,29 @@ def summarise(runs: dict[str, list[dict]], args: argparse.Namespace) -> dict:
     if "vsdmot-never" in fps and "vsdmot-auto" in fps:
         ratios["auto_cost_vs_never"] = fps["vsdmot-never"] / fps["vsdmot-auto"] - 1.0
     auto = runs.get("_auto_stats", [{}])[-1]
+    bundles = bundle_table(fps, args)
     return {"source": str(args.source), "bundle": str(args.bundle or "default"), "rounds": args.rounds,
             "threads": args.threads or "onnxruntime default (all cores)", "cpu_count": os.cpu_count(),
             "precision": "fp32", "detector_input": 416, "variants": table,
-            "ratios": {k: round(v, 3) for k, v in ratios.items()},
+            "ratios": {k: round(v, 3) for k, v in ratios.items()}, "bundles": bundles,
             "auto_semantic_counts": {k: auto.get(k) for k in ("semantic_runs", "semantic_reused", "semantic_skipped")}}
+
+
+def bundle_table(fps: dict[str, float], args: argparse.Namespace) -> dict[str, dict]:
+    """Per `--bundles` entry: FPS, FPS ratio vs the reference bundle and vs the peer, bytes and size ratio."""
+    if not args.bundles:
+        return {}
+    ref = args.ref or args.bundles[0][0]
+    if ref not in dict(args.bundles):
+        raise ValueError(f"--ref: expected one of {[n for n, _ in args.bundles]}, got {ref!r}")
+    size = {n: bundle_bytes(p) for n, p in args.bundles}
+    out = {}
+    for n, p in args.bundles:
+        f = fps[f"bundle:{n}"]
+        out[n] = {"path": str(p), "fps": round(f, 2), f"fps_vs_{ref}": round(f / fps[f"bundle:{ref}"], 3),
+                  "fps_vs_peer": round(f / fps["peer"], 3) if "peer" in fps else None,
+                  "bytes": size[n], f"size_vs_{ref}": round(size[n] / size[ref], 3)}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,9 +169,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", type=Path, help="bundle (default: the shipped one)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads, same for every variant")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS,
+                   help="built-in variants (none: only the --bundles ones)")
+    p.add_argument("--bundles", nargs="+", type=bundle_arg, default=[], metavar="NAME=DIR",
+                   help="bundles to compare, each run as `vsdmot-edge run --bundle DIR`")
+    p.add_argument("--ref", help="the --bundles NAME the others are compared to (default: the first)")
+    p.add_argument("--bundle-semantic", default="auto", choices=["auto", "always", "never"],
+                   help="--semantic policy of the --bundles runs")
     p.add_argument("--out", type=Path, help="write the result JSON here")
     args = p.parse_args(argv)
+    if args.ref and args.ref not in dict(args.bundles):
+        p.error(f"--ref: expected one of {[n for n, _ in args.bundles]}, got {args.ref!r}")
     result = bench(args)
     text = json.dumps(result, indent=1)
     if args.out:
