@@ -92,6 +92,16 @@ class Components:
             self.bundles[key] = load_bundle(key)
         return self.bundles[key]
 
+    def verified_bundle(self, path: str | Path):
+        """The bundle, re-verified on disk: its files must still be the ones the result keys name."""
+        from vsdmot.runtime.errors import BundleError
+
+        bundle, now = self.bundle(path), load_bundle(Path(path or self.cfg.bundle))
+        if now.manifest.get("manifest_sha256") != bundle.manifest.get("manifest_sha256"):
+            raise BundleError(f"bundle {bundle.path} changed during the ablation; run it again "
+                              "(finished rows are kept, rows made with the old bundle are recomputed)")
+        return bundle
+
     def backend(self, path: Path):
         from vsdmot.runtime.backends import OnnxRuntimeBackend
 
@@ -191,7 +201,7 @@ def row_pipeline(row: Row, comps: Components, memo: FrameMemo, fps: float, stati
     from vsdmot.runtime.pipeline import build_pipeline, check_semantic_width
     from vsdmot.runtime.semantics import SemanticPolicy
 
-    bundle = comps.bundle(row.bundle)
+    bundle = comps.verified_bundle(row.bundle)
     cfg = RunConfig(pipeline=PipelineConfig(bundle=str(bundle.path), backend="onnxruntime", threads=comps.cfg.threads),
                     semantics=SemanticsConfig(policy=row.policy), tracker=TrackerConfig(kind=row.tracker))
     p = build_pipeline(bundle, cfg, fps)
