@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PRUNE = 0.0  # measured: 25 % and 50 % DepGraph pruning zero the shipped detector's scores (docs/export.md)
 DEFAULT_METHOD = "minmax"  # the measured default calibration method (docs/export.md)
 TARGETS = ("onnx", "tensorrt", "torch-tensorrt")
+SELECT_SEQUENCES = ("PETS09-S2L1:401-600",)  # train side (calibration frames), before the gate's 601-795
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,12 @@ class ExportConfig:
     calib_quality: str = "auto"  # calibration-set stratification: gate (quality.json) | proxy (severity) | auto
     int8_min_cosine: float = 0.0  # a network whose INT8 outputs fall below this cosine vs FP32 stays FP32 (0: the gate decides)
     int8_fallback: bool = True  # on a failed gate, put INT8 networks back to FP32 one by one (worst parity first)
+    select: tuple[str, ...] = SELECT_SEQUENCES  # --method auto chooses on these (train side, never the gate's)
 
     def __post_init__(self) -> None:
+        clash = [(a, b) for a in self.select for b in self.gate.sequences if windows_overlap(a, b)]
+        if clash:
+            raise ValueError(f"method selection sequences must not overlap the gate's held-out ones, got {clash}")
         if self.precision not in ("int8", "fp16", "fp32"):
             raise ValueError(f"precision: expected int8, fp16 or fp32, got {self.precision!r}")
         if self.method not in (*METHODS, "auto"):
@@ -172,9 +177,10 @@ def device_files(sources, cfg, work, feeds, report, reference, eval_fn) -> tuple
         calib["frames"][name] = len(feeds[name])
     fp32_files = dict(files)
     if cfg.precision == "int8":
-        method = choose_method(sources, cfg, work, feeds, files, report, reference, eval_fn)
+        method, selection = choose_method(sources, cfg, work, feeds, files, report, reference, eval_fn)
         files = {n: int8(files[n], cfg, method, feeds[n], report, n) for n in files}
         calib["method"] = method
+        calib |= {"method_selection": selection} if selection else {}
     calib.update(getattr(feeds, "manifest", {}) or calibset_summary(work))
     return files, calib, fp32_files
 
@@ -205,20 +211,31 @@ def int8(fp32: Path, cfg: ExportConfig, method: str, feeds, report: Report, name
     return q
 
 
-def choose_method(sources, cfg, work, feeds, files, report, reference, eval_fn) -> str:
-    """`auto`: quantise with each method, gate each on the held-out clips, keep the smallest HOTA drop."""
+def choose_method(sources, cfg, work, feeds, files, report, reference, eval_fn) -> tuple[str, dict]:
+    """`auto`: quantise with each method, score each on the train-side `cfg.select` sequences (the
+    gate's held-out ones stay unseen until the final gate), keep the smallest worst HOTA drop."""
     if cfg.method != "auto":
-        return cfg.method
-    drops = {}
+        return cfg.method, {}
+    sel, drops = replace(cfg.gate, sequences=cfg.select, force=False), {}
     for method in METHODS:
         qfiles = {n: int8(files[n], cfg, method, feeds[n], report, n) for n in files}
         stage = stage_bundle(sources, qfiles, "int8", work / f"auto-{method}", {"method": method}, {})
-        verdict = json.loads(gate_accuracy(stage, cfg.gate, work / f"auto-{method}.gate.json", reference,
+        verdict = json.loads(gate_accuracy(stage, sel, work / f"auto-{method}.select.json", reference,
                                            eval_fn).read_text())
         drops[method] = verdict["worst_hota_drop"]
     best = min(METHODS, key=lambda m: (drops[m], METHODS.index(m)))
-    log.info("--method auto: worst HOTA drops %s -> %s", drops, best)
-    return best
+    log.info("--method auto: worst HOTA drops on %s %s -> %s", list(cfg.select), drops, best)
+    return best, {"sequences": list(cfg.select), "conditions": list(sel.conditions), "worst_hota_drops": drops}
+
+
+def windows_overlap(a: str, b: str) -> bool:
+    """Do two 'NAME[:A-B]' sequence specs share a frame? (no window = the whole sequence)"""
+    from .accuracy_gate import split_sequence
+
+    (na, wa), (nb, wb) = split_sequence(a), split_sequence(b)
+    if Path(na).name != Path(nb).name:
+        return False
+    return wa is None or wb is None or (wa[0] <= wb[1] and wb[0] <= wa[1])
 
 
 def stage_bundle(sources: Sources, nets: Mapping[str, Path], precision: str, where: Path,

@@ -100,15 +100,38 @@ def test_force_publishes_and_records_it(sources, tmp_path):
 
 
 @pytest.mark.slow
-def test_method_auto_picks_by_gate(sources, tmp_path, monkeypatch):
+def test_method_auto_picks_on_train_side_frames_and_gates_on_held_out(sources, tmp_path, monkeypatch):
+    seen = []
+
     def by_method(bundle_dir, seq, cond):
+        seen.append((bundle_dir.name, seq))
         drop = {"auto-minmax": 0.8, "auto-entropy": 0.3, "auto-percentile": 0.5}.get(bundle_dir.name, 0.3)
         h = 0.6 if bundle_dir.name == "reference" else 0.6 - drop / 100
         return {"HOTA": h, "MOTA": h, "IDF1": h}
-    cfg = cfg_for(tmp_path, precision="int8", prune=0.0, method="auto",
-                  gate=GateConfig(sequences=("S1",), conditions=("clean",)))
+    cfg = cfg_for(tmp_path, precision="int8", prune=0.0, method="auto", select=("S1:1-50",),
+                  gate=GateConfig(sequences=("S1:51-99",), conditions=("clean",)))
     m = load_bundle(export(cfg, tmp_path / "auto", sources=sources, eval_fn=by_method)).manifest
     assert m["calibration"]["method"] == "entropy"
+    assert m["calibration"]["method_selection"]["sequences"] == ["S1:1-50"]
+    assert {seq for name, seq in seen if name.startswith("auto-")} == {"S1:1-50"}  # chosen on train side
+    assert {seq for name, seq in seen if not name.startswith(("auto-", "reference"))} == {"S1:51-99"}  # gated held out
+    assert [c["sequence"] for c in m["accuracy"]["cases"]] == ["S1:51-99"]
+
+
+@pytest.mark.parametrize("select, gate, clash", [
+    (("S1:1-50",), ("S1:51-99",), False),
+    (("S1:1-60",), ("S1:51-99",), True),
+    (("S1",), ("S1:51-99",), True),  # a whole sequence overlaps any window of it
+    (("root/S1:1-60",), ("S1:51-99",), True),  # same sequence through another path
+    (("S2",), ("S1",), False),
+])
+def test_method_selection_must_not_see_the_gate_frames(select, gate, clash):
+    make = lambda: ExportConfig(select=select, gate=GateConfig(sequences=gate))  # noqa: E731
+    if clash:
+        with pytest.raises(ValueError, match="must not overlap"):
+            make()
+    else:
+        assert make().select == select
 
 
 def test_cli_exits_nonzero_when_the_gate_refuses(sources, tmp_path, monkeypatch, capsys):
