@@ -135,35 +135,47 @@ def write_outputs(data: dict, out: Path, plot: Path | None = None) -> list[Path]
     paths[0].write_text(json.dumps(data, indent=1))
     paths[1].write_text(markdown(data))
     if plot is not None:
-        paths.append(plot_delta(data, plot))
+        paths.append(plot_hota(data, plot))
     return paths
 
 
-def plot_delta(data: dict, path: Path, base: str = "e2e-never") -> Path:
-    """HOTA minus `base`'s HOTA, per condition (x) and row (lines), one panel per sequence."""
+def plot_hota(data: dict, path: Path) -> Path:
+    """Top: HOTA per condition of the non-semantic comparison rows and the full models. Bottom: each
+    semantic row's HOTA minus its own tracker's `never` row (the effect of semantics), per sequence."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    res = data["results"]
+    res, skipped = data["results"], data["meta"].get("skipped_rows", {})
     seqs = list(dict.fromkeys(r["sequence"] for r in res))
-    rows = [r["name"] for r in data["rows"] if r["name"] not in data["meta"].get("skipped_rows", {}) and r["name"] != base]
     hota = {(r["row"], r["sequence"], r["condition"]): 100 * r["metrics"]["HOTA"] for r in res}
-    fig, axes = plt.subplots(1, len(seqs), figsize=(6.5 * len(seqs), 3.6), squeeze=False, sharey=True)
-    for ax, seq in zip(axes[0], seqs):
+    rows = [r for r in data["rows"] if r["name"] not in skipped]
+    names = {r["name"] for r in rows}
+    top = [r["name"] for r in rows if r["policy"] == "never" or r["name"].endswith("-auto") or r["tracker"] == "default"]
+    deltas = [(r["name"], f"{r['tracker']}-never") for r in rows
+              if r["policy"] != "never" and f"{r['tracker']}-never" in names]
+    fig, axes = plt.subplots(2, len(seqs), figsize=(6.5 * len(seqs), 6.4), squeeze=False, sharex="col")
+    for col, seq in enumerate(seqs):
         conds = list(dict.fromkeys(r["condition"] for r in res if r["sequence"] == seq))
-        for i, row in enumerate(rows):
-            y = [hota.get((row, seq, c), np.nan) - hota.get((base, seq, c), np.nan) for c in conds]
-            ax.plot(range(len(conds)), y, marker="o", ms=3, lw=1, label=row, ls="-" if i < 10 else "--")
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set_xticks(range(len(conds)), conds, rotation=60, ha="right", fontsize=7)
-        ax.set_title(f"{seq}: HOTA - {base} HOTA", fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("HOTA difference (points)")
+        get = lambda row, c: hota.get((row, seq, c), np.nan)  # noqa: E731
+        for name in top:
+            axes[0, col].plot(range(len(conds)), [get(name, c) for c in conds], marker="o", ms=3, lw=1, label=name)
+        for name, base in deltas:
+            axes[1, col].plot(range(len(conds)), [get(name, c) - get(base, c) for c in conds], marker="o", ms=3, lw=1,
+                              label=f"{name} - {base}", ls="-" if name.startswith("e2e") else "--")
+        axes[0, col].set_title(f"{seq}: HOTA", fontsize=9)
+        axes[1, col].set_title(f"{seq}: HOTA gained by semantics (vs the same tracker, never)", fontsize=9)
+        axes[1, col].axhline(0, color="k", lw=0.8)
+        axes[1, col].set_xticks(range(len(conds)), conds, rotation=60, ha="right", fontsize=7)
+        for ax in axes[:, col]:
+            ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("HOTA (%)")
+    axes[1, 0].set_ylabel("HOTA difference (points)")
     axes[0, -1].legend(fontsize=6, ncol=2)
+    axes[1, -1].legend(fontsize=6, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=72)
     plt.close(fig)
     return path
