@@ -35,7 +35,7 @@ def test_student_stage_saves_and_resumes(tmp_path, pets_dir):
     final = train(StudentTrainConfig(**{**cfg, "steps": 3, "resume": True}))
     student, meta = load_student(final)
     assert meta["step"] == 3 and meta["teacher"] == "efficientnet-lite0" and student.cfg.dim == 16
-    assert set(meta["validation"]) == {"cos_student_clean", "cos_student_degraded", "cos_teacher_degraded"}
+    assert set(meta["validation"]) == {"cos_student_clean", "cos_student_degraded", "cos_teacher_degraded", "gram_corr_degraded"}
     with pytest.raises(ValueError, match="differs"):
         train(StudentTrainConfig(**{**cfg, "lr": 1.0, "resume": True}))
 
