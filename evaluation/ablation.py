@@ -10,6 +10,9 @@ frame), because they do not depend on the row:
 - a student's vector (once per student file, computed the first time any row's real
   `SemanticPolicy` asks for it, so `auto`'s hysteresis and reuse are replayed exactly).
 
+These values are also stored per (sequence, condition) under `out/memo/`, keyed by the component
+file's sha256, so a re-run after a tracker-only retrain does not run the detectors again.
+
 All rows step in lockstep over one decode of the frames. Each (row, sequence, condition) result
 is a JSON file under `out/rows/`, keyed by what it depends on (row, bundle manifest digest,
 student file, degraded-sequence key, window): a killed run resumes, and a result made with other
@@ -149,6 +152,7 @@ class Pair:
     src: Path  # the clean source sequence
     cond: B.Condition
     name: str  # sequence name (the source's)
+    seq_key: str  # the degraded-sequence cache key (clean: over the source files)
     keys: dict[str, str]  # row name -> result key
     todo: list[Row]  # rows without a valid cached result
     window: tuple[int, int]  # frames tracked and scored
@@ -164,7 +168,7 @@ def plan(cfg: AblationConfig, comps: Components, rows: Sequence[Row], static_w: 
             seq_key = B._cache_key(Path(src), cond, cfg.seed)
             keys = {r.name: row_key(r, comps, seq_key, static_w) for r in rows}
             todo = [r for r in rows if load_cached(result_path(cfg.out, r, info.name, cond.name), keys[r.name]) is None]
-            pairs.append(Pair(Path(src), cond, info.name, keys, todo, window))
+            pairs.append(Pair(Path(src), cond, info.name, seq_key, keys, todo, window))
     return pairs
 
 
@@ -218,6 +222,7 @@ def run_pair(cfg: AblationConfig, p: Pair, runs: list[RowRun], memo: FrameMemo, 
     bar.set_postfix_str(f"{p.name} {p.cond.name} ({len(runs)} rows)")
     for r in runs:
         r.begin()
+    memo.open_pair(cfg.out / "memo" / p.name / f"{p.cond.name}-{p.seq_key}-{p.window[0]}-{p.window[1]}-t{cfg.threads}.pkl")
     t0, source = time.time(), open_sequence(seq_dir).frames()
     try:
         for frame in source:
@@ -231,6 +236,7 @@ def run_pair(cfg: AblationConfig, p: Pair, runs: list[RowRun], memo: FrameMemo, 
     finally:
         source.close()
     seconds = time.time() - t0
+    memo.save()
     for r in runs:
         save_result(result_path(cfg.out, r.row, p.name, p.cond.name), score_row(cfg, p, seq_dir, r, seconds))
 

@@ -8,6 +8,7 @@ stand where the runtime expects a gate, a detector and a student, so `runtime.pi
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,18 +26,43 @@ if TYPE_CHECKING:
 
 # -- memoised stages ------------------------------------------------------------------------------
 class FrameMemo:
-    """Values computed once per frame, keyed by (stage, component id); cleared at each new frame."""
+    """Values computed once per frame, keyed by (stage, component id).
+
+    Within a (sequence, condition) the values are also kept per frame and can be stored on disk
+    (`open_pair` / `save`): a later run with a retrained tracker reuses the detector's output and
+    the student's vectors (their keys name the component file's sha256, so nothing stale is read).
+    `calls` counts real computations per stage."""
 
     def __init__(self):
         self.index, self.values, self.calls = 0, {}, {}
+        self.stored: dict[tuple, dict[int, object]] = {}  # (stage, key) -> {frame: value}
+        self.path: Path | None = None
+
+    def open_pair(self, path: Path | None) -> None:
+        """Start a (sequence, condition): values stored at `path` (a pickle this module wrote) or none."""
+        self.path, self.stored = path, {}
+        if path is not None and path.is_file():
+            with open(path, "rb") as f:
+                self.stored = pickle.load(f)
+
+    def save(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".partial")
+            with open(tmp, "wb") as f:
+                pickle.dump(self.stored, f, protocol=pickle.HIGHEST_PROTOCOL)
+            tmp.replace(self.path)
 
     def start(self, index: int) -> None:
         self.index, self.values = index, {}
 
     def once(self, key: tuple, compute: Callable):
         if key not in self.values:
-            self.values[key] = compute()
-            self.calls[key[0]] = self.calls.get(key[0], 0) + 1
+            frames = self.stored.setdefault(key, {})
+            if self.index not in frames:
+                frames[self.index] = compute()
+                self.calls[key[0]] = self.calls.get(key[0], 0) + 1
+            self.values[key] = frames[self.index]
         return self.values[key]
 
 
