@@ -14,7 +14,7 @@ These values are also stored per (sequence, condition) under `out/memo/`, keyed 
 file's sha256, so a re-run after a tracker-only retrain does not run the detectors again.
 
 All rows step in lockstep over one decode of the frames. Each (row, sequence, condition) result
-is a JSON file under `out/rows/`, keyed by what it depends on (row, bundle manifest digest,
+is a JSON file under `out/rows/`, keyed by what it depends on (row, the bundle files it runs,
 student file, degraded-sequence key, window): a killed run resumes, and a result made with other
 weights is recomputed, never reused. `ablation_memo.py` holds the memoised stages;
 `ablation_report.py` turns the results into tables and a plot.
@@ -36,7 +36,7 @@ from vsdmot.runtime.mot import read_seqinfo
 from vsdmot.runtime.sources import open_sequence
 
 from . import bench as B
-from .ablation_memo import Components, FrameMemo, RowRun, _sha, open_row
+from .ablation_memo import Components, FrameMemo, RowRun, _sha, bundle_identity, open_row
 from .metrics import evaluate, parse_window
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def row_key(row: Row, comps: Components, seq_key: str, static_w: float) -> str:
     if row.tracker == "peer":
         parts.append(_sha(B.yolox_path(B.BenchEnv(1.0, yolox_onnx=cfg.yolox_onnx))))
     else:
-        parts.append(comps.bundle(row.bundle).manifest.get("manifest_sha256"))
+        parts.append(bundle_identity(comps.bundle(row.bundle)))
     if row.student:
         parts.append(_sha(row.student))
     if row.static_w:

@@ -24,6 +24,18 @@ from . import bench as B
 if TYPE_CHECKING:
     from .ablation import AblationConfig, Row
 
+RUN_FILES = ("detector.onnx", "tracker.onnx", "student.onnx", "quality.json")  # what a pipeline reads
+
+
+def bundle_identity(bundle) -> dict:
+    """The sha256 of each file a pipeline runs, and the manifest's tracker choice: a re-export that
+    only edits provenance or reports keeps the cached results, any change to a network does not."""
+    from vsdmot.runtime.pipeline import resolve_tracker
+
+    return {"files": {n: bundle.entry(n)["sha256"] for n in RUN_FILES if bundle.has(n)},
+            "tracker": resolve_tracker(bundle, "default"), "precision": bundle.precision}
+
+
 # -- memoised stages ------------------------------------------------------------------------------
 class FrameMemo:
     """Values computed once per frame, keyed by (stage, component id).
@@ -123,7 +135,7 @@ class Components:
         from vsdmot.runtime.errors import BundleError
 
         bundle, now = self.bundle(path), load_bundle(Path(path or self.cfg.bundle))
-        if now.manifest.get("manifest_sha256") != bundle.manifest.get("manifest_sha256"):
+        if bundle_identity(now) != bundle_identity(bundle):
             raise BundleError(f"bundle {bundle.path} changed during the ablation; run it again "
                               "(finished rows are kept, rows made with the old bundle are recomputed)")
         return bundle
