@@ -50,7 +50,7 @@ class ExportConfig:
     target: str = "onnx"  # onnx (ORT + TensorRT from Q/DQ) | tensorrt (also a legacy calibration cache) | torch-tensorrt
     calib: tuple[str, ...] = ()  # calibration sources; () = default_calib_sources()
     work_dir: str = ""  # intermediates; "" = default_work_dir(out)
-    recover: RecoverConfig = RecoverConfig()  # distillation budget after pruning
+    recover: RecoverConfig = RecoverConfig()  # distillation after pruning; max_seconds: total CPU s, shared by MACs
     calibset: Any = None  # calibration.calibset.CalibSetConfig; None = its defaults
     gate: GateConfig = GateConfig()  # accuracy gate (force lives here)
     progress: bool = True  # tqdm progress bars
@@ -156,8 +156,9 @@ def torch_to_onnx(net: TorchNet, base: Path, report: Report, feeds=None) -> Path
 
 def network_feeds(sources: Sources, cfg: ExportConfig, work: Path, reference: Path) -> dict[str, Sequence[Mapping]]:
     """Calibration/distillation feeds per network: overrides, else from the degraded calibration set."""
-    feeds = dict(sources.feeds)
-    missing = [n for n in sources.nets if n not in feeds]
+    feeds = dict(sources.feeds)  # only the networks that prune (distillation) or quantise (calibration)
+    need = [n for n, net in sources.nets.items() if cfg.precision == "int8" or (cfg.ratio and net.prune_roots)]
+    missing = [n for n in need if n not in feeds]
     if not missing:
         return feeds
     feeds.update(calibration_feeds(sources, missing, cfg, work, reference))
@@ -169,12 +170,13 @@ def device_files(sources, cfg, work, feeds, report, reference, eval_fn) -> tuple
     from tqdm import tqdm
 
     files, calib = {}, {"method": None, "sources": list(cfg.calib), "frames": {}}
+    budgets = recover_budgets(sources.nets, cfg)
     for name, net in tqdm(sources.nets.items(), desc="export: networks", disable=not cfg.progress):
-        base = work / (f"p{cfg.ratio:g}" if cfg.ratio and net.prune_roots else "fp32") / name
-        net = pruned(net, cfg, base, feeds[name], report)
-        onnx_fp32 = torch_to_onnx(net, base, report, feeds=feeds[name][:8])
+        base = work / (f"p{cfg.ratio:g}" if name in budgets else "fp32") / name
+        net = pruned(net, cfg, base, feeds.get(name), report, budgets.get(name))
+        onnx_fp32 = torch_to_onnx(net, base, report, feeds=feeds[name][:8] if name in feeds else None)
         files[name] = onnx_fp32
-        calib["frames"][name] = len(feeds[name])
+        calib["frames"][name] = len(feeds.get(name, ()))
     fp32_files = dict(files)
     if cfg.precision == "int8":
         method, selection = choose_method(sources, cfg, work, feeds, files, report, reference, eval_fn)
@@ -185,12 +187,26 @@ def device_files(sources, cfg, work, feeds, report, reference, eval_fn) -> tuple
     return files, calib, fp32_files
 
 
-def pruned(net: TorchNet, cfg: ExportConfig, base: Path, feeds, report: Report) -> TorchNet:
-    if cfg.ratio == 0 or not net.prune_roots:
+def recover_budgets(nets: Mapping[str, TorchNet], cfg: ExportConfig) -> dict[str, RecoverConfig]:
+    """The networks to prune, each with its share of the recovery budget: `cfg.recover.max_seconds`
+    is the total, split in proportion to the networks' MACs (a distillation step costs about that;
+    the 128 px student gets ~12 % beside the 416 px detector), whole seconds."""
+    todo = {n: net for n, net in nets.items() if cfg.ratio and net.prune_roots}
+    if not todo:
+        return {}
+    import torch_pruning as tp
+
+    macs = {n: tp.utils.count_ops_and_params(net.module, tuple(net.inputs.values()))[0] for n, net in todo.items()}
+    total = sum(macs.values())
+    return {n: replace(cfg.recover, max_seconds=float(round(cfg.recover.max_seconds * m / total))) for n, m in macs.items()}
+
+
+def pruned(net: TorchNet, cfg: ExportConfig, base: Path, feeds, report: Report, rec: RecoverConfig | None) -> TorchNet:
+    if rec is None:
         return net
     p = prune(net, PruneConfig(ratio=cfg.ratio), base.with_name(base.name + ".pruned.pt"), feeds, feeds_id(feeds))
     small = replace(net, module=load_module(p))
-    r = recover(small, cfg.recover, base.with_name(base.name + ".recovered.pt"), net, feeds, feeds_id(feeds))
+    r = recover(small, rec, base.with_name(base.name + ".recovered.pt"), net, feeds, feeds_id(feeds))
     report.add(net.name, p)
     report.add(net.name, r)
     return replace(net, module=load_module(r))
