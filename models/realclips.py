@@ -120,9 +120,11 @@ class RealClips:
         return SynthFrame(xyxy, f.score, f.embed, f.gid, sem, 0.0, f.gt_xyxy, f.gt_id, q)
 
 
-def w_on_train(dswr, data: str | Path = "../shared/data", policy: str = "auto") -> dict:
+def w_on_train(dswr, data: str | Path = "../shared/data", policy: str = "auto", head=None) -> dict:
     """Where DSWR's w lands on the TRAIN frames, clean vs degraded (the shipped gate's real q):
-    mean w, share of frames with w >= the runtime's eps_on, and the runtime policy's skip share."""
+    mean w, share of frames with w >= the runtime's eps_on, and the runtime policy's skip share.
+    With the tracker `head`: mean |proj(s)| and |w proj(s)| of the student's vectors (a query's
+    norm is ~sqrt(d) = 8), i.e. how much the fusion can move a query."""
     from vsdmot.runtime.config import SemanticsConfig
     from vsdmot.runtime.semantics import SemanticPolicy
 
@@ -131,9 +133,10 @@ def w_on_train(dswr, data: str | Path = "../shared/data", policy: str = "auto") 
     sem, eps_on = ShippedSemantics(), SemanticsConfig().eps_on
     out = {}
     for deg in (False, True):
-        ws, skipped, n = [], 0, 0
+        ws, skipped, n, pn = [], 0, 0, []
         for seq, frames in train_sequences(Path(data)):
             s = np.load(semantics_sequence(sem, seq, frames, deg))
+            pn += _proj_norms(head, s["semantic"]) if head is not None else []
             pol = SemanticPolicy(SemanticsConfig(policy=policy), lambda _img: np.zeros((1, 1), np.float32))
             for q in s["q"].tolist():
                 ws.append(dswr.weight(q))
@@ -144,7 +147,18 @@ def w_on_train(dswr, data: str | Path = "../shared/data", policy: str = "auto") 
                                                "w_p90": round(float(np.quantile(w, 0.9)), 3),
                                                "share_w_ge_eps_on": round(float((w >= eps_on).mean()), 3),
                                                "auto_skip_share": round(skipped / max(n, 1), 3)}
+        if pn:
+            out["degraded" if deg else "clean"].update(proj_norm=round(float(np.mean(pn)), 3),
+                                                       w_proj_norm=round(float(np.mean(w * np.array(pn))), 3))
     return out
+
+
+def _proj_norms(head, vecs: np.ndarray) -> list[float]:
+    """|proj(s)| per vector (N, D) through the head's fusion projection."""
+    import torch
+
+    with torch.no_grad():
+        return head.project(torch.from_numpy(np.asarray(vecs, np.float32))).norm(dim=-1).tolist()
 
 
 if __name__ == "__main__":  # python -m vsdmot.models.realclips [TRACKER.pt]: w and auto skips on TRAIN frames
@@ -155,6 +169,7 @@ if __name__ == "__main__":  # python -m vsdmot.models.realclips [TRACKER.pt]: w 
 
     from .train_tracker import SHIPPED, load_tracker
 
-    meta = load_tracker(sys.argv[1] if len(sys.argv) > 1 else SHIPPED)[1]
+    head, meta = load_tracker(sys.argv[1] if len(sys.argv) > 1 else SHIPPED)
     d = Dswr.from_params(meta.get("dswr", {}))
-    print(json.dumps({"dswr": d.params(), **w_on_train(d)}, indent=1))
+    print(json.dumps({"dswr": d.params(), "fusion": meta.get("fusion", {"form": "linear"}),
+                      **w_on_train(d, head=head)}, indent=1))

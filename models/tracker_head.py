@@ -13,7 +13,11 @@ live track learns a low birth score) and proposals to each other (duplicate boxe
 - `birth` (B, P): probability a proposal starts a new track;
 - `track_query_out` (B, S, d), `birth_query` (B, P, d): next frame's track queries (query interaction).
 
-Fusion as in VSE-MOT: every query += w * proj(semantic). Invalid slots (mask 0) never match or give birth.
+Fusion as in VSE-MOT: every query += w * proj(semantic). `sem_fusion="linear"` (every checkpoint before
+08:30 UTC): proj = Linear, whose output (norm ~0.6 on the student's vectors) is small against the
+LayerNorm'd queries (norm ~8), so w barely mattered. `"norm"`: proj = gain * LayerNorm(Linear), the
+scale of a query, times a learnable scalar gain started small (`sem_gain`). Invalid slots (mask 0)
+never match or give birth.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ class TrackerHeadConfig:
     miss_norm: float = 20.0  # frames: miss counts are divided by this (MOTRv2's tolerance)
     pair_dim: int = 32  # width of the track-proposal pair embedding
     embed_dropout: float = 0.2  # dropout on the raw embedding projection (generalise beyond cosine)
+    sem_fusion: str = "linear"  # proj(semantic): "linear" = Linear (old heads), "norm" = gain * LayerNorm(Linear)
+    sem_gain: float = 0.1  # initial gain of the "norm" fusion (|LayerNorm| = sqrt(d): 0.1 -> norm ~0.8)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrackerHeadConfig:
@@ -51,6 +57,10 @@ class TrackerHeadConfig:
         if unknown:
             raise ValueError(f"TrackerHeadConfig: unknown keys {sorted(unknown)}")
         return cls(**d)
+
+    def __post_init__(self):
+        if self.sem_fusion not in ("linear", "norm"):
+            raise ValueError(f"TrackerHeadConfig: sem_fusion expected 'linear' or 'norm', got {self.sem_fusion!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -144,6 +154,9 @@ class TrackerHead(nn.Module):
         self.det_in = mlp(cfg.embed_dim + 1, d, d)
         self.track_in = nn.Linear(1, d)
         self.sem = nn.Linear(cfg.semantic_dim, d)
+        if cfg.sem_fusion == "norm":
+            self.sem_norm = nn.LayerNorm(d)
+            self.sem_gain = nn.Parameter(torch.tensor(float(cfg.sem_gain)))
         pd = cfg.pair_dim
         self.pair = mlp(PAIR_FEATURES, pd, pd)
         self.pair_sem = nn.Linear(d, pd)
@@ -159,7 +172,7 @@ class TrackerHead(nn.Module):
     def forward(self, prop_box, prop_score, prop_embed, prop_mask, track_query, track_box,
                 track_embed, track_miss, track_mask, semantic, w):
         miss = track_miss / self.cfg.miss_norm
-        fuse = w[:, :, None] * self.sem(semantic)[:, None, :]  # (B,1,d): w * proj(semantic)
+        fuse = w[:, :, None] * self.project(semantic)[:, None, :]  # (B,1,d): w * proj(semantic)
         emb = torch.cat([prop_score[..., None], self.drop(prop_embed)], -1)
         p = self.det_in(emb) + fuse  # (B,P,d) detect queries
         t = track_query + self.track_in(miss[..., None]) + fuse  # (B,S,d) track queries
@@ -169,6 +182,13 @@ class TrackerHead(nn.Module):
         for layer in self.layers:
             t, p = layer(t, p, e, pp, track_mask, prop_mask)
         return self._outputs(t, p, e, track_query, prop_mask, track_mask)
+
+    def project(self, semantic: torch.Tensor) -> torch.Tensor:
+        """(B,D) -> (B,d): Linear, or gain * LayerNorm(Linear) (norm sqrt(d) * gain, like a query)."""
+        s = self.sem(semantic)
+        return self.sem_gain * self.sem_norm(s) if self.cfg.sem_fusion == "norm" else s
+
+    SEM_PARAMS = ("sem.", "sem_norm.", "sem_gain", "pair_sem.")  # the fusion's parameters (own lr group)
 
     def _outputs(self, t, p, e, tq, pmask, tmask):
         h = e + self.ptr_t(t)[:, :, None, :] + self.ptr_p(p)[:, None, :, :]

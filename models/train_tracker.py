@@ -15,6 +15,7 @@ Real data: PETS09-S2L1 frames 1-600 and MOT17-mini only (clean and degraded dete
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -47,6 +48,8 @@ class TrainConfig:
     tbptt: int = 10  # frames between gradient truncations of the track queries
     lr: float = 1e-3  # AdamW learning rate (cosine decay)
     dswr_lr: float = 0.0  # DSWR's own param group (3 scalars, no weight decay); 0 = same as lr
+    sem_lr: float = 0.0  # the fusion layers' own group (TrackerHead.SEM_PARAMS); 0 = same as lr
+    sem_fusion: str = ""  # overrides head.sem_fusion: "norm" = gain * LayerNorm(Linear(sem)); "" = the head's
     weight_decay: float = 1e-4  # AdamW
     clip_grad: float = 1.0  # gradient norm clip
     drop_track: float = 0.03  # chance per frame and live slot of deleting it (must be re-born)
@@ -253,7 +256,8 @@ def train(cfg: TrainConfig, resume: bool = True, real: RealClips | None = None) 
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = TrainModel(cfg.head)
+    head_cfg = head_config(cfg)
+    model = TrainModel(head_cfg)
     opt = make_optimizer(model, cfg)
     out = Path(cfg.out)
     last = out / "last.pt"
@@ -261,7 +265,7 @@ def train(cfg: TrainConfig, resume: bool = True, real: RealClips | None = None) 
     if step == 0 and cfg.init:
         from .checkpoint import load_checkpoint
 
-        model.load_state_dict(load_checkpoint(cfg.init)["model"])
+        init_from(model, load_checkpoint(cfg.init)["model"])
         log.info("initialised from %s", cfg.init)
     noise, total, t0 = load_noise(), cfg.synth_steps + cfg.real_steps, time.time()
     if cfg.real_steps and real is None:
@@ -276,19 +280,40 @@ def train(cfg: TrainConfig, resume: bool = True, real: RealClips | None = None) 
             log.info("step %d loss %.4f", step + 1, avg)
         over = (time.time() - t0) / 60 > cfg.max_minutes
         if (step + 1) % cfg.save_every == 0 or step + 1 == total or over:
-            save_checkpoint(last, model, cfg.head, cfg, opt, step + 1, meta=_meta(cfg, avg, model))
+            save_checkpoint(last, model, head_cfg, cfg, opt, step + 1, meta=_meta(cfg, avg, model))
         if over:
             log.warning("time budget of %.1f min reached at step %d", cfg.max_minutes, step + 1)
             break
     return last
 
 
+def head_config(cfg: TrainConfig) -> TrackerHeadConfig:
+    """The head's config with the `sem_fusion` override applied."""
+    return dataclasses.replace(cfg.head, sem_fusion=cfg.sem_fusion) if cfg.sem_fusion else cfg.head
+
+
+def init_from(model: TrainModel, state: dict) -> None:
+    """Load another run's weights; only the "norm" fusion's own parameters may be missing (a
+    "linear" checkpoint): they keep their init (LayerNorm identity affine, gain `sem_gain`)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    bad = [k for k in missing if not k.startswith(("head.sem_norm.", "head.sem_gain"))] + list(unexpected)
+    if bad:
+        raise ValueError(f"--init: checkpoint does not fit the head; missing / unexpected keys {bad}")
+    if missing:
+        log.info("--init: new fusion parameters %s start from their init", missing)
+
+
 def make_optimizer(model: TrainModel, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with two groups: the head (lr, weight decay) and DSWR's 3 scalars (dswr_lr, no decay:
-    decay would pull q0 toward 0). Each group's cosine schedule starts at its `base_lr`."""
-    dlr = cfg.dswr_lr or cfg.lr
+    """AdamW with three groups: the head (lr, weight decay), its fusion layers (sem_lr) and DSWR's
+    3 scalars (dswr_lr, no decay: decay would pull q0 toward 0). Each group's cosine schedule
+    starts at its `base_lr`."""
+    dlr, slr = cfg.dswr_lr or cfg.lr, cfg.sem_lr or cfg.lr
+    named = list(model.head.named_parameters())
+    sem = [p for n, p in named if n.startswith(TrackerHead.SEM_PARAMS)]
+    rest = [p for n, p in named if not n.startswith(TrackerHead.SEM_PARAMS)]
     return torch.optim.AdamW([
-        {"params": list(model.head.parameters()), "lr": cfg.lr, "base_lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"params": rest, "lr": cfg.lr, "base_lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"params": sem, "lr": slr, "base_lr": slr, "weight_decay": cfg.weight_decay},
         {"params": list(model.dswr.parameters()), "lr": dlr, "base_lr": dlr, "weight_decay": 0.0}])
 
 
@@ -306,7 +331,9 @@ def _train_step(model: TrainModel, opt, cfg: TrainConfig, noise: dict, real, ste
 
 
 def _meta(cfg: TrainConfig, loss: float | None, model: TrainModel) -> dict:
-    return {"stage": "tracker", "loss": loss, "seed": cfg.seed, "dswr": model.dswr.to_params(),
+    h = model.head
+    fusion = {"form": h.cfg.sem_fusion, **({"gain": round(h.sem_gain.item(), 4)} if h.cfg.sem_fusion == "norm" else {})}
+    return {"stage": "tracker", "loss": loss, "seed": cfg.seed, "dswr": model.dswr.to_params(), "fusion": fusion,
             "semantics": ("real clips: the shipped gate's q and student's vectors; synthetic: " + cfg.synth_semantics)
             if cfg.real_semantics else "stand-in vectors (a fixed base + a degradation direction), not the student's",
             "data": "synthetic (noise model from PETS09-S2L1 1-600 + MOT17-mini)"

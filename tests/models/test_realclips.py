@@ -32,15 +32,17 @@ def test_bank_lends_runs_by_clip_quality(clip_q, expect):
     np.testing.assert_array_equal(sem, np.tile(want[1], (5, 1)))
 
 
-def test_dswr_has_its_own_param_group_without_decay():
-    from vsdmot.models.train_tracker import TrainConfig, TrainModel, make_optimizer
+def test_dswr_and_fusion_have_their_own_param_groups():
+    from vsdmot.models.train_tracker import TrainConfig, TrainModel, head_config, make_optimizer
     from vsdmot.models.tracker_head import TrackerHeadConfig
 
-    cfg = TrainConfig(lr=1e-3, dswr_lr=0.02, head=TrackerHeadConfig(d=32, heads=2, layers=1, pair_dim=16))
-    model = TrainModel(cfg.head)
-    head, dswr = make_optimizer(model, cfg).param_groups
-    assert (head["lr"], dswr["lr"], dswr["weight_decay"]) == (1e-3, 0.02, 0.0)
-    assert len(dswr["params"]) == 3 and len(head["params"]) == len(list(model.head.parameters()))
+    cfg = TrainConfig(lr=1e-3, dswr_lr=0.02, sem_lr=5e-3, sem_fusion="norm",
+                      head=TrackerHeadConfig(d=32, heads=2, layers=1, pair_dim=16))
+    model = TrainModel(head_config(cfg))
+    head, sem, dswr = make_optimizer(model, cfg).param_groups
+    assert (head["lr"], sem["lr"], dswr["lr"], dswr["weight_decay"]) == (1e-3, 5e-3, 0.02, 0.0)
+    assert len(sem["params"]) == 7  # sem, sem_norm (weight + bias each), sem_gain, pair_sem
+    assert len(dswr["params"]) == 3 and len(head["params"]) + 7 == len(list(model.head.parameters()))
 
 
 @pytest.mark.parametrize("policy, fed", [("never", 0), ("always", 6), ("auto", 3)])

@@ -11,10 +11,10 @@ from vsdmot.models.tracker_head import INPUTS, NEG, OUTPUTS, TrackerHead, Tracke
 CFG = TrackerHeadConfig(proposals=12, slots=6)
 
 
-@pytest.fixture(scope="module")
-def head():
+@pytest.fixture(scope="module", params=["linear", "norm"])
+def head(request):
     torch.manual_seed(0)
-    return TrackerHead(CFG).eval()
+    return TrackerHead(TrackerHeadConfig(proposals=12, slots=6, sem_fusion=request.param)).eval()
 
 
 def run(head, x):
@@ -76,6 +76,35 @@ def test_semantic_fusion_is_gated_by_w(head):
     assert not torch.allclose(run(head, x)[0], a[0])
 
 
+def test_norm_fusion_has_the_scale_of_a_query():
+    """"norm": |gain * LayerNorm(Linear(s))| = gain * sqrt(d) whatever the student's scale;
+    "linear" keeps the old small projection."""
+    torch.manual_seed(0)
+    s = example_inputs(CFG, batch=3)[9] * 0.01
+    lin, nrm = TrackerHead(CFG), TrackerHead(TrackerHeadConfig(sem_fusion="norm", sem_gain=0.25))
+    with torch.no_grad():
+        torch.testing.assert_close(nrm.project(s).norm(dim=-1), torch.full((3,), 0.25 * CFG.d ** 0.5), rtol=1e-2, atol=0)  # LayerNorm eps
+        assert (lin.project(s).norm(dim=-1) < 1.0).all()
+
+
+def test_linear_checkpoint_initialises_a_norm_head():
+    """--init from a "linear" run: only the new fusion parameters are missing; at w = 0 the two
+    heads agree exactly; anything else missing is refused."""
+    from vsdmot.models.train_tracker import TrainConfig, TrainModel, head_config, init_from
+
+    small = TrackerHeadConfig(d=32, heads=2, layers=1, pair_dim=16, proposals=12, slots=6)
+    old = TrainModel(small).eval()
+    new = TrainModel(head_config(TrainConfig(head=small, sem_fusion="norm"))).eval()
+    init_from(new, old.state_dict())
+    x = list(example_inputs(small, seed=2))
+    x[10] = torch.zeros(1, 1)
+    for a, b in zip(run(old.head, x), run(new.head, x)):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    state = {k: v for k, v in old.state_dict().items() if not k.startswith("head.sem.")}
+    with pytest.raises(ValueError, match="head.sem.weight"):
+        init_from(new, state)
+
+
 def test_onnx_opset17_parity(head, tmp_path):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
@@ -98,3 +127,6 @@ def test_onnx_opset17_parity(head, tmp_path):
 def test_config_rejects_unknown_keys():
     with pytest.raises(ValueError, match="unknown keys"):
         TrackerHeadConfig.from_dict({"d": 64, "bogus": 1})
+    with pytest.raises(ValueError, match="sem_fusion"):
+        TrackerHeadConfig.from_dict({"sem_fusion": "film"})
+    assert TrackerHeadConfig.from_dict({"d": 64}).sem_fusion == "linear"  # configs saved before the field: old head
