@@ -80,7 +80,8 @@ def distil(pruned: TorchNet, teacher: TorchNet, feeds: Sequence[Mapping[str, np.
         step += 1
     cpu, wall = time.process_time() - t0, time.perf_counter() - w0
     after = held_loss(student, teacher, feeds, hold, names)
-    if after > before:  # distillation made it worse on held-out feeds: keep the compensated pruned net
+    worse = not after <= before  # NaN counts as worse
+    if worse:  # distillation made it worse on held-out feeds: keep the compensated pruned net
         log.warning("recover %s: held-out loss rose %.4f -> %.4f; keeping the network as pruned", pruned.name,
                     before, after)
         student = copy.deepcopy(pruned.module).eval()
@@ -88,7 +89,7 @@ def distil(pruned: TorchNet, teacher: TorchNet, feeds: Sequence[Mapping[str, np.
              pruned.name, step, cpu, wall, before, after)
     return student.eval(), {"steps": step, "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
                             "loss_before": before, "loss_after": after,
-                            "kept": "recovered" if after <= before else "pruned", "train_feeds": len(train),
+                            "kept": "pruned" if worse else "recovered", "train_feeds": len(train),
                             "holdout_feeds": n_hold, "holdout_scored": len(hold)}
 
 

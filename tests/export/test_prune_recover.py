@@ -50,7 +50,7 @@ def test_recover_never_returns_a_worse_network(det_net, det_feeds, tmp_path):
     pruned = as_net(det_net, load_module(prune(det_net, PruneConfig(ratio=0.5), tmp_path / "p.pt", det_feeds)))
     out = recover(pruned, RecoverConfig(steps=5, max_seconds=30, lr=50.0), tmp_path / "r.pt", det_net, det_feeds)
     d = read_stamp(out)["details"]
-    assert d["loss_after"] > d["loss_before"] and d["kept"] == "pruned"  # lr 50 wrecks it; the pruned net stays
+    assert not d["loss_after"] <= d["loss_before"] and d["kept"] == "pruned"  # lr 50 wrecks it (or NaN); pruned stays
     m = load_module(out)
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), pruned.module.state_dict().values()))
 
