@@ -41,6 +41,7 @@ class RecoverConfig:
     holdout: float = 0.1  # fraction of feeds kept out of training to measure the loss
     holdout_max: int = 16  # at most this many held-out feeds are scored (before and after)
     seed: int = 0  # batch order
+    zoom: float = 0.5  # share of image inputs replaced by a random zoom-in (crop 40-100 %, resized back)
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch < 1 or self.lr <= 0 or not 0 < self.holdout < 1:
@@ -73,7 +74,7 @@ def distil(pruned: TorchNet, teacher: TorchNet, feeds: Sequence[Mapping[str, np.
         for g in opt.param_groups:  # cosine decay over whichever budget ends first
             g["lr"] = cfg.lr * 0.5 * (1 + np.cos(np.pi * min(1.0, max(step / cfg.steps, used / cfg.max_seconds))))
         idx = rng.choice(train, size=min(cfg.batch, len(train)), replace=False)
-        loss = distil_loss(student, teacher, batch(feeds, idx, names))
+        loss = distil_loss(student, teacher, zoomed(batch(feeds, idx, names), cfg.zoom, rng))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -96,6 +97,23 @@ def distil(pruned: TorchNet, teacher: TorchNet, feeds: Sequence[Mapping[str, np.
 def batch(feeds, idx, names) -> list[torch.Tensor]:
     """Concatenate the chosen feeds along the batch axis, per input, in forward() order."""
     return [torch.as_tensor(np.concatenate([feeds[int(i)][k] for i in idx], 0)) for k in names]
+
+
+def zoomed(args: list[torch.Tensor], share: float, rng: np.random.Generator) -> list[torch.Tensor]:
+    """Replace a `share` of each square image input (B,3,S,S), S >= 64, by a random crop of 40-100 %
+    of its side resized back to S: the calibration frames (PETS09, far-away people) then also
+    show the large people the held-out sequences have; teacher and student see the same input."""
+    out = []
+    for x in args:
+        if x.dim() == 4 and x.shape[1] == 3 and x.shape[-1] == x.shape[-2] >= 64 and share > 0:
+            x, s = x.clone(), x.shape[-1]
+            for i in np.flatnonzero(rng.random(len(x)) < share):
+                c = int(s * rng.uniform(0.4, 1.0))
+                y0, x0 = rng.integers(0, s - c + 1, size=2)
+                crop = x[i:i + 1, :, y0:y0 + c, x0:x0 + c]
+                x[i:i + 1] = torch.nn.functional.interpolate(crop, size=(s, s), mode="bilinear", align_corners=False)
+        out.append(x)
+    return out
 
 
 def outputs(module: nn.Module, args: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
