@@ -1,6 +1,6 @@
 """Per-input-channel activation statistics for pruning: importance and bias compensation.
 
-`measure_inputs` runs real feeds through the network and attaches to every dense Conv2d/Linear
+`measure_inputs` runs real feeds (and a zoomed-in copy of each image feed) through the network and attaches to every dense Conv2d/Linear
 the mean and covariance of its input channels (`_vs_in_mean` (C_in,), `_vs_in_cov` (C_in, C_in)).
 `ActivationImportance` scores a DepGraph group by what its channels carry into the layers that
 read them (||W[:, c]|| x std c). `compensate` rewrites each reader before the channels go:
@@ -39,8 +39,13 @@ def channels_last(x: torch.Tensor, conv: bool) -> torch.Tensor:
 
 def measure_inputs(module: nn.Module, net: Any, feeds: Sequence[Mapping[str, Any]], n: int) -> None:
     """Attach input-channel mean/std to every dense layer of `module`, over <= n evenly spaced feeds."""
+    from .recover import zoomed
+
     picks = [feeds[int(i)] for i in np.linspace(0, len(feeds) - 1, min(n, len(feeds))).round()] if feeds else [
         {k: v for k, v in net.inputs.items()}]
+    rng = np.random.default_rng(0)  # each pick also zoomed in (image inputs): large objects count too
+    picks += [dict(zip(net.inputs, zoomed([torch.as_tensor(np.asarray(f[k])) for k in net.inputs], 1.0, rng)))
+              for f in picks]
     acc: dict[nn.Module, list] = {}
 
     def hook(layer, inp):
