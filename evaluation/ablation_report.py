@@ -179,4 +179,16 @@ def plot_hota(data: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=72)
     plt.close(fig)
+    _shrink_png(path)
     return path
+
+
+def _shrink_png(path: Path, colors: int = 64) -> None:
+    """Re-save as a palette PNG (a line plot needs few colours): about a third of the size."""
+    try:
+        from PIL import Image
+    except ImportError:  # matplotlib ships with Pillow; without it the RGBA file stays
+        return
+    with Image.open(path) as im:
+        small = im.convert("RGB").quantize(colors=colors)
+    small.save(path, optimize=True)
