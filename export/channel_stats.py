@@ -41,8 +41,7 @@ def measure_inputs(module: nn.Module, net: Any, feeds: Sequence[Mapping[str, Any
     """Attach input-channel mean/std to every dense layer of `module`, over <= n evenly spaced feeds."""
     from .recover import zoomed
 
-    picks = [feeds[int(i)] for i in np.linspace(0, len(feeds) - 1, min(n, len(feeds))).round()] if feeds else [
-        {k: v for k, v in net.inputs.items()}]
+    picks = [feeds[i] for i in pick_indices(feeds, n)] if feeds else [{k: v for k, v in net.inputs.items()}]
     rng = np.random.default_rng(0)  # each pick also zoomed in (image inputs): large objects count too
     picks += [dict(zip(net.inputs, zoomed([torch.as_tensor(np.asarray(f[k])) for k in net.inputs], 1.0, rng)))
               for f in picks]
@@ -65,6 +64,24 @@ def measure_inputs(module: nn.Module, net: Any, feeds: Sequence[Mapping[str, Any
         mean = s1 / cnt
         setattr(layer, MEAN, mean)
         setattr(layer, COV, s2 / cnt - torch.outer(mean, mean))
+
+
+def pick_indices(feeds: Sequence, n: int) -> list[int]:
+    """<= n feed indices, an equal share per calibration source when the feeds know their frames'
+    sources (a CalibSet behind them), else evenly spaced. By source: PETS09 is ~94 % of the set and
+    its people are small; MOT17-mini's few frames with large people then still count."""
+    records = getattr(getattr(feeds, "frames", None), "manifest", {}).get("frames") if feeds else None
+    if not records or len(records) != len(feeds):
+        return [int(i) for i in np.linspace(0, len(feeds) - 1, min(n, len(feeds))).round()]
+    by_source: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_source.setdefault(str(r.get("source")), []).append(i)
+    queues, out = [list(reversed(v)) for v in by_source.values()], []
+    while len(out) < min(n, len(feeds)):  # round-robin over sources, spreading within each
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop(len(q) // 2))
+    return sorted(out)
 
 
 def readers(group) -> list[tuple[nn.Module, list[int], list[int]]]:

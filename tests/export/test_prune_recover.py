@@ -136,3 +136,29 @@ def pets_letterboxed(indices, cv2) -> list[np.ndarray]:
         out.append(box.transpose(2, 0, 1)[None].astype(np.float32))
     cap.release()
     return out
+
+
+class SourcedFeeds(list):
+    """Feeds whose frames know their calibration source, as DetectorFeeds over a CalibSet do."""
+
+    def __init__(self, sources):
+        from types import SimpleNamespace
+
+        super().__init__(range(len(sources)))
+        self.frames = SimpleNamespace(manifest={"frames": [{"source": s} for s in sources]})
+
+
+@pytest.mark.parametrize("sources, n, expect", [
+    (None, 4, [0, 3, 6, 9]),  # no per-frame sources: evenly spaced over 10
+    (["a"] * 8 + ["b"] * 2, 4, {"a": 2, "b": 2}),  # equal share per source, however few frames it has
+    (["a"] * 8 + ["b"] * 2, 6, {"a": 4, "b": 2}),  # a short source gives its share to the others
+])
+def test_pruning_statistics_take_an_equal_share_per_calibration_source(sources, n, expect):
+    from vsdmot.export.channel_stats import pick_indices
+
+    got = pick_indices(list(range(10)) if sources is None else SourcedFeeds(sources), n)
+    assert len(got) == len(set(got)) == n
+    if isinstance(expect, list):
+        assert got == expect
+    else:
+        assert {k: sum(sources[i] == k for i in got) for k in expect} == expect
