@@ -67,20 +67,23 @@ def measure_inputs(module: nn.Module, net: Any, feeds: Sequence[Mapping[str, Any
 
 
 def pick_indices(feeds: Sequence, n: int) -> list[int]:
-    """<= n feed indices, an equal share per calibration source when the feeds know their frames'
-    sources (a CalibSet behind them), else evenly spaced. By source: PETS09 is ~94 % of the set and
-    its people are small; MOT17-mini's few frames with large people then still count."""
-    records = getattr(getattr(feeds, "frames", None), "manifest", {}).get("frames") if feeds else None
+    """<= n feed indices: half evenly spaced over the frames, half an equal share per calibration
+    source when the feeds know their frames' sources (a CalibSet behind them). PETS09 is ~90 % of
+    the set and its people are small; MOT17-mini's few frames with large people then still count."""
+    n = min(n, len(feeds))
+    even = [int(i) for i in np.linspace(0, len(feeds) - 1, n).round()]
+    records = getattr(getattr(feeds, "frames", None), "manifest", {}).get("frames") if n else None
     if not records or len(records) != len(feeds):
-        return [int(i) for i in np.linspace(0, len(feeds) - 1, min(n, len(feeds))).round()]
+        return even
     by_source: dict[str, list[int]] = {}
     for i, r in enumerate(records):
         by_source.setdefault(str(r.get("source")), []).append(i)
-    queues, out = [list(reversed(v)) for v in by_source.values()], []
-    while len(out) < min(n, len(feeds)):  # round-robin over sources, spreading within each
+    out = set(int(i) for i in np.linspace(0, len(feeds) - 1, n - n // 2).round())
+    queues = [list(v) for v in by_source.values()]
+    while len(out) < n:  # round-robin over sources, from the middle of each outwards
         for q in queues:
             if q and len(out) < n:
-                out.append(q.pop(len(q) // 2))
+                out.add(q.pop(len(q) // 2))
     return sorted(out)
 
 

@@ -45,7 +45,7 @@ class PruneConfig:
     iterative_steps: int = 1  # torch-pruning steps to reach the ratio
     importance: str = "activation"  # activation (readers' weights x activation std, from feeds) | magnitude
     compensate: str = "regress"  # regress (least squares from kept channels) | mean (bias only) | none
-    stat_frames: int = 16  # feeds used to measure activation mean/std (evenly spaced)
+    stat_frames: int = 32  # feeds for the activation statistics (half evenly spaced, half per source; + zoomed)
 
     def __post_init__(self) -> None:
         if self.compensate not in ("regress", "mean", "none"):

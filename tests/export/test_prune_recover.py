@@ -150,13 +150,13 @@ class SourcedFeeds(list):
 
 @pytest.mark.parametrize("sources, n, expect", [
     (None, 4, [0, 3, 6, 9]),  # no per-frame sources: evenly spaced over 10
-    (["a"] * 8 + ["b"] * 2, 4, {"a": 2, "b": 2}),  # equal share per source, however few frames it has
-    (["a"] * 8 + ["b"] * 2, 6, {"a": 4, "b": 2}),  # a short source gives its share to the others
+    (["a"] * 9 + ["b"] * 2 + ["a"] * 9, 4, {"a": 3, "b": 1}),  # half evenly (a, a), half per source (a, b)
+    (["a"] * 9 + ["b"] * 2 + ["a"] * 9, 8, {"a": 6, "b": 2}),  # b: 10 % of the frames, 25 % of the picks
 ])
 def test_pruning_statistics_take_an_equal_share_per_calibration_source(sources, n, expect):
     from vsdmot.export.channel_stats import pick_indices
 
-    got = pick_indices(list(range(10)) if sources is None else SourcedFeeds(sources), n)
+    got = pick_indices(list(range(10)) if sources is None else SourcedFeeds(sources), n)  # (sources: 20 frames)
     assert len(got) == len(set(got)) == n
     if isinstance(expect, list):
         assert got == expect
