@@ -1,7 +1,7 @@
 """Per-input-channel activation statistics for pruning: importance and bias compensation.
 
-`measure_inputs` runs real feeds (and a zoomed-in copy of each image feed) through the network and attaches to every dense Conv2d/Linear
-the mean and covariance of its input channels (`_vs_in_mean` (C_in,), `_vs_in_cov` (C_in, C_in)).
+`measure_inputs` runs real feeds (and a zoomed-in copy of each image feed) through the network
+and attaches to every dense Conv2d/Linear the mean and covariance of its input channels (`_vs_in_mean` (C_in,), `_vs_in_cov` (C_in, C_in)).
 `ActivationImportance` scores a DepGraph group by what its channels carry into the layers that
 read them (||W[:, c]|| x std c). `compensate` rewrites each reader before the channels go:
 - "mean": the removed channels' mean x their weights moves into the bias;
@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 MEAN, COV = "_vs_in_mean", "_vs_in_cov"
-COMPENSATION = ("regress", "mean", "none")
 RIDGE = 1e-3  # relative to the mean variance of the kept channels
 
 
@@ -38,7 +37,8 @@ def channels_last(x: torch.Tensor, conv: bool) -> torch.Tensor:
 
 
 def measure_inputs(module: nn.Module, net: Any, feeds: Sequence[Mapping[str, Any]], n: int) -> None:
-    """Attach input-channel mean/std to every dense layer of `module`, over <= n evenly spaced feeds."""
+    """Attach input-channel mean and covariance to every dense layer of `module`, over <= n feeds
+    (`pick_indices`) and a zoomed-in copy of each."""
     from .recover import zoomed
 
     picks = [feeds[i] for i in pick_indices(feeds, n)] if feeds else [{k: v for k, v in net.inputs.items()}]
