@@ -26,7 +26,8 @@ from vsdmot.evaluation.cli import parse_frames
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vsdmot-bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="vsdmot-bench", description=__doc__.splitlines()[0],
+                                epilog="The ablation is a subcommand: vsdmot-bench ablation --help (docs/ablation.md).")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     p.add_argument("--seq", nargs="+", default=[], type=Path, metavar="DIR", help="MOTChallenge sequence folders")
