@@ -36,7 +36,7 @@ from .simplify import SimplifyConfig, simplify
 from .to_onnx import OnnxConfig, TorchNet, to_onnx
 
 log = logging.getLogger(__name__)
-DEFAULT_PRUNE = 0.0  # measured 2026-11-24: 25 % and 50 % (fixed pruning, 600 CPU s recovery) fail the gate on TUD-Campus (docs/export.md)
+DEFAULT_PRUNE = 0.0  # measured 2026-11-24: 10 %, 25 %, 50 % (fixed pruning, recovered) all fail the gate on TUD-Campus (docs/export.md)
 DEFAULT_METHOD = "minmax"  # the measured default calibration method (docs/export.md)
 TARGETS = ("onnx", "tensorrt", "torch-tensorrt")
 SELECT_SEQUENCES = ("PETS09-S2L1:401-600",)  # train side (calibration frames), before the gate's 601-795
