@@ -36,7 +36,7 @@ from .simplify import SimplifyConfig, simplify
 from .to_onnx import OnnxConfig, TorchNet, to_onnx
 
 log = logging.getLogger(__name__)
-DEFAULT_PRUNE = 0.0  # measured 2026-11-24: 10 %, 25 %, 50 % (fixed pruning, recovered) all fail the gate on TUD-Campus (docs/export.md)
+DEFAULT_PRUNE = 0.0  # measured 2026-11-24: 10/25/50 % all fail the gate on TUD-Campus (docs/export.md)
 DEFAULT_METHOD = "minmax"  # the measured default calibration method (docs/export.md)
 TARGETS = ("onnx", "tensorrt", "torch-tensorrt")
 SELECT_SEQUENCES = ("PETS09-S2L1:401-600",)  # train side (calibration frames), before the gate's 601-795
@@ -198,7 +198,8 @@ def recover_budgets(nets: Mapping[str, TorchNet], cfg: ExportConfig) -> dict[str
 
     macs = {n: tp.utils.count_ops_and_params(net.module, tuple(net.inputs.values()))[0] for n, net in todo.items()}
     total = sum(macs.values())
-    return {n: replace(cfg.recover, max_seconds=float(round(cfg.recover.max_seconds * m / total))) for n, m in macs.items()}
+    share = {n: float(round(cfg.recover.max_seconds * m / total)) for n, m in macs.items()}
+    return {n: replace(cfg.recover, max_seconds=s) for n, s in share.items()}
 
 
 def pruned(net: TorchNet, cfg: ExportConfig, base: Path, feeds, report: Report, rec: RecoverConfig | None) -> TorchNet:

@@ -1,7 +1,8 @@
 """Per-input-channel activation statistics for pruning: importance and bias compensation.
 
 `measure_inputs` runs real feeds (and a zoomed-in copy of each image feed) through the network
-and attaches to every dense Conv2d/Linear the mean and covariance of its input channels (`_vs_in_mean` (C_in,), `_vs_in_cov` (C_in, C_in)).
+and attaches to every dense Conv2d/Linear the mean and covariance of its input channels
+(`_vs_in_mean` (C_in,), `_vs_in_cov` (C_in, C_in)).
 `ActivationImportance` scores a DepGraph group by what its channels carry into the layers that
 read them (||W[:, c]|| x std c). `compensate` rewrites each reader before the channels go:
 - "mean": the removed channels' mean x their weights moves into the bias;

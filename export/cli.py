@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="bundle directory to write")
     p.add_argument("--force", action="store_true", help="publish even if the accuracy gate fails (recorded)")
     p.add_argument("--max-hota-drop", type=float, default=1.0, metavar="POINTS", help="accuracy gate threshold")
-    p.add_argument("--recover-seconds", type=float, default=None, metavar="S", help="distillation budget after pruning, in CPU seconds per pruned network")
+    p.add_argument("--recover-seconds", type=float, default=None, metavar="S",
+                   help="recovery budget after pruning: total CPU seconds, shared by the pruned networks by MACs")
     p.add_argument("--work-dir", default="", metavar="DIR", help="intermediates (default ~/.cache/vsdmot/export/...)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("checkpoint", nargs="?", type=Path, metavar="CHECKPOINT",

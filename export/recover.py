@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RecoverConfig:
     steps: int = 100_000  # optimizer steps at most (the CPU budget usually ends it first)
-    max_seconds: float = 685.0  # CPU seconds (time.process_time); the chain splits it by MACs: detector 600 + student 85
+    max_seconds: float = 685.0  # CPU s (process_time); the chain splits it by MACs: detector 600 + student 85
     batch: int = 4  # feeds per step
     lr: float = 5e-4  # Adam learning rate at the start (cosine decay to 0)
     holdout: float = 0.1  # fraction of feeds kept out of training to measure the loss
