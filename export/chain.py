@@ -9,7 +9,7 @@ Every step is `(artifact, cfg, out_path) -> out_path` in its own module and skip
 its output is up to date (export/report.py). Intermediates live in a work directory
 (`$VSDMOT_EXPORT_CACHE` or ~/.cache/vsdmot/export/<out name>-<hash of out path>), so a re-run
 after a failure or with another precision redoes only what changed. Networks come from
-`export/sources.py`-style adapters here: the shipped weights (models/weights/) or CHECKPOINT.
+`export/sources.py`: the shipped weights (models/weights/) or CHECKPOINT.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from .quantize import METHODS, QuantConfig, quantize
 from .recover import RecoverConfig, recover
 from .report import Report, fingerprint, write_report
 from .simplify import SimplifyConfig, simplify
+from .sources import Sources, calibration_feeds, load_sources
 from .to_onnx import OnnxConfig, TorchNet, to_onnx
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class ExportConfig:
     prune: float | None = None  # channel ratio; None = DEFAULT_PRUNE for int8/fp16, 0 for fp32
     method: str = DEFAULT_METHOD  # minmax | entropy | percentile | auto (chosen by the gate's HOTA)
     target: str = "onnx"  # onnx (ORT + TensorRT from Q/DQ) | tensorrt (also a legacy calibration cache) | torch-tensorrt
-    calib: tuple[str, ...] = ()  # calibration sources; () = default_calib_sources()
+    calib: tuple[str, ...] = ()  # calibration sources; () = sources.default_calib_sources()
     work_dir: str = ""  # intermediates; "" = default_work_dir(out)
     recover: RecoverConfig = RecoverConfig()  # distillation after pruning; max_seconds: total CPU s, shared by MACs
     calibset: Any = None  # calibration.calibset.CalibSetConfig; None = its defaults
@@ -75,16 +76,6 @@ class ExportConfig:
         if self.prune is not None:
             return self.prune
         return 0.0 if self.precision == "fp32" else DEFAULT_PRUNE
-
-
-@dataclass
-class Sources:
-    """What to export: torch networks, JSON params and notices, provenance."""
-
-    nets: dict[str, TorchNet]  # detector / student / tracker
-    files: dict[str, Path] = field(default_factory=dict)  # bundle name -> path (quality.json, NOTICE)
-    provenance: dict[str, Any] = field(default_factory=dict)
-    feeds: dict[str, Sequence[Mapping]] = field(default_factory=dict)  # overrides (tests; tracker feeds)
 
 
 def default_work_dir(out: Path) -> Path:
@@ -320,147 +311,6 @@ def finish(stage: Path, out: Path, accuracy: Mapping, verdict: Mapping, report: 
     write_report(report, stage)
     record_gate(stage, accuracy, gate, ("export_report.json", "export_report.md"))
     return publish(stage, out, gate)
-
-
-# -- what to export: the shipped networks (or CHECKPOINT) and their calibration feeds ----------------
-NETWORKS = ("detector", "student", "tracker")
-
-
-def load_sources(checkpoint: str | Path | None = None) -> Sources:
-    """Networks from CHECKPOINT (a weights folder like models/weights/, or one <network>.pt whose
-    siblings fill in the rest), else the shipped weights. quality.json and NOTICE come along."""
-    from vsdmot.models.detector import WEIGHTS_DIR
-
-    ckpt = Path(checkpoint) if checkpoint else WEIGHTS_DIR
-    if not ckpt.exists():
-        raise ValueError(f"CHECKPOINT {ckpt}: no such file or folder")
-    folder = ckpt if ckpt.is_dir() else ckpt.parent
-    paths = {n: folder / f"{n}.pt" for n in NETWORKS if (folder / f"{n}.pt").is_file()}
-    if ckpt.is_file():
-        paths[ckpt.stem if ckpt.stem in NETWORKS else "detector"] = ckpt
-    if "detector" not in paths:
-        raise ValueError(f"CHECKPOINT {ckpt}: expected detector.pt (and student.pt, tracker.pt) there")
-    nets, prov = {}, {"checkpoints": {}}
-    for name, path in paths.items():
-        nets[name], meta = LOADERS[name](path)
-        prov["checkpoints"][name] = {"path": _shown(path), "sha256": file_sha(path), "meta": _jsonable(meta)}
-    files = {n: folder / n for n in ("quality.json", "NOTICE") if (folder / n).is_file()}
-    if "quality.json" not in files:
-        log.warning("no quality.json beside %s: the bundle will lack quality-gate parameters", folder)
-    prov["notice"] = "NOTICE (carried in the bundle): YOLOX-nano, Apache-2.0, Megvii" if "NOTICE" in files else None
-    return Sources(nets, files, prov)
-
-
-def _detector(path: Path) -> tuple[TorchNet, dict]:
-    import torch
-
-    from vsdmot.models.detector import load_detector
-
-    m, meta = load_detector(path)
-    s = m.cfg.input_size
-    return TorchNet("detector", m, {"images": torch.zeros(1, 3, s, s)}, ("output", "embed"),
-                    prune_roots=("yolox.backbone",), keep_layers=("yolox.head", "embed_proj")), meta
-
-
-def _student(path: Path) -> tuple[TorchNet, dict]:
-    import torch
-
-    from vsdmot.models.student import load_student
-
-    m, meta = load_student(path)
-    r = m.cfg.input_size
-    return TorchNet("student", m, {"image": torch.zeros(1, 3, r, r)}, ("semantic",),
-                    prune_roots=("features",), keep_layers=("head",)), meta
-
-
-def _tracker(path: Path) -> tuple[TorchNet, dict]:
-    """The tracker head is not pruned: measured, it costs ~1-2 ms of a frame (docs/export.md)."""
-    from vsdmot.models.tracker_head import INPUTS, OUTPUTS, example_inputs
-    from vsdmot.models.train_tracker import load_tracker
-
-    m, meta = load_tracker(path)
-    return TorchNet("tracker", m, dict(zip(INPUTS, example_inputs(m.cfg))), tuple(OUTPUTS)), meta
-
-
-LOADERS = {"detector": _detector, "student": _student, "tracker": _tracker}
-
-
-def _shown(path: Path) -> str:
-    """A checkpoint path as recorded: relative to the repository when inside it (no local prefixes)."""
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        return str(path.resolve().relative_to(repo))
-    except ValueError:
-        return str(path)
-
-
-def file_sha(path: Path) -> str:
-    from vsdmot.runtime.bundle import file_sha256
-
-    return file_sha256(path)
-
-
-def _jsonable(x: Any) -> Any:
-    return json.loads(json.dumps(x, default=str))
-
-
-def default_calib_sources() -> tuple[str, ...]:
-    """PETS09-S2L1 frames 1-600 and MOT17-mini (never the gate's held-out frames); else the demo clip."""
-    from vsdmot.export.accuracy_gate import data_root
-
-    root = data_root(GateConfig())
-    if (root / "PETS09-S2L1").is_dir():
-        mot17 = sorted((root / "MOT17-mini" / "train").glob("MOT17-*"))
-        return (f"{root / 'PETS09-S2L1'}:1-600", *map(str, mot17))
-    return (str(Path(__file__).resolve().parents[1] / "runtime" / "assets" / "demo.mp4"),)
-
-
-def calibration_feeds(sources: Sources, names: Sequence[str], cfg: ExportConfig, work: Path,
-                      reference: Path) -> dict[str, Sequence[Mapping]]:
-    """Detector and student feeds from the calibration set; tracker feeds recorded from the FP32
-    reference pipeline run over the calibration frames (real proposals and carried track state)."""
-    from vsdmot.calibration.calibset import CalibSetConfig, build_calibset
-    from vsdmot.calibration.feeds import DetectorFeeds, StudentFeeds
-
-    ccfg = cfg.calibset or CalibSetConfig()
-    srcs = cfg.calib or default_calib_sources()
-    use_gate = "quality.json" in sources.files and cfg.calib_quality != "proxy"
-    params = json.loads(sources.files["quality.json"].read_text()) if use_gate else None
-    cs = build_calibset(srcs, ccfg, work.parent / f"calib-{fingerprint(srcs, ccfg)[:12]}", params)
-    (work / "calibset.json").write_text(json.dumps({k: cs.manifest[k] for k in (
-        "sources", "frame_count", "quality", "quality_histogram", "presets", "sha256")} | {"path": str(cs.path)}))
-    out: dict[str, Sequence[Mapping]] = {}
-    for name in names:
-        size = sources.nets[name].inputs
-        if name == "detector":
-            out[name] = _keyed(DetectorFeeds(cs, size["images"].shape[-1]), cs)
-        elif name == "student":
-            out[name] = _keyed(StudentFeeds(cs, size["image"].shape[-1]), cs)
-    if "tracker" in names:
-        out["tracker"] = record_tracker_feeds(reference, cs)
-    return out
-
-
-def _keyed(feeds, cs):
-    feeds.key = f"{cs.manifest['sha256']}:{type(feeds).__name__}:{feeds.size}"
-    return feeds
-
-
-def record_tracker_feeds(reference: Path, cs, limit: int = 512) -> list[dict]:
-    """tracker.onnx's inputs as the FP32 reference pipeline feeds them over the calibration frames."""
-    from vsdmot.calibration.feeds import record_feeds
-    from vsdmot.runtime.bundle import load_bundle
-    from vsdmot.runtime.config import RunConfig
-    from vsdmot.runtime.pipeline import build_pipeline, step
-    from vsdmot.runtime.types import Frame
-
-    p = build_pipeline(load_bundle(reference), RunConfig(), 7.0)
-    try:
-        trk = next(b for b in p.backends if Path(getattr(b, "path", "")).stem == "tracker")
-        frames = (Frame(i + 1, cs.image(i), i / 7.0) for i in range(min(len(cs), limit)))
-        return record_feeds(lambda f: step(f, p), frames, {"tracker": trk})["tracker"]
-    finally:
-        p.close()
 
 
 __all__ = ["ExportConfig", "Sources", "export", "load_sources", "default_work_dir"]
