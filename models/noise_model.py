@@ -45,9 +45,9 @@ def project_detector(onnx_path: str | os.PathLike | None = None, threads: int = 
 
 
 def _sha(path: Path) -> str:
-    import hashlib
+    from vsdmot.runtime.bundle import file_sha256
 
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+    return file_sha256(path)[:12]
 
 
 def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
