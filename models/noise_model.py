@@ -41,7 +41,9 @@ def project_detector(onnx_path: str | os.PathLike | None = None, threads: int = 
         if not Path(onnx_path).is_file():
             Path(onnx_path).parent.mkdir(parents=True, exist_ok=True)
             export_onnx(load_detector()[0], onnx_path)
-    return YoloxDetector(OnnxRuntimeBackend(onnx_path, threads=threads))
+    det = YoloxDetector(OnnxRuntimeBackend(onnx_path, threads=threads))
+    det.tag = f"det{_sha(onnx_path)}"  # keys the detection caches (detect_sequence)
+    return det
 
 
 def _sha(path: Path) -> str:
@@ -334,7 +336,6 @@ def main(argv: list[str] | None = None) -> None:
                 semantics_sequence(sem, seq, frames, deg)
         return
     det = project_detector(a.detector_onnx)
-    det.tag = f"det{_sha(det.backend.path)}"
     measure_all(det, a.data, a.out)
 
 

@@ -54,11 +54,10 @@ class RealClips:
 
     def __init__(self, data: str | Path, embed_dim: int, semantic_dim: int, real_semantics: bool = True,
                  val_first: int = 541, det=None, sem=None):
-        from .noise_model import ShippedSemantics, _sha, detect_sequence, load_gt, project_detector, train_sequences
+        from .noise_model import ShippedSemantics, detect_sequence, load_gt, project_detector, train_sequences
         from .noise_model import semantics_sequence
 
         det = det or project_detector()
-        det.tag = getattr(det, "tag", f"det{_sha(det.backend.path)}")
         sem = sem or ShippedSemantics()
         self.real_semantics = real_semantics
         self.bank = SemanticBank()

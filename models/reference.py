@@ -239,11 +239,10 @@ def compare_trackers(data: str | os.PathLike = "../shared/data", weights: str | 
     from vsdmot.evaluation.metrics import evaluate
     from vsdmot.runtime.dswr import Dswr
 
-    from .noise_model import ShippedSemantics, _sha, detect_sequence, project_detector, semantics_sequence
+    from .noise_model import ShippedSemantics, detect_sequence, project_detector, semantics_sequence
     from .train_tracker import load_tracker
 
     det = project_detector()
-    det.tag = f"det{_sha(det.backend.path)}"
     head, meta = load_tracker(weights or WEIGHTS / "tracker.pt")
     dswr = dswr or Dswr.from_params(meta.get("dswr", {}))
     sem = ShippedSemantics() if semantic != "never" else None

@@ -35,12 +35,11 @@ def shifted(head: TrackerHead, keep: float, birth: float) -> TrackerHead:
 def train_runs(data: str | Path = "../shared/data", frames: tuple[int, int] = (1, 600), semantic: bool = False):
     """(cached detections, sequence folder, frames, fps, semantics cache or None) for
     PETS09-S2L1 `frames` (within 1-600), clean and degraded."""
-    from .noise_model import ShippedSemantics, _sha, detect_sequence, project_detector, semantics_sequence
+    from .noise_model import ShippedSemantics, detect_sequence, project_detector, semantics_sequence
 
     if not 1 <= frames[0] <= frames[1] <= 600:
         raise ValueError(f"tracker_calib: expected TRAIN frames within 1-600, got {frames}")
     det = project_detector()
-    det.tag = f"det{_sha(det.backend.path)}"
     sem = ShippedSemantics() if semantic else None
     seq = Path(data) / "PETS09-S2L1"
     return [(detect_sequence(det, seq, (1, 600), deg), seq, frames, 7.0,
