@@ -46,7 +46,7 @@ class FrameMemo:
     `calls` counts real computations per stage."""
 
     def __init__(self):
-        self.index, self.values, self.calls = 0, {}, {}
+        self.index, self.calls = 0, {}
         self.stored: dict[tuple, dict[int, object]] = {}  # (stage, key) -> {frame: value}
         self.path: Path | None = None
 
@@ -66,16 +66,14 @@ class FrameMemo:
             tmp.replace(self.path)
 
     def start(self, index: int) -> None:
-        self.index, self.values = index, {}
+        self.index = index
 
     def once(self, key: tuple, compute: Callable):
-        if key not in self.values:
-            frames = self.stored.setdefault(key, {})
-            if self.index not in frames:
-                frames[self.index] = compute()
-                self.calls[key[0]] = self.calls.get(key[0], 0) + 1
-            self.values[key] = frames[self.index]
-        return self.values[key]
+        frames = self.stored.setdefault(key, {})
+        if self.index not in frames:
+            frames[self.index] = compute()
+            self.calls[key[0]] = self.calls.get(key[0], 0) + 1
+        return frames[self.index]
 
 
 class MemoGate:
@@ -147,9 +145,6 @@ class Components:
         if key not in self.backends:
             self.backends[key] = OnnxRuntimeBackend(key, providers=["CPUExecutionProvider"], threads=self.cfg.threads)
         return self.backends[key]
-
-    def opener(self, bundle, name: str):
-        return self.backend(bundle.file(name))
 
     def student(self, path: str):
         """A runtime Student from a checkpoint (.pt, exported once to ONNX) or an ONNX file."""
