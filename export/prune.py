@@ -3,8 +3,9 @@
 Only channels of modules under `TorchNet.prune_roots` are removed (the detector's backbone and
 neck, the student's features); layers in `keep_layers` (prediction heads, embedding
 projections, the student's output head) and every module outside the roots keep their output
-channels, so the ONNX interface never changes. Channel counts are rounded to multiples of
-`round_to` (TensorRT picks faster INT8 kernels for them). The output is the pruned module,
+channels, so the ONNX interface never changes. Channel counts can be rounded to multiples of
+`round_to` (TensorRT picks faster INT8 kernels for them; default 1, since 8 halves the nano's
+16-channel layers). The output is the pruned module,
 pickled whole (its shapes differ from the class defaults).
 
 Why not plain weight magnitude: the shipped detector has BatchNorm folded into its convs, so a
@@ -16,16 +17,18 @@ dependency graph itself is right (pruning equals zeroing the same channels at th
 to 3e-5, for every group at 1 % and 25 %). So by default (`importance="activation"`):
 - importance of a channel = sum over the layers reading it of ||W[:, c]||_2 * std(input c),
   the output energy it really carries, measured on `stat_frames` real feeds;
-- compensation: each removed channel's mean activation times its consumers' weights is added
-  to the consumers' biases, so the constant the next layer relied on survives the removal.
+- compensation (`compensate="regress"`, export/channel_stats.py): each removed channel is
+  predicted from the kept ones by least squares over the measured activations and folded into
+  its consumers' kept weights and bias, so what the next layer relied on (at least the constant,
+  `"mean"`) survives the removal.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
