@@ -149,9 +149,7 @@ def bundle_table(fps: dict[str, float], args: argparse.Namespace) -> dict[str, d
     """Per `--bundles` entry: FPS, FPS ratio vs the reference bundle and vs the peer, bytes and size ratio."""
     if not args.bundles:
         return {}
-    ref = args.ref or args.bundles[0][0]
-    if ref not in dict(args.bundles):
-        raise ValueError(f"--ref: expected one of {[n for n, _ in args.bundles]}, got {ref!r}")
+    ref = args.ref or args.bundles[0][0]  # main() has checked that --ref names one of them
     size = {n: bundle_bytes(p) for n, p in args.bundles}
     out = {}
     for n, p in args.bundles:
