@@ -125,22 +125,22 @@ def w_on_train(dswr, data: str | Path = "../shared/data", policy: str = "auto", 
     With the tracker `head`: mean |proj(s)| and |w proj(s)| of the student's vectors (a query's
     norm is ~sqrt(d) = 8), i.e. how much the fusion can move a query."""
     from vsdmot.runtime.config import SemanticsConfig
-    from vsdmot.runtime.semantics import SemanticPolicy
 
     from .noise_model import ShippedSemantics, semantics_sequence, train_sequences
+    from .reference import CachedSemantics
 
     sem, eps_on = ShippedSemantics(), SemanticsConfig().eps_on
     out = {}
     for deg in (False, True):
         ws, skipped, n, pn = [], 0, 0, []
         for seq, frames in train_sequences(Path(data)):
-            s = np.load(semantics_sequence(sem, seq, frames, deg))
-            pn += _proj_norms(head, s["semantic"]) if head is not None else []
-            pol = SemanticPolicy(SemanticsConfig(policy=policy), lambda _img: np.zeros((1, 1), np.float32))
-            for q in s["q"].tolist():
-                ws.append(dswr.weight(q))
-                skipped += pol.get(None, q, ws[-1])[1] == "skipped"
-                n += 1
+            path = semantics_sequence(sem, seq, frames, deg)
+            pn += _proj_norms(head, np.load(path)["semantic"]) if head is not None else []
+            cs = CachedSemantics(path, dswr, policy)  # the runtime's DSWR and policy over the cached q
+            for f in cs.q:
+                cs.get(f)
+            ws += cs.w
+            skipped, n = skipped + cs.policy.counts.skipped, n + len(cs.q)
         w = np.array(ws)
         out["degraded" if deg else "clean"] = {"frames": n, "w_mean": round(float(w.mean()), 3),
                                                "w_p90": round(float(np.quantile(w, 0.9)), 3),
