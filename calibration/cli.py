@@ -16,8 +16,9 @@ from pathlib import Path
 
 from vsdmot import __version__
 from vsdmot._cli import run_main
+from vsdmot.paths import data_root
 
-DEFAULT_SHEET_INPUT = Path(__file__).resolve().parents[2] / "shared" / "data" / "PETS09-S2L1"
+DEFAULT_SHEET_INPUT = data_root() / "PETS09-S2L1"
 
 
 class _OneLineParser(argparse.ArgumentParser):

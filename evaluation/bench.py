@@ -28,6 +28,7 @@ from typing import Protocol
 
 import numpy as np
 
+from vsdmot.paths import yolox_nano_onnx
 from vsdmot.runtime.errors import VsdmotError
 from vsdmot.runtime.mot import format_result_rows, read_seqinfo
 from vsdmot.runtime.sources import open_sequence
@@ -37,7 +38,7 @@ from .metrics import evaluate, parse_window
 
 log = logging.getLogger(__name__)
 
-DEFAULT_YOLOX = Path(__file__).resolve().parents[2] / "shared" / "models" / "yolox_nano.onnx"
+DEFAULT_YOLOX = yolox_nano_onnx()
 TABLE_KEYS = ("HOTA", "DetA", "AssA", "MOTA", "IDF1", "IDSW")
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from vsdmot import __version__
 from vsdmot._cli import run_main
 from vsdmot.evaluation.cli import parse_frames
+from vsdmot.paths import data_root
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +112,7 @@ def _meta(args: argparse.Namespace) -> dict:
     }
 
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = data_root()
 HELD_OUT = Path("runs/seqs/PETS09-S2L1-601-795")  # PETS09-S2L1 frames 601-795: no training uses them
 DEFAULT_ABLATION_SEQS = (HELD_OUT, SHARED_DATA / "TUD-Campus")
 

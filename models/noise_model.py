@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from vsdmot.paths import data_root
 from vsdmot.runtime.types import Detections
 
 log = logging.getLogger(__name__)
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m vsdmot.models.noise_model")
-    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--data", default=str(data_root()))
     ap.add_argument("--detector-onnx", default=None)
     ap.add_argument("--out", default=str(Path(__file__).parent / "weights" / "tracker_noise.json"))
     ap.add_argument("--semantics", action="store_true",

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vsdmot.paths import data_root
+
 from .synth import SynthFrame, _Semantics
 
 log = logging.getLogger(__name__)
@@ -119,7 +121,7 @@ class RealClips:
         return SynthFrame(xyxy, f.score, f.embed, f.gid, sem, 0.0, f.gt_xyxy, f.gt_id, q)
 
 
-def w_on_train(dswr, data: str | Path = "../shared/data", policy: str = "auto", head=None) -> dict:
+def w_on_train(dswr, data: str | Path = str(data_root()), policy: str = "auto", head=None) -> dict:
     """Where DSWR's w lands on the TRAIN frames, clean vs degraded (the shipped gate's real q):
     mean w, share of frames with w >= the runtime's eps_on, and the runtime policy's skip share.
     With the tracker `head`: mean |proj(s)| and |w proj(s)| of the student's vectors (a query's

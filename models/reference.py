@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vsdmot.paths import data_root
 from vsdmot.runtime.types import Detections, TensorSpec
 
 from .tracker_head import INPUTS, OUTPUTS, TrackerHead
@@ -226,7 +227,7 @@ EVAL_SETS = (("PETS09-S2L1", (601, 795), 7.0), ("TUD-Campus", None, 25.0))  # ne
 VAL_SETS = (("PETS09-S2L1", (541, 600), 7.0),)  # TRAIN side: left out of the real clips by --val-first 541
 
 
-def compare_trackers(data: str | os.PathLike = "../shared/data", weights: str | os.PathLike | None = None,
+def compare_trackers(data: str | os.PathLike = str(data_root()), weights: str | os.PathLike | None = None,
                      kinds=("e2e", "hybrid", "bytetrack"), conditions=("clean", "deg"), seed: int = 7,
                      semantic: str = "never", dswr=None, sets=EVAL_SETS) -> list[dict]:
     """HOTA/DetA/AssA/MOTA/IDF1 of each tracker on identical cached detections of the held-out

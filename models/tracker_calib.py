@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from vsdmot.paths import data_root
+
 from .tracker_head import TrackerHead
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ def shifted(head: TrackerHead, keep: float, birth: float) -> TrackerHead:
     return h
 
 
-def train_runs(data: str | Path = "../shared/data", frames: tuple[int, int] = (1, 600), semantic: bool = False):
+def train_runs(data: str | Path = str(data_root()), frames: tuple[int, int] = (1, 600), semantic: bool = False):
     """(cached detections, sequence folder, frames, fps, semantics cache or None) for
     PETS09-S2L1 `frames` (within 1-600), clean and degraded."""
     from .noise_model import ShippedSemantics, detect_sequence, project_detector, semantics_sequence

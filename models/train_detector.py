@@ -28,8 +28,9 @@ import torch.nn.functional as F
 
 from vsdmot.models.checkpoint import load_model_file, resume, save_checkpoint
 from vsdmot.models.detector import Detector, DetectorConfig, from_yolox_onnx
-from vsdmot.models.trainframes import DEFAULT_DATA, REPO, TrainFrame, degrade_fn, letterbox, load_mot17, load_pets
+from vsdmot.models.trainframes import DEFAULT_DATA, TrainFrame, degrade_fn, letterbox, load_mot17, load_pets
 from vsdmot.models.trainloop import cosine_lr, out_dir, run_steps, setup
+from vsdmot.paths import yolox_nano_onnx
 from vsdmot.runtime.yolox import anchor_grid
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class DetectorTrainConfig:
     pets_last: int = 540  # last PETS frame trained on (541-600: validation; 601-795 never)
     train_size: int = 416  # letterbox side during training (fully convolutional; 320 costs 0.6x)
     init: str = ""  # start from this detector file (default: convert yolox_onnx)
-    yolox_onnx: str = str(REPO.parent / "shared" / "models" / "yolox_nano.onnx")  # official YOLOX-nano ONNX
+    yolox_onnx: str = str(yolox_nano_onnx())  # official YOLOX-nano ONNX
     data: str = str(DEFAULT_DATA)  # root of the real data (PETS09-S2L1, MOT17-mini)
     out: str = "runs/train/detector"  # run folder: last.pt (resumable) and detector.pt
     threads: int = 2  # torch threads

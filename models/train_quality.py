@@ -24,8 +24,9 @@ import torch
 from tqdm import tqdm
 
 from vsdmot.models.dswr import DswrConfig, DswrHead
-from vsdmot.models.trainframes import DEFAULT_DATA, REPO, TrainFrame, degrade_fn, load_mot17, load_pets
+from vsdmot.models.trainframes import DEFAULT_DATA, TrainFrame, degrade_fn, load_mot17, load_pets
 from vsdmot.models.trainloop import out_dir, setup
+from vsdmot.paths import yolox_nano_onnx
 from vsdmot.runtime.quality import FEATURES, QualityGate, compute_features
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class QualityTrainConfig:
     weight_decay: float = 1e-3  # Adam weight decay (L2)
     pets_last: int = 600  # last PETS frame used (601-795 never)
     mot17: bool = True  # also use the MOT17-mini train frames
-    detector: str = str(REPO.parent / "shared" / "models" / "yolox_nano.onnx")  # ONNX giving the target
+    detector: str = str(yolox_nano_onnx())  # ONNX giving the target
     data: str = str(DEFAULT_DATA)  # root of the real data (PETS09-S2L1, MOT17-mini)
     out: str = "runs/train/quality"  # run folder: samples.npz (resumable) and quality.json
     threads: int = 1  # torch and onnxruntime threads

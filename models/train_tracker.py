@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vsdmot.paths import data_root
 from vsdmot.runtime.e2e import predict_boxes, update_motion
 
 from .realclips import RealClips
@@ -63,7 +64,7 @@ class TrainConfig:
     synth_semantics: str = "standin"  # synthetic clips: "standin" vectors, or "real" (q, vector) runs borrowed from real clips
     val_first: int = 601  # PETS frames from here on are left out of the real clips (541: train-side validation)
     init: str = ""  # start from this checkpoint's weights (e.g. the synthetic pretraining), not from scratch
-    data: str = "../shared/data"  # the real clips' root
+    data: str = str(data_root())  # the real clips' root
     max_minutes: float = 25.0  # CPU-time budget of this process in minutes (all threads), like the other stages; stops early and saves
     out: str = "runs/train/tracker"  # checkpoint folder
     threads: int = 1  # torch threads (shared machine)

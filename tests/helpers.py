@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vsdmot.paths import data_root, shared_root, yolox_nano_onnx
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-DATA = SHARED / "data"
-YOLOX_ONNX = SHARED / "models" / "yolox_nano.onnx"
+SHARED = shared_root()
+DATA = data_root()
+YOLOX_ONNX = yolox_nano_onnx()
