@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vsdmot.models import WEIGHTS
 from vsdmot.runtime.bundle import DEFAULT_BUNDLE
 from vsdmot.runtime.mot import read_seqinfo
 from vsdmot.runtime.sources import open_sequence
@@ -42,7 +43,7 @@ from .metrics import evaluate, parse_window
 log = logging.getLogger(__name__)
 
 SCHEMA = 1  # bump when a cached row result would mean something else
-ABLATION_STUDENTS = Path(__file__).resolve().parents[1] / "models" / "weights" / "ablation"
+ABLATION_STUDENTS = WEIGHTS / "ablation"
 METRICS = ("HOTA", "DetA", "AssA", "MOTA", "IDF1")
 
 

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vsdmot.models import WEIGHTS
 from vsdmot.models.yolox import YoloxConfig, YoloxNano
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = WEIGHTS
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "detector.pt"
 
 

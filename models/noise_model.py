@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from vsdmot.models import WEIGHTS
 from vsdmot.paths import data_root
 from vsdmot.runtime.types import Detections
 
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m vsdmot.models.noise_model")
     ap.add_argument("--data", default=str(data_root()))
     ap.add_argument("--detector-onnx", default=None)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "weights" / "tracker_noise.json"))
+    ap.add_argument("--out", default=str(WEIGHTS / "tracker_noise.json"))
     ap.add_argument("--semantics", action="store_true",
                     help="instead: cache the shipped gate's q and student's vectors on the TRAIN frames")
     a = ap.parse_args(argv)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vsdmot.models import WEIGHTS
 from vsdmot.paths import data_root
 from vsdmot.runtime.types import Detections, TensorSpec
 
@@ -27,7 +28,6 @@ from .tracker_head import INPUTS, OUTPUTS, TrackerHead
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 
 def tracker_specs(cfg) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:

@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "student.pt"
+from vsdmot.models import WEIGHTS
+
+DEFAULT_WEIGHTS = WEIGHTS / "student.pt"
 # ImageNet mean/std in BGR order, 0..255 scale.
 _MEAN_BGR = (0.406 * 255, 0.456 * 255, 0.485 * 255)
 _STD_BGR = (0.225 * 255, 0.224 * 255, 0.229 * 255)

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from vsdmot.models import WEIGHTS
+
 from .noise_model import HEIGHT_BINS, QUANTILES
 
-NOISE_JSON = Path(__file__).parent / "weights" / "tracker_noise.json"
+NOISE_JSON = WEIGHTS / "tracker_noise.json"
 
 
 @dataclass(frozen=True)

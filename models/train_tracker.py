@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vsdmot.models import WEIGHTS
 from vsdmot.paths import data_root
 from vsdmot.runtime.e2e import predict_boxes, update_motion
 
@@ -342,7 +343,7 @@ def _meta(cfg: TrainConfig, loss: float | None, model: TrainModel) -> dict:
             "detector": "models/weights/detector.pt (YOLOX-nano converted, Apache-2.0)"}
 
 
-SHIPPED = Path(__file__).resolve().parent / "weights" / "tracker.pt"
+SHIPPED = WEIGHTS / "tracker.pt"
 
 
 def ship(ckpt: str | Path, dest: str | Path = SHIPPED) -> Path:
