@@ -126,3 +126,125 @@ def test_parity_refuses_a_wrong_export(det_net, det_feeds, tmp_path):
     wrong = lambda feed: {k: v * 1.1 for k, v in det_net.run(feed).items()}  # noqa: E731
     with pytest.raises(ValueError, match="max abs error|cosine"):
         parity(fp, ParityConfig(max_abs=1e-4), tmp_path / "p.json", wrong, "torch*1.1", det_feeds)
+
+
+# --- INT8 remedies, each on a tiny graph that reproduces the measured failure -------------------------------
+
+def _save(nodes, inputs, outputs, inits, path):
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, 1, s) for n, s in inputs],
+                          [helper.make_tensor_value_info(n, 1, None) for n in outputs], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _masked_logits_graph(path):
+    """y (1, 8, 4) = softmax(x @ W + (1 - mask) * -1e4) @ V: tracker_head.py's masked attention/pointer
+    logits (the -1e4 Add, then a concat with the null column, then softmax)."""
+    g = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(g.standard_normal((4, 16)).astype(np.float32), "W"),
+             numpy_helper.from_array(g.standard_normal((17, 4)).astype(np.float32), "V"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array(-1e4, np.float32), "neg"),
+             numpy_helper.from_array(np.zeros((1, 8, 1), np.float32), "null")]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["l"], name="mm"),
+             helper.make_node("Sub", ["one", "mask"], ["inv"], name="inv"),
+             helper.make_node("Mul", ["inv", "neg"], ["pen"], name="pen"),
+             helper.make_node("Add", ["l", "pen"], ["masked"], name="add"),
+             helper.make_node("Concat", ["masked", "null"], ["logit"], name="cat", axis=2),
+             helper.make_node("Softmax", ["logit"], ["prob"], name="sm", axis=2),
+             helper.make_node("MatMul", ["prob", "V"], ["y"], name="mix")]
+    return _save(nodes, [("x", [1, 8, 4]), ("mask", [1, 1, 16])], ["y"], inits, path)
+
+
+def _mask_feeds(n=20):
+    g = np.random.default_rng(2)
+    return [{"x": g.standard_normal((1, 8, 4)).astype(np.float32),
+             "mask": (g.random((1, 1, 16)) < 0.5).astype(np.float32)} for _ in range(n)]
+
+
+def _live_cosine(fp, q, feeds):
+    from vsdmot.export.parity import compare, onnx_runner
+    return compare(onnx_runner(fp), onnx_runner(q), feeds)["y"]["cosine"]
+
+
+def test_masked_logits_keep_their_values_after_quantisation(tmp_path):
+    """The -1e4 mask Add quantised per tensor rounds every real logit to 0 (the tracker's keep/birth
+    fell to cosine 0.04 / 0.10 that way); with Q/DQ only on weighted layers' inputs they survive."""
+    fp, feeds = _masked_logits_graph(tmp_path / "m.onnx"), _mask_feeds()
+    q = quantize(fp, QuantConfig(stride=5, max_rounds=0, keep_boundary=False), tmp_path / "q.onnx", feeds, "mask")
+    assert _live_cosine(fp, q, feeds) > 0.9
+    assert check_model(onnx.load(str(q)))[0] == []
+    every_op = QuantConfig(stride=5, max_rounds=0, op_types=("MatMul", "Add", "Concat"), keep_boundary=False)
+    old = quantize(fp, every_op, tmp_path / "o.onnx", feeds, "mask")  # the old placement: Add/Concat too
+    assert _live_cosine(fp, old, feeds) < 0.5
+
+
+def test_parity_leaves_masked_sentinels_out():
+    from vsdmot.export.parity import compare
+    ref = {"l": np.array([1.0, 2.0, -1e4, -1e4])}
+    res = compare(lambda f: ref, lambda f: {"l": np.array([-1.0, -2.0, -1e4, -1e4])}, [{}])
+    assert res["l"]["cosine"] == pytest.approx(-1.0)  # with the sentinels it would read ~1.0
+
+
+def _two_convs(path, spread=100.0):
+    """Conv A (1x1, 8 channels whose ranges differ `spread`x) -> Conv B (1x1, dense): the YOLOX
+    depthwise -> pointwise pattern that int8 per-tensor activations wreck."""
+    g = np.random.default_rng(3)
+    wa = g.standard_normal((8, 3, 1, 1)).astype(np.float32) * np.geomspace(1, spread, 8)[:, None, None, None]
+    wb = g.standard_normal((4, 8, 1, 1)).astype(np.float32) / np.geomspace(1, spread, 8)[None, :, None, None]
+    inits = [numpy_helper.from_array(wa.astype(np.float32), "wa"), numpy_helper.from_array(wb.astype(np.float32), "wb"),
+             numpy_helper.from_array(np.zeros(8, np.float32), "ba"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "bb")]
+    nodes = [helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="A"),
+             helper.make_node("Conv", ["a", "wb", "bb"], ["y"], name="B")]
+    return _save(nodes, [("x", [1, 3, 8, 8])], ["y", "a"], inits, path)
+
+
+def test_equalisation_is_exact_in_float_and_rescues_int8(tmp_path):
+    import onnxruntime as ort
+
+    from vsdmot.export.equalize import EqualizeConfig, equalize
+    fp = _two_convs(tmp_path / "c.onnx")
+    g = np.random.default_rng(4)
+    feeds = [{"x": g.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(20)]
+    m = onnx.load(str(fp))
+    m.graph.output.pop()  # y only: `a` must be free to be rewritten
+    onnx.save(m, str(fp))
+    eq = onnx.load(str(fp))
+    assert list(equalize(eq, feeds, EqualizeConfig())) == ["a"]
+    run = lambda model: ort.InferenceSession(model.SerializeToString()).run(None, feeds[0])[0]  # noqa: E731
+    np.testing.assert_allclose(run(eq), run(m), rtol=1e-4, atol=1e-4)
+    cos = {}
+    for name, cfg in {"eq": QuantConfig(stride=5, max_rounds=0, keep_boundary=False),
+                      "plain": QuantConfig(stride=5, max_rounds=0, keep_boundary=False, equalize=None)}.items():
+        q = quantize(fp, cfg, tmp_path / f"{name}.onnx", feeds, "convs")
+        assert check_model(onnx.load(str(q)))[0] == []
+        from vsdmot.export.parity import compare, onnx_runner
+        cos[name] = compare(onnx_runner(fp), onnx_runner(q), feeds)["y"]["cosine"]
+    assert 1 - cos["eq"] < (1 - cos["plain"]) / 10, cos  # measured 0.9999 vs 0.972
+
+
+def test_calibration_clips_padded_slots_into_the_live_range():
+    from vsdmot.export.quantize import mask_pairs, masked
+    pairs = mask_pairs(["track_miss", "track_mask", "track_box", "prop_box", "prop_mask", "semantic"])
+    assert set(pairs) == {("track_miss", "track_mask"), ("track_box", "track_mask"), ("prop_box", "prop_mask")}
+    f32 = lambda x: np.array([x], np.float32)  # noqa: E731
+    feeds = [{"track_miss": f32([0.0, 3.0, 511.0]), "track_mask": f32([1.0, 1.0, 0.0])},
+             {"track_miss": f32([20.0, 40.0, 7.0]), "track_mask": f32([1.0, 0.0, 0.0])}]
+    m = masked(feeds, [("track_miss", "track_mask")])
+    assert m[0]["track_miss"].tolist() == [[0.0, 3.0, 20.0]]  # the dead slot's 511 -> the live max 20
+    assert m[1]["track_miss"].tolist() == [[20.0, 20.0, 7.0]]
+    assert masked(feeds, ()) is feeds
+
+
+def test_boundary_layers_stay_float(det_net, det_feeds, tmp_path):
+    fp, q = chain(det_net, det_feeds[:10], tmp_path)
+    from vsdmot.export.quantize import boundary_layers
+    model = onnx.load(str(fp))
+    consts = {t.name for t in model.graph.initializer}
+    first_last = boundary_layers(model, consts)
+    assert first_last and all(n.op_type in ("Conv", "Gemm", "MatMul") for n in model.graph.node if n.name in first_last)
+    qm = onnx.load(str(q))
+    fed_by_dq = {c.name for n in qm.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in
+                 {t.name for t in qm.graph.initializer} for c in qm.graph.node if n.output[0] in c.input}
+    assert not (first_last & fed_by_dq)  # their activations are not quantised
