@@ -41,6 +41,9 @@ from .to_onnx import TorchNet, net_key
 log = logging.getLogger(__name__)
 
 
+PROFILES: dict[str, tuple[tuple[str, float], ...]] = {}  # network name -> (prefix, scale of ratio); filled below
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     ratio: float = 0.5  # fraction of prunable channels removed per layer (0 = unpruned copy)
@@ -49,10 +52,18 @@ class PruneConfig:
     importance: str = "activation"  # activation (readers' weights x activation std, from feeds) | magnitude
     compensate: str = "regress"  # regress (least squares from kept channels) | mean (bias only) | none
     stat_frames: int = 32  # feeds for the activation statistics (half evenly spaced, half per source; + zoomed)
+    profile: str = "auto"  # auto: the network's PROFILES entry (per-stage scales of `ratio`) | uniform
+
+    def scales(self, name: str) -> tuple[tuple[str, float], ...]:
+        """(module-name prefix, scale) pairs for network `name`: a layer under a prefix loses
+        ratio x scale of its channels (0: none), the longest matching prefix wins."""
+        return PROFILES.get(name, ()) if self.profile == "auto" else ()
 
     def __post_init__(self) -> None:
         if self.compensate not in ("regress", "mean", "none"):
             raise ValueError(f"prune compensate: expected regress, mean or none, got {self.compensate!r}")
+        if self.profile not in ("auto", "uniform"):
+            raise ValueError(f"prune profile: expected auto or uniform, got {self.profile!r}")
         if self.importance not in ("activation", "magnitude"):
             raise ValueError(f"prune importance: expected activation or magnitude, got {self.importance!r}")
         if not 0.0 <= self.ratio < 0.95:
@@ -93,9 +104,12 @@ def prune_module(net: TorchNet, cfg: PruneConfig, feeds: Sequence[Mapping[str, A
         if cfg.importance != "magnitude" or cfg.compensate != "none":
             measure_inputs(module, net, feeds, cfg.stat_frames)
         imp = ActivationImportance() if cfg.importance == "activation" else tp.importance.GroupMagnitudeImportance(p=2)
+        ratios = stage_ratios(module, cfg.ratio, cfg.scales(net.name))
+        frozen = [m for m, r in ratios.items() if r == 0]
         pruner = tp.pruner.MetaPruner(
             module, tuple(net.inputs.values()), importance=imp, pruning_ratio=cfg.ratio,
-            iterative_steps=cfg.iterative_steps, ignored_layers=ignored_layers(module, net), round_to=cfg.round_to)
+            pruning_ratio_dict={m: r for m, r in ratios.items() if r > 0}, iterative_steps=cfg.iterative_steps,
+            ignored_layers=ignored_layers(module, net) + frozen, round_to=cfg.round_to)
         with torch.no_grad():
             for _ in range(cfg.iterative_steps):
                 for group in pruner.step(interactive=True):
@@ -106,8 +120,22 @@ def prune_module(net: TorchNet, cfg: PruneConfig, feeds: Sequence[Mapping[str, A
     log.info("prune %s: %d -> %d parameters (ratio %.2f, %s importance, %s compensation)", net.name, before, after,
              cfg.ratio, cfg.importance, cfg.compensate)
     return module, {"ratio": cfg.ratio, "params_before": before, "params_after": after, "importance": cfg.importance,
-                    "compensate": cfg.compensate, "stat_frames": min(cfg.stat_frames, len(feeds)) if feeds else 0,
+                    "compensate": cfg.compensate, "profile": [list(p) for p in cfg.scales(net.name)],
+                    "stat_frames": min(cfg.stat_frames, len(feeds)) if feeds else 0,
                     "roots": list(net.prune_roots), "kept": list(net.keep_layers)}
+
+
+def stage_ratios(module: nn.Module, ratio: float, scales: Sequence[tuple[str, float]]) -> dict[nn.Module, float]:
+    """Conv/Linear layer -> its own pruning ratio (ratio x the scale of its longest matching prefix,
+    at most 0.9), for the layers under a profile prefix; the rest take `ratio`. A layer with ratio 0
+    keeps its output channels, and so does every layer sharing its channel group (a depthwise
+    conv ties its input to its output: keeping dark5's first conv keeps dark4's output too)."""
+    out = {}
+    for name, m in module.named_modules():
+        hits = [(len(p), s) for p, s in scales if name == p or name.startswith(p + ".")]
+        if hits and isinstance(m, (nn.Conv2d, nn.Linear)):
+            out[m] = min(0.9, ratio * max(hits)[1])
+    return out
 
 
 def ignored_layers(module: nn.Module, net: TorchNet) -> list[nn.Module]:

@@ -41,7 +41,9 @@ class RecoverConfig:
     holdout: float = 0.1  # fraction of feeds kept out of training to measure the loss
     holdout_max: int = 16  # at most this many held-out feeds are scored (before and after)
     seed: int = 0  # batch order
-    zoom: float = 0.5  # share of image inputs replaced by a random zoom-in (crop 40-100 %, resized back)
+    zoom: float = 0.5  # share of image inputs replaced by a random zoom-in (crop of the content, resized back)
+    zoom_min: float = 0.4  # smallest crop side, as a fraction of the content's shorter side
+    focus: float = 0.0  # weight of the score-weighted term (rows weighted by the teacher's obj x cls; 0 = off)
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch < 1 or self.lr <= 0 or not 0 < self.holdout < 1:
@@ -67,20 +69,20 @@ def distil(pruned: TorchNet, teacher: TorchNet, feeds: Sequence[Mapping[str, np.
     train = list(range(n_hold, len(feeds)))
     hold = [int(i) for i in np.linspace(0, n_hold - 1, min(n_hold, cfg.holdout_max)).round()]
     names = list(teacher.inputs)
-    before = held_loss(student, teacher, feeds, hold, names)
+    before = held_loss(student, teacher, feeds, hold, names, cfg.focus)
     opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
     rng, t0, w0, step = np.random.default_rng(cfg.seed), time.process_time(), time.perf_counter(), 0
     while step < cfg.steps and (used := time.process_time() - t0) < cfg.max_seconds and train:
         for g in opt.param_groups:  # cosine decay over whichever budget ends first
             g["lr"] = cfg.lr * 0.5 * (1 + np.cos(np.pi * min(1.0, max(step / cfg.steps, used / cfg.max_seconds))))
         idx = rng.choice(train, size=min(cfg.batch, len(train)), replace=False)
-        loss = distil_loss(student, teacher, zoomed(batch(feeds, idx, names), cfg.zoom, rng))
+        loss = distil_loss(student, teacher, zoomed(batch(feeds, idx, names), cfg.zoom, rng, cfg.zoom_min), cfg.focus)
         opt.zero_grad()
         loss.backward()
         opt.step()
         step += 1
     cpu, wall = time.process_time() - t0, time.perf_counter() - w0
-    after = held_loss(student, teacher, feeds, hold, names)
+    after = held_loss(student, teacher, feeds, hold, names, cfg.focus)
     worse = not after <= before  # NaN counts as worse
     if worse:  # distillation made it worse on held-out feeds: keep the compensated pruned net
         log.warning("recover %s: held-out loss rose %.4f -> %.4f; keeping the network as pruned", pruned.name,
@@ -99,21 +101,34 @@ def batch(feeds, idx, names) -> list[torch.Tensor]:
     return [torch.as_tensor(np.concatenate([feeds[int(i)][k] for i in idx], 0)) for k in names]
 
 
-def zoomed(args: list[torch.Tensor], share: float, rng: np.random.Generator) -> list[torch.Tensor]:
-    """Replace a `share` of each square image input (B,3,S,S), S >= 64, by a random crop of 40-100 %
-    of its side resized back to S: the calibration frames (PETS09, far-away people) then also
-    show the large people the held-out sequences have; teacher and student see the same input."""
+def zoomed(args: list[torch.Tensor], share: float, rng: np.random.Generator, low: float = 0.4) -> list[torch.Tensor]:
+    """Replace a `share` of each square image input (B,3,S,S), S >= 64, by a random square crop of
+    its content (the letterbox padding, 114 on every channel, left out) whose side is `low`-100 %
+    of the content's shorter side, resized back to S: the calibration frames (PETS09, far-away
+    people) then also show the large people the held-out sequences have; teacher and student see
+    the same input."""
     out = []
     for x in args:
         if x.dim() == 4 and x.shape[1] == 3 and x.shape[-1] == x.shape[-2] >= 64 and share > 0:
             x, s = x.clone(), x.shape[-1]
             for i in np.flatnonzero(rng.random(len(x)) < share):
-                c = int(s * rng.uniform(0.4, 1.0))
-                y0, x0 = rng.integers(0, s - c + 1, size=2)
-                crop = x[i:i + 1, :, y0:y0 + c, x0:x0 + c]
+                (y0, y1), (x0, x1) = content_box(x[i])
+                c = max(8, int(min(y1 - y0, x1 - x0) * rng.uniform(low, 1.0)))
+                y, xx = int(rng.integers(y0, y1 - c + 1)), int(rng.integers(x0, x1 - c + 1))
+                crop = x[i:i + 1, :, y:y + c, xx:xx + c]
                 x[i:i + 1] = torch.nn.functional.interpolate(crop, size=(s, s), mode="bilinear", align_corners=False)
         out.append(x)
     return out
+
+
+def content_box(img: torch.Tensor, pad: float = 114.0) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(3,S,S) letterboxed image -> ((y0, y1), (x0, x1)) of the rows/columns not entirely padding;
+    the whole image when it is all padding or when no side is padded."""
+    real = (img != pad).any(0)  # (S, S)
+    rows, cols = torch.nonzero(real.any(1)).flatten(), torch.nonzero(real.any(0)).flatten()
+    if len(rows) < 8 or len(cols) < 8:
+        return (0, img.shape[-2]), (0, img.shape[-1])
+    return (int(rows[0]), int(rows[-1]) + 1), (int(cols[0]), int(cols[-1]) + 1)
 
 
 def outputs(module: nn.Module, args: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -121,11 +136,36 @@ def outputs(module: nn.Module, args: list[torch.Tensor]) -> tuple[torch.Tensor, 
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
-def distil_loss(student: nn.Module, teacher: TorchNet, args: list[torch.Tensor]) -> torch.Tensor:
+def distil_loss(student: nn.Module, teacher: TorchNet, args: list[torch.Tensor], focus: float = 0.0) -> torch.Tensor:
+    """Sum over outputs of `channel_nmse`, plus `focus` x the same error with rows weighted by the
+    teacher's scores (`score_weights`) when the network is a detector."""
     with torch.no_grad():
         target = outputs(teacher.module.eval(), args)
     pred = outputs(student, args)
-    return sum(channel_nmse(p, t) for p, t in zip(pred, target))
+    loss = sum(channel_nmse(p, t) for p, t in zip(pred, target))
+    w = score_weights(target) if focus > 0 else None
+    if w is not None:
+        loss = loss + focus * sum(weighted_nmse(p, t, w) for p, t in zip(pred, target) if p.dim() == 3)
+    return loss
+
+
+def score_weights(target: tuple[torch.Tensor, ...], floor: float = 0.01) -> torch.Tensor | None:
+    """(B, A) row weights floor + obj x cls from a YOLOX-layout first output (B, A, 5 + C), else None.
+    Why: of the 3549 anchors a frame has, a few dozen hold people; an unweighted per-channel MSE is
+    spent on the background's meaningless box offsets and embeddings, and a large near person is
+    a handful of stride-32 anchors (what pruned detectors lost on TUD-Campus)."""
+    out = target[0]
+    if out.dim() != 3 or out.shape[-1] < 6:
+        return None
+    return floor + out[..., 4] * out[..., 5:].amax(-1)
+
+
+def weighted_nmse(pred: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Mean over channels of the w-weighted MSE over the w-weighted teacher variance; (B, A, C), w (B, A)."""
+    p, t, w = pred.reshape(-1, pred.shape[-1]), target.reshape(-1, target.shape[-1]), w.reshape(-1, 1)
+    mean = (w * t).sum(0) / w.sum()
+    var = (w * (t - mean) ** 2).sum(0) / w.sum()
+    return ((w * (p - t) ** 2).sum(0) / w.sum() / (var + 1e-4)).mean()
 
 
 def channel_nmse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -138,6 +178,6 @@ def channel_nmse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (((p - t) ** 2).mean(0) / (t.var(0) + 1e-4)).mean()  # floor: a near-constant channel must not dominate
 
 
-def held_loss(student: nn.Module, teacher: TorchNet, feeds, idx, names) -> float:
+def held_loss(student: nn.Module, teacher: TorchNet, feeds, idx, names, focus: float = 0.0) -> float:
     with torch.no_grad():
-        return float(np.mean([float(distil_loss(student, teacher, batch(feeds, [i], names))) for i in idx]))
+        return float(np.mean([float(distil_loss(student, teacher, batch(feeds, [i], names), focus)) for i in idx]))

@@ -162,3 +162,44 @@ def test_pruning_statistics_take_an_equal_share_per_calibration_source(sources, 
         assert got == expect
     else:
         assert {k: sum(sources[i] == k for i in got) for k in expect} == expect
+
+
+def test_zoom_crops_stay_inside_the_letterboxed_content():
+    """A wide frame letterboxed top-left leaves the bottom 60 % as padding (114); the old zoom cropped
+    anywhere in the square, so most zoom-ins were mostly padding instead of larger people."""
+    from vsdmot.export.recover import zoomed
+
+    x = torch.full((6, 3, 100, 100), 114.0)
+    x[:, :, :40, :] = torch.rand(6, 3, 40, 100) * 100  # content: rows 0-39, values 0..100 (never 114)
+    (z,) = zoomed([x], 1.0, np.random.default_rng(0), 0.25)
+    assert not (z == 114.0).all(1).any()  # no padding pixel left in any zoomed frame
+
+
+def test_score_weighted_distillation_counts_the_few_anchors_with_people():
+    """(B, A, 6) YOLOX layout: the same error on the one anchor holding a person costs far more
+    than on a background anchor once the rows are weighted by the teacher's obj x cls."""
+    from vsdmot.export.recover import score_weights, weighted_nmse
+
+    t = torch.zeros(1, 100, 6)
+    t[..., :4] = torch.randn(1, 100, 4)
+    t[0, 7, 4:] = 0.9  # anchor 7: a person (obj 0.9, cls 0.9); the rest background
+    w = score_weights((t,))
+    assert w.shape == (1, 100) and float(w[0, 7]) == pytest.approx(0.01 + 0.81)
+    on_person, on_background = t.clone(), t.clone()
+    on_person[0, 7, :4] += 1.0
+    on_background[0, 8, :4] += 1.0
+    assert float(weighted_nmse(on_person, t, w)) > 20 * float(weighted_nmse(on_background, t, w))
+    assert score_weights((torch.zeros(2, 8),)) is None  # a (B, D) output (the student): no rows to weight
+
+
+def test_prune_profile_scales_the_ratio_per_stage(det_net, det_feeds, monkeypatch):
+    """A profile gives a stage its own share of the ratio: scale 0 keeps its channels (neck.0),
+    0.5 halves its ratio (backbone.0), the rest takes the ratio; `uniform` ignores the profile."""
+    from vsdmot.export import prune as prune_mod
+
+    monkeypatch.setitem(prune_mod.PROFILES, "detector", (("neck.0", 0.0), ("backbone.0", 0.5)))
+    m, d = prune_module(det_net, PruneConfig(ratio=0.5), det_feeds)
+    assert m.neck[0][0].out_channels == 48 and d["profile"] == [["neck.0", 0.0], ["backbone.0", 0.5]]
+    assert m.backbone[0][0].out_channels == 12 and m.backbone[1][0].out_channels == 16  # 16 x 0.75, 32 x 0.5
+    u, _ = prune_module(det_net, PruneConfig(ratio=0.5, profile="uniform"), det_feeds)
+    assert u.neck[0][0].out_channels == 24 and u.backbone[0][0].out_channels == 8
