@@ -138,7 +138,8 @@ def _track_and_score(bundle_dir: Path, seq: str, cond: str, cfg: GateConfig, cac
     name, window = split_sequence(seq)
     seq_dir = prepare_sequence(data_root(cfg) / name, parse_condition(cond), cache / "sequences", cfg.seed,
                                progress=False)
-    res = cache / "results" / _content_id(bundle_dir)[:16] / cond / f"{name}.txt"  # same files, same tracks
+    span = f"_{window[0]}-{window[1]}" if window else ""  # 401-600 and 601-795 are different tracks
+    res = cache / "results" / _content_id(bundle_dir)[:16] / cond / f"{name}{span}.txt"  # same files, same tracks
     if not res.is_file():
         track_sequence(bundle_dir, seq_dir, window, res, threads)
     return evaluate(seq_dir, res, frames=window)

@@ -167,3 +167,23 @@ def test_a_crash_in_the_gate_leaves_nothing_behind(sources, tmp_path):
     with pytest.raises(RuntimeError, match="tracker crashed"):
         export(cfg_for(tmp_path, precision="int8", prune=0.0), tmp_path / "x", sources=sources, eval_fn=broken)
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.staging-*"))
+
+
+def test_gate_caches_tracks_per_frame_window(tmp_path, monkeypatch):
+    """PETS09-S2L1:401-600 (method selection) and :601-795 (the gate) are different tracks; one cache
+    file per sequence let the second window be scored on the first one's rows."""
+    from vsdmot.evaluation import bench, metrics
+    from vsdmot.export import accuracy_gate as ag
+
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text(json.dumps({"files": {"x.onnx": {"sha256": "0" * 64}}}))
+    written = []
+    monkeypatch.setattr(bench, "prepare_sequence", lambda *a, **k: tmp_path / "seq")
+    monkeypatch.setattr(ag, "track_sequence", lambda b, s, w, res, t: written.append(res) or res.parent.mkdir(
+        parents=True, exist_ok=True) or res.write_text(f"{w}\n"))
+    monkeypatch.setattr(metrics, "evaluate", lambda seq_dir, res, frames: {"rows": res.read_text()})
+    cfg = GateConfig()
+    a = ag._track_and_score(bundle, "PETS09-S2L1:401-600", "clean", cfg, tmp_path / "cache", 1)
+    b = ag._track_and_score(bundle, "PETS09-S2L1:601-795", "clean", cfg, tmp_path / "cache", 1)
+    assert len(set(written)) == 2 and a["rows"] != b["rows"]
