@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backends import Backend
-from .tracking import linear_assignment
+from .tracking import box_iou, linear_assignment
 from .types import Detections
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,11 @@ class E2EConfig:
     high_score: float = 0.5  # hybrid: detections at or above this are matched in the first stage
     new_score: float = 0.6  # hybrid: an unmatched high detection at or above this starts a track
     match_prob: float = 0.1  # hybrid: least pointer probability for a match
+    iou_weight: float = 0.0  # hybrid: cost = 1 - ((1 - a) * p + a * IoU(predicted box, detection))
+    min_iou: float = 0.0  # hybrid: pairs whose predicted-box IoU is below this cannot match (0 = no gate)
+    low_stage: str = "pointer"  # hybrid second stage cost: "pointer" (the fused cost) or "iou" (ByteTrack's 1 - IoU)
+    low_iou: float = 0.5  # hybrid, low_stage "iou": least IoU for a low-score match (ByteTrack's 0.5)
+    tentative_hits: int = 0  # a track matched fewer times than this since birth dies at its first miss (ByteTrack: 1)
 
 
 def predict_boxes(box: np.ndarray, vel: np.ndarray, gap: np.ndarray, max_gap: int = 5) -> np.ndarray:
@@ -82,6 +87,7 @@ class _SlotTracker:
         self.box = np.zeros((S, 4), np.float32)  # (S, 4) last matched box, px
         self.vel = np.zeros((S, 4), np.float32)  # (S, 4) px per frame
         self.miss = np.zeros(S, np.float32)  # (S,) frames since the last match
+        self.hits = np.zeros(S, np.int64)  # (S,) matches since birth
         self.embed = np.zeros((S, self.E), np.float32)  # (S, E) appearance EMA
         self.query = np.zeros((S, self.d), np.float32)  # (S, d) track queries
         self.next_id = 1
@@ -138,8 +144,9 @@ class _SlotTracker:
             mix = cfg.embed_momentum * self.embed[m[:, 0]] + (1 - cfg.embed_momentum) * props.feature[m[:, 1]]
             self.embed[m[:, 0]] = mix / np.maximum(np.linalg.norm(mix, axis=1, keepdims=True), 1e-6)
         self.miss = np.where(matched, 0, self.miss + 1).astype(np.float32)
+        self.hits += matched
         self.query = np.where(self.valid[:, None], out["track_query_out"][0], 0).astype(np.float32)
-        self.valid &= self.miss <= cfg.miss_tolerance
+        self.valid &= (self.miss <= cfg.miss_tolerance) & ((self.miss == 0) | (self.hits >= cfg.tentative_hits))
         self._born_slots = self._birth(props, born, out["birth_query"][0])
 
     def _birth(self, props: Detections, born: np.ndarray, bq: np.ndarray) -> np.ndarray:
@@ -148,7 +155,7 @@ class _SlotTracker:
         if len(free) < len(born):
             log.debug("tracker: %d births dropped, all %d slots live", len(born) - len(free), self.S)
         p = born[: len(free)]
-        self.valid[free], self.box[free], self.vel[free], self.miss[free] = True, props.xyxy[p], 0, 0
+        self.valid[free], self.box[free], self.vel[free], self.miss[free], self.hits[free] = True, props.xyxy[p], 0, 0, 0
         self.embed[free] = props.feature[p] if props.feature is not None else 0
         self.query[free] = bq[p]
         self.ids[free] = np.arange(self.next_id, self.next_id + len(free))
@@ -186,19 +193,32 @@ class E2ETracker(_SlotTracker):
 
 
 class HybridTracker(_SlotTracker):
-    """ByteTrack-style two-stage matching on the network's pointer probabilities (cost 1 - p)."""
+    """ByteTrack-style two-stage matching on the network's pointer probabilities (cost 1 - p),
+    optionally fused with / gated by the IoU between each track's predicted box and a detection."""
 
     def _associate(self, prob, keep, birth, props):
         cfg, n = self.cfg, len(props)
         slots = np.flatnonzero(self.valid)
-        cost = 1.0 - prob[slots][:, :n]  # (L, n)
+        cost, iou = self._cost(prob, slots, props)  # (L, n) each
         high = np.flatnonzero(props.score >= cfg.high_score)
         low = np.flatnonzero(props.score < cfg.high_score)
         m1, rest, free_high = linear_assignment(cost[:, high], 1.0 - cfg.match_prob)
-        m2, _, _ = linear_assignment(cost[rest][:, low], 1.0 - cfg.match_prob)
+        if cfg.low_stage == "iou":
+            m2, _, _ = linear_assignment(1.0 - iou[rest][:, low], 1.0 - cfg.low_iou)
+        else:
+            m2, _, _ = linear_assignment(cost[rest][:, low], 1.0 - cfg.match_prob)
         m = np.concatenate([np.stack([slots[m1[:, 0]], high[m1[:, 1]]], 1),
                             np.stack([slots[rest[m2[:, 0]]], low[m2[:, 1]]], 1)]).astype(np.int64).reshape(-1, 2)
         cand = high[free_high]
         born = cand[props.score[cand] >= cfg.new_score]
         born = born[np.argsort(-props.score[born], kind="stable")]
         return m, np.ones(len(m), np.float32), born, props.score[born]
+
+    def _cost(self, prob, slots, props) -> tuple[np.ndarray, np.ndarray]:
+        """(L, n) association cost of live slots x proposals, and their predicted-box IoU."""
+        cfg, n = self.cfg, len(props)
+        pred = predict_boxes(self.box[slots], self.vel[slots], self.miss[slots] + 1, cfg.max_predict_gap)
+        iou = box_iou(pred, props.xyxy).reshape(len(slots), n)  # (L, n) in [0, 1]
+        sim = (1.0 - cfg.iou_weight) * prob[slots][:, :n] + cfg.iou_weight * iou
+        cost = np.where(iou >= cfg.min_iou, 1.0 - sim, np.inf) if cfg.min_iou > 0 else 1.0 - sim
+        return cost, iou
