@@ -104,12 +104,11 @@ def prune_module(net: TorchNet, cfg: PruneConfig, feeds: Sequence[Mapping[str, A
         if cfg.importance != "magnitude" or cfg.compensate != "none":
             measure_inputs(module, net, feeds, cfg.stat_frames)
         imp = ActivationImportance() if cfg.importance == "activation" else tp.importance.GroupMagnitudeImportance(p=2)
-        ratios = stage_ratios(module, cfg.ratio, cfg.scales(net.name))
-        frozen = [m for m, r in ratios.items() if r == 0]
+        ignored, inputs = ignored_layers(module, net), tuple(net.inputs.values())
         pruner = tp.pruner.MetaPruner(
-            module, tuple(net.inputs.values()), importance=imp, pruning_ratio=cfg.ratio,
-            pruning_ratio_dict={m: r for m, r in ratios.items() if r > 0}, iterative_steps=cfg.iterative_steps,
-            ignored_layers=ignored_layers(module, net) + frozen, round_to=cfg.round_to)
+            module, inputs, importance=imp, pruning_ratio=cfg.ratio, iterative_steps=cfg.iterative_steps,
+            pruning_ratio_dict=stage_ratios(module, inputs, cfg.ratio, cfg.scales(net.name), ignored),
+            ignored_layers=ignored, round_to=cfg.round_to)
         with torch.no_grad():
             for _ in range(cfg.iterative_steps):
                 for group in pruner.step(interactive=True):
@@ -125,16 +124,28 @@ def prune_module(net: TorchNet, cfg: PruneConfig, feeds: Sequence[Mapping[str, A
                     "roots": list(net.prune_roots), "kept": list(net.keep_layers)}
 
 
-def stage_ratios(module: nn.Module, ratio: float, scales: Sequence[tuple[str, float]]) -> dict[nn.Module, float]:
-    """Conv/Linear layer -> its own pruning ratio (ratio x the scale of its longest matching prefix,
-    at most 0.9), for the layers under a profile prefix; the rest take `ratio`. A layer with ratio 0
-    keeps its output channels, and so does every layer sharing its channel group (a depthwise
-    conv ties its input to its output: keeping dark5's first conv keeps dark4's output too)."""
+def stage_ratios(module: nn.Module, inputs: tuple, ratio: float, scales: Sequence[tuple[str, float]],
+                 ignored: list[nn.Module]) -> dict[nn.Module, float]:
+    """Layer -> pruning ratio for torch-pruning's `pruning_ratio_dict`; empty without a profile.
+    A layer's own ratio is ratio x the scale of its longest matching prefix (1 when none), at most
+    0.9. A DepGraph group (layers sharing channels) takes the ratio of its producer, the first of
+    its layers in definition order, and every layer of the group is listed with it: torch-pruning
+    uses whichever listed layer it meets first, and a depthwise conv ties its input to its output
+    (dark2's first conv must follow the stem's ratio, dark5's first conv dark4's)."""
+    if not scales:
+        return {}
+    import torch_pruning as tp
+
+    order = {m: i for i, (_, m) in enumerate(module.named_modules())}
+    own = {m: min(0.9, ratio * max([(len(p), s) for p, s in scales if n == p or n.startswith(p + ".")] or [(0, 1.0)])[1])
+           for n, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    graph = tp.DependencyGraph().build_dependency(module, example_inputs=inputs)
     out = {}
-    for name, m in module.named_modules():
-        hits = [(len(p), s) for p, s in scales if name == p or name.startswith(p + ".")]
-        if hits and isinstance(m, (nn.Conv2d, nn.Linear)):
-            out[m] = min(0.9, ratio * max(hits)[1])
+    for group in graph.get_all_groups(ignored_layers=ignored):
+        layers = [d.target.module for d, _ in group if graph.is_out_channel_pruning_fn(d.handler) and d.target.module in own]
+        if layers:
+            r = own[min(layers, key=order.__getitem__)]
+            out.update({m: r for m in layers})
     return out
 
 

@@ -42,8 +42,8 @@ class RecoverConfig:
     holdout_max: int = 16  # at most this many held-out feeds are scored (before and after)
     seed: int = 0  # batch order
     zoom: float = 0.5  # share of image inputs replaced by a random zoom-in (crop of the content, resized back)
-    zoom_min: float = 0.4  # smallest crop side, as a fraction of the content's shorter side
-    focus: float = 0.0  # weight of the score-weighted term (rows weighted by the teacher's obj x cls; 0 = off)
+    zoom_min: float = 0.25  # smallest crop side, as a fraction of the content's shorter side
+    focus: float = 1.0  # weight of the score-weighted term (rows weighted by the teacher's obj x cls; 0 = off)
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch < 1 or self.lr <= 0 or not 0 < self.holdout < 1:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .accuracy_gate import GateConfig
 from .report import fingerprint
 from .to_onnx import TorchNet
@@ -142,11 +144,91 @@ def calibration_feeds(sources: Sources, names: Sequence[str], cfg: ExportConfig,
         size = sources.nets[name].inputs
         if name == "detector":
             out[name] = _keyed(DetectorFeeds(cs, size["images"].shape[-1]), cs)
+            if cfg.ratio and not cfg.calib:  # pruning: distil on near pedestrians too (see NearFeeds)
+                out[name] = NearFeeds(out[name], near_pedestrian_frames(size["images"].shape[-1]))
         elif name == "student":
             out[name] = _keyed(StudentFeeds(cs, size["image"].shape[-1]), cs)
     if "tracker" in names:
         out["tracker"] = record_tracker_feeds(reference, cs)
     return out
+
+
+class NearFeeds(Sequence):
+    """Calibration feeds followed by near-pedestrian crops (`near_pedestrian_frames`), for the
+    detector when it is pruned (statistics and distillation; also its INT8 calibration then).
+    Why: PETS09 1-600 shows people ~45 px tall at 416; a pruned detector distilled on it kept PETS
+    and lost TUD-Campus's near people (docs/export.md). The crops count as one more calibration
+    source in the pruning statistics' per-source share."""
+
+    def __init__(self, base, near):
+        from vsdmot.export.report import fingerprint
+
+        self.base, self.near = base, near  # near: (N, 1, 3, S, S) uint8 (letterboxed pixels)
+        records = list(getattr(getattr(base, "frames", None), "manifest", {}).get("frames") or [{}] * len(base))
+        self.frames = type("Frames", (), {"manifest": {"frames": records + [{"source": "near-pedestrian crops"}] * len(near)}})
+        self.key = f"{feeds_key(base)}+near:{fingerprint(near.tobytes())[:16]}"
+
+    def __len__(self) -> int:
+        return len(self.base) + len(self.near)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = i + len(self) if i < 0 else i
+        return self.base[i] if i < len(self.base) else {"images": self.near[i - len(self.base)].astype(np.float32)}
+
+
+def feeds_key(feeds) -> str:
+    return str(getattr(feeds, "key", "")) or f"n={len(feeds)}"
+
+
+def near_pedestrian_frames(size: int, per_frame: int = 3, seed: int = 1) -> np.ndarray:
+    """(N, 1, 3, S, S) uint8 letterboxed crops of train-side frames around ground-truth people: each
+    MOT17-mini frame, `per_frame` visible pedestrians, a square of 1/2 and of 1/3 of the frame
+    height (at least 1.3x the person) around each; PETS09-S2L1 frames 10, 20, ..., 600, one
+    person each, a square of 2.5x their height. Empty without ../shared/data. Never the gate's
+    frames (PETS09 601-795, TUD-Campus)."""
+    from vsdmot.export.accuracy_gate import data_root
+
+    root, rng, out = data_root(GateConfig()), np.random.default_rng(seed), []
+    for seq in sorted((root / "MOT17-mini" / "train").glob("MOT17-*")):
+        gt = np.loadtxt(seq / "gt" / "gt.txt", delimiter=",", ndmin=2)
+        for img_path in sorted((seq / "img1").glob("*.jpg")):
+            img = _imread(img_path)
+            rows = gt[(gt[:, 0] == int(img_path.stem)) & (gt[:, 7] == 1) & (gt[:, 8] > 0.5)]
+            for r in rows[rng.choice(len(rows), size=min(per_frame, len(rows)), replace=False)]:
+                out += [_crop_letterbox(img, r[2:6], max(img.shape[0] / k, 1.3 * r[5]), size) for k in (2, 3)]
+    pets = root / "PETS09-S2L1"
+    if (pets / "PETS09-S2L1.avi").is_file():
+        import cv2
+
+        gt, cap = np.loadtxt(pets / "gt" / "gt.txt", delimiter=",", ndmin=2), cv2.VideoCapture(str(pets / "PETS09-S2L1.avi"))
+        for f in range(10, 601, 10):
+            cap.set(cv2.CAP_PROP_POS_FRAMES, f - 1)
+            ok, img = cap.read()
+            rows = gt[(gt[:, 0] == f) & (gt[:, 6] > 0)]
+            if ok and len(rows):
+                r = rows[rng.integers(len(rows))]
+                out.append(_crop_letterbox(img, r[2:6], 2.5 * r[5], size))
+        cap.release()
+    return np.stack(out).astype(np.uint8) if out else np.zeros((0, 1, 3, size, size), np.uint8)
+
+
+def _imread(path: Path) -> np.ndarray:
+    import cv2
+
+    return cv2.imread(str(path))
+
+
+def _crop_letterbox(img: np.ndarray, box: np.ndarray, side: float, size: int) -> np.ndarray:
+    """A square of `side` px (clipped to the image) centred on box (x, y, w, h), letterboxed: (1, 3, S, S)."""
+    from vsdmot.runtime.yolox import letterbox
+
+    h, w = img.shape[:2]
+    side = int(min(side, h, w))
+    x0 = int(np.clip(box[0] + box[2] / 2 - side / 2, 0, w - side))
+    y0 = int(np.clip(box[1] + box[3] / 2 - side / 2, 0, h - side))
+    return letterbox(img[y0:y0 + side, x0:x0 + side], size)[0]
 
 
 def _keyed(feeds, cs):

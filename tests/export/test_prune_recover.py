@@ -203,3 +203,19 @@ def test_prune_profile_scales_the_ratio_per_stage(det_net, det_feeds, monkeypatc
     assert m.backbone[0][0].out_channels == 12 and m.backbone[1][0].out_channels == 16  # 16 x 0.75, 32 x 0.5
     u, _ = prune_module(det_net, PruneConfig(ratio=0.5, profile="uniform"), det_feeds)
     assert u.neck[0][0].out_channels == 24 and u.backbone[0][0].out_channels == 8
+
+
+def test_pruning_feeds_append_near_pedestrian_crops_as_one_more_source():
+    """The pruned detector's feeds are the calibration frames then the near-pedestrian crops
+    (uint8, served as float32), which the statistics' per-source share sees as one source."""
+    from vsdmot.export.channel_stats import pick_indices
+    from vsdmot.export.sources import NearFeeds
+
+    base = SourcedFeeds(["pets"] * 18 + ["mot"] * 2)
+    base[:] = [{"images": np.zeros((1, 3, 8, 8), np.float32)} for _ in range(20)]
+    near = np.full((4, 1, 3, 8, 8), 200, np.uint8)
+    feeds = NearFeeds(base, near)
+    assert len(feeds) == 24 and feeds[3] is base[3]
+    assert feeds[-1]["images"].dtype == np.float32 and float(feeds[-1]["images"].max()) == 200.0
+    assert sum(i >= 20 for i in pick_indices(feeds, 6)) >= 1  # 4 of 24 frames, a third of the per-source half
+    assert feeds.key != NearFeeds(base, near[:2]).key
