@@ -1,10 +1,16 @@
 """Step: FP32 ONNX -> explicit INT8 Q/DQ ONNX (ONNX Runtime `quantize_static`), for ORT and TensorRT.
 
 Symmetric int8 activations (zero-point 0, per tensor) and per-channel symmetric int8 weights;
-bias left in float (TensorRT's DequantizeLinear takes int8 only). Kept at higher precision:
+bias left in float (TensorRT's DequantizeLinear takes int8 only). Q/DQ sit only on the inputs of
+weighted layers (`op_types`: Conv, Gemm, MatMul): one int8 scale over an Add of a -1e4 mask and
+real logits, or over pixel box areas, zeroed the tracker's scores (docs/export.md "INT8 on this
+detector"). Before calibration, Conv inputs' per-channel ranges move into the Conv weights
+(`equalize.py`), and padded slots are clipped into the live range (`masked`). Kept at higher precision:
 - op types in `keep_op_types` (Softmax, LayerNormalization, ...);
 - attention: MatMuls of two activations (Q.K^T and attn.V) when `keep_attention`;
-- the DSWR/fusion path: every node computed only from `keep_inputs` (`semantic`, `w`).
+- the DSWR/fusion path: every node computed only from `keep_inputs` (`semantic`, `w`);
+- the output tail and the first/last weighted layers (`keep_output_tail`, `keep_boundary`);
+- sensitivity rounds: readers of the worst-rounded activations, within `max_float_weights`.
 Calibration runs in chunks of `stride` frames (ORT's CalibStridedMinMax) so 500 detector
 frames never sit in memory as intermediate activations at once.
 """
