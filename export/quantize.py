@@ -51,7 +51,7 @@ class QuantConfig:
     op_types: tuple[str, ...] = ("Conv", "Gemm", "MatMul")  # only weighted layers' inputs get Q/DQ (TensorRT's
     # placement); element-wise maths on raw inputs (pixel areas, -1e4 mask logits) stays float. () = all ORT ops
     equalize: EqualizeConfig | None = EqualizeConfig()  # per-channel range migration into Conv weights (equalize.py)
-    mask_calibration: bool = True  # calibration clips "<p>_*" inputs where "<p>_mask" is 0 (padded slots) to the live range
+    mask_calibration: bool = True  # calibration: "<p>_*" inputs where "<p>_mask" is 0 clipped into the live range
     percentile: float = 99.999  # percentile method: the clipped range's percentile
     num_bins: int = 0  # histogram bins for entropy/percentile; 0 = ORT's default (128 / 2048)
     stride: int = 25  # calibration frames per collection chunk (memory bound)
@@ -135,7 +135,8 @@ def _quantize(src: Path, cfg: QuantConfig, out: Path, feeds) -> dict[str, Any]:
         cos, excluded = best[0], excluded | best[1]
     latency = {"fp32": latency_ms(src, feeds[0], runs=10), "int8": latency_ms(out, feeds[0], runs=10)}
     return {"method": cfg.method, "calib_frames": n, "equalized": equalized, "kept_float": sorted(excluded),
-            "per_channel": cfg.per_channel, "min_output_cosine": cos, "sensitivity_trail": trail, "latency_ms_1thread": latency}
+            "per_channel": cfg.per_channel, "min_output_cosine": cos, "sensitivity_trail": trail,
+            "latency_ms_1thread": latency}
 
 
 def run_ort_quant(named: Path, out: Path, cfg: QuantConfig, feeds, excluded: set[str], ranges: Path) -> None:
