@@ -199,8 +199,8 @@ def variants() -> dict[str, Callable]:
     hyb = lambda **kw: (lambda b, fps: HybridTracker(b, replace(base, **kw)))  # noqa: E731
     return {
         "bytetrack": lambda b, fps: ByteTrack(frame_rate=fps),
-        "hybrid": hyb(),
-        "old": hyb(iou_weight=0.0, min_iou=0.0, low_stage="pointer"),
+        "hybrid": hyb(),  # box_smooth 0.5 since the study; "old" is the hybrid before it
+        "old": hyb(iou_weight=0.0, min_iou=0.0, low_stage="pointer", box_smooth=0.0, tentative_hits=0),
         "fuse.25": hyb(iou_weight=0.25),
         "fuse.5": hyb(iou_weight=0.5),
         "fuse.75": hyb(iou_weight=0.75),
@@ -219,6 +219,12 @@ def variants() -> dict[str, Callable]:
         "emb.9": hyb(embed_momentum=0.9),
         "emb.5": hyb(embed_momentum=0.5),
         "gap2": hyb(max_predict_gap=2),
+        "gap10": hyb(max_predict_gap=10),
+        "gap20": hyb(max_predict_gap=20),
+        "emb.5+gap10": hyb(embed_momentum=0.5, max_predict_gap=10),
+        "emb.5+gate.1": hyb(embed_momentum=0.5, min_iou=0.1),
+        "smooth.3": hyb(box_smooth=0.3),
+        "smooth.5": hyb(box_smooth=0.5),
     }
 
 
@@ -244,7 +250,8 @@ def check_train_side(cfg: StudyConfig, seq_name: str) -> None:
         return
     lo = EVAL_FRAMES.get(seq_name, (10**9, 10**9))[0]
     if seq_name in EVAL_SEQS or any(b >= lo for _, b in cfg.windows.values()) or cfg.tracked[1] >= lo:
-        raise ValueError(f"{seq_name} {cfg.tracked}: evaluation frames; pass held_out=True only to measure a chosen variant")
+        raise ValueError(f"{seq_name} {cfg.tracked}: evaluation frames; "
+                         "pass held_out=True only to measure a chosen variant")
 
 
 def run_study(cfg: StudyConfig, names: list[str], diag: bool = False) -> list[dict]:

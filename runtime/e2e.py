@@ -48,6 +48,8 @@ class E2EConfig:
     min_iou: float = 0.0  # hybrid: pairs whose predicted-box IoU is below this cannot match (0 = no gate)
     low_stage: str = "pointer"  # hybrid second stage cost: "pointer" (the fused cost) or "iou" (ByteTrack's 1 - IoU)
     low_iou: float = 0.5  # hybrid, low_stage "iou": least IoU for a low-score match (ByteTrack's 0.5)
+    box_smooth: float = 0.5  # hybrid: weight of the predicted box in a matched slot's box state (0 = the
+    # detection's, the shipped behaviour before 0.5 was chosen on PETS 1-600, docs/networks.md "Hybrid state update")
     tentative_hits: int = 0  # a track matched fewer times than this since birth dies at its first miss (ByteTrack: 1)
 
 
@@ -70,6 +72,8 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 class _SlotTracker:
     """State and feed packing shared by E2ETracker and HybridTracker."""
+
+    smooths_box = False  # blend the predicted box into a matched slot's box state (E2EConfig.box_smooth)
 
     def __init__(self, backend: Backend, cfg: E2EConfig = E2EConfig()):
         self.backend, self.cfg = backend, cfg
@@ -139,6 +143,10 @@ class _SlotTracker:
         matched[m[:, 0]] = True
         new_box = self.box.copy()
         new_box[m[:, 0]] = props.xyxy[m[:, 1]]
+        if self.smooths_box and cfg.box_smooth > 0:  # partial correction (as a Kalman update): a wrong match
+            # moves the state only part way, so the next frame's pointer and IoU can pull the track back
+            pred = predict_boxes(self.box, self.vel, self.miss + 1, cfg.max_predict_gap)
+            new_box = cfg.box_smooth * pred + (1 - cfg.box_smooth) * new_box
         self.box, self.vel = update_motion(self.box, self.vel, new_box, self.miss + 1, matched, cfg.momentum)
         if props.feature is not None and len(m):
             mix = cfg.embed_momentum * self.embed[m[:, 0]] + (1 - cfg.embed_momentum) * props.feature[m[:, 1]]
@@ -155,7 +163,8 @@ class _SlotTracker:
         if len(free) < len(born):
             log.debug("tracker: %d births dropped, all %d slots live", len(born) - len(free), self.S)
         p = born[: len(free)]
-        self.valid[free], self.box[free], self.vel[free], self.miss[free], self.hits[free] = True, props.xyxy[p], 0, 0, 0
+        self.valid[free], self.box[free], self.vel[free], self.miss[free] = True, props.xyxy[p], 0, 0
+        self.hits[free] = 0
         self.embed[free] = props.feature[p] if props.feature is not None else 0
         self.query[free] = bq[p]
         self.ids[free] = np.arange(self.next_id, self.next_id + len(free))
@@ -195,6 +204,8 @@ class E2ETracker(_SlotTracker):
 class HybridTracker(_SlotTracker):
     """ByteTrack-style two-stage matching on the network's pointer probabilities (cost 1 - p),
     optionally fused with / gated by the IoU between each track's predicted box and a detection."""
+
+    smooths_box = True
 
     def _associate(self, prob, keep, birth, props):
         cfg, n = self.cfg, len(props)

@@ -156,3 +156,55 @@ HYBRID = [
 def test_hybrid(name, frames, want):
     got = run(HybridTracker(FakeTrackerNet(), E2EConfig()), frames)
     assert [sorted(o.track_id.tolist()) for o in got] == want
+
+
+def pointer_everywhere(cfg: E2EConfig, frames):
+    """Frame 1 through the IoU fake net; then every live track points at proposal 0, however far."""
+    net = FakeTrackerNet()
+    trk = HybridTracker(net, cfg)
+    out = [trk.step(frames[0])]
+    net.both = 0.0
+    return out + run(trk, frames[1:]), trk
+
+
+# (name, config, frames, expected ids): the optional IoU terms and the tentative lifetime; defaults = pointer only
+HYBRID_OPTIONS = [
+    ("pointer alone follows a far jump", E2EConfig(), [dets((100, 0.9)), dets((500, 0.9))], [[1], [1]]),
+    ("IoU gate refuses it: a new track", E2EConfig(min_iou=0.1), [dets((100, 0.9)), dets((500, 0.9))], [[1], [2]]),
+    ("IoU fusion refuses it", E2EConfig(iou_weight=0.95), [dets((100, 0.9)), dets((500, 0.9))], [[1], [2]]),
+    ("pointer alone takes a far low-score box", E2EConfig(), [dets((100, 0.9)), dets((500, 0.3))], [[1], [1]]),
+    ("IoU second stage does not", E2EConfig(low_stage="iou"), [dets((100, 0.9)), dets((500, 0.3))], [[1], []]),
+]
+
+
+@pytest.mark.parametrize("name,cfg,frames,want", HYBRID_OPTIONS, ids=[c[0] for c in HYBRID_OPTIONS])
+def test_hybrid_options(name, cfg, frames, want):
+    got, _ = pointer_everywhere(cfg, frames)
+    assert [sorted(o.track_id.tolist()) for o in got] == want
+
+
+@pytest.mark.parametrize("hits, want", [(0, [[1], [], [1]]), (1, [[1], [], [2]])])
+def test_tentative_track_dies_at_its_first_miss(hits, want):
+    trk = HybridTracker(FakeTrackerNet(), E2EConfig(tentative_hits=hits))
+    got = run(trk, [dets((100, 0.9)), dets(), dets((100, 0.9))])
+    assert [sorted(o.track_id.tolist()) for o in got] == want
+
+
+@pytest.mark.parametrize("cls, cfg, x", [
+    (HybridTracker, E2EConfig(), 105.0),  # the default: half way between prediction (100) and detection (110)
+    (HybridTracker, E2EConfig(box_smooth=0.0), 110.0),  # the hybrid before the association study
+    (E2ETracker, E2EConfig(), 110.0),  # the end-to-end tracker keeps the detection's box
+])
+def test_box_state_update(cls, cfg, x):
+    trk = cls(FakeTrackerNet(), cfg)
+    run(trk, [dets((100, 0.9)), dets((110, 0.9))])
+    assert trk.box[trk.valid][0, 0] == pytest.approx(x)
+
+
+def test_hybrid_default_pulls_back_after_one_wrong_match():
+    """One frame on a neighbour 60 px away: the old hybrid's state jumps there, so the next frame's
+    prediction points at the neighbour; with the default partial update it stays between the two."""
+    for cfg, jumped in ((E2EConfig(box_smooth=0.0), True), (E2EConfig(), False)):
+        got, trk = pointer_everywhere(cfg, [dets((100, 0.9)), dets((160, 0.9))])
+        pred = predict_boxes(trk.box, trk.vel, trk.miss + 1)[trk.valid][0, 0]
+        assert (pred >= 160) == jumped, (cfg.box_smooth, pred)
