@@ -15,8 +15,10 @@ file's sha256, so a re-run after a tracker-only retrain does not run the detecto
 
 All rows step in lockstep over one decode of the frames. Each (row, sequence, condition) result
 is a JSON file under `out/rows/`, keyed by what it depends on (row, the bundle files it runs,
-student file, degraded-sequence key, window): a killed run resumes, and a result made with other
-weights is recomputed, never reused. `ablation_memo.py` holds the memoised stages;
+student file, degraded-sequence key, window, the per-frame code): a killed run resumes, and a
+result made with other weights or other tracker code is recomputed, never reused. (The memo's
+detector / q / student values are keyed by their network files only: a change to the runtime's
+decode or quality features needs a fresh `out`.) `ablation_memo.py` holds the memoised stages;
 `ablation_report.py` turns the results into tables and a plot.
 """
 
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vsdmot import runtime as runtime_pkg
 from vsdmot.models import WEIGHTS
 from vsdmot.runtime.bundle import DEFAULT_BUNDLE
 from vsdmot.runtime.mot import read_seqinfo
@@ -115,7 +118,7 @@ def static_weight(cfg: AblationConfig, comps: Components) -> float:
 def row_key(row: Row, comps: Components, seq_key: str, static_w: float) -> str:
     """What a row's result depends on: the row, its networks, the frames it saw."""
     cfg = comps.cfg
-    parts: list = [SCHEMA, asdict(row), seq_key, cfg.frames]
+    parts: list = [SCHEMA, asdict(row), seq_key, cfg.frames, code_identity()]
     if row.tracker == "peer":
         parts.append(_sha(B.yolox_path(B.BenchEnv(1.0, yolox_onnx=cfg.yolox_onnx))))
     else:
@@ -125,6 +128,14 @@ def row_key(row: Row, comps: Components, seq_key: str, static_w: float) -> str:
     if row.static_w:
         parts.append(static_w)
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+
+def code_identity() -> str:
+    """sha256 over the code every row runs per frame: the runtime package (pipeline, trackers,
+    DSWR, policy) and the peer's bench loop. A tracker-code change reruns the rows; the memoised
+    detector / q / student values (keyed by their network files) are reused."""
+    files = sorted(Path(runtime_pkg.__file__).parent.glob("*.py")) + [Path(B.__file__)]
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
 
 
 def result_path(out: Path, row: Row, seq: str, cond: str) -> Path:

@@ -68,6 +68,15 @@ def test_resume_recomputes_nothing(first_run, tud_dir):
     assert by_row(changed)["e2e-static-w"]["w_mean"] == pytest.approx(0.3)
 
 
+def test_tracker_code_change_recomputes_rows(first_run, tud_dir, tmp_path, monkeypatch):
+    out, data = first_run
+    shutil.copytree(out, tmp_path, dirs_exist_ok=True)  # stored results and stages, keyed by today's code
+    monkeypatch.setattr(A, "code_identity", lambda: "another tracker")  # e.g. a HybridTracker change
+    again = A.run_ablation(config(tud_dir, tmp_path, rows=("hybrid-auto",)))
+    assert again["meta"]["recomputed_pairs"] == 1  # the stored row result is stale: tracked again
+    assert again["meta"]["memo_calls"] == {}  # on the stored detector / q / student values
+
+
 def test_stored_stages_give_the_same_results(first_run, tud_dir, tmp_path):
     out, data = first_run
     shutil.copytree(out / "memo", tmp_path / "memo")  # detector, q and student values, no row results
