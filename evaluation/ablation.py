@@ -134,8 +134,7 @@ def code_identity() -> str:
     """sha256 over the code every row runs per frame: the runtime package (pipeline, trackers,
     DSWR, policy) and the peer's bench loop. A tracker-code change reruns the rows; the memoised
     detector / q / student values (keyed by their network files) are reused."""
-    files = sorted(Path(runtime_pkg.__file__).parent.glob("*.py")) + [Path(B.__file__)]
-    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
+    return f"{runtime_pkg.code_identity()}-{_sha(B.__file__)[:16]}"
 
 
 def result_path(out: Path, row: Row, seq: str, cond: str) -> Path:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from vsdmot import paths
+from vsdmot.runtime import code_identity as runtime_code_id
 from vsdmot.runtime.bundle import file_sha256
 
 from .report import cached_step, fingerprint
@@ -60,7 +61,8 @@ def gate_accuracy(candidate: str | Path, cfg: GateConfig, out_path: str | Path, 
         out.write_text(json.dumps(verdict, indent=2))
         return {k: verdict[k] for k in ("passed", "forced", "worst_hota_drop", "reason")}
 
-    key = fingerprint(_content_id(candidate), _content_id(reference), asdict(cfg), getattr(fn, "__name__", "eval"))
+    key = fingerprint(_content_id(candidate), _content_id(reference), asdict(cfg), getattr(fn, "__name__", "eval"),
+                      runtime_code_id())  # a tracker change re-gates
     return cached_step("gate_accuracy", out_path, key, build)
 
 
@@ -89,11 +91,7 @@ def decide(cases: list[dict[str, Any]], cfg: GateConfig) -> dict[str, Any]:
 
 
 def data_root(cfg: GateConfig) -> Path:
-    if cfg.data_root:
-        return Path(cfg.data_root)
-    if os.environ.get("VSDMOT_DATA"):
-        return Path(os.environ["VSDMOT_DATA"])
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(cfg.data_root) if cfg.data_root else paths.data_root()
 
 
 def split_sequence(spec: str) -> tuple[str, tuple[int, int] | None]:
@@ -139,7 +137,8 @@ def _track_and_score(bundle_dir: Path, seq: str, cond: str, cfg: GateConfig, cac
     seq_dir = prepare_sequence(data_root(cfg) / name, parse_condition(cond), cache / "sequences", cfg.seed,
                                progress=False)
     span = f"_{window[0]}-{window[1]}" if window else ""  # 401-600 and 601-795 are different tracks
-    res = cache / "results" / _content_id(bundle_dir)[:16] / cond / f"{name}{span}.txt"  # same files, same tracks
+    tracks = f"{_content_id(bundle_dir)[:16]}-{runtime_code_id()}"  # same files and per-frame code, same tracks
+    res = cache / "results" / tracks / cond / f"{name}{span}.txt"
     if not res.is_file():
         track_sequence(bundle_dir, seq_dir, window, res, threads)
     return evaluate(seq_dir, res, frames=window)
