@@ -219,3 +219,13 @@ def test_pruning_feeds_append_near_pedestrian_crops_as_one_more_source():
     assert feeds[-1]["images"].dtype == np.float32 and float(feeds[-1]["images"].max()) == 200.0
     assert sum(i >= 20 for i in pick_indices(feeds, 6)) >= 1  # 4 of 24 frames, a third of the per-source half
     assert feeds.key != NearFeeds(base, near[:2]).key
+
+
+def test_recover_restarts_at_a_lower_rate_when_the_probe_loss_rose(det_net, det_feeds, tmp_path):
+    """lr 50 wrecks the network within the probe (first 20 % of the steps); the run restarts from
+    the pruned network at lr x backoff and still lowers the loss (before: the whole budget was lost)."""
+    pruned = as_net(det_net, load_module(prune(det_net, PruneConfig(ratio=0.5), tmp_path / "p.pt")))
+    cfg = RecoverConfig(steps=20, max_seconds=60, lr=50.0, backoff=2e-5)
+    d = read_stamp(recover(pruned, cfg, tmp_path / "r.pt", det_net, det_feeds))["details"]
+    assert not d["loss_probe"] <= d["loss_before"] and d["lr"] == pytest.approx(1e-3)
+    assert d["loss_after"] < d["loss_before"] and d["kept"] == "recovered" and d["steps"] == 20
