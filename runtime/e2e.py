@@ -52,6 +52,15 @@ class E2EConfig:
     # detection's, the shipped behaviour before 0.5 was chosen on PETS 1-600, docs/networks.md "Hybrid state update")
     tentative_hits: int = 0  # a track matched fewer times than this since birth dies at its first miss (ByteTrack: 1)
 
+    def __post_init__(self) -> None:
+        if self.low_stage not in ("pointer", "iou"):
+            raise ValueError(f"tracker low_stage: expected 'pointer' or 'iou', got {self.low_stage!r}")
+        if not 0.0 <= self.box_smooth < 1.0:  # 1 would never move the state to a detection
+            raise ValueError(f"tracker box_smooth: expected a weight in [0, 1), got {self.box_smooth}")
+        for name in ("iou_weight", "min_iou"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"tracker {name}: expected a weight in [0, 1], got {getattr(self, name)}")
+
 
 def predict_boxes(box: np.ndarray, vel: np.ndarray, gap: np.ndarray, max_gap: int = 5) -> np.ndarray:
     """(..., 4) last matched boxes + (..., 4) per-frame velocity * min(gap, max_gap) frames."""

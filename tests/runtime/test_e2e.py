@@ -208,3 +208,10 @@ def test_hybrid_default_pulls_back_after_one_wrong_match():
         got, trk = pointer_everywhere(cfg, [dets((100, 0.9)), dets((160, 0.9))])
         pred = predict_boxes(trk.box, trk.vel, trk.miss + 1)[trk.valid][0, 0]
         assert (pred >= 160) == jumped, (cfg.box_smooth, pred)
+
+
+@pytest.mark.parametrize("kw", [{"low_stage": "hungarian"}, {"box_smooth": 1.0}, {"box_smooth": -0.1},
+                                {"iou_weight": 1.5}, {"min_iou": -1.0}])
+def test_config_refuses_bad_values(kw):
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        E2EConfig(**kw)
