@@ -141,12 +141,23 @@ def write_rows(path: str | os.PathLike, rows: MotRows) -> None:
     atomic_write_text(path, "".join(lines))
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once, at import (os.umask can only be read by setting it)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`."""
+    """Write to a temp file in the same folder, fsync, then rename over `path`. The file gets the
+    mode a plain open() would give (mkstemp's 0600 would hide stats from a monitoring user)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()

@@ -137,3 +137,15 @@ def test_select_keeps_every_field():
     rows = MotRows(np.arange(1, 4), np.arange(3), np.zeros((3, 4)), np.ones(3), np.full(3, -1), np.full(3, -1.0))
     sub = rows.select(np.array([True, False, True]))
     assert list(sub.frame) == [1, 3] and sub.xywh.shape == (2, 4) and len(sub.vis) == 2
+
+
+def test_atomic_write_gives_the_umask_mode(tmp_path):
+    import os
+    import stat
+
+    from vsdmot.runtime import mot
+
+    out = tmp_path / "stats.json"
+    mot.atomic_write_text(out, "{}")
+    assert out.read_text() == "{}"
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o666 & ~mot._UMASK  # not mkstemp's 0600
