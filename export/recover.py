@@ -44,8 +44,8 @@ class RecoverConfig:
     zoom: float = 0.5  # share of image inputs replaced by a random zoom-in (crop of the content, resized back)
     zoom_min: float = 0.25  # smallest crop side, as a fraction of the content's shorter side
     focus: float = 1.0  # weight of the score-weighted term (rows weighted by the teacher's obj x cls; 0 = off)
-    probe: float = 0.2  # share of the budget after which the held-out loss is checked; when it is above the
-    backoff: float = 0.2  # pruned net's, training restarts from the pruned net at lr x backoff (0 = never)
+    probe: float = 0.2  # share of the budget after which the held-out loss is checked against the pruned net's
+    backoff: float = 0.2  # if it rose by then, restart from the pruned net at lr x backoff (0 = never restart)
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch < 1 or self.lr <= 0 or not 0 < self.holdout < 1:
