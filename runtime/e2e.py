@@ -234,9 +234,12 @@ class HybridTracker(_SlotTracker):
         born = born[np.argsort(-props.score[born], kind="stable")]
         return m, np.ones(len(m), np.float32), born, props.score[born]
 
-    def _cost(self, prob, slots, props) -> tuple[np.ndarray, np.ndarray]:
-        """(L, n) association cost of live slots x proposals, and their predicted-box IoU."""
+    def _cost(self, prob, slots, props) -> tuple[np.ndarray, np.ndarray | None]:
+        """(L, n) association cost of live slots x proposals, and their predicted-box IoU (None when
+        no option reads it: the shipped default, so the per-frame step computes no IoU)."""
         cfg, n = self.cfg, len(props)
+        if cfg.iou_weight == 0 and cfg.min_iou == 0 and cfg.low_stage == "pointer":
+            return 1.0 - prob[slots][:, :n], None
         pred = predict_boxes(self.box[slots], self.vel[slots], self.miss[slots] + 1, cfg.max_predict_gap)
         iou = box_iou(pred, props.xyxy).reshape(len(slots), n)  # (L, n) in [0, 1]
         sim = (1.0 - cfg.iou_weight) * prob[slots][:, :n] + cfg.iou_weight * iou
