@@ -78,18 +78,24 @@ def kind(conv, inits) -> str:
     return "dense" if group == 1 else "depthwise" if shape[1] == 1 and shape[0] == group else ""
 
 
-def channel_absmax(model, names: list[str], feeds) -> dict[str, np.ndarray]:
-    """Per channel (axis 1) max |x| of each tensor in `names` over `feeds` (FP32 onnxruntime)."""
+def tapped_session(model, names, threads: int = 0):
+    """A CPU onnxruntime session of `model` (ModelProto, not modified) that also outputs the
+    intermediate tensors `names`: run it with `sess.run(names, feed)`. threads 0 = ORT's default."""
     import onnx
     import onnxruntime as ort
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    del m.graph.output[:]
-    m.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in names)
+    have = {o.name for o in m.graph.output}
+    m.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in names if t not in have)
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    opts.intra_op_num_threads = threads
+    return ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def channel_absmax(model, names: list[str], feeds) -> dict[str, np.ndarray]:
+    """Per channel (axis 1) max |x| of each tensor in `names` over `feeds` (FP32 onnxruntime)."""
+    sess = tapped_session(model, names, threads=1)
     inputs = [i.name for i in sess.get_inputs()]
     amax = {t: 0.0 for t in names}
     for feed in feeds:

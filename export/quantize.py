@@ -28,7 +28,7 @@ import numpy as np
 
 from vsdmot.runtime.bundle import file_sha256
 
-from .equalize import EqualizeConfig, equalize
+from .equalize import EqualizeConfig, equalize, tapped_session
 from .parity import latency_ms
 from .report import cached_step, fingerprint
 
@@ -193,7 +193,6 @@ def weight_sizes(model) -> tuple[dict[str, int], int]:
 def rank_activations(model, quantized: Path, src: Path, probe) -> list[str]:
     """Activation tensors quantised in `quantized`, worst int8 rounding error (1 - cosine) first."""
     import onnx
-    import onnxruntime as ort
     from onnx import numpy_helper
 
     q = onnx.load(str(quantized))
@@ -201,14 +200,10 @@ def rank_activations(model, quantized: Path, src: Path, probe) -> list[str]:
     scales = {n.input[0]: float(inits[n.input[1]]) for n in q.graph.node
               if n.op_type == "QuantizeLinear" and n.input[1] in inits and inits[n.input[1]].size == 1}
     names = [t for t in scales if t not in inits]
-    m = onnx.load(str(src))
-    have = {o.name for o in m.graph.output}
-    m.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in names if t not in have)
-    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    outs = [o.name for o in sess.get_outputs()]
+    sess = tapped_session(onnx.load(str(src)), names)
     err = dict.fromkeys(names, 0.0)
     for feed in probe:
-        vals = dict(zip(outs, sess.run(None, dict(feed))))
+        vals = dict(zip(names, sess.run(names, dict(feed))))
         for t in names:
             x = vals[t].astype(np.float64).ravel()
             xq = np.clip(np.round(x / scales[t]), -127, 127) * scales[t]
