@@ -40,7 +40,7 @@ from vsdmot.runtime.mot import read_seqinfo
 from vsdmot.runtime.sources import open_sequence
 
 from . import bench as B
-from .ablation_memo import Components, FrameMemo, RowRun, _sha, bundle_identity, open_row
+from .ablation_memo import Components, FrameMemo, RowRun, _sha, bundle_identity, memo_name, open_row
 from .metrics import evaluate, parse_window
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,7 @@ def run_pair(cfg: AblationConfig, p: Pair, runs: list[RowRun], memo: FrameMemo, 
     bar.set_postfix_str(f"{p.name} {p.cond.name} ({len(runs)} rows)")
     for r in runs:
         r.begin()
-    memo.open_pair(cfg.out / "memo" / p.name / f"{p.cond.name}-{p.seq_key}-{p.window[0]}-{p.window[1]}-t{cfg.threads}.pkl")
+    memo.open_pair(cfg.out / "memo" / p.name / memo_name(p.cond.name, p.seq_key, p.window, cfg.threads))
     t0, source = time.time(), open_sequence(seq_dir).frames()
     try:
         for frame in source:

@@ -37,6 +37,11 @@ def bundle_identity(bundle) -> dict:
 
 
 # -- memoised stages ------------------------------------------------------------------------------
+def memo_name(cond: str, seq_key: str, window: tuple[int, int], threads: int) -> str:
+    """File name of one (sequence, condition)'s stored values under `<out>/memo/<sequence>/`."""
+    return f"{cond}-{seq_key}-{window[0]}-{window[1]}-t{threads}.pkl"
+
+
 class FrameMemo:
     """Values computed once per frame, keyed by (stage, component id).
 

@@ -34,6 +34,7 @@ from vsdmot.runtime.mot import format_result_rows, read_rows
 from vsdmot.runtime.tracking import box_iou
 from vsdmot.runtime.types import Detections
 
+from .ablation_memo import memo_name
 from .metrics import counted_gt, evaluate
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class Stored:
 
 def memo_file(memo_dir: Path, seq: str, cond: str, window: tuple[int, int]) -> Path:
     """The ablation's memo pickle for (seq, cond) tracked over `window` (any seq key, 1 thread)."""
-    pat = re.compile(rf"^{re.escape(cond)}-[0-9a-f]{{16}}-{window[0]}-{window[1]}-t1\.pkl$")
+    pat = re.compile("^" + re.escape(memo_name(cond, "KEY", window, 1)).replace("KEY", "[0-9a-f]{16}") + "$")
     hits = sorted(p for p in (Path(memo_dir) / seq).glob("*.pkl") if pat.match(p.name))
     if len(hits) != 1:
         raise ValueError(f"memo: expected one file for {seq} {cond} {window} under {memo_dir}, got {hits}")
