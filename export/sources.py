@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .accuracy_gate import GateConfig
+from vsdmot.paths import data_root
+
 from .report import fingerprint
 from .to_onnx import TorchNet
 
@@ -116,9 +117,7 @@ def _jsonable(x: Any) -> Any:
 
 def default_calib_sources() -> tuple[str, ...]:
     """PETS09-S2L1 frames 1-600 and MOT17-mini (never the gate's held-out frames); else the demo clip."""
-    from vsdmot.export.accuracy_gate import data_root
-
-    root = data_root(GateConfig())
+    root = data_root()
     if (root / "PETS09-S2L1").is_dir():
         mot17 = sorted((root / "MOT17-mini" / "train").glob("MOT17-*"))
         return (f"{root / 'PETS09-S2L1'}:1-600", *map(str, mot17))
@@ -188,9 +187,7 @@ def near_pedestrian_frames(size: int, per_frame: int = 3, seed: int = 1) -> np.n
     height (at least 1.3x the person) around each; PETS09-S2L1 frames 10, 20, ..., 600, one
     person each, a square of 2.5x their height. Empty without ../shared/data. Never the gate's
     frames (PETS09 601-795, TUD-Campus)."""
-    from vsdmot.export.accuracy_gate import data_root
-
-    root, rng, out = data_root(GateConfig()), np.random.default_rng(seed), []
+    root, rng, out = data_root(), np.random.default_rng(seed), []
     for seq in sorted((root / "MOT17-mini" / "train").glob("MOT17-*")):
         gt = np.loadtxt(seq / "gt" / "gt.txt", delimiter=",", ndmin=2)
         for img_path in sorted((seq / "img1").glob("*.jpg")):
