@@ -11,6 +11,10 @@ detector"). Before calibration, Conv inputs' per-channel ranges move into the Co
 - the DSWR/fusion path: every node computed only from `keep_inputs` (`semantic`, `w`);
 - the output tail and the first/last weighted layers (`keep_output_tail`, `keep_boundary`);
 - sensitivity rounds: readers of the worst-rounded activations, within `max_float_weights`.
+Last layers with >= `trial_weights` weights (the student's head) are tried in int8 first and stay
+float only when that costs more than `trial_max_drop` output cosine on the probe frames. Storage:
+Q/DQ scales and zero-points are shared by value and the names quantisation adds are short
+(`share_qdq_constants`, `short_qdq_names`; bit-identical outputs; 0.22 MB over the three networks).
 Calibration runs in chunks of `stride` frames (ORT's CalibStridedMinMax) so 500 detector
 frames never sit in memory as intermediate activations at once.
 """
@@ -20,7 +24,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +65,10 @@ class QuantConfig:
     max_rounds: int = 4  # sensitivity rounds at most (each re-inserts Q/DQ with the cached ranges)
     max_float_weights: float = 0.1  # the rounds keep at most this share of the weights float (a kept-float layer's
     # weights stay float: on the detector 67 such layers took it from 1.36 to 3.08 MB for +0.02 output cosine)
+    trial_weights: int = 16384  # last weighted layers holding at least this many weights are tried in int8, one
+    # at a time (the student's 128x160 head, 61 kB float of its 0.91 MB); smaller ones and the tracker's 64x128
+    # state heads stay float (their error is fed back every frame, which a one-frame probe does not measure)
+    trial_max_drop: float = 0.001  # a tried layer stays int8 when no output's probe cosine (vs FP32) drops more
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -121,6 +129,7 @@ def _quantize(src: Path, cfg: QuantConfig, out: Path, feeds) -> dict[str, Any]:
         named, ranges = Path(tmp) / "named.onnx", Path(tmp) / "ranges.json"
         onnx.save(model, str(named))
         run_ort_quant(named, out, cfg, calib[:n], excluded, ranges)  # calibrates once, caches the ranges
+        excluded, tried = trial_int8(model, src, named, out, probe, cfg, excluded, ranges)
         cos = min_cosine(src, out, probe)
         trail, best = [(0, round(cos, 5))], (cos, set())
         for extra in sensitivity_schedule(model, out, named, probe, cfg, cos):  # ranks on the rewritten graph
@@ -135,7 +144,7 @@ def _quantize(src: Path, cfg: QuantConfig, out: Path, feeds) -> dict[str, Any]:
         cos, excluded = best[0], excluded | best[1]
     latency = {"fp32": latency_ms(src, feeds[0], runs=10), "int8": latency_ms(out, feeds[0], runs=10)}
     return {"method": cfg.method, "calib_frames": n, "equalized": equalized, "kept_float": sorted(excluded),
-            "per_channel": cfg.per_channel, "min_output_cosine": cos, "sensitivity_trail": trail,
+            "per_channel": cfg.per_channel, "min_output_cosine": cos, "sensitivity_trail": trail, "int8_trials": tried,
             "latency_ms_1thread": latency}
 
 
@@ -157,14 +166,54 @@ def run_ort_quant(named: Path, out: Path, cfg: QuantConfig, feeds, excluded: set
     qmodel = onnx.load(str(out))
     float_inputs(qmodel, excluded)
     del qmodel.graph.value_info[:]  # intermediate shape annotations: re-inferred by ORT/TensorRT, 5 % of the file
+    share_qdq_constants(qmodel)
+    short_qdq_names(qmodel, model)
     onnx.save(qmodel, str(out))
 
 
 def min_cosine(src: Path, quantized: Path, probe) -> float:
     """Smallest per-output cosine (FP32 vs INT8) over the probe feeds."""
+    return min(output_cosines(src, quantized, probe).values())
+
+
+def output_cosines(src: Path, quantized: Path, probe) -> dict[str, float]:
+    """{output: cosine FP32 vs INT8, minimum over the probe feeds}."""
     from .parity import compare, onnx_runner
 
-    return min(r["cosine"] for r in compare(onnx_runner(src), onnx_runner(quantized), probe).values())
+    return {k: r["cosine"] for k, r in compare(onnx_runner(src), onnx_runner(quantized), probe).items()}
+
+
+def trial_int8(model, src: Path, named: Path, out: Path, probe, cfg: QuantConfig, excluded: set[str],
+               ranges: Path) -> tuple[set[str], dict[str, float]]:
+    """Try each large kept-float last layer (`trial_candidates`) in int8 on its own, with the cached ranges;
+    it stays int8 when no output's probe cosine drops more than `trial_max_drop` below all-float.
+    Leaves `out` quantised with the result; returns (nodes still float, {tried node: worst drop})."""
+    todo = trial_candidates(model, excluded, cfg)
+    if not todo:
+        return excluded, {}
+    base = output_cosines(src, out, probe)
+    trial, drops = named.with_name("trial.onnx"), {}
+    for node in todo:
+        run_ort_quant(named, trial, cfg, None, excluded - {node}, ranges)
+        cos = output_cosines(src, trial, probe)
+        drops[node] = round(max(base[k] - cos[k] for k in base), 6)
+    keep = excluded - {n for n, d in drops.items() if d <= cfg.trial_max_drop}
+    if keep != excluded:
+        run_ort_quant(named, out, cfg, None, keep, ranges)
+    log.info("int8 trials of kept-float last layers (worst output cosine drop): %s", drops)
+    return keep, drops
+
+
+def trial_candidates(model, excluded: set[str], cfg: QuantConfig) -> list[str]:
+    """Kept-float last weighted layers (`boundary_layers`, not in another keep-float rule) with at least
+    `cfg.trial_weights` weights: the ones whose float weights cost most bytes."""
+    if not cfg.keep_boundary or cfg.trial_weights <= 0:
+        return []
+    consts = {t.name for t in model.graph.initializer}
+    last = boundary_layers(model, consts, first=False)
+    others = nodes_to_keep_float(model, replace(cfg, keep_boundary=False))
+    sizes = weight_sizes(model)[0]
+    return sorted(n for n in last & excluded - others if sizes.get(n, 0) >= cfg.trial_weights)
 
 
 def sensitivity_schedule(model, quantized: Path, src: Path, probe, cfg: QuantConfig, cos: float):
@@ -303,6 +352,52 @@ def drop_dead_qdq(model) -> None:
         model.graph.initializer.remove(init)
 
 
+def share_qdq_constants(model) -> int:
+    """One initializer per distinct Q/DQ scale or zero-point value (ORT writes one per tensor: the
+    detector's 193 all-zero int8 zero-points were 21 kB); float/int8 weights are left alone.
+    Returns how many initializers were merged away."""
+    from onnx import numpy_helper
+
+    params = {n.input[k] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+              for k in (1, 2) if len(n.input) > k}
+    other = {i for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear") for i in n.input}
+    first, alias = {}, {}
+    for t in model.graph.initializer:
+        if t.name in params and t.name not in other:
+            key = (t.data_type, tuple(t.dims), numpy_helper.to_array(t).tobytes())
+            alias[t.name] = first.setdefault(key, t.name)
+    for node in model.graph.node:
+        node.input[:] = [alias.get(i, i) for i in node.input]
+    dup = [t for t in model.graph.initializer if alias.get(t.name, t.name) != t.name]
+    for t in dup:
+        model.graph.initializer.remove(t)
+    return len(dup)
+
+
+def short_qdq_names(model, source) -> int:
+    """Short names for what quantisation added (Q/DQ nodes, their tensors, scales, zero-points, int8
+    weights): ORT derives them from the float names ("<w>_quantized", "<x>_DequantizeLinear_Output"),
+    225 kB over the three networks. Names `source` (the float model) has, and graph inputs/outputs, stay."""
+    keep = {i.name for i in list(source.graph.input) + list(source.graph.output) + list(source.graph.initializer)}
+    keep |= {x for n in source.graph.node for x in list(n.input) + list(n.output)}
+    new: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep or name in new:
+            return new.get(name, name)
+        new[name] = next(n for k in range(len(new), len(new) + len(keep) + 1) if (n := f"q{k:x}") not in keep)
+        return new[name]
+
+    for t in model.graph.initializer:
+        t.name = short(t.name)
+    for node in model.graph.node:
+        node.input[:] = [short(i) for i in node.input]
+        node.output[:] = [short(o) for o in node.output]
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            node.name = ""  # optional in ONNX; checks name a Q/DQ node by its output
+    return len(new)
+
+
 def name_nodes(model) -> None:
     """Give every unnamed node a stable name (exclusion lists refer to nodes by name)."""
     for i, node in enumerate(model.graph.node):
@@ -339,17 +434,18 @@ def tail_nodes(model) -> set[str]:
     return seen
 
 
-def boundary_layers(model, consts: set[str]) -> set[str]:
+def boundary_layers(model, consts: set[str], first: bool = True) -> set[str]:
     """Weighted nodes whose live inputs all come from graph inputs through non-weighted nodes only
-    (the tracker's pair-feature MLP, the detector's stem), and those whose output reaches a graph
-    output through non-weighted nodes only (heads' prediction convs, the last Linear layers)."""
+    (the tracker's pair-feature MLP, the detector's stem; left out when not `first`), and those whose
+    output reaches a graph output through non-weighted nodes only (heads' prediction convs, the last
+    Linear layers)."""
     raw = {i.name for i in model.graph.input}
-    first = set()
+    first_layers = set()
     for node in model.graph.node:  # topological order
         live = [i for i in node.input if i and i not in consts]
         if live and all(i in raw for i in live):
             if node.op_type in WEIGHTED:
-                first.add(node.name)
+                first_layers.add(node.name)
             else:
                 raw.update(node.output)
     prod = {o: n for n in model.graph.node for o in n.output}
@@ -363,7 +459,7 @@ def boundary_layers(model, consts: set[str]) -> set[str]:
             last.add(node.name)
         else:
             todo.extend(node.input)
-    return first | last
+    return (first_layers if first else set()) | last
 
 
 def cone_nodes(model, inputs: Sequence[str], consts: set[str]) -> set[str]:
