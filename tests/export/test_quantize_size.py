@@ -20,7 +20,7 @@ QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 def _mlp_head(path, hidden=160, out=128):
     """x (1, 32) -> Gemm fc1 (32 -> 64) -> Relu -> Gemm fc2 (64 -> hidden) -> Relu -> Gemm head (hidden ->
-    out, >= 16384 weights) -> L2 normalise: the student's tail, the head its largest and last layer."""
+    out, >= 8192 weights) -> L2 normalise: the student's tail, the head its largest and last layer."""
     g = np.random.default_rng(7)
     inits = [numpy_helper.from_array((g.standard_normal((64, 32)) / 6).astype(np.float32), "w1"),
              numpy_helper.from_array(np.zeros(64, np.float32), "b1"),
