@@ -6,8 +6,18 @@ The tracking itself is injectable: `EvalFn(bundle_dir, sequence, condition) -> m
 `pipeline_eval`, runs the runtime pipeline (`vsdmot.runtime.pipeline`) on the bundle over each
 sequence window, degraded sequences come from the bench's cache (`evaluation.bench`).
 The verdict is JSON (`out_path`): per sequence and condition, reference and candidate metrics and
-the drop in points; the worst drop; passed; forced. The chain records it in the manifest and
-publishes the bundle only when passed or forced (export/bundle.py `publish`).
+the drop in points; the pooled drops; the gated drop (`worst_hota_drop`); passed; forced. The chain
+records it in the manifest and publishes the bundle only when passed or forced (export/bundle.py
+`publish`).
+
+The rule (`GateConfig.rule`, chosen 2026-11-24 on train-side windows only, docs/export.md "The
+gate's noise floor"): "balanced" (default) refuses when the mean of the pooled clean drop (over the
+sequences) and the pooled degraded drop (over sequences x DEGRADED presets) exceeds the threshold.
+A harmless perturbation (every float constant rounded to FP16, or 5e-4 relative noise) moves a
+single 200-frame case by up to 4.7 points either way (it tips a few associations), so "per-case"
+(the worst single case, the rule before) refused such null bundles about half the time. `control`
+also gates a null bundle (the reference rounded to FP16) and reports its drops beside the verdict:
+the noise floor the verdict should be read against.
 """
 
 from __future__ import annotations
@@ -30,18 +40,26 @@ EvalFn = Callable[[Path, str, str], Mapping[str, Any]]
 METRICS = ("HOTA", "DetA", "AssA", "MOTA", "IDF1")
 
 
+RULES = ("balanced", "pooled", "mean", "per-case")
+DEGRADED = ("realesrgan-s3", "gaussian_noise-s3", "jpeg-s3", "motion_blur-s3")  # pooled by default (cost: 2 x 5 cases)
+
+
 @dataclass(frozen=True)
 class GateConfig:
-    max_hota_drop: float = 1.0  # HOTA points (percent) the bundle may lose against FP32, per case
+    max_hota_drop: float = 1.0  # HOTA points (percent) the bundle may lose against FP32 (on what: `rule`)
     sequences: tuple[str, ...] = ("PETS09-S2L1:601-795", "TUD-Campus")  # held out: never calibrated or trained on
-    conditions: tuple[str, ...] = ("clean", "realesrgan-s3")  # clean, and preset-sSEVERITY degraded
+    conditions: tuple[str, ...] = ("clean", *DEGRADED)  # clean, PRESET-sSEVERITY or schedule-NAME degraded
     data_root: str = ""  # where sequences live; "" = $VSDMOT_DATA or ../shared/data beside the repo
     force: bool = False  # publish even when the gate fails (recorded in the manifest)
     seed: int = 0  # degradation seed of the degraded conditions
+    rule: str = "balanced"  # balanced: mean of the pooled clean and pooled degraded drops (others: RULES, decide)
+    control: bool = False  # also score a null bundle (reference rounded to FP16) and report its drops (noise floor)
 
     def __post_init__(self) -> None:
         if self.max_hota_drop < 0:
             raise ValueError(f"max_hota_drop: expected >= 0 points, got {self.max_hota_drop}")
+        if self.rule not in RULES:
+            raise ValueError(f"gate rule: expected one of {list(RULES)}, got {self.rule!r}")
 
 
 def bundle_id(bundle_dir: Path) -> str:
@@ -58,6 +76,8 @@ def gate_accuracy(candidate: str | Path, cfg: GateConfig, out_path: str | Path, 
     def build(out: Path) -> dict[str, Any]:
         cases = [score_case(fn, candidate, reference, s, c) for s in cfg.sequences for c in cfg.conditions]
         verdict = decide(cases, cfg)
+        if cfg.control:
+            verdict["control"] = control(fn, reference, cfg, out.with_name(out.stem + ".control"))
         out.write_text(json.dumps(verdict, indent=2))
         return {k: verdict[k] for k in ("passed", "forced", "worst_hota_drop", "reason")}
 
@@ -81,13 +101,93 @@ def score_case(fn: EvalFn, candidate: Path, reference: Path, seq: str, cond: str
             "reference": {k: ref[k] for k in METRICS if k in ref}, "bundle": {k: cand[k] for k in METRICS if k in cand}}
 
 
+def pooled_drops(cases: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean HOTA drop (points) over the clean cases and over the degraded ones; a group without cases is left out."""
+    groups = {g: [c["hota_drop"] for c in cases if _group(c) == g] for g in ("clean", "degraded")}
+    return {g: round(sum(ds) / len(ds), 3) for g, ds in groups.items() if ds}
+
+
+def gated_drop(cases: list[dict[str, Any]], pooled: dict[str, float], worst: dict[str, Any],
+               rule: str) -> tuple[float, str]:
+    """The drop `rule` compares with the threshold, and what it was taken over."""
+    if rule == "per-case":
+        return worst["hota_drop"], f"{worst['sequence']} {worst['condition']}"
+    if rule == "mean":
+        return round(sum(c["hota_drop"] for c in cases) / len(cases), 3), f"all {len(cases)} cases"
+    if rule == "pooled":
+        group = max(pooled, key=lambda g: pooled[g])
+        return pooled[group], f"{group} ({sum(_group(c) == group for c in cases)} cases)"
+    return round(sum(pooled.values()) / len(pooled), 3), " and ".join(pooled)  # balanced
+
+
+def _group(case: dict[str, Any]) -> str:
+    return "clean" if case["condition"] == "clean" else "degraded"
+
+
 def decide(cases: list[dict[str, Any]], cfg: GateConfig) -> dict[str, Any]:
+    """The verdict: `worst_hota_drop` is the number the rule compares with the threshold; every case's
+    drop, the pooled clean and degraded drops and the worst single case are kept beside it.
+
+    Rules (drops in HOTA points, a case = one sequence under one condition): balanced = (mean clean
+    drop + mean degraded drop) / 2; pooled = the worse of the two means; mean = the mean over all
+    cases; per-case = the worst case (the rule before 2026-11-24)."""
     worst = max(cases, key=lambda c: c["hota_drop"])
-    passed = worst["hota_drop"] <= cfg.max_hota_drop
-    reason = (f"worst HOTA drop {worst['hota_drop']:.2f} points on {worst['sequence']} {worst['condition']} "
-              f"{'<=' if passed else '>'} threshold {cfg.max_hota_drop}")
-    return {"passed": passed, "forced": bool(cfg.force and not passed), "threshold_hota_drop": cfg.max_hota_drop,
-            "worst_hota_drop": worst["hota_drop"], "reason": reason, "cases": cases}
+    pooled = pooled_drops(cases)
+    gated, where = gated_drop(cases, pooled, worst, cfg.rule)
+    passed = gated <= cfg.max_hota_drop
+    groups = ", ".join(f"{g} {d:.2f}" for g, d in pooled.items())
+    reason = (f"{cfg.rule} HOTA drop {gated:.2f} points on {where} {'<=' if passed else '>'} threshold "
+              f"{cfg.max_hota_drop} (pooled: {groups}; worst single case {worst['hota_drop']:.2f} on "
+              f"{worst['sequence']} {worst['condition']})")
+    return {"passed": passed, "forced": bool(cfg.force and not passed), "rule": cfg.rule,
+            "threshold_hota_drop": cfg.max_hota_drop, "worst_hota_drop": gated, "pooled_hota_drops": pooled,
+            "worst_case_hota_drop": worst["hota_drop"], "reason": reason, "cases": cases}
+
+
+def control(fn: EvalFn, reference: Path, cfg: GateConfig, work: Path) -> dict[str, Any]:
+    """Gate a null bundle (the reference rounded to FP16) the same way: the noise floor of this verdict."""
+    null = null_bundle(reference, work)
+    v = decide([score_case(fn, null, reference, s, c) for s in cfg.sequences for c in cfg.conditions], cfg)
+    if not v["passed"]:
+        log.warning("gate control: a null bundle (FP16-rounded reference) fails too (%s): the verdict is within "
+                    "the gate's noise", v["reason"])
+    keep = ("passed", "rule", "worst_hota_drop", "pooled_hota_drops", "worst_case_hota_drop", "reason")
+    return {"bundle": "the reference, float constants rounded to FP16", **{k: v[k] for k in keep},
+            "cases": [{k: c[k] for k in ("sequence", "condition", "hota_drop")} for c in v["cases"]]}
+
+
+def null_bundle(reference: Path, out: Path) -> Path:
+    """Copy `reference` with every ONNX float32 constant rounded to FP16 precision (stored as float32;
+    values FP16 would flush to zero, |x| < 6.1e-5, e.g. LayerNorm eps, kept) and reseal its manifest."""
+    import shutil
+
+    from vsdmot.runtime.bundle import DIGEST_FIELD, manifest_digest
+
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(reference, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name, entry in manifest["files"].items():
+        if name.endswith(".onnx"):
+            _round_fp16(out / name)
+            entry.update(sha256=file_sha256(out / name), size=(out / name).stat().st_size)
+    manifest.pop(DIGEST_FIELD, None)
+    manifest[DIGEST_FIELD] = manifest_digest(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+def _round_fp16(path: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    for t in model.graph.initializer:
+        a = numpy_helper.to_array(t)
+        if a.dtype == np.float32:  # (any shape) -> same shape, FP16-representable values
+            r = np.where(np.abs(a) < 6.1e-5, a, a.astype(np.float16).astype(np.float32))
+            t.CopyFrom(numpy_helper.from_array(r.astype(np.float32), t.name))
+    onnx.save(model, str(path))
 
 
 def data_root(cfg: GateConfig) -> Path:
@@ -104,14 +204,16 @@ def split_sequence(spec: str) -> tuple[str, tuple[int, int] | None]:
 
 
 def parse_condition(cond: str):
-    """'clean' or 'PRESET-sN' -> an evaluation.bench Condition."""
+    """'clean', 'PRESET-sN' or 'schedule-NAME' (Condition.name's spellings) -> an evaluation.bench Condition."""
     from vsdmot.evaluation.bench import Condition
 
     if cond == "clean":
         return Condition()
+    if cond.startswith("schedule-") and len(cond) > len("schedule-"):
+        return Condition(schedule=cond.removeprefix("schedule-"))
     preset, _, sev = cond.rpartition("-s")
     if not preset or not sev.isdigit():
-        raise ValueError(f"gate condition: expected 'clean' or 'PRESET-sN', got {cond!r}")
+        raise ValueError(f"gate condition: expected 'clean', 'PRESET-sN' or 'schedule-NAME', got {cond!r}")
     return Condition(preset=preset, severity=int(sev))
 
 

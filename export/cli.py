@@ -32,6 +32,7 @@ def ratio(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .accuracy_gate import RULES, GateConfig
     from .chain import DEFAULT_METHOD, DEFAULT_PRUNE, TARGETS
 
     p = argparse.ArgumentParser(prog="vsdmot-export", description=__doc__.splitlines()[0],
@@ -55,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="bundle directory to write")
     p.add_argument("--force", action="store_true", help="publish even if the accuracy gate fails (recorded)")
     p.add_argument("--max-hota-drop", type=float, default=1.0, metavar="POINTS", help="accuracy gate threshold")
+    p.add_argument("--gate-rule", choices=RULES, default=GateConfig.rule,
+                   help="what must stay within --max-hota-drop: balanced = (mean clean drop + mean degraded "
+                   "drop) / 2; pooled = each of the two means; mean = the mean over all cases; per-case = every "
+                   f"single sequence-condition (noisier than a 1.0 threshold) (default {GateConfig.rule})")
+    p.add_argument("--gate-control", action="store_true", help="also gate a null bundle (the FP32 reference "
+                   "rounded to FP16) and report its drops beside the verdict: the gate's noise floor")
     p.add_argument("--recover-seconds", type=float, default=None, metavar="S",
                    help="recovery budget after pruning: total CPU seconds, shared by the pruned networks by MACs")
     p.add_argument("--work-dir", default="", metavar="DIR", help="intermediates (default ~/.cache/vsdmot/export/...)")
@@ -75,7 +82,8 @@ def config_from_args(args: argparse.Namespace):
     rec = RecoverConfig() if args.recover_seconds is None else replace(RecoverConfig(), max_seconds=args.recover_seconds)
     return ExportConfig(precision=args.precision, prune=args.prune, method=args.method, target=args.target,
                         calib=tuple(args.calib), work_dir=args.work_dir, recover=rec,
-                        gate=GateConfig(max_hota_drop=args.max_hota_drop, force=args.force),
+                        gate=GateConfig(max_hota_drop=args.max_hota_drop, force=args.force, rule=args.gate_rule,
+                                        control=args.gate_control),
                         progress=not args.no_progress, calib_quality=args.calib_quality)
 
 

@@ -1,13 +1,16 @@
-"""The accuracy gate's caches: tracks and verdicts are keyed by the runtime's per-frame code, so a
-tracker change (e.g. HybridTracker's update) is never scored against tracks the old code wrote."""
+"""The accuracy gate: its caches (tracks and verdicts keyed by the runtime's per-frame code, so a
+tracker change is never scored against tracks the old code wrote), its rule (pooled clean and pooled
+degraded drops, not the worst single case) and its control (a null bundle gated the same way)."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from vsdmot.evaluation import bench, metrics
 from vsdmot.export import accuracy_gate as ag
-from vsdmot.export.accuracy_gate import GateConfig
+from vsdmot.export.accuracy_gate import GateConfig, decide, pooled_drops
 from vsdmot.runtime import code_identity
 
 
@@ -37,3 +40,131 @@ def test_track_cache_is_keyed_by_the_runtime_code(tmp_path, monkeypatch):
 def test_code_identity_follows_the_runtime_source():
     a = code_identity()
     assert len(a) == 16 and a == code_identity()  # stable between calls
+
+
+# -- the rule: pooled clean / pooled degraded drops, not the worst single case -------------------------
+SEQS = ("A:1-200", "A:201-400", "B")
+CONDS = ("clean", "realesrgan-s3", "jpeg-s3")
+
+
+def cases_with(drops: dict[tuple[str, str], float]) -> list[dict]:
+    """Every SEQS x CONDS case, drop 0 unless given in `drops`."""
+    return [{"sequence": s, "condition": c, "hota_drop": drops.get((s, c), 0.0)} for s in SEQS for c in CONDS]
+
+
+@pytest.mark.parametrize("drops, rule, passed, gated", [
+    # one window tipped by 1.6 (FP16 rounding did this on PETS 401-600): noise, pooled passes
+    ({("A:201-400", "clean"): 1.6}, "pooled", True, 0.533),
+    ({("A:201-400", "clean"): 1.6}, "per-case", False, 1.6),
+    # a real clean loss: every sequence drops 1.5
+    ({(s, "clean"): 1.5 for s in SEQS}, "pooled", False, 1.5),
+    # a degraded-only loss: 1.2 on every degraded case, clean untouched
+    ({(s, c): 1.2 for s in SEQS for c in CONDS[1:]}, "pooled", False, 1.2),
+    # gains elsewhere do not hide a clean loss: the groups are judged separately
+    ({**{(s, "clean"): 1.5 for s in SEQS}, **{(s, c): -5.0 for s in SEQS for c in CONDS[1:]}}, "pooled", False, 1.5),
+    ({(s, c): 0.9 for s in SEQS for c in CONDS}, "pooled", True, 0.9),
+    # balanced (the default): (clean mean + degraded mean) / 2
+    ({("A:201-400", "clean"): 1.6}, "balanced", True, 0.267),  # the FP16-rounding tip: noise
+    ({(s, "clean"): 3.0 for s in SEQS}, "balanced", False, 1.5),  # a clean-only loss
+    ({(s, c): 1.5 for s in SEQS for c in CONDS[1:]}, "balanced", True, 0.75),  # half the budget each
+    ({(s, c): 2.5 for s in SEQS for c in CONDS[1:]}, "balanced", False, 1.25),  # a degraded-only loss
+    ({(s, c): 1.2 for s in SEQS for c in CONDS}, "balanced", False, 1.2),  # a loss everywhere
+    # mean: one number over all 9 cases
+    ({("A:201-400", "clean"): 4.5}, "mean", True, 0.5),
+    ({(s, c): 1.2 for s in SEQS for c in CONDS}, "mean", False, 1.2),
+    ({(s, c): 1.2 for s in SEQS for c in CONDS[1:]}, "mean", True, 0.8),  # 6 of 9 cases
+])
+def test_decide_pools_clean_and_degraded(drops, rule, passed, gated):
+    cases = cases_with(drops)
+    v = decide(cases, GateConfig(rule=rule))
+    assert v["passed"] is passed and v["worst_hota_drop"] == pytest.approx(gated, abs=1e-3)
+    assert v["rule"] == rule and v["threshold_hota_drop"] == 1.0
+    assert v["cases"] == cases  # every per-case drop stays in the verdict
+    assert v["worst_case_hota_drop"] == max(c["hota_drop"] for c in cases)
+    assert ("<=" if passed else ">") in v["reason"]
+
+
+def test_default_gate_is_balanced_over_held_out_clean_and_degraded():
+    cfg = GateConfig()
+    assert cfg.rule == "balanced" and cfg.sequences == ("PETS09-S2L1:601-795", "TUD-Campus")
+    assert cfg.conditions[0] == "clean" and "realesrgan-s3" in cfg.conditions and len(cfg.conditions) == 5
+    tip = decide([{"sequence": s, "condition": c, "hota_drop": 1.61 if (s, c) == ("TUD-Campus", "clean") else 0.0}
+                  for s in cfg.sequences for c in cfg.conditions], cfg)
+    assert tip["passed"]  # the old worst-of-cases rule refused this null tip (1.61 > 1.0)
+    assert {"passed", "forced", "worst_hota_drop", "threshold_hota_drop", "reason"} <= set(tip)  # chain reads these
+
+
+def test_pooled_drops_are_means_per_group():
+    cases = cases_with({("A:1-200", "clean"): 3.0, ("B", "jpeg-s3"): 6.0})
+    assert pooled_drops(cases) == {"clean": 1.0, "degraded": 1.0}
+    assert pooled_drops([c for c in cases if c["condition"] == "clean"]) == {"clean": 1.0}
+
+
+def test_forced_only_when_refused():
+    bad = cases_with({(s, "clean"): 3.0 for s in SEQS})
+    assert decide(bad, GateConfig(force=True))["forced"] is True
+    assert decide(cases_with({}), GateConfig(force=True))["forced"] is False
+
+
+@pytest.mark.parametrize("kw, exception", [
+    ({"rule": "worst"}, "gate rule"),
+    ({"max_hota_drop": -0.1}, "max_hota_drop"),
+])
+def test_gate_config_refuses(kw, exception):
+    with pytest.raises(ValueError, match=exception):
+        GateConfig(**kw)
+
+
+@pytest.mark.parametrize("text, want", [
+    ("clean", bench.Condition()),
+    ("realesrgan-s3", bench.Condition(preset="realesrgan", severity=3)),
+    ("gaussian_noise-s3", bench.Condition(preset="gaussian_noise", severity=3)),
+    ("schedule-mixed", bench.Condition(schedule="mixed")),
+])
+def test_parse_condition_reads_condition_names(text, want):
+    assert ag.parse_condition(text) == want and want.name == text
+
+
+@pytest.mark.parametrize("text", ["mixed", "realesrgan", "schedule-", "s3"])
+def test_parse_condition_refuses(text):
+    with pytest.raises(ValueError, match="gate condition"):
+        ag.parse_condition(text)
+
+
+# -- the control: a null bundle (the reference rounded to FP16) gated the same way ---------------------
+def test_null_bundle_rounds_every_network_and_loads(tmp_path):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from vsdmot.runtime.bundle import DEFAULT_BUNDLE, load_bundle
+
+    null = ag.null_bundle(DEFAULT_BUNDLE, tmp_path / "null")
+    load_bundle(null)  # resealed: the loader accepts it
+    ref, new = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text()), json.loads((null / "manifest.json").read_text())
+    for name in (n for n in ref["files"] if n.endswith(".onnx")):
+        assert new["files"][name]["sha256"] != ref["files"][name]["sha256"]
+        for t in onnx.load(str(null / name)).graph.initializer:
+            a = numpy_helper.to_array(t)
+            if a.dtype == np.float32:
+                big = np.abs(a) >= 6.1e-5
+                assert np.array_equal(a[big], a[big].astype(np.float16).astype(np.float32)), (name, t.name)
+        ort.InferenceSession(str(null / name), providers=["CPUExecutionProvider"])  # shapes still agree
+
+
+def test_control_is_reported_and_does_not_decide(tmp_path, monkeypatch):
+    def fake(bundle_dir, seq, cond):  # the null scores 3 points under the reference on one case only
+        h = 0.6 - (0.03 if bundle_dir.name == "gate.control" and seq == "S1" else 0.0)
+        h -= 0.005 if bundle_dir.name == "cand" else 0.0
+        return {"HOTA": h}
+
+    monkeypatch.setattr(ag, "null_bundle", lambda ref, out: out)
+    monkeypatch.setattr(ag, "_content_id", lambda d: d.name)
+    cfg = GateConfig(sequences=("S1", "S2"), conditions=("clean",), control=True)
+    out = ag.gate_accuracy(tmp_path / "cand", cfg, tmp_path / "gate.json", tmp_path / "ref", fake)
+    v = json.loads(out.read_text())
+    assert v["passed"] and v["worst_hota_drop"] == pytest.approx(0.5)
+    c = v["control"]
+    assert c["pooled_hota_drops"] == {"clean": pytest.approx(1.5)} and c["passed"] is False
+    assert [x["hota_drop"] for x in c["cases"]] == pytest.approx([3.0, 0.0])
