@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class E2EConfig:
-    birth: float = 0.5  # birth score a free proposal needs to start a track (MOTRv2)
+    birth: float = 0.3  # e2e: birth score a free proposal needs to start a track (MOTRv2's 0.5 until the
+    # e2e was seen reporting people late on degraded frames: chosen on PETS 1-600, docs/networks.md)
     keep: float = 0.5  # keep score a live track needs to count as seen (MOTRv2)
     miss_tolerance: int = 20  # frames a track survives unseen (MOTRv2)
     output_score: float = 0.6  # a track is reported only at or above this score (MOTRv2)
@@ -51,12 +52,14 @@ class E2EConfig:
     box_smooth: float = 0.5  # hybrid: weight of the predicted box in a matched slot's box state (0 = the
     # detection's, the shipped behaviour before 0.5 was chosen on PETS 1-600, docs/networks.md "Hybrid state update")
     tentative_hits: int = 0  # a track matched fewer times than this since birth dies at its first miss (ByteTrack: 1)
+    e2e_box_smooth: float = 0.0  # e2e: box_smooth for the end-to-end tracker (0 = the detection's box)
 
     def __post_init__(self) -> None:
         if self.low_stage not in ("pointer", "iou"):
             raise ValueError(f"tracker low_stage: expected 'pointer' or 'iou', got {self.low_stage!r}")
-        if not 0.0 <= self.box_smooth < 1.0:  # 1 would never move the state to a detection
-            raise ValueError(f"tracker box_smooth: expected a weight in [0, 1), got {self.box_smooth}")
+        for name in ("box_smooth", "e2e_box_smooth"):  # 1 would never move the state to a detection
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"tracker {name}: expected a weight in [0, 1), got {getattr(self, name)}")
         for name in ("iou_weight", "min_iou"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"tracker {name}: expected a weight in [0, 1], got {getattr(self, name)}")
@@ -82,7 +85,7 @@ def softmax(x: np.ndarray) -> np.ndarray:
 class _SlotTracker:
     """State and feed packing shared by E2ETracker and HybridTracker."""
 
-    smooths_box = False  # blend the predicted box into a matched slot's box state (E2EConfig.box_smooth)
+    smooth_field = "e2e_box_smooth"  # the E2EConfig weight of the predicted box in a matched slot's box state
 
     def __init__(self, backend: Backend, cfg: E2EConfig = E2EConfig()):
         self.backend, self.cfg = backend, cfg
@@ -152,10 +155,11 @@ class _SlotTracker:
         matched[m[:, 0]] = True
         new_box = self.box.copy()
         new_box[m[:, 0]] = props.xyxy[m[:, 1]]
-        if self.smooths_box and cfg.box_smooth > 0:  # partial correction (as a Kalman update): a wrong match
+        a = getattr(cfg, self.smooth_field)
+        if a > 0:  # partial correction (as a Kalman update): a wrong match
             # moves the state only part way, so the next frame's pointer and IoU can pull the track back
             pred = predict_boxes(self.box, self.vel, self.miss + 1, cfg.max_predict_gap)
-            new_box = cfg.box_smooth * pred + (1 - cfg.box_smooth) * new_box
+            new_box = a * pred + (1 - a) * new_box
         self.box, self.vel = update_motion(self.box, self.vel, new_box, self.miss + 1, matched, cfg.momentum)
         if props.feature is not None and len(m):
             mix = cfg.embed_momentum * self.embed[m[:, 0]] + (1 - cfg.embed_momentum) * props.feature[m[:, 1]]
@@ -214,7 +218,7 @@ class HybridTracker(_SlotTracker):
     """ByteTrack-style two-stage matching on the network's pointer probabilities (cost 1 - p),
     optionally fused with / gated by the IoU between each track's predicted box and a detection."""
 
-    smooths_box = True
+    smooth_field = "box_smooth"
 
     def _associate(self, prob, keep, birth, props):
         cfg, n = self.cfg, len(props)

@@ -70,7 +70,7 @@ def run(tracker, frames):
 CASES = [
     ("birth and keep", [dets((100, 0.9)), dets((102, 0.9)), dets((104, 0.9))], [[1], [1], [1]]),
     ("two tracks", [dets((100, 0.9), (300, 0.8)), dets((101, 0.9), (301, 0.8))], [[1, 2], [1, 2]]),
-    ("below birth: no track", [dets((100, 0.45)), dets((100, 0.45))], [[], []]),
+    ("below birth: no track", [dets((100, 0.25)), dets((100, 0.25))], [[], []]),
     ("born but under the output filter", [dets((100, 0.55)), dets((100, 0.7))], [[], [1]]),
     ("low keep is a miss, not reported", [dets((100, 0.9)), dets((100, 0.3)), dets((100, 0.9))], [[1], [], [1]]),
     ("miss up to tolerance keeps the id", [dets((100, 0.9))] + [dets()] * 20 + [dets((100, 0.9))], [[1]] + [[]] * 20 + [[1]]),
@@ -194,6 +194,8 @@ def test_tentative_track_dies_at_its_first_miss(hits, want):
     (HybridTracker, E2EConfig(), 105.0),  # the default: half way between prediction (100) and detection (110)
     (HybridTracker, E2EConfig(box_smooth=0.0), 110.0),  # the hybrid before the association study
     (E2ETracker, E2EConfig(), 110.0),  # the end-to-end tracker keeps the detection's box
+    (E2ETracker, E2EConfig(e2e_box_smooth=0.5), 105.0),  # ... unless given its own weight
+    (HybridTracker, E2EConfig(e2e_box_smooth=0.3), 105.0),  # the hybrid reads box_smooth only
 ])
 def test_box_state_update(cls, cfg, x):
     trk = cls(FakeTrackerNet(), cfg)
@@ -211,7 +213,16 @@ def test_hybrid_default_pulls_back_after_one_wrong_match():
 
 
 @pytest.mark.parametrize("kw", [{"low_stage": "hungarian"}, {"box_smooth": 1.0}, {"box_smooth": -0.1},
-                                {"iou_weight": 1.5}, {"min_iou": -1.0}])
+                                {"e2e_box_smooth": 1.0}, {"iou_weight": 1.5}, {"min_iou": -1.0}])
 def test_config_refuses_bad_values(kw):
     with pytest.raises(ValueError, match=next(iter(kw))):
         E2EConfig(**kw)
+
+
+@pytest.mark.parametrize("cfg, live", [(E2EConfig(), 1), (E2EConfig(birth=0.5), 0)])
+def test_e2e_default_births_from_a_weak_proposal(cfg, live):
+    """The e2e default starts a track at birth 0.3 (MOTRv2's 0.5 left people unreported for frames on
+    degraded video); a weak newborn is live but not reported until its score reaches output_score."""
+    trk = E2ETracker(FakeTrackerNet(), cfg)
+    got = run(trk, [dets((100, 0.4))])
+    assert int(trk.valid.sum()) == live and len(got[0]) == 0
