@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from vsdmot.runtime.bundle import DEFAULT_BUNDLE, load_bundle
-from vsdmot.runtime.e2e import E2EConfig, HybridTracker, softmax
+from vsdmot.runtime.e2e import E2EConfig, E2ETracker, HybridTracker, softmax
 from vsdmot.runtime.mot import format_result_rows, read_rows
 from vsdmot.runtime.tracking import box_iou
 from vsdmot.runtime.types import Detections
@@ -90,9 +90,14 @@ class StoredSemantics:
         return self.policy.get(None, self.st.q[f], w)[0], w
 
 
-def replay(st: Stored, tracker, sem: StoredSemantics | None, frames: range, hook: Callable | None = None) -> str:
-    """Step `tracker` over stored frames; MOTChallenge rows. `hook(f, tracker)` runs after each step."""
+def replay(st: Stored, tracker, sem: StoredSemantics | None, frames: range, hook: Callable | None = None,
+           warm: range = range(0)) -> str:
+    """Step `tracker` over stored frames; MOTChallenge rows. `hook(f, tracker)` runs after each step.
+    `warm`: frames before `frames` that only step the semantics policy (its vector cache then holds
+    what the stored run's did, so it asks for no vector the run did not store)."""
     tracker.reset()
+    for f in warm if sem is not None else ():
+        sem.get(f)
     rows = []
     for f in frames:
         vec, w = sem.get(f) if sem is not None else (None, 0.0)
@@ -198,6 +203,7 @@ def variants() -> dict[str, Callable]:
 
     base = E2EConfig()
     hyb = lambda **kw: (lambda b, fps: HybridTracker(b, replace(base, **kw)))  # noqa: E731
+    e2e = lambda **kw: (lambda b, fps: E2ETracker(b, replace(base, **kw)))  # noqa: E731
     return {
         "bytetrack": lambda b, fps: ByteTrack(frame_rate=fps),
         "hybrid": hyb(),  # box_smooth 0.5 since the study; "old" is the hybrid before it
@@ -226,6 +232,21 @@ def variants() -> dict[str, Callable]:
         "emb.5+gate.1": hyb(embed_momentum=0.5, min_iou=0.1),
         "smooth.3": hyb(box_smooth=0.3),
         "smooth.5": hyb(box_smooth=0.5),
+        "e2e": e2e(),  # birth 0.3 since this study's second round; "e2e.old" is the e2e before it
+        "e2e.old": e2e(birth=0.5, e2e_box_smooth=0.0),
+        "e2e.smooth.3": e2e(e2e_box_smooth=0.3),
+        "e2e.smooth.5": e2e(e2e_box_smooth=0.5),
+        "e2e.smooth.7": e2e(e2e_box_smooth=0.7),
+        "e2e.keep.4": e2e(keep=0.4),
+        "e2e.keep.3": e2e(keep=0.3),
+        "e2e.birth.4": e2e(birth=0.4),
+        "e2e.birth.3": e2e(birth=0.3),
+        "e2e.birth.4+out.5": e2e(birth=0.4, output_score=0.5),
+        "e2e.birth.4+smooth.3": e2e(birth=0.4, e2e_box_smooth=0.3),
+        "e2e.out.5": e2e(output_score=0.5),
+        "e2e.out.4": e2e(output_score=0.4),
+        "e2e.miss10": e2e(miss_tolerance=10),
+        "e2e.miss30": e2e(miss_tolerance=30),
     }
 
 
@@ -239,6 +260,10 @@ class StudyConfig:
     bundle: Path = DEFAULT_BUNDLE
     policy: str = "auto"  # semantics policy for the network trackers
     held_out: bool = False  # allow evaluation frames (only for the one measurement after choosing)
+    start: int | None = None  # replay from this frame (a fresh tracker) instead of tracked[0]
+    weights: Path | None = None  # a tracker head checkpoint (torch) to replay instead of the bundle's tracker.onnx
+    bundle_dswr: bool = False  # with `weights`: keep the bundle's DSWR (the stored run's w, so its stored vectors
+    # cover every frame the policy asks for), not the head's own
 
 
 EVAL_FRAMES = {"PETS09-S2L1": (601, 795)}  # evaluation frames inside sequences that also train
@@ -255,6 +280,24 @@ def check_train_side(cfg: StudyConfig, seq_name: str) -> None:
                          "pass held_out=True only to measure a chosen variant")
 
 
+def replay_frames(cfg: StudyConfig) -> range:
+    """The frames replayed: the tracked window, or from `start` with a fresh tracker (the head's
+    train-side validation in docs/training.md tracks PETS 541-600 alone)."""
+    if cfg.start is not None and not cfg.tracked[0] <= cfg.start <= cfg.tracked[1]:
+        raise ValueError(f"start {cfg.start}: expected a frame inside the tracked window {cfg.tracked}")
+    return range(cfg.tracked[0] if cfg.start is None else cfg.start, cfg.tracked[1] + 1)
+
+
+def head_backend(weights: Path):
+    """(torch Backend, Dswr) of a tracker head checkpoint (`vsdmot-train tracker --ship` layout)."""
+    from vsdmot.models.reference import tracker_backend
+    from vsdmot.models.train_tracker import load_tracker
+    from vsdmot.runtime.dswr import Dswr
+
+    head, meta = load_tracker(weights)
+    return tracker_backend(head, threads=1), Dswr.from_params(meta.get("dswr", {}))
+
+
 def run_study(cfg: StudyConfig, names: list[str], diag: bool = False) -> list[dict]:
     """Every variant on every condition: one record per (variant, condition, window)."""
     from vsdmot.runtime.backends import OnnxRuntimeBackend
@@ -265,15 +308,19 @@ def run_study(cfg: StudyConfig, names: list[str], diag: bool = False) -> list[di
     check_train_side(cfg, info.name)
     bundle = load_bundle(cfg.bundle)
     dswr = Dswr.from_params(bundle.params("quality.json"))
-    backend = OnnxRuntimeBackend(bundle.path / "tracker.onnx", providers=["CPUExecutionProvider"], threads=1)
-    facts, frames, out = variants(), range(cfg.tracked[0], cfg.tracked[1] + 1), []
+    if cfg.weights is None:
+        backend = OnnxRuntimeBackend(bundle.path / "tracker.onnx", providers=["CPUExecutionProvider"], threads=1)
+    else:  # a retrained head with its own jointly trained DSWR (what its bundle's quality.json would carry)
+        backend, head_dswr = head_backend(cfg.weights)
+        dswr = dswr if cfg.bundle_dswr else head_dswr
+    facts, frames, out = variants(), replay_frames(cfg), []
     try:
         for cond in cfg.conditions:
             st = load_stored(memo_file(cfg.memo_dir, info.name, cond, cfg.tracked), bundle)
             for name in names:
                 trk = facts[name](backend, info.frame_rate)
                 sem = StoredSemantics(st, dswr, cfg.policy) if name != "bytetrack" else None
-                res = score(cfg.seq_dir, replay(st, trk, sem, frames), cfg.windows)
+                res = score(cfg.seq_dir, replay(st, trk, sem, frames, warm=range(cfg.tracked[0], frames[0])), cfg.windows)
                 for win, m in res.items():
                     out.append({"variant": name, "condition": cond, "window": win, **m})
                 if diag and name != "bytetrack":
@@ -328,12 +375,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--policy", default="auto", choices=("auto", "always", "never"))
     ap.add_argument("--diag", action="store_true", help="also the pointer diagnostics")
     ap.add_argument("--held-out", action="store_true", help="allow evaluation frames (after choosing)")
+    ap.add_argument("--start", type=int, default=None, help="replay from this frame (default: the first tracked)")
+    ap.add_argument("--weights", type=Path, default=None, help="replay this tracker head checkpoint (torch)")
+    ap.add_argument("--bundle-dswr", action="store_true", help="with --weights: w from the bundle's DSWR, not the head's")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t = tuple(int(x) for x in a.tracked.split(":"))
     cfg = StudyConfig(a.memo, a.seq, tuple(a.conditions), t, dict(map(_window, a.window)), policy=a.policy,
-                      held_out=a.held_out)
+                      held_out=a.held_out, start=a.start, weights=a.weights,
+                      bundle_dswr=a.bundle_dswr)
     recs = run_study(cfg, a.variants, a.diag)
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)

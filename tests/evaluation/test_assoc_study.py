@@ -91,3 +91,28 @@ def test_summary_splits_clean_and_degraded():
     rec = lambda v, c, h: {"variant": v, "condition": c, "window": "val", **{k: h for k in A.KEYS}}  # noqa: E731
     rows = A.summary([rec("x", "clean", 50), rec("x", "jpeg-s3", 40), rec("x", "h264-s3", 20)])
     assert [(r["part"], r["n"], r["HOTA"]) for r in rows] == [("clean", 1, 50), ("degraded", 2, 30)]
+
+
+def test_e2e_variants_are_end_to_end_trackers():
+    from vsdmot.runtime.e2e import E2ETracker, HybridTracker
+    from vsdmot.runtime.types import TensorSpec
+
+    class Spec:  # the tracker's input shapes are all a slot tracker reads at construction
+        inputs = {n: TensorSpec(n, s, "float32") for n, s in
+                  (("prop_box", (1, 6, 4)), ("track_query", (1, 4, 3)), ("prop_embed", (1, 6, 2)), ("semantic", (1, 5)))}
+
+    v = A.variants()
+    t = v["e2e.smooth.5"](Spec(), 7.0)
+    assert type(t) is E2ETracker and t.cfg.e2e_box_smooth == 0.5
+    assert type(v["e2e"](Spec(), 7.0)) is E2ETracker and type(v["hybrid"](Spec(), 7.0)) is HybridTracker
+
+
+@pytest.mark.parametrize("start, want", [(None, (1, 600)), (541, (541, 600)), (700, None)])
+def test_replay_frames(start, want):
+    c = A.StudyConfig(Path("memo"), Path("x"), ("clean",), (1, 600), {"val": (541, 600)}, start=start)
+    if want is None:
+        with pytest.raises(ValueError, match="start 700"):
+            A.replay_frames(c)
+    else:
+        r = A.replay_frames(c)
+        assert (r[0], r[-1]) == want
