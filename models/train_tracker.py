@@ -60,6 +60,9 @@ class TrainConfig:
     miss_tolerance: int = 20  # frames a slot survives unmatched (MOTRv2)
     momentum: float = 0.7  # velocity EMA (same as the runtime's)
     embed_momentum: float = 0.8  # appearance EMA (same as the runtime's)
+    box_smooth: float = 0.0  # weight of the predicted box in a matched slot's box state (runtime E2EConfig.box_smooth;
+    # 0 = the detection's box, the state the shipped head was trained on)
+    box_smooth_share: float = 1.0  # share of clips that use box_smooth (the rest keep the detection's box)
     random_semantic: float = 0.3  # share of clips whose semantic vector is a random direction (robust to any student)
     real_semantics: bool = False  # real clips: cached real q and student vectors (else stand-ins, q ~ U)
     synth_semantics: str = "standin"  # synthetic clips: "standin" vectors, or "real" (q, vector) runs borrowed from real clips
@@ -86,12 +89,14 @@ class Slots:
     miss: np.ndarray  # (B,S) frames since the last match
     embed: np.ndarray  # (B,S,E) appearance EMA
     query: torch.Tensor  # (B,S,d)
+    smooth: np.ndarray  # (B,1,1) weight of the predicted box in a matched box state, per clip
 
     @classmethod
-    def empty(cls, b: int, s: int, e: int, d: int) -> Slots:
+    def empty(cls, b: int, s: int, e: int, d: int, smooth: np.ndarray | None = None) -> Slots:
         z = lambda *sh: np.zeros(sh, np.float32)  # noqa: E731
+        sm = z(b, 1, 1) if smooth is None else np.asarray(smooth, np.float32).reshape(b, 1, 1)
         return cls(np.zeros((b, s), bool), np.full((b, s), -1), z(b, s, 4), z(b, s, 4), z(b, s), z(b, s, e),
-                   torch.zeros(b, s, d))
+                   torch.zeros(b, s, d), sm)
 
 
 def pack_frame(fr: SynthFrame, P: int) -> tuple[np.ndarray, ...]:
@@ -162,6 +167,8 @@ def advance(st: Slots, out, ptr, birth, pg, pb, pe, cfg: TrainConfig, rng: np.ra
     idx = np.where(matched, ptr, 0)
     new_box = np.take_along_axis(pb, idx[..., None], 1)  # (B,S,4)
     new_emb = np.take_along_axis(pe, idx[..., None], 1)  # (B,S,E)
+    if st.smooth.any():  # the runtime's partial state update: the state lags the detection as at run time
+        new_box = st.smooth * predict_boxes(st.box, st.vel, st.miss + 1) + (1 - st.smooth) * new_box
     st.box, st.vel = update_motion(st.box, st.vel, new_box, st.miss + 1, matched, cfg.momentum)
     mix = cfg.embed_momentum * st.embed + (1 - cfg.embed_momentum) * new_emb
     st.embed = np.where(matched[..., None], mix / np.maximum(np.linalg.norm(mix, axis=-1, keepdims=True), 1e-6), st.embed)
@@ -207,7 +214,7 @@ class TrainModel(torch.nn.Module):
 
 def rollout(model: TrainModel, clips: list[list[SynthFrame]], cfg: TrainConfig, rng: np.random.Generator) -> torch.Tensor:
     """Unroll B clips (equal length) and return the mean loss over frames."""
-    st = Slots.empty(len(clips), cfg.slots, model.head.cfg.embed_dim, model.head.cfg.d)
+    st = Slots.empty(len(clips), cfg.slots, model.head.cfg.embed_dim, model.head.cfg.d, clip_smooth(cfg, len(clips), rng))
     total = torch.zeros(())
     T = max(len(c) for c in clips)
     for t in range(T):
@@ -221,6 +228,16 @@ def rollout(model: TrainModel, clips: list[list[SynthFrame]], cfg: TrainConfig, 
         total = total + frame_loss(out, st, ptr, birth, feed[3].numpy(), active, cfg) * active.mean()
         advance(st, out, ptr, birth, pg, pb, pe, cfg, rng)
     return total / T
+
+
+def clip_smooth(cfg: TrainConfig, b: int, rng: np.random.Generator) -> np.ndarray:
+    """(B,) box_smooth per clip: box_smooth on a `box_smooth_share` of clips, else 0. Draws from
+    rng only for a share strictly between 0 and 1, so the other settings see the old data stream."""
+    if cfg.box_smooth == 0 or cfg.box_smooth_share <= 0:
+        return np.zeros(b, np.float32)
+    if cfg.box_smooth_share >= 1:
+        return np.full(b, cfg.box_smooth, np.float32)
+    return np.where(rng.random(b) < cfg.box_smooth_share, cfg.box_smooth, 0.0).astype(np.float32)
 
 
 def make_batch(cfg: TrainConfig, noise: dict, real: RealClips | None, rng: np.random.Generator) -> list[list[SynthFrame]]:

@@ -1,0 +1,55 @@
+"""models/train_tracker.py: the teacher-forced box state follows the runtime's partial update when asked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vsdmot.models.train_tracker import Slots, TrainConfig, advance, clip_smooth
+
+B, S, P, E, D = 2, 3, 4, 2, 5
+
+
+def step_once(smooth):
+    """One live slot per clip at x = 100 moving +10 px/frame; its proposal (slot 0 -> proposal 0) is at x = 120.
+    -> the slot's box state after the teacher-forced update."""
+    st = Slots.empty(B, S, E, D, smooth)
+    st.valid[:, 0], st.gid[:, 0] = True, 7
+    st.box[:, 0] = [100, 100, 140, 180]
+    st.vel[:, 0] = [10, 0, 10, 0]
+    pb = np.tile(np.array([0, 0, 1, 1], np.float32), (B, P, 1))
+    pb[:, 0] = [120, 100, 160, 180]
+    pg = np.full((B, P), -2)
+    pg[:, 0] = 7
+    ptr = np.full((B, S), P)
+    ptr[:, 0] = 0
+    out = (None, None, None, torch.zeros(B, S, D), torch.zeros(B, P, D))
+    cfg = TrainConfig(drop_track=0.0, inject_fp=0.0)
+    advance(st, out, ptr, np.zeros((B, P), np.float32), pg, pb, np.ones((B, P, E), np.float32), cfg,
+            np.random.default_rng(0))
+    return st.box[:, 0, 0]
+
+
+def test_default_state_is_the_detection():
+    assert step_once(None).tolist() == [120.0, 120.0]
+
+
+def test_box_smooth_moves_half_way_from_the_prediction():
+    """Prediction 110 (box + velocity), detection 120: 0.5 gives 115 (runtime E2EConfig.box_smooth)."""
+    assert step_once(np.array([0.5, 0.0])).tolist() == pytest.approx([115.0, 120.0])
+
+
+@pytest.mark.parametrize("smooth, share, want", [(0.0, 1.0, {0.0}), (0.5, 1.0, {0.5}), (0.5, 0.0, {0.0}),
+                                                 (0.5, 0.5, {0.0, 0.5})])
+def test_clip_smooth(smooth, share, want):
+    got = clip_smooth(TrainConfig(box_smooth=smooth, box_smooth_share=share), 64, np.random.default_rng(1))
+    assert set(got.tolist()) == want
+
+
+def test_clip_smooth_draws_nothing_unless_mixed():
+    """The settings without a mix leave the data stream of a seed as it was (the shipped run's)."""
+    for cfg in (TrainConfig(), TrainConfig(box_smooth=0.5)):
+        rng = np.random.default_rng(3)
+        clip_smooth(cfg, 4, rng)
+        assert rng.random() == np.random.default_rng(3).random()
