@@ -196,6 +196,51 @@ def pointer_diag(st: Stored, tracker: RecordingHybrid, sem, frames: range, seq_d
             **{k: round(n[k] / a, 4) for k in n if k.startswith("absent_")}}
 
 
+# -- a Kalman box state (study only) --------------------------------------------------------------------
+class KalmanHybrid(HybridTracker):
+    """HybridTracker whose slot box state is ByteTrack's constant-velocity Kalman filter (xyah), not the
+    partial update: the network's `track_box` is the filter's one-frame prediction, a match is a filter
+    update (its gain grows with the state's uncertainty), a miss keeps the prediction."""
+
+    def reset(self) -> None:
+        from vsdmot.runtime.bytetrack import KalmanXYAH
+
+        super().reset()
+        self.kf = KalmanXYAH()
+        self.mean = np.zeros((self.S, 8))  # (S, 8) prior for the coming frame
+        self.cov = np.tile(np.eye(8), (self.S, 1, 1))  # (S, 8, 8)
+
+    def _feed(self, props, semantic, w):
+        feed = super()._feed(props, semantic, w)
+        feed["track_box"] = np.where(self.valid[:, None], _xyxy(self.mean[:, :4]), 0).astype(np.float32)[None]
+        return feed
+
+    def _update(self, props, m, born, out) -> None:
+        super()._update(props, m, born, out)
+        for s, p in m.tolist():  # posterior of the matched slots (unmatched keep their prior)
+            self.mean[s], self.cov[s] = self.kf.update(self.mean[s], self.cov[s], _xyah(props.xyxy[p]))
+        for s, p in zip(self._born_slots.tolist(), born[: len(self._born_slots)].tolist()):
+            self.mean[s], self.cov[s] = self.kf.initiate(_xyah(props.xyxy[p]))
+        live = np.flatnonzero(self.valid)
+        if len(live):
+            mean = self.mean[live].copy()
+            mean[self.miss[live] > 0, 7] = 0  # a missed track stops growing (ByteTrack)
+            self.mean[live], self.cov[live] = self.kf.multi_predict(mean, self.cov[live])
+        self.box[live] = _xyxy(self.mean[live, :4])  # the predicted box, for the IoU options
+        self.vel[live] = 0
+
+
+def _xyah(b: np.ndarray) -> np.ndarray:
+    w, h = b[2] - b[0], b[3] - b[1]
+    return np.array([b[0] + w / 2, b[1] + h / 2, w / max(h, 1e-6), h])
+
+
+def _xyxy(m: np.ndarray) -> np.ndarray:
+    """(K, 4) cx, cy, a, h -> (K, 4) x1, y1, x2, y2."""
+    w = m[:, 2] * m[:, 3]
+    return np.stack([m[:, 0] - w / 2, m[:, 1] - m[:, 3] / 2, m[:, 0] + w / 2, m[:, 1] + m[:, 3] / 2], 1)
+
+
 # -- variants ----------------------------------------------------------------------------------------
 def variants() -> dict[str, Callable]:
     """name -> factory(backend, fps) of a Tracker. `hybrid` is the E2EConfig default."""
@@ -232,6 +277,9 @@ def variants() -> dict[str, Callable]:
         "emb.5+gate.1": hyb(embed_momentum=0.5, min_iou=0.1),
         "smooth.3": hyb(box_smooth=0.3),
         "smooth.5": hyb(box_smooth=0.5),
+        "kalman": lambda b, fps: KalmanHybrid(b, base),
+        "mom.5": hyb(momentum=0.5),
+        "mom.9": hyb(momentum=0.9),
         "e2e": e2e(),  # birth 0.3 since this study's second round; "e2e.old" is the e2e before it
         "e2e.old": e2e(birth=0.5, e2e_box_smooth=0.0),
         "e2e.smooth.3": e2e(e2e_box_smooth=0.3),
