@@ -1,4 +1,4 @@
-"""Association study: hybrid-tracker variants replayed on the ablation's stored per-frame values.
+"""Association study: tracker variants (hybrid and e2e) replayed on the ablation's stored per-frame values.
 
 `vsdmot-bench ablation --out OUT` stores, per (sequence, condition), every frame's detector output,
 q and the student vectors its rows asked for (`OUT/memo/`, see ablation_memo.py). This module
@@ -6,6 +6,8 @@ replays a tracker over those values, with no decode and no detector, through the
 DSWR and `SemanticPolicy` (the same vectors reach the tracker as in the ablation row), writes
 MOTChallenge rows and scores them with `metrics.evaluate` on one or more frame windows. So a
 tracker-only change (a cost, a gate, a lifetime) is measured in seconds per condition.
+`--weights CKPT` replays a retrained tracker head (torch) instead of the bundle's tracker.onnx, and
+`--start F` tracks from frame F with a fresh tracker (the head's train-side validation window).
 
 `pointer_diag` measures the network's pointer against the ground truth: for each live slot whose
 last matched box was a gt person, and a proposal on that same person exists this frame, is the
