@@ -370,7 +370,8 @@ def run_study(cfg: StudyConfig, names: list[str], diag: bool = False) -> list[di
             for name in names:
                 trk = facts[name](backend, info.frame_rate)
                 sem = StoredSemantics(st, dswr, cfg.policy) if name != "bytetrack" else None
-                res = score(cfg.seq_dir, replay(st, trk, sem, frames, warm=range(cfg.tracked[0], frames[0])), cfg.windows)
+                text = replay(st, trk, sem, frames, warm=range(cfg.tracked[0], frames[0]))
+                res = score(cfg.seq_dir, text, cfg.windows)
                 for win, m in res.items():
                     out.append({"variant": name, "condition": cond, "window": win, **m})
                 if diag and name != "bytetrack":

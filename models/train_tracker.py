@@ -214,7 +214,8 @@ class TrainModel(torch.nn.Module):
 
 def rollout(model: TrainModel, clips: list[list[SynthFrame]], cfg: TrainConfig, rng: np.random.Generator) -> torch.Tensor:
     """Unroll B clips (equal length) and return the mean loss over frames."""
-    st = Slots.empty(len(clips), cfg.slots, model.head.cfg.embed_dim, model.head.cfg.d, clip_smooth(cfg, len(clips), rng))
+    smooth = clip_smooth(cfg, len(clips), rng)
+    st = Slots.empty(len(clips), cfg.slots, model.head.cfg.embed_dim, model.head.cfg.d, smooth)
     total = torch.zeros(())
     T = max(len(c) for c in clips)
     for t in range(T):
