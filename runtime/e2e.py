@@ -32,9 +32,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class E2EConfig:
-    birth: float = 0.3  # e2e: birth score a free proposal needs to start a track (MOTRv2's 0.5 until chosen on
-    # PETS 1-600; held out it moved e2e by -1.0 clean / +0.1 degraded). The pipeline passes its own
-    # RunConfig.tracker.birth_score (0.5), so this default reaches the reference, calibration and studies only
+    birth: float = 0.5  # birth score a free proposal needs to start a track (MOTRv2; = RunConfig.tracker.birth_score).
+    # 0.3 won on train-side PETS 1-600 replays (+2.2) but moved held-out e2e by -1.0 clean / +0.1 degraded
     keep: float = 0.5  # keep score a live track needs to count as seen (MOTRv2)
     miss_tolerance: int = 20  # frames a track survives unseen (MOTRv2)
     output_score: float = 0.6  # a track is reported only at or above this score (MOTRv2)

@@ -219,10 +219,16 @@ def test_config_refuses_bad_values(kw):
         E2EConfig(**kw)
 
 
-@pytest.mark.parametrize("cfg, live", [(E2EConfig(), 1), (E2EConfig(birth=0.5), 0)])
-def test_e2e_default_births_from_a_weak_proposal(cfg, live):
-    """The e2e default starts a track at birth 0.3 (MOTRv2's 0.5 left people unreported for frames on
-    degraded video); a weak newborn is live but not reported until its score reaches output_score."""
+@pytest.mark.parametrize("cfg, live", [(E2EConfig(birth=0.3), 1), (E2EConfig(), 0)])
+def test_e2e_birth_threshold(cfg, live):
+    """A 0.4 proposal starts a track only below the birth threshold (MOTRv2's 0.5 by default); a weak
+    newborn is live but not reported until its score reaches output_score."""
     trk = E2ETracker(FakeTrackerNet(), cfg)
     got = run(trk, [dets((100, 0.4))])
     assert int(trk.valid.sum()) == live and len(got[0]) == 0
+
+
+def test_e2e_birth_default_is_the_pipelines():
+    """The reference, calibration and studies use E2EConfig(); the pipeline passes RunConfig's value."""
+    from vsdmot.runtime.config import RunConfig
+    assert E2EConfig().birth == RunConfig().tracker.birth_score
