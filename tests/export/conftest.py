@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from helpers import DATA
+from helpers import frames
 from vsdmot.export.to_onnx import TorchNet
 
 
@@ -47,21 +46,6 @@ class TinyTracker(nn.Module):
         t, _ = self.attn(track_query + fuse, p, p)
         t = self.norm(t + track_query)
         return torch.softmax(self.out(t), -1), t
-
-
-def frames(n=24, size=64):
-    """Real PETS09 frames, resized to (size, size) BGR uint8."""
-    cap = cv2.VideoCapture(str(DATA / "PETS09-S2L1" / "PETS09-S2L1.avi"))
-    out = []
-    while len(out) < n:
-        ok, img = cap.read()
-        if not ok:
-            break
-        out.append(cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA))
-    cap.release()
-    if len(out) < n:
-        pytest.skip("needs ../shared/data/PETS09-S2L1")
-    return out
 
 
 @pytest.fixture(scope="session")

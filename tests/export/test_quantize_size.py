@@ -3,14 +3,13 @@ added, and large last layers kept float only when a measurement says so (issue 5
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from helpers import DATA, REPO
+from helpers import REPO, frames
 from vsdmot.export.qdq_check import check_model
 from vsdmot.export.quantize import QuantConfig, quantize, share_qdq_constants, short_qdq_names
 from vsdmot.export.report import read_stamp
@@ -72,18 +71,8 @@ def test_large_last_layer_is_int8_when_the_trial_allows(tmp_path, kw, head_int8)
 
 
 def _student_feeds(n=25, size=128):
-    cap = cv2.VideoCapture(str(DATA / "PETS09-S2L1" / "PETS09-S2L1.avi"))
-    out = []
-    while len(out) < n:
-        ok, img = cap.read()
-        if not ok:
-            break
-        small = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-        out.append({"image": np.ascontiguousarray(small.transpose(2, 0, 1)[None], dtype=np.float32)})
-    cap.release()
-    if len(out) < n:
-        pytest.skip("needs ../shared/data/PETS09-S2L1")
-    return out
+    """(1, 3, size, size) float32 feeds of real PETS09 frames."""
+    return [{"image": np.ascontiguousarray(f.transpose(2, 0, 1)[None], dtype=np.float32)} for f in frames(n, size)]
 
 
 def test_shipped_student_head_is_int8_and_its_vector_holds(tmp_path):
