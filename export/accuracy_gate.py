@@ -74,8 +74,7 @@ def gate_accuracy(candidate: str | Path, cfg: GateConfig, out_path: str | Path, 
     fn = eval_fn or pipeline_eval(cfg)
 
     def build(out: Path) -> dict[str, Any]:
-        cases = [score_case(fn, candidate, reference, s, c) for s in cfg.sequences for c in cfg.conditions]
-        verdict = decide(cases, cfg)
+        verdict = decide(score_cases(fn, candidate, reference, cfg), cfg)
         if cfg.control:
             verdict["control"] = control(fn, reference, cfg, out.with_name(out.stem + ".control"))
         out.write_text(json.dumps(verdict, indent=2))
@@ -99,6 +98,10 @@ def score_case(fn: EvalFn, candidate: Path, reference: Path, seq: str, cond: str
              100 * cand["HOTA"], drop)
     return {"sequence": seq, "condition": cond, "hota_drop": round(drop, 3),
             "reference": {k: ref[k] for k in METRICS if k in ref}, "bundle": {k: cand[k] for k in METRICS if k in cand}}
+
+
+def score_cases(fn: EvalFn, candidate: Path, reference: Path, cfg: GateConfig) -> list[dict[str, Any]]:
+    return [score_case(fn, candidate, reference, s, c) for s in cfg.sequences for c in cfg.conditions]
 
 
 def pooled_drops(cases: list[dict[str, Any]]) -> dict[str, float]:
@@ -147,7 +150,7 @@ def decide(cases: list[dict[str, Any]], cfg: GateConfig) -> dict[str, Any]:
 def control(fn: EvalFn, reference: Path, cfg: GateConfig, work: Path) -> dict[str, Any]:
     """Gate a null bundle (the reference rounded to FP16) the same way: the noise floor of this verdict."""
     null = null_bundle(reference, work)
-    v = decide([score_case(fn, null, reference, s, c) for s in cfg.sequences for c in cfg.conditions], cfg)
+    v = decide(score_cases(fn, null, reference, cfg), cfg)
     if not v["passed"]:
         log.warning("gate control: a null bundle (FP16-rounded reference) fails too (%s): the verdict is within "
                     "the gate's noise", v["reason"])
@@ -161,7 +164,7 @@ def null_bundle(reference: Path, out: Path) -> Path:
     values FP16 would flush to zero, |x| < 6.1e-5, e.g. LayerNorm eps, kept) and reseal its manifest."""
     import shutil
 
-    from vsdmot.runtime.bundle import DIGEST_FIELD, manifest_digest
+    from .bundle import seal
 
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(reference, out)
@@ -170,9 +173,7 @@ def null_bundle(reference: Path, out: Path) -> Path:
         if name.endswith(".onnx"):
             _round_fp16(out / name)
             entry.update(sha256=file_sha256(out / name), size=(out / name).stat().st_size)
-    manifest.pop(DIGEST_FIELD, None)
-    manifest[DIGEST_FIELD] = manifest_digest(manifest)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    seal(out, manifest)
     return out
 
 
