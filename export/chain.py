@@ -24,6 +24,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .accuracy_gate import EvalFn, GateConfig, gate_accuracy
 from .bundle import BundleConfig, BundleContents, BundleFile, publish, record_gate, write_bundle
 from .parity import FP32, INT8, onnx_runner, parity
@@ -287,7 +289,19 @@ def summarize(verdict: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def feeds_id(feeds) -> str:
-    return str(getattr(feeds, "key", "")) or f"n={len(feeds)}"
+    """What names feeds in the prune/recover/quantize keys: their own key (a stored calibration set),
+    else a hash of their contents (recorded tracker feeds change with the runtime's tracker; a count
+    alone let a tracker quantised on stale feeds be reused)."""
+    key = str(getattr(feeds, "key", ""))
+    if key:
+        return key
+    h = hashlib.sha256()
+    for feed in feeds:
+        for name in sorted(feed):
+            a = np.ascontiguousarray(feed[name])
+            h.update(f"{name}{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+    return f"n={len(feeds)}:{h.hexdigest()[:16]}"
 
 
 def calibset_summary(work: Path) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from vsdmot.calibration.feeds import DetectorFeeds, ImageList
@@ -187,3 +188,13 @@ def test_gate_caches_tracks_per_frame_window(tmp_path, monkeypatch):
     a = ag._track_and_score(bundle, "PETS09-S2L1:401-600", "clean", cfg, tmp_path / "cache", 1)
     b = ag._track_and_score(bundle, "PETS09-S2L1:601-795", "clean", cfg, tmp_path / "cache", 1)
     assert len(set(written)) == 2 and a["rows"] != b["rows"]
+
+
+def test_feeds_id_names_unkeyed_feeds_by_content():
+    """Recorded tracker feeds have no key: two recordings of the same count but other values (the
+    tracker changed) must not share a quantize cache entry."""
+    from vsdmot.export.chain import feeds_id
+
+    a = [{"x": np.zeros((1, 4), np.float32)}, {"x": np.ones((1, 4), np.float32)}]
+    b = [{"x": np.zeros((1, 4), np.float32)}, {"x": np.full((1, 4), 2, np.float32)}]
+    assert feeds_id(a) == feeds_id([dict(f) for f in a]) and feeds_id(a) != feeds_id(b)
