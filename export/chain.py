@@ -284,8 +284,9 @@ def export_info(cfg: ExportConfig) -> dict[str, Any]:
 
 def summarize(verdict: Mapping[str, Any]) -> dict[str, Any]:
     """The manifest's "accuracy" section: per case the bundle's and FP32's metrics and the drop."""
-    return {"vs": "fp32 reference (unpruned)", "threshold_hota_drop": verdict.get("threshold_hota_drop"),
-            "worst_hota_drop": verdict.get("worst_hota_drop"), "cases": verdict.get("cases", [])}
+    keep = ("rule", "threshold_hota_drop", "worst_hota_drop", "pooled_hota_drops", "worst_case_hota_drop", "control")
+    return {"vs": "fp32 reference (unpruned)", **{k: verdict[k] for k in keep if k in verdict},
+            "cases": verdict.get("cases", [])}
 
 
 def feeds_id(feeds) -> str:
@@ -312,7 +313,7 @@ def calibset_summary(work: Path) -> dict[str, Any]:
 def finish(stage: Path, out: Path, accuracy: Mapping, verdict: Mapping, report: Report, cfg: ExportConfig,
            work: Path, copy: bool = False) -> Path:
     """Record the verdict and the report in the staged bundle, then publish it (a copy when `copy`)."""
-    gate = {k: verdict.get(k) for k in ("passed", "forced", "reason", "worst_hota_drop", "threshold_hota_drop")}
+    gate = {k: verdict.get(k) for k in ("passed", "forced", "reason", "rule", "worst_hota_drop", "threshold_hota_drop")}
     gate["forced"] = bool(verdict.get("forced") or (cfg.gate.force and not verdict.get("passed")))
     report.summary = {"precision": cfg.precision, "prune": cfg.ratio, "method": cfg.method, "gate": gate["reason"],
                       "forced": gate["forced"], "accuracy_vs_fp32": {

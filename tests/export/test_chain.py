@@ -64,6 +64,9 @@ def test_pruned_int8_passes_gate_and_is_idempotent(sources, tmp_path, caplog):
     assert m["files"]["detector.onnx"]["precision"] == "int8" and m["export"]["prune"] == 0.5
     assert m["accuracy_gate"] == {**m["accuracy_gate"], "passed": True, "forced": False}
     assert m["accuracy"]["worst_hota_drop"] == pytest.approx(0.4) and len(m["accuracy"]["cases"]) == 2
+    acc = m["accuracy"]  # how the drop was gated is in the manifest, not only in the log
+    assert acc["rule"] == m["accuracy_gate"]["rule"] == "balanced" and acc["worst_case_hota_drop"] == pytest.approx(0.4)
+    assert acc["pooled_hota_drops"] == {"clean": pytest.approx(0.4), "degraded": pytest.approx(0.4)}
     assert m["calibration"]["method"] == "minmax" and m["calibration"]["frames"]["detector"] == 24
     assert m["files"]["detector.onnx"]["size"] < 0.5 * load_bundle(tmp_path / "work" / "reference").entry("detector.onnx")["size"]
     steps = json.loads((out / "export_report.json").read_text())["steps"]
