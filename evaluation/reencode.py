@@ -1,0 +1,268 @@
+"""Measurement resolution: how far one tracking number moves when only the encoding changes.
+
+    python -m vsdmot.evaluation.reencode --seq DIR[:A-B] [DIR[:A-B] ...] [--crf 12 15 18 21 24]
+        [--tracker hybrid bytetrack e2e] [--diff hybrid bytetrack] [--no-original] [--bundle DIR]
+        [--threads 1] [--out runs/reencode]
+
+Each sequence's video (or its image folder) is re-encoded with ffmpeg's libx264 at every CRF
+(`-crf N -pix_fmt yuv420p`, visually lossless to mild), every tracker runs on every encode through
+`vsdmot-edge run --source ENCODE --tracker T` (a fresh process, as a user runs it; it stops after
+the window's last frame: tracking is causal, so the window's rows are those of a full run), and the
+rows are scored by `evaluation.metrics.evaluate` against the sequence's gt on the window (`:A-B`,
+default the whole sequence). The unencoded sequence is scored beside the encodes ("original").
+Output in OUT: cells.jsonl (one line per (sequence, crf, tracker) cell: a re-run skips finished
+cells of the same runtime code and bundle), reencode.md and reencode.json (HOTA, DetA, AssA, IDF1
+per cell, and the per-CRF HOTA difference of the two `--diff` trackers with its range).
+Measurement only: nothing should be chosen on what it prints (docs/evaluation.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from vsdmot.runtime import code_identity as runtime_code_id
+from vsdmot.runtime.bundle import DEFAULT_BUNDLE, MANIFEST, file_sha256
+from vsdmot.runtime.errors import VsdmotError
+from vsdmot.runtime.mot import read_seqinfo
+from vsdmot.runtime.pipeline import TRACKER_KINDS
+
+from .metrics import evaluate, parse_window
+
+log = logging.getLogger(__name__)
+KEYS = ("HOTA", "DetA", "AssA", "IDF1")  # the table's metrics (MOTA is kept in the JSON)
+ORIGINAL = "original"  # the crf label of the unencoded sequence
+# (source, tracker, res_file, cfg, last frame) -> None: writes MOT rows; the default runs vsdmot-edge
+TrackFn = Callable[[Path, str, Path, "ReencodeConfig", int], None]
+
+
+@dataclass(frozen=True)
+class ReencodeConfig:
+    sequences: tuple[str, ...]  # MOTChallenge sequence folders, each DIR or DIR:A-B (the scored window)
+    crfs: tuple[int, ...] = (12, 15, 18, 21, 24)  # libx264 CRFs (0..51; 18 ~ visually lossless)
+    trackers: tuple[str, ...] = ("hybrid", "bytetrack", "e2e")  # vsdmot-edge run --tracker names
+    diff: tuple[str, ...] = ("hybrid", "bytetrack")  # HOTA of diff[0] minus diff[1] per CRF; () = none
+    original: bool = True  # also score the unencoded sequence
+    bundle: str = ""  # model bundle ("" = runtime/assets/default)
+    threads: int = 1  # onnxruntime threads per network in each run
+    out_dir: str = "runs/reencode"  # encodes/, results/, cells.jsonl, reencode.md, reencode.json
+
+    def __post_init__(self) -> None:
+        if not self.sequences or not self.crfs or not self.trackers:
+            raise ValueError("expected at least one sequence, one CRF and one tracker")
+        for c in self.crfs:
+            if not 0 <= c <= 51:
+                raise ValueError(f"crf: expected 0..51 (libx264), got {c}")
+        unknown = sorted(set(self.trackers) - set(TRACKER_KINDS))
+        if unknown:
+            raise ValueError(f"tracker: expected names from {list(TRACKER_KINDS)}, got {unknown}")
+        if self.diff and (len(self.diff) != 2 or not set(self.diff) <= set(self.trackers)):
+            raise ValueError(f"diff: expected two of the trackers {list(self.trackers)}, got {list(self.diff)}")
+        if self.threads < 1:
+            raise ValueError(f"threads: expected >= 1, got {self.threads}")
+        for s in self.sequences:
+            split_spec(s)
+
+    @property
+    def bundle_dir(self) -> Path:
+        return Path(self.bundle) if self.bundle else DEFAULT_BUNDLE
+
+
+def split_spec(spec: str) -> tuple[Path, tuple[int, int]]:
+    """'DIR' or 'DIR:A-B' -> (folder, (first, last)); the folder needs seqinfo.ini and gt/gt.txt."""
+    m = re.fullmatch(r"(.+):(\d+)-(\d+)", spec)
+    seq = Path(m[1] if m else spec)
+    if not (seq / "seqinfo.ini").is_file() or not (seq / "gt" / "gt.txt").is_file():
+        raise ValueError(f"sequence {spec}: expected a MOTChallenge folder with seqinfo.ini and gt/gt.txt at {seq}")
+    return seq, parse_window((int(m[2]), int(m[3])) if m else None, read_seqinfo(seq).length)
+
+
+# -- encoding ---------------------------------------------------------------------------------------
+def ffmpeg_exe() -> str:
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        raise VsdmotError("the re-encode study needs ffmpeg with libx264 on PATH, and there is none "
+                          "(Debian: apt-get install ffmpeg)")
+    return exe
+
+
+def ffmpeg_input(seq: Path) -> list[str]:
+    """ffmpeg input arguments for a sequence: its video, else its images in name order at its frame rate."""
+    from vsdmot.runtime.sources import open_sequence
+
+    s = open_sequence(seq)
+    if s.video is not None:
+        return ["-i", str(s.video)]
+    pattern = str(seq / s.info.im_dir / f"*{s.info.im_ext}")
+    return ["-framerate", f"{s.info.frame_rate:g}", "-pattern_type", "glob", "-i", pattern]
+
+
+def encode(seq: Path, crf: int, out: Path) -> Path:
+    """`out` (.mp4): the sequence through libx264 at `crf`; kept when it exists (written via .partial)."""
+    if out.is_file():
+        return out
+    info = read_seqinfo(seq)
+    pad = ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"] if (info.width | info.height) % 2 else []  # yuv420p: even
+    tmp = out.with_name(out.stem + ".partial.mp4")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [ffmpeg_exe(), "-loglevel", "error", "-y", *ffmpeg_input(seq), *pad, "-c:v", "libx264", "-crf", str(crf),
+           "-pix_fmt", "yuv420p", str(tmp)]
+    _check_run(cmd, f"ffmpeg (libx264 crf {crf}) on {seq}")
+    tmp.replace(out)
+    return out
+
+
+def _check_run(cmd: list[str], what: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+        raise VsdmotError(f"{what} failed (exit {proc.returncode}): {tail}")
+
+
+# -- tracking and scoring -----------------------------------------------------------------------------
+def edge_run(source: Path, tracker: str, res_file: Path, cfg: ReencodeConfig, last: int) -> None:
+    """`vsdmot-edge run` in a fresh process over frames 1..last of `source`; MOT rows into `res_file`."""
+    res_file.parent.mkdir(parents=True, exist_ok=True)
+    main = "import sys; from vsdmot.edge.cli import main; sys.exit(main(sys.argv[1:]))"
+    cmd = [sys.executable, "-c", main, "run", "--source", str(source), "--tracker", tracker,
+           "--bundle", str(cfg.bundle_dir), "--threads", str(cfg.threads), "--max-frames", str(last),
+           "--mot-out", str(res_file), "--health-listen", "off"]
+    _check_run(cmd, f"vsdmot-edge run --tracker {tracker} on {source}")
+
+
+def cell_key(rec: Mapping[str, Any]) -> tuple[str, str, str]:
+    return rec["sequence"], str(rec["crf"]), rec["tracker"]
+
+
+def plan(cfg: ReencodeConfig) -> list[tuple[str, str, str]]:
+    """Every (sequence spec, crf label, tracker) cell, encodes in CRF order, the original first."""
+    crfs = [ORIGINAL] * cfg.original + [str(c) for c in cfg.crfs]
+    return [(s, c, t) for s in cfg.sequences for c in crfs for t in cfg.trackers]
+
+
+def run_cell(cfg: ReencodeConfig, spec: str, crf: str, tracker: str, track: TrackFn) -> dict[str, Any]:
+    seq, (first, last) = split_spec(spec)
+    name, out = read_seqinfo(seq).name, Path(cfg.out_dir)
+    source = seq if crf == ORIGINAL else encode(seq, int(crf), out / "encodes" / f"{name}.crf{crf}.mp4")
+    res = out / "results" / f"{name}.{crf}.{tracker}.txt"  # frames 1..last; any window of them scores
+    t0 = time.time()
+    track(source, tracker, res, cfg, last)
+    m = evaluate(seq, res, frames=(first, last))
+    return {"sequence": spec, "crf": crf, "tracker": tracker, "window": [first, last],
+            **{k: float(m[k]) for k in (*KEYS, "MOTA")}, "seconds": round(time.time() - t0, 1)}
+
+
+def run_study(cfg: ReencodeConfig, track: TrackFn | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Every cell not yet in OUT/cells.jsonl (same runtime code and bundle); returns all cells of the plan."""
+    from tqdm import tqdm
+
+    if track is None:
+        ffmpeg_exe()  # say so before any work
+        track = edge_run
+    cells = Path(cfg.out_dir) / "cells.jsonl"
+    cells.parent.mkdir(parents=True, exist_ok=True)
+    stamp = {"runtime": runtime_code_id(), "bundle_id": file_sha256(cfg.bundle_dir / MANIFEST)[:16]}
+    done = {cell_key(r): r for r in read_cells(cells) if all(r.get(k) == v for k, v in stamp.items())}
+    todo = [c for c in plan(cfg) if c not in done]
+    log.info("re-encode: %d cells done, %d to run", len(plan(cfg)) - len(todo), len(todo))
+    for spec, crf, tracker in tqdm(todo, desc="re-encode", unit="cell", disable=not progress):
+        rec = {**run_cell(cfg, spec, crf, tracker, track), **stamp}
+        with cells.open("a") as f:  # one line per cell: a kill loses at most the running cell
+            f.write(json.dumps(rec) + "\n")
+        done[cell_key(rec)] = rec
+    return [done[c] for c in plan(cfg)]
+
+
+def read_cells(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
+# -- tables -------------------------------------------------------------------------------------------------
+def differences(cells: Sequence[Mapping[str, Any]], a: str, b: str) -> dict[str, dict[str, Any]]:
+    """Per sequence: HOTA(a) - HOTA(b) in points per crf label, and their min, max and range."""
+    hota = {(c["sequence"], str(c["crf"]), c["tracker"]): 100 * c["HOTA"] for c in cells}
+    out: dict[str, dict[str, Any]] = {}
+    for seq, crf, _ in hota:
+        if (seq, crf, a) in hota and (seq, crf, b) in hota:
+            out.setdefault(seq, {"per_crf": {}})["per_crf"][crf] = round(hota[(seq, crf, a)] - hota[(seq, crf, b)], 2)
+    for d in out.values():
+        v = list(d["per_crf"].values())
+        d.update(min=min(v), max=max(v), range=round(max(v) - min(v), 2))
+    return out
+
+
+def cells_markdown(cells: Sequence[Mapping[str, Any]]) -> str:
+    rows = [f"| sequence | window | crf | tracker | {' | '.join(KEYS)} |", "|---|---|---|---|" + "---|" * len(KEYS)]
+    for c in cells:
+        w = f"{c['window'][0]}-{c['window'][1]}"
+        rows.append(f"| {Path(c['sequence'].rsplit(':', 1)[0]).name} | {w} | {c['crf']} | {c['tracker']} | "
+                    + " | ".join(f"{100 * c[k]:.1f}" for k in KEYS) + " |")
+    return "\n".join(rows)
+
+
+def diff_markdown(diffs: Mapping[str, Mapping[str, Any]], a: str, b: str) -> str:
+    crfs = list(dict.fromkeys(c for d in diffs.values() for c in d["per_crf"]))
+    rows = [f"| HOTA {a} - {b} | {' | '.join(crfs)} | min | max | range |", "|---|" + "---|" * (len(crfs) + 3)]
+    for seq, d in diffs.items():
+        vals = [f"{d['per_crf'][c]:+.1f}" if c in d["per_crf"] else "" for c in crfs]
+        rows.append(f"| {seq} | {' | '.join(vals)} | {d['min']:+.1f} | {d['max']:+.1f} | {d['range']:.1f} |")
+    return "\n".join(rows)
+
+
+def write_tables(cfg: ReencodeConfig, cells: list[dict[str, Any]]) -> str:
+    """reencode.md and reencode.json in OUT; returns the markdown."""
+    md = f"HOTA, DetA, AssA, IDF1 (percent) per cell:\n\n{cells_markdown(cells)}\n"
+    diffs = differences(cells, *cfg.diff) if cfg.diff else {}
+    if diffs:
+        md += f"\nHOTA difference (points) per encode:\n\n{diff_markdown(diffs, *cfg.diff)}\n"
+    out = Path(cfg.out_dir)
+    (out / "reencode.md").write_text(md)
+    (out / "reencode.json").write_text(json.dumps({"config": asdict(cfg), "cells": cells, "diff": diffs}, indent=2))
+    return md
+
+
+# -- the command ------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vsdmot.evaluation.reencode", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    p.add_argument("--seq", nargs="+", required=True, metavar="DIR[:A-B]", help="sequence folders, scored window")
+    p.add_argument("--crf", nargs="+", type=int, default=list(ReencodeConfig.crfs), help="libx264 CRFs")
+    p.add_argument("--tracker", nargs="+", default=list(ReencodeConfig.trackers), choices=TRACKER_KINDS)
+    p.add_argument("--diff", nargs=2, metavar=("A", "B"), help="HOTA of A minus B per CRF (default: the first two "
+                   "trackers, when there are two)")
+    p.add_argument("--no-original", dest="original", action="store_false", help="skip the unencoded sequence")
+    p.add_argument("--bundle", default="", help="model bundle (default runtime/assets/default)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads per network")
+    p.add_argument("--out", default=ReencodeConfig.out_dir, help="encodes/, results/, cells.jsonl, tables")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=_run)
+    return p
+
+
+def _run(a: argparse.Namespace) -> int:
+    diff = tuple(a.diff) if a.diff else tuple(a.tracker[:2]) if len(a.tracker) >= 2 else ()
+    cfg = ReencodeConfig(sequences=tuple(a.seq), crfs=tuple(a.crf), trackers=tuple(a.tracker), diff=diff,
+                         original=a.original, bundle=a.bundle, threads=a.threads, out_dir=a.out)
+    cells = run_study(cfg, progress=a.progress)
+    print(write_tables(cfg, cells) + f"\nWrote {Path(cfg.out_dir) / 'reencode.md'} and reencode.json")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from vsdmot._cli import run_main
+
+    return run_main(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
