@@ -78,9 +78,12 @@ class ReencodeConfig:
         return Path(self.bundle) if self.bundle else DEFAULT_BUNDLE
 
 
+SPEC = re.compile(r"(.+):(\d+)-(\d+)")  # DIR:A-B
+
+
 def split_spec(spec: str) -> tuple[Path, tuple[int, int]]:
     """'DIR' or 'DIR:A-B' -> (folder, (first, last)); the folder needs seqinfo.ini and gt/gt.txt."""
-    m = re.fullmatch(r"(.+):(\d+)-(\d+)", spec)
+    m = SPEC.fullmatch(spec)
     seq = Path(m[1] if m else spec)
     if not (seq / "seqinfo.ini").is_file() or not (seq / "gt" / "gt.txt").is_file():
         raise ValueError(f"sequence {spec}: expected a MOTChallenge folder with seqinfo.ini and gt/gt.txt at {seq}")
@@ -205,9 +208,15 @@ def cells_markdown(cells: Sequence[Mapping[str, Any]]) -> str:
     rows = [f"| sequence | window | crf | tracker | {' | '.join(KEYS)} |", "|---|---|---|---|" + "---|" * len(KEYS)]
     for c in cells:
         w = f"{c['window'][0]}-{c['window'][1]}"
-        rows.append(f"| {Path(c['sequence'].rsplit(':', 1)[0]).name} | {w} | {c['crf']} | {c['tracker']} | "
+        rows.append(f"| {_name(c['sequence']).split(':')[0]} | {w} | {c['crf']} | {c['tracker']} | "
                     + " | ".join(f"{100 * c[k]:.1f}" for k in KEYS) + " |")
     return "\n".join(rows)
+
+
+def _name(spec: str) -> str:
+    """'../data/TUD-Campus:1-30' -> 'TUD-Campus:1-30': the folder's name and the window."""
+    m = SPEC.fullmatch(spec)
+    return f"{Path(m[1]).name}:{m[2]}-{m[3]}" if m else Path(spec).name
 
 
 def diff_markdown(diffs: Mapping[str, Mapping[str, Any]], a: str, b: str) -> str:
@@ -215,7 +224,7 @@ def diff_markdown(diffs: Mapping[str, Mapping[str, Any]], a: str, b: str) -> str
     rows = [f"| HOTA {a} - {b} | {' | '.join(crfs)} | min | max | range |", "|---|" + "---|" * (len(crfs) + 3)]
     for seq, d in diffs.items():
         vals = [f"{d['per_crf'][c]:+.1f}" if c in d["per_crf"] else "" for c in crfs]
-        rows.append(f"| {seq} | {' | '.join(vals)} | {d['min']:+.1f} | {d['max']:+.1f} | {d['range']:.1f} |")
+        rows.append(f"| {_name(seq)} | {' | '.join(vals)} | {d['min']:+.1f} | {d['max']:+.1f} | {d['range']:.1f} |")
     return "\n".join(rows)
 
 

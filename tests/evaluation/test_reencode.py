@@ -111,8 +111,8 @@ def test_differences_per_crf_and_range(hota, want):
     cells.append({"sequence": "S", "crf": "99", "tracker": "hybrid", "HOTA": 0.9})  # no partner: left out
     got = R.differences(cells, "hybrid", "bytetrack")
     assert got == {"S": want}  # rounded to 0.01 point
-    md = R.diff_markdown(got, "hybrid", "bytetrack")
-    assert f"| {want['range']:.1f} |" in md and "99" not in md
+    md = R.diff_markdown({"../data/S:1-9": got["S"]}, "hybrid", "bytetrack")
+    assert md.splitlines()[2].startswith("| S:1-9 | ") and f"| {want['range']:.1f} |" in md and "99" not in md
 
 
 # -- what it refuses ------------------------------------------------------------------------------------------
