@@ -12,7 +12,7 @@ import pytest
 from vsdmot.evaluation import assoc_study as A
 from vsdmot.runtime.bytetrack import ByteTrack
 from vsdmot.runtime.mot import SeqInfo, write_seqinfo
-from vsdmot.runtime.types import Detections, TensorSpec
+from vsdmot.runtime.types import Detections
 
 
 def cfg(seq_dir: Path, tracked=(1, 600), windows=None, held_out=False) -> A.StudyConfig:
@@ -93,19 +93,6 @@ def test_summary_splits_clean_and_degraded():
     assert [(r["part"], r["n"], r["HOTA"]) for r in rows] == [("clean", 1, 50), ("degraded", 2, 30)]
 
 
-def test_e2e_variants_are_end_to_end_trackers():
-    from vsdmot.runtime.e2e import E2ETracker, HybridTracker
-
-    class Spec:  # the tracker's input shapes are all a slot tracker reads at construction
-        inputs = {n: TensorSpec(n, s, "float32") for n, s in
-                  (("prop_box", (1, 6, 4)), ("track_query", (1, 4, 3)), ("prop_embed", (1, 6, 2)), ("semantic", (1, 5)))}
-
-    v = A.variants()
-    t = v["e2e.smooth.5"](Spec(), 7.0)
-    assert type(t) is E2ETracker and t.cfg.e2e_box_smooth == 0.5
-    assert type(v["e2e"](Spec(), 7.0)) is E2ETracker and type(v["hybrid"](Spec(), 7.0)) is HybridTracker
-
-
 @pytest.mark.parametrize("start, want", [(None, (1, 600)), (541, (541, 600)), (700, None)])
 def test_replay_frames(start, want):
     c = A.StudyConfig(Path("memo"), Path("x"), ("clean",), (1, 600), {"val": (541, 600)}, start=start)
@@ -115,46 +102,3 @@ def test_replay_frames(start, want):
     else:
         r = A.replay_frames(c)
         assert (r[0], r[-1]) == want
-
-
-class IouNet:
-    """A fake tracker network with the real I/O: each live slot points at the proposal its fed
-    track_box overlaps most (IoU >= 0.3); keep and birth are the proposal's score."""
-
-    P, S, D = 6, 4, 3
-    inputs = {n: TensorSpec(n, sh, "float32") for n, sh in (("prop_box", (1, 6, 4)), ("track_query", (1, 4, 3)),
-                                                             ("prop_embed", (1, 6, 2)), ("semantic", (1, 5)))}
-
-    def __init__(self):
-        self.feeds = []
-
-    def infer(self, feed):
-        from vsdmot.runtime.tracking import box_iou
-
-        self.feeds.append(feed)
-        P, S = self.P, self.S
-        pm, tm, score = feed["prop_mask"][0] > 0, feed["track_mask"][0] > 0, feed["prop_score"][0]
-        iou = box_iou(feed["track_box"][0], feed["prop_box"][0]) * pm[None]  # (S, P)
-        hit = (iou.max(1) >= 0.3) & tm
-        logits = np.full((S, P + 1), -10.0, np.float32)
-        logits[np.arange(S), np.where(hit, iou.argmax(1), P)] = 10.0
-        return {"match_logits": logits[None], "keep": (hit * score[iou.argmax(1)])[None].astype(np.float32),
-                "birth": (score * pm)[None].astype(np.float32), "track_query_out": np.zeros((1, S, self.D), np.float32),
-                "birth_query": np.zeros((1, P, self.D), np.float32)}
-
-
-def test_kalman_hybrid_feeds_the_filter_prediction_through_a_gap():
-    """Two walkers, then two empty frames: the Kalman state keeps moving, so the walker found again
-    where constant velocity puts it keeps its id, and the fed track box is the filter's prediction."""
-    from vsdmot.runtime.e2e import E2EConfig
-
-    box = lambda x: [x, 100, x + 40, 180]  # noqa: E731
-    walk = [Detections(np.array([box(100 + 5 * i), box(300 - 5 * i)], np.float32), np.array([0.9, 0.8], np.float32))
-            for i in range(10)]
-    empty = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
-    back = Detections(np.array([box(160)], np.float32), np.array([0.9], np.float32))
-    net = IouNet()
-    trk = A.KalmanHybrid(net, E2EConfig())
-    out = [trk.step(d) for d in walk + [empty, empty, back]]
-    assert [o.track_id.tolist() for o in out[-3:]] == [[], [], [1]]
-    assert net.feeds[-1]["track_box"][0, 0, 0] == pytest.approx(160, abs=3)  # 100 + 5 px x 12 frames
