@@ -162,19 +162,10 @@ def control(fn: EvalFn, reference: Path, cfg: GateConfig, work: Path) -> dict[st
 def null_bundle(reference: Path, out: Path) -> Path:
     """Copy `reference` with every ONNX float32 constant rounded to FP16 precision (stored as float32;
     values FP16 would flush to zero, |x| < 6.1e-5, e.g. LayerNorm eps, kept) and reseal its manifest."""
-    import shutil
+    from .bundle import rewrite_copy
 
-    from .bundle import seal
-
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(reference, out)
-    manifest = json.loads((out / "manifest.json").read_text())
-    for name, entry in manifest["files"].items():
-        if name.endswith(".onnx"):
-            _round_fp16(out / name)
-            entry.update(sha256=file_sha256(out / name), size=(out / name).stat().st_size)
-    seal(out, manifest)
-    return out
+    files = json.loads((Path(reference) / "manifest.json").read_text())["files"]
+    return rewrite_copy(Path(reference), Path(out), {n: _round_fp16 for n in files if n.endswith(".onnx")})
 
 
 def _round_fp16(path: Path) -> None:

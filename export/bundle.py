@@ -126,6 +126,19 @@ def seal(root: Path, manifest: dict[str, Any]) -> None:
     os.replace(tmp, root / MANIFEST)
 
 
+def rewrite_copy(reference: Path, out: Path, edits: Mapping[str, Any]) -> Path:
+    """Copy the bundle `reference` to `out`, apply `edits[name](path)` to those files in place,
+    update their sha256 and size and reseal: a derived bundle (a gate control, a noise-floor null)."""
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(reference, out)
+    manifest = json.loads((out / MANIFEST).read_text())
+    for name, edit in edits.items():
+        edit(out / name)
+        manifest["files"][name].update(sha256=file_sha256(out / name), size=(out / name).stat().st_size)
+    seal(out, manifest)
+    return out
+
+
 def record_gate(stage: Path, accuracy: Mapping[str, Any], gate: Mapping[str, Any], extra: tuple[str, ...] = ()) -> None:
     """Add the measured accuracy, the gate's verdict and `extra` files already in `stage` (the
     export report) to a staged manifest, and re-seal it."""

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import json
 import logging
 import re
-import shutil
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +37,7 @@ from typing import Any
 
 from vsdmot.evaluation.assoc_study import EVAL_FRAMES, EVAL_SEQS
 from vsdmot.runtime import code_identity as runtime_code_id
-from vsdmot.runtime.bundle import DEFAULT_BUNDLE, MANIFEST, file_sha256
+from vsdmot.runtime.bundle import DEFAULT_BUNDLE, MANIFEST
 
 from . import accuracy_gate as ag
 
@@ -137,18 +137,13 @@ def build_candidate(c: Candidate, reference: Path, out: Path) -> Path:
 
 def noise_bundle(reference: Path, out: Path, c: Candidate) -> Path:
     """Copy `reference`, multiply the constants of `c.networks` by (1 + c.rel N(0, 1)), reseal."""
-    from .bundle import seal
+    from .bundle import rewrite_copy
 
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(reference, out)
-    manifest = json.loads((out / MANIFEST).read_text())
-    roles = {e.get("role"): n for n, e in manifest["files"].items() if n.endswith(".onnx")}
-    for i, role in enumerate(c.networks):
-        path = out / roles[role]
-        _perturb(path, c.rel, c.seed * 10 + i, c.min_ndim)
-        manifest["files"][roles[role]].update(sha256=file_sha256(path), size=path.stat().st_size)
-    seal(out, manifest)
-    return out
+    files = json.loads((reference / MANIFEST).read_text())["files"]
+    roles = {e.get("role"): n for n, e in files.items() if n.endswith(".onnx")}
+    edits = {roles[role]: functools.partial(_perturb, rel=c.rel, seed=c.seed * 10 + i, min_ndim=c.min_ndim)
+             for i, role in enumerate(c.networks)}
+    return rewrite_copy(reference, out, edits)
 
 
 def _perturb(path: Path, rel: float, seed: int, min_ndim: int) -> None:
