@@ -12,7 +12,7 @@ import pytest
 from vsdmot.evaluation import assoc_study as A
 from vsdmot.runtime.bytetrack import ByteTrack
 from vsdmot.runtime.mot import SeqInfo, write_seqinfo
-from vsdmot.runtime.types import Detections
+from vsdmot.runtime.types import Detections, TensorSpec
 
 
 def cfg(seq_dir: Path, tracked=(1, 600), windows=None, held_out=False) -> A.StudyConfig:
@@ -102,3 +102,33 @@ def test_replay_frames(start, want):
     else:
         r = A.replay_frames(c)
         assert (r[0], r[-1]) == want
+
+
+class DiagonalNet:
+    """A fake tracker network with the real I/O: live slot s points at proposal s (walkers keep their
+    row order, so this is the right one), keeps every live slot, and births every proposal."""
+
+    P, S, D = 4, 4, 3
+    inputs = {n: TensorSpec(n, sh, "float32") for n, sh in (("prop_box", (1, 4, 4)), ("track_query", (1, 4, 3)),
+                                                             ("prop_embed", (1, 4, 2)), ("semantic", (1, 5)))}
+
+    def infer(self, feed):
+        live, pm = feed["track_mask"][0] > 0, feed["prop_mask"][0]
+        logits = np.full((self.S, self.P + 1), -10.0, np.float32)
+        logits[np.arange(self.S), np.where(live & (pm[: self.S] > 0), np.arange(self.S), self.P)] = 10.0
+        return {"match_logits": logits[None], "keep": live[None].astype(np.float32), "birth": pm[None],
+                "track_query_out": np.zeros((1, self.S, self.D), np.float32),
+                "birth_query": np.zeros((1, self.P, self.D), np.float32)}
+
+
+def test_pointer_diag_runs_on_the_default_hybrid(tmp_path):
+    """The default config reads no IoU (HybridTracker._cost returns None for it); the diagnostic
+    computes the predicted-box IoU itself (it crashed with a TypeError before)."""
+    from vsdmot.runtime.e2e import E2EConfig
+
+    dets = {f: Detections(d.xyxy.astype(np.float32), d.score.astype(np.float32)) for f, d in walkers().items()}
+    st = A.Stored(dets, {f: 1.0 for f in dets}, {})
+    d = A.pointer_diag(st, A.RecordingHybrid(DiagonalNet(), E2EConfig()), None, range(1, 21), make_seq(tmp_path, dets),
+                       (1, 20))
+    assert d["cases"] == 2 * 19  # both walkers, every frame after the first (their births)
+    assert (d["ptr_top1"], d["iou_top1"], d["matched_right"]) == (1.0, 1.0, 1.0)
