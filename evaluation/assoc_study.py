@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from vsdmot.runtime.bundle import DEFAULT_BUNDLE, load_bundle
-from vsdmot.runtime.e2e import HybridTracker, predict_boxes
+from vsdmot.runtime.e2e import HybridTracker
 from vsdmot.runtime.mot import format_result_rows, read_rows
 from vsdmot.runtime.tracking import box_iou
 from vsdmot.runtime.types import Detections
@@ -137,8 +137,7 @@ class RecordingHybrid(HybridTracker):
         slots = np.flatnonzero(self.valid)
         _, iou = self._cost(prob, slots, props)
         if iou is None:  # the shipped default reads no IoU (so _cost skips it); the diagnostic compares with it
-            pred = predict_boxes(self.box[slots], self.vel[slots], self.miss[slots] + 1, self.cfg.max_predict_gap)
-            iou = box_iou(pred, props.xyxy).reshape(len(slots), len(props))  # (L, n), as _cost's
+            iou = self.predicted_iou(slots, props)
         res = super()._associate(prob, keep, birth, props)
         self.log.append({"slots": slots, "box": self.box[slots].copy(), "last_f": self.last_f[slots].copy(),
                          "prob": prob[slots][:, : len(props)], "iou": iou, "props": props.xyxy.copy(), "m": res[0]})

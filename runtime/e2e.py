@@ -244,8 +244,12 @@ class HybridTracker(_SlotTracker):
         cfg, n = self.cfg, len(props)
         if cfg.iou_weight == 0 and cfg.min_iou == 0 and cfg.low_stage == "pointer":
             return 1.0 - prob[slots][:, :n], None
-        pred = predict_boxes(self.box[slots], self.vel[slots], self.miss[slots] + 1, cfg.max_predict_gap)
-        iou = box_iou(pred, props.xyxy).reshape(len(slots), n)  # (L, n) in [0, 1]
+        iou = self.predicted_iou(slots, props)
         sim = (1.0 - cfg.iou_weight) * prob[slots][:, :n] + cfg.iou_weight * iou
         cost = np.where(iou >= cfg.min_iou, 1.0 - sim, np.inf) if cfg.min_iou > 0 else 1.0 - sim
         return cost, iou
+
+    def predicted_iou(self, slots: np.ndarray, props: Detections) -> np.ndarray:
+        """(L, n) IoU of the live slots' motion-predicted boxes with the proposals, in [0, 1]."""
+        pred = predict_boxes(self.box[slots], self.vel[slots], self.miss[slots] + 1, self.cfg.max_predict_gap)
+        return box_iou(pred, props.xyxy).reshape(len(slots), len(props))

@@ -239,7 +239,7 @@ def test_calibration_clips_padded_slots_into_the_live_range():
 
 def test_boundary_layers_stay_float(det_net, det_feeds, tmp_path):
     fp, q = chain(det_net, det_feeds[:10], tmp_path)
-    from vsdmot.export.quantize import boundary_layers
+    from vsdmot.export.qdq_graph import boundary_layers
     model = onnx.load(str(fp))
     consts = {t.name for t in model.graph.initializer}
     first_last = boundary_layers(model, consts)
