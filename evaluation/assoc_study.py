@@ -36,6 +36,7 @@ from vsdmot.runtime.e2e import HybridTracker
 from vsdmot.runtime.mot import format_result_rows, read_rows
 from vsdmot.runtime.tracking import box_iou
 from vsdmot.runtime.types import Detections
+from vsdmot.splits import touches_held_out
 
 from .ablation_memo import memo_name
 from .assoc_variants import variants
@@ -218,16 +219,12 @@ class StudyConfig:
     # cover every frame the policy asks for), not the head's own
 
 
-EVAL_FRAMES = {"PETS09-S2L1": (601, 795)}  # evaluation frames inside sequences that also train
-EVAL_SEQS = ("TUD-Campus", "PETS09-S2L1-601-795")  # evaluation-only sequences
-
-
 def check_train_side(cfg: StudyConfig, seq_name: str) -> None:
     """ValueError when a scored window touches evaluation frames and held_out is not set."""
     if cfg.held_out:
         return
-    lo = EVAL_FRAMES.get(seq_name, (10**9, 10**9))[0]
-    if seq_name in EVAL_SEQS or any(b >= lo for _, b in cfg.windows.values()) or cfg.tracked[1] >= lo:
+    spans = (*cfg.windows.values(), cfg.tracked)
+    if any(touches_held_out(seq_name, span) for span in spans):
         raise ValueError(f"{seq_name} {cfg.tracked}: evaluation frames; "
                          "pass held_out=True only to measure a chosen variant")
 

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vsdmot.evaluation.assoc_study import EVAL_FRAMES, EVAL_SEQS
 from vsdmot.runtime import code_identity as runtime_code_id
 from vsdmot.runtime.bundle import DEFAULT_BUNDLE, MANIFEST
+from vsdmot.splits import touches_held_out
 
 from . import accuracy_gate as ag
 
@@ -112,17 +112,10 @@ def check_windows(windows: Sequence[str], held_out: bool) -> None:
             name, span = ag.split_sequence(w)
         except ValueError:
             raise ValueError(f"window: expected NAME or NAME:A-B, got {w!r}") from None
-        if not held_out and _touches_eval(name, span):
+        if not held_out and touches_held_out(name, span):
             raise ValueError(f"window {w}: touches held-out evaluation frames (PETS09-S2L1 601-795, TUD-Campus); "
                              "the noise floor is measured train side. Pass --held-out only for the one "
                              "measurement after the rule is chosen")
-
-
-def _touches_eval(name: str, span: tuple[int, int] | None) -> bool:
-    if name in EVAL_SEQS:
-        return True
-    lo, hi = EVAL_FRAMES.get(name, (0, -1))
-    return name in EVAL_FRAMES and (span is None or (span[0] <= hi and span[1] >= lo))
 
 
 # -- candidate bundles --------------------------------------------------------------------------

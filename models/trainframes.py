@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 
 from vsdmot.paths import data_root
+from vsdmot.splits import PETS_TRAIN_LAST  # PETS09-S2L1 frames 601-795 are held out for evaluation
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DATA = data_root()
-PETS_TRAIN_LAST = 600  # PETS09-S2L1 frames 601-795 are held out for evaluation
 MOT17_MAX_WIDTH = 960  # MOT17's 1920x1080 frames are halved on load (memory)
 
 
