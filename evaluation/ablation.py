@@ -271,15 +271,16 @@ def bundle_row(spec: str) -> Row:
     return Row(name, "default", "auto", bundle=path, note=f"bundle {path} (its manifest's tracker), auto")
 
 
-def select_rows(rows: Sequence[Row], names: Sequence[str] | None) -> tuple[Row, ...]:
-    """The rows named (all when None), in table order; ValueError on an unknown or repeated name."""
-    known = [r.name for r in rows]
+def select_rows(rows: Sequence[Row], names: Sequence[str] | None, extra: Sequence[Row] = ()) -> tuple[Row, ...]:
+    """The rows named (all when None), in table order, then every `extra` row (the `--bundle` rows:
+    asked for by name, so `--rows` never drops them); ValueError on an unknown or repeated name."""
+    known = [r.name for r in (*rows, *extra)]
     if len(set(known)) != len(known):
         raise ValueError(f"rows: names must be unique, got {known}")
     unknown = sorted(set(names or ()) - set(known))
     if unknown:
         raise ValueError(f"rows: expected names from {known}, got {unknown}")
-    return tuple(r for r in rows if names is None or r.name in names)
+    return tuple(r for r in rows if names is None or r.name in names) + tuple(extra)
 
 
 def held_out_copy(src: Path, out: Path, first: int, last: int) -> Path:

@@ -127,7 +127,7 @@ def build_ablation_parser() -> argparse.ArgumentParser:
     p.add_argument("--severity", type=int, default=3, help="severity 1-5 for the presets (default 3)")
     p.add_argument("--schedule", nargs="*", default=["mixed"], metavar="NAME", help="schedules (default: mixed; none if given empty)")
     p.add_argument("--no-clean", dest="clean", action="store_false", help="skip the clean condition")
-    p.add_argument("--rows", nargs="+", metavar="NAME", help="run only these rows (default: all; see --list-rows)")
+    p.add_argument("--rows", nargs="+", metavar="NAME", help="run only these standard rows (default: all; see --list-rows); --bundle rows always run")
     p.add_argument("--bundle", nargs="+", default=[], metavar="NAME=DIR",
                    help="extra rows: another exported bundle (its manifest's tracker, auto policy)")
     p.add_argument("--main-bundle", type=Path, help="the bundle the rows run (default: the shipped default)")
@@ -151,12 +151,12 @@ def run_ablation(args: argparse.Namespace) -> int:
     from vsdmot.evaluation import ablation_report as R
     from vsdmot.evaluation import bench as B
 
-    rows = A.default_rows() + tuple(A.bundle_row(spec) for spec in args.bundle)
+    bundles = tuple(A.bundle_row(spec) for spec in args.bundle)
     if args.list_rows:
-        for r in rows:
+        for r in A.default_rows() + bundles:
             print(f"{r.name:16s} {r.note}")
         return 0
-    rows = A.select_rows(rows, args.rows)
+    rows = A.select_rows(A.default_rows(), args.rows, bundles)
     cv2.setNumThreads(args.threads)
     if HELD_OUT in args.seq and not (HELD_OUT / "seqinfo.ini").is_file():  # written once, as docs/peer_baseline.md
         A.held_out_copy(SHARED_DATA / "PETS09-S2L1", HELD_OUT, 601, 795)

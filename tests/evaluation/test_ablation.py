@@ -162,6 +162,14 @@ def test_cli_writes_json_markdown_plot(tud_dir, yolox_onnx, tmp_path, capsys):
     assert (out / "ablation.md").read_text().startswith("### Means") and (out / "ablation.png").stat().st_size > 0
 
 
+def test_rows_keep_the_bundle_rows():
+    extra = (A.bundle_row("int8=runs/b"),)
+    assert [r.name for r in A.select_rows(A.default_rows(), ["bytetrack"], extra)] == ["bytetrack", "int8"]
+    assert [r.name for r in A.select_rows(A.default_rows(), None, extra)][-1] == "int8"
+    with pytest.raises(ValueError, match="unique"):
+        A.select_rows(A.default_rows(), None, (A.bundle_row("peer=runs/b"),))
+
+
 @pytest.mark.parametrize("spec, error", [("x", "expected NAME=DIR"), ("=dir", "expected NAME=DIR")])
 def test_bundle_row_spec(spec, error):
     with pytest.raises(ValueError, match=error):
