@@ -22,6 +22,7 @@ frames never sit in memory as intermediate activations at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -175,17 +176,37 @@ def run_ort_quant(named: Path, out: Path, cfg: QuantConfig, feeds, excluded: set
     reader = FeedReader(feeds, inputs) if feeds is not None else None
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.method]
-    quantize_static(str(named), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
-                    op_types_to_quantize=list(cfg.op_types) or None,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=sorted(excluded),
-                    calibrate_method=method, extra_options=extra_options(cfg, len(feeds) if feeds else cfg.stride),
-                    calibration_cache_path=str(ranges))
+    with _without_preprocess_advice():
+        quantize_static(str(named), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+                        op_types_to_quantize=list(cfg.op_types) or None, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=sorted(excluded), calibrate_method=method,
+                        extra_options=extra_options(cfg, len(feeds) if feeds else cfg.stride),
+                        calibration_cache_path=str(ranges))
     qmodel = onnx.load(str(out))
     float_inputs(qmodel, excluded)
     del qmodel.graph.value_info[:]  # intermediate shape annotations: re-inferred by ORT/TensorRT, 5 % of the file
     share_qdq_constants(qmodel)
     short_qdq_names(qmodel, model)
     onnx.save(qmodel, str(out))
+
+
+class _PreprocessAdvice(logging.Filter):
+    """ORT's quantizer warns "Please consider (to run) pre-processing before quantization" on the root
+    logger, twice per call. The simplify step already ran onnxslim and shape inference, and one
+    export calls the quantizer dozens of times (trials, sensitivity rounds): noise, not advice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_preprocess_advice():
+    root, f = logging.getLogger(), _PreprocessAdvice()
+    root.addFilter(f)
+    try:
+        yield
+    finally:
+        root.removeFilter(f)
 
 
 def min_cosine(src: Path, quantized: Path, probe) -> float:

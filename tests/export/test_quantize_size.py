@@ -4,6 +4,8 @@ The rewrites themselves (bit-identical outputs) are tested in test_qdq_graph.py.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
 import pytest
@@ -110,3 +112,11 @@ def test_no_unused_initializer_survives(tmp_path):
     model = onnx.load(str(q))
     used = {i for n in model.graph.node for i in n.input}
     assert [t.name for t in model.graph.initializer if t.name not in used] == []
+
+
+def test_ort_preprocess_advice_is_not_logged(tmp_path, caplog):
+    """ORT's "consider pre-processing" warning (twice per quantizer call, dozens of calls per export)."""
+    fp = _mlp_head(tmp_path / "m.onnx")
+    with caplog.at_level(logging.WARNING):
+        quantize(fp, QuantConfig(stride=5, max_rounds=0), tmp_path / "q.onnx", _x_feeds(), "mlp")
+    assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
