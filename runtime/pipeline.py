@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .backends import Backend, open_backend
 from .config import RunConfig
+from .cpu import warn_int8_on_cpu
 from .semantics import SemanticPolicy, Student
 from .types import Frame, FrameResult
 
@@ -117,6 +118,8 @@ def _opener(cfg: RunConfig, backends: list[Backend]):
         backend = open_backend(pc.backend, bundle.file(name), threads=pc.threads, precision=pc.precision,
                                cache_dir=pc.engine_cache or None, spin=pc.spin)
         backends.append(backend)
+        if getattr(backend, "kind", "") == "onnxruntime" and bundle.entry(name).get("precision") == "int8":
+            warn_int8_on_cpu()
         return backend
 
     return open_one
