@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from .chain import export
 
     cfg = config_from_args(args)
+    check_calib_paths(cfg.calib)
     if cfg.target == "torch-tensorrt":
         check_torch_tensorrt()
     if cfg.target == "tensorrt":
@@ -101,6 +102,17 @@ def run(args: argparse.Namespace) -> int:
     log.warning("bundle written: %s (%s, prune %.2f)", out, cfg.precision, cfg.ratio)
     print(out)
     return 0
+
+
+def check_calib_paths(specs) -> None:
+    """Every --calib PATH[:A-B] exists, checked before the reference export spends its minutes."""
+    from vsdmot.calibration.calibset import parse_source
+
+    for spec in specs:
+        path, _ = parse_source(spec)
+        if not path.exists():
+            raise ValueError(f"--calib {spec}: no such file or folder (expected a video, an image folder or a "
+                             "MOTChallenge sequence, optionally PATH:A-B)")
 
 
 def check_torch_tensorrt() -> None:

@@ -48,3 +48,12 @@ def test_device_targets_refuse_cleanly_here(target, needs, tmp_path, capsys):
 def test_missing_checkpoint_is_bad_input(tmp_path, capsys):
     assert cli.main(["--fp32", "--out", str(tmp_path / "b"), str(tmp_path / "nope.pt")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_missing_calibration_source_is_refused_before_any_work(tmp_path, capsys):
+    work = tmp_path / "work"
+    argv = ["--int8", "--out", str(tmp_path / "b"), "--work-dir", str(work), "--calib", str(tmp_path / "no.mp4:1-50")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--calib" in err and "no such file or folder" in err
+    assert not work.exists() and not (tmp_path / "b").exists()  # nothing exported first
