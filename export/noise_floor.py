@@ -7,7 +7,7 @@ each gate rule would refuse them. Train-side windows only (docs/export.md "The g
     python -m vsdmot.export.noise_floor summarize FILE.jsonl [FILE.jsonl ...] [--reference-name default] [--out DIR]
 
 Candidates are copies of the reference bundle with perturbed ONNX constants, resealed
-(`export.bundle.seal`) so the runtime loads them:
+(`export.bundle.rewrite_copy`) so the runtime loads them:
     null-fp16   every float32 constant rounded to FP16 (the gate's own control, `accuracy_gate.null_bundle`)
     null-nSEED  every numeric float constant of all three networks x (1 + 5e-4 N(0, 1)), seed SEED
                 (FP16's relative rounding error is 4.9e-4; Resize scales and shapes are left alone)
