@@ -6,6 +6,7 @@ a wrong name, shape or dtype raises ValueError naming the input, what was expect
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -374,6 +375,12 @@ def tensorrt_status() -> tuple[bool, str]:
     return True, f"TensorRT {trt.__version__} on {name}"
 
 
+@functools.lru_cache(maxsize=4)
+def _log_auto_choice(kind: str, reason: str) -> None:
+    """Once per process and outcome: a pipeline opens three networks, one line is enough."""
+    log.info("backend auto -> %s (%s)", kind, reason)
+
+
 def open_backend(kind: str, onnx_path: str | os.PathLike, *, threads: int = 0, precision: str = "fp32",
                  cache_dir: str | os.PathLike | None = None, module=None, spin: bool = False) -> Backend:
     """One backend for one network. `auto` = TensorRT when it imports with a GPU, else onnxruntime.
@@ -386,7 +393,7 @@ def open_backend(kind: str, onnx_path: str | os.PathLike, *, threads: int = 0, p
     if kind == "auto":
         usable, reason = tensorrt_status()
         kind = "tensorrt" if usable else "onnxruntime"
-        log.info("backend auto -> %s (%s)", kind, reason)
+        _log_auto_choice(kind, reason)
     if kind == "onnxruntime":
         return OnnxRuntimeBackend(onnx_path, threads=threads, spin=spin)
     if kind == "tensorrt":
