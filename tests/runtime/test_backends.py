@@ -103,6 +103,14 @@ def test_unknown_kind_and_missing_file(tiny_onnx, tmp_path):
         B.open_backend("onnxruntime", tmp_path / "nope.onnx")
 
 
+def test_auto_says_what_it_chose_once(tiny_onnx, caplog):
+    B._log_auto_choice.cache_clear()
+    with caplog.at_level("INFO", logger=B.log.name):
+        for _ in range(3):  # a pipeline's three networks
+            B.open_backend("auto", tiny_onnx).close()
+    assert sum("backend auto ->" in r.getMessage() for r in caplog.records) == 1
+
+
 # ---- TensorRT without TensorRT ---------------------------------------------------------------
 
 KEY = B.EngineKey("ab" * 32, "10.3.0", "Orin", "fp16")
