@@ -284,7 +284,8 @@ def export_info(cfg: ExportConfig) -> dict[str, Any]:
 
 def summarize(verdict: Mapping[str, Any]) -> dict[str, Any]:
     """The manifest's "accuracy" section: per case the bundle's and FP32's metrics and the drop."""
-    keep = ("rule", "threshold_hota_drop", "worst_hota_drop", "pooled_hota_drops", "worst_case_hota_drop", "control")
+    keep = ("rule", "threshold_hota_drop", "worst_hota_drop", "pooled_hota_drops", "worst_case_hota_drop",
+            "max_case_drop", "control")
     return {"vs": "fp32 reference (unpruned)", **{k: verdict[k] for k in keep if k in verdict},
             "cases": verdict.get("cases", [])}
 

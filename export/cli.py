@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what must stay within --max-hota-drop: balanced = (mean clean drop + mean degraded "
                    "drop) / 2; pooled = each of the two means; mean = the mean over all cases; per-case = every "
                    f"single sequence-condition (noisier than a 1.0 threshold) (default {GateConfig.rule})")
+    p.add_argument("--max-case-drop", type=float, default=GateConfig.max_case_drop, metavar="POINTS",
+                   help="whatever the rule, refuse when one sequence-condition loses more than this "
+                   f"(default {GateConfig.max_case_drop}: above every train-side null case; inf turns it off)")
     p.add_argument("--gate-control", action="store_true", help="also gate a null bundle (the FP32 reference "
                    "rounded to FP16) and report its drops beside the verdict: the gate's noise floor")
     p.add_argument("--recover-seconds", type=float, default=None, metavar="S",
@@ -83,6 +86,7 @@ def config_from_args(args: argparse.Namespace):
     return ExportConfig(precision=args.precision, prune=args.prune, method=args.method, target=args.target,
                         calib=tuple(args.calib), work_dir=args.work_dir, recover=rec,
                         gate=GateConfig(max_hota_drop=args.max_hota_drop, force=args.force, rule=args.gate_rule,
+                                        max_case_drop=args.max_case_drop,
                                         control=args.gate_control),
                         progress=not args.no_progress, calib_quality=args.calib_quality)
 

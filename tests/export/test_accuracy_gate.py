@@ -94,6 +94,19 @@ def test_default_gate_is_balanced_over_held_out_clean_and_degraded():
     assert {"passed", "forced", "worst_hota_drop", "threshold_hota_drop", "reason"} <= set(tip)  # chain reads these
 
 
+@pytest.mark.parametrize("rule", ["balanced", "pooled", "mean"])
+def test_one_collapsed_case_refuses_whatever_the_average(rule):
+    """Held-out p10n (10 % pruned): gains on PETS averaged away an 11.8-point loss on TUD jpeg."""
+    drops = {(s, c): -3.0 for s in SEQS for c in CONDS}
+    drops[("B", "jpeg-s3")] = 11.8
+    v = decide(cases_with(drops), GateConfig(rule=rule))
+    assert v["worst_hota_drop"] <= 1.0 and not v["passed"]  # the rule alone would pass it
+    assert "case limit 5.0" in v["reason"] and v["max_case_drop"] == 5.0
+    assert decide(cases_with(drops), GateConfig(rule=rule, max_case_drop=float("inf")))["passed"]
+    drops[("B", "jpeg-s3")] = 4.69  # the largest |drop| of 45 train-side null cases: within the limit
+    assert decide(cases_with(drops), GateConfig(rule=rule))["passed"]
+
+
 def test_pooled_drops_are_means_per_group():
     cases = cases_with({("A:1-200", "clean"): 3.0, ("B", "jpeg-s3"): 6.0})
     assert pooled_drops(cases) == {"clean": 1.0, "degraded": 1.0}

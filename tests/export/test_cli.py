@@ -20,9 +20,10 @@ def test_defaults_are_the_device_bundle():
 
 def test_flags_reach_the_config():
     cfg = args("--int8", "--calib", "a.mp4", "seq:1-600", "--method", "auto", "--force", "--max-hota-drop", "2",
-               "--recover-seconds", "30", "--out", "x", "ckpt")
+               "--recover-seconds", "30", "--max-case-drop", "7", "--out", "x", "ckpt")
     assert cfg.calib == ("a.mp4", "seq:1-600") and cfg.method == "auto"
     assert cfg.gate.force and cfg.gate.max_hota_drop == 2 and cfg.recover.max_seconds == 30
+    assert cfg.gate.max_case_drop == 7 and args("--out", "x").gate.max_case_drop == 5.0
 
 
 @pytest.mark.parametrize("argv", [["--prune", "1.2", "--out", "x"], ["--int8", "--fp32", "--out", "x"],
