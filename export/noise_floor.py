@@ -299,7 +299,11 @@ def _bold(x: float, on: bool) -> str:
 
 
 def write_summary(summary: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """summary.md, summary.json and the picture of it, summary.png."""
+    from .noise_floor_plot import plot_summary
+
     out_dir.mkdir(parents=True, exist_ok=True)
+    plot_summary(summary, out_dir / "summary.png", ag.GateConfig().max_case_drop)
     md = (f"## Per-case HOTA drop vs {summary['reference']} (points)\n\n{drops_markdown(summary)}\n\n"
           f"## Rules on emulated gates ({summary['gate_size']} windows each; threshold "
           f"{summary['threshold_hota_drop']})\n\n{rules_markdown(summary)}\n")

@@ -129,6 +129,8 @@ def test_run_study_scores_reference_and_candidates(tmp_path):
     assert s["rules"]["per-case"] == {"null_gates": 1, "null_refused": 1, "null_largest": pytest.approx(2.0)}
     md, js = nf.write_summary(s, tmp_path / "o")
     assert "| null-fp16 | S:1-10 | 2.00 |" in md.read_text() and json.loads(js.read_text())["gate_size"] == 2
+    png = (tmp_path / "o" / "summary.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000  # the picture of the same summary
 
 
 # -- what the study refuses ------------------------------------------------------------------------------
