@@ -50,9 +50,15 @@ class VideoFileSource:
         self._started = False
 
     def _open(self) -> cv2.VideoCapture:
+        """The capture, with its first frame decoded already (`self._first`): a file that opens but
+        decodes nothing is refused here, before a run creates its output files."""
         cap = cv2.VideoCapture(str(self.path))
         if not cap.isOpened():
             raise SourceError(f"video: OpenCV cannot open {self.path} (not a video, or an unsupported codec)")
+        ok, self._first = cap.read()
+        if not ok:
+            cap.release()
+            raise SourceError(f"video: {self.path} opened but yielded no frames (corrupt or empty)")
         return cap
 
     def __iter__(self) -> Iterator[Frame]:
@@ -60,15 +66,11 @@ class VideoFileSource:
             self._cap.release()
             self._cap = self._open()
         self._started = True
-        index = 0
-        while True:
-            ok, img = self._cap.read()
-            if not ok:
-                break
+        ok, img, index = True, self._first, 0
+        while ok:
             index += 1
             yield Frame(index, np.ascontiguousarray(img), (index - 1) / self.fps)
-        if index == 0:
-            raise SourceError(f"video: {self.path} opened but yielded no frames (corrupt or empty)")
+            ok, img = self._cap.read()
 
     def close(self) -> None:
         self._cap.release()

@@ -92,6 +92,7 @@ BAD = [  # (what, setup(bundle dir) or None, extra args, exit code, words in the
     ("hash mismatch", _tamper_hash, ["--demo"], 1, ["quality.json", "sha256"]),
     ("wrong input shape", _wrong_shape, ["--demo"], 2, ["detector input 'images'", "(1, 3, 320, 416)"]),
     ("bad config key", None, ["--demo", "--config", "BADCONF"], 2, ["unknown key 'bogus'"]),
+    ("video that opens but decodes nothing", None, ["--source", "TRUNC"], 1, ["yielded no frames"]),
 ]
 
 
@@ -105,7 +106,9 @@ def test_bad_input_one_line_nonzero_and_outputs_kept(what, setup, args, code, wo
     conf.write_text("[semantics]\nbogus = 1\n")
     mot = tmp_path / "mot.txt"
     mot.write_text("1,1,1.00,2.00,3.00,4.00,0.9000,-1,-1,-1\n")  # an earlier run's results
-    args = [str(conf) if a == "BADCONF" else a for a in args]
+    trunc = tmp_path / "trunc.mp4"  # the demo clip cut after its header: OpenCV opens it, decodes nothing
+    trunc.write_bytes(Path(DEMO_CLIP).read_bytes()[:5000])
+    args = [{"BADCONF": str(conf), "TRUNC": str(trunc)}.get(a, a) for a in args]
     rc = edge_run("--bundle", b, "--mot-out", mot, "--max-frames", 2, *args)
     err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln.lower()]
     assert rc == code and len(err) == 1 and "Traceback" not in err[0]

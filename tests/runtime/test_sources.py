@@ -5,10 +5,14 @@ from __future__ import annotations
 import itertools
 import shutil
 
+from pathlib import Path
+
 import cv2
 import numpy as np
+
 import pytest
 
+from helpers import REPO
 from vsdmot.runtime.errors import SourceError
 from vsdmot.runtime.sources import (
     ImageFolderSource, VideoFileSource, is_sequence, open_file_source, open_sequence,
@@ -96,6 +100,19 @@ def test_unreadable_video_is_one_source_error(tud_dir, tmp_path, content):
     (seq / "TUD-Campus.mp4").write_bytes(content)
     with pytest.raises(SourceError, match="TUD-Campus.mp4"):
         list(open_sequence(seq).frames())
+
+
+DEMO = REPO / "runtime" / "assets" / "demo.mp4"  # 180 frames
+
+
+def test_video_that_decodes_nothing_is_refused_when_opened(tmp_path):
+    """Before a run creates its outputs (a header-only file opens in OpenCV but has no frame)."""
+    trunc = tmp_path / "trunc.mp4"
+    trunc.write_bytes(DEMO.read_bytes()[:5000])
+    with pytest.raises(SourceError, match="yielded no frames"):
+        VideoFileSource(trunc)
+    frames = list(VideoFileSource(DEMO))  # the first frame, read at open, is still frame 1
+    assert [f.index for f in frames[:2]] == [1, 2] and len(frames) == 180
 
 
 @pytest.mark.parametrize(
