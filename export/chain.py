@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -105,8 +106,13 @@ def _export(cfg: ExportConfig, out: Path, checkpoint, sources: Sources | None, e
     if cfg.precision == "fp32" and cfg.ratio == 0:
         verdict = {"passed": True, "forced": False, "reason": "the FP32 reference: nothing to compare against"}
         return finish(reference, out, {"reference": True}, verdict, report, cfg, work, copy=True)
+    t0 = time.perf_counter()
     feeds = network_feeds(sources, cfg, work, reference)
+    report.timed("calibration feeds", t0)
+    t0 = time.perf_counter()
     files, calib, fp32_files = device_files(sources, cfg, work, feeds, report, reference, eval_fn)
+    report.timed("prune, recover, quantise", t0)
+    t0 = time.perf_counter()
     stage, verdict = gated(sources, files, cfg, out, work, calib, reference, eval_fn)
     for name in fallback_order(files) if cfg.int8_fallback else []:
         if verdict["passed"]:
@@ -114,6 +120,7 @@ def _export(cfg: ExportConfig, out: Path, checkpoint, sources: Sources | None, e
         log.warning("gate: %s; trying again with %s in FP32", verdict["reason"], name)
         files = {**files, name: fp32_files[name]}
         stage, verdict = gated(sources, files, cfg, out, work, calib, reference, eval_fn)
+    report.timed("accuracy gate", t0)
     return finish(stage, out, summarize(verdict), verdict, report, cfg, work)
 
 

@@ -94,8 +94,11 @@ def parity(candidate: str | Path, cfg: ParityConfig, out_path: str | Path, refer
             raise ValueError(f"parity of {Path(candidate).name} vs {ref_id}: " + "; ".join(bad))
         result = {"reference": ref_id, "frames": len(picked), "thresholds": asdict(cfg), "outputs": res,
                   "passed": not bad, "failures": bad}
+        if not cfg.strict:  # FP32 -> INT8: how far the outputs moved, recorded; tracking accuracy decides
+            result["note"] = "informational (strict false): the accuracy gate, on tracking, decides"
         out.write_text(json.dumps(result, indent=2))
-        return {"passed": not bad, "min_cosine": min(r["cosine"] for r in res.values())}
+        verdict = {"passed": not bad} if cfg.strict else {"within_thresholds": not bad, "decides": "accuracy gate"}
+        return {**verdict, "min_cosine": min(r["cosine"] for r in res.values())}
 
     return cached_step("parity", out_path, fingerprint(file_sha256(candidate), ref_id, cfg, len(picked)), build)
 

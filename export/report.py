@@ -71,6 +71,10 @@ class Report:
 
     steps: list[dict[str, Any]] = field(default_factory=list)  # stamps in chain order, with "network"
     summary: dict[str, Any] = field(default_factory=dict)  # bundle size, precision, gate, timings
+    wall_s: dict[str, float] = field(default_factory=dict)  # phase -> wall seconds (where an export's minutes go)
+
+    def timed(self, phase: str, t0: float) -> None:
+        self.wall_s[phase] = round(self.wall_s.get(phase, 0.0) + time.perf_counter() - t0, 1)
 
     def add(self, network: str, out: Path) -> None:
         stamp = read_stamp(out)
@@ -79,7 +83,7 @@ class Report:
             self.steps.append({"network": network, "path": str(out), **stamp})
 
     def to_json(self) -> dict[str, Any]:
-        return {"summary": self.summary, "steps": self.steps}
+        return {"summary": self.summary, "wall_seconds": self.wall_s, "steps": self.steps}
 
 
 def write_report(report: Report, out_dir: str | Path) -> tuple[Path, Path]:
@@ -94,6 +98,8 @@ def write_report(report: Report, out_dir: str | Path) -> tuple[Path, Path]:
 def markdown(report: Report) -> str:
     lines = ["# vsdmot export report", ""]
     lines += [f"- **{k}**: {_fmt(v)}" for k, v in report.summary.items()]
+    if report.wall_s:
+        lines.append(f"- **wall seconds**: {_fmt(report.wall_s)}")
     lines += ["", "| network | step | output | size kB | seconds | details |", "|---|---|---|---|---|---|"]
     for s in report.steps:
         lines.append(f"| {s['network']} | {s['step']} | {s['output']} | {s['size'] / 1e3:.1f} | {s['seconds']} "
@@ -102,8 +108,15 @@ def markdown(report: Report) -> str:
 
 
 def _short(details: Mapping[str, Any]) -> dict[str, Any]:
-    """The details worth a table cell: scalars and small dicts (parity per output, latency)."""
-    return {k: v for k, v in details.items() if not isinstance(v, (list, tuple)) or len(v) <= 4}
+    """The details worth a table cell: scalars, short lists and small dicts (parity per output,
+    latency). A long dict (e.g. 70 equalised tensor names) becomes its count; the JSON keeps it all."""
+    out: dict[str, Any] = {}
+    for k, v in details.items():
+        if isinstance(v, Mapping) and len(v) > 4:
+            out[k] = f"{len(v)} entries (in export_report.json)"
+        elif not isinstance(v, (list, tuple)) or len(v) <= 4:
+            out[k] = v
+    return out
 
 
 def _fmt(v: Any) -> str:

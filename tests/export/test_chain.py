@@ -69,7 +69,10 @@ def test_pruned_int8_passes_gate_and_is_idempotent(sources, tmp_path, caplog):
     assert acc["pooled_hota_drops"] == {"clean": pytest.approx(0.4), "degraded": pytest.approx(0.4)}
     assert m["calibration"]["method"] == "minmax" and m["calibration"]["frames"]["detector"] == 24
     assert m["files"]["detector.onnx"]["size"] < 0.5 * load_bundle(tmp_path / "work" / "reference").entry("detector.onnx")["size"]
-    steps = json.loads((out / "export_report.json").read_text())["steps"]
+    rep = json.loads((out / "export_report.json").read_text())
+    assert set(rep["wall_seconds"]) == {"calibration feeds", "prune, recover, quantise", "accuracy gate"}
+    assert "wall seconds" in (out / "export_report.md").read_text()
+    steps = rep["steps"]
     assert {"prune", "recover", "to_onnx", "simplify", "parity", "quantize[minmax]", "qdq_check"} <= {
         s["step"] for s in steps if s["network"] == "detector"}
     caplog.set_level("INFO")
