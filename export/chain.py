@@ -36,7 +36,7 @@ from .quantize import METHODS, QuantConfig, quantize
 from .recover import RecoverConfig, recover
 from .report import Report, fingerprint, write_report
 from .simplify import SimplifyConfig, simplify
-from .sources import Sources, calibration_feeds, load_sources
+from .sources import NETWORKS, Sources, calibration_feeds, load_sources
 from .to_onnx import OnnxConfig, TorchNet, to_onnx
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ class ExportConfig:
     int8_min_cosine: float = 0.0  # a network whose INT8 outputs fall below this cosine vs FP32 stays FP32 (0: the gate decides)
     int8_fallback: bool = True  # on a failed gate, put INT8 networks back to FP32 one by one (worst parity first)
     select: tuple[str, ...] = SELECT_SEQUENCES  # --method auto chooses on these (train side, never the gate's)
+    keep_fp32: tuple[str, ...] = ()  # networks that stay FP32 in an int8 bundle (--keep-fp32; e.g. the detector
+    # for near-camera scenes, docs/export.md "Unseen degradations")
 
     def __post_init__(self) -> None:
         clash = [(a, b) for a in self.select for b in self.gate.sequences if windows_overlap(a, b)]
@@ -73,6 +75,8 @@ class ExportConfig:
             raise ValueError(f"--method: expected one of {[*METHODS, 'auto']}, got {self.method!r}")
         if self.target not in TARGETS:
             raise ValueError(f"--target: expected one of {list(TARGETS)}, got {self.target!r}")
+        if set(self.keep_fp32) - set(NETWORKS):
+            raise ValueError(f"--keep-fp32: expected names from {list(NETWORKS)}, got {list(self.keep_fp32)}")
 
     @property
     def ratio(self) -> float:
@@ -180,7 +184,7 @@ def device_files(sources, cfg, work, feeds, report, reference, eval_fn) -> tuple
     fp32_files = dict(files)
     if cfg.precision == "int8":
         method, selection = choose_method(sources, cfg, work, feeds, files, report, reference, eval_fn)
-        files = {n: int8(files[n], cfg, method, feeds[n], report, n) for n in files}
+        files = {n: f if n in cfg.keep_fp32 else int8(f, cfg, method, feeds[n], report, n) for n, f in files.items()}
         calib["method"] = method
         calib |= {"method_selection": selection} if selection else {}
     calib.update(getattr(feeds, "manifest", {}) or calibset_summary(work))
@@ -235,7 +239,7 @@ def choose_method(sources, cfg, work, feeds, files, report, reference, eval_fn) 
         return cfg.method, {}
     sel, drops = replace(cfg.gate, sequences=cfg.select, force=False), {}
     for method in METHODS:
-        qfiles = {n: int8(files[n], cfg, method, feeds[n], report, n) for n in files}
+        qfiles = {n: f if n in cfg.keep_fp32 else int8(f, cfg, method, feeds[n], report, n) for n, f in files.items()}
         stage = stage_bundle(sources, qfiles, "int8", work / f"auto-{method}", {"method": method}, {})
         verdict = json.loads(gate_accuracy(stage, sel, work / f"auto-{method}.select.json", reference,
                                            eval_fn).read_text())

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what must stay within --max-hota-drop: balanced = (mean clean drop + mean degraded "
                    "drop) / 2; pooled = each of the two means; mean = the mean over all cases; per-case = every "
                    f"single sequence-condition (noisier than a 1.0 threshold) (default {GateConfig.rule})")
+    p.add_argument("--keep-fp32", nargs="+", default=[], metavar="NET", choices=["detector", "student", "tracker"],
+                   help="networks that stay FP32 in an --int8 bundle (e.g. detector: near-camera scenes lost "
+                   "detections in INT8 here, see docs/export.md)")
     p.add_argument("--max-case-drop", type=float, default=GateConfig.max_case_drop, metavar="POINTS",
                    help="whatever the rule, refuse when one sequence-condition loses more than this "
                    f"(default {GateConfig.max_case_drop}: above every train-side null case; inf turns it off)")
@@ -84,7 +87,7 @@ def config_from_args(args: argparse.Namespace):
 
     rec = RecoverConfig() if args.recover_seconds is None else replace(RecoverConfig(), max_seconds=args.recover_seconds)
     return ExportConfig(precision=args.precision, prune=args.prune, method=args.method, target=args.target,
-                        calib=tuple(args.calib), work_dir=args.work_dir, recover=rec,
+                        calib=tuple(args.calib), work_dir=args.work_dir, recover=rec, keep_fp32=tuple(args.keep_fp32),
                         gate=GateConfig(max_hota_drop=args.max_hota_drop, force=args.force, rule=args.gate_rule,
                                         max_case_drop=args.max_case_drop,
                                         control=args.gate_control),

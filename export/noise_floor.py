@@ -43,8 +43,8 @@ from . import accuracy_gate as ag
 
 log = logging.getLogger(__name__)
 TRAIN_WINDOWS = ("PETS09-S2L1:1-200", "PETS09-S2L1:201-400", "PETS09-S2L1:401-600")
-NETWORKS = ("detector", "student", "tracker")  # manifest roles of the ONNX files
 NUMERIC_OPS = {"Conv", "Gemm", "MatMul", "Add", "Mul", "Sub", "BatchNormalization", "LayerNormalization"}
+NETWORKS = ("detector", "student", "tracker")  # manifest roles (export.sources.NETWORKS; that module imports torch)
 HARM_SEED = 3  # the seed harm-d02/05/10 were drawn with (2026-11-24)
 
 

@@ -57,6 +57,15 @@ def test_fp32_reference_bundle(sources, tmp_path):
     assert b.params("quality.json") == QUALITY and b.has("NOTICE") and b.has("export_report.md")
 
 
+def test_keep_fp32_leaves_that_network_float(sources, tmp_path):
+    cfg = cfg_for(tmp_path, precision="int8", keep_fp32=("detector",))
+    m = load_bundle(export(cfg, tmp_path / "int8", sources=sources, eval_fn=fake_eval(0.0))).manifest
+    assert m["precision"] == "int8" and m["files"]["detector.onnx"]["precision"] == "fp32"
+    assert not list((tmp_path / "work" / "fp32").glob("detector.int8-*.onnx"))  # not even quantised
+    with pytest.raises(ValueError, match="--keep-fp32"):
+        cfg_for(tmp_path, keep_fp32=("decoder",))
+
+
 def test_pruned_int8_passes_gate_and_is_idempotent(sources, tmp_path, caplog):
     cfg = cfg_for(tmp_path, precision="int8", prune=0.5)
     out = export(cfg, tmp_path / "int8", sources=sources, eval_fn=fake_eval(0.4))
