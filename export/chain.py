@@ -184,7 +184,7 @@ def device_files(sources, cfg, work, feeds, report, reference, eval_fn) -> tuple
     fp32_files = dict(files)
     if cfg.precision == "int8":
         method, selection = choose_method(sources, cfg, work, feeds, files, report, reference, eval_fn)
-        files = {n: f if n in cfg.keep_fp32 else int8(f, cfg, method, feeds[n], report, n) for n, f in files.items()}
+        files = int8_files(files, cfg, method, feeds, report)
         calib["method"] = method
         calib |= {"method_selection": selection} if selection else {}
     calib.update(getattr(feeds, "manifest", {}) or calibset_summary(work))
@@ -217,6 +217,11 @@ def pruned(net: TorchNet, cfg: ExportConfig, base: Path, feeds, report: Report, 
     return replace(net, module=load_module(r))
 
 
+def int8_files(files: Mapping[str, Path], cfg: ExportConfig, method: str, feeds, report: Report) -> dict[str, Path]:
+    """Every network quantised with `method`, except those the user keeps FP32 (`--keep-fp32`)."""
+    return {n: f if n in cfg.keep_fp32 else int8(f, cfg, method, feeds[n], report, n) for n, f in files.items()}
+
+
 def int8(fp32: Path, cfg: ExportConfig, method: str, feeds, report: Report, name: str) -> Path:
     stem = fp32.parent / fp32.name.replace(".sim.onnx", f".int8-{method}")  # detector.int8-minmax
     q = quantize(fp32, QuantConfig(method=method), f"{stem}.onnx", feeds, feeds_id(feeds))
@@ -239,7 +244,7 @@ def choose_method(sources, cfg, work, feeds, files, report, reference, eval_fn) 
         return cfg.method, {}
     sel, drops = replace(cfg.gate, sequences=cfg.select, force=False), {}
     for method in METHODS:
-        qfiles = {n: f if n in cfg.keep_fp32 else int8(f, cfg, method, feeds[n], report, n) for n, f in files.items()}
+        qfiles = int8_files(files, cfg, method, feeds, report)
         stage = stage_bundle(sources, qfiles, "int8", work / f"auto-{method}", {"method": method}, {})
         verdict = json.loads(gate_accuracy(stage, sel, work / f"auto-{method}.select.json", reference,
                                            eval_fn).read_text())
