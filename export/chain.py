@@ -29,6 +29,7 @@ import numpy as np
 
 from .accuracy_gate import EvalFn, GateConfig, gate_accuracy
 from .bundle import BundleConfig, BundleContents, BundleFile, publish, record_gate, write_bundle
+from .det_agreement import detection_agreement
 from .parity import FP32, INT8, onnx_runner, parity
 from .prune import PruneConfig, load_module, prune
 from .qdq_check import QdqCheckConfig, qdq_check
@@ -227,7 +228,8 @@ def int8(fp32: Path, cfg: ExportConfig, method: str, feeds, report: Report, name
     q = quantize(fp32, QuantConfig(method=method), f"{stem}.onnx", feeds, feeds_id(feeds))
     chk = qdq_check(q, QdqCheckConfig(), f"{stem}.qdq.json")
     par = parity(q, INT8, f"{stem}.parity.json", onnx_runner(fp32), "fp32-onnx", feeds)
-    for p in (q, chk, par):
+    agr = [detection_agreement(q, fp32, feeds, f"{stem}.agreement.json")] if name == "detector" else []
+    for p in (q, chk, par, *agr):
         report.add(name, p)
     worst = min(r["cosine"] for r in json.loads(Path(par).read_text())["outputs"].values())
     if worst < cfg.int8_min_cosine:
@@ -283,9 +285,12 @@ def default_tracker(sources: Sources) -> str:
 def parity_of(nets: Mapping[str, Path]) -> dict[str, Any]:
     out = {}
     for name, path in nets.items():
-        pj = path.with_name(path.name.replace(".sim.onnx", "").replace(".onnx", "") + ".parity.json")
+        stem = path.name.replace(".sim.onnx", "").replace(".onnx", "")
+        pj, aj = path.with_name(stem + ".parity.json"), path.with_name(stem + ".agreement.json")
         if pj.is_file():
             out[name] = json.loads(pj.read_text())
+        if aj.is_file() and name in out:  # an INT8 detector: its detections against the FP32 ones
+            out[name]["detections"] = json.loads(aj.read_text())
     return out
 
 

@@ -1,0 +1,58 @@
+"""Detection-level agreement of a detector with its reference (export/det_agreement.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vsdmot.export.det_agreement import AgreementConfig, agreement, detection_agreement
+from vsdmot.runtime.yolox import anchor_grid
+
+S = 64  # input size: anchors of strides 8, 16, 32
+
+
+def raw(people: list[int], embed_sign: float = 1.0) -> dict[str, np.ndarray]:
+    """A YOLOX raw output (1, A, 6) with a confident 10x20 px person at each listed anchor, and embeds."""
+    _, strides = anchor_grid(S)  # (A, 1)
+    a = len(strides)
+    out = np.zeros((1, a, 6), np.float32)  # objectness and class probability 0: no person anywhere
+    out[0, :, 2:4] = np.log(np.array([[10.0, 20.0]]) / strides)  # (A, 2) log size in stride units
+    emb = np.tile(np.eye(4, dtype=np.float32)[0], (1, a, 1))  # (1, A, 4)
+    for i in people:
+        out[0, i, 4:6] = 1.0
+        emb[0, i] = [1.0, embed_sign, 0.0, 0.0]
+    return {"output": out, "embed": emb}
+
+
+FEED = [{"images": np.zeros((1, 3, S, S), np.float32)}]
+
+
+def test_identical_detectors_agree_fully():
+    same = lambda feed: raw([5, 40])  # noqa: E731  two far-apart anchors on the stride-8 grid
+    res = agreement(same, same, FEED, AgreementConfig())
+    assert res["f1"] == 1.0 and res["reference_detections"] == 2 and res["embed_cosine_at_people"] == pytest.approx(1)
+
+
+def test_a_lost_person_and_a_turned_embedding_are_counted():
+    ref = lambda feed: raw([5, 40])  # noqa: E731
+    cand = lambda feed: raw([5], embed_sign=-1.0)  # noqa: E731  one person lost, embeddings rotated 90 degrees
+    res = agreement(ref, cand, FEED, AgreementConfig())
+    assert res["f1"] == pytest.approx(2 * 1 / 3, abs=1e-3) and res["detections"] == 1
+    # at anchor 5: [1, 1] vs [1, -1] -> 0; at 40 (lost): [1, 1] vs the background row [1, 0] -> 1/sqrt(2)
+    assert res["embed_cosine_at_people"] == pytest.approx((0 + 2 ** -0.5) / 2, abs=1e-3)
+
+
+def test_the_step_on_the_shipped_detector_is_cached(tmp_path):
+    from helpers import REPO, frames
+    from vsdmot.calibration.feeds import DetectorFeeds, ImageList
+
+    det = REPO / "runtime" / "assets" / "default" / "detector.onnx"
+    feeds = DetectorFeeds(ImageList(frames(4, 416)), 416)
+    out = detection_agreement(det, det, feeds, tmp_path / "a.json", AgreementConfig(frames=4))
+    res = json.loads(out.read_text())
+    assert res["f1"] == 1.0 and res["reference_detections"] > 0 and res["embed_cosine_at_people"] == pytest.approx(1)
+    mtime = out.stat().st_mtime_ns
+    detection_agreement(det, det, feeds, tmp_path / "a.json", AgreementConfig(frames=4))
+    assert out.stat().st_mtime_ns == mtime  # same inputs: not recomputed
