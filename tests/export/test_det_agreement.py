@@ -56,3 +56,10 @@ def test_the_step_on_the_shipped_detector_is_cached(tmp_path):
     mtime = out.stat().st_mtime_ns
     detection_agreement(det, det, feeds, tmp_path / "a.json", AgreementConfig(frames=4))
     assert out.stat().st_mtime_ns == mtime  # same inputs: not recomputed
+
+
+def test_a_network_without_the_yolox_layout_is_skipped_with_the_reason():
+    from vsdmot.export.det_agreement import layout_problem
+
+    assert layout_problem(raw([5]), FEED[0]) is None
+    assert "not YOLOX's (1, 84" in layout_problem({"output": np.zeros((1, 256, 6))}, FEED[0])
