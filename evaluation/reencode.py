@@ -56,11 +56,15 @@ class ReencodeConfig:
     bundle: str = ""  # model bundle ("" = runtime/assets/default)
     threads: int = 1  # onnxruntime threads per network in each run
     out_dir: str = "runs/reencode"  # encodes/, results/, cells.jsonl, reencode.md, reencode.json
+    filters: tuple[str, ...] = ()  # NAME=VF: also an encode through ffmpeg's -vf VF at filter_crf, labelled NAME
+    # (degradations the library does not have: "dark=eq=brightness=-0.25,noise=alls=25:allf=t"); rows of a
+    # filter that changes the frame size are mapped back to the sequence's pixels before scoring
+    filter_crf: int = 18
 
     def __post_init__(self) -> None:
-        if not self.sequences or not self.crfs or not self.trackers:
-            raise ValueError("expected at least one sequence, one CRF and one tracker")
-        for c in self.crfs:
+        if not self.sequences or not (self.crfs or self.filters) or not self.trackers:
+            raise ValueError("expected at least one sequence, one CRF or filter, and one tracker")
+        for c in (*self.crfs, self.filter_crf):
             if not 0 <= c <= 51:
                 raise ValueError(f"crf: expected 0..51 (libx264), got {c}")
         unknown = sorted(set(self.trackers) - set(TRACKER_KINDS))
@@ -72,6 +76,18 @@ class ReencodeConfig:
             raise ValueError(f"threads: expected >= 1, got {self.threads}")
         for s in self.sequences:
             split_spec(s)
+        names = list(self.filter_map)
+        if len(names) != len(self.filters) or any(n.isdigit() or n == ORIGINAL for n in names):
+            raise ValueError(f"filters: expected NAME=VF with unique names that are not numbers or {ORIGINAL!r}, "
+                             f"got {list(self.filters)}")
+
+    @property
+    def filter_map(self) -> dict[str, str]:
+        """NAME -> ffmpeg -vf chain."""
+        pairs = [f.partition("=") for f in self.filters]
+        if any(not n or not sep or not vf for n, sep, vf in pairs):
+            raise ValueError(f"filters: expected NAME=VF, got {list(self.filters)}")
+        return {n: vf for n, _, vf in pairs}
 
     @property
     def bundle_dir(self) -> Path:
@@ -110,12 +126,14 @@ def ffmpeg_input(seq: Path) -> list[str]:
     return ["-framerate", f"{s.info.frame_rate:g}", "-pattern_type", "glob", "-i", pattern]
 
 
-def encode(seq: Path, crf: int, out: Path) -> Path:
-    """`out` (.mp4): the sequence through libx264 at `crf`; kept when it exists (written via .partial)."""
+def encode(seq: Path, crf: int, out: Path, vf: str = "") -> Path:
+    """`out` (.mp4): the sequence through `vf` (an ffmpeg filter chain, optional) and libx264 at `crf`;
+    kept when it exists (written via .partial)."""
     if out.is_file():
         return out
     info = read_seqinfo(seq)
-    pad = ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"] if (info.width | info.height) % 2 else []  # yuv420p: even
+    even = "pad=ceil(iw/2)*2:ceil(ih/2)*2"  # yuv420p needs even sizes
+    pad = ["-vf", f"{vf},{even}"] if vf else ["-vf", even] if (info.width | info.height) % 2 else []
     tmp = out.with_name(out.stem + ".partial.mp4")
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [ffmpeg_exe(), "-loglevel", "error", "-y", *ffmpeg_input(seq), *pad, "-c:v", "libx264", "-crf", str(crf),
@@ -143,23 +161,52 @@ def edge_run(source: Path, tracker: str, res_file: Path, cfg: ReencodeConfig, la
     _check_run(cmd, f"vsdmot-edge run --tracker {tracker} on {source}")
 
 
+def video_size(path: Path) -> tuple[int, int]:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    finally:
+        cap.release()
+
+
+def to_sequence_pixels(res: Path, size: tuple[int, int], info) -> None:
+    """Rows tracked on a rescaled encode, mapped back to the sequence's pixels (in place; no-op at the
+    sequence's size). MOT rows: frame, id, x, y, w, h, score, ... in the encode's pixels."""
+    sx, sy = info.width / size[0], info.height / size[1]
+    if abs(sx - 1) < 1e-6 and abs(sy - 1) < 1e-6:
+        return
+    rows = [line.split(",") for line in res.read_text().splitlines() if line.strip()]
+    scaled = [r[:2] + [f"{float(r[2]) * sx:.2f}", f"{float(r[3]) * sy:.2f}", f"{float(r[4]) * sx:.2f}",
+                       f"{float(r[5]) * sy:.2f}"] + r[6:] for r in rows]
+    res.write_text("".join(",".join(r) + "\n" for r in scaled))
+
+
 def cell_key(rec: Mapping[str, Any]) -> tuple[str, str, str]:
     return rec["sequence"], str(rec["crf"]), rec["tracker"]
 
 
 def plan(cfg: ReencodeConfig) -> list[tuple[str, str, str]]:
     """Every (sequence spec, crf label, tracker) cell, encodes in CRF order, the original first."""
-    crfs = [ORIGINAL] * cfg.original + [str(c) for c in cfg.crfs]
+    crfs = [ORIGINAL] * cfg.original + [str(c) for c in cfg.crfs] + list(cfg.filter_map)
     return [(s, c, t) for s in cfg.sequences for c in crfs for t in cfg.trackers]
 
 
 def run_cell(cfg: ReencodeConfig, spec: str, crf: str, tracker: str, track: TrackFn) -> dict[str, Any]:
     seq, (first, last) = split_spec(spec)
     name, out = read_seqinfo(seq).name, Path(cfg.out_dir)
-    source = seq if crf == ORIGINAL else encode(seq, int(crf), out / "encodes" / f"{name}.crf{crf}.mp4")
+    if crf == ORIGINAL:
+        source = seq
+    elif crf in cfg.filter_map:
+        source = encode(seq, cfg.filter_crf, out / "encodes" / f"{name}.{crf}.mp4", vf=cfg.filter_map[crf])
+    else:
+        source = encode(seq, int(crf), out / "encodes" / f"{name}.crf{crf}.mp4")
     res = out / "results" / f"{name}.{crf}.{tracker}.txt"  # frames 1..last; any window of them scores
     t0 = time.time()
     track(source, tracker, res, cfg, last)
+    if source.is_file():
+        to_sequence_pixels(res, video_size(source), read_seqinfo(seq))
     m = evaluate(seq, res, frames=(first, last))
     return {"sequence": spec, "crf": crf, "tracker": tracker, "window": [first, last],
             **{k: float(m[k]) for k in (*KEYS, "MOTA")}, "seconds": round(time.time() - t0, 1)}
@@ -250,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diff", nargs=2, metavar=("A", "B"), help="HOTA of A minus B per CRF (default: the first two "
                    "trackers, when there are two)")
     p.add_argument("--no-original", dest="original", action="store_false", help="skip the unencoded sequence")
+    p.add_argument("--filter", nargs="+", default=[], metavar="NAME=VF", help="also encode through ffmpeg -vf VF "
+                   "(e.g. small=scale=320:240); rescaled rows are mapped back to the sequence's pixels")
+    p.add_argument("--filter-crf", type=int, default=ReencodeConfig.filter_crf, help="libx264 CRF of the --filter encodes")
     p.add_argument("--bundle", default="", help="model bundle (default runtime/assets/default)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads per network")
     p.add_argument("--out", default=ReencodeConfig.out_dir, help="encodes/, results/, cells.jsonl, tables")
@@ -261,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(a: argparse.Namespace) -> int:
     diff = tuple(a.diff) if a.diff else tuple(a.tracker[:2]) if len(a.tracker) >= 2 else ()
     cfg = ReencodeConfig(sequences=tuple(a.seq), crfs=tuple(a.crf), trackers=tuple(a.tracker), diff=diff,
-                         original=a.original, bundle=a.bundle, threads=a.threads, out_dir=a.out)
+                         original=a.original, bundle=a.bundle, threads=a.threads, out_dir=a.out,
+                         filters=tuple(a.filter), filter_crf=a.filter_crf)
     cells = run_study(cfg, progress=a.progress)
     print(write_tables(cfg, cells) + f"\nWrote {Path(cfg.out_dir) / 'reencode.md'} and reencode.json")
     return 0

@@ -152,3 +152,30 @@ def test_window_beyond_the_sequence_is_refused(tud_dir):
     with pytest.raises(ValueError, match="frames: expected 1 <= A <= B <= 71"):
         R.split_spec(f"{tud_dir}:60-80")
 
+
+
+def test_a_rescaling_filter_is_tracked_and_scored_in_the_sequence_pixels(tud_dir, ffmpeg, tmp_path):
+    """An ffmpeg -vf degradation the library lacks; a half-size encode's rows come back at 640x480."""
+    cfg = ReencodeConfig(sequences=(f"{tud_dir}:1-8",), crfs=(), filters=("half=scale=320:240",),
+                         trackers=("bytetrack",), diff=(), original=False, out_dir=str(tmp_path))
+    (cell,) = R.run_study(cfg, progress=False)
+    assert cell["crf"] == "half" and cell["HOTA"] > 0.2  # boxes at half scale would barely overlap the gt
+    assert R.video_size(tmp_path / "encodes" / "TUD-Campus.half.mp4") == (320, 240)
+    rows = read_rows(tmp_path / "results" / "TUD-Campus.half.bytetrack.txt")
+    assert (rows.xywh[:, 0] + rows.xywh[:, 2]).max() > 330  # mapped back: beyond the encode's width
+
+
+def test_rows_map_back_to_the_sequence_size(tmp_path):
+    res = tmp_path / "r.txt"
+    res.write_text("1,3,10.00,20.00,30.00,40.00,0.9000,-1,-1,-1\n")
+    seq = type("Info", (), {"width": 640, "height": 480})()  # what read_seqinfo gives: width, height
+    R.to_sequence_pixels(res, (320, 240), seq)
+    assert res.read_text() == "1,3,20.00,40.00,60.00,80.00,0.9000,-1,-1,-1\n"
+    R.to_sequence_pixels(res, (640, 480), seq)  # the sequence's own size: untouched
+    assert res.read_text() == "1,3,20.00,40.00,60.00,80.00,0.9000,-1,-1,-1\n"
+
+
+@pytest.mark.parametrize("filters", [("bad",), ("=scale=1:1",), ("12=scale=2:2",), ("a=x", "a=y"), ("original=x",)])
+def test_bad_filters_are_refused(tud_dir, filters):
+    with pytest.raises(ValueError, match="filters"):
+        ReencodeConfig(sequences=(str(tud_dir),), filters=filters)
