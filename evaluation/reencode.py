@@ -292,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vsdmot.evaluation.reencode", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     p.add_argument("--seq", nargs="+", required=True, metavar="DIR[:A-B]", help="sequence folders, scored window")
-    p.add_argument("--crf", nargs="+", type=int, default=list(ReencodeConfig.crfs), help="libx264 CRFs")
+    p.add_argument("--crf", nargs="*", type=int, default=list(ReencodeConfig.crfs),
+                   help="libx264 CRFs (none: only the --filter encodes)")
     p.add_argument("--tracker", nargs="+", default=list(ReencodeConfig.trackers), choices=TRACKER_KINDS)
     p.add_argument("--diff", nargs=2, metavar=("A", "B"), help="HOTA of A minus B per CRF (default: the first two "
                    "trackers, when there are two)")

@@ -179,3 +179,8 @@ def test_rows_map_back_to_the_sequence_size(tmp_path):
 def test_bad_filters_are_refused(tud_dir, filters):
     with pytest.raises(ValueError, match="filters"):
         ReencodeConfig(sequences=(str(tud_dir),), filters=filters)
+
+
+def test_crf_may_be_given_empty_for_filter_only_runs():
+    a = R.build_parser().parse_args(["--seq", "S", "--crf", "--filter", "half=scale=320:240"])
+    assert a.crf == [] and a.filter == ["half=scale=320:240"]
