@@ -28,6 +28,8 @@ from vsdmot import __version__
 from vsdmot.runtime.bundle import DIGEST_FIELD, MANIFEST, PRECISIONS, SCHEMA_VERSION, file_sha256, manifest_digest
 from vsdmot.runtime.errors import BundleError
 
+NETWORKS = ("detector", "student", "tracker")  # a bundle's networks: `<name>.onnx`, manifest role `<name>`
+
 log = logging.getLogger(__name__)
 ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool", 3: "int8", 2: "uint8"}
 

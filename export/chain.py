@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .accuracy_gate import EvalFn, GateConfig, gate_accuracy
-from .bundle import BundleConfig, BundleContents, BundleFile, publish, record_gate, write_bundle
+from .bundle import NETWORKS, BundleConfig, BundleContents, BundleFile, publish, record_gate, write_bundle
 from .det_agreement import detection_agreement
 from .parity import FP32, INT8, onnx_runner, parity
 from .prune import PruneConfig, load_module, prune
@@ -37,7 +37,7 @@ from .quantize import METHODS, QuantConfig, quantize
 from .recover import RecoverConfig, recover
 from .report import Report, fingerprint, write_report
 from .simplify import SimplifyConfig, simplify
-from .sources import NETWORKS, Sources, calibration_feeds, load_sources
+from .sources import Sources, calibration_feeds, load_sources
 from .to_onnx import OnnxConfig, TorchNet, to_onnx
 
 log = logging.getLogger(__name__)

@@ -18,6 +18,8 @@ from pathlib import Path
 from vsdmot import __version__
 from vsdmot._cli import run_main
 
+from .bundle import NETWORKS
+
 log = logging.getLogger(__name__)
 
 
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what must stay within --max-hota-drop: balanced = (mean clean drop + mean degraded "
                    "drop) / 2; pooled = each of the two means; mean = the mean over all cases; per-case = every "
                    f"single sequence-condition (noisier than a 1.0 threshold) (default {GateConfig.rule})")
-    p.add_argument("--keep-fp32", nargs="+", default=[], metavar="NET", choices=["detector", "student", "tracker"],
+    p.add_argument("--keep-fp32", nargs="+", default=[], metavar="NET", choices=NETWORKS,
                    help="networks that stay FP32 in an --int8 bundle (e.g. detector: near-camera scenes lost "
                    "detections in INT8 here, see docs/export.md)")
     p.add_argument("--max-case-drop", type=float, default=GateConfig.max_case_drop, metavar="POINTS",

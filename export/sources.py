@@ -15,6 +15,7 @@ import numpy as np
 
 from vsdmot.paths import data_root
 
+from .bundle import NETWORKS
 from .report import fingerprint
 from .to_onnx import TorchNet
 
@@ -34,7 +35,6 @@ class Sources:
     feeds: dict[str, Sequence[Mapping]] = field(default_factory=dict)  # overrides (tests; tracker feeds)
 
 
-NETWORKS = ("detector", "student", "tracker")
 
 
 def load_sources(checkpoint: str | Path | None = None) -> Sources:
