@@ -84,6 +84,9 @@ class ImageFolderSource:
         self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_EXTS) if self.folder.is_dir() else []
         if not self.files:
             raise SourceError(f"image folder: no images ({', '.join(IMAGE_EXTS)}) in {self.folder}")
+        if not any(cv2.haveImageReader(str(p)) for p in self.files):
+            raise SourceError(f"image folder: none of the {len(self.files)} image files in {self.folder} is one "
+                              "OpenCV can read (empty or corrupt files)")
         numeric = all(p.stem.isdigit() for p in self.files)
         self.indices = [int(p.stem) if numeric else i + 1 for i, p in enumerate(self.files)]
         self.fps = float(fps)

@@ -115,11 +115,24 @@ def test_video_that_decodes_nothing_is_refused_when_opened(tmp_path):
     assert [f.index for f in frames[:2]] == [1, 2] and len(frames) == 180
 
 
+def _corrupt_images(folder):
+    (folder / "000001.jpg").write_bytes(b"")
+    (folder / "000002.png").write_bytes(b"not a png")
+    return folder
+
+
+def test_image_folder_with_some_corrupt_images_skips_them(tmp_path):
+    cv2.imwrite(str(tmp_path / "000002.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "000001.jpg").write_bytes(b"")
+    assert [f.index for f in open_file_source(tmp_path)] == [2]
+
+
 @pytest.mark.parametrize(
     "make, error, message",
     [
         (lambda p: p / "missing.avi", SourceError, "nothing at"),
         (lambda p: p, SourceError, "no images"),  # an empty folder
+        (lambda p: _corrupt_images(p), SourceError, "none of the 2 image files"),  # a run used to end with 0 frames, exit 0
     ],
 )
 def test_bad_file_source(tmp_path, make, error, message):
