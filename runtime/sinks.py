@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -63,6 +64,21 @@ def _describe(e: OSError) -> str:
     if e.errno == errno.ENOSPC:
         return "disk full (ENOSPC)"
     return e.strerror or str(e)
+
+
+def check_writable(path: Path, kind: str) -> None:
+    """Create `path`'s folder and prove a file can be made in it, without touching `path` itself:
+    sinks that write late (stats at its first flush, video at its first frame) fail at open
+    instead of after a whole run. SinkError names the path and the reason."""
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "Is a directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise SinkError(f"{kind}: cannot write {path}: {_describe(e)}") from e
 
 
 def rotate_previous(path: Path, keep: int) -> Path | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .sinks import SinkError, _describe, _SinkBase
+from .sinks import SinkError, _SinkBase, check_writable
 from .types import FrameResult
 
 log = logging.getLogger(__name__)
@@ -89,14 +89,11 @@ class VideoSink(_SinkBase):
         self._queue: queue.Queue | None = None
         self._writer: cv2.VideoWriter | None = None
         self._thread: threading.Thread | None = None
+        check_writable(self.path, "video sink")  # the writer opens at the first frame, after the other sinks
         if frame_size is not None:
             self._open(frame_size)
 
     def _open(self, size: tuple[int, int]) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise SinkError(f"video sink: cannot create {self.path}: {_describe(e)}") from e
         fourcc = VIDEO_CODECS[self.path.suffix.lower()]
         self.frame_size = (int(size[0]), int(size[1]))
         self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*fourcc), self.fps, self.frame_size)

@@ -239,6 +239,28 @@ def test_unwritable_path_is_a_sink_error_naming_it(make):
         make(Path("/dev/null/out.txt"))
 
 
+def _folder_named(p: Path) -> Path:
+    p.mkdir()
+    return p
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: VideoSink(Path("/dev/null/a.avi"), 10),  # frame size from the first frame
+        lambda p: VideoSink(_folder_named(p / "a.avi"), 10),
+        lambda p: StatsSink(Path("/dev/null/s.json")),
+        lambda p: StatsSink(_folder_named(p / "s.json")),
+    ],
+    ids=["video-unwritable", "video-is-a-folder", "stats-unwritable", "stats-is-a-folder"],
+)
+def test_late_writing_sinks_fail_when_opened(tmp_path, make):
+    """The stats file is first written seconds (or a whole run) later and the video at its first
+    frame: an unwritable path must fail at open, before the run loop, not after the run."""
+    with pytest.raises(SinkError, match="cannot write"):
+        make(tmp_path)
+
+
 def test_full_disk_error_names_the_file():
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full")
