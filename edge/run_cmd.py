@@ -91,7 +91,27 @@ def build_config(args: argparse.Namespace):
         raise ValueError("run: expected a source: --camera DEV, --source PATH_OR_URL or --demo (or [source] in --config)")
     if cfg.source.camera and cfg.source.source:
         raise ValueError("run: expected one source, got both a camera and a source")
+    check_output_paths(cfg, args.config)
     return cfg
+
+
+def check_output_paths(cfg, config_path: str | None = None) -> None:
+    """ValueError when two outputs are one file (their writes would interleave) or an output is the
+    source or the config: a sink replaces or moves its file aside, so the input would be lost."""
+    outputs = {f"--{f.name.replace('_', '-')}": getattr(cfg.sinks, f.name) for f in fields(cfg.sinks)}
+    inputs = {"--source": cfg.source.source, "--config": config_path or ""}
+    seen: dict[Path, str] = {}
+    for flag, path in outputs.items():
+        if not path:
+            continue
+        real = Path(path).resolve()
+        for other, given in inputs.items():
+            if given and "://" not in given and Path(given).resolve() == real:  # a URL is no file
+                raise ValueError(f"run: {flag} {path} is the {other} file; expected a different path "
+                                 "(writing it would destroy the input)")
+        if real in seen:
+            raise ValueError(f"run: {flag} and {seen[real]} are the same file ({path}); expected one path per output")
+        seen[real] = flag
 
 
 def open_bundle(path: str):

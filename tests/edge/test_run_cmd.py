@@ -93,6 +93,11 @@ BAD = [  # (what, setup(bundle dir) or None, extra args, exit code, words in the
     ("wrong input shape", _wrong_shape, ["--demo"], 2, ["detector input 'images'", "(1, 3, 320, 416)"]),
     ("bad config key", None, ["--demo", "--config", "BADCONF"], 2, ["unknown key 'bogus'"]),
     ("video that opens but decodes nothing", None, ["--source", "TRUNC"], 1, ["yielded no frames"]),
+    ("output is the source", None, ["--source", "CLIP", "--video-out", "CLIP"], 2, ["--video-out", "is the --source file"]),
+    ("two outputs one file", None, ["--demo", "--jsonl-out", "MOT"], 2, ["--jsonl-out and --mot-out are the same file"]),
+    ("output is the config", None, ["--demo", "--config", "GOODCONF", "--stats-out", "GOODCONF"], 2, ["is the --config file"]),
+    ("unwritable stats", None, ["--demo", "--stats-out", "/dev/null/s.json"], 1, ["stats sink", "/dev/null/s.json"]),
+    ("unsupported video container", None, ["--demo", "--video-out", "WEBM"], 2, ["video sink", "'.webm'"]),
 ]
 
 
@@ -108,13 +113,19 @@ def test_bad_input_one_line_nonzero_and_outputs_kept(what, setup, args, code, wo
     mot.write_text("1,1,1.00,2.00,3.00,4.00,0.9000,-1,-1,-1\n")  # an earlier run's results
     trunc = tmp_path / "trunc.mp4"  # the demo clip cut after its header: OpenCV opens it, decodes nothing
     trunc.write_bytes(Path(DEMO_CLIP).read_bytes()[:5000])
-    args = [{"BADCONF": str(conf), "TRUNC": str(trunc)}.get(a, a) for a in args]
+    clip, good = tmp_path / "clip.mp4", tmp_path / "good.toml"
+    clip.write_bytes(Path(DEMO_CLIP).read_bytes())
+    good.write_text("max_frames = 2\n")
+    inputs = {p: p.read_bytes() for p in (clip, good)}
+    names = {"BADCONF": conf, "TRUNC": trunc, "CLIP": clip, "MOT": mot, "GOODCONF": good, "WEBM": tmp_path / "a.webm"}
+    args = [str(names.get(a, a)) for a in args]
     rc = edge_run("--bundle", b, "--mot-out", mot, "--max-frames", 2, *args)
     err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln.lower()]
     assert rc == code and len(err) == 1 and "Traceback" not in err[0]
     for word in words:
         assert word in err[0]
     assert mot.read_text() == "1,1,1.00,2.00,3.00,4.00,0.9000,-1,-1,-1\n"
+    assert all(p.read_bytes() == data for p, data in inputs.items())  # the inputs too
 
 
 def test_missing_default_bundle_is_a_clear_error(monkeypatch, tmp_path, capsys):
