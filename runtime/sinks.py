@@ -212,22 +212,25 @@ class JsonlSink(_DurableAppender):
 def open_sinks(mot_out: str = "", jsonl_out: str = "", video_out: str = "", stats_out: str = "",
                fps: float = 25.0, source_stats: Callable[[], Any] | None = None,
                meta: Mapping[str, Any] | None = None) -> list[Sink]:
-    """The sinks a run asked for (empty paths are skipped), in a fixed order."""
+    """The sinks a run asked for (empty paths are skipped), in a fixed order. Every path is checked
+    before the MOT and JSONL sinks move an earlier file aside, so a bad `video_out` or `stats_out`
+    leaves the previous results where they were."""
     from .stats_sink import StatsSink  # these two import this module's base: import here, not at the top
     from .video_sink import VideoSink
 
+    for path, kind in ((mot_out, MotSink.kind), (jsonl_out, JsonlSink.kind)):
+        if path:
+            check_writable(Path(path), kind)
+    late = [VideoSink(video_out, fps) if video_out else None,  # nothing open yet: no close needed
+            StatsSink(stats_out, source_stats=source_stats, meta=meta) if stats_out else None]
     sinks: list[Sink] = []
     try:
         if mot_out:
             sinks.append(MotSink(mot_out))
         if jsonl_out:
             sinks.append(JsonlSink(jsonl_out))
-        if video_out:
-            sinks.append(VideoSink(video_out, fps))
-        if stats_out:
-            sinks.append(StatsSink(stats_out, source_stats=source_stats, meta=meta))
     except BaseException:
         for s in sinks:
             s.close()
         raise
-    return sinks
+    return sinks + [s for s in late if s is not None]
