@@ -30,8 +30,9 @@ def _check_readback(cap: cv2.VideoCapture, camera: str, prop: int, name: str, wa
 def open_v4l2(camera: str, opts: LiveOptions) -> cv2.VideoCapture:
     """A V4L2 camera (/dev/videoN or an index) with fourcc, size and fps set and read back."""
     dev: str | int = int(camera) if camera.isdigit() else camera
-    if isinstance(dev, str) and not Path(dev).exists():
-        raise SourceError(f"camera {camera}: no such device (unplugged? `ls /dev/video*`)")
+    node = Path(f"/dev/video{dev}" if isinstance(dev, int) else dev)  # V4L2 opens index N as /dev/videoN
+    if not node.exists():
+        raise SourceError(f"camera {camera}: no such device ({node} does not exist; unplugged? `ls /dev/video*`)")
     # OpenCV's V4L2 backend ignores CAP_PROP_READ_TIMEOUT_MSEC; its select() waits 10 s per read
     # unless this is set, and it reads the variable once per process (the first V4L2 capture).
     os.environ.setdefault("OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT", str(max(1, math.ceil(opts.read_timeout_s))))
