@@ -108,6 +108,9 @@ def build_pipeline(bundle: Bundle, cfg: RunConfig, fps: float = 30.0) -> Pipelin
     log.info("pipeline: %s tracker, %s backend, semantics %s", kind, getattr(det_backend, "kind", "?"),
              semantics.cfg.policy)
     ran_on = getattr(det_backend, "kind", cfg.pipeline.backend)  # what `auto` resolved to
+    if cfg.pipeline.precision != "fp32" and ran_on != "tensorrt":
+        log.warning("precision %s applies to TensorRT engines only; the %s backend runs the bundle's ONNX "
+                    "networks as exported (INT8 only from a vsdmot-export --int8 bundle)", cfg.pipeline.precision, ran_on)
     return Pipeline(gate, dswr, semantics, detector, tracker, kind, ran_on, backends)
 
 

@@ -50,6 +50,12 @@ def test_bytetrack_pipeline_on_real_frames(bundle, frames):
     assert p.semantics.counts.skipped == len(frames)
 
 
+@pytest.mark.parametrize("precision, warned", [("fp32", False), ("int8", True)])
+def test_tensorrt_precision_on_onnxruntime_is_named_not_silently_ignored(bundle, caplog, precision, warned):
+    P.build_pipeline(bundle, cfg(**{"pipeline.precision": precision}), fps=7.0).close()
+    assert any("applies to TensorRT engines only" in r.message for r in caplog.records) == warned
+
+
 class Recorder:
     """A tracker stand-in: remembers what the pipeline handed it."""
 
