@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from vsdmot import __version__
+from vsdmot.runtime.sinks import check_writable
 from vsdmot.runtime.stats_sink import MODEL_STAGES  # the networks' stages (incl. their pre/post-processing)
 
 log = logging.getLogger(__name__)
@@ -336,6 +337,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .profile_report import write_report
 
+    check_writable(Path(args.report) / "report.json", "profile report")  # before minutes of measuring, not after
     report = profile(args)
     out = write_report(report, Path(args.report))
     for r in report["runs"]:

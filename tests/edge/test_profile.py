@@ -41,6 +41,12 @@ def test_warmup_longer_than_the_run_is_a_clear_error():
         PC.summarize(records(5), t_start=100.0, warmup_s=10.0)
 
 
+def test_unwritable_report_dir_fails_before_measuring(monkeypatch, capsys):
+    monkeypatch.setattr(PC, "profile", lambda args: pytest.fail("measured before checking --report"))
+    assert main(["profile", "--demo", "--report", "/dev/null/report"]) == 1
+    assert "profile report: cannot write /dev/null/report/report.json" in capsys.readouterr().err
+
+
 def test_first_frame_is_always_warmup():
     assert PC.summarize(records(5), t_start=100.0, warmup_s=0.0)["frames"] == 4
 
