@@ -45,6 +45,7 @@ class VideoFileSource:
         self._cap = self._open()
         header_fps = self._cap.get(cv2.CAP_PROP_FPS) or 0.0
         self.fps = float(fps or header_fps or 25.0)
+        self.own_clock = not fps  # no true rate given: timestamps are the file's own (right for variable-rate video)
         self.name = name or self.path.stem
         self.frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self._started = False
@@ -59,6 +60,7 @@ class VideoFileSource:
         if not ok:
             cap.release()
             raise SourceError(f"video: {self.path} opened but yielded no frames (corrupt or empty)")
+        self._first_t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
         return cap
 
     def __iter__(self) -> Iterator[Frame]:
@@ -66,11 +68,12 @@ class VideoFileSource:
             self._cap.release()
             self._cap = self._open()
         self._started = True
-        ok, img, index = True, self._first, 0
+        ok, img, index, t = True, self._first, 0, self._first_t
         while ok:
             index += 1
-            yield Frame(index, np.ascontiguousarray(img), (index - 1) / self.fps)
+            yield Frame(index, np.ascontiguousarray(img), t if self.own_clock else (index - 1) / self.fps)
             ok, img = self._cap.read()
+            t = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0  # the decoded frame's pts, from 0
 
     def close(self) -> None:
         self._cap.release()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import subprocess
 
 from pathlib import Path
 
@@ -47,6 +48,20 @@ def test_video_header_rate_is_not_trusted(pets_dir):
     bare = open_file_source(pets_dir / "PETS09-S2L1.avi")
     assert isinstance(bare, VideoFileSource) and bare.fps == pytest.approx(10.0)
     assert open_file_source(pets_dir).fps == 7.0
+
+
+def test_variable_rate_video_keeps_its_own_timestamps(tmp_path):
+    """Five frames 0.1 s apart, then five 0.02 s apart: the header's single rate (13.2 fps) would
+    put frame 10 at 0.68 s instead of 0.58 s. A given rate (--fps, seqinfo) still wins."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs ffmpeg")
+    vfr = tmp_path / "vfr.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=50",
+                    "-frames:v", "10", "-vf", "setpts='if(lt(N,5),N*0.1,0.5+(N-5)*0.02)/TB'", "-fps_mode", "vfr",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", str(vfr)], check=True)
+    pts = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.52, 0.54, 0.56, 0.58]
+    assert [f.timestamp for f in open_file_source(vfr)] == pytest.approx(pts, abs=1e-3)
+    assert [f.timestamp for f in open_file_source(vfr, fps=10.0)] == pytest.approx([i / 10 for i in range(10)])
 
 
 def test_video_iterates_twice_from_frame_one(tud_dir):
