@@ -11,6 +11,7 @@ so what was written before the error is kept. Hooks (the service's systemd notif
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -162,16 +163,25 @@ def _stop_hooks(hooks: Sequence[Hook], summary: RunSummary) -> None:
             log.error("hook %s on_stop failed: %s", type(hook).__name__, e)
 
 
+def abort_now(signum: int) -> None:
+    """A second stop signal: exit 130 at once, outputs as they are. MOT and JSONL rows of finished
+    frames are on disk already (one os.write per frame); an .mp4 loses its index and the stats file
+    keeps its last periodic rewrite. Raising KeyboardInterrupt instead unwound into OpenCV's encoder
+    thread and onnxruntime at interpreter exit and aborted the process (exit 134, 'terminate called')."""
+    os.write(2, f"vsdmot-edge: second {signal.Signals(signum).name}: aborting now, outputs not flushed\n".encode())
+    os._exit(130)
+
+
 @contextmanager
 def stop_on_signals(stop_event: threading.Event, signals=(signal.SIGTERM, signal.SIGINT)):
-    """SIGTERM / SIGINT set `stop_event` (finish the frame, flush, exit 0); a second one aborts."""
+    """SIGTERM / SIGINT set `stop_event` (finish the frame, flush, exit 0); a second one exits 130 at once."""
     if threading.current_thread() is not threading.main_thread():
         yield stop_event
         return
 
     def handler(signum, _frame):
         if stop_event.is_set():
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+            abort_now(signum)
         log.warning("%s: stopping after this frame", signal.Signals(signum).name)
         stop_event.set()
 

@@ -157,7 +157,7 @@ def process_notifier() -> Notifier:
 
 def install_signal_handlers(stop_event: threading.Event, reload_callback: Callable[[], Any] | None = None,
                             notifier: Notifier | None = None) -> Callable[[], None]:
-    """SIGTERM/SIGINT: STOPPING=1 and set `stop_event` (a second SIGINT raises KeyboardInterrupt).
+    """SIGTERM/SIGINT: STOPPING=1 and set `stop_event` (a second SIGINT exits 130 at once).
     SIGHUP: RELOADING=1, `reload_callback()`, READY=1 (a failing reload keeps the old config).
 
     Python runs handlers in the main thread between bytecodes, so `reload_callback` runs there
@@ -165,11 +165,13 @@ def install_signal_handlers(stop_event: threading.Event, reload_callback: Callab
     Call once, from the main thread. Returns a function restoring the previous handlers."""
     if threading.current_thread() is not threading.main_thread():
         raise ValueError("install_signal_handlers: must be called from the main thread")
+    from .runner import abort_now  # here, not in the handler; `run` has imported the runner already
+
     notifier = notifier or process_notifier()
 
     def on_stop(signum: int, frame: Any) -> None:
         if stop_event.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            abort_now(signum)
         log.info("%s: finishing the current frame, flushing outputs", signal.Signals(signum).name)
         notifier.send("STOPPING=1", f"STATUS=stopping on {signal.Signals(signum).name}")
         stop_event.set()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -120,16 +122,39 @@ def test_one_failing_sink_close_does_not_stop_the_others():
     assert bad.closed and good.closed and good.written == [1, 2]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_sets_stop_event_then_second_one_aborts(signum):
+SECOND_SIGNAL = """
+import os, signal, sys, threading
+from vsdmot.edge.runner import stop_on_signals
+from vsdmot.edge.service import install_signal_handlers
+stop, signum = threading.Event(), int(sys.argv[2])
+with stop_on_signals(stop) if sys.argv[1] == "runner" else open(os.devnull):
+    if sys.argv[1] == "service":
+        install_signal_handlers(stop)
+    os.kill(os.getpid(), signum)
+    print("stopping" if stop.is_set() else "not stopping", flush=True)
+    os.kill(os.getpid(), signum)
+    print("still here", flush=True)
+"""
+
+
+@pytest.mark.parametrize("where, signum", [("runner", signal.SIGTERM), ("runner", signal.SIGINT),
+                                           ("service", signal.SIGINT)])
+def test_signal_sets_stop_event_then_second_one_exits_130_at_once(where, signum):
+    """Not KeyboardInterrupt: unwinding into OpenCV's encoder thread and onnxruntime at exit aborted
+    a real run (exit 134, 'terminate called without an active exception')."""
+    proc = subprocess.run([sys.executable, "-c", SECOND_SIGNAL, where, str(int(signum))], capture_output=True, text=True,
+                          timeout=60)
+    assert (proc.returncode, proc.stdout) == (130, "stopping\n"), proc.stderr
+    assert f"second {signal.Signals(signum).name}: aborting now" in proc.stderr
+
+
+def test_signal_handlers_are_restored():
     stop = threading.Event()
-    before = signal.getsignal(signum)
+    before = signal.getsignal(signal.SIGTERM)
     with stop_on_signals(stop):
-        os.kill(os.getpid(), signum)
+        os.kill(os.getpid(), signal.SIGTERM)
         assert stop.is_set()
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signum)
-    assert signal.getsignal(signum) == before
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_signal_during_run_exits_cleanly():
