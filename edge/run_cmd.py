@@ -136,9 +136,16 @@ def open_source(cfg) -> Any:
     return sources.open_source(camera=sc.camera or None, source=sc.source or None, opts=opts)
 
 
-def make_hooks(args: argparse.Namespace, cfg) -> list:
+def make_hooks(args: argparse.Namespace, cfg, source: Any = None) -> list:
+    """A progress line (every 10 s on a terminal, every minute into a log), then the service's hooks."""
+    from vsdmot.edge.runner import ProgressHook
+
+    every_s = 10.0 if sys.stderr.isatty() else 60.0
+    total = getattr(source, "frame_count", 0)  # 0: unknown (live, --loop)
+    total = min(total or cfg.max_frames, cfg.max_frames or total)
+    hooks: list = [ProgressHook(total, every_s)]
     service = _service_module()
-    return list(service.make_hooks(args, cfg)) if service is not None else []
+    return hooks + (list(service.make_hooks(args, cfg)) if service is not None else [])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -152,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         pipeline = build_pipeline(bundle, cfg, fps=source.fps)
         try:
-            stop, hooks = SourceStopEvent(source), make_hooks(args, cfg)
+            stop, hooks = SourceStopEvent(source), make_hooks(args, cfg, source)
             sinks = open_sinks(**vars(cfg.sinks), fps=source.fps, source_stats=getattr(source, "stats", None),
                                meta=_meta(cfg, pipeline, source))
             with _signals(stop, _reloader(args, pipeline)):

@@ -72,6 +72,39 @@ class _Latencies:
         return {s: {k: round(float(x), 3) for k, x in d.items()} for s, d in out.items()}
 
 
+class ProgressHook:
+    """One log line every `every_s` seconds: frames (of `total` when the source knows it), FPS
+    since the last line, tracks, the share of frames that skipped semantics, and an ETA."""
+
+    def __init__(self, total: int = 0, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.total, self.every_s, self.clock = total, every_s, clock
+        self.frames = self.skipped = self._mark_frames = 0
+        self._mark_t = 0.0
+
+    def on_start(self) -> None:
+        self._mark_t = self.clock()
+
+    def on_frame(self, result: FrameResult, source_stats: Any = None) -> None:
+        self.frames += 1
+        self.skipped += result.semantic == "skipped"
+        now = self.clock()
+        if now - self._mark_t < self.every_s:
+            return
+        fps = (self.frames - self._mark_frames) / (now - self._mark_t)
+        log.info("progress: frame %s, %.1f FPS, %d tracks, semantic skipped %.0f%%", self._of_total(fps), fps,
+                 len(result.tracks), 100 * self.skipped / self.frames)
+        self._mark_t, self._mark_frames = now, self.frames
+
+    def _of_total(self, fps: float) -> str:
+        if not 0 < self.frames <= self.total:  # unknown, or a header count that was wrong
+            return str(self.frames)
+        left = (self.total - self.frames) / fps if fps > 0 else float("inf")
+        return f"{self.frames}/{self.total} ({100 * self.frames / self.total:.0f}%, ETA {left:.0f} s)"
+
+    def on_stop(self, summary: RunSummary | None = None) -> None:
+        pass
+
+
 class SourceStopEvent(threading.Event):
     """The run's stop event; setting it also calls `source.stop()` where the source has one, so a
     live source waiting through a stall returns at once instead of when frames resume. Safe in a

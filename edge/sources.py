@@ -320,6 +320,7 @@ class FileSource:
         self.path, self.opts = path, opts
         self._inner = open_file_source(path, opts.fps or None)
         self.fps, self.name = self._inner.fps, self._inner.name
+        self.frame_count = 0 if opts.loop else getattr(self._inner, "frame_count", 0)  # 0 = unknown or endless
         self._read, self._last, self._stopped = 0, 0.0, False
 
     def __iter__(self) -> Iterator[Frame]:

@@ -211,3 +211,18 @@ def test_reload_applies_semantics_and_names_sections_that_need_a_restart(tmp_pat
         reload()
     assert pipeline.semantics.cfg.policy == "always"
     assert "[tracker]" in caplog.text and "[source]" not in caplog.text and "restart" in caplog.text
+
+
+@pytest.mark.parametrize("frame_count, max_frames, total", [(795, 0, 795), (795, 300, 300), (0, 300, 300), (0, 0, 0)])
+def test_progress_total_is_what_the_run_will_do(frame_count, max_frames, total):
+    import argparse
+
+    from vsdmot.edge import run_cmd
+    from vsdmot.edge.runner import ProgressHook
+
+    p = argparse.ArgumentParser()
+    run_cmd.add_arguments(p)
+    args = p.parse_args(["--demo", "--health-listen", "off", "--max-frames", str(max_frames)])
+    source = type("S", (), {"frame_count": frame_count})()
+    hooks = run_cmd.make_hooks(args, run_cmd.build_config(args), source)
+    assert isinstance(hooks[0], ProgressHook) and hooks[0].total == total

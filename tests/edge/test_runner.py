@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from vsdmot.edge.runner import RunSummary, SourceStopEvent, run_loop, stop_on_signals
+from vsdmot.edge.runner import ProgressHook, RunSummary, SourceStopEvent, run_loop, stop_on_signals
 from vsdmot.runtime.semantics import SemanticCounts
 from vsdmot.runtime.types import Detections, Frame, FrameResult
 
@@ -204,3 +205,19 @@ def test_source_stop_event_without_stop_method():
     stop = SourceStopEvent(object())
     stop.set()
     assert stop.is_set()
+
+
+def test_progress_line_every_period_with_total_and_eta(caplog):
+    """A long file used to run silently from the first log line to the summary."""
+    now = [0.0]
+    hook = ProgressHook(total=100, every_s=10.0, clock=lambda: now[0])
+    hook.on_start()
+    tracks = Detections(np.zeros((2, 4), np.float32), np.ones(2, np.float32), np.arange(2))
+    with caplog.at_level(logging.INFO, logger="vsdmot.edge.runner"):
+        for i in range(1, 41):  # 4 frames per second
+            now[0] = i * 0.25
+            hook.on_frame(FrameResult(i, 0.0, 0.9, 0.0, "skipped" if i % 2 else "fresh", tracks, {}))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress")]
+    assert lines == ["progress: frame 40/100 (40%, ETA 15 s), 4.0 FPS, 2 tracks, semantic skipped 50%"]
+    hook.total = 30  # a header count the file outran: no percentage, no ETA
+    assert hook._of_total(4.0) == "40"
