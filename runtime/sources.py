@@ -53,9 +53,12 @@ class VideoFileSource:
     def _open(self) -> cv2.VideoCapture:
         """The capture, with its first frame decoded already (`self._first`): a file that opens but
         decodes nothing is refused here, before a run creates its output files."""
+        if self.path.stat().st_size == 0:
+            raise SourceError(f"video: {self.path} is empty (0 bytes)")
         cap = cv2.VideoCapture(str(self.path))
         if not cap.isOpened():
-            raise SourceError(f"video: OpenCV cannot open {self.path} (not a video, or an unsupported codec)")
+            raise SourceError(f"video: OpenCV cannot open {self.path} (not a video, no video stream, an unsupported "
+                              "codec, or cut short: an .mp4 whose recording stopped early has no index)")
         ok, self._first = cap.read()
         if not ok:
             cap.release()

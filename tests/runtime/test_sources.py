@@ -130,6 +130,11 @@ def test_video_that_decodes_nothing_is_refused_when_opened(tmp_path):
     assert [f.index for f in frames[:2]] == [1, 2] and len(frames) == 180
 
 
+def _written(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
 def _corrupt_images(folder):
     (folder / "000001.jpg").write_bytes(b"")
     (folder / "000002.png").write_bytes(b"not a png")
@@ -147,6 +152,8 @@ def test_image_folder_with_some_corrupt_images_skips_them(tmp_path):
     [
         (lambda p: p / "missing.avi", SourceError, "nothing at"),
         (lambda p: p, SourceError, "no images"),  # an empty folder
+        (lambda p: _written(p / "empty.mp4", b""), SourceError, "empty.mp4 is empty \\(0 bytes\\)"),
+        (lambda p: _written(p / "cut.mp4", DEMO.read_bytes()[:32] + bytes(5000)), SourceError, "cut short"),  # ftyp, no moov
         (lambda p: _corrupt_images(p), SourceError, "none of the 2 image files"),  # a run used to end with 0 frames, exit 0
     ],
 )
