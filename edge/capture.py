@@ -27,6 +27,15 @@ def _check_readback(cap: cv2.VideoCapture, camera: str, prop: int, name: str, wa
         log.warning("camera %s refused %s=%g; it gives %g", camera, name, want, got)
 
 
+def _why_not_opened(node: Path) -> str:
+    """The likely reason an existing node did not open, for the error line."""
+    if not os.access(node, os.R_OK | os.W_OK):
+        return "no permission: is the user in the 'video' group?"
+    if not Path("/sys/class/video4linux", node.resolve().name).exists():
+        return f"{node} is not a V4L2 video device"
+    return "busy in another process, or not a capture device (`v4l2-ctl --list-devices`)"
+
+
 def open_v4l2(camera: str, opts: LiveOptions) -> cv2.VideoCapture:
     """A V4L2 camera (/dev/videoN or an index) with fourcc, size and fps set and read back."""
     dev: str | int = int(camera) if camera.isdigit() else camera
@@ -39,8 +48,7 @@ def open_v4l2(camera: str, opts: LiveOptions) -> cv2.VideoCapture:
     cap = cv2.VideoCapture(dev, cv2.CAP_V4L2)
     if not cap.isOpened():
         cap.release()
-        raise SourceError(f"camera {camera}: V4L2 cannot open it (busy, or no permission: "
-                          "is the user in the 'video' group?)")
+        raise SourceError(f"camera {camera}: V4L2 cannot open it ({_why_not_opened(node)})")
     if opts.fourcc:
         cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*opts.fourcc))
         got = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode("ascii", "replace")

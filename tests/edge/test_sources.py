@@ -208,6 +208,12 @@ def test_open_source_bad_input(camera, source, exception):
         open_source(camera=camera, source=source, opts=LiveOptions())
 
 
+def test_a_node_that_is_no_camera_is_named_so():
+    """It used to say 'busy, or no permission' for /dev/null."""
+    with pytest.raises(SourceError, match="/dev/null is not a V4L2 video device"):
+        open_source(camera="/dev/null", opts=LiveOptions())
+
+
 def test_absent_camera_index_names_its_device_node():
     """Index 99 is /dev/video99: say it is absent, not 'busy, or no permission'."""
     with pytest.raises(SourceError, match=r"no such device \(/dev/video99 does not exist"):
