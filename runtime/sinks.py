@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -66,13 +67,22 @@ def _describe(e: OSError) -> str:
     return e.strerror or str(e)
 
 
-def check_writable(path: Path, kind: str) -> None:
+def check_writable(path: Path, kind: str, stream_ok: bool = True) -> None:
     """Create `path`'s folder and prove a file can be made in it, without touching `path` itself:
     sinks that write late (stats at its first flush, video at its first frame) fail at open
-    instead of after a whole run. SinkError names the path and the reason."""
+    instead of after a whole run. An existing pipe or device (/dev/stdout) is written in place:
+    it must be writable, and `stream_ok=False` refuses it (a file replaced atomically cannot be
+    one). SinkError names the path and the reason."""
     try:
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "Is a directory")
+        if path.exists() and not path.is_file():
+            if not stream_ok:
+                raise ValueError(f"{kind}: {path} is a pipe or device; expected a regular file (it is "
+                                 "rewritten atomically: temp file + rename)")
+            if not os.access(path, os.W_OK):
+                raise PermissionError(errno.EACCES, "Permission denied")
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(fd)
@@ -113,6 +123,7 @@ class _DurableAppender(_SinkBase):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             rotate_previous(self.path, keep_previous)
             self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)  # False: a pipe or tty, no fsync/truncate
         except OSError as e:
             raise SinkError(f"{self.kind}: cannot create {self.path}: {_describe(e)}") from e
 
@@ -137,6 +148,8 @@ class _DurableAppender(_SinkBase):
 
     def _rollback(self) -> None:
         """Cut a partial frame off the end so the file ends on a complete line."""
+        if not self._regular:
+            return
         try:
             os.ftruncate(self._fd, self._committed)
             os.lseek(self._fd, self._committed, os.SEEK_SET)
@@ -144,6 +157,8 @@ class _DurableAppender(_SinkBase):
             log.warning("%s: could not truncate %s back to %d bytes", self.kind, self.path, self._committed)
 
     def _sync(self) -> None:
+        if not self._regular:  # a pipe or tty (--mot-out /dev/stdout): fsync fails with EINVAL
+            return
         try:
             os.fsync(self._fd)
         except OSError as e:

@@ -82,7 +82,7 @@ class StatsSink(_SinkBase):
                  model_stages: tuple[str, ...] = MODEL_STAGES,
                  source_stats: Callable[[], Any] | None = None, meta: Mapping[str, Any] | None = None):
         self.path = Path(path)
-        check_writable(self.path, "stats sink")  # its first write comes seconds (or a whole run) later
+        check_writable(self.path, "stats sink", stream_ok=False)  # its first write comes seconds (or a whole run) later
         self.every_s, self.every_frames = every_s, every_frames  # write period (0 = that trigger off)
         self.model_stages, self.source_stats, self.meta = tuple(model_stages), source_stats, dict(meta or {})
         self.frames, self.semantic = 0, {"fresh": 0, "reused": 0, "skipped": 0}

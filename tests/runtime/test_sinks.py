@@ -261,6 +261,28 @@ def test_late_writing_sinks_fail_when_opened(tmp_path, make):
         make(tmp_path)
 
 
+def test_mot_sink_to_a_pipe(tmp_path):
+    """`--mot-out /dev/stdout | cat` died at the first periodic fsync (EINVAL on a pipe)."""
+    r, w = os.pipe()
+    try:
+        sink = MotSink(f"/dev/fd/{w}", fsync_every_s=0)  # fsync after every frame
+        for i in (1, 2):
+            sink.write(make_result(i))
+        sink.close()
+        assert os.read(r, 1 << 16).decode().count("\n") == 6
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_stats_sink_refuses_a_pipe(tmp_path):
+    """It is replaced by rename: on a FIFO (or, as root, /dev/stdout) that replaces the node itself."""
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(ValueError, match="is a pipe or device; expected a regular file"):
+        StatsSink(tmp_path / "fifo")
+    assert (tmp_path / "fifo").is_fifo()
+
+
 def test_full_disk_error_names_the_file():
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full")
