@@ -372,11 +372,21 @@ def open_camera(camera: str, opts: LiveOptions) -> LiveSource:
     return LiveSource(camera, lambda: open_v4l2(camera, opts), opts)
 
 
+def _warn_ignored(opts: LiveOptions, camera: bool, file: bool) -> None:
+    """Name the options this kind of source does not use, instead of ignoring them silently."""
+    unused = [f"--{n}" for n in ("width", "height", "fourcc") if getattr(opts, n)]
+    if unused and not camera:
+        log.warning("%s: a camera's capture format; a file or stream keeps its own (ignored)", ", ".join(unused))
+    if opts.loop and not file:
+        log.warning("--loop: replays files only; ignored for this %s", "camera" if camera else "stream")
+
+
 def open_source(camera: str | None = None, source: str | None = None,
                 opts: LiveOptions = LiveOptions()) -> FrameSource:
     """Exactly one of `camera` (device) or `source` (file, folder, sequence or stream URL)."""
     if bool(camera) == bool(source):
         raise ValueError(f"expected exactly one of camera or source, got camera={camera!r} source={source!r}")
+    _warn_ignored(opts, camera=bool(camera), file=not camera and not is_stream_url(str(source)))
     if camera:
         return open_camera(str(camera), opts)
     source = str(source)

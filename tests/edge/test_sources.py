@@ -4,6 +4,7 @@ queue and timing logic deterministic; real streams are in test_streams.py."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -299,3 +300,24 @@ def test_file_source_loops_with_rising_indices(tiny_video):
         frames = [next(it) for _ in range(12)]
     assert [f.index for f in frames] == list(range(1, 13))
     assert frames[5].timestamp == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "camera, source, opts, words",
+    [
+        (None, "DEMO", LiveOptions(width=320, height=240),
+         ["--width, --height: a camera's capture format; a file or stream keeps its own (ignored)"]),
+        ("/dev/video99", None, LiveOptions(loop=True), ["--loop: replays files only; ignored for this camera"]),
+        (None, "DEMO", LiveOptions(loop=True, fps=7), []),
+    ],
+)
+def test_options_a_source_does_not_use_are_named(caplog, camera, source, opts, words):
+    """--width/--height/--fourcc on a file and --loop on a camera used to be ignored silently."""
+    from vsdmot.edge.run_cmd import DEMO_CLIP
+
+    with caplog.at_level(logging.WARNING, logger="vsdmot.edge.sources"):
+        try:
+            open_source(camera=camera, source=str(DEMO_CLIP) if source else None, opts=opts).close()
+        except SourceError:  # no camera here: the warning comes first
+            pass
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == words
