@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from vsdmot.runtime.errors import SourceError
-from vsdmot.runtime.sources import FrameSource, open_file_source
+from vsdmot.runtime.sources import FrameSource, VideoFileSource, open_file_source
 from vsdmot.runtime.types import Frame
 
 from .capture import open_stream, open_v4l2
@@ -313,12 +313,28 @@ class LiveSource:
 
 
 # -- files ----------------------------------------------------------------------------------------
-class FileSource:
-    """A file source with the live sources' `stats()`, optionally looping (indices keep rising)."""
+class RemoteVideoSource(VideoFileSource):
+    """A finite video behind an http(s) URL (FFmpeg knows its frame count): every frame in order,
+    ending at the last one, like a local file. As a live stream it lost most frames (decoding
+    outruns the tracker) and replayed forever (each end of file was a reconnect)."""
 
-    def __init__(self, path: str, opts: LiveOptions):
+    def __init__(self, url: str, opts: LiveOptions, cap: cv2.VideoCapture | None = None):
+        self.path, self.opts, self._pending = url, opts, cap  # path: the URL, for messages
+        self._setup(opts.fps or None, url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or url)
+
+    def _capture(self) -> cv2.VideoCapture:
+        cap, self._pending = self._pending, None  # the probe's capture first, then fresh opens
+        return cap if cap is not None else open_stream(self.path, self.opts)
+
+
+class FileSource:
+    """A file source with the live sources' `stats()`, optionally looping (indices keep rising).
+    `opener` makes the inner source (default: `open_file_source(path)`), again for each loop."""
+
+    def __init__(self, path: str, opts: LiveOptions, opener: Callable[[], FrameSource] | None = None):
         self.path, self.opts = path, opts
-        self._inner = open_file_source(path, opts.fps or None)
+        self._make = opener or (lambda: open_file_source(path, opts.fps or None))
+        self._inner = self._make()
         self.fps, self.name = self._inner.fps, self._inner.name
         self.frame_count = 0 if opts.loop else getattr(self._inner, "frame_count", 0)  # 0 = unknown or endless
         self._read, self._last, self._stopped = 0, 0.0, False
@@ -337,7 +353,7 @@ class FileSource:
                 return
             offset += last
             self._inner.close()
-            self._inner = open_file_source(self.path, self.opts.fps or None)
+            self._inner = self._make()
 
     def stats(self) -> SourceStats:
         return SourceStats(self._read, 0, 0, 0, 0, 0, True, False, self._last, "")
@@ -372,13 +388,27 @@ def open_camera(camera: str, opts: LiveOptions) -> LiveSource:
     return LiveSource(camera, lambda: open_v4l2(camera, opts), opts)
 
 
-def _warn_ignored(opts: LiveOptions, camera: bool, file: bool) -> None:
-    """Name the options this kind of source does not use, instead of ignoring them silently."""
+def _warn_ignored(opts: LiveOptions, kind: str) -> None:
+    """Name the options this kind of source (camera, stream, file) does not use, instead of
+    ignoring them silently."""
     unused = [f"--{n}" for n in ("width", "height", "fourcc") if getattr(opts, n)]
-    if unused and not camera:
+    if unused and kind != "camera":
         log.warning("%s: a camera's capture format; a file or stream keeps its own (ignored)", ", ".join(unused))
-    if opts.loop and not file:
-        log.warning("--loop: replays files only; ignored for this %s", "camera" if camera else "stream")
+    if opts.loop and kind != "file":
+        log.warning("--loop: replays files only; ignored for this %s", kind)
+
+
+def open_stream_source(url: str, opts: LiveOptions) -> FrameSource:
+    """A live stream (LiveSource), or a finite video file when an http(s) URL has a frame count
+    (an .mp4 or .mkv on a web server; live MPEG-TS, MJPEG and HLS report none)."""
+    if opts.wait_for_device:  # no probe: the first open may fail and is retried in the background
+        return LiveSource(url, lambda: open_stream(url, opts), opts)
+    first = [open_stream(url, opts)]  # raises SourceError with the reason
+    count = first[0].get(cv2.CAP_PROP_FRAME_COUNT)
+    if url.split("://", 1)[0].lower() in ("http", "https") and count > 0:
+        log.info("%s: a video file (%d frames), read to its end like a local one", url, count)
+        return FileSource(url, opts, lambda: RemoteVideoSource(url, opts, first.pop() if first else None))
+    return LiveSource(url, lambda: first.pop() if first else open_stream(url, opts), opts)
 
 
 def open_source(camera: str | None = None, source: str | None = None,
@@ -386,13 +416,16 @@ def open_source(camera: str | None = None, source: str | None = None,
     """Exactly one of `camera` (device) or `source` (file, folder, sequence or stream URL)."""
     if bool(camera) == bool(source):
         raise ValueError(f"expected exactly one of camera or source, got camera={camera!r} source={source!r}")
-    _warn_ignored(opts, camera=bool(camera), file=not camera and not is_stream_url(str(source)))
     if camera:
+        _warn_ignored(opts, "camera")
         return open_camera(str(camera), opts)
     source = str(source)
     if is_stream_url(source):
-        return LiveSource(source, lambda: open_stream(source, opts), opts)
+        src = open_stream_source(source, opts)
+        _warn_ignored(opts, "file" if isinstance(src, FileSource) else "stream")
+        return src
     if "://" in source:
         raise ValueError(f"source: unsupported scheme in {source!r}; expected one of {list(STREAM_SCHEMES)} "
                          "or a file, image folder or MOTChallenge sequence")
+    _warn_ignored(opts, "file")
     return FileSource(source, opts)

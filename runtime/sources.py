@@ -42,23 +42,31 @@ class VideoFileSource:
         self.path = Path(path)
         if not self.path.is_file():
             raise SourceError(f"video: no file at {self.path}")
+        if self.path.stat().st_size == 0:
+            raise SourceError(f"video: {self.path} is empty (0 bytes)")
+        self._setup(fps, name or self.path.stem)
+
+    def _setup(self, fps: float | None, name: str) -> None:
         self._cap = self._open()
         header_fps = self._cap.get(cv2.CAP_PROP_FPS) or 0.0
         self.fps = float(fps or header_fps or 25.0)
         self.own_clock = not fps  # no true rate given: timestamps are the file's own (right for variable-rate video)
-        self.name = name or self.path.stem
+        self.name = name
         self.frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self._started = False
 
-    def _open(self) -> cv2.VideoCapture:
-        """The capture, with its first frame decoded already (`self._first`): a file that opens but
-        decodes nothing is refused here, before a run creates its output files."""
-        if self.path.stat().st_size == 0:
-            raise SourceError(f"video: {self.path} is empty (0 bytes)")
+    def _capture(self) -> cv2.VideoCapture:
+        """An opened capture of the file (a subclass may read it from elsewhere)."""
         cap = cv2.VideoCapture(str(self.path))
         if not cap.isOpened():
             raise SourceError(f"video: OpenCV cannot open {self.path} (not a video, no video stream, an unsupported "
                               "codec, or cut short: an .mp4 whose recording stopped early has no index)")
+        return cap
+
+    def _open(self) -> cv2.VideoCapture:
+        """The capture, with its first frame decoded already (`self._first`): a file that opens but
+        decodes nothing is refused here, before a run creates its output files."""
+        cap = self._capture()
         ok, self._first = cap.read()
         if not ok:
             cap.release()

@@ -6,6 +6,7 @@ time; every ffmpeg process is killed at teardown."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import signal
 import socket
@@ -135,6 +136,30 @@ def test_http_stream_reads_frames(serve):
     with open_source(source=f"http://127.0.0.1:{port}/live.ts", opts=OPTS) as src:
         frames = take(src, 20)
     assert len(frames) == 20 and frames[0].image.shape == (240, 320, 3)
+
+
+def test_a_video_file_on_a_web_server_is_read_to_its_end(tmp_path):
+    """An .mp4 behind http(s) has a frame count: every frame once, then the end. As a live stream
+    it dropped most frames (decoding outran the loop) and replayed forever (end = reconnect)."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from vsdmot.edge.run_cmd import DEMO_CLIP  # moov first: plays without range requests
+
+    (tmp_path / "demo.mp4").write_bytes(DEMO_CLIP.read_bytes())
+    handler = functools.partial(type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None}),
+                                directory=str(tmp_path))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/demo.mp4"
+        with open_source(source=url, opts=OPTS) as src:
+            time.sleep(0.5)  # a live reader would have decoded (and dropped) frames by now
+            indices = [f.index for f in itertools.islice(src, 400)]  # bounded: the old live reader never ended
+        assert indices == list(range(1, 181)) and src.stats().dropped == 0
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_udp_sender_restart_after_an_outage(serve):
