@@ -30,6 +30,7 @@ import numpy as np
 from .accuracy_gate import EvalFn, GateConfig, gate_accuracy
 from .bundle import NETWORKS, BundleConfig, BundleContents, BundleFile, publish, record_gate, write_bundle
 from .det_agreement import detection_agreement
+from .det_rounds import DetectionRoundsConfig
 from .parity import FP32, INT8, onnx_runner, parity
 from .prune import PruneConfig, load_module, prune
 from .qdq_check import QdqCheckConfig, qdq_check
@@ -63,6 +64,8 @@ class ExportConfig:
     int8_min_cosine: float = 0.0  # a network whose INT8 outputs fall below this cosine vs FP32 stays FP32 (0: the gate decides)
     int8_fallback: bool = True  # on a failed gate, put INT8 networks back to FP32 one by one (worst parity first)
     select: tuple[str, ...] = SELECT_SEQUENCES  # --method auto chooses on these (train side, never the gate's)
+    detection: DetectionRoundsConfig = DetectionRoundsConfig()  # INT8 detector: first layers float until its
+    # detections agree with FP32 at min_f1 on calibration feeds; below it after the rounds it stays FP32
     keep_fp32: tuple[str, ...] = ()  # networks that stay FP32 in an int8 bundle (--keep-fp32; e.g. the detector
     # for near-camera scenes, docs/export.md "Unseen degradations")
 
@@ -225,7 +228,8 @@ def int8_files(files: Mapping[str, Path], cfg: ExportConfig, method: str, feeds,
 
 def int8(fp32: Path, cfg: ExportConfig, method: str, feeds, report: Report, name: str) -> Path:
     stem = fp32.parent / fp32.name.replace(".sim.onnx", f".int8-{method}")  # detector.int8-minmax
-    q = quantize(fp32, QuantConfig(method=method), f"{stem}.onnx", feeds, feeds_id(feeds))
+    qcfg = QuantConfig(method=method, detection=cfg.detection)
+    q = quantize(fp32, qcfg, f"{stem}.onnx", feeds, feeds_id(feeds))
     chk = qdq_check(q, QdqCheckConfig(), f"{stem}.qdq.json")
     par = parity(q, INT8, f"{stem}.parity.json", onnx_runner(fp32), "fp32-onnx", feeds)
     agr = [detection_agreement(q, fp32, feeds, f"{stem}.agreement.json")] if name == "detector" else []
@@ -235,6 +239,12 @@ def int8(fp32: Path, cfg: ExportConfig, method: str, feeds, report: Report, name
     if worst < cfg.int8_min_cosine:
         log.warning("%s: INT8 output cosine %.3f < %.2f even with its sensitive layers in float; the network "
                     "stays FP32 in the bundle (the gate judges the rest)", name, worst, cfg.int8_min_cosine)
+        return fp32
+    f1 = json.loads(Path(agr[0]).read_text()).get("f1") if agr else None
+    if f1 is not None and f1 < qcfg.detection.min_f1:
+        log.warning("%s: INT8 keeps F1 %.3f of the FP32 detections on the calibration feeds (< %.2f) even with "
+                    "its first layers float; it stays FP32 in the bundle (--keep-fp32 %s does this up front)",
+                    name, f1, qcfg.detection.min_f1, name)
         return fp32
     return q
 

@@ -10,7 +10,8 @@ detector"). Before calibration, Conv inputs' per-channel ranges move into the Co
 - attention: MatMuls of two activations (Q.K^T and attn.V) when `keep_attention`;
 - the DSWR/fusion path: every node computed only from `keep_inputs` (`semantic`, `w`);
 - the output tail and the first/last weighted layers (`keep_output_tail`, `keep_boundary`);
-- sensitivity rounds: readers of the worst-rounded activations, within `max_float_weights`.
+- sensitivity rounds: readers of the worst-rounded activations, within `max_float_weights`;
+- a YOLOX detector's first weighted layers, until its detections agree with FP32's (`det_rounds.py`).
 Last layers with >= `trial_weights` weights (the student's head, the tracker's state heads) are tried
 in int8 first and stay float only when that costs more than `trial_max_drop` output cosine on the
 probe frames. Storage: after ORT writes the Q/DQ model, `qdq_graph.py` rewires kept-float nodes to
@@ -34,6 +35,7 @@ import numpy as np
 
 from vsdmot.runtime.bundle import file_sha256
 
+from .det_rounds import DetectionRoundsConfig, detection_rounds
 from .equalize import EqualizeConfig, equalize, tapped_session
 from .parity import latency_ms
 from .qdq_graph import (boundary_layers, cone_nodes, float_inputs, name_nodes, share_qdq_constants,
@@ -75,6 +77,8 @@ class QuantConfig:
     # 47.70 vs 47.92 all-float-heads, agreement with the FP32 tracker 94.56 vs 94.80, inside the +-2 per-condition
     # swing between INT8 calibrations); the detector's are smaller (embed_proj 4096) and stay float
     trial_max_drop: float = 0.001  # a tried layer stays int8 when no output's probe cosine (vs FP32) drops more
+    detection: DetectionRoundsConfig = DetectionRoundsConfig()  # a YOLOX detector: first layers float until its
+    # detections agree with FP32 (det_rounds.py); other networks skip it
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -148,9 +152,13 @@ def _quantize(src: Path, cfg: QuantConfig, out: Path, feeds) -> dict[str, Any]:
         if cos != best[0]:  # no round reached min_cosine: keep the best one seen (the base model included)
             run_ort_quant(named, out, cfg, None, excluded | best[1], ranges)
         cos, excluded = best[0], excluded | best[1]
+        excluded, det = detection_rounds(model, src, out, feeds, cfg.detection, excluded,
+                                         lambda ex: run_ort_quant(named, out, cfg, None, ex, ranges))
+        cos = min_cosine(src, out, probe) if det.get("first_layers_float") else cos
     latency = {"fp32": latency_ms(src, feeds[0], runs=10), "int8": latency_ms(out, feeds[0], runs=10)}
     return {"method": cfg.method, "calib_frames": n, "equalized": equalized, "kept_float": sorted(excluded),
             "per_channel": cfg.per_channel, "min_output_cosine": cos, "sensitivity_trail": trail, "int8_trials": tried,
+            "detection_rounds": det,
             "latency_ms_1thread": latency}
 
 

@@ -1,0 +1,80 @@
+"""The quantiser's detection rounds (export/det_rounds.py) and the chain's FP32 fallback, on the
+shipped detector and real PETS09 frames."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import onnx
+import pytest
+
+from helpers import REPO, frames
+from vsdmot.calibration.feeds import DetectorFeeds, ImageList
+from vsdmot.export.det_agreement import AgreementConfig, agreement
+from vsdmot.export.det_rounds import DetectionRoundsConfig, between, quantised_layers
+from vsdmot.export.parity import onnx_runner, pick
+from vsdmot.export.quantize import QuantConfig, nodes_to_keep_float, quantize
+
+DETECTOR = REPO / "runtime" / "assets" / "default" / "detector.onnx"  # the FP32 YOLOX-nano student, 416 px
+
+
+@pytest.fixture(scope="module")
+def feeds():
+    return DetectorFeeds(ImageList(frames(24, 416)), 416)
+
+
+def test_selection_feeds_are_disjoint_from_the_reported_ones():
+    items = list(range(512))
+    assert len(between(items, 64)) == 64 and not set(between(items, 64)) & set(pick(items, 64))
+    assert between(items[:100], 64) == items[:100]  # too few to split: every feed
+
+
+def details(q) -> dict:
+    return json.loads(open(f"{q}.step.json").read())["details"]
+
+
+def test_rounds_keep_the_first_layers_float_and_leave_the_best_round_written(feeds, tmp_path):
+    """min_f1 above 1 forces every round within the weight budget: k = 4, 8, 16, ...; the layers
+    kept float beyond the base rules are the first k in graph order, for the round with the best F1,
+    and the file on disk is that round's."""
+    rounds = DetectionRoundsConfig(min_f1=1.01, frames=8)
+    cfg = QuantConfig(stride=6, max_rounds=0, detection=rounds)
+    det = details(quantize(DETECTOR, cfg, tmp_path / "q.onnx", feeds, "pets-24"))["detection_rounds"]
+    ks, f1s = [k for k, _ in det["trail"]], [f for _, f in det["trail"]]
+    assert ks[:3] == [0, 4, 8] and all(b == 2 * a for a, b in zip(ks[1:], ks[2:]))
+    assert det["f1"] == max(f1s) and det["frames"] == 8
+
+    model = onnx.load(str(DETECTOR))
+    base = nodes_to_keep_float(model, cfg)
+    extra = set(details(tmp_path / "q.onnx")["kept_float"]) - base
+    assert extra == set(quantised_layers(model, base)[: det["first_layers_float"]])
+    cand = onnx_runner(tmp_path / "q.onnx")
+    assert agreement(onnx_runner(DETECTOR), cand, between(feeds, 8), AgreementConfig())["f1"] == det["f1"]
+
+
+def test_the_rounds_are_off_at_min_f1_zero_and_skip_other_networks(det_net, det_feeds, tmp_path):
+    from vsdmot.export.simplify import SimplifyConfig, simplify
+    from vsdmot.export.to_onnx import OnnxConfig, to_onnx
+
+    fp = simplify(to_onnx(det_net, OnnxConfig(), tmp_path / "a.onnx"), SimplifyConfig(), tmp_path / "b.onnx")
+    q = quantize(fp, QuantConfig(stride=5, max_rounds=0), tmp_path / "q.onnx", det_feeds[:10], "tiny")
+    assert details(q)["detection_rounds"] == {}  # a 64 px test CNN is not a YOLOX person head
+
+
+def test_a_detector_that_stays_below_min_f1_stays_fp32_in_the_chain(feeds, tmp_path, caplog):
+    from vsdmot.export.chain import ExportConfig, int8
+    from vsdmot.export.report import Report
+
+    fp32 = tmp_path / "detector.sim.onnx"
+    shutil.copy(DETECTOR, fp32)
+    cfg = ExportConfig(detection=DetectionRoundsConfig(min_f1=1.01, frames=8, max_float_weights=0.005))
+    with caplog.at_level(logging.WARNING, logger="vsdmot.export.chain"):
+        assert int8(fp32, cfg, "minmax", feeds, Report(), "detector") == fp32
+    agr = json.loads((tmp_path / "detector.int8-minmax.agreement.json").read_text())
+    assert agr["f1"] < 1.01 and "stays FP32 in the bundle" in caplog.text
+    assert len(details(tmp_path / "detector.int8-minmax.onnx")["detection_rounds"]["trail"]) == 3  # 0, 4, 8: budget
+
+    kept = ExportConfig(detection=DetectionRoundsConfig(min_f1=0.0))
+    assert int8(fp32, kept, "minmax", feeds, Report(), "detector").name == "detector.int8-minmax.onnx"
