@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,6 +83,7 @@ def open_stream(url: str, opts: LiveOptions) -> cv2.VideoCapture:
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(opts.open_timeout_s * 1000),
               cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(opts.read_timeout_s * 1000)]
     options = ffmpeg_options(url, opts)
+    t0 = time.monotonic()
     with _ENV_LOCK:
         user = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")
         if options and user is None:  # the user's own setting wins
@@ -93,6 +95,8 @@ def open_stream(url: str, opts: LiveOptions) -> cv2.VideoCapture:
                 os.environ.pop("OPENCV_FFMPEG_CAPTURE_OPTIONS", None)
     if not cap.isOpened():
         cap.release()
-        raise SourceError(f"stream {url}: cannot open within {opts.open_timeout_s:g} s "
-                          "(server down, wrong URL, or no video in it)")
+        waited = time.monotonic() - t0
+        when = f"no answer within {opts.open_timeout_s:g} s" if waited >= 0.9 * opts.open_timeout_s else \
+            f"refused or failed after {waited:.1f} s"
+        raise SourceError(f"stream {url}: cannot open: {when} (server down, wrong URL, or no video in it)")
     return cap
