@@ -162,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
             stop, hooks = SourceStopEvent(source), make_hooks(args, cfg, source)
             sinks = open_sinks(**vars(cfg.sinks), fps=source.fps, source_stats=getattr(source, "stats", None),
                                meta=_meta(cfg, pipeline, source))
+            if not sinks:
+                log.info("no --mot-out, --jsonl-out, --video-out or --stats-out: the tracks are not saved")
             with _signals(stop, _reloader(args, pipeline)):
                 summary = run_loop(source, pipeline, sinks, hooks, stop, cfg.max_frames)
         finally:

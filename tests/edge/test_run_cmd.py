@@ -4,6 +4,7 @@ with a non-zero exit that leaves earlier outputs intact."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -226,3 +227,11 @@ def test_progress_total_is_what_the_run_will_do(frame_count, max_frames, total):
     source = type("S", (), {"frame_count": frame_count})()
     hooks = run_cmd.make_hooks(args, run_cmd.build_config(args), source)
     assert isinstance(hooks[0], ProgressHook) and hooks[0].total == total
+
+
+def test_a_run_without_outputs_says_nothing_is_saved(bundle, caplog):
+    with caplog.at_level(logging.INFO, logger="vsdmot.edge.run_cmd"):
+        assert edge_run("--demo", "--bundle", bundle, "--max-frames", 1) == 0
+        assert edge_run("--demo", "--bundle", bundle, "--max-frames", 1, "--jsonl-out", "/dev/null") == 0
+    said = [r.getMessage() for r in caplog.records if "not saved" in r.getMessage()]
+    assert said == ["no --mot-out, --jsonl-out, --video-out or --stats-out: the tracks are not saved"]
