@@ -102,7 +102,10 @@ class ImageFolderSource:
             raise SourceError(f"image folder: none of the {len(self.files)} image files in {self.folder} is one "
                               "OpenCV can read (empty or corrupt files)")
         numeric = all(p.stem.isdigit() for p in self.files)
-        self.indices = [int(p.stem) if numeric else i + 1 for i, p in enumerate(self.files)]
+        if numeric:  # by number: 2.png before 10.png
+            self.files.sort(key=lambda p: int(p.stem))
+        shift = 1 if numeric and int(self.files[0].stem) == 0 else 0  # 000000.png (KITTI style) is frame 1
+        self.indices = [int(p.stem) + shift if numeric else i + 1 for i, p in enumerate(self.files)]
         self.fps = float(fps)
         self.name = name or self.folder.name
         self.frame_count = len(self.files)

@@ -82,6 +82,23 @@ def test_image_folder_numeric_names(tmp_path):
     assert frames[1].timestamp == pytest.approx(0.2)
 
 
+@pytest.mark.parametrize(
+    "names, indices",
+    [
+        (["1", "2", "10"], [1, 2, 10]),  # unpadded: by number, not 1, 10, 2
+        (["000000", "000001", "000002"], [1, 2, 3]),  # 0-based: shifted, a frame 0 was refused mid-run
+        (["b", "a10", "a2"], [1, 2, 3]),  # not all numeric: by name, numbered from 1
+    ],
+)
+def test_image_folder_order_and_numbering(tmp_path, names, indices):
+    for n, name in enumerate(names):
+        cv2.imwrite(str(tmp_path / f"{name}.png"), np.full((8, 10, 3), n, np.uint8))
+    frames = list(open_file_source(tmp_path))
+    assert [f.index for f in frames] == indices and frames[0].timestamp == 0.0
+    if names[0] != "b":
+        assert [int(f.image[0, 0, 0]) for f in frames] == [0, 1, 2]  # the files in numeric order
+
+
 def test_is_sequence(pets_dir, tmp_path):
     assert is_sequence(pets_dir) and not is_sequence(tmp_path)
 
