@@ -106,7 +106,7 @@ def check_output_paths(cfg, config_path: str | None = None) -> None:
             continue
         real = Path(path).resolve()
         for other, given in inputs.items():
-            if given and "://" not in given and Path(given).resolve() == real:  # a URL is no file
+            if given and "://" not in given and Path(given).expanduser().resolve() == real:  # a URL is no file
                 raise ValueError(f"run: {flag} {path} is the {other} file; expected a different path "
                                  "(writing it would destroy the input)")
         if real in seen:

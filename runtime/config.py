@@ -54,6 +54,7 @@ class SourceConfig:
     loop: bool = False  # restart a file source at its end (soak runs); live sources ignore it
 
     def __post_init__(self) -> None:
+        _expand_home(self, "source")
         for name in ("width", "height", "fps"):
             _positive("source", name, getattr(self, name))
         if self.fourcc and len(self.fourcc) != 4:
@@ -72,6 +73,7 @@ class PipelineConfig:
     nms_thr: float = 0.45  # detector NMS IoU threshold
 
     def __post_init__(self) -> None:
+        _expand_home(self, "bundle", "engine_cache")
         _choice("pipeline", "backend", self.backend, BACKENDS)
         _choice("pipeline", "precision", self.precision, PRECISIONS)
         _positive("pipeline", "threads", self.threads)
@@ -122,6 +124,9 @@ class SinksConfig:
     video_out: str = ""  # annotated video (boxes, IDs, quality bar)
     stats_out: str = ""  # run statistics JSON (frames, fps, semantic counts, latency percentiles)
 
+    def __post_init__(self) -> None:
+        _expand_home(self, "mot_out", "jsonl_out", "video_out", "stats_out")
+
 
 @dataclass(frozen=True)
 class ServiceConfig:
@@ -133,6 +138,16 @@ class ServiceConfig:
         _positive("service", "stall_timeout_s", self.stall_timeout_s, strict=True)
         if self.health_listen and not _is_host_port(self.health_listen):
             raise ValueError(f"[service] health_listen: expected HOST:PORT, got {self.health_listen!r}")
+
+
+def _expand_home(cfg: Any, *names: str) -> None:
+    """`~` / `~user` at the start of these path keys becomes the home folder: TOML and `--flag=~/x`
+    reach us unexpanded, and `mot_out = "~/x"` made a folder named `~`. A relative path stays
+    relative to the working directory (a service's is its WorkingDirectory, /var/lib/vsdmot)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if isinstance(value, str) and value.startswith("~"):
+            object.__setattr__(cfg, name, os.path.expanduser(value))  # frozen: set once, while building
 
 
 def _is_host_port(text: str) -> bool:
@@ -158,7 +173,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, A
     """Defaults, then the TOML file at `path` (if any), then `overrides` {"section.key": value}."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
+        path = Path(path).expanduser()
         try:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:

@@ -92,3 +92,22 @@ def test_every_field_has_a_comment():
         for f in dataclasses.fields(cls):
             line = next(ln for ln in source.splitlines() if ln.strip().startswith(f"{f.name}:"))
             assert "  # " in line, f"{cls.__name__}.{f.name} has no comment"
+
+
+def test_home_in_path_keys_is_expanded(tmp_path, monkeypatch):
+    """TOML (and `--mot-out=~/x`) pass `~` through unexpanded: it made a folder named `~`."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = tmp_path / "run.toml"
+    path.write_text('[source]\nsource = "~/clip.mp4"\n[pipeline]\nbundle = "~/b"\nengine_cache = "~/e"\n'
+                    '[sinks]\nmot_out = "~/m.txt"\njsonl_out = "rel/j.jsonl"\n')
+    cfg = C.load_config(path, {"sinks.stats_out": "~/s.json", "sinks.video_out": "~"})
+    home = str(tmp_path / "home")
+    assert cfg.source.source == f"{home}/clip.mp4"
+    assert (cfg.pipeline.bundle, cfg.pipeline.engine_cache) == (f"{home}/b", f"{home}/e")
+    assert (cfg.sinks.mot_out, cfg.sinks.stats_out, cfg.sinks.video_out) == (f"{home}/m.txt", f"{home}/s.json", home)
+    assert cfg.sinks.jsonl_out == "rel/j.jsonl"  # relative: to the working directory, not the config's folder
+    assert C.load_config(None, {"source.source": "rtsp://cam/~x"}).source.source == "rtsp://cam/~x"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "run.toml").write_text("max_frames = 3\n")
+    assert C.load_config("~/run.toml").max_frames == 3  # --config=~/run.toml
