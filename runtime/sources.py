@@ -18,12 +18,21 @@ import numpy as np
 
 from .errors import SourceError
 from .mot import SeqInfo, read_seqinfo
+from .quality import MIN_SIDE
 from .types import Frame
 
 log = logging.getLogger(__name__)
 
 VIDEO_EXTS = (".avi", ".mp4", ".mkv", ".mov", ".m4v", ".ts", ".webm", ".mpg", ".mpeg")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def check_frame_size(width: int, height: int, where: str) -> None:
+    """SourceError for frames the quality gate cannot assess (a side under MIN_SIDE px), raised when
+    the source opens: at the first frame it failed after the run had moved mot.txt aside."""
+    if width < MIN_SIDE or height < MIN_SIDE:
+        raise SourceError(f"{where}: frames are {width}x{height} px; expected at least {MIN_SIDE}x{MIN_SIDE} "
+                          "(the quality gate's smallest); upscale it first, e.g. ffmpeg -vf scale=640:-2")
 
 
 class FrameSource(Protocol):
@@ -48,6 +57,11 @@ class VideoFileSource:
 
     def _setup(self, fps: float | None, name: str) -> None:
         self._cap = self._open()
+        try:
+            check_frame_size(self._first.shape[1], self._first.shape[0], f"video {self.path}")
+        except SourceError:
+            self._cap.release()
+            raise
         header_fps = self._cap.get(cv2.CAP_PROP_FPS) or 0.0
         self.fps = float(fps or header_fps or 25.0)
         self.own_clock = not fps  # no true rate given: timestamps are the file's own (right for variable-rate video)
@@ -98,9 +112,13 @@ class ImageFolderSource:
         self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_EXTS) if self.folder.is_dir() else []
         if not self.files:
             raise SourceError(f"image folder: no images ({', '.join(IMAGE_EXTS)}) in {self.folder}")
-        if not any(cv2.haveImageReader(str(p)) for p in self.files):
+        readable = next((p for p in self.files if cv2.haveImageReader(str(p))), None)
+        if readable is None:
             raise SourceError(f"image folder: none of the {len(self.files)} image files in {self.folder} is one "
                               "OpenCV can read (empty or corrupt files)")
+        first = cv2.imread(str(readable), cv2.IMREAD_COLOR)  # one decode, to refuse tiny frames now
+        if first is not None:
+            check_frame_size(first.shape[1], first.shape[0], f"image folder {self.folder}")
         numeric = all(p.stem.isdigit() for p in self.files)
         if numeric:  # by number: 2.png before 10.png
             self.files.sort(key=lambda p: int(p.stem))

@@ -13,6 +13,8 @@ import time
 import warnings
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from tinybundle import make_bundle, write_manifest
@@ -94,6 +96,7 @@ BAD = [  # (what, setup(bundle dir) or None, extra args, exit code, words in the
     ("wrong input shape", _wrong_shape, ["--demo"], 2, ["detector input 'images'", "(1, 3, 320, 416)"]),
     ("bad config key", None, ["--demo", "--config", "BADCONF"], 2, ["unknown key 'bogus'"]),
     ("video that opens but decodes nothing", None, ["--source", "TRUNC"], 1, ["yielded no frames"]),
+    ("16x16 video", None, ["--source", "TINY"], 1, ["frames are 16x16 px; expected at least 32x32"]),  # was mid-run
     ("output is the source", None, ["--source", "CLIP", "--video-out", "CLIP"], 2, ["--video-out", "is the --source file"]),
     ("two outputs one file", None, ["--demo", "--jsonl-out", "MOT"], 2, ["--jsonl-out and --mot-out are the same file"]),
     ("output is the config", None, ["--demo", "--config", "GOODCONF", "--stats-out", "GOODCONF"], 2, ["is the --config file"]),
@@ -117,8 +120,14 @@ def test_bad_input_one_line_nonzero_and_outputs_kept(what, setup, args, code, wo
     clip, good = tmp_path / "clip.mp4", tmp_path / "good.toml"
     clip.write_bytes(Path(DEMO_CLIP).read_bytes())
     good.write_text("max_frames = 2\n")
+    tiny = tmp_path / "t16.avi"
+    writer = cv2.VideoWriter(str(tiny), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (16, 16))
+    for k in range(3):
+        writer.write(np.full((16, 16, 3), 80 * k, np.uint8))
+    writer.release()
     inputs = {p: p.read_bytes() for p in (clip, good)}
-    names = {"BADCONF": conf, "TRUNC": trunc, "CLIP": clip, "MOT": mot, "GOODCONF": good, "WEBM": tmp_path / "a.webm"}
+    names = {"BADCONF": conf, "TRUNC": trunc, "CLIP": clip, "MOT": mot, "GOODCONF": good, "TINY": tiny,
+             "WEBM": tmp_path / "a.webm"}
     args = [str(names.get(a, a)) for a in args]
     rc = edge_run("--bundle", b, "--mot-out", mot, "--max-frames", 2, *args)
     err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln.lower()]
