@@ -7,12 +7,16 @@ the loop falls behind (counted). A frame counts as fresh only when it differs fr
 before: a stuck camera whose `read()` keeps reporting success with the same buffer is caught
 by comparing a small subsample of each frame. No fresh frame within `stall_timeout_s` is a
 stall, and the capture is re-opened with exponential backoff (capped). Frame indices keep
-rising across reconnects; a gap in them is a dropped frame. `stats()` gives a `SourceStats`
-snapshot for the loop, the stats file and the systemd watchdog (fed only on fresh frames).
+rising across reconnects; a gap in them is a dropped frame. Frames read before the loop's first
+pull (while the model loads: minutes for a first TensorRT build) are warm-up, not drops: the
+queue keeps the newest, and numbering starts at 1 with the oldest still queued. `stats()` gives
+a `SourceStats` snapshot for the loop, the stats file and the systemd watchdog (fed only on
+fresh frames).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -25,7 +29,7 @@ import cv2
 import numpy as np
 
 from vsdmot.runtime.errors import SourceError
-from vsdmot.runtime.sources import FrameSource, VideoFileSource, open_file_source
+from vsdmot.runtime.sources import FrameSource, VideoFileSource, check_frame_size, open_file_source
 from vsdmot.runtime.types import Frame
 
 from .capture import open_stream, open_v4l2
@@ -80,8 +84,8 @@ def live_options(source_cfg: Any, service_cfg: Any = None, **overrides: Any) -> 
 
 @dataclass(frozen=True)
 class SourceStats:
-    frames_read: int  # fresh frames captured (delivered or dropped)
-    dropped: int  # fresh frames dropped because the queue was full (oldest first)
+    frames_read: int  # fresh frames captured (delivered, dropped or warm-up)
+    dropped: int  # fresh frames dropped because the queue was full (oldest first) once the loop pulls
     duplicates: int  # frames identical to the one before (stuck buffer), not delivered
     read_failures: int  # read() calls that returned no frame
     stalls: int  # episodes of no fresh frame for longer than stall_timeout_s
@@ -90,6 +94,7 @@ class SourceStats:
     stalled: bool  # no fresh frame for longer than stall_timeout_s now
     last_fresh_monotonic: float  # time.monotonic() of the last fresh frame (0.0 = none yet)
     last_error: str  # the last open or read problem ("" = none)
+    warmup: int = 0  # fresh frames replaced by newer ones before the loop's first pull (not drops)
 
 
 @dataclass(slots=True, frozen=True)
@@ -120,7 +125,7 @@ class _Counters:
     """Mutable counters behind SourceStats; guarded by LiveSource._lock."""
 
     def __init__(self, now: float):
-        self.frames_read = self.dropped = self.duplicates = self.read_failures = 0
+        self.frames_read = self.dropped = self.duplicates = self.read_failures = self.warmup = 0
         self.stalls = self.reconnects = 0
         self.connected, self.in_stall = False, False
         self.last_fresh, self.opened_at, self.last_error = 0.0, now, ""
@@ -137,7 +142,7 @@ class LiveSource:
         self._t0 = time.monotonic()
         self._c = _Counters(self._t0)
         self._failures, self._index, self._last_sig, self._last_stamp, self._fatal = 0, 0, None, 0.0, ""
-        self._opened_once = False
+        self._opened_once, self._started = False, False  # _started: the loop has pulled (guarded by _lock)
         self._cap: Capture | None = None
         if not opts.wait_for_device:
             self._cap = self._open_or_raise()
@@ -148,11 +153,24 @@ class LiveSource:
 
     def _open_or_raise(self) -> Capture:
         cap = self._opener()  # raises SourceError with the reason
+        self._check_size(cap)
         with self._lock:
             self._c.connected, self._c.opened_at = True, time.monotonic()
             self._c.reconnects += self._opened_once
         self._opened_once = True
         return cap
+
+    def _check_size(self, cap: Capture) -> None:
+        """Refuse frames too small for the quality gate at open (the size the capture reports; 0 =
+        not known yet): the first open raises before a run creates its outputs; a re-open (or a
+        first open with wait_for_device) counts as a failed open."""
+        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+        if w > 0 and h > 0:
+            try:
+                check_frame_size(w, h, self.name)
+            except SourceError:
+                cap.release()
+                raise
 
     # -- reader thread ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -195,14 +213,17 @@ class LiveSource:
     def _push(self, img: np.ndarray, now: float) -> None:
         if img.ndim == 2 or img.shape[2] != 3:  # a grey camera, or BGRA from some backends
             img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR if img.ndim == 2 else cv2.COLOR_BGRA2BGR)
-        self._index += 1
-        frame = LiveFrame(self._index, np.ascontiguousarray(img), now - self._t0, time.time(), now)
-        with self._lock:
+        img, wall = np.ascontiguousarray(img), time.time()
+        with self._lock:  # the index too: _start() renumbers under the lock
             c = self._c
             c.frames_read, c.last_fresh, c.in_stall = c.frames_read + 1, now, False
-            if len(self._queue) == self._queue.maxlen:
-                c.dropped += 1  # deque(maxlen) drops the oldest on append
-            self._queue.append(frame)
+            if len(self._queue) == self._queue.maxlen:  # deque(maxlen) drops the oldest on append
+                if self._started:
+                    c.dropped += 1
+                else:
+                    c.warmup += 1
+            self._index += 1
+            self._queue.append(LiveFrame(self._index, img, now - self._t0, wall, now))
             self._lock.notify()
         self._failures = 0
 
@@ -268,8 +289,24 @@ class LiveSource:
         self._stop.set()
 
     # -- consumer side ---------------------------------------------------------------------
+    def _start(self) -> None:
+        """The loop's first pull. Frames replaced in the queue before it were read while the model
+        loaded, when no frame was due: warm-up, not drops, and their numbers are given back so the
+        oldest frame still queued is frame 1 (a MOT file starts at 1). Holds _lock."""
+        self._started = True
+        base = self._queue[0].index - 1 if self._queue else self._index
+        if base:
+            self._queue = deque((dataclasses.replace(f, index=f.index - base) for f in self._queue),
+                                maxlen=self._queue.maxlen)
+            self._index -= base
+            log.info("%s: %d frames read while the pipeline started were skipped (warm-up, not drops)",
+                     self.name, base)
+
     def __iter__(self) -> Iterator[LiveFrame]:
         """Yield frames until close(); raise SourceError if the reader gave up."""
+        with self._lock:
+            if not self._started:
+                self._start()
         while True:
             with self._lock:
                 while not self._queue and not self._stop.is_set():
@@ -288,7 +325,7 @@ class LiveSource:
         with self._lock:
             c, stalled = self._c, self._note_stall(now)
             return SourceStats(c.frames_read, c.dropped, c.duplicates, c.read_failures, c.stalls,
-                               c.reconnects, c.connected, stalled, c.last_fresh, c.last_error)
+                               c.reconnects, c.connected, stalled, c.last_fresh, c.last_error, c.warmup)
 
     def stop(self) -> None:
         """End iteration promptly (within 0.25 s) without waiting for the reader: safe to call

@@ -33,13 +33,18 @@ class FakeCapture:
     """Gives `frames` distinct images, then either blocks (a quiet camera), repeats the last one
     with ok=True (a stuck buffer) or fails (an unplug)."""
 
-    def __init__(self, frames: int, then: str = "block", start: int = 0, block_s: float = 0.2, stamps: bool = False):
+    def __init__(self, frames: int, then: str = "block", start: int = 0, block_s: float = 0.2, stamps: bool = False,
+                 hold: int = 0, size: tuple[int, int] = (0, 0)):
         self.k, self.frames, self.then, self.start, self.block_s = 0, frames, then, start, block_s
         self.stamps, self.reads = stamps, 0  # stamps: POS_MSEC rises per read (a live driver's clock)
+        self.hold, self.go = hold, threading.Event()  # hold: after this many frames, wait for go
+        self.size = size  # (w, h) the capture reports; (0, 0) = unknown, like the fake's default
         self.released = threading.Event()
 
     def read(self):
         self.reads += 1
+        if self.hold and self.k >= self.hold:
+            self.go.wait(5.0)
         if self.k < self.frames:
             self.k += 1
             return True, image(self.start + self.k)
@@ -54,6 +59,8 @@ class FakeCapture:
     def get(self, prop):
         if prop == cv2.CAP_PROP_POS_MSEC:
             return 40.0 * self.reads if self.stamps else 0.0
+        if prop in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT):
+            return float(self.size[prop == cv2.CAP_PROP_FRAME_HEIGHT])
         return 30.0 if prop == cv2.CAP_PROP_FPS else 0.0
 
     def release(self):
@@ -93,14 +100,37 @@ def wait_until(cond, timeout=3.0):
 
 
 def test_queue_drops_oldest_and_counts():
-    src = LiveSource("fake", Opener(FakeCapture(10)), LiveOptions(queue_size=3, stall_timeout_s=30))
+    cap = FakeCapture(10, hold=1)
+    src = LiveSource("fake", Opener(cap), LiveOptions(queue_size=3, stall_timeout_s=30))
+    it = iter(src)
+    got = [next(it)]  # the loop is running; then it falls behind by 9 frames
+    cap.go.set()
     wait_until(lambda: src.stats().frames_read == 10)
-    got = take(src, 3)
+    got += [next(it) for _ in range(3)]
     src.close()
-    assert [f.index for f in got] == [8, 9, 10]  # the newest three survive
-    assert src.stats().dropped == 7 and src.fps == 30.0
+    assert [f.index for f in got] == [1, 8, 9, 10]  # the newest three survive; the gap is the drops
+    assert src.stats().dropped == 6 and src.stats().warmup == 0 and src.fps == 30.0
     np.testing.assert_array_equal(got[-1].image, image(10))
     assert all(isinstance(f, LiveFrame) and f.monotonic > 0 and f.wall_time > 1e9 for f in got)
+
+
+def test_frames_read_before_the_first_pull_are_warmup_not_drops():
+    """While the model loads (minutes for a first TensorRT build) the reader keeps the newest
+    frames; those it replaced were never due. They counted as drops and the MOT file started at
+    frame 17 (tcp stream, 8 s run)."""
+    cap = FakeCapture(10, hold=7)
+    src = LiveSource("fake", Opener(cap), LiveOptions(queue_size=3, stall_timeout_s=30))
+    wait_until(lambda: src.stats().frames_read == 7)  # the pipeline is still being built
+    it = iter(src)
+    got = [next(it) for _ in range(3)]
+    cap.go.set()  # then frames keep coming while the loop keeps up
+    got += [next(it) for _ in range(3)]
+    s = src.stats()
+    src.close()
+    assert [f.index for f in got] == [1, 2, 3, 4, 5, 6]  # numbering starts at the oldest frame kept
+    for f, k in zip(got, range(5, 11)):  # frames 1-4 were replaced by newer ones before the start
+        np.testing.assert_array_equal(f.image, image(k))
+    assert s.warmup == 4 and s.dropped == 0 and s.frames_read == 10
 
 
 def test_stuck_buffer_is_a_stall_then_reconnects():
@@ -321,3 +351,19 @@ def test_options_a_source_does_not_use_are_named(caplog, camera, source, opts, w
         except SourceError:  # no camera here: the warning comes first
             pass
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == words
+
+
+@pytest.mark.parametrize("size, ok", [((16, 16), False), ((640, 24), False), ((32, 32), True), ((0, 0), True)])
+def test_live_frames_under_32_px_are_refused_at_open(size, ok):
+    """The size the capture reports is checked before the run opens its outputs ((0, 0): not known yet)."""
+    cap = FakeCapture(3, size=size)
+    if ok:
+        LiveSource("fake", Opener(cap), LiveOptions(**FAST)).close()
+        return
+    with pytest.raises(SourceError, match=f"fake: frames are {size[0]}x{size[1]} px; expected at least 32x32"):
+        LiveSource("fake", Opener(cap), LiveOptions(**FAST))
+    assert cap.released.is_set()
+    later = LiveSource("fake", Opener(FakeCapture(3, size=size)),  # opened by the reader thread
+                       LiveOptions(**{**FAST, "wait_for_device": True, "max_reconnect_failures": 2}))
+    with pytest.raises(SourceError, match="gave up after 2 failed opens: fake: frames are"):
+        take(later, 1)
