@@ -3,6 +3,10 @@
 Every console script builds an argparse parser whose subcommands live in their own modules. A
 subcommand module exposes `add_arguments(parser)` and `run(args) -> int`, and imports nothing
 heavy (never torch) at module level, so that `--help` and the slim runtime stay fast.
+
+Logging: INFO by default (progress and what a run did), `-v` adds vsdmot's DEBUG lines, `-vv`
+every library's too, `-q` keeps warnings and errors only. Console scripts with their own parser
+declare `-v` alone; `run_main` reads `verbose` and `quiet` where they exist.
 """
 
 from __future__ import annotations
@@ -20,14 +24,46 @@ def build_parser(prog: str, description: str, commands: Mapping[str, tuple[str, 
     """`commands` maps a subcommand name to (module path, one-line help)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    add_log_arguments(parser, default=0)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in commands.items():
         mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip().splitlines()[0])
+        add_log_arguments(p, default=argparse.SUPPRESS)  # `prog CMD -v` works too; SUPPRESS keeps `prog -v CMD`
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
+
+
+def add_log_arguments(parser: argparse.ArgumentParser, default: object = 0) -> None:
+    parser.add_argument("-v", "--verbose", action="count", default=default,
+                        help="debug logging from vsdmot (-vv: from every library too)")
+    parser.add_argument("-q", "--quiet", action="count", default=default, help="warnings and errors only")
+
+
+def log_level(verbose: int, quiet: int) -> tuple[int, int]:
+    """(root level, vsdmot level): INFO by default; -v debugs vsdmot, -vv everything; -q WARNING."""
+    if quiet:
+        return logging.WARNING, logging.WARNING
+    if verbose:
+        return (logging.DEBUG if verbose >= 2 else logging.INFO), logging.DEBUG
+    return logging.INFO, logging.INFO
+
+
+def setup_logging(verbose: int = 0, quiet: int = 0) -> None:
+    """One stderr handler on the root logger, as `logging.basicConfig` (a no-op where logging is set
+    up already). For -v the root passes DEBUG and the handler keeps other libraries at INFO: no
+    logger's own level is changed, so nothing outlives the call in a process that runs several."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    lib, ours = log_level(verbose, quiet)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if ours < lib:
+        handler.addFilter(lambda r: r.levelno >= lib or r.name == "vsdmot" or r.name.startswith("vsdmot."))
+    root.addHandler(handler)
+    root.setLevel(min(lib, ours))
 
 
 def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
@@ -35,8 +71,7 @@ def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None)
     from vsdmot.runtime.errors import VsdmotError
 
     args = parser.parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(getattr(args, "verbose", 0) + 1, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", 0))
     run = getattr(args, "_run", None) or args.func
     try:
         return int(run(args) or 0)
