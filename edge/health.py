@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # Latency histogram upper bounds in seconds (Prometheus convention: base units).
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # edge/sources.py SourceStats counters exported to /metrics and /healthz
-SOURCE_COUNTERS = ("frames_read", "dropped", "duplicates", "read_failures", "stalls", "reconnects")
+SOURCE_COUNTERS = ("frames_read", "dropped", "warmup", "duplicates", "read_failures", "stalls", "reconnects")
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -25,6 +25,7 @@ class Stats:
     dropped: int = 0
     reconnects: int = 0
     stalls: int = 0
+    warmup: int = 0
 
 
 class Clock:
@@ -106,13 +107,15 @@ def test_metrics_content():
     states = ["fresh"] + ["skipped"] * 6 + ["reused"] * 3
     for i, st in enumerate(states, 1):
         clock.t += 0.1
-        m.observe(result(i, st, total_ms=4.0 if i % 2 else 40.0), Stats(clock.t, dropped=2, reconnects=1, stalls=1))
+        m.observe(result(i, st, total_ms=4.0 if i % 2 else 40.0),
+                  Stats(clock.t, dropped=2, reconnects=1, stalls=1, warmup=16))
     s = parse_prometheus(m.prometheus())
     assert s["vsdmot_frames_total"] == 10
     assert s["vsdmot_fps"] == pytest.approx(10.0)
     assert s["vsdmot_semantic_skip_ratio"] == pytest.approx(0.6)
     assert s['vsdmot_semantic_frames_total{state="reused"}'] == 3
     assert s["vsdmot_source_dropped_frames_total"] == 2 and s["vsdmot_source_reconnects_total"] == 1
+    assert s["vsdmot_source_warmup_total"] == 16  # frames replaced while the model loaded: not drops
     assert s['vsdmot_stage_latency_seconds_bucket{stage="total",le="0.005"}'] == 5
     assert s['vsdmot_stage_latency_seconds_bucket{stage="total",le="0.05"}'] == 10
     assert s['vsdmot_stage_latency_seconds_bucket{stage="total",le="+Inf"}'] == 10
