@@ -65,7 +65,7 @@ class ExportConfig:
     int8_fallback: bool = True  # on a failed gate, put INT8 networks back to FP32 one by one (worst parity first)
     select: tuple[str, ...] = SELECT_SEQUENCES  # --method auto chooses on these (train side, never the gate's)
     detection: DetectionRoundsConfig = DetectionRoundsConfig()  # INT8 detector: first layers float until its
-    # detections agree with FP32 at min_f1 on calibration feeds; below it after the rounds it stays FP32
+    # detections agree with FP32 at min_f1 on calibration feeds; below it after the rounds it stays FP32 (off by default)
     keep_fp32: tuple[str, ...] = ()  # networks that stay FP32 in an int8 bundle (--keep-fp32; e.g. the detector
     # for near-camera scenes, docs/export.md "Unseen degradations")
 

@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-fp32", nargs="+", default=[], metavar="NET", choices=NETWORKS,
                    help="networks that stay FP32 in an --int8 bundle (e.g. detector: near-camera scenes lost "
                    "detections in INT8 here, see docs/export.md)")
+    p.add_argument("--min-detection-f1", type=unit_float, default=0.0, metavar="F1",
+                   help="INT8 detector: keep its first layers float until its detections agree with FP32's at "
+                   "this F1 on the calibration feeds, else keep it FP32 (0.96 recommended for near-camera "
+                   "scenes; default 0: off, see docs/export.md 'detection rounds')")
     p.add_argument("--max-case-drop", type=float, default=GateConfig.max_case_drop, metavar="POINTS",
                    help="whatever the rule, refuse when one sequence-condition loses more than this "
                    f"(default {GateConfig.max_case_drop}: above every train-side null case; inf turns it off)")
@@ -80,16 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def unit_float(text: str) -> float:
+    """argparse type: a float in [0, 1]."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a value in [0, 1], got {text}")
+    return value
+
+
 def config_from_args(args: argparse.Namespace):
     from dataclasses import replace
 
     from .accuracy_gate import GateConfig
     from .chain import ExportConfig
+    from .det_rounds import DetectionRoundsConfig
     from .recover import RecoverConfig
 
     rec = RecoverConfig() if args.recover_seconds is None else replace(RecoverConfig(), max_seconds=args.recover_seconds)
     return ExportConfig(precision=args.precision, prune=args.prune, method=args.method, target=args.target,
                         calib=tuple(args.calib), work_dir=args.work_dir, recover=rec, keep_fp32=tuple(args.keep_fp32),
+                        detection=DetectionRoundsConfig(min_f1=args.min_detection_f1),
                         gate=GateConfig(max_hota_drop=args.max_hota_drop, force=args.force, rule=args.gate_rule,
                                         max_case_drop=args.max_case_drop,
                                         control=args.gate_control),

@@ -3,9 +3,9 @@
 Output cosines (parity.py) average over every anchor, mostly background; what tracking sees is the
 people found. Per feed both detectors are decoded as the runtime decodes them (person score > 0.3,
 NMS 0.45): F1 of the INT8 detections against the FP32 ones at IoU 0.5, and the cosine of the INT8
-appearance rows with the FP32 ones at the FP32 detections' anchors. The chain keeps a detector FP32
-when its F1 stays below `det_rounds.DetectionRoundsConfig.min_f1` after the quantiser's detection rounds;
-the accuracy gate then judges tracking. Measured 2026-11-24 on train-side frames: F1 0.88-0.905 on MOT17-mini's
+appearance rows with the FP32 ones at the FP32 detections' anchors. With `--min-detection-f1 F`
+(`det_rounds.py`, off by default) the chain keeps a detector FP32 when its F1 stays below F after the
+quantiser's detection rounds; either way the accuracy gate judges tracking. Measured 2026-11-24 on train-side frames: F1 0.88-0.905 on MOT17-mini's
 near people, 0.96-1.0 on PETS09-S2L1 1-600 (docs/export.md "Unseen degradations").
 """
 
@@ -81,7 +81,7 @@ def detection_agreement(candidate: str | Path, reference: str | Path, feeds: Seq
         ref = onnx_runner(reference)
         odd = layout_problem(ref(picked[0]), picked[0]) if picked else "no feeds"
         res = {"skipped": odd} if odd else {**agreement(ref, onnx_runner(candidate), picked, cfg),
-                                            "note": "the chain keeps the detector FP32 below det_rounds min_f1; the accuracy gate decides on tracking"}
+                                            "note": "below --min-detection-f1 (when set) the detector stays FP32; the accuracy gate decides on tracking"}
         out.write_text(json.dumps(res, indent=2))
         return {k: res[k] for k in ("f1", "embed_cosine_at_people", "frames", "skipped") if k in res}
 

@@ -11,7 +11,8 @@ detector"). Before calibration, Conv inputs' per-channel ranges move into the Co
 - the DSWR/fusion path: every node computed only from `keep_inputs` (`semantic`, `w`);
 - the output tail and the first/last weighted layers (`keep_output_tail`, `keep_boundary`);
 - sensitivity rounds: readers of the worst-rounded activations, within `max_float_weights`;
-- a YOLOX detector's first weighted layers, until its detections agree with FP32's (`det_rounds.py`).
+- with `detection.min_f1` > 0 (opt-in), a YOLOX detector's first weighted layers, until its detections
+  agree with FP32's (`det_rounds.py`).
 Last layers with >= `trial_weights` weights (the student's head, the tracker's state heads) are tried
 in int8 first and stay float only when that costs more than `trial_max_drop` output cosine on the
 probe frames. Storage: after ORT writes the Q/DQ model, `qdq_graph.py` rewires kept-float nodes to
@@ -78,7 +79,7 @@ class QuantConfig:
     # swing between INT8 calibrations); the detector's are smaller (embed_proj 4096) and stay float
     trial_max_drop: float = 0.001  # a tried layer stays int8 when no output's probe cosine (vs FP32) drops more
     detection: DetectionRoundsConfig = DetectionRoundsConfig()  # a YOLOX detector: first layers float until its
-    # detections agree with FP32 (det_rounds.py); other networks skip it
+    # detections agree with FP32 (det_rounds.py; off by default); other networks skip it
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

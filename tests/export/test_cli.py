@@ -24,10 +24,13 @@ def test_flags_reach_the_config():
     assert cfg.calib == ("a.mp4", "seq:1-600") and cfg.method == "auto"
     assert cfg.gate.force and cfg.gate.max_hota_drop == 2 and cfg.recover.max_seconds == 30
     assert cfg.gate.max_case_drop == 7 and args("--out", "x").gate.max_case_drop == 5.0
+    assert args("--min-detection-f1", "0.96", "--out", "x").detection.min_f1 == 0.96
+    assert args("--out", "x").detection.min_f1 == 0.0  # the detection rounds are opt-in (docs/export.md)
 
 
 @pytest.mark.parametrize("argv", [["--prune", "1.2", "--out", "x"], ["--int8", "--fp32", "--out", "x"],
-                                  ["--method", "kl", "--out", "x"], []])
+                                  ["--method", "kl", "--out", "x"], [],
+                                  ["--min-detection-f1", "1.5", "--out", "x"]])
 def test_bad_arguments_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
