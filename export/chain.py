@@ -30,7 +30,7 @@ import numpy as np
 from .accuracy_gate import EvalFn, GateConfig, gate_accuracy
 from .bundle import NETWORKS, BundleConfig, BundleContents, BundleFile, publish, record_gate, write_bundle
 from .det_agreement import detection_agreement
-from .det_rounds import DetectionRoundsConfig
+from .det_rounds import NEAR_CAMERA_F1, DetectionRoundsConfig
 from .parity import FP32, INT8, onnx_runner, parity
 from .prune import PruneConfig, load_module, prune
 from .qdq_check import QdqCheckConfig, qdq_check
@@ -246,6 +246,10 @@ def int8(fp32: Path, cfg: ExportConfig, method: str, feeds, report: Report, name
                     "its first layers float; it stays FP32 in the bundle (--keep-fp32 %s does this up front)",
                     name, f1, qcfg.detection.min_f1, name)
         return fp32
+    if f1 is not None and not qcfg.detection.min_f1 and f1 < NEAR_CAMERA_F1:
+        log.warning("%s: INT8 keeps F1 %.3f of the FP32 detections on the calibration feeds; near-camera scenes "
+                    "lose people first: for those, export with --min-detection-f1 %.2f or --keep-fp32 %s "
+                    "(docs/export.md 'Detection rounds')", name, f1, NEAR_CAMERA_F1, name)
     return q
 
 

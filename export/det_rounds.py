@@ -45,6 +45,9 @@ from .parity import onnx_runner
 from .qdq_graph import WEIGHTED, weight_sizes
 
 
+NEAR_CAMERA_F1 = 0.96  # the value derived above: `--min-detection-f1` for near-camera scenes
+
+
 @dataclass(frozen=True)
 class DetectionRoundsConfig:
     min_f1: float = 0.0  # INT8 detections vs FP32 on the selection feeds; 0: off (the default, measured below);

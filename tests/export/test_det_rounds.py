@@ -76,5 +76,10 @@ def test_a_detector_that_stays_below_min_f1_stays_fp32_in_the_chain(feeds, tmp_p
     assert agr["f1"] < 1.01 and "stays FP32 in the bundle" in caplog.text
     assert len(details(tmp_path / "detector.int8-minmax.onnx")["detection_rounds"]["trail"]) == 3  # 0, 4, 8: budget
 
-    kept = ExportConfig(detection=DetectionRoundsConfig(min_f1=0.0))
-    assert int8(fp32, kept, "minmax", feeds, Report(), "detector").name == "detector.int8-minmax.onnx"
+    caplog.clear()  # the default (rounds off): INT8 kept, and a hint when its detections disagree
+    with caplog.at_level(logging.WARNING, logger="vsdmot.export.chain"):
+        q = int8(fp32, ExportConfig(), "minmax", feeds, Report(), "detector")
+    f1 = json.loads((tmp_path / "detector.int8-minmax.agreement.json").read_text())["f1"]
+    assert q.name == "detector.int8-minmax.onnx" and "stays FP32" not in caplog.text
+    assert ("--min-detection-f1 0.96" in caplog.text) == (f1 < 0.96), (f1, caplog.text)
+    print("default INT8 detector F1 on these frames", f1)
