@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vsdmot import __version__
-from vsdmot._cli import run_main
+from vsdmot._cli import add_log_arguments, run_main
 from vsdmot.paths import data_root
 
 DEFAULT_SHEET_INPUT = data_root() / "PETS09-S2L1"
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(prog="vsdmot-degrade", description=__doc__.strip().splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 1)[1])
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    add_log_arguments(p)
     p.add_argument("--input", type=Path, metavar="SEQ_DIR", help="MOTChallenge sequence folder (img1/ or a video, seqinfo.ini)")
     p.add_argument("--preset", metavar="NAME", help="degradation preset (see --list)")
     p.add_argument("--severity", type=int, metavar="S", help="1 (mild) .. 5 (severe)")

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vsdmot import __version__
-from vsdmot._cli import run_main
+from vsdmot._cli import add_log_arguments, run_main
 from vsdmot.evaluation.cli import parse_frames
 from vsdmot.paths import data_root
 
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vsdmot-bench", description=__doc__.splitlines()[0],
                                 epilog="The ablation is a subcommand: vsdmot-bench ablation --help (docs/ablation.md).")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    add_log_arguments(p)
     p.add_argument("--seq", nargs="+", default=[], type=Path, metavar="DIR", help="MOTChallenge sequence folders")
     deg = p.add_mutually_exclusive_group()
     deg.add_argument("--preset", nargs="+", default=[], metavar="NAME", help="degradation presets to run")
@@ -120,7 +120,7 @@ DEFAULT_ABLATION_SEQS = (HELD_OUT, SHARED_DATA / "TUD-Campus")
 def build_ablation_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vsdmot-bench ablation",
                                 description="Ablation: tracker variants x sequences x conditions (docs/ablation.md)")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    add_log_arguments(p)
     p.add_argument("--seq", nargs="+", type=Path, default=list(DEFAULT_ABLATION_SEQS), metavar="DIR",
                    help="sequences (default: the held-out PETS09-S2L1 601-795 copy and TUD-Campus)")
     p.add_argument("--preset", nargs="*", metavar="NAME", help="presets (default: every preset; none if given empty)")

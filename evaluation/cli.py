@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 
 from vsdmot import __version__
-from vsdmot._cli import run_main
+from vsdmot._cli import add_log_arguments, run_main
 
 TABLE_KEYS = ("HOTA", "DetA", "AssA", "MOTA", "MOTP", "IDF1", "IDSW", "FP", "FN", "GT_IDs", "IDs", "frames")
 
@@ -35,7 +35,7 @@ def format_value(key: str, value) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vsdmot-eval", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    add_log_arguments(p)
     p.add_argument("--gt", required=True, metavar="SEQ_DIR", help="sequence folder (seqinfo.ini + gt/gt.txt)")
     p.add_argument("--res", required=True, metavar="FILE", help="MOTChallenge result file")
     p.add_argument("--frames", type=parse_frames, metavar="A:B", help="evaluate frames A..B only (inclusive)")

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from vsdmot._cli import add_log_arguments
 from vsdmot.runtime import code_identity as runtime_code_id
 from vsdmot.runtime.bundle import DEFAULT_BUNDLE, MANIFEST, file_sha256
 from vsdmot.runtime.errors import VsdmotError
@@ -290,7 +291,7 @@ def write_tables(cfg: ReencodeConfig, cells: list[dict[str, Any]]) -> str:
 # -- the command ------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vsdmot.evaluation.reencode", description=__doc__.splitlines()[0])
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    add_log_arguments(p)
     p.add_argument("--seq", nargs="+", required=True, metavar="DIR[:A-B]", help="sequence folders, scored window")
     p.add_argument("--crf", nargs="*", type=int, default=list(ReencodeConfig.crfs),
                    help="libx264 CRFs (none: only the --filter encodes)")

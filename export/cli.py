@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vsdmot import __version__
-from vsdmot._cli import run_main
+from vsdmot._cli import add_log_arguments, run_main
 
 from .bundle import NETWORKS
+from .det_rounds import NEAR_CAMERA_F1
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vsdmot-export", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    add_log_arguments(p)
     prec = p.add_mutually_exclusive_group()
     for flag in ("int8", "fp16", "fp32"):
         prec.add_argument(f"--{flag}", dest="precision", action="store_const", const=flag, help=f"{flag} bundle")
@@ -67,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "detections in INT8 here, see docs/export.md)")
     p.add_argument("--min-detection-f1", type=unit_float, default=0.0, metavar="F1",
                    help="INT8 detector: keep its first layers float until its detections agree with FP32's at "
-                   "this F1 on the calibration feeds, else keep it FP32 (0.96 recommended for near-camera "
-                   "scenes; default 0: off, see docs/export.md 'detection rounds')")
+                   f"this F1 on the calibration feeds, else keep it FP32 ({NEAR_CAMERA_F1} for near-camera "
+                   "scenes; default 0: off, see docs/export.md 'Detection rounds')")
     p.add_argument("--max-case-drop", type=float, default=GateConfig.max_case_drop, metavar="POINTS",
                    help="whatever the rule, refuse when one sequence-condition loses more than this "
                    f"(default {GateConfig.max_case_drop}: above every train-side null case; inf turns it off)")
