@@ -1,0 +1,51 @@
+"""The zoomed train-side sequence (evaluation/zoom.py): crop choice, gt transform, the written folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import DATA
+from vsdmot.evaluation.zoom import ZoomConfig, best_crop, zoom_rows, zoom_sequence
+from vsdmot.runtime.mot import MotRows, read_rows, read_seqinfo
+from vsdmot.runtime.sources import open_sequence
+
+
+def rows(xywh) -> MotRows:
+    n = len(xywh)
+    return MotRows(np.ones(n, np.int64), np.arange(1, n + 1), np.asarray(xywh, float), np.ones(n),
+                   -np.ones(n, np.int64), -np.ones(n))
+
+
+def test_the_crop_goes_where_the_people_are():
+    gt = rows([[300, 200, 20, 40], [320, 220, 20, 40], [10, 10, 20, 40]])  # two near (310, 220), one far
+    x, y, w, h = best_crop(gt, (400, 300), ZoomConfig(factor=2.0, grid=8))
+    assert (w, h) == (200, 150) and x <= 310 < x + w and y <= 240 < y + h
+
+
+def test_boxes_are_clipped_scaled_and_dropped_when_mostly_outside():
+    gt = rows([[10, 10, 20, 40],    # inside
+               [90, 10, 20, 40],    # half inside on the right: kept, clipped to 90..100
+               [95, 10, 20, 40]])   # a quarter inside: dropped
+    out = zoom_rows(gt, (0, 0, 100, 100), (2.0, 2.0), ZoomConfig(min_visible=0.5))
+    assert out.id.tolist() == [1, 2]
+    np.testing.assert_allclose(out.xywh, [[20, 20, 40, 80], [180, 20, 20, 80]])
+
+
+def test_a_zoomed_window_is_a_sequence_the_evaluation_reads(tmp_path):
+    seq = DATA / "PETS09-S2L1"
+    if not seq.is_dir():
+        pytest.skip("needs ../shared/data/PETS09-S2L1")
+    info = zoom_sequence(f"{seq}:11-20", tmp_path / "z", ZoomConfig(factor=2.0))
+    z = open_sequence(tmp_path / "z")
+    gt = read_rows(z.gt_path)
+    assert info["frames"] == 10 == read_seqinfo(tmp_path / "z").length and z.video is None
+    assert gt.frame.min() >= 1 and gt.frame.max() <= 10 and 0 < info["gt_boxes"] <= info["gt_boxes_before"]
+    assert (gt.xywh[:, :2] >= 0).all() and (gt.xywh[:, 0] + gt.xywh[:, 2] <= 768 + 1e-6).all()
+    src = read_rows(seq / "gt" / "gt.txt")
+    src = src.select((src.frame >= 11) & (src.frame <= 20))
+    h = {(f - 10, i): hh for f, i, hh in zip(src.frame, src.id, src.xywh[:, 3])}  # source height by (frame, id)
+    ratio = np.array([hh / h[f, i] for f, i, hh in zip(gt.frame, gt.id, gt.xywh[:, 3])])
+    assert (ratio <= 2 + 1e-3).all() and np.mean(np.isclose(ratio, 2.0, atol=1e-3)) > 0.5  # twice as tall, or clipped
+    with pytest.raises(ValueError, match="held-out"):
+        zoom_sequence(f"{seq}:590-610", tmp_path / "h")
