@@ -247,9 +247,10 @@ def int8(fp32: Path, cfg: ExportConfig, method: str, feeds, report: Report, name
                     name, f1, qcfg.detection.min_f1, name)
         return fp32
     if f1 is not None and not qcfg.detection.min_f1 and f1 < NEAR_CAMERA_F1:
-        log.warning("%s: INT8 keeps F1 %.3f of the FP32 detections on the calibration feeds; near-camera scenes "
-                    "lose people first: for those, export with --min-detection-f1 %.2f or --keep-fp32 %s "
-                    "(docs/export.md 'Detection rounds')", name, f1, NEAR_CAMERA_F1, name)
+        log.warning("%s: INT8 keeps F1 %.3f of the FP32 detections on the calibration feeds (fewer on near "
+                    "people); for a near-camera scene, compare this bundle on your own video with one exported "
+                    "with --keep-fp32 %s or --min-detection-f1 %.2f (docs/export.md 'Detection rounds')",
+                    name, f1, name, NEAR_CAMERA_F1)
     return q
 
 

@@ -27,8 +27,9 @@ Why the rounds are opt-in (`--min-detection-f1 0.96`), not the default. On train
 (PETS09-S2L1 1-600, 15 cases, `noise_floor run`), the bundle with the rounds lost more HOTA against
 FP32 than the one without: a mean of 1.89 against 1.30, and a balanced value of 1.17-2.73 on the
 emulated gates against 0.34-0.94. Closer detections did not give closer tracks there, where the
-people are far away. Held out, on near people (TUD-Campus under unseen ffmpeg filters), the rounds
-took the mean change against FP32 from -3.1 to +0.2 HOTA (docs/export.md).
+people are far away, nor on the same frames zoomed 2x (`evaluation/zoom.py`, near people, 15 cases):
+0.72 against 0.32. Only held out, on TUD-Campus under unseen ffmpeg filters, did the rounds help:
+the mean change against FP32 went from -3.1 to +0.2 HOTA (docs/export.md).
 """
 
 from __future__ import annotations
