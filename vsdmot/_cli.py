@@ -6,7 +6,7 @@ heavy (never torch) at module level, so that `--help` and the slim runtime stay 
 
 Logging: INFO by default (progress and what a run did), `-v` adds vsdmot's DEBUG lines, `-vv`
 every library's too, `-q` keeps warnings and errors only. Console scripts with their own parser
-declare `-v` alone; `run_main` reads `verbose` and `quiet` where they exist.
+declare both through `add_log_arguments`; `run_main` reads `verbose` and `quiet`.
 """
 
 from __future__ import annotations
