@@ -42,24 +42,51 @@ def detections(out: Mapping[str, np.ndarray], size: int, cfg: AgreementConfig):
     return xyxy[keep], anchor[keep]
 
 
-def agreement(ref, cand, feeds: Sequence[Mapping[str, np.ndarray]], cfg: AgreementConfig) -> dict[str, Any]:
-    """F1 of `cand`'s detections against `ref`'s, and the embed cosine at `ref`'s detections."""
-    matched, n_ref, n_cand, cos = 0, 0, 0, []
-    for feed in feeds:
-        size = next(iter(feed.values())).shape[-1]  # (1, 3, S, S)
-        o_ref, o_cand = ref(feed), cand(feed)
-        b_ref, a_ref = detections(o_ref, size, cfg)
-        b_cand, _ = detections(o_cand, size, cfg)
-        n_ref, n_cand = n_ref + len(b_ref), n_cand + len(b_cand)
-        if len(b_ref) and len(b_cand):
-            iou = box_iou(b_ref, b_cand).reshape(len(b_ref), len(b_cand))
-            matched += int((iou.max(1) >= cfg.match_iou).sum())
-        if "embed" in o_ref and len(a_ref):
-            u, v = np.asarray(o_ref["embed"])[0, a_ref], np.asarray(o_cand["embed"])[0, a_ref]  # (N, E) each
-            cos += list((u * v).sum(1) / (np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1) + 1e-12))
+def feed_counts(ref, cand, feed: Mapping[str, np.ndarray], cfg: AgreementConfig) -> tuple[int, int, int, list]:
+    """(matched, FP32 detections, INT8 detections, embed cosines at the FP32 detections) on one feed."""
+    size = next(iter(feed.values())).shape[-1]  # (1, 3, S, S)
+    o_ref, o_cand = ref(feed), cand(feed)
+    b_ref, a_ref = detections(o_ref, size, cfg)
+    b_cand, _ = detections(o_cand, size, cfg)
+    matched, cos = 0, []
+    if len(b_ref) and len(b_cand):
+        iou = box_iou(b_ref, b_cand).reshape(len(b_ref), len(b_cand))
+        matched = int((iou.max(1) >= cfg.match_iou).sum())
+    if "embed" in o_ref and len(a_ref):
+        u, v = np.asarray(o_ref["embed"])[0, a_ref], np.asarray(o_cand["embed"])[0, a_ref]  # (N, E) each
+        cos = list((u * v).sum(1) / (np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1) + 1e-12))
+    return matched, len(b_ref), len(b_cand), cos
+
+
+def summarize(counts: Sequence[tuple[int, int, int, list]]) -> dict[str, Any]:
+    """F1 and mean embed cosine over `feed_counts` results."""
+    matched, n_ref, n_cand = (sum(c[i] for c in counts) for i in range(3))
+    cos = [x for c in counts for x in c[3]]
     f1 = 2 * matched / (n_ref + n_cand) if n_ref + n_cand else 1.0
-    return {"f1": round(f1, 4), "reference_detections": n_ref, "detections": n_cand, "frames": len(feeds),
+    return {"f1": round(f1, 4), "reference_detections": n_ref, "detections": n_cand, "frames": len(counts),
             "embed_cosine_at_people": round(float(np.mean(cos)), 4) if cos else None}
+
+
+def agreement(ref, cand, feeds: Sequence[Mapping[str, np.ndarray]], cfg: AgreementConfig,
+              labels: Sequence[str] | None = None) -> dict[str, Any]:
+    """F1 of `cand`'s detections against `ref`'s and the embed cosine at `ref`'s detections; with
+    `labels` (one per feed, e.g. its calibration source), the same per label under "by_source"."""
+    counts = [feed_counts(ref, cand, feed, cfg) for feed in feeds]
+    res = summarize(counts)
+    if labels:
+        res["by_source"] = {k: summarize([c for c, lab in zip(counts, labels) if lab == k])
+                            for k in sorted(set(labels))}
+    return res
+
+
+def source_labels(feeds: Sequence[Any], n: int) -> list[str] | None:
+    """The calibration source of each of `parity.pick(feeds, n)`'s feeds (the calibration set's
+    manifest, e.g. "MOT17-04-FRCNN"), or None for feeds that carry no manifest."""
+    records = getattr(getattr(feeds, "frames", None), "manifest", {}).get("frames")
+    if not records or len(records) != len(feeds):
+        return None
+    idx = range(len(feeds)) if len(feeds) <= n else np.linspace(0, len(feeds) - 1, n).round().astype(int)
+    return [Path(str(records[i].get("source", "?"))).name for i in idx]
 
 
 def layout_problem(out: Mapping[str, np.ndarray], feed: Mapping[str, np.ndarray]) -> str | None:
@@ -80,10 +107,13 @@ def detection_agreement(candidate: str | Path, reference: str | Path, feeds: Seq
     def build(out: Path) -> dict[str, Any]:
         ref = onnx_runner(reference)
         odd = layout_problem(ref(picked[0]), picked[0]) if picked else "no feeds"
-        res = {"skipped": odd} if odd else {**agreement(ref, onnx_runner(candidate), picked, cfg),
-                                            "note": "below --min-detection-f1 (when set) the detector stays FP32; the accuracy gate decides on tracking"}
+        res = {"skipped": odd} if odd else {
+            **agreement(ref, onnx_runner(candidate), picked, cfg, source_labels(feeds, cfg.frames)),
+            "note": "below --min-detection-f1 (when set) the detector stays FP32; the accuracy gate decides on tracking"}
         out.write_text(json.dumps(res, indent=2))
-        return {k: res[k] for k in ("f1", "embed_cosine_at_people", "frames", "skipped") if k in res}
+        by_source = {k: v["f1"] for k, v in res.get("by_source", {}).items()}
+        return {k: res[k] for k in ("f1", "embed_cosine_at_people", "frames", "skipped") if k in res} | (
+            {"f1_by_source": by_source} if by_source else {})
 
-    key = fingerprint(file_sha256(candidate), file_sha256(reference), cfg, len(picked))
+    key = fingerprint(file_sha256(candidate), file_sha256(reference), cfg, len(picked), "by_source")
     return cached_step("detection_agreement", out_path, key, build)

@@ -63,3 +63,28 @@ def test_a_network_without_the_yolox_layout_is_skipped_with_the_reason():
 
     assert layout_problem(raw([5]), FEED[0]) is None
     assert "not YOLOX's (1, 84" in layout_problem({"output": np.zeros((1, 256, 6))}, FEED[0])
+
+
+class Labelled(list):
+    """Feeds that carry a calibration-set manifest, as DetectorFeeds over a CalibSet do."""
+
+    def __init__(self, feeds, sources):
+        super().__init__(feeds)
+        self.frames = type("Frames", (), {"manifest": {"frames": [{"source": s} for s in sources]}})
+
+
+def test_agreement_is_also_given_per_calibration_source():
+    from vsdmot.export.det_agreement import source_labels
+
+    far, near = np.zeros((1, 3, S, S), np.float32), np.ones((1, 3, S, S), np.float32)  # near: marked by 1s
+    feeds = Labelled([{"images": x} for x in (far, far, near, near)],
+                     ["/d/PETS09-S2L1:1-600", "/d/PETS09-S2L1:1-600", "/d/MOT17/MOT17-04", "/d/MOT17/MOT17-04"])
+    ref = lambda feed: raw([5, 40])  # noqa: E731
+    cand = lambda feed: raw([5] if feed["images"].max() else [5, 40])  # noqa: E731  loses a near person
+    labels = source_labels(feeds, 64)
+    res = agreement(ref, cand, feeds, AgreementConfig(), labels)
+    assert labels == ["PETS09-S2L1:1-600"] * 2 + ["MOT17-04"] * 2
+    assert res["by_source"]["PETS09-S2L1:1-600"]["f1"] == 1.0
+    assert res["by_source"]["MOT17-04"]["f1"] == pytest.approx(2 * 2 / 6, abs=1e-3)  # 2 of 4 found, 2 found
+    assert res["f1"] == pytest.approx(2 * 6 / 14, abs=1e-3) and res["frames"] == 4
+    assert source_labels(list(feeds), 64) is None  # plain feeds: no breakdown
