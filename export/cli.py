@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from vsdmot import __version__
@@ -115,12 +119,14 @@ def run(args: argparse.Namespace) -> int:
     from .chain import export
 
     cfg = config_from_args(args)
+    check_out(args.out)
     check_calib_paths(cfg.calib)
     if cfg.target == "torch-tensorrt":
         check_torch_tensorrt()
     if cfg.target == "tensorrt":
         check_tensorrt()
-    out = export(cfg, args.out, args.checkpoint)
+    with terminate_as_exit():
+        out = export(cfg, args.out, args.checkpoint)
     if cfg.target == "tensorrt":
         prebuild_engines(out)
     log.warning("bundle written: %s (%s, prune %.2f)", out, cfg.precision, cfg.ratio)
@@ -128,15 +134,54 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_out(out: Path) -> None:
+    """--out is a new path, an empty folder or a bundle, somewhere writable: checked before the
+    export spends its minutes (found only at publish time, it cost the whole run and a bare errno)."""
+    from .bundle import MANIFEST
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file, not a bundle directory; choose a new or bundle directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise ValueError(f"--out {out}: exists and is not a bundle (no {MANIFEST}); refusing to replace it, "
+                         "choose a new directory")
+    base = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    try:  # a real write probe: os.access says yes to root on read-only or virtual file systems (/proc)
+        tempfile.TemporaryDirectory(dir=base, prefix=f".{out.name}.probe-").cleanup()
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot write in {base} ({e.strerror}); choose a writable location") from None
+
+
+@contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """SIGTERM (kill, a job scheduler) ends the export through SystemExit(143), so export()'s cleanup
+    removes the staging directory as on Ctrl-C; the default handler killed it and left the staging behind."""
+    def stop(signum, frame):
+        print("vsdmot-export: terminated; finished steps stay in the work directory, re-run to resume",
+              file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def check_calib_paths(specs) -> None:
-    """Every --calib PATH[:A-B] exists, checked before the reference export spends its minutes."""
+    """Every --calib PATH[:A-B] exists and opens, checked before the reference export spends its minutes."""
     from vsdmot.calibration.calibset import parse_source
+    from vsdmot.runtime.errors import SourceError
+    from vsdmot.runtime.sources import open_file_source
 
     for spec in specs:
         path, _ = parse_source(spec)
         if not path.exists():
             raise ValueError(f"--calib {spec}: no such file or folder (expected a video, an image folder or a "
                              "MOTChallenge sequence, optionally PATH:A-B)")
+        try:  # opening reads no frames; a file that is no video or a folder with no images is refused here
+            open_file_source(path).close()
+        except SourceError as e:
+            raise ValueError(f"--calib {spec}: {e}") from None
 
 
 def check_torch_tensorrt() -> None:

@@ -52,14 +52,27 @@ def load_sources(checkpoint: str | Path | None = None) -> Sources:
     if "detector" not in paths:
         raise ValueError(f"CHECKPOINT {ckpt}: expected detector.pt (and student.pt, tracker.pt) there")
     nets, prov = {}, {"checkpoints": {}}
+    for n in NETWORKS:
+        if n not in paths:
+            log.warning("no %s.pt beside %s: the bundle will have no %s", n, folder, n)
     for name, path in paths.items():
-        nets[name], meta = LOADERS[name](path)
+        nets[name], meta = load_network(name, path)
         prov["checkpoints"][name] = {"path": _shown(path), "sha256": file_sha(path), "meta": _jsonable(meta)}
     files = {n: folder / n for n in ("quality.json", "NOTICE") if (folder / n).is_file()}
     if "quality.json" not in files:
         log.warning("no quality.json beside %s: the bundle will lack quality-gate parameters", folder)
     prov["notice"] = "NOTICE (carried in the bundle): YOLOX-nano, Apache-2.0, Megvii" if "NOTICE" in files else None
     return Sources(nets, files, prov)
+
+
+def load_network(name: str, path: Path) -> tuple[TorchNet, dict]:
+    """LOADERS[name](path), with a file that is not that network's checkpoint (another network's
+    weights, a truncated or foreign file) refused in one line instead of a torch traceback."""
+    try:
+        return LOADERS[name](path)
+    except Exception as e:  # noqa: BLE001  (pickle, torch and config errors all mean "not this network")
+        raise ValueError(f"CHECKPOINT {path}: not a {name} checkpoint ({type(e).__name__}: {str(e)[:120]}); "
+                         f"expected {name}.pt as in models/weights/") from None
 
 
 def _detector(path: Path) -> tuple[TorchNet, dict]:

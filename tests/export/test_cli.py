@@ -61,3 +61,80 @@ def test_missing_calibration_source_is_refused_before_any_work(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "--calib" in err and "no such file or folder" in err
     assert not work.exists() and not (tmp_path / "b").exists()  # nothing exported first
+
+
+def test_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "f").write_text("keep")
+    work = tmp_path / "work"
+    assert cli.main(["--fp32", "--out", str(tmp_path / "f"), "--work-dir", str(work)]) == 2
+    assert "is a file, not a bundle directory" in capsys.readouterr().err
+    assert not work.exists() and (tmp_path / "f").read_text() == "keep"
+
+
+def test_out_that_is_a_foreign_folder_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    work = tmp_path / "work"
+    assert cli.main(["--fp32", "--out", str(tmp_path / "mine"), "--work-dir", str(work)]) == 2
+    assert "is not a bundle" in capsys.readouterr().err
+    assert not work.exists() and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_out_in_an_unwritable_place_is_refused_before_any_work(tmp_path, capsys):
+    work = tmp_path / "work"
+    assert cli.main(["--fp32", "--out", "/proc/vsdmot-x", "--work-dir", str(work)]) == 2
+    assert "cannot write in /proc" in capsys.readouterr().err and not work.exists()
+
+
+def test_out_under_missing_folders_is_accepted(tmp_path):
+    cli.check_out(tmp_path / "a" / "b" / "bundle")  # publish creates the parents
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("content", ["junk", "student"])
+def test_a_file_that_is_not_the_network_is_one_line(content, tmp_path, capsys):
+    """A random file, or the student's weights passed as the detector: exit 2, no traceback."""
+    import shutil
+
+    from vsdmot.models.detector import WEIGHTS_DIR
+
+    ckpt = tmp_path / "w" / "detector.pt"
+    ckpt.parent.mkdir()
+    if content == "junk":
+        ckpt.write_bytes(b"not a checkpoint" * 64)
+    else:
+        shutil.copy(WEIGHTS_DIR / "student.pt", ckpt)
+    assert cli.main(["--fp32", "--out", str(tmp_path / "b"), "--work-dir", str(tmp_path / "work"), str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert f"CHECKPOINT {ckpt}: not a detector checkpoint" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
+
+
+def test_sigterm_becomes_exit_143_so_cleanup_runs():
+    import os
+    import signal
+
+    cleaned = []
+    with pytest.raises(SystemExit) as e, cli.terminate_as_exit():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        finally:
+            cleaned.append(True)
+    assert e.value.code == 143 and cleaned == [True]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+@pytest.mark.parametrize("kind", ["not-a-video", "no-images"])
+def test_unreadable_calibration_source_is_bad_input_before_any_work(kind, tmp_path, capsys):
+    """A file that is no video, a folder with no images: exit 2 (bad input), before the reference export."""
+    src = tmp_path / ("clip.mp4" if kind == "not-a-video" else "frames")
+    if kind == "not-a-video":
+        src.write_text("not a video")
+    else:
+        src.mkdir()
+        (src / "readme.txt").write_text("no images here")
+    work = tmp_path / "work"
+    argv = ["--int8", "--out", str(tmp_path / "b"), "--work-dir", str(work), "--calib", str(src)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--calib {src}:" in err and not work.exists() and not (tmp_path / "b").exists()
