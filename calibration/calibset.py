@@ -104,7 +104,15 @@ def read_frames(spec: str | os.PathLike, stride: int) -> list[tuple[int, np.ndar
         src.close()
     if not out:
         raise ValueError(f"calibration source {spec}: no frames read")
+    if rng and out[-1][0] + stride <= rng[1]:  # the clip ended before B: say so, the range was a request
+        log.warning("calibration source %s: the clip ends at frame %d, before %d", spec, out[-1][0], rng[1])
     return out
+
+
+def too_few(n: int, n_src: int, cfg: CalibSetConfig) -> ValueError:
+    return ValueError(f"calibration set: only {n} frames from {n_src} source frames (stride {cfg.stride}) x "
+                      f"{cfg.variants} variants; at least {cfg.min_frames} needed: add sources or longer clips "
+                      f"(--calib)")
 
 
 def letterbox_u8(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -191,14 +199,14 @@ def _build(sources, cfg, out: Path, key: str, quality_params, degrade_fn, preset
 
     src_frames = [(str(s), idx, img) for s in sources for idx, img in read_frames(s, cfg.stride)]
     plan = plan_candidates(len(src_frames), cfg, presets)
+    if len(plan) < cfg.min_frames:  # before scoring every candidate: the count alone decides
+        raise too_few(len(plan), len(src_frames), cfg)
     assess = _quality_fn(quality_params)
     q = np.array([assess(render(src_frames[c["src"]][2], c, k, cfg, degrade_fn), c)
                   for k, c in enumerate(tqdm(plan, desc="calibration: scoring candidates", unit="frame"))], np.float32)
     picked = stratify(q, cfg.frames, cfg.bins, cfg.seed)
     if len(picked) < cfg.min_frames:
-        raise ValueError(f"calibration set: only {len(picked)} frames from {len(src_frames)} source frames x "
-                         f"{cfg.variants} variants; at least {cfg.min_frames} needed: add sources (--calib), "
-                         f"raise variants or lower stride")
+        raise too_few(len(picked), len(src_frames), cfg)
     out.mkdir(parents=True, exist_ok=True)
     frames = np.lib.format.open_memmap(out / FRAMES, "w+", np.uint8, (len(picked), cfg.size, cfg.size, 3))
     content = np.zeros((len(picked), 2), np.int32)

@@ -106,3 +106,28 @@ def test_stratify_balances_bins():
     idx = stratify(q, 60, 5, 0)
     assert len(idx) == 60 and (q[idx] == 0.1).sum() == 10  # the short bin gives all it has
     assert abs((q[idx] == 0.95).sum() - (q[idx] == 0.5).sum()) <= 1
+
+
+def test_too_short_sources_are_refused_before_any_degrading(pets, tmp_path):
+    """24 frames x 3 variants can never reach 500: refused on the count, before rendering a candidate."""
+    calls = []
+
+    def counting(image, preset, severity, rng):
+        calls.append(preset)
+        return image
+
+    with pytest.raises(ValueError, match=r"only 72 frames from 24 source frames .* add sources or longer clips"):
+        build_calibset([pets], small_cfg(frames=500, min_frames=500), tmp_path / "cs", degrade_fn=counting)
+    assert calls == [] and not (tmp_path / "cs").exists()
+
+
+def test_a_range_past_the_clip_end_is_reported(pets, tmp_path, caplog):
+    from vsdmot.calibration.calibset import read_frames
+
+    with caplog.at_level("WARNING"):
+        assert len(read_frames(f"{pets}:20-400", 1)) == 5
+    assert "ends at frame 24, before 400" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        read_frames(f"{pets}:1-24", 1)
+    assert "ends at frame" not in caplog.text
