@@ -173,8 +173,9 @@ def default_degrade():
 
 def build_calibset(sources: Sequence[str | os.PathLike], cfg: CalibSetConfig, out_dir: str | os.PathLike,
                    quality_params: Mapping[str, Any] | None = None,
-                   degrade_fn: Callable | None = None) -> CalibSet:
-    """Build (or reuse, when `out_dir` holds a set made from the same sources and config) the set."""
+                   degrade_fn: Callable | None = None, progress: bool = True) -> CalibSet:
+    """Build (or reuse, when `out_dir` holds a set made from the same sources and config) the set.
+    `progress` shows tqdm bars; it is not part of the set's key."""
     out = Path(out_dir)
     key = set_key(sources, cfg, quality_params)
     if (out / MANIFEST).is_file():
@@ -186,7 +187,7 @@ def build_calibset(sources: Sequence[str | os.PathLike], cfg: CalibSetConfig, ou
         except ValueError as e:
             log.info("calibration set %s rebuilt: %s", out, e)
     fn, presets = (degrade_fn, cfg.presets) if degrade_fn else _degrade_and_presets(cfg)
-    return _build(sources, cfg, out, key, quality_params, fn, presets)
+    return _build(sources, cfg, out, key, quality_params, fn, presets, progress)
 
 
 def _degrade_and_presets(cfg: CalibSetConfig):
@@ -194,8 +195,12 @@ def _degrade_and_presets(cfg: CalibSetConfig):
     return fn, cfg.presets or all_presets
 
 
-def _build(sources, cfg, out: Path, key: str, quality_params, degrade_fn, presets) -> CalibSet:
+def _build(sources, cfg, out: Path, key: str, quality_params, degrade_fn, presets, progress: bool = True) -> CalibSet:
+    from functools import partial
+
     from tqdm import tqdm
+
+    bar = partial(tqdm, disable=not progress)  # --no-progress
 
     src_frames = [(str(s), idx, img) for s in sources for idx, img in read_frames(s, cfg.stride)]
     plan = plan_candidates(len(src_frames), cfg, presets)
@@ -203,7 +208,7 @@ def _build(sources, cfg, out: Path, key: str, quality_params, degrade_fn, preset
         raise too_few(len(plan), len(src_frames), cfg)
     assess = _quality_fn(quality_params)
     q = np.array([assess(render(src_frames[c["src"]][2], c, k, cfg, degrade_fn), c)
-                  for k, c in enumerate(tqdm(plan, desc="calibration: scoring candidates", unit="frame"))], np.float32)
+                  for k, c in enumerate(bar(plan, desc="calibration: scoring candidates", unit="frame"))], np.float32)
     picked = stratify(q, cfg.frames, cfg.bins, cfg.seed)
     if len(picked) < cfg.min_frames:
         raise too_few(len(picked), len(src_frames), cfg)
@@ -211,7 +216,7 @@ def _build(sources, cfg, out: Path, key: str, quality_params, degrade_fn, preset
     frames = np.lib.format.open_memmap(out / FRAMES, "w+", np.uint8, (len(picked), cfg.size, cfg.size, 3))
     content = np.zeros((len(picked), 2), np.int32)
     records = []
-    for j, k in enumerate(tqdm(picked, desc="calibration: writing frames", unit="frame")):
+    for j, k in enumerate(bar(picked, desc="calibration: writing frames", unit="frame")):
         c = plan[k]
         frames[j], content[j] = letterbox_u8(render(src_frames[c["src"]][2], c, int(k), cfg, degrade_fn), cfg.size)
         records.append({"source": src_frames[c["src"]][0], "frame": src_frames[c["src"]][1], "preset": c["preset"],

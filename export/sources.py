@@ -148,7 +148,8 @@ def calibration_feeds(sources: Sources, names: Sequence[str], cfg: ExportConfig,
     srcs = cfg.calib or default_calib_sources()
     use_gate = "quality.json" in sources.files and cfg.calib_quality != "proxy"
     params = json.loads(sources.files["quality.json"].read_text()) if use_gate else None
-    cs = build_calibset(srcs, ccfg, work.parent / f"calib-{fingerprint(srcs, ccfg)[:12]}", params)
+    cs = build_calibset(srcs, ccfg, work.parent / f"calib-{fingerprint(srcs, ccfg)[:12]}", params,
+                        progress=cfg.progress)
     (work / "calibset.json").write_text(json.dumps({k: cs.manifest[k] for k in (
         "sources", "frame_count", "quality", "quality_histogram", "presets", "sha256")} | {"path": str(cs.path)}))
     out: dict[str, Sequence[Mapping]] = {}

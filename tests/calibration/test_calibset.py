@@ -131,3 +131,11 @@ def test_a_range_past_the_clip_end_is_reported(pets, tmp_path, caplog):
     with caplog.at_level("WARNING"):
         read_frames(f"{pets}:1-24", 1)
     assert "ends at frame" not in caplog.text
+
+
+def test_no_progress_means_no_bars(pets, tmp_path, capsys):
+    """vsdmot-export --no-progress reaches the calibration set's bars (they printed anyway)."""
+    build_calibset([pets], small_cfg(), tmp_path / "q", degrade_fn=noisy_blur, progress=False)
+    assert "calibration:" not in capsys.readouterr().err
+    build_calibset([pets], small_cfg(seed=1), tmp_path / "p", degrade_fn=noisy_blur)
+    assert "calibration: scoring candidates" in capsys.readouterr().err
