@@ -178,7 +178,7 @@ def check_calib_paths(specs) -> None:
         if not path.exists():
             raise ValueError(f"--calib {spec}: no such file or folder (expected a video, an image folder or a "
                              "MOTChallenge sequence, optionally PATH:A-B)")
-        try:  # opening reads no frames; a file that is no video or a folder with no images is refused here
+        try:  # opening decodes at most one frame; no video, or a folder with no images, is refused here
             open_file_source(path).close()
         except SourceError as e:
             raise ValueError(f"--calib {spec}: {e}") from None
