@@ -111,7 +111,7 @@ def detection_agreement(candidate: str | Path, reference: str | Path, feeds: Seq
             **agreement(ref, onnx_runner(candidate), picked, cfg, source_labels(feeds, cfg.frames)),
             "note": "below --min-detection-f1 (when set) the detector stays FP32; the accuracy gate decides on tracking"}
         out.write_text(json.dumps(res, indent=2))
-        by_source = {k: v["f1"] for k, v in res.get("by_source", {}).items()}
+        by_source = ", ".join(f"{k} {v['f1']:.3f}" for k, v in res.get("by_source", {}).items())  # one table cell
         return {k: res[k] for k in ("f1", "embed_cosine_at_people", "frames", "skipped") if k in res} | (
             {"f1_by_source": by_source} if by_source else {})
 

@@ -57,6 +57,12 @@ def test_the_step_on_the_shipped_detector_is_cached(tmp_path):
     detection_agreement(det, det, feeds, tmp_path / "a.json", AgreementConfig(frames=4))
     assert out.stat().st_mtime_ns == mtime  # same inputs: not recomputed
 
+    labelled = Labelled(list(feeds), ["/d/PETS09-S2L1:1-600"] * 2 + ["/d/MOT17-04-FRCNN"] * 2)
+    out = detection_agreement(det, det, labelled, tmp_path / "b.json", AgreementConfig(frames=4))
+    step = json.loads(open(f"{out}.step.json").read())["details"]
+    assert set(json.loads(out.read_text())["by_source"]) == {"PETS09-S2L1:1-600", "MOT17-04-FRCNN"}
+    assert step["f1_by_source"] == "MOT17-04-FRCNN 1.000, PETS09-S2L1:1-600 1.000"  # one report cell
+
 
 def test_a_network_without_the_yolox_layout_is_skipped_with_the_reason():
     from vsdmot.export.det_agreement import layout_problem
