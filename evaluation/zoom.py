@@ -19,7 +19,6 @@ unless `--held-out`.
 from __future__ import annotations
 
 import argparse
-import configparser
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import cv2
 import numpy as np
 
 from vsdmot._cli import add_log_arguments, run_main
-from vsdmot.runtime.mot import MotRows, read_rows
+from vsdmot.runtime.mot import MotRows, SeqInfo, read_rows, write_rows, write_seqinfo
 from vsdmot.runtime.sources import open_sequence
 from vsdmot.splits import touches_held_out
 
@@ -77,21 +76,6 @@ def zoom_rows(gt: MotRows, crop: tuple[int, int, int, int], scale: tuple[float, 
     return out
 
 
-def write_gt(rows: MotRows, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{rows.frame[i]},{rows.id[i]},{b[0]:.3f},{b[1]:.3f},{b[2]:.3f},{b[3]:.3f},"
-                            f"{rows.conf[i]:g},-1,-1,-1\n" for i, b in enumerate(rows.xywh)))
-
-
-def write_seqinfo(out: Path, name: str, fps: float, length: int, size: tuple[int, int]) -> None:
-    cp = configparser.ConfigParser()
-    cp.optionxform = str
-    cp["Sequence"] = {"name": name, "imDir": "img1", "frameRate": f"{fps:g}", "seqLength": str(length),
-                      "imWidth": str(size[0]), "imHeight": str(size[1]), "imExt": ".jpg"}
-    with open(out / "seqinfo.ini", "w") as f:
-        cp.write(f, space_around_delimiters=False)
-
-
 def zoom_sequence(spec: str, out: str | Path, cfg: ZoomConfig = ZoomConfig(), held_out: bool = False) -> dict:
     """Write the zoomed copy of `spec` ('SEQ_DIR[:A-B]') into `out`; returns what was written."""
     path, (a, b) = split_spec(spec)
@@ -111,8 +95,9 @@ def zoom_sequence(spec: str, out: str | Path, cfg: ZoomConfig = ZoomConfig(), he
     n = write_frames(seq, (a, b), crop, size, out / "img1", cfg.quality)
     rows = zoom_rows(gt, crop, scale, cfg)
     rows.frame = rows.frame - (a - 1)
-    write_gt(rows, out / "gt" / "gt.txt")
-    write_seqinfo(out, out.name, seq.info.frame_rate, n, size)
+    (out / "gt").mkdir(exist_ok=True)
+    write_rows(out / "gt" / "gt.txt", rows)  # MOT15 layout: frame,id,x,y,w,h,conf,-1,-1,-1
+    write_seqinfo(out / "seqinfo.ini", SeqInfo(out.name, seq.info.frame_rate, n, *size))
     info = {"source": spec, "frames": n, "crop_xywh": list(crop), "scale": round(scale[0], 4),
             "gt_boxes": len(rows), "gt_boxes_before": len(gt)}
     log.info("zoom: wrote %s: %s", out, info)
