@@ -23,7 +23,7 @@ from vsdmot.runtime.bundle import file_sha256
 from vsdmot.runtime.tracking import box_iou
 from vsdmot.runtime.yolox import anchor_grid, decode, nms
 
-from .parity import onnx_runner, pick
+from .parity import onnx_runner, pick, pick_indices
 from .report import cached_step, fingerprint
 
 
@@ -85,8 +85,7 @@ def source_labels(feeds: Sequence[Any], n: int) -> list[str] | None:
     records = getattr(getattr(feeds, "frames", None), "manifest", {}).get("frames")
     if not records or len(records) != len(feeds):
         return None
-    idx = range(len(feeds)) if len(feeds) <= n else np.linspace(0, len(feeds) - 1, n).round().astype(int)
-    return [Path(str(records[i].get("source", "?"))).name for i in idx]
+    return [Path(str(records[i].get("source", "?"))).name for i in pick_indices(len(feeds), n)]
 
 
 def layout_problem(out: Mapping[str, np.ndarray], feed: Mapping[str, np.ndarray]) -> str | None:

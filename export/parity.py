@@ -105,9 +105,14 @@ def parity(candidate: str | Path, cfg: ParityConfig, out_path: str | Path, refer
 
 def pick(feeds: Sequence[Any], n: int) -> list[Any]:
     """`n` items spread evenly over `feeds` (all when there are fewer)."""
-    if len(feeds) <= n:
-        return list(feeds)
-    return [feeds[int(i)] for i in np.linspace(0, len(feeds) - 1, n).round().astype(int)]
+    return [feeds[i] for i in pick_indices(len(feeds), n)]
+
+
+def pick_indices(length: int, n: int) -> list[int]:
+    """The indices `pick` takes from `length` items."""
+    if length <= n:
+        return list(range(length))
+    return [int(i) for i in np.linspace(0, length - 1, n).round().astype(int)]
 
 
 def latency_ms(onnx_path: str | Path, feed: Mapping[str, np.ndarray], runs: int = 20, threads: int = 1) -> float:
