@@ -10,7 +10,7 @@ the drop in points; the pooled drops; the gated drop (`worst_hota_drop`); passed
 records it in the manifest and publishes the bundle only when passed or forced (export/bundle.py
 `publish`).
 
-The rule (`GateConfig.rule`, chosen 2026-11-24 on train-side windows only, docs/export.md "The
+The rule (`GateConfig.rule`, chosen 2026-11-24 on train-side windows only, docs/export_measurements.md "The
 gate's noise floor"): "balanced" (default) refuses when the mean of the pooled clean drop (over the
 sequences) and the pooled degraded drop (over sequences x DEGRADED presets) exceeds the threshold.
 A harmless perturbation (every float constant rounded to FP16, or 5e-4 relative noise) moves a

@@ -42,8 +42,8 @@ from .sources import Sources, calibration_feeds, load_sources
 from .to_onnx import OnnxConfig, TorchNet, to_onnx
 
 log = logging.getLogger(__name__)
-DEFAULT_PRUNE = 0.0  # 2026-11-24: no pruned bundle passes the gate (closest 10 %: drop 2.10, 0.92x speed; docs/export.md)
-DEFAULT_METHOD = "minmax"  # the measured default calibration method (docs/export.md)
+DEFAULT_PRUNE = 0.0  # 2026-11-24: no pruned bundle passes the gate (closest 10 %: drop 2.10, 0.92x speed; docs/export_measurements.md)
+DEFAULT_METHOD = "minmax"  # the measured default calibration method (docs/export_measurements.md)
 TARGETS = ("onnx", "tensorrt", "torch-tensorrt")
 SELECT_SEQUENCES = ("PETS09-S2L1:401-600",)  # train side (calibration frames), before the gate's 601-795
 
@@ -67,7 +67,7 @@ class ExportConfig:
     detection: DetectionRoundsConfig = DetectionRoundsConfig()  # INT8 detector: first layers float until its
     # detections agree with FP32 at min_f1 on calibration feeds; below it after the rounds it stays FP32 (off by default)
     keep_fp32: tuple[str, ...] = ()  # networks that stay FP32 in an int8 bundle (--keep-fp32; e.g. the detector
-    # for near-camera scenes, docs/export.md "Unseen degradations")
+    # for near-camera scenes, docs/export_measurements.md "Unseen degradations")
 
     def __post_init__(self) -> None:
         clash = [(a, b) for a in self.select for b in self.gate.sequences if windows_overlap(a, b)]
@@ -249,7 +249,7 @@ def int8(fp32: Path, cfg: ExportConfig, method: str, feeds, report: Report, name
     if f1 is not None and not qcfg.detection.min_f1 and f1 < NEAR_CAMERA_F1:
         log.warning("%s: INT8 keeps F1 %.3f of the FP32 detections on the calibration feeds (fewer on near "
                     "people); for a near-camera scene, compare this bundle on your own video with one exported "
-                    "with --keep-fp32 %s or --min-detection-f1 %.2f (docs/export.md 'Detection rounds')",
+                    "with --keep-fp32 %s or --min-detection-f1 %.2f (docs/export_measurements.md 'Detection rounds')",
                     name, f1, name, NEAR_CAMERA_F1)
     return q
 

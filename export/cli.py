@@ -69,11 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                    f"single sequence-condition (noisier than a 1.0 threshold) (default {GateConfig.rule})")
     p.add_argument("--keep-fp32", nargs="+", default=[], metavar="NET", choices=NETWORKS,
                    help="networks that stay FP32 in an --int8 bundle (e.g. detector: near-camera scenes lost "
-                   "detections in INT8 here, see docs/export.md)")
+                   "detections in INT8 here, see docs/export_measurements.md 'Unseen degradations')")
     p.add_argument("--min-detection-f1", type=unit_float, default=0.0, metavar="F1",
                    help="INT8 detector: keep its first layers float until its detections agree with FP32's at "
                    f"this F1 on the calibration feeds, else keep it FP32 ({NEAR_CAMERA_F1} for near-camera "
-                   "scenes; default 0: off, see docs/export.md 'Detection rounds')")
+                   "scenes; default 0: off, see docs/export_measurements.md 'Detection rounds')")
     p.add_argument("--max-case-drop", type=float, default=GateConfig.max_case_drop, metavar="POINTS",
                    help="whatever the rule, refuse when one sequence-condition loses more than this "
                    f"(default {GateConfig.max_case_drop}: above every train-side null case; inf turns it off)")

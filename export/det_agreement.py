@@ -6,7 +6,7 @@ NMS 0.45): F1 of the INT8 detections against the FP32 ones at IoU 0.5, and the c
 appearance rows with the FP32 ones at the FP32 detections' anchors. With `--min-detection-f1 F`
 (`det_rounds.py`, off by default) the chain keeps a detector FP32 when its F1 stays below F after the
 quantiser's detection rounds; either way the accuracy gate judges tracking. Measured 2026-11-24 on train-side frames: F1 0.88-0.905 on MOT17-mini's
-near people, 0.96-1.0 on PETS09-S2L1 1-600 (docs/export.md "Unseen degradations").
+near people, 0.96-1.0 on PETS09-S2L1 1-600 (docs/export_measurements.md "Unseen degradations").
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ detections agree with the FP32 ones.
 Why: the generic rounds (quantize.py) watch output cosines, which average over every anchor, mostly
 background. What tracking loses is people. Measured on the default detector, 2026-11-24:
 - before these rounds, INT8 kept F1 0.922 of the FP32 detections on the calibration feeds, and it
-  lost 3.5 HOTA on unseen near-camera video (docs/export.md "Unseen degradations");
+  lost 3.5 HOTA on unseen near-camera video (docs/export_measurements.md "Unseen degradations");
 - the FP16-rounded detector (the gate's null) agrees at F1 0.997, so the measure resolves a loss;
 - keeping any single layer float moved F1 by -0.008..+0.020 (103 layers scanned). The largest gains
   were the first layers, which hold the fewest weights: rounding noise entered there passes through
@@ -29,7 +29,7 @@ FP32 than the one without: a mean of 1.89 against 1.30, and a balanced value of 
 emulated gates against 0.34-0.94. Closer detections did not give closer tracks there, where the
 people are far away, nor on the same frames zoomed 2x (`evaluation/zoom.py`, near people, 15 cases):
 0.72 against 0.32. Only held out, on TUD-Campus under unseen ffmpeg filters, did the rounds help:
-the mean change against FP32 went from -3.1 to +0.2 HOTA (docs/export.md).
+the mean change against FP32 went from -3.1 to +0.2 HOTA (docs/export_measurements.md "Detection rounds").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Per-input-channel activation equalisation before INT8 (SmoothQuant's migration, for Conv inputs).
 
-Why (measured on the YOLOX-nano detector, docs/export.md "INT8 on this detector"): a pointwise
+Why (measured on the YOLOX-nano detector, docs/export_measurements.md "INT8 on this detector"): a pointwise
 conv reads channels whose ranges differ ~100x (after depthwise conv + BN + SiLU). One per-tensor
 int8 scale covers the widest channel, so the narrow ones round to a few levels, although the
 conv's weights on them are large. The first 1x1 conv (dark2.0.pconv) fell to cosine 0.78 with

@@ -1,5 +1,5 @@
 """The accuracy gate's noise floor: how far harmless candidates move the gate's cases, and how often
-each gate rule would refuse them. Train-side windows only (docs/export.md "The gate's noise floor").
+each gate rule would refuse them. Train-side windows only (docs/export_measurements.md "The gate's noise floor").
 
     python -m vsdmot.export.noise_floor run [--reference DIR] [--candidates null-fp16 null-n1 null-n2 ...]
         [--windows PETS09-S2L1:1-200 ...] [--conditions clean realesrgan-s3 ...] [--out runs/noise_floor]

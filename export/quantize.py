@@ -3,7 +3,7 @@
 Symmetric int8 activations (zero-point 0, per tensor) and per-channel symmetric int8 weights;
 bias left in float (TensorRT's DequantizeLinear takes int8 only). Q/DQ sit only on the inputs of
 weighted layers (`op_types`: Conv, Gemm, MatMul): one int8 scale over an Add of a -1e4 mask and
-real logits, or over pixel box areas, zeroed the tracker's scores (docs/export.md "INT8 on this
+real logits, or over pixel box areas, zeroed the tracker's scores (docs/export_measurements.md "INT8 on this
 detector"). Before calibration, Conv inputs' per-channel ranges move into the Conv weights
 (`equalize.py`), and padded slots are clipped into the live range (`masked`). Kept at higher precision:
 - op types in `keep_op_types` (Softmax, LayerNormalization, ...);

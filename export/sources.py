@@ -98,7 +98,7 @@ def _student(path: Path) -> tuple[TorchNet, dict]:
 
 
 def _tracker(path: Path) -> tuple[TorchNet, dict]:
-    """The tracker head is not pruned: measured, it costs ~1-2 ms of a frame (docs/export.md)."""
+    """The tracker head is not pruned: measured, it costs ~1-2 ms of a frame (docs/export_measurements.md "The tracker head")."""
     from vsdmot.models.tracker_head import INPUTS, OUTPUTS, example_inputs
     from vsdmot.models.train_tracker import load_tracker
 
@@ -170,7 +170,7 @@ class NearFeeds(Sequence):
     """Calibration feeds followed by near-pedestrian crops (`near_pedestrian_frames`), for the
     detector when it is pruned (statistics and distillation; also its INT8 calibration then).
     Why: PETS09 1-600 shows people ~45 px tall at 416; a pruned detector distilled on it kept PETS
-    and lost TUD-Campus's near people (docs/export.md). The crops count as one more calibration
+    and lost TUD-Campus's near people (docs/export_measurements.md "Pruning + recovery"). The crops count as one more calibration
     source in the pruning statistics' per-source share."""
 
     def __init__(self, base, near):

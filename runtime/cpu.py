@@ -1,6 +1,6 @@
 """What this CPU does with INT8. onnxruntime runs Q/DQ (s8s8) convolutions faster than FP32 only
 with int8 dot-product instructions; without them an INT8 bundle is smaller but slower (measured on
-an AVX2 EPYC: 0.72x the FP32 bundle's FPS end to end, docs/export.md)."""
+an AVX2 EPYC: 0.72x the FP32 bundle's FPS end to end, docs/export_measurements.md "--int8 with the defaults")."""
 
 from __future__ import annotations
 
