@@ -115,11 +115,13 @@ def too_few(n: int, n_src: int, cfg: CalibSetConfig) -> ValueError:
                       f"(--calib)")
 
 
-def letterbox_u8(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """(H, W, 3) -> ((S, S, 3) uint8 top-left letterboxed with pad 114, (h, w) of the content)."""
-    r = min(size / image.shape[0], size / image.shape[1])
+def letterbox_u8(image: np.ndarray, size: int | tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """(h0, w0, 3) -> ((H, W, 3) uint8 top-left letterboxed with pad 114, (h, w) of the content);
+    `size` is S (square) or (H, W)."""
+    H, W = (size, size) if isinstance(size, (int, np.integer)) else size
+    r = min(H / image.shape[0], W / image.shape[1])
     h, w = max(1, round(image.shape[0] * r)), max(1, round(image.shape[1] * r))
-    out = np.full((size, size, 3), PAD, np.uint8)
+    out = np.full((H, W, 3), PAD, np.uint8)
     out[:h, :w] = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
     return out, (h, w)
 

@@ -4,8 +4,8 @@ A feed sequence is lazy (`len` and indexing, converting one frame at a time), so
 frames never sit in memory as float32. The same feeds drive ONNX Runtime calibration, parity
 checks, distillation and the legacy TensorRT calibrator.
 
-- `DetectorFeeds(frames, size)`: `images` (1, 3, S, S) float32 BGR 0..255, letterboxed top-left
-  with pad 114, exactly as `runtime/yolox.py` prepares frames.
+- `DetectorFeeds(frames, size)`: `images` (1, 3, H, W) float32 BGR 0..255 (size S or (H, W)),
+  letterboxed top-left with pad 114, exactly as `runtime/yolox.py` prepares frames.
 - `StudentFeeds(frames, size)`: `image` (1, 3, R, R) float32 BGR 0..255, plain INTER_AREA resize.
 - `record_feeds(pipeline_step, frames, backends)`: inputs of every network as the real pipeline
   feeds them (the tracker's proposals and carried track state included), recorded by wrapping
@@ -49,8 +49,8 @@ class ImageList:
 class _Feeds(Sequence):
     name = ""
 
-    def __init__(self, frames: Images, size: int):
-        if size < 8:
+    def __init__(self, frames: Images, size: int | tuple[int, int]):
+        if min(np.atleast_1d(size)) < 8:
             raise ValueError(f"{type(self).__name__}: size expected >= 8, got {size}")
         self.frames, self.size = frames, size
 
@@ -72,7 +72,8 @@ class DetectorFeeds(_Feeds):
     name = "images"
 
     def convert(self, image: np.ndarray) -> np.ndarray:
-        boxed = image if image.shape[:2] == (self.size, self.size) else letterbox_u8(image, self.size)[0]
+        hw = (self.size, self.size) if isinstance(self.size, (int, np.integer)) else tuple(self.size)
+        boxed = image if image.shape[:2] == hw else letterbox_u8(image, hw)[0]
         return np.ascontiguousarray(boxed.transpose(2, 0, 1)[None], dtype=np.float32)
 
 

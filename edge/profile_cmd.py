@@ -223,9 +223,17 @@ def run_variant(args: argparse.Namespace, variant: Variant, cfg: ProfileConfig, 
     label = variant.label.replace("=config", f"={run_cfg.semantics.policy}")
     return {"label": label, "config": to_dict(run_cfg), "stats": stats, "semantic_policy_effective": policy,
             "tracker": pipeline.tracker_kind, "backend": backend,
-            "input_size": getattr(getattr(getattr(pipeline, "detector", None), "config", None), "input_size", None),
+            "input_size": _input_size(pipeline),
             "series": _series(hook.records, hook.t_start),
             "power_samples": [] if sampler is None else _power_series(sampler, stats["window"], hook.t_start)}
+
+
+def _input_size(pipeline: Any) -> str | None:
+    """The detector's input as 'WxH' (e.g. '416x416'), or None for a pipeline without one."""
+    from vsdmot.runtime.yolox import size_text
+
+    size = getattr(getattr(getattr(pipeline, "detector", None), "config", None), "input_size", None)
+    return size_text(size) if size is not None else None
 
 
 def _backends(pipeline: Any) -> str:

@@ -194,7 +194,7 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
              f"Source: `{st['source']}`. Warm-up {st['warmup_s']} s, measured {st['duration_s']} s per run.",
              f"Threads / precision / input size per run: " + "; ".join(
                  f"{r['label']}: threads {r['config']['pipeline']['threads'] or 'all'}, {r['config']['pipeline']['precision']}, "
-                 f"detector input {r.get('input_size') or '?'} px" for r in runs),
+                 f"detector input {r.get('input_size') or '?'}" for r in runs),
              "", f"**Power:** {meter['explain']}."]
     if meter["name"] and meter["idle_w"] is not None:
         lines.append(f"Idle baseline {meter['idle_w']:.3f} W, measured before any model was loaded; net figures subtract it.")

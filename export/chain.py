@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from vsdmot.runtime.yolox import size_text
+
 from .accuracy_gate import EvalFn, GateConfig, gate_accuracy
 from .bundle import NETWORKS, BundleConfig, BundleContents, BundleFile, publish, record_gate, write_bundle
 from .det_agreement import detection_agreement
@@ -38,7 +40,7 @@ from .quantize import METHODS, QuantConfig, quantize
 from .recover import RecoverConfig, recover
 from .report import Report, fingerprint, write_report
 from .simplify import SimplifyConfig, simplify
-from .sources import Sources, calibration_feeds, load_sources
+from .sources import Sources, calibration_feeds, load_sources, with_detector_input
 from .to_onnx import OnnxConfig, TorchNet, to_onnx
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,8 @@ class ExportConfig:
     # detections agree with FP32 at min_f1 on calibration feeds; below it after the rounds it stays FP32 (off by default)
     keep_fp32: tuple[str, ...] = ()  # networks that stay FP32 in an int8 bundle (--keep-fp32; e.g. the detector
     # for near-camera scenes, docs/export_measurements.md "Unseen degradations")
+    input_size: tuple[int, int] | None = None  # detector (H, W), multiples of 32; None = as trained (416x416).
+    # Every bundle of the export (the FP32 reference the gate compares with included) gets this input.
 
     def __post_init__(self) -> None:
         clash = [(a, b) for a in self.select for b in self.gate.sequences if windows_overlap(a, b)]
@@ -81,6 +85,9 @@ class ExportConfig:
             raise ValueError(f"--target: expected one of {list(TARGETS)}, got {self.target!r}")
         if set(self.keep_fp32) - set(NETWORKS):
             raise ValueError(f"--keep-fp32: expected names from {list(NETWORKS)}, got {list(self.keep_fp32)}")
+        if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 64
+                                            or any(v % 32 for v in self.input_size)):
+            raise ValueError(f"--input-size: expected (H, W), multiples of 32 and at least 64, got {self.input_size}")
 
     @property
     def ratio(self) -> float:
@@ -107,10 +114,11 @@ def export(cfg: ExportConfig, out: str | Path, checkpoint: str | Path | None = N
 
 def _export(cfg: ExportConfig, out: Path, checkpoint, sources: Sources | None, eval_fn: EvalFn | None) -> Path:
     work = Path(cfg.work_dir) if cfg.work_dir else default_work_dir(out)
-    sources = sources or load_sources(checkpoint)
+    sources = with_detector_input(sources or load_sources(checkpoint), cfg.input_size)
     report = Report()
     ref_files = {name: torch_to_onnx(net, work / "fp32" / name, report) for name, net in sources.nets.items()}
-    reference = stage_bundle(sources, ref_files, "fp32", work / "reference", {"prune": 0.0}, {})
+    reference = stage_bundle(sources, ref_files, "fp32", work / "reference",
+                             {"prune": 0.0, "detector_input": export_info(cfg)["detector_input"]}, {})
     if cfg.precision == "fp32" and cfg.ratio == 0:
         verdict = {"passed": True, "forced": False, "reason": "the FP32 reference: nothing to compare against"}
         return finish(reference, out, {"reference": True}, verdict, report, cfg, work, copy=True)
@@ -315,7 +323,8 @@ def staging_dir(out: Path) -> Path:
 
 def export_info(cfg: ExportConfig) -> dict[str, Any]:
     return {"precision": cfg.precision, "prune": cfg.ratio, "method": cfg.method, "target": cfg.target,
-            "recover": {"steps": cfg.recover.steps, "max_seconds": cfg.recover.max_seconds}}
+            "recover": {"steps": cfg.recover.steps, "max_seconds": cfg.recover.max_seconds},
+            "detector_input": size_text(cfg.input_size) if cfg.input_size else "as trained"}
 
 
 def summarize(verdict: Mapping[str, Any]) -> dict[str, Any]:

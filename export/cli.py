@@ -81,12 +81,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "rounded to FP16) and report its drops beside the verdict: the gate's noise floor")
     p.add_argument("--recover-seconds", type=float, default=None, metavar="S",
                    help="recovery budget after pruning: total CPU seconds, shared by the pruned networks by MACs")
+    p.add_argument("--input-size", type=input_size, default=None, metavar="WxH",
+                   help="detector input, multiples of 32 (default: as trained, 416x416). Match the camera's "
+                   "aspect to skip padding rows: 416x320 for 4:3, 416x256 for 16:9 (docs/export.md 'Input size')")
     p.add_argument("--work-dir", default="", metavar="DIR", help="intermediates (default ~/.cache/vsdmot/export/...)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("checkpoint", nargs="?", type=Path, metavar="CHECKPOINT",
                    help="weights folder (like models/weights/) or one network's .pt; default: shipped weights")
     p.set_defaults(func=run)
     return p
+
+
+def input_size(text: str) -> tuple[int, int]:
+    """argparse type: 'WxH' (or 'S' for a square) -> (H, W), each a multiple of 32, at least 64."""
+    parts = text.lower().split("x")
+    try:
+        w, h = (int(parts[0]), int(parts[-1])) if len(parts) <= 2 else (None, None)
+    except ValueError:
+        w = h = None
+    if w is None or h is None or min(w, h) < 64 or w % 32 or h % 32:
+        raise argparse.ArgumentTypeError(f"expected WxH with W and H multiples of 32, at least 64 (e.g. 416x320), "
+                                         f"got {text!r}")
+    return h, w
 
 
 def unit_float(text: str) -> float:
@@ -112,7 +128,8 @@ def config_from_args(args: argparse.Namespace):
                         gate=GateConfig(max_hota_drop=args.max_hota_drop, force=args.force, rule=args.gate_rule,
                                         max_case_drop=args.max_case_drop,
                                         control=args.gate_control),
-                        progress=not args.no_progress, calib_quality=args.calib_quality)
+                        progress=not args.no_progress, calib_quality=args.calib_quality,
+                        input_size=args.input_size)
 
 
 def run(args: argparse.Namespace) -> int:

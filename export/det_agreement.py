@@ -21,7 +21,7 @@ import numpy as np
 
 from vsdmot.runtime.bundle import file_sha256
 from vsdmot.runtime.tracking import box_iou
-from vsdmot.runtime.yolox import anchor_grid, decode, nms
+from vsdmot.runtime.yolox import anchor_grid, decode, nms, size_text
 
 from .parity import onnx_runner, pick, pick_indices
 from .report import cached_step, fingerprint
@@ -44,7 +44,7 @@ def detections(out: Mapping[str, np.ndarray], size: int, cfg: AgreementConfig):
 
 def feed_counts(ref, cand, feed: Mapping[str, np.ndarray], cfg: AgreementConfig) -> tuple[int, int, int, list]:
     """(matched, FP32 detections, INT8 detections, embed cosines at the FP32 detections) on one feed."""
-    size = next(iter(feed.values())).shape[-1]  # (1, 3, S, S)
+    size = tuple(next(iter(feed.values())).shape[-2:])  # (H, W) of the (1, 3, H, W) input
     o_ref, o_cand = ref(feed), cand(feed)
     b_ref, a_ref = detections(o_ref, size, cfg)
     b_cand, _ = detections(o_cand, size, cfg)
@@ -90,11 +90,11 @@ def source_labels(feeds: Sequence[Any], n: int) -> list[str] | None:
 
 def layout_problem(out: Mapping[str, np.ndarray], feed: Mapping[str, np.ndarray]) -> str | None:
     """Why `out` is not a YOLOX person head to decode (a test network), or None."""
-    size = next(iter(feed.values())).shape[-1]
+    size = tuple(next(iter(feed.values())).shape[-2:])  # (H, W)
     raw = np.asarray(out.get("output", np.zeros((1, 0, 0))))
     anchors = len(anchor_grid(size)[0])
     if raw.ndim != 3 or raw.shape[1] != anchors or raw.shape[2] < 6:
-        return f"output {raw.shape} is not YOLOX's (1, {anchors}, 5 + classes) at {size} px"
+        return f"output {raw.shape} is not YOLOX's (1, {anchors}, 5 + classes) at {size_text(size)}"
     return None
 
 

@@ -131,29 +131,30 @@ def batch(feeds, idx, names) -> list[torch.Tensor]:
 
 
 def zoomed(args: list[torch.Tensor], share: float, rng: np.random.Generator, low: float = 0.4) -> list[torch.Tensor]:
-    """Replace a `share` of each square image input (B,3,S,S), S >= 64, by a random square crop of
-    its content (the letterbox padding, 114 on every channel, left out) whose side is `low`-100 %
-    of the content's shorter side, resized back to S: the calibration frames (PETS09, far-away
-    people) then also show the large people the held-out sequences have; teacher and student see
-    the same input."""
+    """Replace a `share` of each image input (B,3,H,W), H, W >= 64, by a random crop of its
+    content (the letterbox padding, 114 on every channel, left out) of the input's aspect, whose
+    height is `low`-100 % of the largest such crop, resized back to (H, W): the calibration frames
+    (PETS09, far-away people) then also show the large people the held-out sequences have;
+    teacher and student see the same input."""
     out = []
     for x in args:
-        if x.dim() == 4 and x.shape[1] == 3 and x.shape[-1] == x.shape[-2] >= 64 and share > 0:
-            x, s = x.clone(), x.shape[-1]
+        if x.dim() == 4 and x.shape[1] == 3 and min(x.shape[-2:]) >= 64 and share > 0:
+            x, (H, W) = x.clone(), x.shape[-2:]
             for i in np.flatnonzero(rng.random(len(x)) < share):
                 (y0, y1), (x0, x1) = content_box(x[i])
-                c = max(8, int(min(y1 - y0, x1 - x0) * rng.uniform(low, 1.0)))
-                y, xx = int(rng.integers(y0, y1 - c + 1)), int(rng.integers(x0, x1 - c + 1))
-                crop = x[i:i + 1, :, y:y + c, xx:xx + c]
-                x[i:i + 1] = torch.nn.functional.interpolate(crop, size=(s, s), mode="bilinear", align_corners=False)
+                ch = max(8, int(min(y1 - y0, (x1 - x0) * H / W) * rng.uniform(low, 1.0)))  # square: as before
+                cw = max(8, min(x1 - x0, round(ch * W / H)))
+                y, xx = int(rng.integers(y0, y1 - ch + 1)), int(rng.integers(x0, x1 - cw + 1))
+                crop = x[i:i + 1, :, y:y + ch, xx:xx + cw]
+                x[i:i + 1] = torch.nn.functional.interpolate(crop, size=(H, W), mode="bilinear", align_corners=False)
         out.append(x)
     return out
 
 
 def content_box(img: torch.Tensor, pad: float = 114.0) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(3,S,S) letterboxed image -> ((y0, y1), (x0, x1)) of the rows/columns not entirely padding;
+    """(3,H,W) letterboxed image -> ((y0, y1), (x0, x1)) of the rows/columns not entirely padding;
     the whole image when it is all padding or when no side is padded."""
-    real = (img != pad).any(0)  # (S, S)
+    real = (img != pad).any(0)  # (H, W)
     rows, cols = torch.nonzero(real.any(1)).flatten(), torch.nonzero(real.any(0)).flatten()
     if len(rows) < 8 or len(cols) < 8:
         return (0, img.shape[-2]), (0, img.shape[-1])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +63,19 @@ def load_sources(checkpoint: str | Path | None = None) -> Sources:
         log.warning("no quality.json beside %s: the bundle will lack quality-gate parameters", folder)
     prov["notice"] = "NOTICE (carried in the bundle): YOLOX-nano, Apache-2.0, Megvii" if "NOTICE" in files else None
     return Sources(nets, files, prov)
+
+
+def with_detector_input(sources: Sources, hw: tuple[int, int] | None) -> Sources:
+    """`sources` with the detector exported at (H, W) instead of its trained square (None: as
+    trained). The detector is fully convolutional: only the example input, hence the ONNX's static
+    shape and anchor count, change. A camera-shaped input (416x320 for 4:3) skips padding rows."""
+    net = sources.nets.get("detector")
+    if hw is None or net is None or tuple(net.inputs["images"].shape[-2:]) == tuple(hw):
+        return sources
+    import torch
+
+    resized = replace(net, inputs={"images": torch.zeros(1, 3, *hw)})
+    return replace(sources, nets={**sources.nets, "detector": resized})
 
 
 def load_network(name: str, path: Path) -> tuple[TorchNet, dict]:
@@ -156,9 +169,10 @@ def calibration_feeds(sources: Sources, names: Sequence[str], cfg: ExportConfig,
     for name in names:
         size = sources.nets[name].inputs
         if name == "detector":
-            out[name] = _keyed(DetectorFeeds(cs, size["images"].shape[-1]), cs)
+            hw = tuple(size["images"].shape[-2:])  # (H, W)
+            out[name] = _keyed(DetectorFeeds(cs, hw), cs)
             if cfg.ratio and not cfg.calib:  # pruning: distil on near pedestrians too (see NearFeeds)
-                out[name] = NearFeeds(out[name], near_pedestrian_frames(size["images"].shape[-1]))
+                out[name] = NearFeeds(out[name], near_pedestrian_frames(hw))
         elif name == "student":
             out[name] = _keyed(StudentFeeds(cs, size["image"].shape[-1]), cs)
     if "tracker" in names:
@@ -176,7 +190,7 @@ class NearFeeds(Sequence):
     def __init__(self, base, near):
         from vsdmot.export.report import fingerprint
 
-        self.base, self.near = base, near  # near: (N, 1, 3, S, S) uint8 (letterboxed pixels)
+        self.base, self.near = base, near  # near: (N, 1, 3, H, W) uint8 (letterboxed pixels)
         records = list(getattr(getattr(base, "frames", None), "manifest", {}).get("frames") or [{}] * len(base))
         self.frames = type("Frames", (), {"manifest": {"frames": records + [{"source": "near-pedestrian crops"}] * len(near)}})
         self.key = f"{feeds_key(base)}+near:{fingerprint(near.tobytes())[:16]}"
@@ -195,8 +209,8 @@ def feeds_key(feeds) -> str:
     return str(getattr(feeds, "key", "")) or f"n={len(feeds)}"
 
 
-def near_pedestrian_frames(size: int, per_frame: int = 3, seed: int = 1) -> np.ndarray:
-    """(N, 1, 3, S, S) uint8 letterboxed crops of train-side frames around ground-truth people: each
+def near_pedestrian_frames(size: int | tuple[int, int], per_frame: int = 3, seed: int = 1) -> np.ndarray:
+    """(N, 1, 3, H, W) uint8 letterboxed crops of train-side frames around ground-truth people: each
     MOT17-mini frame, `per_frame` visible pedestrians, a square of 1/2 and of 1/3 of the frame
     height (at least 1.3x the person) around each; PETS09-S2L1 frames 10, 20, ..., 600, one
     person each, a square of 2.5x their height. Empty without ../shared/data. Never the gate's
@@ -222,7 +236,9 @@ def near_pedestrian_frames(size: int, per_frame: int = 3, seed: int = 1) -> np.n
                 r = rows[rng.integers(len(rows))]
                 out.append(_crop_letterbox(img, r[2:6], 2.5 * r[5], size))
         cap.release()
-    return np.stack(out).astype(np.uint8) if out else np.zeros((0, 1, 3, size, size), np.uint8)
+    from vsdmot.runtime.yolox import input_hw
+
+    return np.stack(out).astype(np.uint8) if out else np.zeros((0, 1, 3, *input_hw(size)), np.uint8)
 
 
 def _imread(path: Path) -> np.ndarray:
@@ -231,8 +247,8 @@ def _imread(path: Path) -> np.ndarray:
     return cv2.imread(str(path))
 
 
-def _crop_letterbox(img: np.ndarray, box: np.ndarray, side: float, size: int) -> np.ndarray:
-    """A square of `side` px (clipped to the image) centred on box (x, y, w, h), letterboxed: (1, 3, S, S)."""
+def _crop_letterbox(img: np.ndarray, box: np.ndarray, side: float, size: int | tuple[int, int]) -> np.ndarray:
+    """A square of `side` px (clipped to the image) centred on box (x, y, w, h), letterboxed: (1, 3, H, W)."""
     from vsdmot.runtime.yolox import letterbox
 
     h, w = img.shape[:2]

@@ -88,7 +88,7 @@ def build_pipeline(bundle: Bundle, cfg: RunConfig, fps: float = 30.0) -> Pipelin
     `fps` is the source's true frame rate (ByteTrack scales its lost-track buffer by it)."""
     from .dswr import Dswr
     from .quality import QualityGate
-    from .yolox import YoloxDetector
+    from .yolox import YoloxDetector, size_text
 
     kind = resolve_tracker(bundle, cfg.tracker.kind)
     backends: list[Backend] = []
@@ -105,8 +105,8 @@ def build_pipeline(bundle: Bundle, cfg: RunConfig, fps: float = 30.0) -> Pipelin
         for b in backends:
             b.close()
         raise
-    log.info("pipeline: %s tracker, %s backend, semantics %s", kind, getattr(det_backend, "kind", "?"),
-             semantics.cfg.policy)
+    log.info("pipeline: %s tracker, %s backend, detector input %s, semantics %s", kind,
+             getattr(det_backend, "kind", "?"), size_text(detector.config.input_size), semantics.cfg.policy)
     ran_on = getattr(det_backend, "kind", cfg.pipeline.backend)  # what `auto` resolved to
     if cfg.pipeline.precision != "fp32" and ran_on != "tensorrt":
         log.warning("precision %s applies to TensorRT engines only; the %s backend runs the bundle's ONNX "
@@ -128,13 +128,15 @@ def _opener(cfg: RunConfig, backends: list[Backend]):
     return open_one
 
 
-def detector_input_size(backend: Backend) -> int:
-    """S of the detector's (1, 3, S, S) input; ValueError for anything else."""
+def detector_input_size(backend: Backend, stride: int = 32) -> tuple[int, int]:
+    """(H, W) of the detector's static (1, 3, H, W) input, each a multiple of the head's largest
+    stride (the anchor grid must tile it); ValueError for anything else."""
     (spec,) = list(backend.inputs.values())[:1]
-    shape = spec.shape
-    if len(shape) != 4 or shape[:2] != (1, 3) or shape[2] != shape[3] or shape[2] <= 0:
-        raise ValueError(f"detector input '{spec.name}': expected a static (1, 3, S, S), got {shape}")
-    return int(shape[2])
+    shape = tuple(spec.shape)
+    if len(shape) != 4 or shape[:2] != (1, 3) or min(shape[2:]) <= 0 or shape[2] % stride or shape[3] % stride:
+        raise ValueError(f"detector input '{spec.name}': expected a static (1, 3, H, W) with H and W multiples "
+                         f"of {stride}, got {shape}")
+    return int(shape[2]), int(shape[3])
 
 
 def _semantics(bundle: Bundle, cfg: RunConfig, kind: str, opener) -> SemanticPolicy:

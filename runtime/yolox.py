@@ -2,8 +2,10 @@
 
 The official export (`decode_in_inference=False`) gives `output` (1, A, 5 + C): per anchor
 `dx, dy, log w, log h` in stride units, then objectness and class probabilities (sigmoids already
-applied). A = sum over strides s of (S / s)^2, 3549 for S = 416 and strides 8/16/32. The input
-`images` is (1, 3, S, S) float32 BGR 0..255, letterboxed top-left with pad 114, no mean/std.
+applied). A = sum over strides s of (H / s) * (W / s), 3549 for 416x416 and strides 8/16/32.
+The input `images` is (1, 3, H, W) float32 BGR 0..255, letterboxed top-left with pad 114, no
+mean/std. H = W = 416 by default; a bundle exported with `--input-size WxH` matching the camera's
+aspect (416x320 for 4:3, 416x256 for 16:9) spends no convolutions on padding rows.
 This is the per-frame hot path: vectorised numpy, grids built once per (size, strides).
 """
 
@@ -23,37 +25,50 @@ log = logging.getLogger(__name__)
 
 PAD_VALUE = 114  # letterbox fill, as YOLOX's preproc
 STRIDES = (8, 16, 32)
+Size = int | tuple[int, int]  # a detector input: S (square) or (H, W), px
 
 
-def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
-    """(H, W, 3) uint8 BGR -> ((1, 3, S, S) float32 BGR 0..255, scale); source px = letterbox px / scale."""
+def input_hw(size: Size) -> tuple[int, int]:
+    """(H, W) of a detector input given as S or (H, W)."""
+    h, w = (size, size) if isinstance(size, (int, np.integer)) else size
+    return int(h), int(w)
+
+
+def size_text(size: Size) -> str:
+    """'WxH', as cameras and `--input-size` spell it: (320, 416) -> '416x320'."""
+    h, w = input_hw(size)
+    return f"{w}x{h}"
+
+
+def letterbox(image: np.ndarray, size: Size) -> tuple[np.ndarray, float]:
+    """(h, w, 3) uint8 BGR -> ((1, 3, H, W) float32 BGR 0..255, scale); source px = letterbox px / scale."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"letterbox: expected an (H, W, 3) image, got shape {image.shape}")
-    h, w = image.shape[:2]
-    scale = min(size / h, size / w)
+    (H, W), (h, w) = input_hw(size), image.shape[:2]
+    scale = min(H / h, W / w)
     nh, nw = int(h * scale), int(w * scale)
-    canvas = np.full((size, size, 3), PAD_VALUE, np.uint8)
+    canvas = np.full((H, W, 3), PAD_VALUE, np.uint8)
     canvas[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    tensor = canvas.transpose(2, 0, 1)[None].astype(np.float32)  # (1, 3, S, S)
+    tensor = canvas.transpose(2, 0, 1)[None].astype(np.float32)  # (1, 3, H, W)
     return np.ascontiguousarray(tensor), scale
 
 
 @functools.lru_cache(maxsize=8)
-def anchor_grid(size: int, strides: tuple[int, ...] = STRIDES) -> tuple[np.ndarray, np.ndarray]:
-    """(A, 2) float32 cell x, y and (A, 1) float32 stride, in the head's output order."""
-    cells, steps = [], []
+def anchor_grid(size: Size, strides: tuple[int, ...] = STRIDES) -> tuple[np.ndarray, np.ndarray]:
+    """(A, 2) float32 cell x, y and (A, 1) float32 stride, in the head's output order (row-major per level)."""
+    (H, W), cells, steps = input_hw(size), [], []
     for s in strides:
-        n = size // s
-        yv, xv = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        nh, nw = H // s, W // s
+        yv, xv = np.meshgrid(np.arange(nh), np.arange(nw), indexing="ij")
         cells.append(np.stack([xv, yv], -1).reshape(-1, 2))
-        steps.append(np.full((n * n, 1), s))
+        steps.append(np.full((nh * nw, 1), s))
     grid, stride = np.concatenate(cells).astype(np.float32), np.concatenate(steps).astype(np.float32)
     grid.setflags(write=False)
     stride.setflags(write=False)
     return grid, stride
 
 
-def decode(raw: np.ndarray, size: int, strides: tuple[int, ...] = STRIDES, *, class_id: int = 0,
+def decode(raw: np.ndarray, size: Size, strides: tuple[int, ...] = STRIDES, *, class_id: int = 0,
            score_thr: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Raw head output (1, A, 5 + C) -> (xyxy (K, 4) letterbox px, score (K,), anchor index (K,)).
 
@@ -63,7 +78,7 @@ def decode(raw: np.ndarray, size: int, strides: tuple[int, ...] = STRIDES, *, cl
     out = raw[0] if raw.ndim == 3 else raw  # (A, 5 + C)
     grid, stride = anchor_grid(size, tuple(strides))
     if out.shape[0] != len(grid) or out.shape[1] <= 5 + class_id:
-        raise ValueError(f"decode: expected ({len(grid)}, >{5 + class_id}) for size {size} strides {strides}, "
+        raise ValueError(f"decode: expected ({len(grid)}, >{5 + class_id}) for input {size_text(size)} strides {strides}, "
                          f"got {out.shape}")
     score = out[:, 4] * out[:, 5 + class_id]  # (A,)
     idx = np.flatnonzero(score > score_thr)
@@ -85,7 +100,7 @@ def nms(xyxy: np.ndarray, score: np.ndarray, iou_thr: float) -> np.ndarray:
 
 @dataclass(slots=True, frozen=True)
 class YoloxConfig:
-    input_size: int = 416  # S: square letterbox side, px
+    input_size: tuple[int, int] = (416, 416)  # (H, W) letterbox, px
     score_thr: float = 0.1  # keep boxes with obj * cls above this (ByteTrack needs its 0.1 low band)
     nms_thr: float = 0.45  # IoU above which a lower-scored box is suppressed
     class_id: int = 0  # COCO person
@@ -98,14 +113,14 @@ class YoloxDetector:
     If the backend also gives `embed` (1, A, E), the kept anchors' rows become Detections.feature.
     """
 
-    def __init__(self, backend: Backend, input_size: int = 416, score_thr: float = 0.1,
+    def __init__(self, backend: Backend, input_size: Size = 416, score_thr: float = 0.1,
                  nms_thr: float = 0.45, class_id: int = 0, strides: tuple[int, ...] = STRIDES):
         self.backend = backend
-        self.config = YoloxConfig(input_size, score_thr, nms_thr, class_id, tuple(strides))
+        self.config = YoloxConfig(input_hw(input_size), score_thr, nms_thr, class_id, tuple(strides))
         self.input_name = next(iter(backend.inputs))
         self.output_name = "output" if "output" in backend.outputs else next(iter(backend.outputs))
         self.has_embed = "embed" in backend.outputs
-        anchor_grid(input_size, self.config.strides)  # build once, here
+        anchor_grid(self.config.input_size, self.config.strides)  # build once, here
 
     def detect(self, image: np.ndarray) -> Detections:
         c = self.config

@@ -24,6 +24,17 @@ def test_detector_feeds_match_runtime_letterbox(images):
     check_feeds(feeds, {"images": ((1, 3, 96, 96), "float32")})
 
 
+def test_detector_feeds_rectangular_input(images):
+    """(H, W) = (64, 96): the 48x64 frames fill 64x85 of it, padding on the right only."""
+    from vsdmot.runtime.yolox import letterbox
+
+    feeds = DetectorFeeds(images, (64, 96))
+    want, _ = letterbox(images.image(1), (64, 96))
+    np.testing.assert_allclose(feeds[1]["images"], want, atol=1.0)
+    check_feeds(feeds, {"images": ((1, 3, 64, 96), "float32")})
+    assert (feeds[1]["images"][0, :, :, 86:] == 114).all() and (feeds[1]["images"][0, :, :, :85] != 114).any()
+
+
 def test_student_feeds_and_slices(images):
     feeds = StudentFeeds(images, 32)
     assert feeds[-1]["image"].shape == (1, 3, 32, 32) and len(feeds[1:3]) == 2

@@ -83,7 +83,7 @@ def _wrong_shape(b: Path) -> None:
     (b / "detector.onnx").unlink()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(torch.nn.Conv2d(3, 85, 1), (torch.zeros(1, 3, 320, 416),), str(b / "detector.onnx"),
+        torch.onnx.export(torch.nn.Conv2d(3, 85, 1), (torch.zeros(1, 3, 300, 416),), str(b / "detector.onnx"),
                           input_names=["images"], output_names=["output"], opset_version=17, dynamo=False)
     write_manifest(b, {"tracker": "bytetrack"})
 
@@ -93,7 +93,7 @@ BAD = [  # (what, setup(bundle dir) or None, extra args, exit code, words in the
     ("no source", None, [], 2, ["expected a source"]),
     ("wrong schema", _tamper_schema, ["--demo"], 1, ["schema_version 1", "found 99"]),
     ("hash mismatch", _tamper_hash, ["--demo"], 1, ["quality.json", "sha256"]),
-    ("wrong input shape", _wrong_shape, ["--demo"], 2, ["detector input 'images'", "(1, 3, 320, 416)"]),
+    ("wrong input shape", _wrong_shape, ["--demo"], 2, ["detector input 'images'", "(1, 3, 300, 416)"]),
     ("bad config key", None, ["--demo", "--config", "BADCONF"], 2, ["unknown key 'bogus'"]),
     ("video that opens but decodes nothing", None, ["--source", "TRUNC"], 1, ["yielded no frames"]),
     ("16x16 video", None, ["--source", "TINY"], 1, ["frames are 16x16 px; expected at least 32x32"]),  # was mid-run

@@ -213,3 +213,25 @@ def test_feeds_id_names_unkeyed_feeds_by_content():
     a = [{"x": np.zeros((1, 4), np.float32)}, {"x": np.ones((1, 4), np.float32)}]
     b = [{"x": np.zeros((1, 4), np.float32)}, {"x": np.full((1, 4), 2, np.float32)}]
     assert feeds_id(a) == feeds_id([dict(f) for f in a]) and feeds_id(a) != feeds_id(b)
+
+
+def test_input_size_reaches_every_bundle_of_the_export(sources, real_frames, tmp_path):
+    """--input-size: the published INT8 bundle and the FP32 reference its gate compares with both
+    take (H, W) = (64, 96), so the gate measures INT8's loss, not the input's."""
+    feeds = DetectorFeeds(ImageList(real_frames), (64, 96))
+    feeds.key = "pets-24-64x96"
+    src = replace(sources, feeds={"detector": feeds})
+    out = export(cfg_for(tmp_path, precision="int8", input_size=(64, 96)), tmp_path / "rect", sources=src,
+                 eval_fn=fake_eval(0.0))
+    want = [{"name": "images", "shape": [1, 3, 64, 96], "dtype": "float32"}]
+    m = load_bundle(out).manifest
+    assert m["files"]["detector.onnx"]["inputs"] == want and m["files"]["detector.onnx"]["precision"] == "int8"
+    assert m["export"]["detector_input"] == "96x64"
+    assert load_bundle(tmp_path / "work" / "reference").manifest["files"]["detector.onnx"]["inputs"] == want
+    assert sources.nets["detector"].inputs["images"].shape == (1, 3, 64, 64)  # the caller's sources untouched
+
+
+@pytest.mark.parametrize("size", [(64, 100), (32, 64), (64,)])
+def test_input_size_must_tile_the_strides(size, tmp_path):
+    with pytest.raises(ValueError, match="--input-size"):
+        cfg_for(tmp_path, input_size=size)

@@ -26,11 +26,15 @@ def test_flags_reach_the_config():
     assert cfg.gate.max_case_drop == 7 and args("--out", "x").gate.max_case_drop == 5.0
     assert args("--min-detection-f1", "0.96", "--out", "x").detection.min_f1 == 0.96
     assert args("--out", "x").detection.min_f1 == 0.0  # the detection rounds are opt-in (docs/export.md)
+    assert args("--input-size", "416x256", "--out", "x").input_size == (256, 416)  # W x H in, (H, W) inside
+    assert args("--input-size", "320", "--out", "x").input_size == (320, 320) and args("--out", "x").input_size is None
 
 
 @pytest.mark.parametrize("argv", [["--prune", "1.2", "--out", "x"], ["--int8", "--fp32", "--out", "x"],
                                   ["--method", "kl", "--out", "x"], [],
-                                  ["--min-detection-f1", "1.5", "--out", "x"]])
+                                  ["--min-detection-f1", "1.5", "--out", "x"],
+                                  ["--input-size", "416x300", "--out", "x"], ["--input-size", "32x32", "--out", "x"],
+                                  ["--input-size", "wide", "--out", "x"], ["--input-size", "416x320x3", "--out", "x"]])
 def test_bad_arguments_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(argv)

@@ -175,6 +175,24 @@ def test_zoom_crops_stay_inside_the_letterboxed_content():
     assert not (z == 114.0).all(1).any()  # no padding pixel left in any zoomed frame
 
 
+@pytest.mark.parametrize("hw", [(64, 128), (80, 80)])
+def test_zoom_crops_keep_the_inputs_aspect(hw):
+    """Channel 0 holds the column index, channel 1 the row index: after a zoom-in the spans they
+    cover are the crop's width and height, whose ratio must be the input's (people not stretched).
+    Before, a non-square input was never zoomed at all."""
+    from vsdmot.export.recover import zoomed
+
+    H, W = hw
+    x = torch.zeros(6, 3, H, W)
+    x[:, 0] = torch.arange(W, dtype=torch.float32)[None, None, :]
+    x[:, 1] = torch.arange(H, dtype=torch.float32)[None, :, None]
+    (z,) = zoomed([x], 1.0, np.random.default_rng(3), 0.25)
+    cols = z[:, 0, 0, -1] - z[:, 0, 0, 0] + 1  # (6,) ~ crop width
+    rows = z[:, 1, -1, 0] - z[:, 1, 0, 0] + 1  # (6,) ~ crop height
+    assert (cols < W).all()  # every frame zoomed in
+    torch.testing.assert_close(cols / rows, torch.full((6,), W / H), atol=0.1, rtol=0.05)
+
+
 def test_score_weighted_distillation_counts_the_few_anchors_with_people():
     """(B, A, 6) YOLOX layout: the same error on the one anchor holding a person costs far more
     than on a background anchor once the rows are weighted by the teacher's obj x cls."""

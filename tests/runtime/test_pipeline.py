@@ -117,8 +117,9 @@ class SpecOnly:
         self.inputs = {"images": TensorSpec("images", shape, "float32")}
 
 
-@pytest.mark.parametrize("shape,size", [((1, 3, 416, 416), 416), ((1, 3, 320, 320), 320),
-                                        ((1, 3, 416, 320), None), ((1, 3, -1, -1), None), ((3, 416, 416), None)])
+@pytest.mark.parametrize("shape,size", [((1, 3, 416, 416), (416, 416)), ((1, 3, 320, 320), (320, 320)),
+                                        ((1, 3, 320, 416), (320, 416)), ((1, 3, 256, 416), (256, 416)),
+                                        ((1, 3, 300, 416), None), ((1, 3, -1, -1), None), ((3, 416, 416), None)])
 def test_detector_input_size(shape, size):
     if size is None:
         with pytest.raises(ValueError, match="detector input 'images': expected a static"):

@@ -13,7 +13,7 @@ from vsdmot.runtime.mot import read_rows
 from vsdmot.runtime.sources import open_sequence
 from vsdmot.runtime.tracking import box_iou
 from vsdmot.runtime.types import TensorSpec
-from vsdmot.runtime.yolox import PAD_VALUE, YoloxDetector, anchor_grid, decode, letterbox, nms
+from vsdmot.runtime.yolox import PAD_VALUE, YoloxDetector, anchor_grid, decode, input_hw, letterbox, nms, size_text
 
 
 @pytest.mark.parametrize(
@@ -37,6 +37,25 @@ def test_letterbox(hw, size, scale, content):
     assert (tensor[0, :, :h, :w] != PAD_VALUE).all()
 
 
+@pytest.mark.parametrize("hw, size, scale, content", [
+    ((480, 640), (320, 416), 0.65, (312, 416)),  # 4:3 into 416x320: 8 padding rows instead of 104
+    ((1080, 1920), (256, 416), 416 / 1920, (234, 416)),  # 16:9 into 416x256
+    ((1080, 1920), (320, 416), 416 / 1920, (234, 416)),  # 16:9 into a 4:3 input: the width binds
+    ((480, 640), (256, 416), 256 / 480, (256, 341)),  # 4:3 into a 16:9 input: the height binds, pad right
+])
+def test_letterbox_rectangular(hw, size, scale, content):
+    tensor, got_scale = letterbox(np.full((*hw, 3), 7, np.uint8), size)
+    assert tensor.shape == (1, 3, *size) and got_scale == pytest.approx(scale)
+    h, w = content
+    assert (tensor[0, :, :h, :w] == 7).all()
+    assert (tensor[0, :, h:, :] == PAD_VALUE).all() and (tensor[0, :, :, w:] == PAD_VALUE).all()
+
+
+def test_input_sizes_spelled_both_ways():
+    assert input_hw(416) == (416, 416) and input_hw((256, 416)) == (256, 416) and input_hw(np.int64(320)) == (320, 320)
+    assert size_text((256, 416)) == "416x256" and size_text(416) == "416x416"  # W x H, as cameras say it
+
+
 def test_letterbox_rejects_gray():
     with pytest.raises(ValueError, match=r"expected an \(H, W, 3\) image"):
         letterbox(np.zeros((10, 10), np.uint8), 416)
@@ -49,6 +68,15 @@ def test_anchor_grid_order(size, anchors):
     assert len(grid) == anchors and stride[0, 0] == 8 and stride[n8, 0] == 16 and stride[-1, 0] == 32
     np.testing.assert_array_equal(grid[1], [1, 0])  # x runs fastest
     np.testing.assert_array_equal(grid[size // 8], [0, 1])
+
+
+def test_anchor_grid_rectangular_is_row_major_per_level():
+    grid, stride = anchor_grid((256, 416))  # 32 x 52 cells at stride 8
+    assert len(grid) == 32 * 52 + 16 * 26 + 8 * 13
+    np.testing.assert_array_equal(grid[1], [1, 0])
+    np.testing.assert_array_equal(grid[52], [0, 1])  # a row is W / 8 cells long, not H / 8
+    np.testing.assert_array_equal(grid[32 * 52 - 1], [51, 31])
+    assert stride[32 * 52, 0] == 16 and stride[-1, 0] == 32
 
 
 def _raw(size=416, classes=80):
@@ -137,3 +165,32 @@ def test_embed_rows_follow_the_kept_anchors(yolox_onnx, tud_dir):
     np.testing.assert_allclose(dets.feature[:, 1], 2 * anchors)
     expected = np.clip(xyxy[np.searchsorted(idx, anchors)] / scale, 0, [640, 480, 640, 480])
     np.testing.assert_allclose(dets.xyxy, expected, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def rect_yolox(yolox_onnx, tmp_path_factory):
+    """YOLOX-nano's own weights (our converted detector) exported at 416x416 and at 416x320."""
+    torch = pytest.importorskip("torch")
+    from vsdmot.models.detector import from_yolox_onnx
+
+    model = from_yolox_onnx(yolox_onnx)[0]
+    out = {}
+    for hw in ((416, 416), (320, 416)):
+        path = tmp_path_factory.mktemp("rect") / f"det_{hw[1]}x{hw[0]}.onnx"
+        torch.onnx.export(model, (torch.zeros(1, 3, *hw),), str(path), input_names=["images"],
+                          output_names=["output", "embed"], opset_version=17, dynamo=False)
+        out[hw] = YoloxDetector(OnnxRuntimeBackend(path, threads=1), hw)
+    return out
+
+
+def test_rectangular_input_finds_the_square_inputs_people(rect_yolox, tud_dir):
+    """4:3 frames: a 416x320 input holds the same 416x312 content as 416x416 (only the padding
+    rows differ), so the boxes must agree; it is what `--input-size 416x320` buys speed with."""
+    seq = open_sequence(tud_dir)
+    for frame in itertools.islice(seq.frames(), 0, 60, 20):
+        square, rect = (rect_yolox[hw].detect(frame.image) for hw in ((416, 416), (320, 416)))
+        keep_s, keep_r = square.score > 0.3, rect.score > 0.3
+        assert keep_s.sum() >= 3
+        iou = box_iou(square.xyxy[keep_s], rect.xyxy[keep_r]).reshape(keep_s.sum(), keep_r.sum())
+        assert (iou.max(1, initial=0) >= 0.9).mean() >= 0.9, frame.index
+        assert abs(int(keep_s.sum()) - int(keep_r.sum())) <= 1
