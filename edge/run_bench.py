@@ -100,6 +100,14 @@ def bundle_bytes(path: Path) -> int:
     return sum(int(f["size"]) for f in manifest["files"].values()) + (path / "manifest.json").stat().st_size
 
 
+def bundle_shape(path: Path) -> dict[str, str]:
+    """What a bundle row ran: its precision and detector input ('416x320'), from its manifest."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    det = manifest["files"].get("detector.onnx", {})
+    shape = next((i["shape"] for i in det.get("inputs", []) if len(i.get("shape", [])) == 4), None)
+    return {"precision": manifest.get("precision", "?"), "detector_input": f"{shape[3]}x{shape[2]}" if shape else "?"}
+
+
 def _measure(cmd: list[str]) -> dict:
     out = subprocess.run(cmd, capture_output=True, text=True)
     line = next((ln for ln in out.stderr.splitlines() if ln.startswith("BENCH ")), None)
@@ -140,7 +148,7 @@ def summarise(runs: dict[str, list[dict]], args: argparse.Namespace) -> dict:
     bundles = bundle_table(fps, args)
     return {"source": str(args.source), "bundle": str(args.bundle or "default"), "rounds": args.rounds,
             "threads": args.threads or "onnxruntime default (all cores)", "cpu_count": os.cpu_count(),
-            "precision": "fp32", "detector_input": 416, "variants": table,
+            "precision": "fp32", "detector_input": 416, "variants": table,  # of the built-in variants
             "ratios": {k: round(v, 3) for k, v in ratios.items()}, "bundles": bundles,
             "auto_semantic_counts": {k: auto.get(k) for k in ("semantic_runs", "semantic_reused", "semantic_skipped")}}
 
@@ -156,7 +164,7 @@ def bundle_table(fps: dict[str, float], args: argparse.Namespace) -> dict[str, d
         f = fps[f"bundle:{n}"]
         out[n] = {"path": str(p), "fps": round(f, 2), f"fps_vs_{ref}": round(f / fps[f"bundle:{ref}"], 3),
                   "fps_vs_peer": round(f / fps["peer"], 3) if "peer" in fps else None,
-                  "bytes": size[n], f"size_vs_{ref}": round(size[n] / size[ref], 3)}
+                  "bytes": size[n], f"size_vs_{ref}": round(size[n] / size[ref], 3), **bundle_shape(p)}
     return out
 
 

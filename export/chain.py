@@ -20,7 +20,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -105,15 +106,39 @@ def export(cfg: ExportConfig, out: str | Path, checkpoint: str | Path | None = N
            sources: Sources | None = None, eval_fn: EvalFn | None = None) -> Path:
     """Run the chain; return the published bundle directory (BundleError when the gate refuses).
     A failure part-way removes the staging directory: nothing loadable is left behind."""
-    try:
-        return _export(cfg, Path(out), checkpoint, sources, eval_fn)
-    except BaseException:
-        shutil.rmtree(staging_dir(Path(out)), ignore_errors=True)
-        raise
-
-
-def _export(cfg: ExportConfig, out: Path, checkpoint, sources: Sources | None, eval_fn: EvalFn | None) -> Path:
+    out = Path(out)
     work = Path(cfg.work_dir) if cfg.work_dir else default_work_dir(out)
+    with work_lock(work):
+        try:
+            return _export(cfg, out, work, checkpoint, sources, eval_fn)
+        except BaseException:
+            shutil.rmtree(staging_dir(out), ignore_errors=True)
+            raise
+
+
+@contextmanager
+def work_lock(work: Path) -> Iterator[None]:
+    """One export per work directory at a time. Two would overwrite each other's FP32 reference
+    (work/reference) while gating, and one gate would compare against the other's bundle (seen:
+    an INT8 416x320 export gated against a concurrent 416x256 reference). ValueError if taken."""
+    import fcntl
+
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when f closes, or the process dies
+        except BlockingIOError:
+            f.seek(0)
+            raise ValueError(f"--work-dir {work} is in use by another vsdmot-export ({f.read().strip() or 'pid ?'}); "
+                             f"give each concurrent export its own --work-dir") from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        yield
+
+
+def _export(cfg: ExportConfig, out: Path, work: Path, checkpoint, sources: Sources | None,
+            eval_fn: EvalFn | None) -> Path:
     sources = with_detector_input(sources or load_sources(checkpoint), cfg.input_size)
     report = Report()
     ref_files = {name: torch_to_onnx(net, work / "fp32" / name, report) for name, net in sources.nets.items()}

@@ -15,7 +15,8 @@ def fake_bundle(tmp: Path, name: str, sizes: list[int]) -> Path:
     d = tmp / name
     d.mkdir()
     files = {f"f{i}.onnx": {"size": s} for i, s in enumerate(sizes)}
-    (d / "manifest.json").write_text(json.dumps({"files": files}))
+    files["detector.onnx"] = {"size": 0, "inputs": [{"name": "images", "shape": [1, 3, 320, 416]}]}
+    (d / "manifest.json").write_text(json.dumps({"files": files, "precision": name[:4]}))
     return d
 
 
@@ -35,6 +36,7 @@ def test_summary_gives_fps_and_size_ratios_against_the_reference_bundle_and_the_
     b = out["bundles"]
     assert b["int8-p25"]["fps_vs_fp32"] == 1.5 and b["fp32"]["fps_vs_fp32"] == 1.0
     assert b["int8-p25"]["fps_vs_peer"] == 0.75
+    assert b["int8-p25"]["precision"] == "int8" and b["fp32"]["detector_input"] == "416x320"  # W x H
     m = len((big / "manifest.json").read_bytes())
     assert b["fp32"]["bytes"] == 4000 + m
     assert b["int8-p25"]["size_vs_fp32"] == round((1000 + len((small / "manifest.json").read_bytes())) / (4000 + m), 3)

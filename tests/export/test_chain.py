@@ -235,3 +235,22 @@ def test_input_size_reaches_every_bundle_of_the_export(sources, real_frames, tmp
 def test_input_size_must_tile_the_strides(size, tmp_path):
     with pytest.raises(ValueError, match="--input-size"):
         cfg_for(tmp_path, input_size=size)
+
+
+def test_a_work_dir_in_use_is_refused_and_the_other_export_keeps_its_staging(sources, tmp_path):
+    """Two exports sharing --work-dir would overwrite each other's FP32 reference mid-gate."""
+    import fcntl
+
+    cfg = cfg_for(tmp_path, precision="fp32")
+    staging = chain.staging_dir(tmp_path / "b")
+    staging.mkdir(parents=True)  # the running export's half-written bundle
+    (tmp_path / "work").mkdir()
+    with open(tmp_path / "work" / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 4242")
+        held.flush()
+        with pytest.raises(ValueError, match=r"in use by another vsdmot-export \(pid 4242\)"):
+            export(cfg, tmp_path / "b", sources=sources)
+        assert staging.is_dir()
+    staging.rmdir()
+    assert load_bundle(export(cfg, tmp_path / "b", sources=sources)).manifest["precision"] == "fp32"  # released
