@@ -2,8 +2,9 @@
 
     vsdmot-export [--int8 | --fp16 | --fp32] [--prune RATIO] [--calib PATH ...] --out DIR [CHECKPOINT]
 
---int8 (default): the recommended device bundle, pruned at the measured default ratio, INT8 Q/DQ
-calibrated on degraded clips, refused when its HOTA drops more than --max-hota-drop against FP32.
+--int8 (default): the recommended device bundle: pruned at the measured default ratio (0 today:
+no pruned bundle has passed the gate), INT8 Q/DQ calibrated on degraded clips, refused when its
+HOTA drops more than --max-hota-drop against FP32.
 --fp32: the unpruned reference. --fp16: FP32 ONNX whose TensorRT engine is built in FP16.
 With no CHECKPOINT it exports the shipped weights (models/weights/).
 """

@@ -111,7 +111,8 @@ def _student(path: Path) -> tuple[TorchNet, dict]:
 
 
 def _tracker(path: Path) -> tuple[TorchNet, dict]:
-    """The tracker head is not pruned: measured, it costs ~1-2 ms of a frame (docs/export_measurements.md "The tracker head")."""
+    """The tracker head is not pruned: its cost (~13 of ~66 ms a frame here) is the pair-feature MLP,
+    not attention heads; fewer heads were not faster (docs/export_measurements.md "The tracker head")."""
     from vsdmot.models.tracker_head import INPUTS, OUTPUTS, example_inputs
     from vsdmot.models.train_tracker import load_tracker
 
