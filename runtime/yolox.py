@@ -98,6 +98,28 @@ def nms(xyxy: np.ndarray, score: np.ndarray, iou_thr: float) -> np.ndarray:
     return np.asarray(keep, np.int64).reshape(-1)
 
 
+def fitted_size(frame_hw: tuple[int, int], size: Size, stride: int = 32) -> tuple[int, int]:
+    """The (H, W) input of the same longer side as `size` whose aspect is the frame's, each side
+    rounded up to `stride`: 1920x1080 frames with a 416x416 input -> (256, 416)."""
+    (fh, fw), side = frame_hw, max(input_hw(size))
+    short = -(-side * min(fh, fw) // max(fh, fw) // stride) * stride  # ceil to the stride
+    return (short, side) if fw >= fh else (side, short)
+
+
+def padding_hint(frame_hw: tuple[int, int], size: Size, worth: float = 0.2) -> str | None:
+    """A one-line suggestion when at least `worth` of each detector input is letterbox padding
+    (convolutions spent on nothing), else None."""
+    (H, W), (fh, fw) = input_hw(size), frame_hw
+    scale = min(H / fh, W / fw)
+    padded = 1.0 - int(fh * scale) * int(fw * scale) / (H * W)
+    better = fitted_size(frame_hw, size)
+    if padded < worth or better[0] * better[1] >= H * W:
+        return None
+    return (f"detector input {size_text(size)} on {fw}x{fh} frames: {padded:.0%} of each input is padding; a bundle "
+            f"exported with `vsdmot-export --input-size {size_text(better)}` skips most of it "
+            f"(docs/export.md 'Input size')")
+
+
 @dataclass(slots=True, frozen=True)
 class YoloxConfig:
     input_size: tuple[int, int] = (416, 416)  # (H, W) letterbox, px
@@ -121,9 +143,14 @@ class YoloxDetector:
         self.output_name = "output" if "output" in backend.outputs else next(iter(backend.outputs))
         self.has_embed = "embed" in backend.outputs
         anchor_grid(self.config.input_size, self.config.strides)  # build once, here
+        self._frame_hw: tuple[int, ...] = ()  # last frame size seen: the padding hint is logged once per size
 
     def detect(self, image: np.ndarray) -> Detections:
         c = self.config
+        if self._frame_hw != image.shape[:2]:  # first frame, or the source changed size
+            self._frame_hw = image.shape[:2]
+            if hint := padding_hint(self._frame_hw, c.input_size):
+                log.info(hint)
         tensor, scale = letterbox(image, c.input_size)
         out = self.backend.infer({self.input_name: tensor})
         xyxy, score, anchor = decode(out[self.output_name], c.input_size, c.strides,

@@ -13,7 +13,8 @@ from vsdmot.runtime.mot import read_rows
 from vsdmot.runtime.sources import open_sequence
 from vsdmot.runtime.tracking import box_iou
 from vsdmot.runtime.types import TensorSpec
-from vsdmot.runtime.yolox import PAD_VALUE, YoloxDetector, anchor_grid, decode, input_hw, letterbox, nms, size_text
+from vsdmot.runtime.yolox import (PAD_VALUE, YoloxDetector, anchor_grid, decode, fitted_size, input_hw, letterbox, nms,
+                                  padding_hint, size_text)
 
 
 @pytest.mark.parametrize(
@@ -54,6 +55,23 @@ def test_letterbox_rectangular(hw, size, scale, content):
 def test_input_sizes_spelled_both_ways():
     assert input_hw(416) == (416, 416) and input_hw((256, 416)) == (256, 416) and input_hw(np.int64(320)) == (320, 320)
     assert size_text((256, 416)) == "416x256" and size_text(416) == "416x416"  # W x H, as cameras say it
+
+
+@pytest.mark.parametrize("frame, size, fitted", [
+    ((1080, 1920), 416, (256, 416)), ((480, 640), 416, (320, 416)), ((576, 768), (416, 416), (320, 416)),
+    ((1920, 1080), 416, (416, 256)),  # portrait camera
+    ((480, 640), (320, 416), (320, 416)), ((500, 500), 416, (416, 416)),
+])
+def test_fitted_size_keeps_the_longer_side_and_the_frames_aspect(frame, size, fitted):
+    assert fitted_size(frame, size) == fitted
+
+
+def test_padding_hint_only_when_a_fitted_input_saves_work():
+    hint = padding_hint((1080, 1920), 416)
+    assert "detector input 416x416 on 1920x1080 frames: 44% of each input is padding" in hint
+    assert "--input-size 416x256" in hint
+    assert padding_hint((480, 640), (320, 416)) is None  # 2.5 % padding: already fitted
+    assert padding_hint((500, 500), 416) is None and padding_hint((400, 416), 416) is None  # < 20 %
 
 
 def test_letterbox_rejects_gray():
@@ -136,6 +154,15 @@ def test_detector_finds_the_annotated_people(request, detector, fixture, frames)
         assert (dets.score > 0.1).all() and dets.feature is None
         hit = box_iou(g_xyxy, dets.xyxy[dets.score > 0.3]).max(axis=1, initial=0) >= 0.5
         assert hit.mean() >= 0.6, (frame.index, hit)  # YOLOX-nano recall on annotated people
+
+
+def test_detector_logs_the_padding_hint_once_per_frame_size(yolox_onnx, caplog):
+    caplog.set_level("INFO", logger="vsdmot.runtime.yolox")
+    detector = YoloxDetector(OnnxRuntimeBackend(yolox_onnx, threads=1))  # fresh: no frame seen yet
+    for shape in ((480, 640, 3), (480, 640, 3), (1080, 1920, 3), (416, 416, 3)):
+        detector.detect(np.zeros(shape, np.uint8))
+    hints = [r.getMessage() for r in caplog.records if "is padding" in r.getMessage()]
+    assert len(hints) == 2 and "--input-size 416x320" in hints[0] and "--input-size 416x256" in hints[1]
 
 
 class EmbedBackend:
