@@ -223,7 +223,7 @@ def run_variant(args: argparse.Namespace, variant: Variant, cfg: ProfileConfig, 
     label = variant.label.replace("=config", f"={run_cfg.semantics.policy}")
     return {"label": label, "config": to_dict(run_cfg), "stats": stats, "semantic_policy_effective": policy,
             "tracker": pipeline.tracker_kind, "backend": backend,
-            "input_size": _input_size(pipeline),
+            "input_size": _input_size(pipeline), "bundle_precision": bundle.manifest.get("precision"),
             "series": _series(hook.records, hook.t_start),
             "power_samples": [] if sampler is None else _power_series(sampler, stats["window"], hook.t_start)}
 

@@ -193,7 +193,8 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
              f"Host: {host['node']} {host['machine']}, {host['cpus']} CPUs, Python {host['python']}, vsdmot {host['vsdmot']}.",
              f"Source: `{st['source']}`. Warm-up {st['warmup_s']} s, measured {st['duration_s']} s per run.",
              f"Threads / precision / input size per run: " + "; ".join(
-                 f"{r['label']}: threads {r['config']['pipeline']['threads'] or 'all'}, {r['config']['pipeline']['precision']}, "
+                 f"{r['label']}: threads {r['config']['pipeline']['threads'] or 'all'}, {r.get('bundle_precision') or '?'} bundle "
+                 f"(engine --precision {r['config']['pipeline']['precision']}), "
                  f"detector input {r.get('input_size') or '?'}" for r in runs),
              "", f"**Power:** {meter['explain']}."]
     if meter["name"] and meter["idle_w"] is not None:
