@@ -118,7 +118,9 @@ def too_few(n: int, n_src: int, cfg: CalibSetConfig) -> ValueError:
 def letterbox_u8(image: np.ndarray, size: int | tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
     """(h0, w0, 3) -> ((H, W, 3) uint8 top-left letterboxed with pad 114, (h, w) of the content);
     `size` is S (square) or (H, W)."""
-    H, W = (size, size) if isinstance(size, (int, np.integer)) else size
+    from vsdmot.runtime.yolox import input_hw
+
+    H, W = input_hw(size)
     r = min(H / image.shape[0], W / image.shape[1])
     h, w = max(1, round(image.shape[0] * r)), max(1, round(image.shape[1] * r))
     out = np.full((H, W, 3), PAD, np.uint8)

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from vsdmot.runtime.yolox import input_hw
+
 from .calibset import PAD, letterbox_u8
 
 Feed = dict[str, np.ndarray]
@@ -72,7 +74,7 @@ class DetectorFeeds(_Feeds):
     name = "images"
 
     def convert(self, image: np.ndarray) -> np.ndarray:
-        hw = (self.size, self.size) if isinstance(self.size, (int, np.integer)) else tuple(self.size)
+        hw = input_hw(self.size)
         boxed = image if image.shape[:2] == hw else letterbox_u8(image, hw)[0]
         return np.ascontiguousarray(boxed.transpose(2, 0, 1)[None], dtype=np.float32)
 
