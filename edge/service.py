@@ -49,7 +49,9 @@ class Notifier:
     def __init__(self, socket_name: str | None):
         self.address = notify_address(socket_name) if socket_name else None
         self._sock: socket.socket | None = None
-        self._lock = threading.Lock()
+        # re-entrant: the SIGTERM handler sends STOPPING=1 in the main thread, which may be inside
+        # send() already (a hook's STATUS or WATCHDOG); a plain Lock deadlocked there
+        self._lock = threading.RLock()
         self.sent: collections.deque[str] = collections.deque(maxlen=64)  # the last messages sent (bounded)
         self.stopping = False  # STOPPING=1 was sent
 

@@ -216,6 +216,31 @@ def test_signal_handlers_stop_and_reload(listener):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def test_sigterm_inside_a_send_does_not_deadlock(listener):
+    """Python runs a signal handler in the main thread between bytecodes, so SIGTERM can arrive
+    while that thread is inside Notifier.send (the hook's STATUS or WATCHDOG) holding its lock.
+    The handler's own STOPPING=1 then re-enters send: it must not wait for that lock forever (the
+    service hung until systemd's SIGKILL, outputs unflushed). Simulated on a thread holding the lock."""
+    lst, path = listener
+    notifier, stop = S.Notifier(path), threading.Event()
+    restore = S.install_signal_handlers(stop, None, notifier)
+    handler = signal.getsignal(signal.SIGTERM)
+    restore()
+
+    def sending() -> None:
+        with notifier._lock:  # as inside send()
+            handler(signal.SIGTERM, None)
+
+    t = threading.Thread(target=sending, daemon=True)
+    t.start()
+    t.join(2.0)
+    hung = t.is_alive()
+    if hung:
+        notifier._lock.release()  # let the stuck thread finish
+    assert not hung, "the SIGTERM handler deadlocked on the notifier's lock"
+    assert stop.is_set() and kinds(lst.drain()) == ["STOPPING"]
+
+
 def test_failed_reload_keeps_running(listener):
     lst, path = listener
 
