@@ -71,6 +71,8 @@ HARDENING = (
     ("ProtectSystem=strict", "the whole file system read-only except the State/Cache dirs below"),
     ("ProtectHome=yes", "no access to /home, /root, /run/user: the tracker needs none"),
     ("PrivateTmp=yes", "a private /tmp, so no temp-file races with other users"),
+    ("BindPaths=-/tmp/argus_socket", "CSI cameras: libargus reaches nvargus-daemon through this socket, which the "
+     "private /tmp would hide ('-': skipped where there is none)"),
     ("ProtectKernelTunables=yes", "/proc/sys and /sys read-only (reading INA3221 rails still works)"),
     ("ProtectKernelModules=yes", "cannot load kernel modules (JetPack loads nvgpu at boot, not us)"),
     ("ProtectKernelLogs=yes", "no kernel log ring buffer access"),
@@ -102,9 +104,10 @@ def _unit_section(cfg: UnitConfig) -> list[str]:
         "[Unit]",
         "Description=vsdmot edge multi-object tracker (VSD-MOT)",
         "Documentation=man:systemd.service(5)",
-        _comment("RTSP/network cameras need the network up; harmless for local cameras."),
+        _comment("RTSP/network cameras need the network up; CSI cameras need nvargus-daemon (Jetson)."),
+        _comment("Both are harmless for local cameras and where there is no such daemon."),
         "Wants=network-online.target",
-        "After=network-online.target",
+        "After=network-online.target nvargus-daemon.service",
         _comment(f"Give up (unit enters 'failed') after {cfg.start_limit_burst} restarts within "
                  f"{cfg.start_limit_interval_s} s, instead of restarting a broken setup forever."),
         f"StartLimitIntervalSec={cfg.start_limit_interval_s}",

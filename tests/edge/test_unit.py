@@ -66,6 +66,18 @@ def test_unit_has_what_issue_6_asks():
     assert "PrivateDevices=yes (it hides" in text
 
 
+def test_csi_cameras_reach_nvargus_daemon_through_the_private_tmp():
+    """libargus (nvarguscamerasrc, csi://N) talks to nvargus-daemon over the unix socket
+    /tmp/argus_socket. PrivateTmp=yes gave the service an empty /tmp, so every CSI open failed
+    under systemd ("Connecting to nvargus-daemon failed: No such file or directory") while the
+    same command worked in a shell. The socket is bound into the private /tmp ('-': skipped on a
+    machine without it), and the service starts after the daemon."""
+    o = options(render_unit(UnitConfig()))
+    assert o["PrivateTmp"] == ["yes"]
+    assert "-/tmp/argus_socket" in " ".join(o.get("BindPaths", []))
+    assert "nvargus-daemon.service" in " ".join(o["After"])
+
+
 def test_every_option_says_why():
     """Each hardening and device line is preceded by a comment."""
     lines = render_unit(UnitConfig()).splitlines()
