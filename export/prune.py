@@ -84,7 +84,8 @@ def prune(net: TorchNet, cfg: PruneConfig, out_path: str | Path, feeds: Sequence
         torch.save(module, out)
         return details
 
-    return cached_step("prune", out_path, net_key(net, cfg, feeds_id or len(feeds)), build)
+    key = net_key(net, cfg, cfg.scales(net.name), net.prune_roots, net.keep_layers, feeds_id or len(feeds))
+    return cached_step("prune", out_path, key, build)  # roots, kept layers, profile: which channels may go
 
 
 def load_module(path: str | Path) -> nn.Module:

@@ -247,3 +247,25 @@ def test_recover_restarts_at_a_lower_rate_when_the_probe_loss_rose(det_net, det_
     d = read_stamp(recover(pruned, cfg, tmp_path / "r.pt", det_net, det_feeds))["details"]
     assert not d["loss_probe"] <= d["loss_before"] and d["lr"] == pytest.approx(1e-3)
     assert d["loss_after"] < d["loss_before"] and d["kept"] == "recovered" and d["steps"] == 20
+
+
+@pytest.mark.parametrize("change", ["keep_layers", "prune_roots", "profile"])
+def test_prune_is_redone_when_what_it_may_prune_changes(det_net, tmp_path, monkeypatch, change):
+    """The step's key covers what decides which channels go: the network's prune roots and kept
+    layers and its PROFILES entry (a cached copy pruned under the old rules was reused)."""
+    from dataclasses import replace
+
+    from vsdmot.export import prune as prune_mod
+
+    out = prune(det_net, PruneConfig(ratio=0.5), tmp_path / "p.pt")
+    first = read_stamp(out)["key"]
+    net = det_net
+    if change == "keep_layers":
+        net = replace(det_net, keep_layers=(*det_net.keep_layers, "neck"))
+    elif change == "prune_roots":
+        net = replace(det_net, prune_roots=("backbone",))
+    else:
+        monkeypatch.setitem(prune_mod.PROFILES, "detector", (("neck", 0.0),))
+    m = load_module(prune(net, PruneConfig(ratio=0.5), out))
+    assert read_stamp(out)["key"] != first
+    assert m.neck[0][0].out_channels == 48  # the neck kept its channels this time
