@@ -273,6 +273,12 @@ class _CudaRuntime:
             self._keep = []  # pycuda frees DeviceAllocations when released
 
 
+def _has_qdq(trt, network) -> bool:
+    """Whether a parsed network has Q/DQ layers (an explicit-INT8 ONNX, `vsdmot-export --int8`)."""
+    qdq = (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE)
+    return any(network.get_layer(i).type in qdq for i in range(network.num_layers))
+
+
 class TensorRTBackend:
     """A TensorRT engine built on this device from ONNX and cached (see EngineKey).
 
@@ -324,8 +330,10 @@ class TensorRTBackend:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
         if self.key.precision in ("fp16", "int8"):
             config.set_flag(trt.BuilderFlag.FP16)
-        if self.key.precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)  # explicit Q/DQ in the ONNX carries the scales
+        if self.key.precision == "int8" or _has_qdq(trt, network):
+            # explicit Q/DQ in the ONNX carries the scales; TensorRT 8.x refuses a Q/DQ network
+            # without this flag, so an INT8 bundle gets it whatever the requested precision
+            config.set_flag(trt.BuilderFlag.INT8)
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise DeviceError(f"TensorRT failed to build an engine for {self.path.name} ({self.key.precision})")
