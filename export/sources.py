@@ -155,15 +155,15 @@ def calibration_feeds(sources: Sources, names: Sequence[str], cfg: ExportConfig,
                       reference: Path) -> dict[str, Sequence[Mapping]]:
     """Detector and student feeds from the calibration set; tracker feeds recorded from the FP32
     reference pipeline run over the calibration frames (real proposals and carried track state)."""
-    from vsdmot.calibration.calibset import CalibSetConfig, build_calibset
+    from vsdmot.calibration.calibset import CalibSetConfig
     from vsdmot.calibration.feeds import DetectorFeeds, StudentFeeds
 
     ccfg = cfg.calibset or CalibSetConfig()
     srcs = cfg.calib or default_calib_sources()
     use_gate = "quality.json" in sources.files and cfg.calib_quality != "proxy"
     params = json.loads(sources.files["quality.json"].read_text()) if use_gate else None
-    cs = build_calibset(srcs, ccfg, work.parent / f"calib-{fingerprint(srcs, ccfg)[:12]}", params,
-                        progress=cfg.progress)
+    cs = shared_calibset(srcs, ccfg, work.parent / f"calib-{fingerprint(srcs, ccfg, params)[:12]}", params,
+                         cfg.progress)
     (work / "calibset.json").write_text(json.dumps({k: cs.manifest[k] for k in (
         "sources", "frame_count", "quality", "quality_histogram", "presets", "sha256")} | {"path": str(cs.path)}))
     out: dict[str, Sequence[Mapping]] = {}
@@ -179,6 +179,26 @@ def calibration_feeds(sources: Sources, names: Sequence[str], cfg: ExportConfig,
     if "tracker" in names:
         out["tracker"] = record_tracker_feeds(reference, cs)
     return out
+
+
+def shared_calibset(srcs, ccfg, where: Path, params, progress: bool):
+    """`build_calibset` into `where`, a folder shared by every work directory under the same parent
+    (its name carries everything the set depends on: sources, config, quality params), built under
+    an exclusive lock: a second export waits and reuses the set. Without the lock two concurrent
+    exports both wrote frames.npy, one under the other's read-only memory map (zeros or SIGBUS), and
+    a --calib-quality proxy export rebuilt a gate-stratified set in place under a running one."""
+    import fcntl
+
+    from vsdmot.calibration.calibset import build_calibset
+
+    where.parent.mkdir(parents=True, exist_ok=True)
+    with open(where.with_name(where.name + ".lock"), "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("calibration set %s: another export is building it; waiting", where)
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when f closes
+        return build_calibset(srcs, ccfg, where, params, progress=progress)
 
 
 class NearFeeds(Sequence):

@@ -1,0 +1,71 @@
+"""export.sources: where the calibration set lives and who may build it."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from vsdmot.export.chain import ExportConfig
+from vsdmot.export.sources import Sources, calibration_feeds
+
+
+class FakeSet:
+    path = Path("set")
+    manifest = {"sources": [], "frame_count": 0, "quality": "proxy", "quality_histogram": [], "presets": [],
+                "sha256": {}}
+
+    def __len__(self) -> int:
+        return 0
+
+
+@pytest.fixture
+def built(monkeypatch):
+    """Replace build_calibset: record the folder each call builds into."""
+    from vsdmot.calibration import calibset
+
+    dirs: list[Path] = []
+
+    def fake_build(srcs, ccfg, out_dir, params=None, degrade_fn=None, progress=True):
+        dirs.append(Path(out_dir))
+        return FakeSet()
+
+    monkeypatch.setattr(calibset, "build_calibset", fake_build)
+    return dirs
+
+
+@pytest.fixture
+def sources(tmp_path):
+    (tmp_path / "quality.json").write_text(json.dumps({"features": ["brightness"]}))
+    return Sources({}, {"quality.json": tmp_path / "quality.json"})
+
+
+def feeds_in(tmp_path, sources, work: str, quality: str = "auto") -> None:
+    (tmp_path / work).mkdir(exist_ok=True)
+    calibration_feeds(sources, [], ExportConfig(calib=("clip.mp4",), calib_quality=quality), tmp_path / work, tmp_path)
+
+
+def test_gate_and_proxy_sets_live_in_different_folders(tmp_path, sources, built):
+    """Work dirs under one parent share the set's folder: one named by sources and config only had a
+    --calib-quality proxy export rebuild a gate-stratified set in place, under a running export."""
+    feeds_in(tmp_path, sources, "w1", "gate")
+    feeds_in(tmp_path, sources, "w2", "proxy")
+    feeds_in(tmp_path, sources, "w3", "gate")
+    assert built[0] != built[1] and built[0] == built[2] and built[0].parent == tmp_path
+
+
+def test_a_set_being_built_by_another_export_is_waited_for(tmp_path, sources, built):
+    feeds_in(tmp_path, sources, "w1")
+    lock = built[0].with_name(built[0].name + ".lock")
+    with open(lock, "a+") as held:  # another export building that set
+        fcntl.flock(held, fcntl.LOCK_EX)
+        t = threading.Thread(target=feeds_in, args=(tmp_path, sources, "w2"))
+        t.start()
+        time.sleep(0.5)
+        assert len(built) == 1  # not building over the other one's frames.npy
+    t.join(10)
+    assert len(built) == 2 and built[1] == built[0]
