@@ -5,7 +5,9 @@
                   dropped frames, reconnects, stalls, and power where a meter exists
 
 `HealthHook` is a run-loop hook (`on_start`, `on_frame(result, source_stats)`, `on_stop`): it
-feeds a thread-safe `Metrics` that the server thread reads.
+feeds a thread-safe `Metrics` that the server thread reads. Given the source's `stats` getter,
+each request reads the source's counters afresh: a stalled source delivers no frame, so no hook
+call would update them.
 """
 
 from __future__ import annotations
@@ -91,10 +93,13 @@ class Histogram:
 class Metrics:
     """Thread-safe run state: written by the run loop, read by the HTTP thread."""
 
-    def __init__(self, stall_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, stall_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 source_stats: Callable[[], Any] | None = None):
         if stall_s <= 0:
             raise ValueError(f"stall window: expected > 0 s, got {stall_s}")
         self.stall_s, self.clock = stall_s, clock
+        # the live source's stats(), read per request: during a stall no frame (and no observe) comes
+        self.source_stats = source_stats
         self.started = clock()
         self._lock = threading.Lock()
         self._fps = FpsWindow()
@@ -127,6 +132,12 @@ class Metrics:
         t = last_fresh(stats, now)
         self.last_fresh = t if math.isfinite(t) else self.last_fresh
 
+    def _refresh(self, now: float) -> None:
+        """The source's counters as of now, not of the last frame. Holds _lock."""
+        stats = self.source_stats() if self.source_stats is not None else None
+        if stats is not None:
+            self._observe_source(stats, now)
+
     def set_power(self, sample: Any, meter: str) -> None:
         with self._lock:
             self.power, self.power_meter = sample, meter
@@ -143,8 +154,9 @@ class Metrics:
         """(HTTP status, body): 200 while a fresh frame came within the stall window."""
         now = self.clock()
         with self._lock:
+            self._refresh(now)
             age = None if self.last_fresh is None else now - self.last_fresh
-            ok = age is not None and age <= self.stall_s and self.connected and not self.stalled
+            ok = self.frames > 0 and age is not None and age <= self.stall_s and self.connected and not self.stalled
             status = "ok" if ok else ("starting" if self.frames == 0 else "stalled")
             body = {
                 "status": status, "frames": self.frames, "fps": round(self._fps.fps(now), 2),
@@ -158,6 +170,7 @@ class Metrics:
         """The text exposition format (version 0.0.4)."""
         now = self.clock()
         with self._lock:
+            self._refresh(now)
             lines = _counter_lines(self, now) + _histogram_lines(self.latency) + _power_lines(self)
         return "\n".join(lines) + "\n"
 
@@ -279,8 +292,9 @@ def _family(host: str) -> int:
 class HealthHook:
     """Run-loop hook: serve health/metrics for the run, and power readings where metered."""
 
-    def __init__(self, listen: str, stall_s: float, meter_order: tuple[str, ...] | None = None, root: str = "/"):
-        self.metrics = Metrics(stall_s)
+    def __init__(self, listen: str, stall_s: float, meter_order: tuple[str, ...] | None = None, root: str = "/",
+                 source_stats: Callable[[], Any] | None = None):
+        self.metrics = Metrics(stall_s, source_stats=source_stats)  # source_stats: the source's, read per request
         self.listen, self.meter_order, self.root = listen, meter_order, root  # root: "/" (tests: a recorded tree)
         self.server: HealthServer | None = None
         self.sampler: Any = None

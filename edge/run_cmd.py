@@ -145,7 +145,7 @@ def make_hooks(args: argparse.Namespace, cfg, source: Any = None) -> list:
     total = min(total or cfg.max_frames, cfg.max_frames or total)
     hooks: list = [ProgressHook(total, every_s)]
     service = _service_module()
-    return hooks + (list(service.make_hooks(args, cfg)) if service is not None else [])
+    return hooks + (list(service.make_hooks(args, cfg, source)) if service is not None else [])
 
 
 def run(args: argparse.Namespace) -> int:

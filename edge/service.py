@@ -11,7 +11,7 @@ sd_notify is a datagram of "KEY=VALUE" lines sent to the unix socket named by $N
     RELOADING=1 then READY=1 around a SIGHUP config reload
 
 Contract with `edge/run_cmd.py`: it calls `add_run_arguments(parser)` while building its parser,
-`make_hooks(args, cfg)` for the hooks it passes to `run_loop`, and `install_signal_handlers(
+`make_hooks(args, cfg, source)` for the hooks it passes to `run_loop`, and `install_signal_handlers(
 stop_event, reload_callback)` once, from the main thread, before the loop. The loop finishes the
 frame in hand when `stop_event` is set, flushes its sinks and returns; the CLI exits 0.
 """
@@ -231,9 +231,10 @@ def _service_settings(args: argparse.Namespace, cfg: Any) -> tuple[str, float, b
     return ("" if listen in ("off", "none") else listen), float(stall), bool(watchdog)
 
 
-def make_hooks(args: argparse.Namespace, cfg: Any) -> list[Any]:
+def make_hooks(args: argparse.Namespace, cfg: Any, source: Any = None) -> list[Any]:
     """The hooks `run_loop` calls: systemd notification always (a no-op outside systemd), and the
-    health server unless disabled."""
+    health server unless disabled. The server reads `source.stats()` per request: a stalled source
+    calls no hook, and its counters must not freeze at the last frame's."""
     listen, stall, watchdog = _service_settings(args, cfg)
     notifier = process_notifier()
     interval = watchdog_interval_s() if watchdog else None
@@ -242,5 +243,6 @@ def make_hooks(args: argparse.Namespace, cfg: Any) -> list[Any]:
     hooks: list[Any] = [NotifyHook(notifier, stall, interval)]
     if listen:
         meters = tuple(m for m in getattr(args, "power_meter", "none").split(",") if m and m != "none")
-        hooks.append(HealthHook(listen, stall, meters or None))
+        stats = getattr(source, "stats", None)
+        hooks.append(HealthHook(listen, stall, meters or None, source_stats=stats if callable(stats) else None))
     return hooks

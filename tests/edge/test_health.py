@@ -88,6 +88,32 @@ def test_live_source_without_a_fresh_frame_yet():
     assert H.is_fresh(None, clock.t, 5.0)  # a file source has no stats: its frames are fresh
 
 
+def test_source_counters_are_current_during_a_stall():
+    """During a stall no frame reaches the loop, so no hook is called: /metrics and /healthz kept
+    the source's counters of the last frame (source_connected 1, stalls and reconnects 0) for as
+    long as the camera was gone. With the source's stats getter they are read per request."""
+    clock = Clock()
+    live = Stats(last_fresh_monotonic=clock.t)
+    m = H.Metrics(stall_s=5.0, clock=clock, source_stats=lambda: live)
+    m.observe(result(1, "fresh"), live)
+    assert m.health()[0] == 200
+    clock.t += 8.0  # the camera vanished: the source dropped the capture and is re-opening it
+    live.connected, live.stalls, live.reconnects, live.stalled = False, 1, 0, True
+    code, body = m.health()
+    assert code == 503 and body["source_connected"] is False and body["source_stalls"] == 1
+    s = parse_prometheus(m.prometheus())
+    assert s["vsdmot_source_connected"] == 0 and s["vsdmot_source_stalls_total"] == 1
+    assert s["vsdmot_last_fresh_frame_age_seconds"] == pytest.approx(8.0)
+
+
+def test_source_stats_before_the_first_frame_are_not_ok():
+    """Frames the source read while the model loads are fresh, but nothing was tracked yet."""
+    clock = Clock()
+    m = H.Metrics(stall_s=5.0, clock=clock, source_stats=lambda: Stats(last_fresh_monotonic=clock.t))
+    code, body = m.health()
+    assert (code, body["status"]) == (503, "starting")
+
+
 def parse_prometheus(text: str) -> dict[str, float]:
     """Every sample line `name{labels} value` -> value; raises on a malformed line."""
     out = {}

@@ -238,6 +238,23 @@ def test_progress_total_is_what_the_run_will_do(frame_count, max_frames, total):
     assert isinstance(hooks[0], ProgressHook) and hooks[0].total == total
 
 
+def test_health_hook_reads_the_source_stats_itself():
+    """`run` hands the source's stats getter to the health hook, so /metrics and /healthz show a
+    stalled source's counters while no frame arrives (they froze at the last frame's)."""
+    import argparse
+
+    from vsdmot.edge import run_cmd
+    from vsdmot.edge.health import HealthHook
+
+    p = argparse.ArgumentParser()
+    run_cmd.add_arguments(p)
+    args = p.parse_args(["--demo", "--health-listen", "127.0.0.1:0", "--power-meter", "none"])
+    stats = object()
+    source = type("S", (), {"frame_count": 0, "stats": lambda self: stats})()
+    health = [h for h in run_cmd.make_hooks(args, run_cmd.build_config(args), source) if isinstance(h, HealthHook)]
+    assert len(health) == 1 and health[0].metrics.source_stats() is stats
+
+
 def test_a_run_without_outputs_says_nothing_is_saved(bundle, caplog):
     with caplog.at_level(logging.INFO, logger="vsdmot.edge.run_cmd"):
         assert edge_run("--demo", "--bundle", bundle, "--max-frames", 1) == 0
