@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # edge/sources.py SourceStats counters exported to /metrics and /healthz
 SOURCE_COUNTERS = ("frames_read", "dropped", "warmup", "duplicates", "read_failures", "stalls", "reconnects")
+POWER_PERIOD_S = 1.0  # the service's power sampling period
+POWER_MAX_AGE_S = 5.0  # an older sample is not exported: the meter stopped reading (no watts, not stale ones)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -112,6 +114,7 @@ class Metrics:
         self.last_q = self.last_w = math.nan
         self.power: Any = None  # a power.PowerSample, when metered
         self.power_meter = ""  # meter name, "" = none
+        self.power_reader: Callable[[], Any] | None = None  # a recent PowerSample or None, read per request
 
     def observe(self, result: Any, stats: Any = None) -> None:
         now = self.clock()
@@ -137,6 +140,8 @@ class Metrics:
         stats = self.source_stats() if self.source_stats is not None else None
         if stats is not None:
             self._observe_source(stats, now)
+        if self.power_reader is not None:
+            self.power = self.power_reader()
 
     def set_power(self, sample: Any, meter: str) -> None:
         with self._lock:
@@ -313,12 +318,12 @@ class HealthHook:
         probe = open_meter(self.meter_order, self.root)
         log.info("health: %s", probe.explain())
         if probe.meter is not None:
-            self.sampler = PowerSampler(probe.meter, period_s=1.0, keep=10).start()  # bounded: runs for months
+            sampler = PowerSampler(probe.meter, period_s=POWER_PERIOD_S, keep=10).start()  # bounded: runs for months
+            self.sampler, self.metrics.power_meter = sampler, probe.meter.name
+            self.metrics.power_reader = lambda: sampler.latest(max_age_s=POWER_MAX_AGE_S)
 
     def on_frame(self, result: Any, source_stats: Any = None) -> None:
         self.metrics.observe(result, source_stats)
-        if self.sampler is not None and (sample := self.sampler.latest()) is not None:
-            self.metrics.set_power(sample, self.sampler.meter.name)
 
     def on_stop(self, summary: Any = None) -> None:
         if self.sampler is not None:

@@ -313,19 +313,30 @@ class PowerSampler:
         return self
 
     def _loop(self) -> None:
+        failing = False  # log a failure once, and the recovery, not every period for months
         while not self._stop.is_set():
             try:
                 sample = self.meter.read()
-            except OSError as e:
-                log.warning("power meter %s failed: %s", self.meter.name, e)
+            except Exception as e:  # noqa: BLE001 - any meter error (sysfs, jtop, NVML) must not end sampling
+                if not failing:
+                    log.warning("power meter %s failed: %s (no watts until it reads again)", self.meter.name, e)
+                failing = True
             else:
+                if failing:
+                    log.info("power meter %s reads again", self.meter.name)
+                failing = False
                 with self._lock:
                     self.samples.append(sample)
             self._stop.wait(self.period_s)
 
-    def latest(self) -> PowerSample | None:
+    def latest(self, max_age_s: float | None = None) -> PowerSample | None:
+        """The newest sample; None when there is none, or it is older than `max_age_s` (a meter
+        that stopped reading gives no watts rather than its last ones)."""
         with self._lock:
-            return self.samples[-1] if self.samples else None
+            s = self.samples[-1] if self.samples else None
+        if s is not None and max_age_s is not None and time.monotonic() - s.t > max_age_s:
+            return None
+        return s
 
     def between(self, t0: float, t1: float) -> list[PowerSample]:
         with self._lock:

@@ -221,3 +221,27 @@ def test_hook_serves_power_from_a_meter():
         hook.on_stop(None)
     assert s['vsdmot_power_meter_info{meter="ina3221"}'] == 1
     assert s['vsdmot_power_watts{rail="VDD_IN"}'] == pytest.approx(5.072 * 1.024)
+
+
+def test_a_meter_that_stopped_reading_gives_no_watts():
+    """The hook exported the sampler's last sample whatever its age: a rail that vanished (or a
+    jtop service that died) kept its last watts in /metrics as if current."""
+    import dataclasses
+    import time
+
+    hook = H.HealthHook("127.0.0.1:0", stall_s=60.0, meter_order=("ina3221",),
+                        root=str(Path(__file__).parent / "data/sysfs/jp6_orin_nano"))
+    hook.on_start()
+    try:
+        deadline = time.monotonic() + 5
+        while hook.sampler.latest() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        hook.sampler.stop()  # the meter reads no more
+        last = hook.sampler.samples[-1]
+        hook.sampler.samples.append(dataclasses.replace(last, t=time.monotonic() - 60.0))  # a minute old
+        hook.on_frame(result(1, "fresh"), Stats(time.monotonic()))
+        host, port = hook.server.address
+        s = parse_prometheus(get(f"http://{host}:{port}/metrics")[2])
+    finally:
+        hook.on_stop(None)
+    assert not any(k.startswith("vsdmot_power_watts") or k.startswith("vsdmot_power_rail_watts") for k in s), s

@@ -110,6 +110,46 @@ def test_service_sampler_memory_is_bounded():
     assert len(sampler.samples) == 5
 
 
+class FailingMeter:
+    """Reads `good` times, then fails every read with `error` (a rail gone, jtop's service died)."""
+
+    name, scope = "fake", "test"
+
+    def __init__(self, good: int, error: Exception):
+        self.good, self.error, self.reads = good, error, 0
+
+    def read(self) -> P.PowerSample:
+        self.reads += 1
+        if self.reads > self.good:
+            raise self.error
+        return P.make_sample({"VDD_IN": 5.0})
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("error", [OSError("I/O error"), ValueError("invalid literal for int()")])
+def test_a_failing_meter_gives_no_watts_and_the_sampler_keeps_trying(error, caplog):
+    """A meter that fails after a while left `latest()` returning its last good sample forever, so
+    /metrics exported those watts as current for months; an error other than OSError also ended
+    the sampler thread for good, and an OSError was logged every period (journal flood)."""
+    import time
+
+    meter = FailingMeter(2, error)
+    sampler = P.PowerSampler(meter, period_s=0.01).start()
+    try:
+        deadline = time.monotonic() + 5
+        while meter.reads < 30 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sampler._thread.is_alive(), "the sampler thread died on the meter's error"
+        assert sampler.latest() is not None  # the last good one, for a profile's samples
+        assert sampler.latest(max_age_s=0.1) is None  # too old to report as current
+    finally:
+        sampler.stop()
+    failures = [r for r in caplog.records if "power meter fake failed" in r.getMessage()]
+    assert len(failures) == 1, [r.getMessage() for r in failures][:3]
+
+
 def test_no_meter_here_is_said_with_reasons():
     if Path("/sys/bus/i2c/drivers/ina3221").exists() or Path("/run/jtop.sock").exists():
         pytest.skip("this machine has a power meter")
