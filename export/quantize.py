@@ -112,6 +112,24 @@ class FeedReader:
         self.i = self.start
 
 
+class Prefix(Sequence):
+    """The first `n` of `feeds`, converted one at a time on access: a slice of lazy feeds is a list of
+    them all (the 416 px detector's 500 calibration frames: 1 GB of float32 at once)."""
+
+    def __init__(self, feeds: Sequence[Mapping[str, np.ndarray]], n: int):
+        self.feeds, self.n = feeds, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return self.feeds[i % self.n]
+
+
 def quantize(onnx_path: str | Path, cfg: QuantConfig, out_path: str | Path,
              feeds: Sequence[Mapping[str, np.ndarray]], feeds_id: str = "") -> Path:
     """Quantise `onnx_path` calibrated on `feeds` (`feeds_id` names them in the idempotence key)."""
@@ -139,7 +157,7 @@ def _quantize(src: Path, cfg: QuantConfig, out: Path, feeds) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vsdmot-quant-") as tmp:
         named, ranges = Path(tmp) / "named.onnx", Path(tmp) / "ranges.json"
         onnx.save(model, str(named))
-        run_ort_quant(named, out, cfg, calib[:n], excluded, ranges)  # calibrates once, caches the ranges
+        run_ort_quant(named, out, cfg, Prefix(calib, n), excluded, ranges)  # calibrates once, caches the ranges
         excluded, tried = trial_int8(model, src, named, out, probe, cfg, excluded, ranges)
         cos = min_cosine(src, out, probe)
         trail, best = [(0, round(cos, 5))], (cos, set())
