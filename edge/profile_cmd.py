@@ -198,7 +198,7 @@ def _pair(text: str, flag: str) -> list[str]:
 def run_variant(args: argparse.Namespace, variant: Variant, cfg: ProfileConfig, sampler: Any) -> dict[str, Any]:
     """Build config, bundle, source and pipeline for one variant, run it, and summarize."""
     from vsdmot.edge import run_cmd
-    from vsdmot.edge.runner import run_loop, stop_on_signals
+    from vsdmot.edge.runner import SourceStopEvent, run_loop, stop_on_signals
     from vsdmot.runtime.config import to_dict
     from vsdmot.runtime.pipeline import build_pipeline
 
@@ -210,7 +210,7 @@ def run_variant(args: argparse.Namespace, variant: Variant, cfg: ProfileConfig, 
         pipeline = build_pipeline(bundle, run_cfg, fps=source.fps)
         backend = _backends(pipeline)  # before close() empties pipeline.backends
         policy = getattr(getattr(getattr(pipeline, "semantics", None), "cfg", None), "policy", run_cfg.semantics.policy)
-        stop = threading.Event()
+        stop = SourceStopEvent(source)  # Ctrl-C also ends a live source's wait for a frame (a stalled camera)
         hook = ProfileHook(cfg, stop)
         try:
             with stop_on_signals(stop):

@@ -81,6 +81,61 @@ def test_variants(flags, labels, error):
         assert [v.label for v in PC.variants(args)] == labels
 
 
+class StalledSource:
+    """A live source whose camera delivers nothing: iteration waits until stop() (as LiveSource)."""
+
+    fps, name, frame_count = 25.0, "stalled", 0
+
+    def __init__(self):
+        import threading
+
+        self.stopped = threading.Event()
+
+    def __iter__(self):
+        if not self.stopped.wait(5.0):
+            raise AssertionError("the source was never stopped")
+        return iter(())
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def close(self) -> None:
+        pass
+
+
+def test_ctrl_c_stops_a_profile_on_a_stalled_camera(monkeypatch):
+    """The profile's stop event was a plain Event: Ctrl-C set it, but the loop sat in the source
+    waiting for a frame that never came, so a profile of a stalled camera hung until a second
+    Ctrl-C aborted it. It now stops the source too, as `run` does."""
+    import os
+    import signal
+    import threading
+    import time
+    import types
+
+    from vsdmot.edge import run_cmd
+    from vsdmot.runtime import pipeline as runtime_pipeline
+
+    source = StalledSource()
+    pipe = types.SimpleNamespace(semantics=types.SimpleNamespace(counts=types.SimpleNamespace(as_dict=dict)),
+                                 close=lambda: None, backends=[], backend_kind="onnxruntime", tracker_kind="bytetrack")
+    monkeypatch.setattr(run_cmd, "open_bundle", lambda path: types.SimpleNamespace(manifest={}))
+    monkeypatch.setattr(run_cmd, "open_source", lambda cfg: source)
+    monkeypatch.setattr(runtime_pipeline, "build_pipeline", lambda bundle, cfg, fps: pipe)
+    p = argparse.ArgumentParser()
+    PC.add_arguments(p)
+    args = p.parse_args(["--camera", "/dev/video0", "--report", "unused"])
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    t0 = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(ValueError, match="no frames after"):  # nothing was measured: said so
+            PC.run_variant(args, PC.variants(args)[0], PC.ProfileConfig(duration_s=1.0, warmup_s=0.0), None)
+    finally:
+        timer.cancel()
+    assert source.stopped.is_set() and time.monotonic() - t0 < 4.0
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, yolox_onnx) -> Path:
     pytest.importorskip("torch")  # the tiny bundle's student is made with torch
