@@ -132,10 +132,11 @@ def run_loop(source: Iterable[Frame], pipeline, sinks: Sequence, hooks: Sequence
     """Run until the source ends, `max_frames` frames, or `stop_event`. Sinks are closed here."""
     stop_event = stop_event or threading.Event()
     lat, frames, stopped_by, error = _Latencies(), 0, "end", ""
-    for hook in hooks:
-        hook.on_start()
+    started: list[Hook] = []  # only these get on_stop; a hook failing to start still closes the sinks
     t0 = time.perf_counter()
     try:
+        _start_hooks(hooks, started)
+        t0 = time.perf_counter()
         for frame in _until(source, stop_event):
             result = step_fn(frame, pipeline)
             for sink in sinks:
@@ -159,7 +160,7 @@ def run_loop(source: Iterable[Frame], pipeline, sinks: Sequence, hooks: Sequence
                              pipeline.semantics.counts.as_dict(), lat.summary(), stopped_by,
                              source_stats(source), error)
         _close_all(sinks)
-        _stop_hooks(hooks, summary)
+        _stop_hooks(started, summary)
     log.info("run: %d frames in %.1f s (%.1f FPS), stopped by %s", frames, seconds, summary.fps, stopped_by)
     return summary
 
@@ -173,6 +174,13 @@ def _until(source: Iterable[Frame], stop_event: threading.Event) -> Iterator[Fra
         except StopIteration:
             return
         yield frame
+
+
+def _start_hooks(hooks: Sequence[Hook], started: list[Hook]) -> None:
+    """`on_start()` each hook in order, appending each to `started` once it has started."""
+    for hook in hooks:
+        hook.on_start()
+        started.append(hook)
 
 
 def _close_all(sinks: Sequence) -> None:

@@ -111,6 +111,21 @@ def test_error_mid_run_closes_sinks_keeps_what_was_written():
     assert hook.calls[-1] == ("stop", "error")
 
 
+def test_a_hook_failing_to_start_still_closes_sinks_and_stops_started_hooks():
+    """Hooks were started outside the loop's try: a hook that failed in on_start (the health hook
+    on a bad --power-meter name) left every sink unclosed (a video without its index, the stats
+    file never written) and the hooks already started (the health server) running."""
+    class BadStart(Hook):
+        def on_start(self):
+            raise ValueError("power meter: expected one of ['jtop', 'ina3221', 'nvml', 'rapl'], got 'tegra'")
+
+    sink, started = Sink(), Hook()
+    with pytest.raises(ValueError, match="power meter"):
+        run_loop(Source(3), FakePipeline(), [sink], [started, BadStart()], None, 0, step_fn=fake_step)
+    assert sink.closed and sink.written == []
+    assert started.calls == ["start", ("stop", "error")]
+
+
 def test_one_failing_sink_close_does_not_stop_the_others():
     class Bad(Sink):
         def close(self):
