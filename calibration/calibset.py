@@ -117,12 +117,13 @@ def too_few(n: int, n_src: int, cfg: CalibSetConfig) -> ValueError:
 
 def letterbox_u8(image: np.ndarray, size: int | tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
     """(h0, w0, 3) -> ((H, W, 3) uint8 top-left letterboxed with pad 114, (h, w) of the content);
-    `size` is S (square) or (H, W)."""
+    `size` is S (square) or (H, W). The content size truncates as runtime/yolox.py's letterbox
+    does, so calibration frames are the detector's run-time input pixel for pixel."""
     from vsdmot.runtime.yolox import input_hw
 
     H, W = input_hw(size)
     r = min(H / image.shape[0], W / image.shape[1])
-    h, w = max(1, round(image.shape[0] * r)), max(1, round(image.shape[1] * r))
+    h, w = max(1, int(image.shape[0] * r)), max(1, int(image.shape[1] * r))
     out = np.full((H, W, 3), PAD, np.uint8)
     out[:h, :w] = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
     return out, (h, w)

@@ -35,6 +35,26 @@ def test_detector_feeds_rectangular_input(images):
     assert (feeds[1]["images"][0, :, :, 86:] == 114).all() and (feeds[1]["images"][0, :, :, :85] != 114).any()
 
 
+@pytest.mark.parametrize("hw,size", [
+    ((768, 1366), 416),  # 768 * 416 / 1366 = 233.9: the runtime keeps 233 rows, round() kept 234
+    ((768, 1366), (256, 416)),
+    ((1080, 1920), (256, 416)),
+    ((481, 641), 416),
+    ((500, 333), (416, 320)),
+])
+def test_detector_feeds_equal_runtime_letterbox_bit_for_bit(hw, size):
+    """The calibration frames are the runtime's detector input exactly, on sizes where rounding
+    and truncating the scaled side differ (a 1366x768 camera)."""
+    from vsdmot.calibration.calibset import letterbox_u8
+    from vsdmot.runtime.yolox import letterbox
+
+    img = np.random.default_rng(1).integers(0, 255, (*hw, 3), np.uint8)
+    want, scale = letterbox(img, size)
+    np.testing.assert_array_equal(DetectorFeeds(ImageList([img]), size)[0]["images"], want)
+    _, content = letterbox_u8(img, size)
+    assert content == (int(hw[0] * scale), int(hw[1] * scale))
+
+
 def test_student_feeds_and_slices(images):
     feeds = StudentFeeds(images, 32)
     assert feeds[-1]["image"].shape == (1, 3, 32, 32) and len(feeds[1:3]) == 2
