@@ -218,8 +218,20 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                    help="serve /healthz and /metrics here (default: [service] health_listen, 127.0.0.1:9108); "
                         "'off' disables")
     g.add_argument("--no-watchdog", action="store_true", help="never send WATCHDOG=1 even if systemd asks for it")
-    g.add_argument("--power-meter", metavar="LIST", default="jtop,ina3221,nvml,rapl",
+    g.add_argument("--power-meter", metavar="LIST", default="jtop,ina3221,nvml,rapl", type=meter_list,
                    help="power meters to try for /metrics, in order ('none' = no power metrics)")
+
+
+def meter_list(text: str) -> str:
+    """`--power-meter`: names from power.METER_ORDER or 'none', comma-separated; checked while
+    parsing, not once the model is loaded and the outputs are open."""
+    from .power import METER_ORDER
+
+    bad = [m for m in text.split(",") if m and m not in (*METER_ORDER, "none")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(METER_ORDER)} "
+                                         f"(or none), got {bad[0]!r}")
+    return text
 
 
 def _service_settings(args: argparse.Namespace, cfg: Any) -> tuple[str, float, bool]:

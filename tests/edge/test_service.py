@@ -274,6 +274,19 @@ def test_make_hooks_from_args_and_config():
     assert S.make_hooks(p.parse_args(["--no-watchdog"]), cfg)[0].watchdog_s is None
 
 
+def test_a_bad_power_meter_name_is_refused_when_parsing(capsys):
+    """`run --power-meter tegra` was refused only in the health hook's on_start: after the model
+    loaded and the outputs were opened (an existing output already replaced)."""
+    import argparse
+
+    p = argparse.ArgumentParser()
+    S.add_run_arguments(p)
+    assert p.parse_args(["--power-meter", "ina3221,none"]).power_meter == "ina3221,none"
+    with pytest.raises(SystemExit) as e:
+        p.parse_args(["--power-meter", "ina3221,tegra"])
+    assert e.value.code == 2 and "'tegra'" in capsys.readouterr().err
+
+
 # ---- a real `vsdmot-edge run` under a test notify socket ------------------------------------
 
 
