@@ -228,16 +228,18 @@ def check_tensorrt() -> None:
 
 def prebuild_engines(out: Path) -> None:
     """Build and cache each network's engine now (runtime.backends keys the cache by ONNX sha256,
-    TensorRT version, GPU and precision), so the first `vsdmot-edge run` starts at full speed."""
+    TensorRT version, GPU and precision), so the first `vsdmot-edge run --precision P` starts at full
+    speed. That run opens every network at its one P, so all are built at the bundle's precision (a
+    file's own precision, fp32 for an fp16 bundle's ONNX, is a key no run looks up)."""
     from vsdmot.runtime.backends import TensorRTBackend
     from vsdmot.runtime.bundle import load_bundle
 
     bundle = load_bundle(out)
     for name in bundle.names:
         if name.endswith(".onnx"):
-            entry = bundle.entry(name)
-            TensorRTBackend(bundle.file(name), precision=entry.get("precision", bundle.precision)).close()
-            log.warning("TensorRT engine for %s built and cached", name)
+            TensorRTBackend(bundle.file(name), precision=bundle.precision).close()
+            log.warning("TensorRT %s engine for %s built and cached (vsdmot-edge run --backend tensorrt "
+                        "--precision %s)", bundle.precision, name, bundle.precision)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

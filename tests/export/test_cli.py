@@ -142,3 +142,24 @@ def test_unreadable_calibration_source_is_bad_input_before_any_work(kind, tmp_pa
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert f"--calib {src}:" in err and not work.exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("bundle_precision,files", [("fp16", {"detector.onnx": "fp32", "tracker.onnx": "fp32"}),
+                                                    ("int8", {"detector.onnx": "fp32", "tracker.onnx": "int8"})])
+def test_prebuilt_engines_have_the_key_the_run_looks_up(bundle_precision, files, monkeypatch, tmp_path):
+    """`vsdmot-edge run --backend tensorrt --precision P` keys every network's engine by that one P
+    (runtime.pipeline opens them all with it); prebuilding each file at its own precision left an fp16
+    bundle's engines (and a kept-FP32 network of an int8 one) under a key no run looks up."""
+    from types import SimpleNamespace
+
+    from vsdmot.runtime import backends, bundle
+
+    manifest = {"precision": bundle_precision, "files": {n: {"precision": p} for n, p in files.items()} | {
+        "quality.json": {"role": "params"}}}
+    fake = bundle.Bundle(tmp_path, manifest)
+    built = []
+    monkeypatch.setattr(bundle, "load_bundle", lambda path: fake)
+    monkeypatch.setattr(backends, "TensorRTBackend",
+                        lambda path, precision: built.append((path.name, precision)) or SimpleNamespace(close=lambda: None))
+    cli.prebuild_engines(tmp_path)
+    assert sorted(built) == [(n, bundle_precision) for n in sorted(files)]
