@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,25 +88,40 @@ def parse_source(spec: str | os.PathLike) -> tuple[Path, tuple[int, int] | None]
     return Path(text), None
 
 
-def read_frames(spec: str | os.PathLike, stride: int) -> list[tuple[int, np.ndarray]]:
-    """(1-based index, native BGR frame) for every stride-th frame of a source (within its range)."""
+def iter_frames(spec: str | os.PathLike, stride: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(1-based index, native BGR frame) for every stride-th frame of a source (within its range),
+    decoded one at a time: a long clip is never held in memory."""
     from vsdmot.runtime.sources import open_file_source
 
     path, rng = parse_source(spec)
-    src, out = open_file_source(path), []
+    src = open_file_source(path)
     try:
         for f in src:
             if rng and f.index > rng[1]:
                 break
             if (not rng or f.index >= rng[0]) and (f.index - (rng[0] if rng else 1)) % stride == 0:
-                out.append((f.index, f.image))
+                yield f.index, f.image
     finally:
         src.close()
-    if not out:
+
+
+def count_frames(spec: str | os.PathLike, stride: int) -> int:
+    """How many frames iter_frames yields; ValueError for none, a warning when PATH:A-B runs past the clip."""
+    n, last = 0, 0
+    for last, _ in iter_frames(spec, stride):
+        n += 1
+    if not n:
         raise ValueError(f"calibration source {spec}: no frames read")
-    if rng and out[-1][0] + stride <= rng[1]:  # the clip ended before B: say so, the range was a request
-        log.warning("calibration source %s: the clip ends at frame %d, before %d", spec, out[-1][0], rng[1])
-    return out
+    rng = parse_source(spec)[1]
+    if rng and last + stride <= rng[1]:  # the clip ended before B: say so, the range was a request
+        log.warning("calibration source %s: the clip ends at frame %d, before %d", spec, last, rng[1])
+    return n
+
+
+def read_frames(spec: str | os.PathLike, stride: int) -> list[tuple[int, np.ndarray]]:
+    """iter_frames as a list (after count_frames' checks): for short clips only."""
+    count_frames(spec, stride)
+    return list(iter_frames(spec, stride))
 
 
 def too_few(n: int, n_src: int, cfg: CalibSetConfig) -> ValueError:
@@ -201,36 +216,57 @@ def _degrade_and_presets(cfg: CalibSetConfig):
 
 
 def _build(sources, cfg, out: Path, key: str, quality_params, degrade_fn, presets, progress: bool = True) -> CalibSet:
+    """Three passes over the sources, one decoded frame at a time: count (refuse too few before
+    any degrading), score every candidate, write the picked ones (re-rendered: seeded per candidate)."""
     from functools import partial
 
     from tqdm import tqdm
 
     bar = partial(tqdm, disable=not progress)  # --no-progress
-
-    src_frames = [(str(s), idx, img) for s in sources for idx, img in read_frames(s, cfg.stride)]
-    plan = plan_candidates(len(src_frames), cfg, presets)
+    n_src = sum(count_frames(s, cfg.stride) for s in sources)
+    plan = plan_candidates(n_src, cfg, presets)
     if len(plan) < cfg.min_frames:  # before scoring every candidate: the count alone decides
-        raise too_few(len(plan), len(src_frames), cfg)
-    assess = _quality_fn(quality_params)
-    q = np.array([assess(render(src_frames[c["src"]][2], c, k, cfg, degrade_fn), c)
-                  for k, c in enumerate(bar(plan, desc="calibration: scoring candidates", unit="frame"))], np.float32)
+        raise too_few(len(plan), n_src, cfg)
+    assess, q = _quality_fn(quality_params), np.zeros(len(plan), np.float32)
+    with bar(total=len(plan), desc="calibration: scoring candidates", unit="frame") as b:
+        for k, (_, _, img) in _candidates(sources, cfg, plan):
+            q[k] = assess(render(img, plan[k], k, cfg, degrade_fn), plan[k])
+            b.update()
     picked = stratify(q, cfg.frames, cfg.bins, cfg.seed)
     if len(picked) < cfg.min_frames:
-        raise too_few(len(picked), len(src_frames), cfg)
+        raise too_few(len(picked), n_src, cfg)
+    records = _write_frames(sources, cfg, out, plan, picked, q, degrade_fn, bar)
+    write_manifest(out, cfg, key, sources, records, q[picked], quality_params is not None, len(plan))
+    return load_calibset(out)
+
+
+def _candidates(sources, cfg: CalibSetConfig, plan, only=None) -> Iterator[tuple[int, tuple[str, int, np.ndarray]]]:
+    """(candidate k, (source, frame index, native frame)) in plan order, for k in `only` (default all)."""
+    i = 0
+    for s in sources:
+        for idx, img in iter_frames(s, cfg.stride):
+            for k in range(i * cfg.variants, (i + 1) * cfg.variants):
+                if only is None or k in only:
+                    yield k, (str(s), idx, img)
+            i += 1
+
+
+def _write_frames(sources, cfg, out: Path, plan, picked: np.ndarray, q: np.ndarray, degrade_fn, bar) -> list[dict]:
+    """frames.npy (memory-mapped, letterboxed) and content.npy for the picked candidates; their records."""
     out.mkdir(parents=True, exist_ok=True)
     frames = np.lib.format.open_memmap(out / FRAMES, "w+", np.uint8, (len(picked), cfg.size, cfg.size, 3))
-    content = np.zeros((len(picked), 2), np.int32)
-    records = []
-    for j, k in enumerate(bar(picked, desc="calibration: writing frames", unit="frame")):
-        c = plan[k]
-        frames[j], content[j] = letterbox_u8(render(src_frames[c["src"]][2], c, int(k), cfg, degrade_fn), cfg.size)
-        records.append({"source": src_frames[c["src"]][0], "frame": src_frames[c["src"]][1], "preset": c["preset"],
-                        "severity": c["severity"], "seed": [cfg.seed, int(k)], "q": round(float(q[k]), 4)})
+    content, records = np.zeros((len(picked), 2), np.int32), []
+    slot = {int(k): j for j, k in enumerate(picked)}  # picked is sorted: slots fill in plan order
+    for k, (src, idx, img) in bar(_candidates(sources, cfg, plan, slot), total=len(picked),
+                                  desc="calibration: writing frames", unit="frame"):
+        c, j = plan[k], slot[k]
+        frames[j], content[j] = letterbox_u8(render(img, c, k, cfg, degrade_fn), cfg.size)
+        records.append({"source": src, "frame": idx, "preset": c["preset"], "severity": c["severity"],
+                        "seed": [cfg.seed, k], "q": round(float(q[k]), 4)})
     frames.flush()
     del frames
     np.save(out / CONTENT, content)
-    write_manifest(out, cfg, key, sources, records, q[picked], quality_params is not None, len(plan))
-    return load_calibset(out)
+    return records
 
 
 def _quality_fn(params: Mapping[str, Any] | None) -> Callable[[np.ndarray, Mapping], float]:

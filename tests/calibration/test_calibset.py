@@ -139,3 +139,25 @@ def test_no_progress_means_no_bars(pets, tmp_path, capsys):
     assert "calibration:" not in capsys.readouterr().err
     build_calibset([pets], small_cfg(seed=1), tmp_path / "p", degrade_fn=noisy_blur)
     assert "calibration: scoring candidates" in capsys.readouterr().err
+
+
+def test_a_long_source_is_streamed_not_held(tmp_path):
+    """A user's long clip (--calib site.mp4): source frames are read as needed, never all held at
+    once (they were: 150 VGA frames took 143 MB, so a 10-minute 1080p clip needed ~56 GB)."""
+    import tracemalloc
+
+    video = tmp_path / "long.avi"
+    vw = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (640, 480))
+    for i in range(150):
+        vw.write(np.full((480, 640, 3), i, np.uint8))
+    vw.release()
+    cfg = small_cfg(variants=1, presets=("blur",))
+    tracemalloc.start()
+    try:
+        cs = build_calibset([str(video)], cfg, tmp_path / "cs", degrade_fn=noisy_blur, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(cs) == 40 and peak < 40e6  # ~43 native frames would already be 40 MB
+    rows = [(r["frame"], r["preset"]) for r in cs.manifest["frames"]]
+    assert [f for f, _ in rows] == sorted(f for f, _ in rows) and len(set(rows)) == 40
