@@ -120,6 +120,19 @@ def padding_hint(frame_hw: tuple[int, int], size: Size, worth: float = 0.2) -> s
             f"(docs/export.md 'Input size')")
 
 
+def shrink_warning(frame_hw: tuple[int, int], size: Size, worst: float = 0.9) -> str | None:
+    """A one-line warning when a camera-shaped input shows these frames at under `worst` of the
+    scale a square input of the same longer side would (a 16:9 bundle on 4:3 video: 0.82x,
+    people smaller than the detector saw them in the gate), else None."""
+    (H, W), (fh, fw) = input_hw(size), frame_hw
+    scale, square = min(H / fh, W / fw), max(H, W) / max(fh, fw)
+    if scale >= worst * square:
+        return None
+    return (f"detector input {size_text(size)} is shaped for other frames: {fw}x{fh} frames are scaled to "
+            f"{int(fw * scale)}x{int(fh * scale)}, {1 - scale / square:.0%} smaller than in a {max(H, W)}x{max(H, W)} "
+            f"input, and small people are missed; use a bundle exported with --input-size {size_text(fitted_size(frame_hw, size))}")
+
+
 @dataclass(slots=True, frozen=True)
 class YoloxConfig:
     input_size: tuple[int, int] = (416, 416)  # (H, W) letterbox, px
@@ -149,7 +162,9 @@ class YoloxDetector:
         c = self.config
         if self._frame_hw != image.shape[:2]:  # first frame, or the source changed size
             self._frame_hw = image.shape[:2]
-            if hint := padding_hint(self._frame_hw, c.input_size):
+            if warning := shrink_warning(self._frame_hw, c.input_size):
+                log.warning(warning)
+            elif hint := padding_hint(self._frame_hw, c.input_size):
                 log.info(hint)
         tensor, scale = letterbox(image, c.input_size)
         out = self.backend.infer({self.input_name: tensor})

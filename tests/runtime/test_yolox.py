@@ -14,7 +14,7 @@ from vsdmot.runtime.sources import open_sequence
 from vsdmot.runtime.tracking import box_iou
 from vsdmot.runtime.types import TensorSpec
 from vsdmot.runtime.yolox import (PAD_VALUE, YoloxDetector, anchor_grid, decode, fitted_size, input_hw, letterbox, nms,
-                                  padding_hint, size_text)
+                                  padding_hint, shrink_warning, size_text)
 
 
 @pytest.mark.parametrize(
@@ -72,6 +72,14 @@ def test_padding_hint_only_when_a_fitted_input_saves_work():
     assert "--input-size 416x256" in hint
     assert padding_hint((480, 640), (320, 416)) is None  # 2.5 % padding: already fitted
     assert padding_hint((500, 500), 416) is None and padding_hint((400, 416), 416) is None  # < 20 %
+
+
+def test_shrink_warning_when_a_camera_shaped_input_meets_other_frames():
+    warn = shrink_warning((480, 640), (256, 416))  # a 16:9 bundle on 4:3 video
+    assert "640x480 frames are scaled to 341x256, 18% smaller than in a 416x416 input" in warn
+    assert "--input-size 416x320" in warn
+    assert shrink_warning((1080, 1920), (320, 416)) is None  # 4:3 bundle on 16:9: same scale, only padding
+    assert shrink_warning((480, 640), 416) is None and shrink_warning((1080, 1920), (256, 416)) is None
 
 
 def test_letterbox_rejects_gray():
@@ -163,6 +171,7 @@ def test_detector_logs_the_padding_hint_once_per_frame_size(yolox_onnx, caplog):
         detector.detect(np.zeros(shape, np.uint8))
     hints = [r.getMessage() for r in caplog.records if "is padding" in r.getMessage()]
     assert len(hints) == 2 and "--input-size 416x320" in hints[0] and "--input-size 416x256" in hints[1]
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # a square input never shrinks frames
 
 
 class EmbedBackend:
