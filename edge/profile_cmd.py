@@ -202,8 +202,7 @@ def run_variant(args: argparse.Namespace, variant: Variant, cfg: ProfileConfig, 
     from vsdmot.runtime.config import to_dict
     from vsdmot.runtime.pipeline import build_pipeline
 
-    ns = argparse.Namespace(**{**vars(args), **variant.overrides, "loop": True, "max_frames": None})
-    run_cfg = run_cmd.build_config(ns)
+    run_cfg = run_cmd.build_config(run_namespace(args, variant))
     bundle = run_cmd.open_bundle(run_cfg.pipeline.bundle)
     source = run_cmd.open_source(run_cfg)
     try:
@@ -226,6 +225,17 @@ def run_variant(args: argparse.Namespace, variant: Variant, cfg: ProfileConfig, 
             "input_size": _input_size(pipeline), "bundle_precision": bundle.manifest.get("precision"),
             "series": _series(hook.records, hook.t_start),
             "power_samples": [] if sampler is None else _power_series(sampler, stats["window"], hook.t_start)}
+
+
+def run_namespace(args: argparse.Namespace, variant: Variant) -> argparse.Namespace:
+    """`run`'s arguments for one variant: no frame cap, and a file replayed if it ends early. A
+    camera or a live stream gets no --loop, which would only warn that it is ignored; an http(s)
+    URL may be a finite video (read like a file), so it keeps it."""
+    from vsdmot.edge.sources import is_stream_url
+
+    src = args.source or ""
+    live = bool(args.camera) or (is_stream_url(src) and src.split("://", 1)[0].lower() not in ("http", "https"))
+    return argparse.Namespace(**{**vars(args), **variant.overrides, "loop": None if live else True, "max_frames": None})
 
 
 def _input_size(pipeline: Any) -> str | None:

@@ -81,6 +81,18 @@ def test_variants(flags, labels, error):
         assert [v.label for v in PC.variants(args)] == labels
 
 
+@pytest.mark.parametrize("given, loop", [(["--demo"], True), (["--source", "clip.mp4"], True),
+                                         (["--camera", "/dev/video0"], None), (["--source", "rtsp://cam/1"], None),
+                                         (["--source", "https://host/clip.mp4"], True)])
+def test_profile_replays_files_only(given, loop):
+    """The profile set --loop for every source, so `profile --camera` (or a stream) warned
+    '--loop: replays files only; ignored for this camera' about a flag the user never gave."""
+    p = argparse.ArgumentParser()
+    PC.add_arguments(p)
+    args = p.parse_args([*given, "--report", "unused"])
+    assert PC.run_namespace(args, PC.variants(args)[0]).loop is loop
+
+
 class StalledSource:
     """A live source whose camera delivers nothing: iteration waits until stop() (as LiveSource)."""
 
