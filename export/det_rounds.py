@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from .det_agreement import AgreementConfig, agreement, layout_problem
-from .parity import onnx_runner
+from .parity import onnx_runner, pick_indices
 from .qdq_graph import WEIGHTED, weight_sizes
 
 
@@ -59,11 +59,17 @@ class DetectionRoundsConfig:
 
 
 def between(feeds: Sequence[Any], n: int) -> list[Any]:
-    """`n` feeds at the midpoints of `parity.pick(feeds, n)`'s spacing: disjoint from them when
-    there are at least 2n feeds (fewer: every feed, shared with the report)."""
+    """`n` feeds at the midpoints of `parity.pick(feeds, n)`'s spacing, disjoint from them when there
+    are at least 2n feeds (fewer: every feed, shared with the report). A midpoint that rounds onto
+    one of pick's indices (6 of 64 at 806 feeds) moves to the nearest free index."""
     if len(feeds) < 2 * n:
         return list(feeds)
-    return [feeds[int(i)] for i in np.linspace(0, len(feeds) - 1, 2 * n + 1)[1::2].round().astype(int)]
+    taken, out = set(pick_indices(len(feeds), n)), []
+    for i in np.linspace(0, len(feeds) - 1, 2 * n + 1)[1::2].round().astype(int):
+        j = min((k for k in range(len(feeds)) if k not in taken), key=lambda k: (abs(k - i), k))
+        taken.add(j)
+        out.append(j)
+    return [feeds[j] for j in out]
 
 
 def quantised_layers(model, excluded: set[str]) -> list[str]:
