@@ -7,6 +7,7 @@ Live sources (cameras, network streams) live in `vsdmot.edge.sources`; they yiel
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,11 @@ def check_frame_size(width: int, height: int, where: str) -> None:
     if width < MIN_SIDE or height < MIN_SIDE:
         raise SourceError(f"{where}: frames are {width}x{height} px; expected at least {MIN_SIDE}x{MIN_SIDE} "
                           "(the quality gate's smallest); upscale it first, e.g. ffmpeg -vf scale=640:-2")
+
+
+def _positive(value: float) -> float:
+    """A capture property that is a usable count or rate, else 0 (unknown): NaN, inf and negatives are."""
+    return float(value) if math.isfinite(value) and value > 0 else 0.0
 
 
 class FrameSource(Protocol):
@@ -62,11 +68,12 @@ class VideoFileSource:
         except SourceError:
             self._cap.release()
             raise
-        header_fps = self._cap.get(cv2.CAP_PROP_FPS) or 0.0
+        header_fps = _positive(self._cap.get(cv2.CAP_PROP_FPS))
         self.fps = float(fps or header_fps or 25.0)
         self.own_clock = not fps  # no true rate given: timestamps are the file's own (right for variable-rate video)
         self.name = name
-        self.frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        # 0 = unknown: a raw stream (.h264, .mjpeg) has no count and OpenCV reports about -1.9e14 or -9.2e18
+        self.frame_count = int(_positive(self._cap.get(cv2.CAP_PROP_FRAME_COUNT)))
         self._started = False
 
     def _capture(self) -> cv2.VideoCapture:
@@ -96,6 +103,9 @@ class VideoFileSource:
         ok, img, index, t = True, self._first, 0, self._first_t
         while ok:
             index += 1
+            if self.own_clock and index > 1 and t <= prev:  # no pts (a raw .h264 reports 0 ms throughout)
+                t = prev + 1.0 / self.fps  # the header's rate
+            prev = t
             yield Frame(index, np.ascontiguousarray(img), t if self.own_clock else (index - 1) / self.fps)
             ok, img = self._cap.read()
             t = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0  # the decoded frame's pts, from 0

@@ -64,6 +64,21 @@ def test_variable_rate_video_keeps_its_own_timestamps(tmp_path):
     assert [f.timestamp for f in open_file_source(vfr, fps=10.0)] == pytest.approx([i / 10 for i in range(10)])
 
 
+def test_raw_h264_without_timestamps_gets_the_header_rate(tmp_path):
+    """A raw H.264 elementary stream (what a Raspberry Pi camera records) has no container
+    timestamps: OpenCV reports position 0 ms for every frame and a frame count of about -1.9e14.
+    The frames were all stamped 0.0 s and frame_count was negative; now they step by the header's
+    rate and the count is 0 (unknown)."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs ffmpeg")
+    raw = tmp_path / "cam.h264"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25",
+                    "-frames:v", "10", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-f", "h264", str(raw)], check=True)
+    src = open_file_source(raw)
+    assert src.fps == pytest.approx(25.0) and src.frame_count >= 0
+    assert [f.timestamp for f in src] == pytest.approx([i / 25 for i in range(10)])
+
+
 def test_video_iterates_twice_from_frame_one(tud_dir):
     src = open_sequence(tud_dir).frames()
     first = [f.image for f in itertools.islice(src, 3)]
