@@ -191,6 +191,8 @@ class JtopMeter:
             self._jtop.start()  # raises JtopException when the jtop service is absent
 
     def read(self) -> PowerSample:
+        if not self._jtop.is_alive():  # its thread ends when the jtop service goes, keeping the last stats
+            raise OSError("jtop lost the jtop service (sudo systemctl restart jtop)")
         power = self._jtop.power  # {"rail": {name: {"power": mW, ...}}, "tot": {"power": mW, "name"?}}
         rails = {k: v["power"] / 1000.0 for k, v in power.get("rail", {}).items() if "power" in v}
         tot = power.get("tot", {})

@@ -150,6 +150,37 @@ def test_a_failing_meter_gives_no_watts_and_the_sampler_keeps_trying(error, capl
     assert len(failures) == 1, [r.getMessage() for r in failures][:3]
 
 
+def test_jtop_meter_fails_once_the_jtop_service_is_lost(monkeypatch):
+    """jtop's client thread ends when it loses the jtop service but keeps its last stats, so
+    `power` went on answering the last watts with a fresh timestamp: /metrics and a profile showed
+    a frozen reading as current. A fake jtop module stands in for jetson-stats here."""
+    import sys
+    import types
+
+    class FakeJtop:
+        power = {"rail": {"VDD_IN": {"power": 5100}}, "tot": {"power": 5100, "name": "VDD_IN"}}  # mW
+
+        def __init__(self):
+            self.alive = False
+
+        def start(self):
+            self.alive = True
+
+        def is_alive(self):
+            return self.alive
+
+        def close(self):
+            self.alive = False
+
+    monkeypatch.setitem(sys.modules, "jtop", types.SimpleNamespace(jtop=FakeJtop))
+    meter = P.JtopMeter()
+    s = meter.read()
+    assert (s.total_w, s.total_rail, s.rails_w) == (5.1, "VDD_IN", {"VDD_IN": 5.1})
+    meter._jtop.alive = False  # the jtop service stopped: the client thread has ended
+    with pytest.raises(OSError, match="jtop"):
+        meter.read()
+
+
 def test_no_meter_here_is_said_with_reasons():
     if Path("/sys/bus/i2c/drivers/ina3221").exists() or Path("/run/jtop.sock").exists():
         pytest.skip("this machine has a power meter")
