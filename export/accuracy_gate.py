@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -271,4 +272,9 @@ def track_sequence(bundle_dir: Path, seq_dir: Path, window, res_file: Path, thre
         src.close()
         p.close()
     res_file.parent.mkdir(parents=True, exist_ok=True)
-    res_file.write_text("".join(lines))
+    tmp = res_file.with_name(f".{res_file.name}.tmp-{os.getpid()}")
+    try:  # the cache is reused whenever the file exists: it must never hold part of the rows
+        tmp.write_text("".join(lines))
+        os.replace(tmp, res_file)
+    finally:
+        tmp.unlink(missing_ok=True)

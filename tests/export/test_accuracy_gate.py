@@ -181,3 +181,51 @@ def test_control_is_reported_and_does_not_decide(tmp_path, monkeypatch):
     c = v["control"]
     assert c["pooled_hota_drops"] == {"clean": pytest.approx(1.5)} and c["passed"] is False
     assert [x["hota_drop"] for x in c["cases"]] == pytest.approx([3.0, 0.0])
+
+
+def test_tracks_cut_short_while_written_are_never_scored(tmp_path, monkeypatch):
+    """The track cache is reused whenever its file exists: a write cut short (a full disk, a kill, a
+    concurrent export reading mid-write) left part of the rows under the final name, and every later
+    gate scored the bundle on them."""
+    import errno
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from vsdmot.runtime import bundle as rb
+    from vsdmot.runtime import pipeline, sources
+
+    frames = [SimpleNamespace(index=i) for i in range(1, 6)]
+    seq = SimpleNamespace(info=SimpleNamespace(frame_rate=7.0, length=5),
+                          frames=lambda: _Frames(frames))
+    tracks = SimpleNamespace(track_id=np.array([1]), xywh=np.array([[1.0, 2.0, 3.0, 4.0]]), score=np.array([0.9]))
+    monkeypatch.setattr(sources, "open_sequence", lambda d: seq)
+    monkeypatch.setattr(rb, "load_bundle", lambda d: None)
+    monkeypatch.setattr(pipeline, "build_pipeline", lambda b, cfg, fps: SimpleNamespace(close=lambda: None))
+    monkeypatch.setattr(pipeline, "step", lambda frame, p: SimpleNamespace(tracks=tracks))
+    real_write = Path.write_text
+
+    def disk_full(self, text, *a, **k):
+        real_write(self, text[: len(text) // 2], *a, **k)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    res = tmp_path / "cache" / "results" / "x" / "clean" / "S.txt"
+    with pytest.raises(OSError, match="No space"):
+        ag.track_sequence(tmp_path / "b", tmp_path / "seq", None, res)
+    assert not res.exists() and not list(res.parent.glob("*"))  # nothing a later gate would take for tracks
+    monkeypatch.setattr(Path, "write_text", real_write)
+    ag.track_sequence(tmp_path / "b", tmp_path / "seq", None, res)
+    assert len(res.read_text().splitlines()) == 5
+
+
+class _Frames:
+    def __init__(self, frames):
+        self.it = iter(frames)
+
+    def __iter__(self):
+        return self.it
+
+    def close(self):
+        pass
