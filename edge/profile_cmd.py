@@ -155,6 +155,10 @@ def energy(stats: dict[str, Any], samples: list[Any], idle_w: float | None) -> d
     if mean_w is None:
         return {"metered": True, "note": f"too few power samples in the window ({len(samples)})"}
     frames, seconds = stats["frames"], stats["seconds"]
+    span = samples[-1].t - samples[0].t
+    if seconds - span > max(0.2 * seconds, 1.0):  # the meter stopped (or started late): no extrapolation
+        return {"metered": True, "note": f"power samples cover only {span:.1f} of the {seconds:.1f} s window "
+                                         "(the meter stopped reading): no energy figures"}
     out = {"metered": True, "samples": len(samples), "mean_w": round(mean_w, 3),
            "joules_per_frame": round(mean_w * seconds / frames, 4)}
     if idle_w is not None:
@@ -360,12 +364,19 @@ def run(args: argparse.Namespace) -> int:
     out = write_report(report, Path(args.report))
     for r in report["runs"]:
         s, e = r["stats"], r["energy"]
-        watts = f", {e['mean_w']} W ({e.get('net_joules_per_frame', e['joules_per_frame'])} J/frame)" if "mean_w" in e else ", no power meter"
+        watts = power_text(e)
         print(f"{r['label']}: {s['frames']} frames, FPS model {s['fps']['model']} / pipeline {s['fps']['pipeline']} "
               f"/ end-to-end {s['fps']['end_to_end']}, skip {100 * s['semantic_skip_ratio']:.0f}%, "
               f"CPU {s['cpu_seconds_per_frame'] * 1000:.1f} ms/frame{watts}")
     print(f"report: {out}")
     return 0
+
+
+def power_text(e: dict[str, Any]) -> str:
+    """The energy part of a run's summary line: watts and J/frame, why a meter gave none, or no meter."""
+    if "mean_w" in e:
+        return f", {e['mean_w']} W ({e.get('net_joules_per_frame', e['joules_per_frame'])} J/frame)"
+    return f", power: {e['note']}" if e.get("metered") else ", no power meter"
 
 
 def load_report(path: str | Path) -> dict[str, Any]:

@@ -60,6 +60,19 @@ def test_energy_net_of_idle_baseline():
     assert "too few" in PC.energy(stats, samples[:1], None)["note"]
 
 
+def test_energy_needs_samples_over_the_whole_window():
+    """A meter that stopped reading 3 s into a 10 s window left 3 s of samples; their mean was
+    multiplied by the full 10 s as if measured throughout. The CLI's line then said 'no power
+    meter' for any metered run without figures. (Samples built by hand: arithmetic only.)"""
+    stats = {"frames": 100, "seconds": 10.0}
+    samples = [make_sample({"VDD_IN": 7.0}, t) for t in (0.0, 1.0, 2.0, 3.0)]
+    e = PC.energy(stats, samples, idle_w=5.0)
+    assert "mean_w" not in e and "joules_per_frame" not in e and "3.0 of the 10.0 s" in e["note"]
+    assert "mean_w" in PC.energy(stats, [make_sample({"VDD_IN": 7.0}, t) for t in (0.1, 5.0, 9.9)], None)
+    assert PC.power_text(e) == f", power: {e['note']}"
+    assert PC.power_text({"metered": False, "note": "no power meter on this machine"}) == ", no power meter"
+
+
 @pytest.mark.parametrize(
     "flags, labels, error",
     [
