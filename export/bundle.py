@@ -171,8 +171,14 @@ def _replace(stage: Path, out: Path) -> None:
             raise ValueError(f"--out {out}: exists and is not a bundle (no {MANIFEST}); refusing to replace it")
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
-        os.replace(stage, out)
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(stage, out)
+        except BaseException:
+            if not out.exists():  # the previous bundle goes back (else another export published there)
+                os.replace(old, out)
+            raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(stage, out)

@@ -1,0 +1,31 @@
+"""export.bundle: putting a staged bundle in place."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from vsdmot.export import bundle
+
+
+def test_a_failed_swap_puts_the_previous_bundle_back(tmp_path, monkeypatch):
+    """publish moves the previous bundle aside, then the new one in: when the second rename fails
+    (another export published there in between: ENOTEMPTY), --out was left empty and the previous
+    bundle hidden in .out.old-PID, where docs/export.md promises it stays."""
+    out, stage = tmp_path / "b", tmp_path / ".b.staging-1"
+    for d, text in ((out, "old"), (stage, "new")):
+        d.mkdir()
+        (d / "manifest.json").write_text(text)
+    real = os.replace
+
+    def fail_into_out(src, dst):
+        if str(src) == str(stage):
+            raise OSError(errno.ENOTEMPTY, "Directory not empty")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_into_out)
+    with pytest.raises(OSError, match="not empty"):
+        bundle.publish(stage, out, {"passed": True})
+    assert (out / "manifest.json").read_text() == "old" and not list(tmp_path.glob(".b.old-*"))
