@@ -164,7 +164,9 @@ class _SlotTracker:
         if props.feature is not None and len(m):
             mix = cfg.embed_momentum * self.embed[m[:, 0]] + (1 - cfg.embed_momentum) * props.feature[m[:, 1]]
             self.embed[m[:, 0]] = mix / np.maximum(np.linalg.norm(mix, axis=1, keepdims=True), 1e-6)
-        self.miss = np.where(matched, 0, self.miss + 1).astype(np.float32)
+        # only live slots count misses: a free slot's count grew with the run and broke the network's
+        # masking after days (FP16: overflow after 65504 frames); it stays <= miss_tolerance + 1
+        self.miss = np.where(matched, 0, self.miss + self.valid).astype(np.float32)
         self.hits += matched
         self.query = np.where(self.valid[:, None], out["track_query_out"][0], 0).astype(np.float32)
         self.valid &= (self.miss <= cfg.miss_tolerance) & ((self.miss == 0) | (self.hits >= cfg.tentative_hits))

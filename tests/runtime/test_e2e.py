@@ -232,3 +232,20 @@ def test_e2e_birth_default_is_the_pipelines():
     """The reference, calibration and studies use E2EConfig(); the pipeline passes RunConfig's value."""
     from vsdmot.runtime.config import RunConfig
     assert E2EConfig().birth == RunConfig().tracker.birth_score
+
+
+@pytest.mark.parametrize("cls", [E2ETracker, HybridTracker])
+def test_free_slots_miss_count_stays_bounded_on_long_runs(cls):
+    """A slot that is free (never used, or its track died) fed track_miss = frames since start:
+    unbounded on a device running for days. Masking (-1e4) in the network only holds while that
+    number is small: on the shipped tracker.onnx, free slots at miss 1e7 (3.9 days at 30 fps) moved a
+    live track's match logits by 2516 and a birth score by 0.72; an FP16 engine overflows at 65504
+    (36 min). Every miss fed must stay within what a live track can have (miss_tolerance + 1)."""
+    net = FakeTrackerNet()
+    cfg = E2EConfig()
+    trk = cls(net, cfg)
+    for frame in [dets((100, 0.9))] * 3 + [dets()] * 60 + [dets((300, 0.9))] * 3:
+        trk.step(frame)
+    fed = np.stack([f["track_miss"][0] for f in net.feeds])  # (frames, S)
+    assert fed.max() <= cfg.miss_tolerance + 1
+    assert trk.valid.sum() == 1 and trk.miss[trk.valid].tolist() == [0]
