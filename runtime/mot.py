@@ -9,6 +9,7 @@ Row layouts (frames are 1-based, boxes are x, y, w, h in source pixels):
 from __future__ import annotations
 
 import configparser
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -66,10 +67,20 @@ def read_seqinfo(path: str | os.PathLike) -> SeqInfo:
         vals = {k: conv(sec[k]) for k, conv in _SEQINFO_KEYS.items()}
     except (KeyError, ValueError, configparser.Error) as e:
         raise ValueError(f"{path}: expected a [Sequence] section with {list(_SEQINFO_KEYS)}: {e}") from None
+    _check_seqinfo(path, vals)
     return SeqInfo(
         vals["name"], vals["frameRate"], vals["seqLength"], vals["imWidth"], vals["imHeight"],
         sec.get("imDir", "img1"), sec.get("imExt", ".jpg"),
     )
+
+
+def _check_seqinfo(path: Path, vals: dict) -> None:
+    """A rate every frame's timestamp divides by, and counts and sizes that are not negative."""
+    if not (math.isfinite(vals["frameRate"]) and vals["frameRate"] > 0):
+        raise ValueError(f"{path}: frameRate: expected > 0 frames per second, got {vals['frameRate']}")
+    for key in ("seqLength", "imWidth", "imHeight"):
+        if vals[key] < 0:
+            raise ValueError(f"{path}: {key}: expected >= 0, got {vals[key]}")
 
 
 def write_seqinfo(path: str | os.PathLike, info: SeqInfo) -> None:

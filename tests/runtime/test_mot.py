@@ -119,6 +119,10 @@ def test_malformed_rows_raise_one_clear_error(tmp_path, text, message):
         ("[Sequence]\nname=x\nframeRate=7\n", "expected a \\[Sequence\\] section"),
         ("[Sequence]\nname=x\nframeRate=fast\nseqLength=3\nimWidth=4\nimHeight=4\n", "frameRate"),
         ("no section header\n", "Sequence"),
+        # a rate of 0 opened fine, then every frame's timestamp divided by it (ZeroDivisionError mid-run)
+        ("[Sequence]\nname=x\nframeRate=0\nseqLength=3\nimWidth=4\nimHeight=4\n", "frameRate: expected > 0"),
+        ("[Sequence]\nname=x\nframeRate=nan\nseqLength=3\nimWidth=4\nimHeight=4\n", "frameRate: expected > 0"),
+        ("[Sequence]\nname=x\nframeRate=7\nseqLength=-3\nimWidth=4\nimHeight=4\n", "seqLength: expected >= 0"),
     ],
 )
 def test_bad_seqinfo(tmp_path, text, message):
