@@ -96,16 +96,17 @@ def detection_rounds(model, src: Path, out: Path, feeds: Sequence[Mapping[str, n
 
     order, (sizes, total) = quantised_layers(model, excluded), weight_sizes(model)
     trail, k = [(0, f1())], cfg.first
-    best = (excluded, trail[0][1])
+    best = written = (excluded, trail[0][1])
     while trail[-1][1] < cfg.min_f1 and k <= len(order):
         extra = set(order[:k])
         if sum(sizes.get(n, 0) for n in extra) > cfg.max_float_weights * total:
             break  # the size budget: what INT8 is for
         requant(excluded | extra)
         trail.append((k, f1()))
-        best = max(best, (excluded | extra, trail[-1][1]), key=lambda b: b[1])
+        written = (excluded | extra, trail[-1][1])
+        best = max(best, written, key=lambda b: b[1])  # a tie keeps the earlier, smaller round
         k *= 2
-    if trail[-1][1] < best[1]:  # the last round did worse than an earlier one (or the base): rebuild that
+    if written[0] != best[0]:  # the last round is not the best (F1 ties often): rebuild the best
         requant(best[0])
     kept = len(best[0]) - len(excluded)
     return best[0], {"min_f1": cfg.min_f1, "frames": len(sel), "trail": trail, "first_layers_float": kept,

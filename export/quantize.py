@@ -160,15 +160,15 @@ def _quantize(src: Path, cfg: QuantConfig, out: Path, feeds) -> dict[str, Any]:
         run_ort_quant(named, out, cfg, Prefix(calib, n), excluded, ranges)  # calibrates once, caches the ranges
         excluded, tried = trial_int8(model, src, named, out, probe, cfg, excluded, ranges)
         cos = min_cosine(src, out, probe)
-        trail, best = [(0, round(cos, 5))], (cos, set())
-        for extra in sensitivity_schedule(model, out, named, probe, cfg, cos):  # ranks on the rewritten graph
-            run_ort_quant(named, out, cfg, None, excluded | extra, ranges)  # cached ranges: no recalibration
+        trail, best, last = [(0, round(cos, 5))], (cos, set()), set()
+        for last in sensitivity_schedule(model, out, named, probe, cfg, cos):  # ranks on the rewritten graph
+            run_ort_quant(named, out, cfg, None, excluded | last, ranges)  # cached ranges: no recalibration
             cos = min_cosine(src, out, probe)
-            trail.append((len(extra), round(cos, 5)))
-            best = max(best, (cos, extra), key=lambda b: b[0])
+            trail.append((len(last), round(cos, 5)))
+            best = max(best, (cos, last), key=lambda b: b[0])
             if cos >= cfg.min_cosine:
                 break
-        if cos != best[0]:  # no round reached min_cosine: keep the best one seen (the base model included)
+        if last != best[1]:  # the last round written is not the best seen (the base model included): rebuild it
             run_ort_quant(named, out, cfg, None, excluded | best[1], ranges)
         cos, excluded = best[0], excluded | best[1]
         excluded, det = detection_rounds(model, src, out, feeds, cfg.detection, excluded,

@@ -7,6 +7,7 @@ import json
 import logging
 import shutil
 
+import numpy as np
 import onnx
 import pytest
 
@@ -99,3 +100,30 @@ def test_a_detector_that_stays_below_min_f1_stays_fp32_in_the_chain(feeds, tmp_p
     with caplog.at_level(logging.WARNING, logger="vsdmot.export.chain"):
         assert int8(fp32, ExportConfig(), "minmax", feeds, Report(), "detector") == q
     assert "near-camera scene" in caplog.text and "--keep-fp32 detector" in caplog.text
+
+
+def test_a_round_tying_the_best_f1_leaves_the_reported_layers_written(monkeypatch, tmp_path):
+    """F1 is a ratio of counts and ties often; when the last round tied an earlier best, the file kept
+    the last round's float layers while kept_float and first_layers_float reported the earlier one's."""
+    from onnx import helper, numpy_helper
+
+    from vsdmot.export import det_rounds
+
+    inits, nodes, x = [], [], "x"
+    for i in range(10):  # ten convs; the last holds most weights, so the budget (10 %) allows the first eight
+        shape = (2, 2, 100, 1) if i == 9 else (2, 2, 1, 1)
+        inits.append(numpy_helper.from_array(np.zeros(shape, np.float32), f"w{i}"))
+        nodes.append(helper.make_node("Conv", [x, f"w{i}"], [f"y{i}"], name=f"c{i}"))
+        x = f"y{i}"
+    model = helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 2, 4, 4])],
+                                                [helper.make_tensor_value_info(x, 1, None)], inits))
+    f1s = iter([0.90, 0.95, 0.95])  # base, k=4, k=8 (a tie; k=16 is past the ten layers)
+    monkeypatch.setattr(det_rounds, "onnx_runner", lambda path: lambda feed: {})
+    monkeypatch.setattr(det_rounds, "layout_problem", lambda out, feed: None)
+    monkeypatch.setattr(det_rounds, "agreement", lambda *a, **k: {"f1": next(f1s)})
+    written = []
+    kept, det = det_rounds.detection_rounds(model, tmp_path / "fp.onnx", tmp_path / "q.onnx", [{"x": 0}] * 4,
+                                            DetectionRoundsConfig(min_f1=0.99, frames=2), set(),
+                                            lambda ex: written.append(set(ex)))
+    assert [len(w) for w in written[:2]] == [4, 8]
+    assert written[-1] == kept and det["first_layers_float"] == len(kept) and det["f1"] == 0.95
