@@ -48,7 +48,7 @@ class RecoverConfig:
     backoff: float = 0.2  # if it rose by then, restart from the pruned net at lr x backoff (0 = never restart)
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch < 1 or self.lr <= 0 or not 0 < self.holdout < 1:
+        if self.steps < 0 or self.max_seconds < 0 or self.batch < 1 or self.lr <= 0 or not 0 < self.holdout < 1:
             raise ValueError(f"recover config out of range: {self}")
 
 
@@ -105,8 +105,9 @@ class _Run:
         self.rng, self.t0, self.w0, self.step = np.random.default_rng(cfg.seed), time.process_time(), time.perf_counter(), 0
 
     def progress(self) -> float:
-        """Share of the budget used: steps or CPU seconds, whichever is further."""
-        return max(self.step / max(self.cfg.steps, 1), (time.process_time() - self.t0) / self.cfg.max_seconds)
+        """Share of the budget used: steps or CPU seconds, whichever is further (a 0 s budget: all of it)."""
+        cpu = (time.process_time() - self.t0) / self.cfg.max_seconds if self.cfg.max_seconds > 0 else 1.0
+        return max(self.step / max(self.cfg.steps, 1), cpu)
 
     def train(self, student: nn.Module, lr: float, start: float, stop: float, opt) -> torch.optim.Optimizer:
         """Adam steps until `stop` of the budget, lr cosine-decayed from `lr` at `start` to 0 at 1."""

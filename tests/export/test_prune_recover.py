@@ -269,3 +269,14 @@ def test_prune_is_redone_when_what_it_may_prune_changes(det_net, tmp_path, monke
     m = load_module(prune(net, PruneConfig(ratio=0.5), out))
     assert read_stamp(out)["key"] != first
     assert m.neck[0][0].out_channels == 48  # the neck kept its channels this time
+
+
+def test_a_zero_recovery_budget_keeps_the_pruned_network(det_net, det_feeds, tmp_path):
+    """The chain splits --recover-seconds by MACs in whole seconds: `--recover-seconds 3` gives the
+    128 px student round(0.37) = 0 s, and the budget clock divided by it (ZeroDivisionError after the
+    pruning had run)."""
+    pruned = as_net(det_net, load_module(prune(det_net, PruneConfig(ratio=0.5), tmp_path / "p.pt")))
+    out = recover(pruned, RecoverConfig(max_seconds=0.0), tmp_path / "r.pt", det_net, det_feeds)
+    assert read_stamp(out)["details"]["steps"] == 0
+    with pytest.raises(ValueError, match="recover"):
+        RecoverConfig(max_seconds=-1.0)
