@@ -292,7 +292,8 @@ def record_tracker_feeds(reference: Path, cs, limit: int = 512) -> list[dict]:
     from vsdmot.runtime.pipeline import build_pipeline, step
     from vsdmot.runtime.types import Frame
 
-    p = build_pipeline(load_bundle(reference), RunConfig(), 7.0)
+    run = RunConfig()  # onnxruntime, as the gate tracks: `auto` built TensorRT engines for this throwaway reference
+    p = build_pipeline(load_bundle(reference), replace(run, pipeline=replace(run.pipeline, backend="onnxruntime")), 7.0)
     try:
         trk = next(b for b in p.backends if Path(getattr(b, "path", "")).stem == "tracker")
         frames = (Frame(i + 1, cs.image(i), i / 7.0) for i in range(min(len(cs), limit)))

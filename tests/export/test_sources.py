@@ -69,3 +69,24 @@ def test_a_set_being_built_by_another_export_is_waited_for(tmp_path, sources, bu
         assert len(built) == 1  # not building over the other one's frames.npy
     t.join(10)
     assert len(built) == 2 and built[1] == built[0]
+
+
+def test_tracker_feeds_are_recorded_on_onnxruntime(tmp_path, monkeypatch):
+    """The FP32 reference pipeline that records the tracker's calibration feeds ran with the runtime's
+    default backend, `auto`: on a device (--target tensorrt runs there) it built three TensorRT engines
+    for a throwaway reference bundle first, and recorded TF32 values; the gate tracks on onnxruntime."""
+    from types import SimpleNamespace
+
+    from vsdmot.calibration import feeds as cfeeds
+    from vsdmot.export.sources import record_tracker_feeds
+    from vsdmot.runtime import bundle as rb
+    from vsdmot.runtime import pipeline
+
+    seen = []
+    trk = SimpleNamespace(path="tracker.onnx")
+    monkeypatch.setattr(rb, "load_bundle", lambda path: None)
+    monkeypatch.setattr(pipeline, "build_pipeline", lambda b, cfg, fps: seen.append(cfg) or SimpleNamespace(
+        backends=[trk], close=lambda: None))
+    monkeypatch.setattr(cfeeds, "record_feeds", lambda step, frames, backends: {"tracker": []})
+    record_tracker_feeds(tmp_path, [])
+    assert seen[0].pipeline.backend == "onnxruntime"
