@@ -214,14 +214,15 @@ def check_torch_tensorrt() -> None:
 
 
 def check_tensorrt() -> None:
-    """--target tensorrt builds the engines here, so TensorRT must import (it does on a Jetson)."""
+    """--target tensorrt builds the engines here, so TensorRT must import and make a Builder (it does on a
+    Jetson). The wheel imports without a usable GPU; Builder() then fails ("factory function returned nullptr")."""
     from vsdmot.runtime.errors import DeviceError
 
     try:
         import tensorrt as trt
 
-        trt.Builder  # noqa: B018  (the lean wheel has no Builder)
-    except (ImportError, OSError, AttributeError) as e:
+        trt.Builder(trt.Logger(trt.Logger.ERROR))  # the lean wheel has no Builder (AttributeError)
+    except (ImportError, OSError, AttributeError, TypeError, RuntimeError) as e:
         raise DeviceError(f"--target tensorrt builds engines on this device and needs TensorRT ({e}); export with "
                           f"--target onnx and let `vsdmot-edge run --backend tensorrt` build them on the device") from None
 

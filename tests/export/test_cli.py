@@ -163,3 +163,22 @@ def test_prebuilt_engines_have_the_key_the_run_looks_up(bundle_precision, files,
                         lambda path, precision: built.append((path.name, precision)) or SimpleNamespace(close=lambda: None))
     cli.prebuild_engines(tmp_path)
     assert sorted(built) == [(n, bundle_precision) for n in sorted(files)]
+
+
+def test_tensorrt_that_imports_without_a_usable_gpu_is_refused_before_exporting(monkeypatch):
+    """The TensorRT wheel imports on a machine without a usable GPU; its Builder() then fails ("pybind11::init():
+    factory function returned nullptr" after "CUDA initialization failure"). Looking the class up passed, so
+    --target tensorrt exported for minutes, published, and failed only when prebuilding the engines."""
+    import sys
+    from types import SimpleNamespace
+
+    from vsdmot.runtime.errors import DeviceError
+
+    def builder(logger):
+        raise TypeError("pybind11::init(): factory function returned nullptr")
+
+    fake = SimpleNamespace(__version__="10.3.0", Builder=builder)
+    fake.Logger = type("Logger", (), {"ERROR": 4, "__init__": lambda self, level=None: None})
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    with pytest.raises(DeviceError, match="needs TensorRT"):
+        cli.check_tensorrt()
