@@ -56,7 +56,7 @@ class ExportConfig:
     precision: str = "int8"  # int8 | fp16 (FP32 ONNX, engine built in FP16) | fp32
     prune: float | None = None  # channel ratio; None = DEFAULT_PRUNE for int8/fp16, 0 for fp32
     method: str = DEFAULT_METHOD  # minmax | entropy | percentile | auto (chosen by the gate's HOTA)
-    target: str = "onnx"  # onnx (ORT + TensorRT from Q/DQ) | tensorrt (also a legacy calibration cache) | torch-tensorrt
+    target: str = "onnx"  # onnx (ORT + TensorRT from Q/DQ) | tensorrt (engines prebuilt on the device) | torch-tensorrt
     calib: tuple[str, ...] = ()  # calibration sources; () = sources.default_calib_sources()
     work_dir: str = ""  # intermediates; "" = default_work_dir(out)
     recover: RecoverConfig = RecoverConfig()  # distillation after pruning; max_seconds: total CPU s, shared by MACs

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["minmax", "entropy", "percentile", "auto"], default=DEFAULT_METHOD,
                    help=f"INT8 calibration method; auto picks by the gate's HOTA (default {DEFAULT_METHOD})")
     p.add_argument("--target", choices=TARGETS, default="onnx", help="onnx (Q/DQ for ORT and TensorRT), tensorrt "
-                   "(also a legacy INT8 calibration cache on the device), torch-tensorrt (on a device with it)")
+                   "(on the device: also prebuilds its TensorRT engines after publishing), torch-tensorrt (on a "
+                   "device with it)")
     p.add_argument("--calib-quality", choices=["auto", "gate", "proxy"], default="auto",
                    help="stratify calibration frames by the bundle's quality gate or by degradation severity")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="bundle directory to write")

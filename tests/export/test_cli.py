@@ -182,3 +182,15 @@ def test_tensorrt_that_imports_without_a_usable_gpu_is_refused_before_exporting(
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     with pytest.raises(DeviceError, match="needs TensorRT"):
         cli.check_tensorrt()
+
+
+def test_target_help_promises_what_the_target_does(capsys):
+    """--target tensorrt prebuilds the engines after publishing (prebuild_engines); nothing in the chain
+    writes a legacy INT8 calibration cache (calibration/trt_calibrator.py is a separate API), which the
+    help promised."""
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    start = text.rindex("--target {")  # the option's entry, not the usage line
+    target = text[start:text.index("--calib-quality {", start)]
+    assert "prebuilds" in target and "calibration cache" not in target
