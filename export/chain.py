@@ -197,6 +197,7 @@ def torch_to_onnx(net: TorchNet, base: Path, report: Report, feeds=None) -> Path
 
 def network_feeds(sources: Sources, cfg: ExportConfig, work: Path, reference: Path) -> dict[str, Sequence[Mapping]]:
     """Calibration/distillation feeds per network: overrides, else from the degraded calibration set."""
+    (work / "calibset.json").unlink(missing_ok=True)  # an earlier export's set: written again when one is built
     feeds = dict(sources.feeds)  # only the networks that prune (distillation) or quantise (calibration)
     need = [n for n, net in sources.nets.items() if cfg.precision == "int8" or (cfg.ratio and net.prune_roots)]
     missing = [n for n in need if n not in feeds]

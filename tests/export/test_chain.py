@@ -254,3 +254,15 @@ def test_a_work_dir_in_use_is_refused_and_the_other_export_keeps_its_staging(sou
         assert staging.is_dir()
     staging.rmdir()
     assert load_bundle(export(cfg, tmp_path / "b", sources=sources)).manifest["precision"] == "fp32"  # released
+
+
+def test_a_bundle_calibrated_on_nothing_records_no_earlier_calibration_set(sources, tmp_path):
+    """The work dir keeps calibset.json from the last export that built calibration feeds; an --fp16
+    export (nothing calibrated) in the same work dir merged it into its manifest's calibration section,
+    naming a set and sources it never used."""
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "calibset.json").write_text(json.dumps({"sources": ["an-earlier-run.mp4"], "frame_count": 512}))
+    src = replace(sources, feeds={})
+    m = load_bundle(export(cfg_for(tmp_path, precision="fp16"), tmp_path / "fp16", sources=src,
+                           eval_fn=fake_eval(0.0))).manifest
+    assert "an-earlier-run.mp4" not in json.dumps(m["calibration"]) and "frame_count" not in m["calibration"]
