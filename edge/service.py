@@ -6,7 +6,8 @@ sd_notify is a datagram of "KEY=VALUE" lines sent to the unix socket named by $N
     READY=1     after the first processed frame (not at start: the engine build may take minutes)
     WATCHDOG=1  every WATCHDOG_USEC / 2, and only while the source delivers fresh frames, so a
                 camera that vanished, or a stream that froze, lets systemd restart the service
-    STATUS=...  FPS, tracks, semantic skip ratio, every few seconds
+    STATUS=...  FPS, tracks, semantic skip ratio, every few seconds; "stalled" from a timer while
+                no frame arrives (a stalled source calls no hook)
     STOPPING=1  on SIGTERM / SIGINT (and at the end of a finite source)
     RELOADING=1 then READY=1 around a SIGHUP config reload
 
@@ -107,20 +108,31 @@ class NotifyHook:
     """Run-loop hook that keeps systemd informed. Never pings the watchdog on stale frames."""
 
     def __init__(self, notifier: Notifier, stall_s: float, watchdog_s: float | None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, status_every_s: float = STATUS_EVERY_S):
         self.notifier, self.stall_s, self.watchdog_s, self.clock = notifier, stall_s, watchdog_s, clock
+        self.status_every_s = status_every_s
         self.ready = False
         self.frames = 0
         self._fps = FpsWindow()
-        self._last_ping = self._last_status = -float("inf")
+        self._last_ping = self._last_status = self._last_frame = -float("inf")
         self._skipped = 0
+        self._stopped = threading.Event()
 
     def on_start(self) -> None:
         self.notifier.send("STATUS=starting: model loaded, waiting for the first frame")
+        if self.notifier.enabled:  # a stalled source calls no on_frame: a timer keeps STATUS= true
+            threading.Thread(target=self._status_while_idle, name="vsdmot-status", daemon=True).start()
+
+    def _status_while_idle(self) -> None:
+        """STATUS=stalled while no frame arrives (never WATCHDOG=1: that needs fresh frames)."""
+        while not self._stopped.wait(self.status_every_s):
+            idle = self.clock() - self._last_frame
+            if self.ready and idle > self.stall_s:
+                self.notifier.send(f"STATUS=stalled: no frame for {idle:.0f} s")
 
     def on_frame(self, result: Any, source_stats: Any = None) -> None:
         now = self.clock()
-        self.frames += 1
+        self.frames, self._last_frame = self.frames + 1, now
         self._skipped += result.semantic == "skipped"
         self._fps.tick(now)
         if not self.ready:
@@ -139,6 +151,7 @@ class NotifyHook:
         return f"STATUS=tracking: {self._fps.fps(now):.1f} fps, {len(result.tracks)} tracks, semantic skipped {skip:.0f}%"
 
     def on_stop(self, summary: Any = None) -> None:
+        self._stopped.set()
         if not self.notifier.stopping:
             self.notifier.send("STOPPING=1", f"STATUS=stopped after {self.frames} frames")
         self.notifier.close()

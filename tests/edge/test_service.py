@@ -180,6 +180,29 @@ def test_watchdog_stops_when_the_source_stalls_and_resumes_when_fresh(listener):
     assert "WATCHDOG" in kinds(lst.drain())
 
 
+def test_status_says_stalled_while_no_frame_arrives(listener):
+    """STATUS= was refreshed only from processed frames, and a stalled source delivers none:
+    `systemctl status` kept 'tracking: 10.0 fps' for as long as the camera was gone (for ever
+    with the watchdog off). A timer now says so, and never pings the watchdog."""
+    lst, path = listener
+    clock = Clock()
+    hook = S.NotifyHook(S.Notifier(path), stall_s=2.0, watchdog_s=0.5, clock=clock, status_every_s=0.1)
+    hook.on_start()
+    try:
+        time.sleep(0.1)
+        assert not any("stalled" in m for m in lst.drain())  # no frame yet: still starting, not stalled
+        hook.on_frame(result(1), Stats(last_fresh_monotonic=clock.t))
+        lst.drain()
+        clock.t += 7.0  # no frame for 7 s
+        msgs, end = [], time.monotonic() + 0.4
+        while time.monotonic() < end:
+            msgs += lst.drain(0.03)
+    finally:
+        hook.on_stop(None)
+    assert any(m.startswith("STATUS=stalled: no frame for 7 s") for m in msgs), msgs
+    assert "WATCHDOG" not in kinds(msgs)
+
+
 def test_disconnected_source_is_not_fresh(listener):
     lst, path = listener
     clock = Clock()
