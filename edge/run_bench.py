@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from vsdmot.edge.run_cmd import DEMO_CLIP
+from vsdmot.runtime.bundle import DEFAULT_BUNDLE
 
 VARIANTS = ("peer", "vsdmot-never", "vsdmot-auto", "vsdmot-always")
 
@@ -148,7 +149,7 @@ def summarise(runs: dict[str, list[dict]], args: argparse.Namespace) -> dict:
     bundles = bundle_table(fps, args)
     return {"source": str(args.source), "bundle": str(args.bundle or "default"), "rounds": args.rounds,
             "threads": args.threads or "onnxruntime default (all cores)", "cpu_count": os.cpu_count(),
-            "precision": "fp32", "detector_input": 416, "variants": table,  # of the built-in variants
+            **bundle_shape(args.bundle or DEFAULT_BUNDLE), "variants": table,  # what the built-in variants ran
             "ratios": {k: round(v, 3) for k, v in ratios.items()}, "bundles": bundles,
             "auto_semantic_counts": {k: auto.get(k) for k in ("semantic_runs", "semantic_reused", "semantic_skipped")}}
 

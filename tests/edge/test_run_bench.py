@@ -42,6 +42,18 @@ def test_summary_gives_fps_and_size_ratios_against_the_reference_bundle_and_the_
     assert b["int8-p25"]["size_vs_fp32"] == round((1000 + len((small / "manifest.json").read_bytes())) / (4000 + m), 3)
 
 
+def test_summary_names_what_the_built_in_variants_ran(tmp_path):
+    """The summary said precision 'fp32' and detector input 416 for the vsdmot-* variants whatever
+    --bundle they ran (an INT8 416x320 bundle was reported as FP32 at 416)."""
+    a = args_for([], variants=("vsdmot-never",))
+    a.bundle = fake_bundle(tmp_path, "int8", [10])
+    out = run_bench.summarise({"vsdmot-never": [rec(10.0)]}, a)
+    assert (out["precision"], out["detector_input"]) == ("int8", "416x320")
+    a.bundle = None  # the shipped default bundle
+    out = run_bench.summarise({"vsdmot-never": [rec(10.0)]}, a)
+    assert (out["precision"], out["detector_input"]) == ("fp32", "416x416")
+
+
 @pytest.mark.parametrize("argv, error", [
     (["--bundles", "fp32"], "NAME=DIR"),
     (["--bundles", "x=/nonexistent"], "manifest.json"),
