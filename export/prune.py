@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .report import cached_step
+from .report import cached_step, tools_key
 from .to_onnx import TorchNet, net_key
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,8 @@ def prune(net: TorchNet, cfg: PruneConfig, out_path: str | Path, feeds: Sequence
         torch.save(module, out)
         return details
 
-    key = net_key(net, cfg, cfg.scales(net.name), net.prune_roots, net.keep_layers, feeds_id or len(feeds))
+    key = net_key(net, cfg, cfg.scales(net.name), net.prune_roots, net.keep_layers, feeds_id or len(feeds),
+                  tools_key("torch-pruning", "torch"))
     return cached_step("prune", out_path, key, build)  # roots, kept layers, profile: which channels may go
 
 

@@ -41,7 +41,7 @@ from .equalize import EqualizeConfig, equalize, tapped_session
 from .parity import latency_ms
 from .qdq_graph import (boundary_layers, cone_nodes, float_inputs, name_nodes, share_qdq_constants,
                         short_qdq_names, tail_nodes, weight_sizes)
-from .report import cached_step, fingerprint
+from .report import cached_step, fingerprint, tools_key
 
 log = logging.getLogger(__name__)
 METHODS = ("minmax", "entropy", "percentile")
@@ -139,7 +139,7 @@ def quantize(onnx_path: str | Path, cfg: QuantConfig, out_path: str | Path,
     def build(out: Path) -> dict[str, Any]:
         return _quantize(Path(onnx_path), cfg, out, feeds)
 
-    key = fingerprint(file_sha256(onnx_path), cfg, feeds_id or len(feeds))
+    key = fingerprint(file_sha256(onnx_path), cfg, feeds_id or len(feeds), tools_key("onnxruntime", "onnx"))
     return cached_step(f"quantize[{cfg.method}]", out_path, key, build)
 
 

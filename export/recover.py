@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .report import cached_step, fingerprint
+from .report import cached_step, fingerprint, tools_key
 from .to_onnx import TorchNet, module_sha256
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ def recover(pruned: TorchNet, cfg: RecoverConfig, out_path: str | Path, teacher:
         torch.save(module, out)
         return details
 
-    key = fingerprint(module_sha256(pruned.module), module_sha256(teacher.module), cfg, feeds_id or len(feeds))
+    key = fingerprint(module_sha256(pruned.module), module_sha256(teacher.module), cfg, feeds_id or len(feeds),
+                      tools_key("torch"))
     return cached_step("recover", out_path, key, build)
 
 

@@ -1,8 +1,9 @@
 """Step stamps (what makes each export step idempotent) and the export report (markdown + JSON).
 
 Every step writes its output file and, beside it, `<output>.step.json`: the step's name, the
-key it was built from (input hash + config), the output's sha256, size, seconds and details
-(parity, accuracy, what was pruned...). A step whose output exists with a stamp of the same key
+key it was built from (input hash + config + versions of the tools that write it), the output's
+sha256, size, seconds and details (parity, accuracy, what was pruned...). A step whose output
+exists with a stamp of the same key
 and an unchanged output hash is skipped and says so. The report is built from the stamps.
 """
 
@@ -30,6 +31,23 @@ def fingerprint(*parts: Any) -> str:
 
     text = json.dumps([norm(p) for p in parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def tool_version(dist: str) -> str:
+    """The installed version of a distribution, "" when it is not installed."""
+    import importlib.metadata as md
+
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return ""
+
+
+def tools_key(*dists: str) -> dict[str, str]:
+    """{distribution: installed version}, for the key of a step whose output those tools write (torch's
+    exporter, onnxslim, ORT's quantizer): after an upgrade the step is redone, so the manifest's `tools`
+    name what made every file, not what made the cached ones' successors."""
+    return {d: tool_version(d) for d in dists}
 
 
 def stamp_path(out: Path) -> Path:

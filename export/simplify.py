@@ -13,7 +13,7 @@ from typing import Any
 
 from vsdmot.runtime.bundle import file_sha256
 
-from .report import cached_step, fingerprint
+from .report import cached_step, fingerprint, tools_key
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ def simplify(onnx_path: str | Path, cfg: SimplifyConfig, out_path: str | Path) -
         onnx.save(slim, str(out))
         return {"tool": tool, "nodes_before": len(model.graph.node), "nodes_after": len(slim.graph.node)}
 
-    return cached_step("simplify", out_path, fingerprint(file_sha256(onnx_path), cfg), build)
+    key = fingerprint(file_sha256(onnx_path), cfg, tools_key("onnxslim", "onnxsim", "onnx"))
+    return cached_step("simplify", out_path, key, build)
 
 
 def _simplify(model, tool: str):

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .report import cached_step, fingerprint
+from .report import cached_step, fingerprint, tools_key
 
 log = logging.getLogger(__name__)
 
@@ -77,4 +77,4 @@ def to_onnx(net: TorchNet, cfg: OnnxConfig, out_path: str | Path) -> Path:
         return {"opset": cfg.opset, "params": params, "inputs": {k: list(v.shape) for k, v in net.inputs.items()},
                 "outputs": list(net.outputs)}
 
-    return cached_step("to_onnx", out_path, net_key(net, cfg), build)
+    return cached_step("to_onnx", out_path, net_key(net, cfg, tools_key("torch", "onnx")), build)

@@ -300,3 +300,18 @@ def test_calibration_converts_feeds_a_chunk_at_a_time(det_net, det_feeds, tmp_pa
     q = quantize(fp, QuantConfig(stride=5, max_rounds=0), tmp_path / "c.onnx", feeds, "counting")
     assert read_stamp(q)["details"]["calib_frames"] == 200
     assert feeds.peak < 100  # equalisation's 34 spread frames and the 6 probes, never all 200
+
+
+@pytest.mark.parametrize("tool,redone", [("torch", "a.onnx"), ("onnxslim", "b.onnx"), ("onnxruntime", "c.onnx")])
+def test_a_tool_upgrade_redoes_the_step_it_writes(det_net, det_feeds, tmp_path, monkeypatch, tool, redone):
+    """A step's output depends on the tool that writes it (torch's exporter, onnxslim, ORT's quantizer), and
+    the manifest's `tools` claims the installed versions made the files: a cached file made by the old
+    version was reused after an upgrade."""
+    import importlib.metadata as md
+
+    chain(det_net, det_feeds[:10], tmp_path)
+    keys = {p.name: read_stamp(p)["key"] for p in tmp_path.glob("*.onnx")}
+    real = md.version
+    monkeypatch.setattr(md, "version", lambda dist: "9.9.9" if dist == tool else real(dist))
+    chain(det_net, det_feeds[:10], tmp_path)
+    assert read_stamp(tmp_path / redone)["key"] != keys[redone]  # (files after it: redone when its bytes moved)
