@@ -142,6 +142,7 @@ class LiveSource:
         self._t0 = time.monotonic()
         self._c = _Counters(self._t0)
         self._failures, self._index, self._last_sig, self._last_stamp, self._fatal = 0, 0, None, 0.0, ""
+        self._open_failures = 0  # failed opens in a row (max_reconnect_failures); _failures drives the backoff
         self._opened_once, self._started = False, False  # _started: the loop has pulled (guarded by _lock)
         self._cap: Capture | None = None
         if not opts.wait_for_device:
@@ -267,19 +268,19 @@ class LiveSource:
             cap = self._open_or_raise()
         except SourceError as e:
             return self._open_failed(str(e))
-        self._cap = cap
+        self._cap, self._open_failures = cap, 0
         log.info("%s: connected", self.name)
         return True
 
     def _open_failed(self, reason: str) -> bool:
-        self._failures += 1
-        log.warning("%s: open failed (%d in a row): %s", self.name, self._failures, reason)
+        self._failures, self._open_failures = self._failures + 1, self._open_failures + 1
+        log.warning("%s: open failed (%d in a row): %s", self.name, self._open_failures, reason)
         with self._lock:
             self._c.last_error = reason
         self._check_stall(time.monotonic())
         limit = self.opts.max_reconnect_failures
-        if limit and self._failures >= limit:
-            self._fail(f"{self.name}: gave up after {self._failures} failed opens: {reason}")
+        if limit and self._open_failures >= limit:
+            self._fail(f"{self.name}: gave up after {self._open_failures} failed opens: {reason}")
         return False
 
     def _fail(self, message: str) -> None:

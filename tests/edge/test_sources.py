@@ -171,6 +171,19 @@ def test_gives_up_after_max_failures():
         list(src)
 
 
+def test_max_failures_counts_failed_opens_only(caplog):
+    """The lost read that started the reconnects was counted as a failed open: with
+    max_reconnect_failures=3 the source gave up after 2 opens had failed, logging the first one
+    as 'open failed (2 in a row)' and ending with 'gave up after 3 failed opens'."""
+    opener = Opener(FakeCapture(1, then="fail"), SourceError("gone"))
+    src = LiveSource("fake", opener, LiveOptions(**FAST, max_reconnect_failures=3))
+    with caplog.at_level("WARNING"), pytest.raises(SourceError, match="gave up after 3 failed opens: gone"):
+        list(src)
+    assert len(opener.calls) == 1 + 3  # the first open, then three failed re-opens
+    said = [r.getMessage() for r in caplog.records if "open failed" in r.getMessage()]
+    assert [m.split("(")[1].split(")")[0] for m in said] == ["1 in a row", "2 in a row", "3 in a row"]
+
+
 def test_first_open_failure_raises_unless_waiting():
     with pytest.raises(SourceError, match="nope"):
         LiveSource("fake", Opener(SourceError("nope")), LiveOptions(**FAST))
