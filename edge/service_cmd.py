@@ -200,19 +200,23 @@ def _status(args: argparse.Namespace) -> int:
     done = subprocess.run(["systemctl", "show", "-p", props, f"{args.name}.service"], capture_output=True, text=True)
     print(done.stdout.strip() or done.stderr.strip())
     active = "ActiveState=active" in done.stdout
-    print(f"health: {_health(args.health_url or health_url(args.config_path))}")
+    url = args.health_url or health_url(args.config_path)
+    print(f"health: {_health(url) if url else 'off ([service] health_listen is empty in ' + args.config_path + ')'}")
     return 0 if active else 3
 
 
-def health_url(config_path: str) -> str:
-    """http://HOST:PORT/healthz from the config's [service] health_listen (default if unreadable)."""
+def health_url(config_path: str) -> str | None:
+    """http://HOST:PORT/healthz from the config's [service] health_listen (default if unreadable);
+    None when the config turns the server off (health_listen = "")."""
     listen = "127.0.0.1:9108"
     try:
         from vsdmot.runtime.config import load_config
 
-        listen = load_config(config_path).service.health_listen or listen
+        listen = load_config(config_path).service.health_listen
     except (OSError, ValueError):
         pass
+    if not listen:
+        return None
     host, _, port = listen.rpartition(":")
     host = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host in ("::", "[::]") else host)
     return f"http://{host}:{port}/healthz"

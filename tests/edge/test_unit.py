@@ -184,7 +184,8 @@ def test_default_exec_is_the_venv_script():
 @pytest.mark.parametrize(
     "toml, url",
     [(None, "http://127.0.0.1:9108/healthz"), ('[service]\nhealth_listen = "0.0.0.0:9200"\n', "http://127.0.0.1:9200/healthz"),
-     ('[service]\nhealth_listen = "192.0.2.7:9108"\n', "http://192.0.2.7:9108/healthz"), ("not toml [", "http://127.0.0.1:9108/healthz")],
+     ('[service]\nhealth_listen = "192.0.2.7:9108"\n', "http://192.0.2.7:9108/healthz"), ("not toml [", "http://127.0.0.1:9108/healthz"),
+     ('[service]\nhealth_listen = ""\n', None)],  # off: status asked 127.0.0.1:9108 and reported 'no answer'
 )
 def test_status_finds_the_health_url_in_the_config(tmp_path, toml, url):
     path = tmp_path / "edge.toml"
