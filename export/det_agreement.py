@@ -50,12 +50,23 @@ def feed_counts(ref, cand, feed: Mapping[str, np.ndarray], cfg: AgreementConfig)
     b_cand, _ = detections(o_cand, size, cfg)
     matched, cos = 0, []
     if len(b_ref) and len(b_cand):
-        iou = box_iou(b_ref, b_cand).reshape(len(b_ref), len(b_cand))
-        matched = int((iou.max(1) >= cfg.match_iou).sum())
+        matched = one_to_one(box_iou(b_ref, b_cand).reshape(len(b_ref), len(b_cand)), cfg.match_iou)
     if "embed" in o_ref and len(a_ref):
         u, v = np.asarray(o_ref["embed"])[0, a_ref], np.asarray(o_cand["embed"])[0, a_ref]  # (N, E) each
         cos = list((u * v).sum(1) / (np.linalg.norm(u, axis=1) * np.linalg.norm(v, axis=1) + 1e-12))
     return matched, len(b_ref), len(b_cand), cos
+
+
+def one_to_one(iou: np.ndarray, thr: float) -> int:
+    """Matches between rows and columns of `iou` (N, M) at >= thr, each box in at most one, greedy by IoU.
+    Counting every row with some column at >= thr matched two people to the one box between them (F1 4/3)."""
+    pairs = np.argwhere(iou >= thr)  # (K, 2)
+    rows, cols = set(), set()
+    for r, c in pairs[np.argsort(-iou[pairs[:, 0], pairs[:, 1]], kind="stable")]:
+        if r not in rows and c not in cols:
+            rows.add(r)
+            cols.add(c)
+    return len(rows)
 
 
 def summarize(counts: Sequence[tuple[int, int, int, list]]) -> dict[str, Any]:

@@ -94,3 +94,19 @@ def test_agreement_is_also_given_per_calibration_source():
     assert res["by_source"]["MOT17-04"]["f1"] == pytest.approx(2 * 2 / 6, abs=1e-3)  # 2 of 4 found, 2 found
     assert res["f1"] == pytest.approx(2 * 6 / 14, abs=1e-3) and res["frames"] == 4
     assert source_labels(list(feeds), 64) is None  # plain feeds: no breakdown
+
+
+def test_one_detection_between_two_people_matches_one_of_them():
+    """Two people 8 px apart (both kept by NMS) and the INT8 detector's one box between them, IoU 0.6 with
+    each: counting every reference box with a match at IoU >= 0.5 matched both, and F1 came out 4/3."""
+    def boxes(offsets: dict[int, float]):
+        out = raw([])["output"]
+        _, strides = anchor_grid(S)
+        out[0, :, 2:4] = np.log(np.array([[16.0, 20.0]]) / strides)  # 16 x 20 px boxes
+        for i, dx in offsets.items():
+            out[0, i, 0], out[0, i, 4:6] = dx, 1.0  # x offset in strides
+        return lambda feed: {"output": out}
+
+    res = agreement(boxes({10: 0.0, 11: 0.0}), boxes({10: 0.5}), FEED, AgreementConfig())
+    assert res["reference_detections"] == 2 and res["detections"] == 1
+    assert res["f1"] == pytest.approx(2 * 1 / 3, abs=1e-4)  # one match, one person lost
