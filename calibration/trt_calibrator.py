@@ -105,8 +105,10 @@ def make_entropy_calibrator(feeds: Sequence[Mapping[str, np.ndarray]], cache: st
 
 
 def build_legacy_int8_engine(onnx_path: str | os.PathLike, feeds: Sequence[Mapping[str, np.ndarray]],
-                             cache: str | os.PathLike, calib_id: str = "", workspace_mb: int = 1024) -> bytes:
-    """Serialized implicit-INT8 engine from an FP32 ONNX (TensorRT 8.5-10.0), calibrated on `feeds`."""
+                             cache: str | os.PathLike, calib_id: str = "",
+                             workspace_mb: int = 1024) -> tuple[bytes, CacheStamp]:
+    """(serialized implicit-INT8 engine, the stamp its calibration cache carries) from an FP32 ONNX
+    (TensorRT 8.5-10.0), calibrated on `feeds`; a valid stamped `cache` is reused instead."""
     import pycuda.autoinit  # noqa: F401
     import pycuda.driver as cuda
     import tensorrt as trt
@@ -128,4 +130,4 @@ def build_legacy_int8_engine(onnx_path: str | os.PathLike, feeds: Sequence[Mappi
     engine = builder.build_serialized_network(network, config)
     if engine is None:
         raise DeviceError(f"TensorRT failed to build a legacy INT8 engine for {onnx_path}")
-    return bytes(engine)
+    return bytes(engine), stamp

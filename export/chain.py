@@ -34,6 +34,7 @@ from .accuracy_gate import EvalFn, GateConfig, gate_accuracy
 from .bundle import NETWORKS, BundleConfig, BundleContents, BundleFile, publish, record_gate, write_bundle
 from .det_agreement import detection_agreement
 from .det_rounds import NEAR_CAMERA_F1, DetectionRoundsConfig
+from .legacy_trt import legacy_int8_engines
 from .parity import FP32, INT8, onnx_runner, parity
 from .prune import PruneConfig, load_module, prune
 from .qdq_check import QdqCheckConfig, qdq_check
@@ -56,7 +57,8 @@ class ExportConfig:
     precision: str = "int8"  # int8 | fp16 (FP32 ONNX, engine built in FP16) | fp32
     prune: float | None = None  # channel ratio; None = DEFAULT_PRUNE for int8/fp16, 0 for fp32
     method: str = DEFAULT_METHOD  # minmax | entropy | percentile | auto (chosen by the gate's HOTA)
-    target: str = "onnx"  # onnx (ORT + TensorRT from Q/DQ) | tensorrt (engines prebuilt on the device) | torch-tensorrt
+    target: str = "onnx"  # onnx (ORT + TensorRT from Q/DQ) | tensorrt (on the device: legacy-calibrated INT8 engines
+    # on TensorRT < 10.1, then every engine prebuilt) | torch-tensorrt
     calib: tuple[str, ...] = ()  # calibration sources; () = sources.default_calib_sources()
     work_dir: str = ""  # intermediates; "" = default_work_dir(out)
     recover: RecoverConfig = RecoverConfig()  # distillation after pruning; max_seconds: total CPU s, shared by MACs
@@ -162,7 +164,10 @@ def _export(cfg: ExportConfig, out: Path, work: Path, checkpoint, sources: Sourc
         files = {**files, name: fp32_files[name]}
         stage, verdict = gated(sources, files, cfg, out, work, calib, reference, eval_fn)
     report.timed("accuracy gate", t0)
-    return finish(stage, out, summarize(verdict), verdict, report, cfg, work)
+    published = finish(stage, out, summarize(verdict), verdict, report, cfg, work)
+    if cfg.target == "tensorrt" and cfg.precision == "int8":  # TensorRT < 10.1: entropy-calibrated engines
+        legacy_int8_engines(published, fp32_files, feeds, work)
+    return published
 
 
 def gated(sources, files, cfg, out, work, calib, reference, eval_fn) -> tuple[Path, dict]:

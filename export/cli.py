@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["minmax", "entropy", "percentile", "auto"], default=DEFAULT_METHOD,
                    help=f"INT8 calibration method; auto picks by the gate's HOTA (default {DEFAULT_METHOD})")
     p.add_argument("--target", choices=TARGETS, default="onnx", help="onnx (Q/DQ for ORT and TensorRT), tensorrt "
-                   "(on the device: also prebuilds its TensorRT engines after publishing), torch-tensorrt (on a "
-                   "device with it)")
+                   "(on the device: also prebuilds its TensorRT engines after publishing; on TensorRT < 10.1 the "
+                   "INT8 ones with the legacy entropy calibrator over the same calibration feeds), torch-tensorrt "
+                   "(on a device with it)")
     p.add_argument("--calib-quality", choices=["auto", "gate", "proxy"], default="auto",
                    help="stratify calibration frames by the bundle's quality gate or by degradation severity")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="bundle directory to write")

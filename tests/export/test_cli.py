@@ -185,9 +185,9 @@ def test_tensorrt_that_imports_without_a_usable_gpu_is_refused_before_exporting(
 
 
 def test_target_help_promises_what_the_target_does(capsys):
-    """--target tensorrt prebuilds the engines after publishing (prebuild_engines); nothing in the chain
-    writes a legacy INT8 calibration cache (calibration/trt_calibrator.py is a separate API), which the
-    help promised."""
+    """--target tensorrt prebuilds the engines after publishing (prebuild_engines), the INT8 ones on
+    TensorRT < 10.1 through the legacy calibrator first (export/legacy_trt.py); the help once promised
+    a calibration cache where the chain wrote none."""
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())

@@ -1,0 +1,73 @@
+"""Step (`--int8 --target tensorrt`, TensorRT < 10.1, JetPack 5): legacy INT8 engines.
+
+TensorRT 10.1 deprecated the implicit INT8 calibrators for explicit Q/DQ ONNX, which is what the
+bundle ships and what TensorRT 10 builds. On an older TensorRT this step builds each INT8
+network's engine the legacy way instead: the network's FP32 ONNX (the chain's reference export,
+the same weights the Q/DQ file quantises) with an `IInt8EntropyCalibrator2` over the export's own
+calibration feeds (`calibration/trt_calibrator.py`). Its calibration cache is stamped with the
+TensorRT version, GPU, FP32 model hash and the feeds' identity, and a stale one is refused and
+recalibrated, never reused. The engine goes into the runtime's engine cache under the key
+`vsdmot-edge run --backend tensorrt --precision int8` looks up for the bundle's file
+(`runtime.backends.EngineKey`: that file's sha256, TensorRT, GPU, "int8"), so the run loads it
+instead of building from the Q/DQ file. Without that cache entry the run builds from Q/DQ, which
+TensorRT 8.5 also accepts.
+
+Needs TensorRT and a CUDA GPU (imported lazily). Here only the plumbing around the build is tested.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from .sources import feeds_key
+
+log = logging.getLogger(__name__)
+EXPLICIT_SINCE = (10, 1)  # TensorRT from which implicit INT8 calibrators are deprecated
+
+
+def needs_legacy(tensorrt_version: str) -> bool:
+    """Whether this TensorRT predates explicit-only INT8: '8.5.2.2' -> True, '10.3.0' -> False."""
+    parts = [int(p) for p in tensorrt_version.split(".")[:2] if p.isdigit()]
+    return tuple(parts) < EXPLICIT_SINCE
+
+
+def legacy_int8_engines(bundle_dir: str | os.PathLike, fp32_files: Mapping[str, Path],
+                        feeds: Mapping[str, Sequence[Mapping]], work: Path,
+                        cache_root: str | os.PathLike | None = None,
+                        build: Callable | None = None) -> dict[str, str]:
+    """Per INT8 network of the published bundle: build its legacy engine and cache it for the
+    bundle's file. Returns {network: engine path}; {} on TensorRT >= 10.1 (explicit Q/DQ there).
+    `build` is `calibration.trt_calibrator.build_legacy_int8_engine` (a stand-in in tests)."""
+    import tensorrt as trt
+
+    from vsdmot.runtime.backends import EngineKey, default_engine_cache, engine_dir, store_engine
+    from vsdmot.runtime.bundle import file_sha256, load_bundle
+
+    if not needs_legacy(trt.__version__):
+        log.info("TensorRT %s builds INT8 from the bundle's Q/DQ ONNX; no legacy calibration", trt.__version__)
+        return {}
+    if build is None:
+        from vsdmot.calibration.trt_calibrator import build_legacy_int8_engine as build
+    bundle, out = load_bundle(bundle_dir), {}
+    for name in int8_networks(bundle, fp32_files, feeds):
+        cache = work / "legacy-int8" / f"{name}.calib"
+        data, stamp = build(fp32_files[name], feeds[name], cache, feeds_key(feeds[name]))
+        key = EngineKey(file_sha256(bundle.file(f"{name}.onnx")), trt.__version__, stamp.gpu, "int8")
+        out[name] = str(store_engine(engine_dir(cache_root or default_engine_cache(), f"{name}.onnx", key), key, data))
+        log.warning("TensorRT %s: legacy INT8 engine for %s.onnx (entropy calibrator, %d feeds, cache %s) cached "
+                    "for vsdmot-edge run --backend tensorrt --precision int8", trt.__version__, name,
+                    len(feeds[name]), cache)
+    return out
+
+
+def int8_networks(bundle, fp32_files: Mapping[str, Path], feeds: Mapping[str, Sequence[Mapping]]) -> list[str]:
+    """Networks the bundle ships in INT8 that have an FP32 ONNX and calibration feeds to calibrate."""
+    names = [n.removesuffix(".onnx") for n in bundle.names
+             if n.endswith(".onnx") and bundle.entry(n).get("precision") == "int8"]
+    missing = [n for n in names if n not in fp32_files or n not in feeds]
+    if missing:
+        log.warning("legacy INT8: no FP32 ONNX or calibration feeds for %s; their engines build from Q/DQ", missing)
+    return [n for n in names if n not in missing]

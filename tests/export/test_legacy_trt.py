@@ -1,0 +1,95 @@
+"""The legacy INT8 step (TensorRT < 10.1) up to the device boundary: which networks, which
+calibration feeds, and the engine cached under the key the runtime's TensorRT backend looks up.
+TensorRT itself is a stand-in module here; the real build runs only on a device."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+
+from vsdmot.calibration.feeds import DetectorFeeds, ImageList
+from vsdmot.calibration.trt_calibrator import CacheStamp
+from vsdmot.export.accuracy_gate import GateConfig
+from vsdmot.export.chain import ExportConfig, Sources, export
+from vsdmot.export.legacy_trt import legacy_int8_engines, needs_legacy
+from vsdmot.runtime.backends import EngineKey, engine_dir, load_cached_engine
+from vsdmot.runtime.bundle import file_sha256, load_bundle
+
+
+@pytest.mark.parametrize("version,legacy", [("8.5.2.2", True), ("8.6.1", True), ("10.0.1.6", True),
+                                            ("10.1.0", False), ("10.3.0.26", False)])
+def test_only_tensorrt_before_10_1_takes_the_legacy_path(version, legacy):
+    assert needs_legacy(version) is legacy
+
+
+def tiny_export(det_net, real_frames, tmp_path, target="onnx"):
+    """An INT8 export of the tiny real detector (conftest) on 24 PETS frames, its gate passed by a
+    flat evaluation: (bundle dir, the sources it came from)."""
+    (tmp_path / "quality.json").write_text(json.dumps({"features": ["brightness"], "mean": [0.5], "std": [0.2],
+                                                       "layers": [{"W": [[1.0]], "b": [0.0]}]}))
+    feeds = DetectorFeeds(ImageList(real_frames), 64)
+    feeds.key = "pets-24"
+    sources = Sources({"detector": det_net}, {"quality.json": tmp_path / "quality.json"}, {}, {"detector": feeds})
+    cfg = ExportConfig(work_dir=str(tmp_path / "work"), progress=False, target=target,
+                       gate=GateConfig(sequences=("S1",), conditions=("clean",)))
+    flat = dict.fromkeys(("HOTA", "DetA", "AssA", "MOTA", "IDF1"), 0.5)
+    return export(cfg, tmp_path / "int8", sources=sources, eval_fn=lambda b, s, c: flat), sources
+
+
+@pytest.fixture
+def int8_bundle(det_net, real_frames, tmp_path):
+    out, sources = tiny_export(det_net, real_frames, tmp_path)
+    return out, {"detector": tmp_path / "work" / "fp32" / "detector.sim.onnx"}, sources.feeds
+
+
+def fake_tensorrt(monkeypatch, version):
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__=version))
+
+
+def test_the_engine_lands_under_the_runtimes_key_for_the_bundles_file(int8_bundle, tmp_path, monkeypatch):
+    bundle_dir, fp32, feeds = int8_bundle
+    calls = []
+
+    def build(onnx, net_feeds, cache, calib_id):  # build_legacy_int8_engine's signature
+        calls.append((onnx, len(net_feeds), cache, calib_id))
+        return b"legacy engine", CacheStamp("8.5.2.2", "Orin", file_sha256(onnx), calib_id)
+
+    fake_tensorrt(monkeypatch, "8.5.2.2")
+    out = legacy_int8_engines(bundle_dir, fp32, feeds, tmp_path / "work", tmp_path / "engines", build)
+    assert list(out) == ["detector"]
+    (onnx, n, cache, calib_id), = calls
+    assert onnx == fp32["detector"] and n == len(feeds["detector"]) and calib_id == "pets-24"  # the FP32 net, same feeds
+    assert cache == tmp_path / "work" / "legacy-int8" / "detector.calib"
+    b = load_bundle(bundle_dir)
+    key = EngineKey(file_sha256(b.file("detector.onnx")), "8.5.2.2", "Orin", "int8")  # what TensorRTBackend computes
+    assert load_cached_engine(engine_dir(tmp_path / "engines", b.file("detector.onnx"), key), key) == b"legacy engine"
+
+
+def test_tensorrt_10_builds_from_qdq_and_fp32_networks_are_left_alone(int8_bundle, tmp_path, monkeypatch):
+    bundle_dir, fp32, feeds = int8_bundle
+
+    def build(*a):
+        raise AssertionError("no legacy build expected")
+
+    fake_tensorrt(monkeypatch, "10.3.0")
+    assert legacy_int8_engines(bundle_dir, fp32, feeds, tmp_path / "work", tmp_path / "engines", build) == {}
+    fake_tensorrt(monkeypatch, "8.5.2.2")
+    assert legacy_int8_engines(bundle_dir, {}, feeds, tmp_path / "work", tmp_path / "engines", build) == {}  # no FP32 ONNX
+
+
+@pytest.mark.parametrize("target,called", [("tensorrt", True), ("onnx", False)])
+def test_the_chain_calibrates_legacy_engines_for_target_tensorrt_only(det_net, real_frames, tmp_path, monkeypatch,
+                                                                       target, called):
+    from vsdmot.export import chain
+
+    seen = []
+    monkeypatch.setattr(chain, "legacy_int8_engines", lambda *a: seen.append(a) or {})
+    out, sources = tiny_export(det_net, real_frames, tmp_path, target)
+    assert bool(seen) is called
+    if called:
+        (published, fp32, net_feeds, work), = seen
+        assert published == out and fp32["detector"].name == "detector.sim.onnx"
+        assert net_feeds["detector"] is sources.feeds["detector"]  # the feeds the INT8 ONNX was calibrated on
