@@ -158,7 +158,7 @@ def calibration_feeds(sources: Sources, names: Sequence[str], cfg: ExportConfig,
     from vsdmot.calibration.calibset import CalibSetConfig
     from vsdmot.calibration.feeds import DetectorFeeds, StudentFeeds
 
-    ccfg = cfg.calibset or CalibSetConfig()
+    ccfg = stored_size(cfg.calibset or CalibSetConfig(), sources)
     srcs = cfg.calib or default_calib_sources()
     use_gate = "quality.json" in sources.files and cfg.calib_quality != "proxy"
     params = json.loads(sources.files["quality.json"].read_text()) if use_gate else None
@@ -179,6 +179,15 @@ def calibration_feeds(sources: Sources, names: Sequence[str], cfg: ExportConfig,
     if "tracker" in names:
         out["tracker"] = record_tracker_feeds(reference, cs)
     return out
+
+
+def stored_size(ccfg, sources: Sources):
+    """The calibration set stores frames letterboxed into S x S (416); a detector input wider or
+    taller than S (`--input-size 640x384`) needs S at least its longer side, or its feeds would be
+    416-px content scaled up, blurrier than the frames it sees at run time."""
+    det = sources.nets.get("detector")
+    side = max(det.inputs["images"].shape[-2:]) if det is not None else 0
+    return replace(ccfg, size=int(side)) if side > ccfg.size else ccfg
 
 
 def shared_calibset(srcs, ccfg, where: Path, params, progress: bool):

@@ -112,3 +112,17 @@ def test_near_crops_are_keyed_without_copying_them_eightfold():
         tracemalloc.stop()
     assert peak < near.nbytes / 2
     assert key != NearFeeds([], other).key and key == NearFeeds([], near.copy()).key
+
+
+@pytest.mark.parametrize("hw,stored", [((384, 640), 640), ((320, 416), 416), ((256, 256), 416)])
+def test_calibration_frames_are_stored_at_least_as_large_as_the_detector_input(hw, stored):
+    """A 640x384 detector calibrated on 416-px frames would see upscaled, blurrier content."""
+    import torch
+
+    from vsdmot.calibration.calibset import CalibSetConfig
+    from vsdmot.export.sources import stored_size
+    from vsdmot.export.to_onnx import TorchNet
+
+    det = TorchNet("detector", torch.nn.Identity(), {"images": torch.zeros(1, 3, *hw)}, ("output",))
+    assert stored_size(CalibSetConfig(), Sources({"detector": det})).size == stored
+    assert stored_size(CalibSetConfig(), Sources({})).size == 416
