@@ -48,8 +48,15 @@ def check_feed(specs: Mapping[str, TensorSpec], feed: Mapping[str, np.ndarray]) 
         spec.check(np.asarray(feed[name]))
 
 
+# ONNX Runtime's TensorRT provider (in Jetson's onnxruntime-gpu) builds its engines at every session
+# start, minutes each without its own cache options; `--backend tensorrt` builds once and caches.
+# So `--backend onnxruntime` means CUDA where installed, else CPU, unless `providers` names it.
+NOT_BY_DEFAULT = ("TensorrtExecutionProvider",)
+
+
 class OnnxRuntimeBackend:
-    """ONNX Runtime on CPU, or the CUDA / TensorRT execution providers where installed."""
+    """ONNX Runtime on CPU, or the CUDA execution provider where installed (TensorRT: pass it in
+    `providers`, or use TensorRTBackend, which caches its engines)."""
 
     kind = "onnxruntime"
 
@@ -63,7 +70,8 @@ class OnnxRuntimeBackend:
         if not spin:  # idle workers sleep: several sessions run one after another each frame
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = ort.get_available_providers()
-        chosen = [p for p in (providers or available) if p in available] or ["CPUExecutionProvider"]
+        default = [p for p in available if p not in NOT_BY_DEFAULT]
+        chosen = [p for p in (providers or default) if p in available] or ["CPUExecutionProvider"]
         self.path = Path(onnx_path)
         self._sess = ort.InferenceSession(str(self.path), opts, providers=chosen)
         self.providers = self._sess.get_providers()

@@ -96,6 +96,27 @@ def test_missing_feed_input_is_named(tiny_onnx):
         B.open_backend("onnxruntime", tiny_onnx).infer({"image": FEED["image"]})
 
 
+def test_onnxruntime_leaves_its_tensorrt_provider_out_unless_asked(tiny_onnx, monkeypatch):
+    """Jetson's onnxruntime-gpu lists TensorRT first: ORT's TensorRT provider would rebuild engines
+    at every start (minutes); --backend tensorrt is the cached path. CUDA, then CPU, by default."""
+    import onnxruntime as ort
+
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    asked = []
+
+    class Session(ort.InferenceSession):
+        def __init__(self, path, opts, providers):
+            asked.append(providers)
+            super().__init__(path, opts, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: gpu)
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    B.OnnxRuntimeBackend(tiny_onnx)
+    B.OnnxRuntimeBackend(tiny_onnx, providers=["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    assert asked == [["CUDAExecutionProvider", "CPUExecutionProvider"],
+                     ["TensorrtExecutionProvider", "CPUExecutionProvider"]]
+
+
 def test_unknown_kind_and_missing_file(tiny_onnx, tmp_path):
     with pytest.raises(ValueError, match="expected one of"):
         B.open_backend("openvino", tiny_onnx)
