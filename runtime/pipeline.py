@@ -121,8 +121,12 @@ def _opener(cfg: RunConfig, backends: list[Backend]):
         backend = open_backend(pc.backend, bundle.file(name), threads=pc.threads, precision=pc.precision,
                                cache_dir=pc.engine_cache or None, spin=pc.spin)
         backends.append(backend)
-        if getattr(backend, "kind", "") == "onnxruntime" and bundle.entry(name).get("precision") == "int8":
+        file_precision = bundle.entry(name).get("precision") or bundle.precision
+        if getattr(backend, "kind", "") == "onnxruntime" and file_precision == "int8":
             warn_int8_on_cpu()
+        if getattr(backend, "kind", "") == "tensorrt" and pc.precision == "int8" and file_precision != "int8":
+            log.warning("--precision int8: %s is %s, with no INT8 ranges for TensorRT (no Q/DQ); its engine runs "
+                        "in higher precision. An INT8 bundle comes from vsdmot-export --int8", name, file_precision)
         return backend
 
     return open_one

@@ -56,6 +56,20 @@ def test_tensorrt_precision_on_onnxruntime_is_named_not_silently_ignored(bundle,
     assert any("applies to TensorRT engines only" in r.message for r in caplog.records) == warned
 
 
+def test_int8_engines_of_an_fp32_network_are_named(bundle, caplog, monkeypatch):
+    """TensorRT (stood in by onnxruntime here) has no INT8 ranges for a network without Q/DQ."""
+    real = P.open_backend
+
+    def as_tensorrt(kind, path, **kw):
+        backend = real("onnxruntime", path, threads=1)
+        backend.kind = "tensorrt"
+        return backend
+
+    monkeypatch.setattr(P, "open_backend", as_tensorrt)
+    P.build_pipeline(bundle, cfg(**{"pipeline.precision": "int8", "pipeline.backend": "tensorrt"}), fps=7.0).close()
+    assert "--precision int8: detector.onnx is fp32, with no INT8 ranges" in caplog.text
+
+
 class Recorder:
     """A tracker stand-in: remembers what the pipeline handed it."""
 
