@@ -248,7 +248,8 @@ class LiveSource:
     def _drop_capture(self, reason: str) -> None:
         log.warning("%s: %s; reconnecting", self.name, reason)
         self._release()
-        self._last_sig, self._last_stamp = None, 0.0
+        self._last_stamp = 0.0  # the next capture's clock starts afresh; the last image is kept, so a
+        # re-open that hands back the same frozen image is no fresh frame (nor food for the watchdog)
         with self._lock:
             self._c.connected, self._c.last_error = False, reason
         self._failures += 1

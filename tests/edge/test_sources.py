@@ -145,6 +145,18 @@ def test_stuck_buffer_is_a_stall_then_reconnects():
     assert 0.3 <= waited < 2.0
 
 
+def test_a_frozen_image_is_not_fresh_again_after_each_reopen():
+    """The duplicate check forgot the last frame at every re-open, so a source that re-opens fine
+    but hands back the same frozen image (no timestamps) delivered it as fresh once per stall
+    cycle: stalls ended, and the systemd watchdog was fed a stale frame every few seconds, so
+    it never restarted the service."""
+    opener = Opener(FakeCapture(1, then="stuck"))  # every re-open gives the same image again
+    with LiveSource("fake", opener, LiveOptions(**FAST)) as src:
+        wait_until(lambda: src.stats().reconnects >= 3)
+        s = src.stats()
+    assert s.frames_read == 1 and s.stalled and s.stalls == 1
+
+
 def test_identical_frames_with_rising_timestamps_are_fresh():
     """A dark, noiseless scene repeats the same pixels, but the driver's timestamps move on."""
     with LiveSource("fake", Opener(FakeCapture(1, then="stuck", stamps=True)), LiveOptions(**FAST)) as src:
