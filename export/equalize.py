@@ -43,8 +43,10 @@ def equalize(model, feeds: Sequence[Mapping[str, np.ndarray]], cfg: EqualizeConf
     if not targets:
         return {}
     amax = channel_absmax(model, list(targets), feeds[:: max(1, len(feeds) // cfg.frames)][: cfg.frames])
-    done = {}
+    done, shared = {}, shared_initializers(model, inits)
     for name, convs in targets.items():
+        if any(c.input[1] in shared for c in convs):
+            continue  # a weight other nodes read too cannot absorb this tensor's scales (embed_proj: 3 FPN levels)
         a = amax[name]
         ratio = float(a.max() / max(np.percentile(a, 5), 1e-12))
         if a.max() <= 0 or ratio < cfg.min_ratio:
@@ -69,6 +71,16 @@ def conv_inputs(model, inits) -> dict[str, list]:
                 and kind(node, inits):
             out.setdefault(x, []).append(node)
     return out
+
+
+def shared_initializers(model, inits) -> set[str]:
+    """Initializers read by more than one node input (a weight shared by convs on several levels)."""
+    reads: dict[str, int] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            if i in inits:
+                reads[i] = reads.get(i, 0) + 1
+    return {i for i, n in reads.items() if n > 1}
 
 
 def kind(conv, inits) -> str:
