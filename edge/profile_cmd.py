@@ -340,7 +340,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", metavar="DIR", required=True, help="write report.json, report.md and PNG plots here")
     p.add_argument("--bundle", metavar="DIR", help="model bundle (default: the shipped one)")
     p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt", "torch"))
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="TensorRT engine precision")
+    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "int8"),
+                      help="TensorRT engine precision (default auto: int8 for an --int8 bundle, else fp16)")
     p.add_argument("--threads", type=int, help="onnxruntime threads per network (0 = all cores)")
     p.add_argument("--spin", action="store_true", default=None, help="onnxruntime workers spin between runs (as run --spin)")
     p.add_argument("--semantic", choices=("auto", "always", "never"), help="semantic policy (single run)")

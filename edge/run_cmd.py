@@ -63,7 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     tune.add_argument("--threads", type=int, help="onnxruntime threads per network (0 = all cores)")
     tune.add_argument("--spin", action="store_true", default=None,
                       help="let onnxruntime workers busy-wait between runs (only helps on an idle CPU)")
-    tune.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="TensorRT engine precision")
+    tune.add_argument("--precision", choices=("auto", "fp32", "fp16", "int8"),
+                      help="TensorRT engine precision (default auto: int8 for an --int8 bundle, else fp16)")
     service = _service_module()
     if service is not None:
         service.add_run_arguments(p)

@@ -196,7 +196,7 @@ camera = "/dev/video0"        # or csi://0 on a Jetson CSI camera; or set source
 [pipeline]
 bundle = ""                   # "" = the shipped default model; or a bundle folder from vsdmot-export
 backend = "auto"              # auto = TensorRT with a GPU, else onnxruntime
-precision = "fp16"            # TensorRT engine precision: fp32, fp16, int8 (int8 needs a Q/DQ bundle)
+precision = "auto"            # TensorRT engine precision: auto (int8 for an --int8 bundle, else fp16), fp32, fp16, int8
 engine_cache = "/var/cache/vsdmot/engines"
 
 [semantics]

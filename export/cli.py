@@ -234,15 +234,16 @@ def prebuild_engines(out: Path) -> None:
     TensorRT version, GPU and precision), so the first `vsdmot-edge run --precision P` starts at full
     speed. That run opens every network at its one P, so all are built at the bundle's precision (a
     file's own precision, fp32 for an fp16 bundle's ONNX, is a key no run looks up)."""
-    from vsdmot.runtime.backends import TensorRTBackend
+    from vsdmot.runtime.backends import TensorRTBackend, engine_precision
     from vsdmot.runtime.bundle import load_bundle
 
     bundle = load_bundle(out)
+    precision = engine_precision(bundle.precision)  # what a run with the default --precision auto keys by
     for name in bundle.names:
         if name.endswith(".onnx"):
-            TensorRTBackend(bundle.file(name), precision=bundle.precision).close()
-            log.warning("TensorRT %s engine for %s built and cached (vsdmot-edge run --backend tensorrt "
-                        "--precision %s)", bundle.precision, name, bundle.precision)
+            TensorRTBackend(bundle.file(name), precision=precision).close()
+            log.warning("TensorRT %s engine for %s built and cached (vsdmot-edge run --backend tensorrt, "
+                        "--precision auto or %s)", precision, name, precision)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

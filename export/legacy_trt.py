@@ -7,9 +7,9 @@ the same weights the Q/DQ file quantises) with an `IInt8EntropyCalibrator2` over
 calibration feeds (`calibration/trt_calibrator.py`). Its calibration cache is stamped with the
 TensorRT version, GPU, FP32 model hash and the feeds' identity, and a stale one is refused and
 recalibrated, never reused. The engine goes into the runtime's engine cache under the key
-`vsdmot-edge run --backend tensorrt --precision int8` looks up for the bundle's file
-(`runtime.backends.EngineKey`: that file's sha256, TensorRT, GPU, "int8"), so the run loads it
-instead of building from the Q/DQ file. Without that cache entry the run builds from Q/DQ, which
+`vsdmot-edge run --backend tensorrt` looks up for the bundle's file (`runtime.backends.EngineKey`:
+that file's sha256, TensorRT, GPU, "int8": the default `--precision auto` of an INT8 bundle), so
+the run loads it instead of building from the Q/DQ file. Without that cache entry the run builds from Q/DQ, which
 TensorRT 8.5 also accepts.
 
 Needs TensorRT and a CUDA GPU (imported lazily). Here only the plumbing around the build is tested.
@@ -58,7 +58,7 @@ def legacy_int8_engines(bundle_dir: str | os.PathLike, fp32_files: Mapping[str, 
         key = EngineKey(file_sha256(bundle.file(f"{name}.onnx")), trt.__version__, stamp.gpu, "int8")
         out[name] = str(store_engine(engine_dir(cache_root or default_engine_cache(), f"{name}.onnx", key), key, data))
         log.warning("TensorRT %s: legacy INT8 engine for %s.onnx (entropy calibrator, %d feeds, cache %s) cached "
-                    "for vsdmot-edge run --backend tensorrt --precision int8", trt.__version__, name,
+                    "for vsdmot-edge run --backend tensorrt", trt.__version__, name,
                     len(feeds[name]), cache)
     return out
 

@@ -166,6 +166,16 @@ class EngineKey:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def engine_precision(bundle_precision: str, asked: str = "auto") -> str:
+    """The TensorRT engine precision for a bundle: `asked`, or for "auto" int8 for an INT8 (Q/DQ)
+    bundle and fp16 otherwise (FP16 rounding moved the gate's HOTA by 0.01: its control bundle,
+    docs/export.md). `vsdmot-export --target tensorrt` prebuilds at the same precision, so a run
+    with the default finds those engines."""
+    if asked != "auto":
+        return asked
+    return "int8" if bundle_precision == "int8" else "fp16"
+
+
 def default_engine_cache() -> Path:
     """$VSDMOT_ENGINE_CACHE, else $XDG_CACHE_HOME/vsdmot/engines, else ~/.cache/vsdmot/engines."""
     if os.environ.get("VSDMOT_ENGINE_CACHE"):

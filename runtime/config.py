@@ -28,7 +28,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
 POLICIES = ("auto", "always", "never")
 TRACKERS = ("default", "e2e", "hybrid", "bytetrack")
 
@@ -65,7 +65,7 @@ class SourceConfig:
 class PipelineConfig:
     bundle: str = ""  # model bundle folder ("" = the shipped default, runtime/assets/default)
     backend: str = "auto"  # auto = tensorrt with a GPU, else onnxruntime; or onnxruntime/tensorrt/torch
-    precision: str = "fp32"  # TensorRT engine precision (int8 needs a Q/DQ bundle)
+    precision: str = "auto"  # TensorRT engine precision; auto = int8 for an --int8 bundle, else fp16
     threads: int = 0  # onnxruntime intra-op threads per network (0 = all cores)
     spin: bool = False  # onnxruntime workers busy-wait between runs (faster only on an otherwise idle CPU)
     engine_cache: str = ""  # TensorRT engine cache folder ("" = $XDG_CACHE_HOME/vsdmot/engines)

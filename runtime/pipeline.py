@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .backends import Backend, open_backend
+from .backends import Backend, engine_precision, open_backend
 from .config import RunConfig
 from .cpu import warn_int8_on_cpu
 from .semantics import SemanticPolicy, Student
@@ -108,7 +108,7 @@ def build_pipeline(bundle: Bundle, cfg: RunConfig, fps: float = 30.0) -> Pipelin
     log.info("pipeline: %s tracker, %s backend, detector input %s, semantics %s", kind,
              getattr(det_backend, "kind", "?"), size_text(detector.config.input_size), semantics.cfg.policy)
     ran_on = getattr(det_backend, "kind", cfg.pipeline.backend)  # what `auto` resolved to
-    if cfg.pipeline.precision != "fp32" and ran_on != "tensorrt":
+    if cfg.pipeline.precision not in ("auto", "fp32") and ran_on != "tensorrt":
         log.warning("precision %s applies to TensorRT engines only; the %s backend runs the bundle's ONNX "
                     "networks as exported (INT8 only from a vsdmot-export --int8 bundle)", cfg.pipeline.precision, ran_on)
     return Pipeline(gate, dswr, semantics, detector, tracker, kind, ran_on, backends)
@@ -118,13 +118,14 @@ def _opener(cfg: RunConfig, backends: list[Backend]):
     pc = cfg.pipeline
 
     def open_one(bundle: Bundle, name: str) -> Backend:
-        backend = open_backend(pc.backend, bundle.file(name), threads=pc.threads, precision=pc.precision,
+        precision = engine_precision(bundle.precision, pc.precision)
+        backend = open_backend(pc.backend, bundle.file(name), threads=pc.threads, precision=precision,
                                cache_dir=pc.engine_cache or None, spin=pc.spin)
         backends.append(backend)
         file_precision = bundle.entry(name).get("precision") or bundle.precision
         if getattr(backend, "kind", "") == "onnxruntime" and file_precision == "int8":
             warn_int8_on_cpu()
-        if getattr(backend, "kind", "") == "tensorrt" and pc.precision == "int8" and file_precision != "int8":
+        if getattr(backend, "kind", "") == "tensorrt" and precision == "int8" and file_precision != "int8":
             log.warning("--precision int8: %s is %s, with no INT8 ranges for TensorRT (no Q/DQ); its engine runs "
                         "in higher precision. An INT8 bundle comes from vsdmot-export --int8", name, file_precision)
         return backend

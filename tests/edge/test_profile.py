@@ -203,7 +203,7 @@ def test_profile_report_on_the_demo_clip(bundle, tmp_path, capsys):
     assert "| FPS, end to end (decode + step + hooks) |" in md and "semantic=always" in md
     prec = json.loads((Path(bundle) / "manifest.json").read_text())["precision"]
     assert all(r["input_size"] == "416x416" and r["bundle_precision"] == prec for r in report["runs"])
-    assert f"{prec} bundle (engine --precision fp32), detector input 416x416" in md
+    assert f"{prec} bundle (engine --precision auto), detector input 416x416" in md
     if report["meter"]["name"] is None:
         assert "power_over_time.png" not in pngs and "no power meter" in md
         assert not any(w in md for w in ("mean power W", "J per frame")) and "n/a (no power meter)" in md

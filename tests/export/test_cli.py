@@ -144,12 +144,15 @@ def test_unreadable_calibration_source_is_bad_input_before_any_work(kind, tmp_pa
     assert f"--calib {src}:" in err and not work.exists() and not (tmp_path / "b").exists()
 
 
-@pytest.mark.parametrize("bundle_precision,files", [("fp16", {"detector.onnx": "fp32", "tracker.onnx": "fp32"}),
-                                                    ("int8", {"detector.onnx": "fp32", "tracker.onnx": "int8"})])
-def test_prebuilt_engines_have_the_key_the_run_looks_up(bundle_precision, files, monkeypatch, tmp_path):
-    """`vsdmot-edge run --backend tensorrt --precision P` keys every network's engine by that one P
-    (runtime.pipeline opens them all with it); prebuilding each file at its own precision left an fp16
-    bundle's engines (and a kept-FP32 network of an int8 one) under a key no run looks up."""
+@pytest.mark.parametrize("bundle_precision,files,engines", [
+    ("fp16", {"detector.onnx": "fp32", "tracker.onnx": "fp32"}, "fp16"),
+    ("int8", {"detector.onnx": "fp32", "tracker.onnx": "int8"}, "int8"),
+    ("fp32", {"detector.onnx": "fp32"}, "fp16")])
+def test_prebuilt_engines_have_the_key_the_run_looks_up(bundle_precision, files, engines, monkeypatch, tmp_path):
+    """`vsdmot-edge run --backend tensorrt` keys every network's engine by one precision, by default
+    `auto` (runtime.backends.engine_precision: int8 for an INT8 bundle, else fp16); prebuilding each
+    file at its own precision left an fp16 bundle's engines (and a kept-FP32 network of an int8 one)
+    under a key no run looks up."""
     from types import SimpleNamespace
 
     from vsdmot.runtime import backends, bundle
@@ -162,7 +165,7 @@ def test_prebuilt_engines_have_the_key_the_run_looks_up(bundle_precision, files,
     monkeypatch.setattr(backends, "TensorRTBackend",
                         lambda path, precision: built.append((path.name, precision)) or SimpleNamespace(close=lambda: None))
     cli.prebuild_engines(tmp_path)
-    assert sorted(built) == [(n, bundle_precision) for n in sorted(files)]
+    assert sorted(built) == [(n, engines) for n in sorted(files)]
 
 
 def test_tensorrt_that_imports_without_a_usable_gpu_is_refused_before_exporting(monkeypatch):

@@ -201,3 +201,10 @@ def test_tensorrt_engine_is_cached_and_reused(tiny_onnx, tmp_path):
     second = B.TensorRTBackend(tiny_onnx, "fp32", cache_dir=tmp_path)
     assert (folder / "engine.plan").stat().st_mtime == mtime  # loaded, not rebuilt
     np.testing.assert_allclose(second.infer(FEED)["s"], [[0.5]])
+
+
+@pytest.mark.parametrize("bundle,asked,engine", [("int8", "auto", "int8"), ("fp32", "auto", "fp16"),
+                                                 ("fp16", "auto", "fp16"), ("int8", "fp16", "fp16"),
+                                                 ("fp32", "fp32", "fp32")])
+def test_engine_precision_follows_the_bundle_unless_asked(bundle, asked, engine):
+    assert B.engine_precision(bundle, asked) == engine
