@@ -129,12 +129,26 @@ def open_bundle(path: str):
 
 
 def open_source(cfg) -> Any:
-    """Camera, stream, file, folder or sequence through vsdmot.edge.sources (edge-io's entry)."""
+    """Camera, stream, file, folder or sequence through vsdmot.edge.sources (edge-io's entry).
+    Under a service manager ($NOTIFY_SOCKET) a camera or stream that cannot open yet is retried in
+    the background: failing at once let Restart= use up the start limit while an IP camera booted."""
+    import dataclasses
+    import os
+
     from vsdmot.edge import sources
+    from vsdmot.runtime.errors import SourceError
 
     sc = cfg.source
     opts = sources.live_options(sc, cfg.service)
-    return sources.open_source(camera=sc.camera or None, source=sc.source or None, opts=opts)
+    try:
+        return sources.open_source(camera=sc.camera or None, source=sc.source or None, opts=opts)
+    except SourceError as e:
+        if not os.environ.get("NOTIFY_SOCKET"):
+            raise
+        opts = dataclasses.replace(opts, wait_for_device=True)  # files ignore it and raise again
+        source = sources.open_source(camera=sc.camera or None, source=sc.source or None, opts=opts)
+        log.warning("%s; retrying in the background (READY=1 once a frame is processed)", e)
+        return source
 
 
 def make_hooks(args: argparse.Namespace, cfg, source: Any = None) -> list:

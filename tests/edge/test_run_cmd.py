@@ -255,6 +255,31 @@ def test_health_hook_reads_the_source_stats_itself():
     assert len(health) == 1 and health[0].metrics.source_stats() is stats
 
 
+@pytest.mark.parametrize("under_systemd", [False, True])
+def test_a_camera_missing_at_start_is_awaited_under_systemd(monkeypatch, under_systemd):
+    """Under systemd a camera not there yet at start (a USB camera enumerating late, an IP camera
+    booting slower than the Jetson after a power cut) made `run` exit 1 at once; Restart= then used
+    up StartLimitBurst (5 starts in 10 min) within a minute and left the unit failed for good.
+    Under a service manager the source keeps retrying in the background (READY=1 waits for the
+    first frame); in a shell the first open still fails at once, with the reason."""
+    from vsdmot.edge import run_cmd
+    from vsdmot.runtime.config import load_config
+    from vsdmot.runtime.errors import SourceError
+
+    cfg = load_config(None, {"source.camera": "/dev/video97"})
+    if not under_systemd:
+        monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+        with pytest.raises(SourceError, match="no such device"):
+            run_cmd.open_source(cfg)
+        return
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    source = run_cmd.open_source(cfg)
+    try:
+        assert source.stats().connected is False
+    finally:
+        source.close()
+
+
 def test_a_run_without_outputs_says_nothing_is_saved(bundle, caplog):
     with caplog.at_level(logging.INFO, logger="vsdmot.edge.run_cmd"):
         assert edge_run("--demo", "--bundle", bundle, "--max-frames", 1) == 0
