@@ -35,6 +35,8 @@ from vsdmot import __version__
 log = logging.getLogger(__name__)
 PAD = 114  # letterbox fill, as YOLOX
 FRAMES, CONTENT, MANIFEST = "frames.npy", "content.npy", "manifest.json"
+RENDER = 2  # how frames are rendered into the set, part of its key: bump it when that changes, or sets
+# built by the old code are reused (2: letterbox_u8 truncates the scaled side as the runtime does)
 SCHEMA = 1
 
 
@@ -280,7 +282,7 @@ def _quality_fn(params: Mapping[str, Any] | None) -> Callable[[np.ndarray, Mappi
 
 def set_key(sources, cfg: CalibSetConfig, quality_params) -> str:
     srcs = [[str(s), _source_hash(parse_source(s)[0])] for s in sources]
-    text = json.dumps([srcs, asdict(cfg), quality_params, __version__], sort_keys=True, default=str)
+    text = json.dumps([srcs, asdict(cfg), quality_params, __version__, RENDER], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

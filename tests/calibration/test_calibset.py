@@ -64,6 +64,17 @@ def test_reused_when_unchanged_and_reproducible(pets, tmp_path, caplog):
     assert np.array_equal(np.asarray(a.frames), np.asarray(b.frames))  # seeded: same set twice
 
 
+def test_a_set_rendered_by_older_code_is_rebuilt(pets, tmp_path, caplog, monkeypatch):
+    """Same sources and config, but frames rendered another way (RENDER bumped): not reused."""
+    from vsdmot.calibration import calibset
+
+    build_calibset([pets], small_cfg(), tmp_path / "a", degrade_fn=noisy_blur)
+    monkeypatch.setattr(calibset, "RENDER", calibset.RENDER + 1)
+    caplog.set_level("INFO")
+    build_calibset([pets], small_cfg(), tmp_path / "a", degrade_fn=noisy_blur)
+    assert "up to date" not in caplog.text
+
+
 def test_refuses_fewer_than_min_frames():
     with pytest.raises(ValueError, match="at least 500 needed"):
         CalibSetConfig(frames=64)
