@@ -22,8 +22,6 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from .sources import feeds_key
-
 log = logging.getLogger(__name__)
 EXPLICIT_SINCE = (10, 1)  # TensorRT from which implicit INT8 calibrators are deprecated
 
@@ -46,6 +44,8 @@ def legacy_int8_engines(bundle_dir: str | os.PathLike, fp32_files: Mapping[str, 
     from vsdmot.runtime.backends import EngineKey, default_engine_cache, engine_dir, store_engine
     from vsdmot.runtime.bundle import file_sha256, load_bundle
 
+    from .chain import feeds_id  # the feeds' key, else a hash of their contents (recorded tracker feeds have no key)
+
     if not needs_legacy(trt.__version__):
         log.info("TensorRT %s builds INT8 from the bundle's Q/DQ ONNX; no legacy calibration", trt.__version__)
         return {}
@@ -54,7 +54,7 @@ def legacy_int8_engines(bundle_dir: str | os.PathLike, fp32_files: Mapping[str, 
     bundle, out = load_bundle(bundle_dir), {}
     for name in int8_networks(bundle, fp32_files, feeds):
         cache = work / "legacy-int8" / f"{name}.calib"
-        data, stamp = build(fp32_files[name], feeds[name], cache, feeds_key(feeds[name]))
+        data, stamp = build(fp32_files[name], feeds[name], cache, feeds_id(feeds[name]))
         key = EngineKey(file_sha256(bundle.file(f"{name}.onnx")), trt.__version__, stamp.gpu, "int8")
         out[name] = str(store_engine(engine_dir(cache_root or default_engine_cache(), f"{name}.onnx", key), key, data))
         log.warning("TensorRT %s: legacy INT8 engine for %s.onnx (entropy calibrator, %d feeds, cache %s) cached "

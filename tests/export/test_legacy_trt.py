@@ -93,3 +93,24 @@ def test_the_chain_calibrates_legacy_engines_for_target_tensorrt_only(det_net, r
         (published, fp32, net_feeds, work), = seen
         assert published == out and fp32["detector"].name == "detector.sim.onnx"
         assert net_feeds["detector"] is sources.feeds["detector"]  # the feeds the INT8 ONNX was calibrated on
+
+
+def test_unkeyed_feeds_name_their_content_in_the_calibration_stamp(int8_bundle, tmp_path, monkeypatch):
+    """Recorded tracker feeds are a plain list: the cache stamp's calibration id was 'n=<count>', so an
+    entropy cache calibrated on other feeds of the same count (the reference detector's input changed,
+    the tracker ONNX did not) passed the stamp and was reused."""
+    import numpy as np
+
+    bundle_dir, fp32, feeds = int8_bundle
+    ids = []
+
+    def build(onnx, net_feeds, cache, calib_id):
+        ids.append(calib_id)
+        return b"engine", CacheStamp("8.5.2.2", "Orin", file_sha256(onnx), calib_id)
+
+    fake_tensorrt(monkeypatch, "8.5.2.2")
+    recorded = [dict(feeds["detector"][i]) for i in range(4)]
+    other = [{k: np.ascontiguousarray(v[..., ::-1]) for k, v in f.items()} for f in recorded]  # same count, other values
+    for f in (recorded, other, [dict(f) for f in recorded]):
+        legacy_int8_engines(bundle_dir, fp32, {"detector": f}, tmp_path / "work", tmp_path / "engines", build)
+    assert ids[0] != ids[1] and ids[0] == ids[2]
