@@ -178,7 +178,8 @@ def _replace(stage: Path, out: Path) -> None:
                 os.replace(old, out)
             raise
         finally:
-            shutil.rmtree(old, ignore_errors=True)
+            if out.exists():  # never delete the previous bundle while --out is empty
+                shutil.rmtree(old, ignore_errors=True)
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(stage, out)

@@ -29,3 +29,22 @@ def test_a_failed_swap_puts_the_previous_bundle_back(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="not empty"):
         bundle.publish(stage, out, {"passed": True})
     assert (out / "manifest.json").read_text() == "old" and not list(tmp_path.glob(".b.old-*"))
+
+
+def test_the_previous_bundle_is_never_deleted_while_out_is_empty(tmp_path, monkeypatch):
+    out, stage = tmp_path / "b", tmp_path / ".b.staging-1"
+    for d, text in ((out, "old"), (stage, "new")):
+        d.mkdir()
+        (d / "manifest.json").write_text(text)
+    real = os.replace
+
+    def only_the_first(src, dst):  # moving the old bundle aside works; nothing else does
+        if str(dst) != str(out):
+            return real(src, dst)
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "replace", only_the_first)
+    with pytest.raises(OSError):
+        bundle.publish(stage, out, {"passed": True})
+    (old,) = tmp_path.glob(".b.old-*")
+    assert (old / "manifest.json").read_text() == "old"
