@@ -53,7 +53,9 @@ def write_cache(cache: str | os.PathLike, stamp: CacheStamp, data: bytes) -> Pat
     tmp.write_bytes(bytes(data))
     os.replace(tmp, cache)
     body = {**asdict(stamp), "cache_sha256": hashlib.sha256(bytes(data)).hexdigest()}
-    stamp_path(cache).write_text(json.dumps(body, indent=2))
+    tmp = stamp_path(cache).with_name(stamp_path(cache).name + ".tmp")
+    tmp.write_text(json.dumps(body, indent=2))
+    os.replace(tmp, stamp_path(cache))  # a cut-short stamp would refuse a good cache, never accept a bad one
     return cache
 
 
@@ -126,8 +128,10 @@ def build_legacy_int8_engine(onnx_path: str | os.PathLike, feeds: Sequence[Mappi
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     config.set_flag(trt.BuilderFlag.INT8)
-    config.int8_calibrator = make_entropy_calibrator(feeds, cache, stamp)
+    calibrator = make_entropy_calibrator(feeds, cache, stamp)  # held here: TensorRT keeps no Python
+    config.int8_calibrator = calibrator  # reference, and a collected calibrator crashes the build
     engine = builder.build_serialized_network(network, config)
+    del calibrator
     if engine is None:
         raise DeviceError(f"TensorRT failed to build a legacy INT8 engine for {onnx_path}")
     return bytes(engine), stamp
