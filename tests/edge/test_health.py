@@ -202,18 +202,26 @@ def test_port_in_use_is_a_clear_error():
         first.close()
 
 
-def test_hook_serves_power_from_a_meter():
-    """The hook's sampler thread on the recorded Orin Nano sysfs tree (a replay of recorded files,
-    not a measurement) ends up in /metrics."""
+def started_meter_hook() -> H.HealthHook:
+    """A started HealthHook whose sampler reads the recorded Orin Nano sysfs tree (a replay of
+    recorded files, not a measurement), once its first sample is in (or after 5 s)."""
     import time
 
     hook = H.HealthHook("127.0.0.1:0", stall_s=60.0, meter_order=("ina3221",),
                         root=str(Path(__file__).parent / "data/sysfs/jp6_orin_nano"))
     hook.on_start()
+    deadline = time.monotonic() + 5
+    while hook.sampler.latest() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return hook
+
+
+def test_hook_serves_power_from_a_meter():
+    """The hook's sampler thread on the recorded sysfs tree ends up in /metrics."""
+    import time
+
+    hook = started_meter_hook()
     try:
-        deadline = time.monotonic() + 5
-        while hook.sampler.latest() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
         hook.on_frame(result(1, "fresh"), Stats(time.monotonic()))
         host, port = hook.server.address
         s = parse_prometheus(get(f"http://{host}:{port}/metrics")[2])
@@ -229,13 +237,8 @@ def test_a_meter_that_stopped_reading_gives_no_watts():
     import dataclasses
     import time
 
-    hook = H.HealthHook("127.0.0.1:0", stall_s=60.0, meter_order=("ina3221",),
-                        root=str(Path(__file__).parent / "data/sysfs/jp6_orin_nano"))
-    hook.on_start()
+    hook = started_meter_hook()
     try:
-        deadline = time.monotonic() + 5
-        while hook.sampler.latest() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
         hook.sampler.stop()  # the meter reads no more
         last = hook.sampler.samples[-1]
         hook.sampler.samples.append(dataclasses.replace(last, t=time.monotonic() - 60.0))  # a minute old
