@@ -128,9 +128,10 @@ def shrink_warning(frame_hw: tuple[int, int], size: Size, worst: float = 0.9) ->
     scale, square = min(H / fh, W / fw), max(H, W) / max(fh, fw)
     if scale >= worst * square:
         return None
+    side, fitted = max(H, W), size_text(fitted_size(frame_hw, size))
     return (f"detector input {size_text(size)} is shaped for other frames: {fw}x{fh} frames are scaled to "
-            f"{int(fw * scale)}x{int(fh * scale)}, {1 - scale / square:.0%} smaller than in a {max(H, W)}x{max(H, W)} "
-            f"input, and small people are missed; use a bundle exported with --input-size {size_text(fitted_size(frame_hw, size))}")
+            f"{int(fw * scale)}x{int(fh * scale)}, {1 - scale / square:.0%} smaller than in a {side}x{side} input, "
+            f"and small people are missed; use a bundle exported with --input-size {fitted}")
 
 
 @dataclass(slots=True, frozen=True)
@@ -161,11 +162,7 @@ class YoloxDetector:
     def detect(self, image: np.ndarray) -> Detections:
         c = self.config
         if self._frame_hw != image.shape[:2]:  # first frame, or the source changed size
-            self._frame_hw = image.shape[:2]
-            if warning := shrink_warning(self._frame_hw, c.input_size):
-                log.warning(warning)
-            elif hint := padding_hint(self._frame_hw, c.input_size):
-                log.info(hint)
+            self._advise(image.shape[:2])
         tensor, scale = letterbox(image, c.input_size)
         out = self.backend.infer({self.input_name: tensor})
         xyxy, score, anchor = decode(out[self.output_name], c.input_size, c.strides,
@@ -175,3 +172,11 @@ class YoloxDetector:
         boxes = np.clip(xyxy[keep] / scale, 0, [w, h, w, h]).astype(np.float32)  # (N, 4) source px
         feature = out["embed"][0, anchor[keep]] if self.has_embed else None  # (N, E)
         return Detections(boxes, score[keep], feature=feature)
+
+    def _advise(self, frame_hw: tuple[int, ...]) -> None:
+        """Once per frame size: warn when this input shrinks the frames, else hint when it is mostly padding."""
+        self._frame_hw = frame_hw
+        if warning := shrink_warning(frame_hw, self.config.input_size):
+            log.warning(warning)
+        elif hint := padding_hint(frame_hw, self.config.input_size):
+            log.info(hint)
