@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -150,7 +151,8 @@ def decide(cases: list[dict[str, Any]], cfg: GateConfig) -> dict[str, Any]:
               f"threshold {cfg.max_hota_drop} (pooled: {groups}; worst single case {worst['hota_drop']:.2f} on "
               f"{worst['sequence']} {worst['condition']}{'' if case_ok else f' > case limit {cfg.max_case_drop}'})")
     return {"passed": passed, "forced": bool(cfg.force and not passed), "rule": cfg.rule,
-            "threshold_hota_drop": cfg.max_hota_drop, "max_case_drop": cfg.max_case_drop, "worst_hota_drop": gated,
+            "threshold_hota_drop": cfg.max_hota_drop, "worst_hota_drop": gated,
+            "max_case_drop": cfg.max_case_drop if math.isfinite(cfg.max_case_drop) else None,  # None: off (JSON has no inf)
             "pooled_hota_drops": pooled, "worst_case_hota_drop": worst["hota_drop"], "reason": reason, "cases": cases}
 
 

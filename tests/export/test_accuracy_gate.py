@@ -102,7 +102,9 @@ def test_one_collapsed_case_refuses_whatever_the_average(rule):
     v = decide(cases_with(drops), GateConfig(rule=rule))
     assert v["worst_hota_drop"] <= 1.0 and not v["passed"]  # the rule alone would pass it
     assert "case limit 5.0" in v["reason"] and v["max_case_drop"] == 5.0
-    assert decide(cases_with(drops), GateConfig(rule=rule, max_case_drop=float("inf")))["passed"]
+    off = decide(cases_with(drops), GateConfig(rule=rule, max_case_drop=float("inf")))
+    assert off["passed"] and off["max_case_drop"] is None
+    json.loads(json.dumps(off), parse_constant=lambda c: pytest.fail(f"non-standard JSON {c} in the manifest"))
     drops[("B", "jpeg-s3")] = 4.69  # the largest |drop| of 45 train-side null cases: within the limit
     assert decide(cases_with(drops), GateConfig(rule=rule))["passed"]
 
