@@ -204,7 +204,8 @@ def network_feeds(sources: Sources, cfg: ExportConfig, work: Path, reference: Pa
     """Calibration/distillation feeds per network: overrides, else from the degraded calibration set."""
     (work / "calibset.json").unlink(missing_ok=True)  # an earlier export's set: written again when one is built
     feeds = dict(sources.feeds)  # only the networks that prune (distillation) or quantise (calibration)
-    need = [n for n, net in sources.nets.items() if cfg.precision == "int8" or (cfg.ratio and net.prune_roots)]
+    need = [n for n, net in sources.nets.items()
+            if (cfg.precision == "int8" and n not in cfg.keep_fp32) or (cfg.ratio and net.prune_roots)]
     missing = [n for n in need if n not in feeds]
     if not missing:
         return feeds

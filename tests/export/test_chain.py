@@ -266,3 +266,14 @@ def test_a_bundle_calibrated_on_nothing_records_no_earlier_calibration_set(sourc
     m = load_bundle(export(cfg_for(tmp_path, precision="fp16"), tmp_path / "fp16", sources=src,
                            eval_fn=fake_eval(0.0))).manifest
     assert "an-earlier-run.mp4" not in json.dumps(m["calibration"]) and "frame_count" not in m["calibration"]
+
+
+def test_networks_kept_fp32_get_no_calibration_feeds(sources, tmp_path, monkeypatch):
+    """--keep-fp32 tracker: recording its feeds (the FP32 pipeline over 500 frames) was wasted work."""
+    asked = []
+    monkeypatch.setattr(chain, "calibration_feeds", lambda s, names, *a: asked.append(list(names)) or {})
+    bare = replace(sources, feeds={})
+    chain.network_feeds(bare, cfg_for(tmp_path, keep_fp32=("detector",)), tmp_path, tmp_path)
+    chain.network_feeds(bare, cfg_for(tmp_path), tmp_path, tmp_path)
+    chain.network_feeds(bare, cfg_for(tmp_path, keep_fp32=("detector",), prune=0.25), tmp_path, tmp_path)
+    assert asked == [["detector"], ["detector"]]  # the kept-FP32 unpruned run asks for nothing
