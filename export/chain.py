@@ -164,10 +164,10 @@ def _export(cfg: ExportConfig, out: Path, work: Path, checkpoint, sources: Sourc
         files = {**files, name: fp32_files[name]}
         stage, verdict = gated(sources, files, cfg, out, work, calib, reference, eval_fn)
     report.timed("accuracy gate", t0)
-    published = finish(stage, out, summarize(verdict), verdict, report, cfg, work)
-    if cfg.target == "tensorrt" and cfg.precision == "int8":  # TensorRT < 10.1: entropy-calibrated engines
-        legacy_int8_engines(published, fp32_files, feeds, work)
-    return published
+    if cfg.target == "tensorrt" and cfg.precision == "int8" and (verdict["passed"] or cfg.gate.force):
+        legacy_int8_engines(stage, fp32_files, feeds, work)  # TensorRT < 10.1; before publishing: a failure
+        # leaves --out as it was (engines are keyed by the ONNX files' sha256, unchanged by publishing)
+    return finish(stage, out, summarize(verdict), verdict, report, cfg, work)
 
 
 def gated(sources, files, cfg, out, work, calib, reference, eval_fn) -> tuple[Path, dict]:

@@ -1,4 +1,5 @@
-"""Step (`--int8 --target tensorrt`, TensorRT < 10.1, JetPack 5): legacy INT8 engines.
+"""Step (`--int8 --target tensorrt`, TensorRT < 10.1, JetPack 5): legacy INT8 engines, built for
+the staged bundle once its gate passed, before it is published (a failure leaves --out as it was).
 
 TensorRT 10.1 deprecated the implicit INT8 calibrators for explicit Q/DQ ONNX, which is what the
 bundle ships and what TensorRT 10 builds. On an older TensorRT this step builds each INT8
@@ -36,7 +37,7 @@ def legacy_int8_engines(bundle_dir: str | os.PathLike, fp32_files: Mapping[str, 
                         feeds: Mapping[str, Sequence[Mapping]], work: Path,
                         cache_root: str | os.PathLike | None = None,
                         build: Callable | None = None) -> dict[str, str]:
-    """Per INT8 network of the published bundle: build its legacy engine and cache it for the
+    """Per INT8 network of the (staged) bundle: build its legacy engine and cache it for the
     bundle's file. Returns {network: engine path}; {} on TensorRT >= 10.1 (explicit Q/DQ there).
     `build` is `calibration.trt_calibrator.build_legacy_int8_engine` (a stand-in in tests)."""
     import tensorrt as trt

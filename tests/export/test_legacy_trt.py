@@ -90,8 +90,8 @@ def test_the_chain_calibrates_legacy_engines_for_target_tensorrt_only(det_net, r
     out, sources = tiny_export(det_net, real_frames, tmp_path, target)
     assert bool(seen) is called
     if called:
-        (published, fp32, net_feeds, work), = seen
-        assert published == out and fp32["detector"].name == "detector.sim.onnx"
+        (staged, fp32, net_feeds, work), = seen  # the sealed staging bundle, before publishing
+        assert staged == chain.staging_dir(out) and fp32["detector"].name == "detector.sim.onnx"
         assert net_feeds["detector"] is sources.feeds["detector"]  # the feeds the INT8 ONNX was calibrated on
 
 
@@ -114,3 +114,16 @@ def test_unkeyed_feeds_name_their_content_in_the_calibration_stamp(int8_bundle, 
     for f in (recorded, other, [dict(f) for f in recorded]):
         legacy_int8_engines(bundle_dir, fp32, {"detector": f}, tmp_path / "work", tmp_path / "engines", build)
     assert ids[0] != ids[1] and ids[0] == ids[2]
+
+
+def test_a_failed_legacy_build_publishes_nothing(det_net, real_frames, tmp_path, monkeypatch):
+    from vsdmot.export import chain
+    from vsdmot.runtime.errors import DeviceError
+
+    def fail(*a):
+        raise DeviceError("TensorRT failed to build a legacy INT8 engine")
+
+    monkeypatch.setattr(chain, "legacy_int8_engines", fail)
+    with pytest.raises(DeviceError):
+        tiny_export(det_net, real_frames, tmp_path, "tensorrt")
+    assert not (tmp_path / "int8").exists() and not chain.staging_dir(tmp_path / "int8").exists()
