@@ -127,3 +127,17 @@ def test_a_failed_legacy_build_publishes_nothing(det_net, real_frames, tmp_path,
     with pytest.raises(DeviceError):
         tiny_export(det_net, real_frames, tmp_path, "tensorrt")
     assert not (tmp_path / "int8").exists() and not chain.staging_dir(tmp_path / "int8").exists()
+
+
+def test_through_the_chain_the_engine_is_found_for_the_published_file(det_net, real_frames, tmp_path, monkeypatch):
+    """Built on the staged bundle, looked up for the published one: the key must survive publishing."""
+    from vsdmot.calibration import trt_calibrator
+
+    fake_tensorrt(monkeypatch, "8.5.2.2")
+    monkeypatch.setenv("VSDMOT_ENGINE_CACHE", str(tmp_path / "engines"))
+    monkeypatch.setattr(trt_calibrator, "build_legacy_int8_engine",
+                        lambda onnx, feeds, cache, calib_id: (b"legacy", CacheStamp("8.5.2.2", "Orin", "x", calib_id)))
+    out, _ = tiny_export(det_net, real_frames, tmp_path, "tensorrt")
+    f = load_bundle(out).file("detector.onnx")
+    key = EngineKey(file_sha256(f), "8.5.2.2", "Orin", "int8")
+    assert load_cached_engine(engine_dir(tmp_path / "engines", f, key), key) == b"legacy"
