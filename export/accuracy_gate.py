@@ -92,9 +92,10 @@ def gate_accuracy(candidate: str | Path, cfg: GateConfig, out_path: str | Path, 
 
 
 def _content_id(bundle_dir: Path) -> str:
-    """Hash of a bundle's files (not the manifest: it changes when the verdict is recorded)."""
+    """Hash of a bundle's files and of the tracker its manifest recommends (the pipeline runs that
+    one); not the rest of the manifest, which changes when the verdict is recorded."""
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    return fingerprint({n: e["sha256"] for n, e in manifest["files"].items()})
+    return fingerprint({n: e["sha256"] for n, e in manifest["files"].items()}, manifest.get("tracker"))
 
 
 def score_case(fn: EvalFn, candidate: Path, reference: Path, seq: str, cond: str) -> dict[str, Any]:
@@ -233,14 +234,15 @@ def pipeline_eval(cfg: GateConfig, cache_dir: Path | None = None, threads: int =
 
 
 def _track_and_score(bundle_dir: Path, seq: str, cond: str, cfg: GateConfig, cache: Path, threads: int):
-    from vsdmot.evaluation.bench import prepare_sequence
+    from vsdmot.evaluation.bench import _cache_key, prepare_sequence
     from vsdmot.evaluation.metrics import evaluate
 
     name, window = split_sequence(seq)
-    seq_dir = prepare_sequence(data_root(cfg) / name, parse_condition(cond), cache / "sequences", cfg.seed,
-                               progress=False)
+    src, condition = data_root(cfg) / name, parse_condition(cond)
+    seq_dir = prepare_sequence(src, condition, cache / "sequences", cfg.seed, progress=False)
     span = f"_{window[0]}-{window[1]}" if window else ""  # 401-600 and 601-795 are different tracks
-    tracks = f"{_content_id(bundle_dir)[:16]}-{runtime_code_id()}"  # same files and per-frame code, same tracks
+    frames = _cache_key(src, condition, cfg.seed)  # the source's files, the condition and its seed
+    tracks = f"{fingerprint(_content_id(bundle_dir), frames)[:16]}-{runtime_code_id()}"  # same bundle, frames, code
     res = cache / "results" / tracks / cond / f"{name}{span}.txt"
     if not res.is_file():
         track_sequence(bundle_dir, seq_dir, window, res, threads)

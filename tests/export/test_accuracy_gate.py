@@ -37,6 +37,37 @@ def test_track_cache_is_keyed_by_the_runtime_code(tmp_path, monkeypatch):
     assert len(written) == 2 and written[1] != written[0]
 
 
+
+def test_track_cache_is_keyed_by_the_frames_and_the_bundles_tracker(tmp_path, monkeypatch):
+    """Same files, other degradation seed / other sequence source / other recommended tracker: the
+    tracks of one were scored as the other's (the cache path named only the files and the code)."""
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    manifest = {"files": {"x.onnx": {"sha256": "0" * 64}}, "tracker": "hybrid"}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "data" / "S").mkdir(parents=True)
+    (tmp_path / "other" / "S").mkdir(parents=True)
+    (tmp_path / "other" / "S" / "gt.txt").write_text("1,1,0,0,1,1,1,1,1\n")
+    written = []
+
+    def track(bundle_dir, seq_dir, window, res, threads):
+        written.append(res)
+        res.parent.mkdir(parents=True, exist_ok=True)
+        res.write_text("rows\n")
+
+    monkeypatch.setattr(bench, "prepare_sequence", lambda *a, **k: tmp_path / "seq")
+    monkeypatch.setattr(ag, "track_sequence", track)
+    monkeypatch.setattr(metrics, "evaluate", lambda seq_dir, res, frames: {})
+    cache = tmp_path / "cache"
+    ag._track_and_score(bundle, "S", "jpeg-s3", GateConfig(data_root=str(tmp_path / "data")), cache, 1)
+    ag._track_and_score(bundle, "S", "jpeg-s3", GateConfig(data_root=str(tmp_path / "data")), cache, 1)
+    ag._track_and_score(bundle, "S", "jpeg-s3", GateConfig(data_root=str(tmp_path / "data"), seed=1), cache, 1)
+    ag._track_and_score(bundle, "S", "jpeg-s3", GateConfig(data_root=str(tmp_path / "other")), cache, 1)
+    (bundle / "manifest.json").write_text(json.dumps({**manifest, "tracker": "e2e"}))
+    ag._track_and_score(bundle, "S", "jpeg-s3", GateConfig(data_root=str(tmp_path / "data")), cache, 1)
+    assert len(written) == 4 and len(set(written)) == 4  # only the repeated call reused its tracks
+
+
 def test_code_identity_follows_the_runtime_source():
     a = code_identity()
     assert len(a) == 16 and a == code_identity()  # stable between calls
