@@ -14,10 +14,8 @@ from vsdmot.export.accuracy_gate import GateConfig, decide, pooled_drops
 from vsdmot.runtime import code_identity
 
 
-def test_track_cache_is_keyed_by_the_runtime_code(tmp_path, monkeypatch):
-    bundle = tmp_path / "b"
-    bundle.mkdir()
-    (bundle / "manifest.json").write_text(json.dumps({"files": {"x.onnx": {"sha256": "0" * 64}}}))
+def stub_tracking(tmp_path, monkeypatch) -> list:
+    """The gate's tracking and scoring stubbed out: returns the list of track files written."""
     written = []
 
     def track(bundle_dir, seq_dir, window, res, threads):
@@ -28,6 +26,14 @@ def test_track_cache_is_keyed_by_the_runtime_code(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "prepare_sequence", lambda *a, **k: tmp_path / "seq")
     monkeypatch.setattr(ag, "track_sequence", track)
     monkeypatch.setattr(metrics, "evaluate", lambda seq_dir, res, frames: {})
+    return written
+
+
+def test_track_cache_is_keyed_by_the_runtime_code(tmp_path, monkeypatch):
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text(json.dumps({"files": {"x.onnx": {"sha256": "0" * 64}}}))
+    written = stub_tracking(tmp_path, monkeypatch)
     args = (bundle, "TUD-Campus", "clean", GateConfig(), tmp_path / "cache", 1)
     ag._track_and_score(*args)
     ag._track_and_score(*args)
@@ -35,7 +41,6 @@ def test_track_cache_is_keyed_by_the_runtime_code(tmp_path, monkeypatch):
     monkeypatch.setattr(ag, "runtime_code_id", lambda: "another tracker")
     ag._track_and_score(*args)
     assert len(written) == 2 and written[1] != written[0]
-
 
 
 def test_track_cache_is_keyed_by_the_frames_and_the_bundles_tracker(tmp_path, monkeypatch):
@@ -48,16 +53,7 @@ def test_track_cache_is_keyed_by_the_frames_and_the_bundles_tracker(tmp_path, mo
     (tmp_path / "data" / "S").mkdir(parents=True)
     (tmp_path / "other" / "S").mkdir(parents=True)
     (tmp_path / "other" / "S" / "gt.txt").write_text("1,1,0,0,1,1,1,1,1\n")
-    written = []
-
-    def track(bundle_dir, seq_dir, window, res, threads):
-        written.append(res)
-        res.parent.mkdir(parents=True, exist_ok=True)
-        res.write_text("rows\n")
-
-    monkeypatch.setattr(bench, "prepare_sequence", lambda *a, **k: tmp_path / "seq")
-    monkeypatch.setattr(ag, "track_sequence", track)
-    monkeypatch.setattr(metrics, "evaluate", lambda seq_dir, res, frames: {})
+    written = stub_tracking(tmp_path, monkeypatch)
     cache = tmp_path / "cache"
     ag._track_and_score(bundle, "S", "jpeg-s3", GateConfig(data_root=str(tmp_path / "data")), cache, 1)
     ag._track_and_score(bundle, "S", "jpeg-s3", GateConfig(data_root=str(tmp_path / "data")), cache, 1)
