@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from vsdmot import __version__
+from vsdmot.runtime.yolox import input_hw
 
 log = logging.getLogger(__name__)
 PAD = 114  # letterbox fill, as YOLOX
@@ -136,8 +137,6 @@ def letterbox_u8(image: np.ndarray, size: int | tuple[int, int]) -> tuple[np.nda
     """(h0, w0, 3) -> ((H, W, 3) uint8 top-left letterboxed with pad 114, (h, w) of the content);
     `size` is S (square) or (H, W). The content size truncates as runtime/yolox.py's letterbox
     does, so calibration frames are the detector's run-time input pixel for pixel."""
-    from vsdmot.runtime.yolox import input_hw
-
     H, W = input_hw(size)
     r = min(H / image.shape[0], W / image.shape[1])
     h, w = max(1, int(image.shape[0] * r)), max(1, int(image.shape[1] * r))
