@@ -42,7 +42,7 @@ from .quantize import METHODS, QuantConfig, quantize
 from .recover import RecoverConfig, recover
 from .report import Report, fingerprint, write_report
 from .simplify import SimplifyConfig, simplify
-from .sources import Sources, calibration_feeds, load_sources, with_detector_input
+from .sources import Sources, calibration_feeds, feeds_id, load_sources, with_detector_input
 from .to_onnx import OnnxConfig, TorchNet, to_onnx
 
 log = logging.getLogger(__name__)
@@ -365,22 +365,6 @@ def summarize(verdict: Mapping[str, Any]) -> dict[str, Any]:
             "max_case_drop", "control")
     return {"vs": "fp32 reference (unpruned)", **{k: verdict[k] for k in keep if k in verdict},
             "cases": verdict.get("cases", [])}
-
-
-def feeds_id(feeds) -> str:
-    """What names feeds in the prune/recover/quantize keys: their own key (a stored calibration set),
-    else a hash of their contents (recorded tracker feeds change with the runtime's tracker; a count
-    alone let a tracker quantised on stale feeds be reused)."""
-    key = str(getattr(feeds, "key", ""))
-    if key:
-        return key
-    h = hashlib.sha256()
-    for feed in feeds:
-        for name in sorted(feed):
-            a = np.ascontiguousarray(feed[name])
-            h.update(f"{name}{a.dtype}{a.shape}".encode())
-            h.update(a.tobytes())
-    return f"n={len(feeds)}:{h.hexdigest()[:16]}"
 
 
 def calibset_summary(work: Path) -> dict[str, Any]:

@@ -23,6 +23,8 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from .sources import feeds_id  # the feeds' key, else a hash of their contents
+
 log = logging.getLogger(__name__)
 EXPLICIT_SINCE = (10, 1)  # TensorRT from which implicit INT8 calibrators are deprecated
 
@@ -44,8 +46,6 @@ def legacy_int8_engines(bundle_dir: str | os.PathLike, fp32_files: Mapping[str, 
 
     from vsdmot.runtime.backends import EngineKey, default_engine_cache, engine_dir, store_engine
     from vsdmot.runtime.bundle import file_sha256, load_bundle
-
-    from .chain import feeds_id  # the feeds' key, else a hash of their contents (recorded tracker feeds have no key)
 
     if not needs_legacy(trt.__version__):
         log.info("TensorRT %s builds INT8 from the bundle's Q/DQ ONNX; no legacy calibration", trt.__version__)

@@ -4,6 +4,7 @@ the detector and student; recorded tracker inputs from the FP32 reference bundle
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -218,14 +219,13 @@ class NearFeeds(Sequence):
     source in the pruning statistics' per-source share."""
 
     def __init__(self, base, near):
-        import hashlib
 
         self.base, self.near = base, near  # near: (N, 1, 3, H, W) uint8 (letterboxed pixels)
         records = list(getattr(getattr(base, "frames", None), "manifest", {}).get("frames") or [{}] * len(base))
         self.frames = type("Frames", (), {"manifest": {"frames": records + [{"source": "near-pedestrian crops"}] * len(near)}})
         h = hashlib.sha256(str(near.shape).encode())
         h.update(np.ascontiguousarray(near))  # the buffer itself: fingerprint(bytes) peaked at 8x (1.2 GB)
-        self.key = f"{feeds_key(base)}+near:{h.hexdigest()[:16]}"
+        self.key = f"{feeds_id(base)}+near:{h.hexdigest()[:16]}"
 
     def __len__(self) -> int:
         return len(self.base) + len(self.near)
@@ -237,8 +237,20 @@ class NearFeeds(Sequence):
         return self.base[i] if i < len(self.base) else {"images": self.near[i - len(self.base)].astype(np.float32)}
 
 
-def feeds_key(feeds) -> str:
-    return str(getattr(feeds, "key", "")) or f"n={len(feeds)}"
+def feeds_id(feeds) -> str:
+    """What names feeds in the prune/recover/quantize keys: their own key (a stored calibration set),
+    else a hash of their contents (recorded tracker feeds change with the runtime's tracker; a count
+    alone let a tracker quantised on stale feeds be reused)."""
+    key = str(getattr(feeds, "key", ""))
+    if key:
+        return key
+    h = hashlib.sha256()
+    for feed in feeds:
+        for name in sorted(feed):
+            a = np.ascontiguousarray(feed[name])
+            h.update(f"{name}{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+    return f"n={len(feeds)}:{h.hexdigest()[:16]}"
 
 
 def near_pedestrian_frames(size: int | tuple[int, int], per_frame: int = 3, seed: int = 1) -> np.ndarray:
