@@ -215,11 +215,10 @@ class NearFeeds(Sequence):
     """Calibration feeds followed by near-pedestrian crops (`near_pedestrian_frames`), for the
     detector when it is pruned (statistics and distillation; also its INT8 calibration then).
     Why: PETS09 1-600 shows people ~45 px tall at 416; a pruned detector distilled on it kept PETS
-    and lost TUD-Campus's near people (docs/export_measurements.md "Pruning + recovery"). The crops count as one more calibration
-    source in the pruning statistics' per-source share."""
+    and lost TUD-Campus's near people (docs/export_measurements.md "Pruning + recovery"). The crops
+    count as one more calibration source in the pruning statistics' per-source share."""
 
     def __init__(self, base, near):
-
         self.base, self.near = base, near  # near: (N, 1, 3, H, W) uint8 (letterboxed pixels)
         records = list(getattr(getattr(base, "frames", None), "manifest", {}).get("frames") or [{}] * len(base))
         self.frames = type("Frames", (), {"manifest": {"frames": records + [{"source": "near-pedestrian crops"}] * len(near)}})
