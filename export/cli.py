@@ -241,9 +241,10 @@ def prebuild_engines(out: Path) -> None:
     precision = engine_precision(bundle.precision)  # what a run with the default --precision auto keys by
     for name in bundle.names:
         if name.endswith(".onnx"):
-            TensorRTBackend(bundle.file(name), precision=precision).close()
+            backend = TensorRTBackend(bundle.file(name), precision=precision)
+            backend.close()  # built: key.precision is what TensorRT could give (runtime.backends.typed_precision)
             log.warning("TensorRT %s engine for %s built and cached (vsdmot-edge run --backend tensorrt, "
-                        "--precision auto or %s)", precision, name, precision)
+                        "--precision auto or %s)", backend.key.precision, name, precision)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -291,6 +291,53 @@ class _CudaRuntime:
             self._keep = []  # pycuda frees DeviceAllocations when released
 
 
+def strongly_typed(trt) -> bool:
+    """Whether this TensorRT builds strongly typed networks only. TensorRT 11 removed weak typing (the
+    precision flags BuilderFlag.FP16/INT8, deprecated since 10.12): a layer runs in the types its
+    ONNX tensors have, INT8 between Q/DQ pairs, and FP16 only where the file itself is FP16."""
+    return not hasattr(trt.BuilderFlag, "FP16")
+
+
+def _autocast():
+    """ModelOpt's AutoCast (`pip install nvidia-modelopt[onnx]`), NVIDIA's FP32 -> mixed FP16 rewrite of
+    an ONNX for strongly typed builds; None when not installed."""
+    try:
+        from modelopt.onnx.autocast import convert_to_mixed_precision
+    except ImportError:
+        return None
+    return convert_to_mixed_precision
+
+
+def typed_precision(trt, asked: str) -> str:
+    """The precision an engine really gets, which is what its cache key records. Weakly typed builds
+    (TensorRT < 11) take `asked` as builder flags. Strongly typed ones reach fp16 (and int8's float
+    layers) only through AutoCast; without it they are built, keyed and reported as fp32 (the
+    bundle's Q/DQ layers still run INT8), and installing it later rebuilds at `asked`."""
+    if asked == "fp32" or not strongly_typed(trt) or _autocast() is not None:
+        return asked
+    _warn_no_autocast(trt.__version__, asked)
+    return "fp32"
+
+
+@functools.lru_cache(maxsize=4)
+def _warn_no_autocast(version: str, asked: str) -> None:
+    """Once per process: a pipeline opens three networks."""
+    log.warning("TensorRT %s builds strongly typed networks only and has no FP16 flag: --precision %s needs "
+                "ModelOpt AutoCast to rewrite the float layers (pip install nvidia-modelopt[onnx]); building "
+                "fp32 engines instead (Q/DQ layers still run INT8)", version, asked)
+
+
+def _network_flags(trt) -> int:
+    """create_network's flags: EXPLICIT_BATCH before TensorRT 10 (implicit otherwise), STRONGLY_TYPED
+    where weak typing is gone (TensorRT 11 accepts and ignores it)."""
+    flags = trt.NetworkDefinitionCreationFlag
+    explicit = getattr(flags, "EXPLICIT_BATCH", None)
+    if explicit is not None and int(trt.__version__.split(".")[0]) < 10:
+        return 1 << int(explicit)
+    typed = getattr(flags, "STRONGLY_TYPED", None)
+    return 1 << int(typed) if strongly_typed(trt) and typed is not None else 0
+
+
 def _has_qdq(trt, network) -> bool:
     """Whether a parsed network has Q/DQ layers (an explicit-INT8 ONNX, `vsdmot-export --int8`)."""
     qdq = (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE)
@@ -310,6 +357,7 @@ class TensorRTBackend:
                  cache_dir: str | os.PathLike | None = None, workspace_mb: int = 1024):
         trt = _import_tensorrt()
         self._trt, self.path, self._cuda = trt, Path(onnx_path), _CudaRuntime()
+        precision = typed_precision(trt, precision)
         self.key = EngineKey(file_sha256(self.path), trt.__version__, self._cuda.gpu_name(), precision)
         self._logger = trt.Logger(trt.Logger.WARNING)
         data = self._cached_or_built(Path(cache_dir or default_engine_cache()), workspace_mb)
@@ -337,25 +385,38 @@ class TensorRTBackend:
     def _build(self, workspace_mb: int) -> bytes:
         trt = self._trt
         builder = trt.Builder(self._logger)
-        explicit = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
-        flags = 1 << int(explicit) if explicit is not None and int(trt.__version__.split(".")[0]) < 10 else 0
-        network = builder.create_network(flags)
+        network = builder.create_network(_network_flags(trt))
         parser = trt.OnnxParser(network, self._logger)
-        if not parser.parse(self.path.read_bytes()):
+        if not parser.parse(self._onnx_bytes()):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise DeviceError(f"TensorRT cannot parse {self.path.name}: {errors}")
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+        if not strongly_typed(trt):  # else each layer runs in its tensors' types (see _onnx_bytes)
+            self._set_precision_flags(config, network)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise DeviceError(f"TensorRT failed to build an engine for {self.path.name} ({self.key.precision})")
+        return bytes(memoryview(serialized))
+
+    def _set_precision_flags(self, config, network) -> None:
+        """Weak typing: the flags say which lower precisions TensorRT may pick per layer."""
+        trt = self._trt
         if self.key.precision in ("fp16", "int8"):
             config.set_flag(trt.BuilderFlag.FP16)
         if self.key.precision == "int8" or _has_qdq(trt, network):
             # explicit Q/DQ in the ONNX carries the scales; TensorRT 8.x refuses a Q/DQ network
             # without this flag, so an INT8 bundle gets it whatever the requested precision
             config.set_flag(trt.BuilderFlag.INT8)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise DeviceError(f"TensorRT failed to build an engine for {self.path.name} ({self.key.precision})")
-        return bytes(memoryview(serialized))
+
+    def _onnx_bytes(self) -> bytes:
+        """The file as TensorRT should parse it. Strongly typed at fp16/int8 (typed_precision made sure
+        AutoCast imports): float layers rewritten to FP16, inputs and outputs kept float32 (the feeds)."""
+        if not strongly_typed(self._trt) or self.key.precision == "fp32":
+            return self.path.read_bytes()
+        log.info("converting %s's float layers to FP16 (ModelOpt AutoCast) for a strongly typed build", self.path.name)
+        model = _autocast()(onnx_path=str(self.path), low_precision_type="fp16", keep_io_types=True)
+        return model.SerializeToString()
 
     def _bind_buffers(self) -> None:
         trt, eng = self._trt, self._engine

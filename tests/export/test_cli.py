@@ -163,7 +163,8 @@ def test_prebuilt_engines_have_the_key_the_run_looks_up(bundle_precision, files,
     built = []
     monkeypatch.setattr(bundle, "load_bundle", lambda path: fake)
     monkeypatch.setattr(backends, "TensorRTBackend",
-                        lambda path, precision: built.append((path.name, precision)) or SimpleNamespace(close=lambda: None))
+                        lambda path, precision: built.append((path.name, precision)) or SimpleNamespace(
+                            close=lambda: None, key=SimpleNamespace(precision=precision)))
     cli.prebuild_engines(tmp_path)
     assert sorted(built) == [(n, engines) for n in sorted(files)]
 
