@@ -128,6 +128,7 @@ def build_legacy_int8_engine(onnx_path: str | os.PathLike, feeds: Sequence[Mappi
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     config.set_flag(trt.BuilderFlag.INT8)
+    config.set_flag(trt.BuilderFlag.FP16)  # layers without an INT8 kernel (or slower in INT8) run FP16, not FP32,
     calibrator = make_entropy_calibrator(feeds, cache, stamp)  # held here: TensorRT keeps no Python
     config.int8_calibrator = calibrator  # reference, and a collected calibrator crashes the build
     engine = builder.build_serialized_network(network, config)

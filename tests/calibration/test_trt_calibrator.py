@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+import types
+
+import numpy as np
 import pytest
 
-from vsdmot.calibration.trt_calibrator import CacheStamp, check_cache, read_cache_or_none, stamp_path, write_cache
+from vsdmot.calibration.trt_calibrator import (CacheStamp, build_legacy_int8_engine, check_cache,
+                                               read_cache_or_none, stamp_path, write_cache)
 from vsdmot.runtime.errors import DeviceError
 
 STAMP = CacheStamp("8.5.2.2", "Orin", "ab" * 32, "calib-1")
@@ -45,11 +50,106 @@ def test_altered_or_unstamped_cache_is_refused(tmp_path):
         check_cache(cache, STAMP)
 
 
+def _stand_ins(monkeypatch, built: dict) -> None:
+    """`tensorrt` 8.5 and `pycuda` as far as build_legacy_int8_engine uses them. The Builder pulls
+    every batch from the calibrator and hands it the cache, as TensorRT's does."""
+
+    class IInt8EntropyCalibrator2:
+        def __init__(self):
+            pass
+
+    class Config:
+        def __init__(self):
+            self.flags, self.int8_calibrator = set(), None
+
+        def set_memory_pool_limit(self, pool, size):
+            pass
+
+        def set_flag(self, flag):
+            self.flags.add(flag)
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            built["network_flags"] = flags
+            return object()
+
+        def create_builder_config(self):
+            return Config()
+
+        def build_serialized_network(self, network, config):
+            cal, batches = config.int8_calibrator, []
+            if cal.read_calibration_cache() is None:
+                while (ptrs := cal.get_batch(["images"])) is not None:
+                    batches.append(ptrs)
+                cal.write_calibration_cache(b"calibration-table")
+            built.update(flags=config.flags, batches=len(batches))
+            return b"PLAN"
+
+    trt = types.SimpleNamespace(
+        __version__="8.5.2.2", IInt8EntropyCalibrator2=IInt8EntropyCalibrator2,
+        Builder=Builder, OnnxParser=lambda network, logger: types.SimpleNamespace(parse=lambda data: True),
+        NetworkDefinitionCreationFlag=types.SimpleNamespace(EXPLICIT_BATCH=0),
+        MemoryPoolType=types.SimpleNamespace(WORKSPACE=0), BuilderFlag=types.SimpleNamespace(INT8="INT8", FP16="FP16"))
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity: None})
+    driver = types.SimpleNamespace(mem_alloc=lambda nbytes: 4096, memcpy_htod=lambda dst, src: None,
+                                   Device=lambda i: types.SimpleNamespace(name=lambda: "Orin"))
+    pycuda = types.ModuleType("pycuda")
+    pycuda.driver = driver
+    for name, module in {"tensorrt": trt, "pycuda": pycuda, "pycuda.autoinit": types.ModuleType("pycuda.autoinit"),
+                         "pycuda.driver": driver}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_legacy_engine_is_int8_with_fp16_fallback_and_stamps_its_cache(tmp_path, monkeypatch):
+    """Implicit INT8 with FP16 allowed (as trtexec --int8 --fp16: a layer TensorRT keeps out of INT8
+    runs FP16, not FP32); every feed is calibrated once; the cache is stamped for this model and
+    device and reused, not recalibrated, by the next build."""
+    built: dict = {}
+    _stand_ins(monkeypatch, built)
+    onnx = tmp_path / "detector.onnx"
+    onnx.write_bytes(b"onnx")
+    feeds = [{"images": np.zeros((1, 3, 8, 8), np.float32)} for _ in range(3)]
+    cache = tmp_path / "legacy-int8" / "detector.calib"
+    plan, stamp = build_legacy_int8_engine(onnx, feeds, cache, calib_id="calib-1")
+    assert plan == b"PLAN" and built["flags"] == {"INT8", "FP16"} and built["batches"] == 3
+    assert built["network_flags"] == 1  # EXPLICIT_BATCH: TensorRT 8.5 parses ONNX only into explicit-batch networks
+    assert (stamp.tensorrt, stamp.gpu, stamp.calib_id) == ("8.5.2.2", "Orin", "calib-1")
+    assert check_cache(cache, stamp) == b"calibration-table"
+    build_legacy_int8_engine(onnx, feeds, cache, calib_id="calib-1")
+    assert built["batches"] == 0  # the stamped cache was read back
+
+
+def _tiny_conv_onnx(path) -> None:
+    """1x3x32x32 -> Conv 3x3 (8 channels) -> Relu: enough for TensorRT to calibrate and build."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(8, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["images", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["out"])],
+        "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 32, 32])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
 @pytest.mark.gpu
 def test_entropy_calibrator_builds_an_engine(tmp_path):
+    """On a device with TensorRT < 10.1 and pycuda (JetPack 5): a real calibration and build."""
     try:
         import pycuda.autoinit  # noqa: F401
-        import tensorrt  # noqa: F401
+        import tensorrt as trt
     except Exception as e:  # ImportError, or pycuda failing without libcuda
         pytest.skip(f"needs TensorRT (< 10.1 for the legacy path) and a CUDA GPU with pycuda: {e}")
-    pytest.skip("run on a Jetson: vsdmot-export --target tensorrt (docs/export.md, legacy path)")
+    if tuple(int(x) for x in trt.__version__.split(".")[:2]) >= (10, 1):
+        pytest.skip(f"TensorRT {trt.__version__} uses the Q/DQ path; the legacy calibrator is for < 10.1")
+    onnx = tmp_path / "tiny.onnx"
+    _tiny_conv_onnx(onnx)
+    rng = np.random.default_rng(1)
+    feeds = [{"images": rng.uniform(0, 255, (1, 3, 32, 32)).astype(np.float32)} for _ in range(8)]
+    plan, stamp = build_legacy_int8_engine(onnx, feeds, tmp_path / "tiny.calib")
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan)
+    assert engine is not None and engine.num_io_tensors == 2
+    assert check_cache(tmp_path / "tiny.calib", stamp)  # the stamped cache TensorRT wrote
