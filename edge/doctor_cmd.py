@@ -88,11 +88,26 @@ def check_tensorrt() -> Check:
     v = _version("tensorrt")
     builder = v is not None and hasattr(importlib.import_module("tensorrt"), "Builder")
     if v and builder:
-        return Check("TensorRT", "ok", f"tensorrt {v}", "--backend tensorrt builds engines here and caches them")
+        return _typed_tensorrt(importlib.import_module("tensorrt"), v) or Check(
+            "TensorRT", "ok", f"tensorrt {v}", "--backend tensorrt builds engines here and caches them")
     if v:
         return Check("TensorRT", "!!", f"tensorrt {v} without a Builder (a lean/stub wheel)",
                      "cannot build engines: install JetPack's python3-libnvinfer (or the full TensorRT)")
     return Check("TensorRT", "--", "not installed", "backend auto falls back to onnxruntime; no INT8/FP16 engines")
+
+
+def _typed_tensorrt(trt, version: str) -> Check | None:
+    """TensorRT 11 (strong typing only) builds FP16 engines only from an FP16-rewritten ONNX: say
+    whether ModelOpt AutoCast is there to do it (runtime.backends.typed_precision)."""
+    from vsdmot.runtime.backends import fp16_autocast, strongly_typed
+
+    if not strongly_typed(trt):
+        return None
+    if fp16_autocast() is not None:
+        return Check("TensorRT", "ok", f"tensorrt {version}, strongly typed; ModelOpt AutoCast installed",
+                     "--backend tensorrt builds FP16/INT8 engines here (float layers rewritten to FP16 by AutoCast)")
+    return Check("TensorRT", "!!", f"tensorrt {version}, strongly typed; ModelOpt AutoCast not installed",
+                 "engines build FP32 (Q/DQ layers INT8): pip install nvidia-modelopt[onnx] for FP16")
 
 
 def check_cuda(root: Path) -> Check:

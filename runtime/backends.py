@@ -298,7 +298,7 @@ def strongly_typed(trt) -> bool:
     return not hasattr(trt.BuilderFlag, "FP16")
 
 
-def _autocast():
+def fp16_autocast():
     """ModelOpt's AutoCast (`pip install nvidia-modelopt[onnx]`), NVIDIA's FP32 -> mixed FP16 rewrite of
     an ONNX for strongly typed builds; None when not installed."""
     try:
@@ -313,7 +313,7 @@ def typed_precision(trt, asked: str) -> str:
     (TensorRT < 11) take `asked` as builder flags. Strongly typed ones reach fp16 (and int8's float
     layers) only through AutoCast; without it they are built, keyed and reported as fp32 (the
     bundle's Q/DQ layers still run INT8), and installing it later rebuilds at `asked`."""
-    if asked == "fp32" or not strongly_typed(trt) or _autocast() is not None:
+    if asked == "fp32" or not strongly_typed(trt) or fp16_autocast() is not None:
         return asked
     _warn_no_autocast(trt.__version__, asked)
     return "fp32"
@@ -415,7 +415,7 @@ class TensorRTBackend:
         if not strongly_typed(self._trt) or self.key.precision == "fp32":
             return self.path.read_bytes()
         log.info("converting %s's float layers to FP16 (ModelOpt AutoCast) for a strongly typed build", self.path.name)
-        model = _autocast()(onnx_path=str(self.path), low_precision_type="fp16", keep_io_types=True)
+        model = fp16_autocast()(onnx_path=str(self.path), low_precision_type="fp16", keep_io_types=True)
         return model.SerializeToString()
 
     def _bind_buffers(self) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,18 @@ def test_device_policy_on_real_device_nodes(tmp_path):
     os.mknod(tmp_path / "dev/nvidia-odd", 0o600 | 0o020000, os.makedev(501, 0))
     check = D.check_device_policy(tmp_path)
     assert check.status == "!!" and "/dev/nvidia-odd (mystery-dev)" in check.found
+
+
+@pytest.mark.parametrize("autocast,status,says", [(None, "!!", "nvidia-modelopt"), (object(), "ok", "AutoCast installed")])
+def test_doctor_on_strongly_typed_tensorrt(monkeypatch, autocast, status, says):
+    """TensorRT 11 has no FP16 builder flag: without ModelOpt AutoCast its engines are FP32, and
+    doctor says so before a run is slower than the user expects."""
+    from vsdmot.runtime import backends
+
+    trt = types.ModuleType("tensorrt")
+    trt.__version__, trt.Builder, trt.BuilderFlag = "11.0.0", object, types.SimpleNamespace(DEBUG=0)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(D, "_version", lambda name: trt.__version__ if name == "tensorrt" else None)
+    monkeypatch.setattr(backends, "fp16_autocast", lambda: autocast)
+    check = D.check_tensorrt()
+    assert check.status == status and says in check.found + check.meaning

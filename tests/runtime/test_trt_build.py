@@ -129,7 +129,7 @@ def autocast(monkeypatch):
         calls.append(kwargs)
         return _Converted()
 
-    monkeypatch.setattr(B, "_autocast", lambda: convert_to_mixed_precision)
+    monkeypatch.setattr(B, "fp16_autocast", lambda: convert_to_mixed_precision)
     return calls
 
 
@@ -152,7 +152,7 @@ def test_strongly_typed_build(tmp_path, autocast, layers, precision, parsed):
 def test_strongly_typed_without_autocast_keys_fp32(monkeypatch, caplog):
     """Without AutoCast a TensorRT 11 engine has FP32 float layers: it is keyed fp32 (so installing
     AutoCast later rebuilds it at fp16) and the run says why it is slower than asked."""
-    monkeypatch.setattr(B, "_autocast", lambda: None)
+    monkeypatch.setattr(B, "fp16_autocast", lambda: None)
     B._warn_no_autocast.cache_clear()
     typed, _ = fake_trt(FLOAT, "11.0.0")
     weak, _ = fake_trt(FLOAT, "10.3.0")
