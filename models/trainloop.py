@@ -84,6 +84,7 @@ def add_config_args(parser, cls: type, skip: tuple[str, ...] = ()) -> None:
         if f.name in skip:
             continue
         flag, h = "--" + f.name.replace("_", "-"), f"{helps.get(f.name, '')} (default: {f.default})"
+        h = h.replace("%", "%%")  # argparse %-formats help: a comment's '50-100 %' broke --help
         if isinstance(f.default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=h)
         else:

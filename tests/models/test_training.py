@@ -63,3 +63,15 @@ def test_cli_lists_every_stage(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert all(name in out for name in COMMANDS) and {"detector", "student", "quality", "tracker"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("stage", ["detector", "student", "quality", "tracker"])
+def test_every_stage_help_prints(stage, capsys):
+    """`vsdmot-train STAGE --help` lists the config's fields; a '%' in a field comment ('crop 50-100 %')
+    crashed argparse's help formatting with a traceback."""
+    from vsdmot.models.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([stage, "--help"])
+    assert e.value.code == 0
+    assert "--seed" in capsys.readouterr().out
