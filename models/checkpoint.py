@@ -5,6 +5,7 @@ A checkpoint is a plain dict saved with torch.save and loaded with weights_only=
   train_config: dict   the stage's frozen training config (resume refuses a different one)
   model: state_dict    fp32 weights
   optimizer: state_dict | None, step: int, rng: torch RNG state | None
+  rng_numpy: str | None the stage's numpy Generator state (JSON), so a resumed run draws the same data
   meta: dict           provenance, metrics, teacher, data (JSON-able: bundle manifests copy it)
   extra: dict          tensors a stage needs besides the model (e.g. the student's teacher projection)
 Shipped weights (`models/weights/*.pt`) use the same layout without optimizer and rng.
@@ -13,22 +14,27 @@ Shipped weights (`models/weights/*.pt`) use the same layout without optimizer an
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, model_config: Any, train_config: Any = None,
                     optimizer: torch.optim.Optimizer | None = None, step: int = 0, meta: dict | None = None,
-                    extra: dict | None = None) -> Path:
-    """Write atomically (tmp + rename) so an interrupted save never corrupts the last checkpoint."""
+                    extra: dict | None = None, np_rng: np.random.Generator | None = None) -> Path:
+    """Write atomically (tmp + rename) so an interrupted save never corrupts the last checkpoint.
+    `np_rng`: the numpy Generator the stage draws its batches from (restored by `resume`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {
@@ -38,6 +44,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, model_config: Any, train
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "step": int(step),
         "rng": torch.get_rng_state() if optimizer is not None else None,
+        "rng_numpy": json.dumps(np_rng.bit_generator.state) if np_rng is not None else None,
         "meta": meta or {},
         "extra": extra or {},
     }
@@ -65,8 +72,10 @@ def load_model_file(path: str | Path, build: Callable[[dict], nn.Module]) -> tup
     return model.eval(), ckpt.get("meta", {})
 
 
-def resume(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, train_config: Any) -> int:
-    """Load model, optimizer and RNG from `path`; return the step to continue from."""
+def resume(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, train_config: Any,
+           np_rng: np.random.Generator | None = None) -> int:
+    """Load model, optimizer and RNGs (torch, and `np_rng` when the checkpoint saved one) from `path`;
+    return the step to continue from."""
     ckpt = load_checkpoint(path)
     want, got = _as_dict(train_config), ckpt.get("train_config")
     got = got or {}
@@ -78,6 +87,8 @@ def resume(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
         optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt.get("rng") is not None:
         torch.set_rng_state(ckpt["rng"])
+    if np_rng is not None and ckpt.get("rng_numpy"):
+        np_rng.bit_generator.state = json.loads(ckpt["rng_numpy"])
     log.info("resumed %s at step %d", path, ckpt["step"])
     return int(ckpt["step"])
 

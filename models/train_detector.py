@@ -165,12 +165,12 @@ def train(cfg: DetectorTrainConfig) -> Path:
     params = [{"params": model.yolox.parameters(), "lr": 0.0 if cfg.freeze_detector else cfg.lr},
               {"params": model.embed_proj.parameters(), "lr": cfg.embed_lr}]
     opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
-    start = resume(out / "last.pt", model, opt, cfg) if cfg.resume and (out / "last.pt").exists() else 0
+    start = resume(out / "last.pt", model, opt, cfg, rng) if cfg.resume and (out / "last.pt").exists() else 0
     step = _make_step(cfg, model, teacher, opt, pets, others, degrade_fn() if cfg.p_degrade > 0 else None, rng)
     method = "converted YOLOX-nano; appearance projection trained (InfoNCE)" if cfg.freeze_detector else "self-distillation"
     meta = lambda k: {"stage": "detector", "step": k, "provenance": prov, "method": method,  # noqa: E731
                       "data": "PETS09-S2L1 1-540 (541-600 validation), MOT17-mini train"}
-    save = lambda k: save_checkpoint(out / "last.pt", model, model.cfg, cfg, opt, k, meta(k))  # noqa: E731
+    save = lambda k: save_checkpoint(out / "last.pt", model, model.cfg, cfg, opt, k, meta(k), np_rng=rng)  # noqa: E731
     done = run_steps(step, start, cfg.steps, cfg.max_minutes, save, cfg.save_every, "detector")
     model.yolox.requires_grad_(True)
     return save_checkpoint(out / "detector.pt", model, model.cfg, cfg, None, done, meta(done))

@@ -160,7 +160,7 @@ def train(cfg: StudentTrainConfig) -> Path:
     dcfg = DcsdConfig(cfg.alignment, cfg.relational, cfg.w_align, cfg.w_rel)
     start, proj = 0, None
     if cfg.resume and (out / "last.pt").exists():
-        start = resume(out / "last.pt", student, opt, cfg)
+        start = resume(out / "last.pt", student, opt, cfg, rng)
         proj = TeacherProjection(teacher.dim, cfg.dim)
         ck = torch.load(out / "last.pt", weights_only=True)
         proj.load_state_dict(ck.get("extra", {}).get("projection") or ck["meta"]["projection"])
@@ -180,7 +180,7 @@ def train(cfg: StudentTrainConfig) -> Path:
                 "dcsd": asdict(dcfg), "data": "PETS09-S2L1 1-540 (541-600 validation), MOT17-mini train"}
 
     extra = {"projection": proj.state_dict()}  # teacher -> semantic space (mean, basis)
-    save = lambda k: save_checkpoint(out / "last.pt", student, scfg, cfg, opt, k, meta(k), extra)  # noqa: E731
+    save = lambda k: save_checkpoint(out / "last.pt", student, scfg, cfg, opt, k, meta(k), extra, rng)  # noqa: E731
     done = run_steps(step, start, cfg.steps, cfg.max_minutes, save, cfg.save_every, "student")
     metrics = evaluate(student, teacher, proj, val_frames, cfg, deg)
     log.info("student validation (PETS 541-600): %s", {k: round(v, 4) for k, v in metrics.items()})
