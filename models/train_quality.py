@@ -113,10 +113,36 @@ def _frame_samples(f: TrainFrame, detect, deg, rng, cfg: QualityTrainConfig) -> 
     return out
 
 
+# Fields that change the collected samples (the rest only change the head fit).
+SAMPLE_FIELDS = ("seed", "pets_every", "views", "draws", "min_side", "severity_max", "score_thr", "pets_last",
+                 "mot17", "data")
+
+
+def samples_key(cfg: QualityTrainConfig) -> dict:
+    """What samples.npz depends on: the collection fields and the detector file's content."""
+    from vsdmot.runtime.bundle import file_sha256
+
+    return {**{k: getattr(cfg, k) for k in SAMPLE_FIELDS}, "detector_sha256": file_sha256(cfg.detector)}
+
+
+def _resumed_samples(path: Path, key: dict) -> dict[str, np.ndarray]:
+    """The samples already at `path`; ValueError if they were collected with another `key`."""
+    old = dict(np.load(path))
+    if "key" not in old:
+        log.warning("%s has no collection key (written by an older vsdmot): resumed unchecked", path)
+        return old
+    was = json.loads(str(old.pop("key")))
+    diff = sorted(k for k in set(key) | set(was) if key.get(k) != was.get(k))
+    if diff:
+        raise ValueError(f"{path}: samples were collected with other {diff}; drop --resume to collect afresh "
+                         "or use a new --out")
+    return old
+
+
 def collect(cfg: QualityTrainConfig, out: Path) -> dict[str, np.ndarray]:
     """X (N, F), y (N,), source (N,) — saved to out/samples.npz every 10 frames (resumable)."""
-    path = out / "samples.npz"
-    old = dict(np.load(path)) if cfg.resume and path.exists() else {"X": np.zeros((0, len(FEATURES)), np.float32), "y": np.zeros(0, np.float32), "source": np.zeros(0, "U32"), "done": np.zeros(0, "U32")}
+    path, key = out / "samples.npz", samples_key(cfg)
+    old = _resumed_samples(path, key) if cfg.resume and path.exists() else {"X": np.zeros((0, len(FEATURES)), np.float32), "y": np.zeros(0, np.float32), "source": np.zeros(0, "U32"), "done": np.zeros(0, "U32")}
     frames = load_pets(Path(cfg.data), last=cfg.pets_last, every=cfg.pets_every) + (load_mot17(Path(cfg.data)) if cfg.mot17 else [])
     detect, deg = _detect_fn(cfg.detector, cfg.threads, cfg.score_thr), degrade_fn()
     X, y, src, done = list(old["X"]), list(old["y"]), list(old["source"]), set(old["done"].tolist())
@@ -127,8 +153,16 @@ def collect(cfg: QualityTrainConfig, out: Path) -> dict[str, np.ndarray]:
             X.append(feats), y.append(target), src.append(f.source)
         done.add(f.source)
         if len(done) % 10 == 0 or k == len(frames) - 1:
-            np.savez(path, X=np.asarray(X, np.float32), y=np.asarray(y, np.float32), source=np.asarray(src, "U32"), done=np.asarray(sorted(done), "U32"))
+            _save_samples(path, key, X=np.asarray(X, np.float32), y=np.asarray(y, np.float32),
+                          source=np.asarray(src, "U32"), done=np.asarray(sorted(done), "U32"))
     return {"X": np.asarray(X, np.float32), "y": np.asarray(y, np.float32), "source": np.asarray(src)}
+
+
+def _save_samples(path: Path, key: dict, **arrays: np.ndarray) -> None:
+    """np.savez via a temporary file and a rename: a kill mid-write leaves the previous samples."""
+    tmp = path.with_name(path.stem + ".partial.npz")
+    np.savez(tmp, key=np.asarray(json.dumps(key, sort_keys=True)), **arrays)
+    tmp.replace(path)
 
 
 def is_validation(source: str) -> bool:

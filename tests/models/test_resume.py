@@ -56,3 +56,16 @@ def test_detector_resume_equals_uninterrupted_run(tmp_path, pets_dir, yolox_onnx
         train(DetectorTrainConfig(**cfg, out=str(tmp_path / "split")))
     resumed = train(DetectorTrainConfig(**cfg, out=str(tmp_path / "split"), resume=True))
     assert _same_weights(whole, resumed)
+
+
+def test_quality_resume_refuses_samples_of_another_collection(tmp_path, pets_dir, yolox_onnx):
+    """--resume continued a samples.npz collected with other settings (severities, draws, detector,
+    seed...) and mixed the two collections into one fit; a head-only change still reuses them."""
+    from vsdmot.models.train_quality import QualityTrainConfig, train
+
+    cfg = dict(pets_every=10, pets_last=20, mot17=False, views=1, draws=1, epochs=5, hidden=4, out=str(tmp_path),
+               data=str(pets_dir.parent), detector=str(yolox_onnx))
+    train(QualityTrainConfig(**cfg))
+    train(QualityTrainConfig(**{**cfg, "resume": True, "epochs": 3, "hidden": 0}))  # the head only: reused
+    with pytest.raises(ValueError, match="severity_max"):
+        train(QualityTrainConfig(**{**cfg, "resume": True, "severity_max": 2}))
