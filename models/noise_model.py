@@ -79,15 +79,56 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VSDMOT_CACHE", "~/.cache/vsdmot")).expanduser() / "dets"
 
 
+_DEGRADATION_MODULES = ("degrade", "codec", "realesrgan")  # what calibration's random_degrade runs
+
+
+def degradation_sources() -> list[Path]:
+    """The calibration modules `degrade` runs (none when calibration is absent)."""
+    try:
+        import vsdmot.calibration as cal  # noqa: PLC0415
+    except ImportError:
+        return []
+    here = Path(cal.__file__).parent
+    return [here / f"{m}.py" for m in _DEGRADATION_MODULES if (here / f"{m}.py").is_file()]
+
+
+def _cache_path(tag: str, seq, lo: int, hi: int, degraded: bool, seed: int) -> Path:
+    """<cache>/<tag>_<sequence>_<lo>-<hi>_clean<seed>.npz, or _deg<seed>-<code>.npz where <code> hashes
+    the degradation code: frames degraded by an older library are recomputed, never reused."""
+    import hashlib
+    import inspect
+
+    if degraded:
+        h = hashlib.sha256(inspect.getsource(degrade).encode())
+        for p in degradation_sources():
+            h.update(p.read_bytes())
+        cond = f"deg{seed}-{h.hexdigest()[:8]}"
+    else:
+        cond = f"clean{seed}"
+    return cache_dir() / f"{tag}_{seq.info.name}_{lo}-{min(hi, seq.info.length)}_{cond}.npz"
+
+
+def _save_npz(out: Path, **arrays) -> None:
+    """np.savez_compressed via a temporary file and a rename: a killed run leaves no truncated cache."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.stem}.{os.getpid()}.partial.npz")
+    try:
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def detect_sequence(det, seq_dir: str | os.PathLike, frames: tuple[int, int] | None,
                     degraded: bool, seed: int = 0) -> Path:
     """Detect every frame in `frames` (inclusive, 1-based) of a sequence with `det.detect(image) ->
-    Detections` (feature = embed rows); returns the cached .npz path (keyed by `det.tag`)."""
+    Detections` (feature = embed rows); returns the cached .npz path (keyed by `det.tag`, and for
+    degraded frames by the degradation code)."""
     from vsdmot.runtime.sources import open_sequence
 
     seq = open_sequence(seq_dir)
     lo, hi = frames or (1, 10**9)
-    out = cache_dir() / f"{getattr(det, 'tag', 'det')}_{seq.info.name}_{lo}-{min(hi, seq.info.length)}_{'deg' if degraded else 'clean'}{seed}.npz"
+    out = _cache_path(getattr(det, "tag", "det"), seq, lo, hi, degraded, seed)
     if out.is_file():
         return out
     rows: dict[str, list] = {"frame": [], "xyxy": [], "score": [], "embed": []}
@@ -95,9 +136,8 @@ def detect_sequence(det, seq_dir: str | os.PathLike, frames: tuple[int, int] | N
         xyxy, score, emb = _detect(det, img)
         for k, v in zip(rows, (np.full(len(score), index), xyxy, score, emb)):
             rows[k].append(v)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, **{k: np.concatenate(v) if v else np.zeros(0) for k, v in rows.items()},
-                        size=np.array([seq.info.width, seq.info.height]))
+    _save_npz(out, **{k: np.concatenate(v) if v else np.zeros(0) for k, v in rows.items()},
+              size=np.array([seq.info.width, seq.info.height]))
     log.info("detections cached: %s", out)
     return out
 
@@ -125,7 +165,7 @@ def semantics_sequence(sem, seq_dir: str | os.PathLike, frames: tuple[int, int] 
 
     seq = open_sequence(seq_dir)
     lo, hi = frames or (1, 10**9)
-    out = cache_dir() / f"{sem.tag}_{seq.info.name}_{lo}-{min(hi, seq.info.length)}_{'deg' if degraded else 'clean'}{seed}.npz"
+    out = _cache_path(sem.tag, seq, lo, hi, degraded, seed)
     if out.is_file():
         return out
     idx, qs, vecs = [], [], []
@@ -133,8 +173,7 @@ def semantics_sequence(sem, seq_dir: str | os.PathLike, frames: tuple[int, int] 
         idx.append(index)
         qs.append(sem.gate.assess(img))
         vecs.append(sem.student(img)[0])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, frame=np.array(idx), q=np.array(qs, np.float32), semantic=np.array(vecs, np.float32))
+    _save_npz(out, frame=np.array(idx), q=np.array(qs, np.float32), semantic=np.array(vecs, np.float32))
     log.info("semantics cached: %s", out)
     return out
 
