@@ -11,7 +11,7 @@ the window's last frame: tracking is causal, so the window's rows are those of a
 rows are scored by `evaluation.metrics.evaluate` against the sequence's gt on the window (`:A-B`,
 default the whole sequence). The unencoded sequence is scored beside the encodes ("original").
 Output in OUT: cells.jsonl (one line per (sequence, crf, tracker) cell: a re-run skips finished
-cells of the same runtime code and bundle), reencode.md and reencode.json (HOTA, DetA, AssA, IDF1
+cells of the same runtime code, bundle and input frames, i.e. sequence files and encode settings), reencode.md and reencode.json (HOTA, DetA, AssA, IDF1
 per cell, and the per-CRF HOTA difference of the two `--diff` trackers with its range).
 Measurement only: nothing should be chosen on what it prints (docs/evaluation.md).
 """
@@ -194,27 +194,46 @@ def plan(cfg: ReencodeConfig) -> list[tuple[str, str, str]]:
     return [(s, c, t) for s in cfg.sequences for c in crfs for t in cfg.trackers]
 
 
+def input_key(cfg: ReencodeConfig, seq: Path, crf: str) -> str:
+    """What a cell's input frames depend on: the sequence's files (path, size, mtime) and the encode
+    (libx264 CRF, or the filter's -vf chain and --filter-crf); keys its encode and its cached cell."""
+    import hashlib
+
+    if crf == ORIGINAL:
+        how = ORIGINAL
+    elif crf in cfg.filter_map:
+        how = f"vf={cfg.filter_map[crf]};crf={cfg.filter_crf}"
+    else:
+        how = f"crf={int(crf)}"
+    h = hashlib.sha256(how.encode())
+    for p in sorted(q for q in seq.rglob("*") if q.is_file()):
+        st = p.stat()
+        h.update(f"{p.relative_to(seq)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:12]
+
+
 def run_cell(cfg: ReencodeConfig, spec: str, crf: str, tracker: str, track: TrackFn) -> dict[str, Any]:
     seq, (first, last) = split_spec(spec)
-    name, out = read_seqinfo(seq).name, Path(cfg.out_dir)
+    name, out, key = read_seqinfo(seq).name, Path(cfg.out_dir), input_key(cfg, seq, crf)
     if crf == ORIGINAL:
         source = seq
     elif crf in cfg.filter_map:
-        source = encode(seq, cfg.filter_crf, out / "encodes" / f"{name}.{crf}.mp4", vf=cfg.filter_map[crf])
+        source = encode(seq, cfg.filter_crf, out / "encodes" / f"{name}.{crf}.{key[:8]}.mp4", vf=cfg.filter_map[crf])
     else:
-        source = encode(seq, int(crf), out / "encodes" / f"{name}.crf{crf}.mp4")
+        source = encode(seq, int(crf), out / "encodes" / f"{name}.crf{crf}.{key[:8]}.mp4")
     res = out / "results" / f"{name}.{crf}.{tracker}.txt"  # frames 1..last; any window of them scores
     t0 = time.time()
     track(source, tracker, res, cfg, last)
     if source.is_file():
         to_sequence_pixels(res, video_size(source), read_seqinfo(seq))
     m = evaluate(seq, res, frames=(first, last))
-    return {"sequence": spec, "crf": crf, "tracker": tracker, "window": [first, last],
+    return {"sequence": spec, "crf": crf, "tracker": tracker, "window": [first, last], "input": key,
             **{k: float(m[k]) for k in (*KEYS, "MOTA")}, "seconds": round(time.time() - t0, 1)}
 
 
 def run_study(cfg: ReencodeConfig, track: TrackFn | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Every cell not yet in OUT/cells.jsonl (same runtime code and bundle); returns all cells of the plan."""
+    """Every cell not yet in OUT/cells.jsonl (same runtime code, bundle and input frames: sequence
+    files and encode settings); returns all cells of the plan."""
     from tqdm import tqdm
 
     if track is None:
@@ -223,7 +242,9 @@ def run_study(cfg: ReencodeConfig, track: TrackFn | None = None, progress: bool 
     cells = Path(cfg.out_dir) / "cells.jsonl"
     cells.parent.mkdir(parents=True, exist_ok=True)
     stamp = {"runtime": runtime_code_id(), "bundle_id": file_sha256(cfg.bundle_dir / MANIFEST)[:16]}
-    done = {cell_key(r): r for r in read_cells(cells) if all(r.get(k) == v for k, v in stamp.items())}
+    keys = {c: input_key(cfg, split_spec(c[0])[0], c[1]) for c in plan(cfg)}
+    done = {cell_key(r): r for r in read_cells(cells)
+            if all(r.get(k) == v for k, v in stamp.items()) and r.get("input") == keys.get(cell_key(r))}
     todo = [c for c in plan(cfg) if c not in done]
     log.info("re-encode: %d cells done, %d to run", len(plan(cfg)) - len(todo), len(todo))
     for spec, crf, tracker in tqdm(todo, desc="re-encode", unit="cell", disable=not progress):

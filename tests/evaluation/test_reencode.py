@@ -19,7 +19,7 @@ def test_real_encodes_tracked_and_scored_on_a_window(tud_dir, ffmpeg, tmp_path):
     cells = R.run_study(cfg, progress=False)
     assert [(c["crf"], c["tracker"], c["window"]) for c in cells] == [("18", "bytetrack", [1, 8]), ("40", "bytetrack", [1, 8])]
     assert all(0.0 < c["HOTA"] <= 1.0 and 0.0 < c["IDF1"] <= 1.0 for c in cells)
-    enc = {c: tmp_path / "encodes" / f"TUD-Campus.crf{c}.mp4" for c in (18, 40)}
+    enc = {c: next((tmp_path / "encodes").glob(f"TUD-Campus.crf{c}.*.mp4")) for c in (18, 40)}
     assert enc[40].stat().st_size < enc[18].stat().st_size / 2  # the CRF reached the encoder
     cap = cv2.VideoCapture(str(enc[40]))
     assert (cap.get(cv2.CAP_PROP_FRAME_COUNT), cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == (71, 640)
@@ -91,7 +91,7 @@ def test_cells_resume_after_a_kill(tud_dir, tmp_path, monkeypatch):
     cells = R.run_study(cfg, track, progress=False)
     assert len(calls) == 2 + 4 and len(cells) == 6 == len(R.read_cells(tmp_path / "cells.jsonl"))
     assert [c["crf"] for c in cells] == ["original", "original", "15", "15", "24", "24"]
-    assert calls[0] == (tud_dir.name, "hybrid") and calls[2][0] == "TUD-Campus.crf15.mp4"
+    assert calls[0] == (tud_dir.name, "hybrid") and calls[2][0].startswith("TUD-Campus.crf15.")
     h = {(c["crf"], c["tracker"]): c["HOTA"] for c in cells}
     assert h[("15", "hybrid")] > 0.99 and h[("15", "bytetrack")] < 0.9  # scored on the window, against gt
     d = R.differences(cells, "hybrid", "bytetrack")[f"{tud_dir}:5-20"]
@@ -99,6 +99,30 @@ def test_cells_resume_after_a_kill(tud_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(R, "runtime_code_id", lambda: "other tracker code")
     R.run_study(cfg, track, progress=False)
     assert len(calls) == 6 + 6  # new per-frame code: every cell again
+
+
+def test_cells_are_rerun_when_their_input_frames_change(tmp_path, monkeypatch):
+    """Finished cells were keyed by (sequence spec, crf label, tracker) and runtime/bundle only, and
+    encodes by sequence name and label: a --filter NAME given another -vf chain or --filter-crf, or a
+    sequence folder rewritten in place (a new zoom copy), reused the old encode and the old scores."""
+    seq = tiny_sequence(tmp_path / "seq", 64)
+    encodes = []
+    monkeypatch.setattr(R, "encode", lambda s, crf, out, vf="": encodes.append(out.name) or out)
+    monkeypatch.setattr(R, "video_size", lambda path: (64, 64))
+    calls = []
+    kw = dict(sequences=(str(seq),), crfs=(18,), trackers=("bytetrack",), diff=(), original=False,
+              out_dir=str(tmp_path / "out"))
+    run = lambda **extra: R.run_study(ReencodeConfig(**{**kw, **extra}), fake_tracker(calls), progress=False)  # noqa: E731
+    run(filters=("dark=eq=brightness=-0.2",))
+    run(filters=("dark=eq=brightness=-0.2",))
+    assert len(calls) == 2  # nothing changed: both cells reused
+    run(filters=("dark=eq=brightness=-0.4",))
+    assert len(calls) == 3 and calls[-1][0].startswith("tiny.dark.") and encodes[-1] != encodes[1]  # the filter cell only
+    run(filters=("dark=eq=brightness=-0.4",), filter_crf=30)
+    assert len(calls) == 4
+    (seq / "gt" / "gt.txt").write_text("1,1,5,5,20,30,1,-1,-1,-1\n")  # the sequence rewritten in place
+    run(filters=("dark=eq=brightness=-0.4",), filter_crf=30)
+    assert len(calls) == 6
 
 
 @pytest.mark.parametrize("hota, want", [
@@ -160,7 +184,7 @@ def test_a_rescaling_filter_is_tracked_and_scored_in_the_sequence_pixels(tud_dir
                          trackers=("bytetrack",), diff=(), original=False, out_dir=str(tmp_path))
     (cell,) = R.run_study(cfg, progress=False)
     assert cell["crf"] == "half" and cell["HOTA"] > 0.2  # boxes at half scale would barely overlap the gt
-    assert R.video_size(tmp_path / "encodes" / "TUD-Campus.half.mp4") == (320, 240)
+    assert R.video_size(next((tmp_path / "encodes").glob("TUD-Campus.half.*.mp4"))) == (320, 240)
     rows = read_rows(tmp_path / "results" / "TUD-Campus.half.bytetrack.txt")
     assert (rows.xywh[:, 0] + rows.xywh[:, 2]).max() > 330  # mapped back: beyond the encode's width
 
