@@ -174,9 +174,15 @@ class YoloxDetector:
         return Detections(boxes, score[keep], feature=feature)
 
     def _advise(self, frame_hw: tuple[int, ...]) -> None:
-        """Once per frame size: warn when this input shrinks the frames, else hint when it is mostly padding."""
+        """Per new frame size: warn when this input shrinks the frames, else hint when it is mostly padding."""
         self._frame_hw = frame_hw
         if warning := shrink_warning(frame_hw, self.config.input_size):
-            log.warning(warning)
+            _log_once(logging.WARNING, warning)
         elif hint := padding_hint(frame_hw, self.config.input_size):
-            log.info(hint)
+            _log_once(logging.INFO, hint)
+
+
+@functools.lru_cache(maxsize=32)
+def _log_once(level: int, message: str) -> None:
+    """Once per process: the export's gate and the benchmarks build a detector per case (dozens)."""
+    log.log(level, message)
