@@ -234,7 +234,11 @@ def replay_frames(cfg: StudyConfig) -> range:
     train-side validation in docs/training.md tracks PETS 541-600 alone)."""
     if cfg.start is not None and not cfg.tracked[0] <= cfg.start <= cfg.tracked[1]:
         raise ValueError(f"start {cfg.start}: expected a frame inside the tracked window {cfg.tracked}")
-    return range(cfg.tracked[0] if cfg.start is None else cfg.start, cfg.tracked[1] + 1)
+    first = cfg.tracked[0] if cfg.start is None else cfg.start
+    for name, (a, b) in cfg.windows.items():  # frames never replayed would score as misses
+        if not first <= a <= b <= cfg.tracked[1]:
+            raise ValueError(f"window {name} {a}:{b}: expected frames inside the replayed {first}:{cfg.tracked[1]}")
+    return range(first, cfg.tracked[1] + 1)
 
 
 def head_backend(weights: Path):

@@ -104,6 +104,16 @@ def test_replay_frames(start, want):
         assert (r[0], r[-1]) == want
 
 
+@pytest.mark.parametrize("tracked, start, window", [((1, 600), 541, (1, 600)), ((1, 600), None, (541, 650)),
+                                                   ((100, 600), None, (50, 600))])
+def test_scored_windows_must_lie_in_the_replayed_frames(tracked, start, window):
+    """A window reaching frames the replay never tracked (before --start, or outside --tracked) was
+    scored anyway: every gt box there counted as a miss, and HOTA / MOTA came out silently low."""
+    c = A.StudyConfig(Path("memo"), Path("x"), ("clean",), tracked, {"w": window}, start=start)
+    with pytest.raises(ValueError, match="window w"):
+        A.replay_frames(c)
+
+
 class DiagonalNet:
     """A fake tracker network with the real I/O: live slot s points at proposal s (walkers keep their
     row order, so this is the right one), keeps every live slot, and births every proposal."""
