@@ -58,7 +58,8 @@ class ExportConfig:
     prune: float | None = None  # channel ratio; None = DEFAULT_PRUNE for int8/fp16, 0 for fp32
     method: str = DEFAULT_METHOD  # minmax | entropy | percentile | auto (chosen by the gate's HOTA)
     target: str = "onnx"  # onnx (ORT + TensorRT from Q/DQ) | tensorrt (on the device: legacy-calibrated INT8 engines
-    # on TensorRT < 10.1, then every engine prebuilt) | torch-tensorrt
+    # on TensorRT < 10.1, then every engine prebuilt) | torch-tensorrt (the torch networks compiled by Torch-TensorRT
+    # on the device after publishing, cached beside the engines: export/torch_trt.py)
     calib: tuple[str, ...] = ()  # calibration sources; () = sources.default_calib_sources()
     work_dir: str = ""  # intermediates; "" = default_work_dir(out)
     recover: RecoverConfig = RecoverConfig()  # distillation after pruning; max_seconds: total CPU s, shared by MACs
@@ -148,12 +149,13 @@ def _export(cfg: ExportConfig, out: Path, work: Path, checkpoint, sources: Sourc
                              {"prune": 0.0, "detector_input": export_info(cfg)["detector_input"]}, {})
     if cfg.precision == "fp32" and cfg.ratio == 0:
         verdict = {"passed": True, "forced": False, "reason": "the FP32 reference: nothing to compare against"}
-        return finish(reference, out, {"reference": True}, verdict, report, cfg, work, copy=True)
+        published = finish(reference, out, {"reference": True}, verdict, report, cfg, work, copy=True)
+        return with_programs(published, cfg, sources.nets)
     t0 = time.perf_counter()
     feeds = network_feeds(sources, cfg, work, reference)
     report.timed("calibration feeds", t0)
     t0 = time.perf_counter()
-    files, calib, fp32_files = device_files(sources, cfg, work, feeds, report, reference, eval_fn)
+    files, calib, fp32_files, nets = device_files(sources, cfg, work, feeds, report, reference, eval_fn)
     report.timed("prune, recover, quantise", t0)
     t0 = time.perf_counter()
     stage, verdict = gated(sources, files, cfg, out, work, calib, reference, eval_fn)
@@ -167,7 +169,18 @@ def _export(cfg: ExportConfig, out: Path, work: Path, checkpoint, sources: Sourc
     if cfg.target == "tensorrt" and cfg.precision == "int8" and (verdict["passed"] or cfg.gate.force):
         legacy_int8_engines(stage, fp32_files, feeds, work)  # TensorRT < 10.1; before publishing: a failure
         # leaves --out as it was (engines are keyed by the ONNX files' sha256, unchanged by publishing)
-    return finish(stage, out, summarize(verdict), verdict, report, cfg, work)
+    return with_programs(finish(stage, out, summarize(verdict), verdict, report, cfg, work), cfg, nets)
+
+
+def with_programs(published: Path, cfg: ExportConfig, nets: Mapping[str, TorchNet]) -> Path:
+    """`--target torch-tensorrt`: compile the published bundle's torch networks on this device
+    (export/torch_trt.py; after publishing, as the engines of `--target tensorrt`: the bundle is
+    valid whatever the compiler does)."""
+    if cfg.target == "torch-tensorrt":
+        from .torch_trt import compile_programs
+
+        compile_programs(published, nets)
+    return published
 
 
 def gated(sources, files, cfg, out, work, calib, reference, eval_fn) -> tuple[Path, dict]:
@@ -213,15 +226,16 @@ def network_feeds(sources: Sources, cfg: ExportConfig, work: Path, reference: Pa
     return feeds
 
 
-def device_files(sources, cfg, work, feeds, report, reference, eval_fn) -> tuple[dict[str, Path], dict]:
-    """Per network: prune/recover when asked, ONNX, then INT8 when asked. Returns (files, calibration)."""
+def device_files(sources, cfg, work, feeds, report, reference, eval_fn) -> tuple[dict[str, Path], dict, dict, dict]:
+    """Per network: prune/recover when asked, ONNX, then INT8 when asked. Returns (files, calibration,
+    the FP32 files (pruned when pruned), the torch networks those were exported from)."""
     from tqdm import tqdm
 
-    files, calib = {}, {"method": None, "sources": list(cfg.calib), "frames": {}}
+    files, calib, nets = {}, {"method": None, "sources": list(cfg.calib), "frames": {}}, {}
     budgets = recover_budgets(sources.nets, cfg)
     for name, net in tqdm(sources.nets.items(), desc="export: networks", disable=not cfg.progress):
         base = work / (f"p{cfg.ratio:g}" if name in budgets else "fp32") / name
-        net = pruned(net, cfg, base, feeds.get(name), report, budgets.get(name))
+        net = nets[name] = pruned(net, cfg, base, feeds.get(name), report, budgets.get(name))
         onnx_fp32 = torch_to_onnx(net, base, report, feeds=feeds[name][:8] if name in feeds else None)
         files[name] = onnx_fp32
         calib["frames"][name] = len(feeds.get(name, ()))
@@ -232,7 +246,7 @@ def device_files(sources, cfg, work, feeds, report, reference, eval_fn) -> tuple
         calib["method"] = method
         calib |= {"method_selection": selection} if selection else {}
     calib.update(getattr(feeds, "manifest", {}) or calibset_summary(work))
-    return files, calib, fp32_files
+    return files, calib, fp32_files, nets
 
 
 def recover_budgets(nets: Mapping[str, TorchNet], cfg: ExportConfig) -> dict[str, RecoverConfig]:

@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=TARGETS, default="onnx", help="onnx (Q/DQ for ORT and TensorRT), tensorrt "
                    "(on the device: also prebuilds its TensorRT engines after publishing; on TensorRT < 10.1 the "
                    "INT8 ones with the legacy entropy calibrator over the same calibration feeds), torch-tensorrt "
-                   "(on a device with it)")
+                   "(on a device with it: also compiles each torch network with Torch-TensorRT for PyTorch "
+                   "applications, cached beside the engines; FP16, or FP32 for --fp32)")
     p.add_argument("--calib-quality", choices=["auto", "gate", "proxy"], default="auto",
                    help="stratify calibration frames by the bundle's quality gate or by degradation severity")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="bundle directory to write")
@@ -209,10 +210,14 @@ def check_torch_tensorrt() -> None:
     from vsdmot.runtime.errors import DeviceError
 
     try:
+        import torch
         import torch_tensorrt  # noqa: F401
     except (ImportError, OSError) as e:
         raise DeviceError(f"--target torch-tensorrt needs torch-tensorrt with TensorRT on this device ({e}); "
                           f"use --target onnx (the Q/DQ ONNX builds on TensorRT directly)") from None
+    if not torch.cuda.is_available():  # checked before the export spends its minutes, not at compile time
+        raise DeviceError("--target torch-tensorrt compiles on this device's GPU, and torch sees no CUDA device; "
+                          "export with --target onnx and compile on the device")
 
 
 def check_tensorrt() -> None:

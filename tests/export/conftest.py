@@ -80,3 +80,27 @@ def trk_feeds():
     return [{"prop_box": g.random((1, 6, 4), np.float32), "track_query": g.standard_normal((1, 3, 16)).astype(np.float32),
              "semantic": g.standard_normal((1, 8)).astype(np.float32), "w": g.random((1, 1), np.float32)}
             for _ in range(20)]
+
+
+@pytest.fixture
+def tiny_export(det_net, real_frames, tmp_path):
+    """export(target=...) of the tiny real detector, INT8 on 24 PETS frames, its gate passed by a
+    flat evaluation: (bundle dir, the sources it came from)."""
+    import json
+
+    from vsdmot.calibration.feeds import DetectorFeeds, ImageList
+    from vsdmot.export.accuracy_gate import GateConfig
+    from vsdmot.export.chain import ExportConfig, Sources, export
+
+    def run(target: str = "onnx"):
+        (tmp_path / "quality.json").write_text(json.dumps({"features": ["brightness"], "mean": [0.5], "std": [0.2],
+                                                           "layers": [{"W": [[1.0]], "b": [0.0]}]}))
+        feeds = DetectorFeeds(ImageList(real_frames), 64)
+        feeds.key = "pets-24"
+        sources = Sources({"detector": det_net}, {"quality.json": tmp_path / "quality.json"}, {}, {"detector": feeds})
+        cfg = ExportConfig(work_dir=str(tmp_path / "work"), progress=False, target=target,
+                           gate=GateConfig(sequences=("S1",), conditions=("clean",)))
+        flat = dict.fromkeys(("HOTA", "DetA", "AssA", "MOTA", "IDF1"), 0.5)
+        return export(cfg, tmp_path / "int8", sources=sources, eval_fn=lambda b, s, c: flat), sources
+
+    return run

@@ -53,6 +53,16 @@ def test_device_targets_refuse_cleanly_here(target, needs, tmp_path, capsys):
     assert needs in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
+def test_torch_tensorrt_without_a_cuda_device_is_refused_before_exporting(tmp_path, capsys, monkeypatch):
+    """torch-tensorrt can import beside a CPU-only torch; the compile would fail only after the export."""
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "torch_tensorrt", types.SimpleNamespace(__version__="2.5.0"))
+    assert cli.main(["--target", "torch-tensorrt", "--out", str(tmp_path / "b")]) == 1
+    assert "torch sees no CUDA device" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
 def test_missing_checkpoint_is_bad_input(tmp_path, capsys):
     assert cli.main(["--fp32", "--out", str(tmp_path / "b"), str(tmp_path / "nope.pt")]) == 2
     assert "no such file" in capsys.readouterr().err

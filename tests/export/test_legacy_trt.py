@@ -4,16 +4,12 @@ TensorRT itself is a stand-in module here; the real build runs only on a device.
 
 from __future__ import annotations
 
-import json
 import sys
 import types
 
 import pytest
 
-from vsdmot.calibration.feeds import DetectorFeeds, ImageList
 from vsdmot.calibration.trt_calibrator import CacheStamp
-from vsdmot.export.accuracy_gate import GateConfig
-from vsdmot.export.chain import ExportConfig, Sources, export
 from vsdmot.export.legacy_trt import legacy_int8_engines, needs_legacy
 from vsdmot.runtime.backends import EngineKey, engine_dir, load_cached_engine
 from vsdmot.runtime.bundle import file_sha256, load_bundle
@@ -25,23 +21,9 @@ def test_only_tensorrt_before_10_1_takes_the_legacy_path(version, legacy):
     assert needs_legacy(version) is legacy
 
 
-def tiny_export(det_net, real_frames, tmp_path, target="onnx"):
-    """An INT8 export of the tiny real detector (conftest) on 24 PETS frames, its gate passed by a
-    flat evaluation: (bundle dir, the sources it came from)."""
-    (tmp_path / "quality.json").write_text(json.dumps({"features": ["brightness"], "mean": [0.5], "std": [0.2],
-                                                       "layers": [{"W": [[1.0]], "b": [0.0]}]}))
-    feeds = DetectorFeeds(ImageList(real_frames), 64)
-    feeds.key = "pets-24"
-    sources = Sources({"detector": det_net}, {"quality.json": tmp_path / "quality.json"}, {}, {"detector": feeds})
-    cfg = ExportConfig(work_dir=str(tmp_path / "work"), progress=False, target=target,
-                       gate=GateConfig(sequences=("S1",), conditions=("clean",)))
-    flat = dict.fromkeys(("HOTA", "DetA", "AssA", "MOTA", "IDF1"), 0.5)
-    return export(cfg, tmp_path / "int8", sources=sources, eval_fn=lambda b, s, c: flat), sources
-
-
 @pytest.fixture
-def int8_bundle(det_net, real_frames, tmp_path):
-    out, sources = tiny_export(det_net, real_frames, tmp_path)
+def int8_bundle(tiny_export, tmp_path):
+    out, sources = tiny_export()
     return out, {"detector": tmp_path / "work" / "fp32" / "detector.sim.onnx"}, sources.feeds
 
 
@@ -81,13 +63,12 @@ def test_tensorrt_10_builds_from_qdq_and_fp32_networks_are_left_alone(int8_bundl
 
 
 @pytest.mark.parametrize("target,called", [("tensorrt", True), ("onnx", False)])
-def test_the_chain_calibrates_legacy_engines_for_target_tensorrt_only(det_net, real_frames, tmp_path, monkeypatch,
-                                                                       target, called):
+def test_the_chain_calibrates_legacy_engines_for_target_tensorrt_only(tiny_export, monkeypatch, target, called):
     from vsdmot.export import chain
 
     seen = []
     monkeypatch.setattr(chain, "legacy_int8_engines", lambda *a: seen.append(a) or {})
-    out, sources = tiny_export(det_net, real_frames, tmp_path, target)
+    out, sources = tiny_export(target)
     assert bool(seen) is called
     if called:
         (staged, fp32, net_feeds, work), = seen  # the sealed staging bundle, before publishing
@@ -116,7 +97,7 @@ def test_unkeyed_feeds_name_their_content_in_the_calibration_stamp(int8_bundle, 
     assert ids[0] != ids[1] and ids[0] == ids[2]
 
 
-def test_a_failed_legacy_build_publishes_nothing(det_net, real_frames, tmp_path, monkeypatch):
+def test_a_failed_legacy_build_publishes_nothing(tiny_export, tmp_path, monkeypatch):
     from vsdmot.export import chain
     from vsdmot.runtime.errors import DeviceError
 
@@ -125,11 +106,11 @@ def test_a_failed_legacy_build_publishes_nothing(det_net, real_frames, tmp_path,
 
     monkeypatch.setattr(chain, "legacy_int8_engines", fail)
     with pytest.raises(DeviceError):
-        tiny_export(det_net, real_frames, tmp_path, "tensorrt")
+        tiny_export("tensorrt")
     assert not (tmp_path / "int8").exists() and not chain.staging_dir(tmp_path / "int8").exists()
 
 
-def test_through_the_chain_the_engine_is_found_for_the_published_file(det_net, real_frames, tmp_path, monkeypatch):
+def test_through_the_chain_the_engine_is_found_for_the_published_file(tiny_export, tmp_path, monkeypatch):
     """Built on the staged bundle, looked up for the published one: the key must survive publishing."""
     from vsdmot.calibration import trt_calibrator
 
@@ -137,7 +118,7 @@ def test_through_the_chain_the_engine_is_found_for_the_published_file(det_net, r
     monkeypatch.setenv("VSDMOT_ENGINE_CACHE", str(tmp_path / "engines"))
     monkeypatch.setattr(trt_calibrator, "build_legacy_int8_engine",
                         lambda onnx, feeds, cache, calib_id: (b"legacy", CacheStamp("8.5.2.2", "Orin", "x", calib_id)))
-    out, _ = tiny_export(det_net, real_frames, tmp_path, "tensorrt")
+    out, _ = tiny_export("tensorrt")
     f = load_bundle(out).file("detector.onnx")
     key = EngineKey(file_sha256(f), "8.5.2.2", "Orin", "int8")
     assert load_cached_engine(engine_dir(tmp_path / "engines", f, key), key) == b"legacy"
