@@ -105,3 +105,21 @@ def test_the_chain_compiles_the_networks_the_bundle_came_from(tiny_export, det_n
 def test_with_programs_passes_the_bundle_through(tmp_path, monkeypatch):
     monkeypatch.setattr(torch_trt, "compile_programs", lambda out, nets: pytest.fail("compiled for --target onnx"))
     assert with_programs(tmp_path, replace(ExportConfig(), target="onnx"), {}) == tmp_path
+
+
+@pytest.mark.gpu
+def test_a_real_compile_matches_the_torch_module(det_net, tmp_path):
+    """On a device with Torch-TensorRT and CUDA: the saved program loads and agrees with the module."""
+    try:
+        import torch_tensorrt  # noqa: F401
+    except (ImportError, OSError) as e:
+        pytest.skip(f"needs torch-tensorrt with TensorRT on a CUDA device: {e}")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    torch_trt.compile_program(det_net, "fp32", tmp_path / "det.ep")
+    program = torch.export.load(str(tmp_path / "det.ep")).module()
+    x = torch.rand(1, 3, 64, 64, device="cuda") * 255
+    with torch.no_grad():
+        want, got = det_net.module.cuda()(x), program(x)
+    for w, g in zip(want, got):
+        assert torch.nn.functional.cosine_similarity(w.flatten(), g.flatten(), dim=0) > 0.999
