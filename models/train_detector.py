@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from vsdmot.models.checkpoint import load_model_file, resume, save_checkpoint
 from vsdmot.models.detector import Detector, DetectorConfig, from_yolox_onnx
 from vsdmot.models.trainframes import DEFAULT_DATA, TrainFrame, degrade_fn, letterbox, load_mot17, load_pets
-from vsdmot.models.trainloop import cosine_lr, out_dir, run_steps, setup
+from vsdmot.models.trainloop import check_config, cosine_lr, out_dir, run_steps, setup
 from vsdmot.paths import yolox_nano_onnx
 from vsdmot.runtime.yolox import anchor_grid
 
@@ -61,6 +61,10 @@ class DetectorTrainConfig:
     threads: int = 2  # torch threads
     save_every: int = 25  # steps between checkpoints
     resume: bool = False  # continue from <out>/last.pt
+
+    def __post_init__(self) -> None:
+        check_config(self, {"steps": 0, "gap": 1, "pets_last": 1, "train_size": 32, "threads": 1, "save_every": 0},
+                     ("p_degrade",), "severity_max")
 
 
 def gt_anchors(frame: TrainFrame, r: float, score: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from vsdmot.models.dswr import DswrConfig, DswrHead
 from vsdmot.models.trainframes import DEFAULT_DATA, TrainFrame, degrade_fn, load_mot17, load_pets
-from vsdmot.models.trainloop import out_dir, setup
+from vsdmot.models.trainloop import check_config, out_dir, setup
 from vsdmot.paths import yolox_nano_onnx
 from vsdmot.runtime.quality import FEATURES, QualityGate, compute_features
 
@@ -52,6 +52,10 @@ class QualityTrainConfig:
     out: str = "runs/train/quality"  # run folder: samples.npz (resumable) and quality.json
     threads: int = 1  # torch and onnxruntime threads
     resume: bool = False  # continue collecting into <out>/samples.npz
+
+    def __post_init__(self) -> None:
+        check_config(self, {"pets_every": 1, "views": 1, "draws": 0, "min_side": 16, "hidden": 0, "epochs": 0,
+                            "threads": 1}, ("score_thr",), "severity_max")
 
 
 def _detect_fn(path: str, threads: int, thr: float):

@@ -22,7 +22,7 @@ from vsdmot.models.dcsd import DcsdConfig, TeacherProjection, dcsd_loss
 from vsdmot.models.student import StudentConfig, StudentEncoder
 from vsdmot.models.teacher import make_teacher
 from vsdmot.models.trainframes import DEFAULT_DATA, TrainFrame, degrade_fn, load_train_frames
-from vsdmot.models.trainloop import cosine_lr, out_dir, run_steps, setup
+from vsdmot.models.trainloop import check_config, cosine_lr, out_dir, run_steps, setup
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,13 @@ class StudentTrainConfig:
     threads: int = 2  # torch threads
     save_every: int = 50  # steps between checkpoints
     resume: bool = False  # continue from <out>/last.pt
+
+    def __post_init__(self) -> None:
+        check_config(self, {"steps": 0, "batch": 2 if self.relational else 1, "pca_crops": 2, "input_size": 16,
+                            "dim": 1, "threads": 1, "save_every": 0}, ("p_degrade",), "severity_max")
+        if not 0.0 < self.crop_min <= 1.0 or not (self.alignment or self.relational):
+            raise ValueError(f"expected 0 < --crop-min <= 1 and --alignment or --relational on, got crop_min "
+                             f"{self.crop_min}, alignment {self.alignment}, relational {self.relational}")
 
 
 def _crop(img: np.ndarray, rng: np.random.Generator, smin: float) -> np.ndarray:

@@ -33,6 +33,7 @@ from vsdmot.runtime.e2e import predict_boxes, update_motion
 from .realclips import RealClips
 from .synth import SynthConfig, SynthFrame, load_noise, make_clip
 from .tracker_head import TrackerHead, TrackerHeadConfig
+from .trainloop import check_config
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,15 @@ class TrainConfig:
     save_every: int = 50  # steps between checkpoints
     head: TrackerHeadConfig = field(default_factory=TrackerHeadConfig)  # network shape
     synth: SynthConfig = field(default_factory=SynthConfig)  # synthetic generator
+
+    def __post_init__(self) -> None:
+        check_config(self, {"synth_steps": 0, "real_steps": 0, "batch": 1, "clip_frames": 1, "slots": 1, "proposals": 1,
+                            "tbptt": 1, "miss_tolerance": 0, "threads": 1, "log_every": 1, "save_every": 1},
+                     ("real_share", "drop_track", "inject_fp", "box_smooth", "box_smooth_share", "random_semantic",
+                      "momentum", "embed_momentum"))
+        if self.synth_semantics not in ("standin", "real") or self.sem_fusion not in ("", "linear", "norm"):
+            raise ValueError(f"expected --synth-semantics standin|real and --sem-fusion ''|linear|norm, got "
+                             f"{self.synth_semantics!r} and {self.sem_fusion!r}")
 
 
 @dataclass

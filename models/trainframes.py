@@ -45,8 +45,9 @@ def _gt(path: Path, scale: float) -> dict[int, tuple[np.ndarray, np.ndarray]]:
 
 def load_pets(data: Path = DEFAULT_DATA, first: int = 1, last: int = PETS_TRAIN_LAST, every: int = 1) -> list[TrainFrame]:
     """PETS09-S2L1 frames first..last (1-based, last <= 600) with gt boxes and ids."""
-    if not 1 <= first <= last <= PETS_TRAIN_LAST:
-        raise ValueError(f"PETS training frames: expected 1 <= first <= last <= {PETS_TRAIN_LAST}, got {first}..{last}")
+    if not 1 <= first <= last <= PETS_TRAIN_LAST or every < 1:
+        raise ValueError(f"PETS training frames: expected 1 <= first <= last <= {PETS_TRAIN_LAST} and every >= 1, "
+                         f"got {first}..{last} every {every}")
     seq = Path(data) / "PETS09-S2L1"
     gt = _gt(seq / "gt" / "gt.txt", 1.0)
     cap, out = cv2.VideoCapture(str(seq / "PETS09-S2L1.avi")), []

@@ -59,6 +59,21 @@ def cosine_lr(opt: torch.optim.Optimizer, base: float | tuple[float, ...], step:
         g["lr"] = float(b * f)
 
 
+def check_config(cfg, at_least: dict[str, float] | None = None, shares: tuple[str, ...] = (),
+                 severity: str = "") -> None:
+    """ValueError naming the flag of the first field out of range: `at_least` maps a field to its
+    minimum, `shares` lie in [0, 1], `severity` (a field name) in 1..5 (calibration.degrade's)."""
+    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+    for name, lo in (at_least or {}).items():
+        if getattr(cfg, name) < lo:
+            raise ValueError(f"{flag(name)}: expected >= {lo}, got {getattr(cfg, name)}")
+    for name in shares:
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ValueError(f"{flag(name)}: expected a share in [0, 1], got {getattr(cfg, name)}")
+    if severity and not 1 <= getattr(cfg, severity) <= 5:
+        raise ValueError(f"{flag(severity)}: expected a severity 1..5, got {getattr(cfg, severity)}")
+
+
 def out_dir(path: str) -> Path:
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
