@@ -88,7 +88,7 @@ def save_fp16(src: str | Path, dest: str | Path, projection: bool = False) -> Pa
 
     c = load_checkpoint(src)
     half = lambda d: {k: v.half() if v.is_floating_point() else v for k, v in d.items()}  # noqa: E731
-    out = {**c, "model": half(c["model"]), "optimizer": None, "rng": None,
+    out = {**c, "model": half(c["model"]), "optimizer": None, "rng": None, "rng_numpy": None,
            "meta": {**c.get("meta", {}), "dtype": "float16", "source": Path(src).name},
            "extra": {"projection": half(c["extra"]["projection"])} if projection and c.get("extra") else {}}
     Path(dest).parent.mkdir(parents=True, exist_ok=True)
