@@ -290,7 +290,9 @@ def held_out_copy(src: Path, out: Path, first: int, last: int) -> Path:
 
     import cv2
 
-    from vsdmot.runtime.mot import SeqInfo, read_rows, write_rows, write_seqinfo
+    from vsdmot.runtime.mot import SeqInfo, read_rows, write_seqinfo
+
+    from .metrics import write_gt
 
     if (out / "seqinfo.ini").is_file():
         return out
@@ -309,7 +311,7 @@ def held_out_copy(src: Path, out: Path, first: int, last: int) -> Path:
     gt = read_rows(src / "gt" / "gt.txt")
     gt = gt.select((gt.frame >= first) & (gt.frame <= last))
     gt.frame -= first - 1
-    write_rows(tmp / "gt" / "gt.txt", gt)  # conf kept (0 = not counted), world coordinates dropped
+    write_gt(tmp / "gt" / "gt.txt", gt)  # the source's layout: conf kept (0 = not counted), MOT17 classes kept
     write_seqinfo(tmp / "seqinfo.ini", SeqInfo(f"{info.name}-{first}-{last}", info.frame_rate, last - first + 1,
                                                info.width, info.height, "img1", ".png"))
     tmp.rename(out)

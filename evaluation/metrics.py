@@ -99,6 +99,12 @@ def _cut(rows: MotRows, first: int, last: int) -> MotRows:
     return kept
 
 
+def write_gt(path: str | os.PathLike, gt: MotRows) -> None:
+    """gt rows in their own layout (atomically): 9 columns (class, visibility) when they carry
+    classes, so `evaluate` keeps the MOT17 rules; else 10 columns (MOT15). Conf-0 rows are kept."""
+    atomic_write_text(path, _gt_text(gt, "MOT17" if np.any(gt.cls != -1) else "MOT15"))
+
+
 def _gt_text(gt: MotRows, benchmark: str) -> str:
     if benchmark == "MOT17":
         tail = lambda i: f"{gt.cls[i]},{gt.vis[i]:g}"  # noqa: E731

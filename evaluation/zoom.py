@@ -10,9 +10,10 @@ to 1/factor of its width and height and scales it back up, so the people are `fa
 It writes a MOTChallenge sequence (img1/ JPEG q95, gt/gt.txt, seqinfo.ini) that every
 sequence-reading command takes: `vsdmot-eval`, `vsdmot-bench`, `noise_floor run --data-root`.
 
-The crop is placed where the window's ground truth has the most box centres (the first such position
-on a grid of 1/16 of the frame). A gt box is clipped to the crop and kept when at least `min_visible`
-of its area is inside. Frames are renumbered from 1. A window that touches held-out frames is refused
+The crop is placed where the window's counted ground truth has the most box centres (the first such
+position on a grid of 1/16 of the frame). A gt box is clipped to the crop and kept when at least
+`min_visible` of its area is inside. Frames are renumbered from 1. The gt keeps its layout: conf-0
+rows stay, and a MOT17 window keeps its classes, so `vsdmot-eval` applies the same rules as on the source. A window that touches held-out frames is refused
 unless `--held-out`.
 """
 
@@ -28,10 +29,11 @@ import cv2
 import numpy as np
 
 from vsdmot._cli import add_log_arguments, run_main
-from vsdmot.runtime.mot import MotRows, SeqInfo, read_rows, write_rows, write_seqinfo
+from vsdmot.runtime.mot import MotRows, SeqInfo, read_rows, write_seqinfo
 from vsdmot.runtime.sources import open_sequence
 from vsdmot.splits import touches_held_out
 
+from .metrics import counted_gt, write_gt
 from .reencode import split_spec
 
 log = logging.getLogger(__name__)
@@ -86,20 +88,19 @@ def zoom_sequence(spec: str, out: str | Path, cfg: ZoomConfig = ZoomConfig(), he
     gt = read_rows(seq.gt_path) if seq.gt_path else None
     if gt is None:
         raise ValueError(f"zoom: {path} has no gt/gt.txt to zoom with")
-    gt = gt.select((gt.frame >= a) & (gt.frame <= b) & (gt.conf != 0))
+    gt = gt.select((gt.frame >= a) & (gt.frame <= b))
     size = (seq.info.width, seq.info.height)
-    crop = best_crop(gt, size, cfg)
+    crop = best_crop(counted_gt(gt), size, cfg)
     scale = (size[0] / crop[2], size[1] / crop[3])
     out = Path(out)
     (out / "img1").mkdir(parents=True, exist_ok=True)
     n = write_frames(seq, (a, b), crop, size, out / "img1", cfg.quality)
     rows = zoom_rows(gt, crop, scale, cfg)
     rows.frame = rows.frame - (a - 1)
-    (out / "gt").mkdir(exist_ok=True)
-    write_rows(out / "gt" / "gt.txt", rows)  # MOT15 layout: frame,id,x,y,w,h,conf,-1,-1,-1
+    write_gt(out / "gt" / "gt.txt", rows)  # the source's layout (MOT17: class, visibility)
     write_seqinfo(out / "seqinfo.ini", SeqInfo(out.name, seq.info.frame_rate, n, *size))
     info = {"source": spec, "frames": n, "crop_xywh": list(crop), "scale": round(scale[0], 4),
-            "gt_boxes": len(rows), "gt_boxes_before": len(gt)}
+            "gt_boxes": len(counted_gt(rows)), "gt_boxes_before": len(counted_gt(gt))}
     log.info("zoom: wrote %s: %s", out, info)
     return info
 

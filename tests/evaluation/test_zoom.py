@@ -49,3 +49,29 @@ def test_a_zoomed_window_is_a_sequence_the_evaluation_reads(tmp_path):
     assert (ratio <= 2 + 1e-3).all() and np.mean(np.isclose(ratio, 2.0, atol=1e-3)) > 0.5  # twice as tall, or clipped
     with pytest.raises(ValueError, match="held-out"):
         zoom_sequence(f"{seq}:590-610", tmp_path / "h")
+
+
+def test_a_mot17_window_keeps_its_classes(tmp_path, mot17_dir):
+    """The zoomed gt was written in the 10-column MOT15 layout with conf-0 rows dropped: a MOT17
+    window lost its classes, so `evaluate` applied the MOT15 rules, and result boxes on distractors
+    (MOT17-05: class 8, conf 0) counted as false positives instead of being removed."""
+    from vsdmot.evaluation.metrics import evaluate
+    from vsdmot.runtime.mot import write_rows
+
+    zoom_sequence(f"{mot17_dir}:1-3", tmp_path / "z", ZoomConfig(factor=1.25, min_visible=0.01))
+    gt = read_rows(tmp_path / "z" / "gt" / "gt.txt")
+    assert 8 in gt.cls.tolist() and 1 in gt.cls.tolist()
+    people_and_distractors = gt.select(np.isin(gt.cls, (1, 8)))  # a tracker that also boxes the distractors
+    write_rows(tmp_path / "res.txt", people_and_distractors)
+    m = evaluate(tmp_path / "z", tmp_path / "res.txt")
+    assert m["benchmark"] == "MOT17" and m["FP"] == 0 and m["HOTA"] == pytest.approx(1.0)
+
+
+def test_the_held_out_copy_keeps_a_mot17_layout(tmp_path, mot17_dir):
+    """ablation.held_out_copy wrote its gt with the results writer (10 columns): classes were lost."""
+    from vsdmot.evaluation.ablation import held_out_copy
+
+    out = held_out_copy(mot17_dir, tmp_path / "copy", 2, 3)
+    src, gt = read_rows(mot17_dir / "gt" / "gt.txt"), read_rows(out / "gt" / "gt.txt")
+    src = src.select((src.frame >= 2) & (src.frame <= 3))
+    assert sorted(zip(gt.frame, gt.id, gt.cls)) == sorted(zip(src.frame - 1, src.id, src.cls))
