@@ -70,7 +70,7 @@ class TrainConfig:
     val_first: int = 601  # PETS frames from here on are left out of the real clips (541: train-side validation)
     init: str = ""  # start from this checkpoint's weights (e.g. the synthetic pretraining), not from scratch
     data: str = str(data_root())  # the real clips' root
-    max_minutes: float = 25.0  # CPU-time budget of this process in minutes (all threads), like the other stages; stops early and saves
+    max_minutes: float = 25.0  # CPU-time budget of this process in minutes (all threads; 0 = none), like the other stages; stops early and saves
     out: str = "runs/train/tracker"  # checkpoint folder
     threads: int = 1  # torch threads (shared machine)
     log_every: int = 10  # steps between log lines
@@ -308,7 +308,7 @@ def train(cfg: TrainConfig, resume: bool = True, real: RealClips | None = None) 
         bar.set_postfix(loss=f"{avg:.3f}")
         if (step + 1) % cfg.log_every == 0:
             log.info("step %d loss %.4f", step + 1, avg)
-        over = (time.process_time() - t0) / 60 > cfg.max_minutes  # CPU time: a busy machine does not cut the run short
+        over = 0 < cfg.max_minutes < (time.process_time() - t0) / 60  # CPU time: a busy machine does not cut the run short
         if (step + 1) % cfg.save_every == 0 or step + 1 == total or over:
             save_checkpoint(last, model, head_cfg, cfg, opt, step + 1, meta=_meta(cfg, avg, model))
         if over:

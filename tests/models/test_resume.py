@@ -69,3 +69,33 @@ def test_quality_resume_refuses_samples_of_another_collection(tmp_path, pets_dir
     train(QualityTrainConfig(**{**cfg, "resume": True, "epochs": 3, "hidden": 0}))  # the head only: reused
     with pytest.raises(ValueError, match="severity_max"):
         train(QualityTrainConfig(**{**cfg, "resume": True, "severity_max": 2}))
+
+
+def test_tracker_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
+    from vsdmot.models import train_tracker as T
+
+    cfg = dict(synth_steps=4, real_steps=0, batch=2, clip_frames=4, save_every=2, max_minutes=0, threads=1)
+    whole = T.train(T.TrainConfig(**cfg, out=str(tmp_path / "whole")))
+    real_step = T._train_step
+
+    def killed_at_2(model, opt, c, noise, real, step, total):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real_step(model, opt, c, noise, real, step, total)
+
+    with monkeypatch.context() as m:
+        m.setattr(T, "_train_step", killed_at_2)
+        with pytest.raises(KeyboardInterrupt):
+            T.train(T.TrainConfig(**cfg, out=str(tmp_path / "split")))
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == 2
+    resumed = T.train(T.TrainConfig(**cfg, out=str(tmp_path / "split")))
+    assert load_checkpoint(resumed)["step"] == 4 and _same_weights(whole, resumed)
+
+
+def test_tracker_max_minutes_0_is_no_budget(tmp_path):
+    """--max-minutes 0 means no budget, as in the other stages; the tracker stopped after one step."""
+    from vsdmot.models import train_tracker as T
+
+    last = T.train(T.TrainConfig(synth_steps=3, real_steps=0, batch=1, clip_frames=3, max_minutes=0, threads=1,
+                                 out=str(tmp_path)))
+    assert load_checkpoint(last)["step"] == 3
