@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from vsdmot.models.checkpoint import load_model_file, resume, save_checkpoint
 from vsdmot.models.detector import Detector, DetectorConfig, from_yolox_onnx
-from vsdmot.models.trainframes import DEFAULT_DATA, TrainFrame, degrade_fn, letterbox, load_mot17, load_pets
+from vsdmot.models.trainframes import DEFAULT_DATA, TrainFrame, data_note, degrade_fn, letterbox, load_mot17, load_pets
 from vsdmot.models.trainloop import check_config, cosine_lr, out_dir, run_steps, setup
 from vsdmot.paths import yolox_nano_onnx
 from vsdmot.runtime.yolox import anchor_grid
@@ -173,7 +173,7 @@ def train(cfg: DetectorTrainConfig) -> Path:
     step = _make_step(cfg, model, teacher, opt, pets, others, degrade_fn() if cfg.p_degrade > 0 else None, rng)
     method = "converted YOLOX-nano; appearance projection trained (InfoNCE)" if cfg.freeze_detector else "self-distillation"
     meta = lambda k: {"stage": "detector", "step": k, "provenance": prov, "method": method,  # noqa: E731
-                      "data": "PETS09-S2L1 1-540 (541-600 validation), MOT17-mini train"}
+                      "data": data_note(min(cfg.pets_last, 540), cfg.mot17, every=2, validation=False)}
     save = lambda k: save_checkpoint(out / "last.pt", model, model.cfg, cfg, opt, k, meta(k), np_rng=rng)  # noqa: E731
     done = run_steps(step, start, cfg.steps, cfg.max_minutes, save, cfg.save_every, "detector")
     model.yolox.requires_grad_(True)

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from vsdmot.models.dswr import DswrConfig, DswrHead
-from vsdmot.models.trainframes import DEFAULT_DATA, TrainFrame, degrade_fn, load_mot17, load_pets
+from vsdmot.models.trainframes import DEFAULT_DATA, TrainFrame, data_note, degrade_fn, load_mot17, load_pets
 from vsdmot.models.trainloop import check_config, out_dir, setup
 from vsdmot.paths import yolox_nano_onnx
 from vsdmot.runtime.quality import FEATURES, QualityGate, compute_features
@@ -210,7 +210,7 @@ def train(cfg: QualityTrainConfig) -> Path:
     log.info("quality head: %s", m)
     doc = {"schema": "vsdmot.quality/1", "gate": gate.params(), "dswr": DswrHead(DswrConfig()).to_params(),
            "meta": {"stage": "quality", "target": "F1 agreement of degraded vs clean detections", "detector": Path(cfg.detector).name,
-                    "data": "PETS09-S2L1 1-600 every %d, MOT17-mini train" % cfg.pets_every, "metrics": m, "train_config": asdict(cfg)}}
+                    "data": data_note(cfg.pets_last, cfg.mot17, cfg.pets_every, validation=False), "metrics": m, "train_config": asdict(cfg)}}
     path = out / "quality.json"
     path.write_text(json.dumps(doc, indent=1))
     return path

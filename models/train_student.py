@@ -21,7 +21,7 @@ from vsdmot.models.checkpoint import resume, save_checkpoint
 from vsdmot.models.dcsd import DcsdConfig, TeacherProjection, dcsd_loss
 from vsdmot.models.student import StudentConfig, StudentEncoder
 from vsdmot.models.teacher import make_teacher
-from vsdmot.models.trainframes import DEFAULT_DATA, TrainFrame, degrade_fn, load_train_frames
+from vsdmot.models.trainframes import DEFAULT_DATA, TrainFrame, data_note, degrade_fn, load_train_frames
 from vsdmot.models.trainloop import check_config, cosine_lr, out_dir, run_steps, setup
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,7 @@ def train(cfg: StudentTrainConfig) -> Path:
     rng = setup(cfg.seed, cfg.threads)
     out = out_dir(cfg.out)
     train_frames, val_frames = _split(load_train_frames(Path(cfg.data), last=cfg.pets_last, mot17=cfg.mot17))
+    val_name = "PETS 541-%d" % cfg.pets_last if val_frames else "training crops: no PETS frame above 540 in this run"
     val_frames = val_frames or train_frames  # tiny runs: report on training crops
     deg = degrade_fn() if cfg.p_degrade > 0 else None
     teacher = make_teacher(cfg.teacher, cfg.teacher_checkpoint or None)
@@ -184,13 +185,13 @@ def train(cfg: StudentTrainConfig) -> Path:
 
     def meta(k: int) -> dict:
         return {"stage": "student", "step": k, "teacher": teacher.name, "teacher_weights": Path(teacher.weights).name,
-                "dcsd": asdict(dcfg), "data": "PETS09-S2L1 1-540 (541-600 validation), MOT17-mini train"}
+                "dcsd": asdict(dcfg), "data": data_note(cfg.pets_last, cfg.mot17, every=2)}
 
     extra = {"projection": proj.state_dict()}  # teacher -> semantic space (mean, basis)
     save = lambda k: save_checkpoint(out / "last.pt", student, scfg, cfg, opt, k, meta(k), extra, rng)  # noqa: E731
     done = run_steps(step, start, cfg.steps, cfg.max_minutes, save, cfg.save_every, "student")
     metrics = evaluate(student, teacher, proj, val_frames, cfg, deg)
-    log.info("student validation (PETS 541-600): %s", {k: round(v, 4) for k, v in metrics.items()})
+    log.info("student validation (%s): %s", val_name, {k: round(v, 4) for k, v in metrics.items()})
     return save_checkpoint(out / "student.pt", student, scfg, cfg, None, done, {**meta(done), "validation": metrics}, extra)
 
 

@@ -84,6 +84,19 @@ def load_train_frames(data: Path = DEFAULT_DATA, pets_every: int = 2, last: int 
     return frames
 
 
+VAL_FIRST = 541  # PETS frames VAL_FIRST..600 validate inside the training range (student, quality, tracker)
+
+
+def data_note(pets_last: int, mot17: bool, every: int = 1, validation: bool = True) -> str:
+    """The frames a run trained on, for its meta["data"] (bundle provenance copies it): PETS 1..last
+    (every n-th), the validation frames split off when `validation`, MOT17-mini when used."""
+    train_last = min(pets_last, VAL_FIRST - 1) if validation else pets_last
+    note = f"PETS09-S2L1 1-{train_last}" + (f" every {every}" if every > 1 else "")
+    if validation and pets_last >= VAL_FIRST:
+        note += f" ({VAL_FIRST}-{pets_last} validation)"
+    return note + (", MOT17-mini train" if mot17 else "")
+
+
 def letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     """(S,S,3) uint8, pad 114 bottom/right, and the scale r (letterbox px = source px * r)."""
     r = min(size / img.shape[0], size / img.shape[1])
