@@ -11,14 +11,15 @@ frame), because they do not depend on the row:
   `SemanticPolicy` asks for it, so `auto`'s hysteresis and reuse are replayed exactly).
 
 These values are also stored per (sequence, condition) under `out/memo/`, keyed by the component
-file's sha256, so a re-run after a tracker-only retrain does not run the detectors again.
+file's sha256 and the runtime code that computes them (decode, quality features, student
+preprocessing: `ablation_memo.stage_identity`), so a re-run after a tracker-only retrain does not
+run the detectors again.
 
 All rows step in lockstep over one decode of the frames. Each (row, sequence, condition) result
 is a JSON file under `out/rows/`, keyed by what it depends on (row, the bundle files it runs,
 student file, degraded-sequence key, window, the per-frame code): a killed run resumes, and a
-result made with other weights or other tracker code is recomputed, never reused. (The memo's
-detector / q / student values are keyed by their network files only: a change to the runtime's
-decode or quality features needs a fresh `out`.) `ablation_memo.py` holds the memoised stages;
+result made with other weights or other tracker code is recomputed, never reused; a change to the
+runtime's decode or quality features recomputes the memoised stages too. `ablation_memo.py` holds the memoised stages;
 `ablation_report.py` turns the results into tables and a plot.
 """
 
@@ -40,7 +41,7 @@ from vsdmot.runtime.mot import read_seqinfo
 from vsdmot.runtime.sources import open_sequence
 
 from . import bench as B
-from .ablation_memo import Components, FrameMemo, RowRun, _sha, bundle_identity, memo_name, open_row
+from .ablation_memo import Components, FrameMemo, RowRun, _sha, bundle_identity, memo_name, open_row, stage_identity
 from .metrics import evaluate, parse_window
 
 log = logging.getLogger(__name__)
@@ -233,7 +234,8 @@ def run_pair(cfg: AblationConfig, p: Pair, runs: list[RowRun], memo: FrameMemo, 
     bar.set_postfix_str(f"{p.name} {p.cond.name} ({len(runs)} rows)")
     for r in runs:
         r.begin()
-    memo.open_pair(cfg.out / "memo" / p.name / memo_name(p.cond.name, p.seq_key, p.window, cfg.threads))
+    memo.open_pair(cfg.out / "memo" / p.name
+                   / memo_name(p.cond.name, p.seq_key, p.window, cfg.threads, stage_identity()))
     t0, source = time.time(), open_sequence(seq_dir).frames()
     try:
         for frame in source:

@@ -37,9 +37,25 @@ def bundle_identity(bundle) -> dict:
 
 
 # -- memoised stages ------------------------------------------------------------------------------
-def memo_name(cond: str, seq_key: str, window: tuple[int, int], threads: int) -> str:
-    """File name of one (sequence, condition)'s stored values under `<out>/memo/<sequence>/`."""
-    return f"{cond}-{seq_key}-{window[0]}-{window[1]}-t{threads}.pkl"
+STAGE_CODE = ("yolox.py", "quality.py", "semantics.py")  # runtime modules: letterbox, decode, NMS; q; student input
+
+
+def stage_identity() -> str:
+    """sha256 (8 hex) over the runtime code that turns a frame into the memoised values besides the
+    network files (the detector's letterbox, decode and NMS, the quality features, the student's
+    preprocessing): stored values made by other code are never read back."""
+    import hashlib
+
+    import vsdmot.runtime as rt
+
+    here = Path(rt.__file__).parent
+    return hashlib.sha256(b"".join((here / m).read_bytes() for m in STAGE_CODE)).hexdigest()[:8]
+
+
+def memo_name(cond: str, seq_key: str, window: tuple[int, int], threads: int, stages: str = "") -> str:
+    """File name of one (sequence, condition)'s stored values under `<out>/memo/<sequence>/`;
+    `stages` = stage_identity() (older files carry none)."""
+    return f"{cond}-{seq_key}-{window[0]}-{window[1]}-t{threads}" + (f"-c{stages}" if stages else "") + ".pkl"
 
 
 class FrameMemo:
@@ -47,7 +63,8 @@ class FrameMemo:
 
     Within a (sequence, condition) the values are also kept per frame and can be stored on disk
     (`open_pair` / `save`): a later run with a retrained tracker reuses the detector's output and
-    the student's vectors (their keys name the component file's sha256, so nothing stale is read).
+    the student's vectors (their keys name the component file's sha256, and the file name the
+    runtime code that computed them, `stage_identity`, so nothing stale is read).
     `calls` counts real computations per stage."""
 
     def __init__(self):

@@ -38,7 +38,7 @@ from vsdmot.runtime.tracking import box_iou
 from vsdmot.runtime.types import Detections
 from vsdmot.splits import touches_held_out
 
-from .ablation_memo import memo_name
+from .ablation_memo import memo_name, stage_identity
 from .assoc_variants import variants
 from .metrics import counted_gt, evaluate
 
@@ -57,12 +57,21 @@ class Stored:
 
 
 def memo_file(memo_dir: Path, seq: str, cond: str, window: tuple[int, int]) -> Path:
-    """The ablation's memo pickle for (seq, cond) tracked over `window` (any seq key, 1 thread)."""
-    pat = re.compile("^" + re.escape(memo_name(cond, "KEY", window, 1)).replace("KEY", "[0-9a-f]{16}") + "$")
+    """The ablation's memo pickle for (seq, cond) tracked over `window` (any seq key, 1 thread), made
+    by today's runtime stage code (`stage_identity`); a file from before the code was in the name is
+    taken only when it is the only one (with a warning)."""
+    name = re.escape(memo_name(cond, "KEY", window, 1, "CODE")).replace("KEY", "[0-9a-f]{16}")
+    pat = re.compile("^" + name.replace(re.escape("-cCODE"), "(-c[0-9a-f]{8})?") + "$")
     hits = sorted(p for p in (Path(memo_dir) / seq).glob("*.pkl") if pat.match(p.name))
-    if len(hits) != 1:
-        raise ValueError(f"memo: expected one file for {seq} {cond} {window} under {memo_dir}, got {hits}")
-    return hits[0]
+    now = [p for p in hits if p.stem.endswith(f"-c{stage_identity()}")]
+    legacy = [p for p in hits if not re.search(r"-c[0-9a-f]{8}$", p.stem)]
+    if len(now) == 1:
+        return now[0]
+    if not now and len(legacy) == 1 == len(hits):
+        log.warning("memo %s predates the stage-code key: its detector / q values may come from older code", legacy[0])
+        return legacy[0]
+    raise ValueError(f"memo: expected one file for {seq} {cond} {window} made by today's runtime stage code "
+                     f"under {memo_dir} (run the ablation again), got {hits}")
 
 
 def load_stored(path: Path, bundle) -> Stored:

@@ -77,6 +77,16 @@ def test_tracker_code_change_recomputes_rows(first_run, tud_dir, tmp_path, monke
     assert again["meta"]["memo_calls"] == {}  # on the stored detector / q / student values
 
 
+def test_stage_code_change_recomputes_the_stored_stages(first_run, tud_dir, tmp_path, monkeypatch):
+    """The stored detector / q / student values were keyed by their network files only: after a
+    change to the runtime's decode, NMS or quality features, recomputed rows read the old values."""
+    out, _ = first_run
+    shutil.copytree(out / "memo", tmp_path / "memo")
+    monkeypatch.setattr(A, "stage_identity", lambda: "0badc0de")  # e.g. a runtime/yolox.py decode change
+    again = A.run_ablation(config(tud_dir, tmp_path, rows=("hybrid-auto",)))
+    assert again["meta"]["memo_calls"]["detector"] == 5  # computed again, once per frame
+
+
 def test_stored_stages_give_the_same_results(first_run, tud_dir, tmp_path):
     out, data = first_run
     shutil.copytree(out / "memo", tmp_path / "memo")  # detector, q and student values, no row results

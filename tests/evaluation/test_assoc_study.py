@@ -47,6 +47,17 @@ def test_memo_file_matches_condition_and_window(tmp_path):
         A.memo_file(tmp_path, "PETS09-S2L1", "h264-s3", (1, 600))
 
 
+def test_memo_file_prefers_todays_stage_code(tmp_path):
+    d = tmp_path / "PETS09-S2L1"
+    d.mkdir()
+    key = "0123456789abcdef"
+    (d / f"clean-{key}-1-600-t1-c{'0' * 8}.pkl").touch()  # made by other decode / quality code
+    with pytest.raises(ValueError, match="today's runtime stage code"):
+        A.memo_file(tmp_path, "PETS09-S2L1", "clean", (1, 600))
+    (d / f"clean-{key}-1-600-t1-c{A.stage_identity()}.pkl").touch()
+    assert A.memo_file(tmp_path, "PETS09-S2L1", "clean", (1, 600)).stem.endswith(A.stage_identity())
+
+
 def walkers(n=20) -> dict[int, Detections]:
     """Two 40x80 people walking apart 6 px / frame."""
     return {f: Detections(np.array([[100 + 6 * f, 100, 140 + 6 * f, 180], [400 - 6 * f, 300, 440 - 6 * f, 380]]),
