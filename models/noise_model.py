@@ -132,12 +132,14 @@ def detect_sequence(det, seq_dir: str | os.PathLike, frames: tuple[int, int] | N
     if out.is_file():
         return out
     rows: dict[str, list] = {"frame": [], "xyxy": [], "score": [], "embed": []}
+    seen = []  # every frame detected on, with or without detections
     for index, img in _images(seq, lo, hi, degraded, seed):
         xyxy, score, emb = _detect(det, img)
+        seen.append(index)
         for k, v in zip(rows, (np.full(len(score), index), xyxy, score, emb)):
             rows[k].append(v)
     _save_npz(out, **{k: np.concatenate(v) if v else np.zeros(0) for k, v in rows.items()},
-              size=np.array([seq.info.width, seq.info.height]))
+              size=np.array([seq.info.width, seq.info.height]), seen=np.array(seen, np.int64))
     log.info("detections cached: %s", out)
     return out
 
@@ -253,11 +255,17 @@ QUANTILES = np.linspace(0, 1, 11)
 
 
 def measure(npz: str | os.PathLike, gt: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict:
-    """Noise statistics of one cached detection run against its gt (frames present in both)."""
+    """Noise statistics of one cached detection run against its gt, over the gt frames the run
+    detected on (a frame where the detector found nobody counts its people as misses). Caches from
+    before `seen` was stored know only the frames with detections."""
     d = np.load(npz)
     acc: dict[str, list] = {k: [] for k in ("h", "hit", "jit", "tp", "fp", "nfp", "fph", "same", "diff", "mm", "mh")}
     prev: dict[int, tuple[bool, np.ndarray | None]] = {}
-    for f in sorted(set(gt) & set(np.unique(d["frame"]).tolist()) | (set(gt) if len(d["frame"]) == 0 else set())):
+    if "seen" in d:
+        frames = set(gt) & set(d["seen"].tolist())
+    else:
+        frames = set(gt) & set(np.unique(d["frame"]).tolist()) | (set(gt) if len(d["frame"]) == 0 else set())
+    for f in sorted(frames):
         sel = d["frame"] == f
         _frame_stats(acc, prev, *gt[f], d["xyxy"][sel], d["score"][sel], d["embed"][sel])
     return _summarise(acc)

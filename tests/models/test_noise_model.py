@@ -57,3 +57,30 @@ def test_degraded_caches_are_keyed_by_the_degradation_code(cache, pets_dir, tmp_
     clean = nm.detect_sequence(FakeDetector(), pets_dir, (1, 2), degraded=False)
     src.write_text("A = 3\n")
     assert nm.detect_sequence(FakeDetector(), pets_dir, (1, 2), degraded=False) == clean
+
+
+def test_frames_where_nobody_is_detected_count_as_misses(cache, pets_dir):
+    """measure() walked only the frames that had detections: a frame where the detector found
+    nobody (5 of PETS 1-600 degraded) dropped out, and its people never counted as misses."""
+    from types import SimpleNamespace
+
+    gt = nm.load_gt(pets_dir)
+
+    class SecondFrameBlind:
+        tag = "detblind"
+        backend = SimpleNamespace(outputs={"embed": SimpleNamespace(shape=(1, 1, 4))})
+
+        def __init__(self):
+            self.k = 0
+
+        def detect(self, image):
+            self.k += 1
+            if self.k == 2:
+                raise ValueError("no detections")  # how an empty Detections with features refuses
+            ids, xyxy = gt[self.k]
+            return Detections(xyxy, np.full(len(ids), 0.9, np.float32), feature=np.eye(len(ids), 4, dtype=np.float32))
+
+    stats = nm.measure(nm.detect_sequence(SecondFrameBlind(), pets_dir, (1, 3), degraded=False),
+                       {f: gt[f] for f in (1, 2, 3)})
+    assert stats["n_gt"] == sum(len(gt[f][0]) for f in (1, 2, 3))
+    assert stats["miss_after_hit"] == 1.0  # everyone seen on frame 1 is missed on frame 2
