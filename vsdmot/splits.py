@@ -15,10 +15,12 @@ PETS_TRAIN_LAST = HELD_OUT_FRAMES["PETS09-S2L1"][0] - 1  # 600
 
 def touches_held_out(name: str, span: tuple[int, int] | None = None) -> bool:
     """Whether frames `span` (inclusive; None = the whole sequence) of sequence `name` overlap the
-    held-out frames."""
-    if name in HELD_OUT_SEQUENCES:
+    held-out frames. A copy named `<name>-<suffix>` counts as its source (vsdmot-bench's degraded
+    copies, `TUD-Campus-jpeg-s3`, keep the source's frame numbers)."""
+    if any(name == s or name.startswith(s + "-") for s in HELD_OUT_SEQUENCES):
         return True
-    if name not in HELD_OUT_FRAMES:
+    base = next((s for s in HELD_OUT_FRAMES if name == s or name.startswith(s + "-")), None)
+    if base is None:
         return False
-    lo, hi = HELD_OUT_FRAMES[name]
+    lo, hi = HELD_OUT_FRAMES[base]
     return span is None or (span[0] <= hi and span[1] >= lo)

@@ -75,3 +75,31 @@ def test_the_held_out_copy_keeps_a_mot17_layout(tmp_path, mot17_dir):
     src, gt = read_rows(mot17_dir / "gt" / "gt.txt"), read_rows(out / "gt" / "gt.txt")
     src = src.select((src.frame >= 2) & (src.frame <= 3))
     assert sorted(zip(gt.frame, gt.id, gt.cls)) == sorted(zip(src.frame - 1, src.id, src.cls))
+
+
+@pytest.mark.parametrize("name, span, held_out", [
+    ("TUD-Campus-jpeg-s3", (1, 10), True),  # vsdmot-bench's degraded copy of a held-out sequence
+    ("PETS09-S2L1-schedule-mixed", (590, 610), True),  # same frame numbers as its source
+    ("PETS09-S2L1-jpeg-s3", (1, 600), False),
+    ("PETS09-S2L1-601-795-jpeg-s3", (1, 10), True),
+    ("TUD-Campusx", None, False),
+    ("MOT17-04-FRCNN-jpeg-s3", None, False),
+])
+def test_degraded_copies_of_held_out_frames_are_held_out(name, span, held_out):
+    """touches_held_out knew the source names only, so zoom (and assoc_study, noise_floor) took a
+    degraded copy of TUD-Campus or of PETS 601-795 from the bench cache for train-side data."""
+    from vsdmot.splits import touches_held_out
+
+    assert touches_held_out(name, span) is held_out
+
+
+def test_zoom_refuses_a_degraded_copy_of_held_out_frames(tmp_path, tud_dir):
+    import shutil
+
+    copy = tmp_path / "TUD-Campus-jpeg-s3"
+    shutil.copytree(tud_dir / "gt", copy / "gt")
+    info = (tud_dir / "seqinfo.ini").read_text().replace("name=TUD-Campus", "name=TUD-Campus-jpeg-s3")
+    (copy / "seqinfo.ini").write_text(info)
+    (copy / "TUD-Campus-jpeg-s3.mp4").symlink_to(tud_dir / "TUD-Campus.mp4")  # frames as the cache's (read in place)
+    with pytest.raises(ValueError, match="held-out"):
+        zoom_sequence(f"{copy}:1-5", tmp_path / "z")
