@@ -99,7 +99,7 @@ def cached_program(folder: Path, key: EngineKey) -> Path | None:
 def store_program(folder: Path, key: EngineKey, write) -> Path:
     """`write(tmp_path)` the program, then move it and its stamp in (a kill leaves no half program)."""
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{PROGRAM}.tmp"
+    tmp = folder / f".tmp-{PROGRAM}"  # keeps the .ep suffix torch_tensorrt.save writes under
     write(tmp)
     stamp = {**asdict(key), "program_sha256": file_sha256(tmp)}
     os.replace(tmp, folder / PROGRAM)

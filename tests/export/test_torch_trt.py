@@ -72,7 +72,7 @@ def test_programs_are_cached_per_file_device_and_precision(stand_ins, tmp_path, 
     first["student"].write_bytes(b"truncated")
     with caplog.at_level(logging.WARNING, logger=torch_trt.log.name):
         torch_trt.compile_programs(DEFAULT_BUNDLE, nets, tmp_path)
-    assert len(stand_ins) == 4 and stand_ins[-1]["saved"] == str(first["student"].parent / ".program.ep.tmp")
+    assert len(stand_ins) == 4 and stand_ins[-1]["saved"] == str(first["student"].parent / ".tmp-program.ep")
     assert any("sha256 does not match" in r.getMessage() for r in caplog.records)
 
 
