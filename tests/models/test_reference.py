@@ -20,8 +20,8 @@ SMALL = TrackerHeadConfig(d=32, heads=2, layers=1, pair_dim=16, proposals=16, sl
 def test_training_smoke_resumes(tmp_path):
     torch.set_num_threads(1)
     cfg = TrainConfig(batch=2, synth_steps=3, real_steps=0, clip_frames=6, slots=6, proposals=10, head=SMALL,
-                      out=str(tmp_path), max_minutes=0.0, save_every=100)
-    last = train(cfg)  # the zero budget stops after one step, with a checkpoint
+                      out=str(tmp_path), max_minutes=1e-9, save_every=100)
+    last = train(cfg)  # a budget spent by the first step stops there, with a checkpoint (0 would be no budget)
     assert load_checkpoint(last)["step"] == 1
     train(TrainConfig(**{**cfg.__dict__, "max_minutes": 60.0}))  # same run: resumes at step 1
     ckpt = load_checkpoint(last)
