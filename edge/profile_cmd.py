@@ -211,7 +211,7 @@ def run_variant(args: argparse.Namespace, variant: Variant, cfg: ProfileConfig, 
     source = run_cmd.open_source(run_cfg)
     try:
         pipeline = build_pipeline(bundle, run_cfg, fps=source.fps)
-        backend = _backends(pipeline)  # before close() empties pipeline.backends
+        backend, engines = _backends(pipeline), engine_precisions(pipeline)  # before close() empties pipeline.backends
         policy = getattr(getattr(getattr(pipeline, "semantics", None), "cfg", None), "policy", run_cfg.semantics.policy)
         stop = SourceStopEvent(source)  # Ctrl-C also ends a live source's wait for a frame (a stalled camera)
         hook = ProfileHook(cfg, stop)
@@ -227,6 +227,7 @@ def run_variant(args: argparse.Namespace, variant: Variant, cfg: ProfileConfig, 
     return {"label": label, "config": to_dict(run_cfg), "stats": stats, "semantic_policy_effective": policy,
             "tracker": pipeline.tracker_kind, "backend": backend,
             "input_size": _input_size(pipeline), "bundle_precision": bundle.manifest.get("precision"),
+            "engine_precision": engines,
             "series": _series(hook.records, hook.t_start),
             "power_samples": [] if sampler is None else _power_series(sampler, stats["window"], hook.t_start)}
 
@@ -254,6 +255,12 @@ def _backends(pipeline: Any) -> str:
     """What the networks really ran on ("auto" resolved), e.g. "OnnxRuntimeBackend"."""
     names = sorted({type(b).__name__ for b in getattr(pipeline, "backends", [])})
     return ", ".join(names) or str(pipeline.backend_kind)
+
+
+def engine_precisions(pipeline: Any) -> dict[str, str]:
+    """{network: the precision its TensorRT engine was built at} (the cache key's, which TensorRT 11
+    without AutoCast lowers to fp32: runtime.backends.typed_precision); {} on other backends."""
+    return {Path(b.path).stem: b.key.precision for b in getattr(pipeline, "backends", []) if hasattr(b, "key")}
 
 
 def _series(records: list[FrameRecord], t_start: float) -> dict[str, list]:

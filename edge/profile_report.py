@@ -187,6 +187,14 @@ def _notes(runs: list[dict[str, Any]]) -> list[str]:
     return notes + ([""] if notes else [])
 
 
+def _engines(run: dict[str, Any]) -> str:
+    """What the networks' engines were built at, else the --precision asked (no TensorRT engines)."""
+    built = run.get("engine_precision") or {}
+    if built:
+        return "TensorRT engines: " + ", ".join(f"{name} {prec}" for name, prec in sorted(built.items()))
+    return f"engine --precision {run['config']['pipeline']['precision']}"
+
+
 def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
     runs, meter, host, st = report["runs"], report["meter"], report["host"], report["settings"]
     lines = [f"# vsdmot-edge profile ({report['created_utc']})", "",
@@ -194,8 +202,7 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
              f"Source: `{st['source']}`. Warm-up {st['warmup_s']} s, measured {st['duration_s']} s per run.",
              f"Threads / precision / input size per run: " + "; ".join(
                  f"{r['label']}: threads {r['config']['pipeline']['threads'] or 'all'}, {r.get('bundle_precision') or '?'} bundle "
-                 f"(engine --precision {r['config']['pipeline']['precision']}), "
-                 f"detector input {r.get('input_size') or '?'}" for r in runs),
+                 f"({_engines(r)}), detector input {r.get('input_size') or '?'}" for r in runs),
              "", f"**Power:** {meter['explain']}."]
     if meter["name"] and meter["idle_w"] is not None:
         lines.append(f"Idle baseline {meter['idle_w']:.3f} W, measured before any model was loaded; net figures subtract it.")

@@ -203,6 +203,7 @@ def test_profile_report_on_the_demo_clip(bundle, tmp_path, capsys):
     assert "| FPS, end to end (decode + step + hooks) |" in md and "semantic=always" in md
     prec = json.loads((Path(bundle) / "manifest.json").read_text())["precision"]
     assert all(r["input_size"] == "416x416" and r["bundle_precision"] == prec for r in report["runs"])
+    assert all(r["engine_precision"] == {} for r in report["runs"])  # onnxruntime: no engines
     assert f"{prec} bundle (engine --precision auto), detector input 416x416" in md
     if report["meter"]["name"] is None:
         assert "power_over_time.png" not in pngs and "no power meter" in md
@@ -241,3 +242,19 @@ def test_profile_with_the_shipped_default_bundle(tmp_path):
     assert run["stats"]["frames"] > 0 and run["label"] == f"semantic={run['config']['semantics']['policy']}"
     if run["semantic_policy_effective"] != run["config"]["semantics"]["policy"]:
         assert "has no student encoder" in (rep / "report.md").read_text()
+
+
+def test_the_report_names_the_precision_each_engine_was_built_at():
+    """On TensorRT the report gives what each engine was built at (its cache key), not the
+    --precision asked: TensorRT 11 without ModelOpt AutoCast builds fp32 where auto asked int8."""
+    from types import SimpleNamespace
+
+    from vsdmot.edge.profile_report import _engines
+
+    trt = lambda name, prec: SimpleNamespace(path=f"/b/{name}.onnx", key=SimpleNamespace(precision=prec))  # noqa: E731
+    pipeline = SimpleNamespace(backends=[trt("detector", "fp32"), trt("tracker", "int8"), SimpleNamespace(path="x")])
+    built = PC.engine_precisions(pipeline)
+    assert built == {"detector": "fp32", "tracker": "int8"}
+    config = {"pipeline": {"precision": "auto"}}
+    assert _engines({"engine_precision": built, "config": config}) == "TensorRT engines: detector fp32, tracker int8"
+    assert _engines({"engine_precision": {}, "config": config}) == "engine --precision auto"
