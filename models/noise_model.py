@@ -40,9 +40,13 @@ def project_detector(onnx_path: str | os.PathLike | None = None, threads: int = 
         from vsdmot.models.detector import DEFAULT_WEIGHTS, export_onnx, load_detector
 
         onnx_path = cache_dir().parent / f"detector_{_sha(DEFAULT_WEIGHTS)}.onnx"
-        if not Path(onnx_path).is_file():
-            Path(onnx_path).parent.mkdir(parents=True, exist_ok=True)
-            export_onnx(load_detector()[0], onnx_path)
+        if not onnx_path.is_file():  # exported beside it, then renamed: a killed export leaves no file
+            tmp = onnx_path.with_name(f"{onnx_path.stem}.{os.getpid()}.partial.onnx")
+            try:
+                export_onnx(load_detector()[0], tmp)
+                os.replace(tmp, onnx_path)
+            finally:
+                tmp.unlink(missing_ok=True)
     det = YoloxDetector(OnnxRuntimeBackend(onnx_path, threads=threads))
     det.tag = f"det{_sha(onnx_path)}"  # keys the detection caches (detect_sequence)
     return det

@@ -84,3 +84,19 @@ def test_frames_where_nobody_is_detected_count_as_misses(cache, pets_dir):
                        {f: gt[f] for f in (1, 2, 3)})
     assert stats["n_gt"] == sum(len(gt[f][0]) for f in (1, 2, 3))
     assert stats["miss_after_hit"] == 1.0  # everyone seen on frame 1 is missed on frame 2
+
+
+def test_interrupted_detector_export_leaves_no_onnx(cache, monkeypatch):
+    """project_detector exported detector.onnx in place into the cache: a kill mid-export left a
+    truncated file that every later run took for the export and failed to load."""
+    pytest.importorskip("torch")
+    from vsdmot.models import detector
+
+    def killed(model, path):
+        path.write_bytes(b"\x08\x07 truncated")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(detector, "export_onnx", killed)
+    with pytest.raises(KeyboardInterrupt):
+        nm.project_detector()
+    assert not list(cache.parent.glob("*.onnx"))
