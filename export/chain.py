@@ -43,6 +43,7 @@ from .recover import RecoverConfig, recover
 from .report import Report, fingerprint, write_report
 from .simplify import SimplifyConfig, simplify
 from .sources import Sources, calibration_feeds, feeds_id, load_sources, with_detector_input
+from .gate_plot import plot_gate
 from .to_onnx import OnnxConfig, TorchNet, to_onnx
 
 log = logging.getLogger(__name__)
@@ -399,8 +400,11 @@ def finish(stage: Path, out: Path, accuracy: Mapping, verdict: Mapping, report: 
     if copy:  # the fp32 reference stays in the work dir for later gates
         shutil.rmtree(staging_dir(out), ignore_errors=True)
         stage = Path(shutil.copytree(stage, staging_dir(out)))
-    write_report(report, stage)
-    record_gate(stage, accuracy, gate, ("export_report.json", "export_report.md"))
+    reports = ("export_report.json", "export_report.md")
+    if accuracy.get("cases"):  # the FP32 reference has no gate to draw
+        reports += (plot_gate(accuracy, stage / "export_report.png").name,)
+    write_report(report, stage, images=[n for n in reports if n.endswith(".png")])
+    record_gate(stage, accuracy, gate, reports)
     return publish(stage, out, gate)
 
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -104,18 +104,19 @@ class Report:
         return {"summary": self.summary, "wall_seconds": self.wall_s, "steps": self.steps}
 
 
-def write_report(report: Report, out_dir: str | Path) -> tuple[Path, Path]:
-    """export_report.json and export_report.md in `out_dir`."""
+def write_report(report: Report, out_dir: str | Path, images: Sequence[str] = ()) -> tuple[Path, Path]:
+    """export_report.json and export_report.md in `out_dir`; the md shows `images` (files beside it)."""
     out_dir = Path(out_dir)
     jpath, mpath = out_dir / "export_report.json", out_dir / "export_report.md"
     jpath.write_text(json.dumps(report.to_json(), indent=2, default=str))
-    mpath.write_text(markdown(report))
+    mpath.write_text(markdown(report, images))
     return jpath, mpath
 
 
-def markdown(report: Report) -> str:
+def markdown(report: Report, images: Sequence[str] = ()) -> str:
     lines = ["# vsdmot export report", ""]
     lines += [f"- **{k}**: {_fmt(v)}" for k, v in report.summary.items()]
+    lines += [line for name in images for line in ("", f"![{name}]({name})")]
     if report.wall_s:
         lines.append(f"- **wall seconds**: {_fmt(report.wall_s)}")
     lines += ["", "| network | step | output | size kB | seconds | details |", "|---|---|---|---|---|---|"]

@@ -55,6 +55,7 @@ def test_fp32_reference_bundle(sources, tmp_path):
     assert {"onnx", "onnxruntime", "torch", "torch-pruning"} <= set(m["tools"])
     assert m["parity"]["detector"]["passed"] and m["accuracy_gate"]["passed"]
     assert b.params("quality.json") == QUALITY and b.has("NOTICE") and b.has("export_report.md")
+    assert not b.has("export_report.png")  # the reference has no gate to draw
 
 
 def test_keep_fp32_leaves_that_network_float(sources, tmp_path):
@@ -81,6 +82,9 @@ def test_pruned_int8_passes_gate_and_is_idempotent(sources, tmp_path, caplog):
     rep = json.loads((out / "export_report.json").read_text())
     assert set(rep["wall_seconds"]) == {"calibration feeds", "prune, recover, quantise", "accuracy gate"}
     assert "wall seconds" in (out / "export_report.md").read_text()
+    assert "![export_report.png](export_report.png)" in (out / "export_report.md").read_text()
+    png = (out / "export_report.png").read_bytes()  # the gate per case, a listed (hash-checked) report file
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and m["files"]["export_report.png"]["role"] == "report"
     steps = rep["steps"]
     assert {"prune", "recover", "to_onnx", "simplify", "parity", "quantize[minmax]", "qdq_check"} <= {
         s["step"] for s in steps if s["network"] == "detector"}
