@@ -96,9 +96,11 @@ def bundle_arg(text: str) -> tuple[str, Path]:
 
 
 def bundle_bytes(path: Path) -> int:
-    """Size of a bundle: the files its manifest lists (what a device downloads), plus the manifest."""
+    """Size of a bundle: the files its manifest lists that the runtime loads (networks, parameters,
+    notice; not the export's reports, whose plot alone is ~65 kB), plus the manifest."""
     manifest = json.loads((path / "manifest.json").read_text())
-    return sum(int(f["size"]) for f in manifest["files"].values()) + (path / "manifest.json").stat().st_size
+    files = [f for f in manifest["files"].values() if f.get("role") != "report"]
+    return sum(int(f["size"]) for f in files) + (path / "manifest.json").stat().st_size
 
 
 def bundle_shape(path: Path) -> dict[str, str]:

@@ -16,6 +16,7 @@ def fake_bundle(tmp: Path, name: str, sizes: list[int]) -> Path:
     d.mkdir()
     files = {f"f{i}.onnx": {"size": s} for i, s in enumerate(sizes)}
     files["detector.onnx"] = {"size": 0, "inputs": [{"name": "images", "shape": [1, 3, 320, 416]}]}
+    files["export_report.png"] = {"size": 65_000, "role": "report"}  # not counted: the runtime never loads it
     (d / "manifest.json").write_text(json.dumps({"files": files, "precision": name[:4]}))
     return d
 
