@@ -34,6 +34,7 @@ from .accuracy_gate import EvalFn, GateConfig, gate_accuracy
 from .bundle import NETWORKS, BundleConfig, BundleContents, BundleFile, publish, record_gate, write_bundle
 from .det_agreement import detection_agreement
 from .det_rounds import NEAR_CAMERA_F1, DetectionRoundsConfig
+from .gate_plot import plot_gate
 from .legacy_trt import legacy_int8_engines
 from .parity import FP32, INT8, onnx_runner, parity
 from .prune import PruneConfig, load_module, prune
@@ -43,7 +44,6 @@ from .recover import RecoverConfig, recover
 from .report import Report, fingerprint, write_report
 from .simplify import SimplifyConfig, simplify
 from .sources import Sources, calibration_feeds, feeds_id, load_sources, with_detector_input
-from .gate_plot import plot_gate
 from .to_onnx import OnnxConfig, TorchNet, to_onnx
 
 log = logging.getLogger(__name__)
