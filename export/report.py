@@ -116,9 +116,9 @@ def write_report(report: Report, out_dir: str | Path, images: Sequence[str] = ()
 def markdown(report: Report, images: Sequence[str] = ()) -> str:
     lines = ["# vsdmot export report", ""]
     lines += [f"- **{k}**: {_fmt(v)}" for k, v in report.summary.items()]
-    lines += [line for name in images for line in ("", f"![{name}]({name})")]
     if report.wall_s:
         lines.append(f"- **wall seconds**: {_fmt(report.wall_s)}")
+    lines += [line for name in images for line in ("", f"![{name}]({name})")]
     lines += ["", "| network | step | output | size kB | seconds | details |", "|---|---|---|---|---|---|"]
     for s in report.steps:
         lines.append(f"| {s['network']} | {s['step']} | {s['output']} | {s['size'] / 1e3:.1f} | {s['seconds']} "
