@@ -6,7 +6,6 @@ a wrong name, shape or dtype raises ValueError naming the input, what was expect
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -21,6 +20,7 @@ import numpy as np
 
 from .bundle import file_sha256, read_stamped
 from .errors import DeviceError
+from .logs import log_once
 from .types import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -315,16 +315,10 @@ def typed_precision(trt, asked: str) -> str:
     bundle's Q/DQ layers still run INT8), and installing it later rebuilds at `asked`."""
     if asked == "fp32" or not strongly_typed(trt) or fp16_autocast() is not None:
         return asked
-    _warn_no_autocast(trt.__version__, asked)
+    log_once(log.name, logging.WARNING, f"TensorRT {trt.__version__} builds strongly typed networks only and has no "
+             f"FP16 flag: --precision {asked} needs ModelOpt AutoCast to rewrite the float layers (pip install "
+             f"nvidia-modelopt[onnx]); building fp32 engines instead (Q/DQ layers still run INT8)")
     return "fp32"
-
-
-@functools.lru_cache(maxsize=4)
-def _warn_no_autocast(version: str, asked: str) -> None:
-    """Once per process: a pipeline opens three networks."""
-    log.warning("TensorRT %s builds strongly typed networks only and has no FP16 flag: --precision %s needs "
-                "ModelOpt AutoCast to rewrite the float layers (pip install nvidia-modelopt[onnx]); building "
-                "fp32 engines instead (Q/DQ layers still run INT8)", version, asked)
 
 
 def _network_flags(trt) -> int:
@@ -462,12 +456,6 @@ def tensorrt_status() -> tuple[bool, str]:
     return True, f"TensorRT {trt.__version__} on {name}"
 
 
-@functools.lru_cache(maxsize=4)
-def _log_auto_choice(kind: str, reason: str) -> None:
-    """Once per process and outcome: a pipeline opens three networks, one line is enough."""
-    log.info("backend auto -> %s (%s)", kind, reason)
-
-
 def open_backend(kind: str, onnx_path: str | os.PathLike, *, threads: int = 0, precision: str = "fp32",
                  cache_dir: str | os.PathLike | None = None, module=None, spin: bool = False) -> Backend:
     """One backend for one network. `auto` = TensorRT when it imports with a GPU, else onnxruntime.
@@ -480,7 +468,7 @@ def open_backend(kind: str, onnx_path: str | os.PathLike, *, threads: int = 0, p
     if kind == "auto":
         usable, reason = tensorrt_status()
         kind = "tensorrt" if usable else "onnxruntime"
-        _log_auto_choice(kind, reason)
+        log_once(log.name, logging.INFO, f"backend auto -> {kind} ({reason})")  # a pipeline opens three
     if kind == "onnxruntime":
         return OnnxRuntimeBackend(onnx_path, threads=threads, spin=spin)
     if kind == "tensorrt":

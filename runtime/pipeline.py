@@ -9,7 +9,6 @@ Everything with state (backends, tracker slots, the semantic cache) lives in `Pi
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .backends import Backend, engine_precision, open_backend
 from .config import RunConfig
 from .cpu import warn_int8_on_cpu
+from .logs import log_once
 from .semantics import SemanticPolicy, Student
 from .types import Frame, FrameResult
 
@@ -106,19 +106,13 @@ def build_pipeline(bundle: Bundle, cfg: RunConfig, fps: float = 30.0) -> Pipelin
         for b in backends:
             b.close()
         raise
-    _log_once(f"pipeline: {kind} tracker, {getattr(det_backend, 'kind', '?')} backend, detector input "
-              f"{size_text(detector.config.input_size)}, semantics {semantics.cfg.policy} ({bundle.path})")
+    log_once(log.name, logging.INFO, f"pipeline: {kind} tracker, {getattr(det_backend, 'kind', '?')} backend, "
+             f"detector input {size_text(detector.config.input_size)}, semantics {semantics.cfg.policy} ({bundle.path})")
     ran_on = getattr(det_backend, "kind", cfg.pipeline.backend)  # what `auto` resolved to
     if cfg.pipeline.precision not in ("auto", "fp32") and ran_on != "tensorrt":
         log.warning("precision %s applies to TensorRT engines only; the %s backend runs the bundle's ONNX "
                     "networks as exported (INT8 only from a vsdmot-export --int8 bundle)", cfg.pipeline.precision, ran_on)
     return Pipeline(gate, dswr, semantics, detector, tracker, kind, ran_on, backends)
-
-
-@functools.lru_cache(maxsize=32)
-def _log_once(message: str) -> None:
-    """Once per process and pipeline setup: an export's gate and the benchmarks build one per case."""
-    log.info(message)
 
 
 def _opener(cfg: RunConfig, backends: list[Backend]):

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from .backends import Backend
+from .logs import log_once
 from .types import Detections
 
 log = logging.getLogger(__name__)
@@ -177,12 +178,7 @@ class YoloxDetector:
         """Per new frame size: warn when this input shrinks the frames, else hint when it is mostly padding."""
         self._frame_hw = frame_hw
         if warning := shrink_warning(frame_hw, self.config.input_size):
-            _log_once(logging.WARNING, warning)
+            log_once(log.name, logging.WARNING, warning)
         elif hint := padding_hint(frame_hw, self.config.input_size):
-            _log_once(logging.INFO, hint)
+            log_once(log.name, logging.INFO, hint)
 
-
-@functools.lru_cache(maxsize=32)
-def _log_once(level: int, message: str) -> None:
-    """Once per process: the export's gate and the benchmarks build a detector per case (dozens)."""
-    log.log(level, message)

@@ -13,6 +13,7 @@ import pytest
 
 from vsdmot.runtime import backends as B
 from vsdmot.runtime.errors import DeviceError
+from vsdmot.runtime.logs import log_once
 
 torch = pytest.importorskip("torch")
 
@@ -125,7 +126,7 @@ def test_unknown_kind_and_missing_file(tiny_onnx, tmp_path):
 
 
 def test_auto_says_what_it_chose_once(tiny_onnx, caplog):
-    B._log_auto_choice.cache_clear()
+    log_once.cache_clear()
     with caplog.at_level("INFO", logger=B.log.name):
         for _ in range(3):  # a pipeline's three networks
             B.open_backend("auto", tiny_onnx).close()

@@ -12,6 +12,7 @@ from tinybundle import make_bundle
 from vsdmot.runtime import pipeline as P
 from vsdmot.runtime.bundle import load_bundle
 from vsdmot.runtime.config import load_config
+from vsdmot.runtime.logs import log_once
 from vsdmot.runtime.sources import open_sequence
 from vsdmot.runtime.types import Detections, FrameResult, TensorSpec
 
@@ -58,7 +59,7 @@ def test_tensorrt_precision_on_onnxruntime_is_named_not_silently_ignored(bundle,
 
 def test_the_setup_line_is_logged_once_per_bundle_and_setup(bundle, caplog):
     """An export's gate builds ~20 pipelines on two bundles: one line each, not one per case."""
-    P._log_once.cache_clear()
+    log_once.cache_clear()
     caplog.set_level("INFO", logger=P.log.name)
     for _ in range(3):
         P.build_pipeline(bundle, cfg(), fps=7.0).close()

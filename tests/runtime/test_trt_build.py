@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from vsdmot.runtime import backends as B
+from vsdmot.runtime.logs import log_once
 
 
 class LayerType(Enum):
@@ -153,7 +154,7 @@ def test_strongly_typed_without_autocast_keys_fp32(monkeypatch, caplog):
     """Without AutoCast a TensorRT 11 engine has FP32 float layers: it is keyed fp32 (so installing
     AutoCast later rebuilds it at fp16) and the run says why it is slower than asked."""
     monkeypatch.setattr(B, "fp16_autocast", lambda: None)
-    B._warn_no_autocast.cache_clear()
+    log_once.cache_clear()
     typed, _ = fake_trt(FLOAT, "11.0.0")
     weak, _ = fake_trt(FLOAT, "10.3.0")
     with caplog.at_level("WARNING", logger=B.log.name):

@@ -167,10 +167,10 @@ def test_detector_finds_the_annotated_people(request, detector, fixture, frames)
 def test_detector_logs_the_padding_hint_once_per_frame_size(yolox_onnx, caplog):
     """Once per frame size and process: the export's gate builds a detector per case, and logged
     the same hint for each of them."""
-    from vsdmot.runtime import yolox
+    from vsdmot.runtime.logs import log_once
 
     caplog.set_level("INFO", logger="vsdmot.runtime.yolox")
-    yolox._log_once.cache_clear()  # what earlier tests in this process logged
+    log_once.cache_clear()  # what earlier tests in this process logged
     for _ in range(2):  # a second detector on the same frames says nothing new
         detector = YoloxDetector(OnnxRuntimeBackend(yolox_onnx, threads=1))  # fresh: no frame seen yet
         for shape in ((480, 640, 3), (480, 640, 3), (1080, 1920, 3), (416, 416, 3)):
