@@ -163,6 +163,8 @@ def run_ablation(args: argparse.Namespace) -> int:
     presets = B.known_presets() if args.preset is None else args.preset
     _check_names("preset", presets, B.known_presets)
     _check_names("schedule", args.schedule, B.known_schedules)
+    if not 1 <= args.severity <= 5:  # before the held-out frames are degraded, as vsdmot-bench does
+        raise ValueError(f"expected --severity 1-5, got {args.severity}")
     conds = tuple(B.conditions(presets, args.severity, args.schedule, args.clean))
     cfg = A.AblationConfig(tuple(args.seq), conds, rows, args.out, args.cache, args.main_bundle or A.DEFAULT_BUNDLE,
                            args.frames, args.seed, args.threads, args.static_w, args.detector)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+
+def axis_floor(metrics: Iterable[dict], metric: str) -> float:
+    """The y axis's bottom in percent: 0, or lower for a negative value (MOTA falls below 0 when
+    false positives outnumber the gt boxes; a 0-100 axis hid those bars)."""
+    return min([0.0] + [100 * m[metric] for m in metrics if metric in m and np.isfinite(m[metric])])
 
 
 def plot_bench(results: Sequence, path: Path, metrics: tuple[str, ...] = ("HOTA", "MOTA", "IDF1")) -> Path:
@@ -32,7 +38,7 @@ def plot_bench(results: Sequence, path: Path, metrics: tuple[str, ...] = ("HOTA"
                 ax.bar(x + (k - (len(trackers) - 1) / 2) * width, vals, width, label=trk)
             ax.set_xticks(x, conds, rotation=60, ha="right", fontsize=7)
             ax.grid(axis="y", alpha=0.3)
-            ax.set_ylim(0, 100)
+            ax.set_ylim(axis_floor(table.values(), metric), 100)
             ax.set_title(f"{seq}: {metric}" if row == 0 else metric, fontsize=9)
         axes[row, 0].set_ylabel(f"{metric} (%)")
     axes[0, -1].legend(fontsize=7)

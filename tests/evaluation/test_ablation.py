@@ -195,3 +195,9 @@ def test_held_out_copy_cuts_and_renumbers(tud_dir, tmp_path):
     assert (info.name, info.length, len(list((out / "img1").glob("*.png")))) == ("TUD-Campus-3-6", 4, 4)
     assert (gt.frame.min(), gt.frame.max()) == (1, 4) and len(gt) == int(((src.frame >= 3) & (src.frame <= 6)).sum())
     assert A.held_out_copy(tud_dir, out, 3, 6) == out  # written once
+
+
+def test_cli_refuses_a_severity_outside_1_to_5(tud_dir, tmp_path, capsys):
+    """Refused before anything is degraded or tracked, as vsdmot-bench refuses it."""
+    assert bench_main(["ablation", "--seq", str(tud_dir), "--severity", "7", "--out", str(tmp_path / "a")]) == 2
+    assert "--severity 1-5" in capsys.readouterr().err and not (tmp_path / "a").exists()

@@ -160,3 +160,10 @@ def test_parallel_jobs_keep_order_and_report_each_pair(tud_dir, mot17_dir, tmp_p
         B._REGISTRY.pop("test-empty", None)
     assert [r.sequence for r in runs] == ["TUD-Campus", "MOT17-05-FRCNN"]
     assert all(r.metrics["HOTA"] == 0.0 and r.metrics["FN"] > 0 for r in runs) and seen == [1, 2]
+
+
+def test_the_bench_plot_shows_negative_mota():
+    from vsdmot.evaluation.plots import axis_floor
+
+    metrics = [{"HOTA": 0.5, "MOTA": -0.31}, {"HOTA": 0.6, "MOTA": 0.7}, {"HOTA": float("nan")}]
+    assert axis_floor(metrics, "MOTA") == pytest.approx(-31.0) and axis_floor(metrics, "HOTA") == 0.0
