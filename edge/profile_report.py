@@ -12,6 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from vsdmot.runtime.mot import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 STATE_COLOURS = {"fresh": "tab:red", "reused": "tab:orange", "skipped": "tab:green"}
@@ -20,7 +22,7 @@ STATE_COLOURS = {"fresh": "tab:red", "reused": "tab:orange", "skipped": "tab:gre
 def write_report(report: dict[str, Any], out_dir: Path) -> Path:
     """Write everything into `out_dir`; returns the markdown path."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=1) + "\n")
     plots = _plots(report, out_dir)
     md = out_dir / "report.md"
     md.write_text(render_markdown(report, plots))

@@ -30,7 +30,7 @@ import numpy as np
 
 from vsdmot.paths import yolox_nano_onnx
 from vsdmot.runtime.errors import VsdmotError
-from vsdmot.runtime.mot import format_result_rows, read_seqinfo
+from vsdmot.runtime.mot import atomic_write_text, format_result_rows, read_seqinfo
 from vsdmot.runtime.sources import open_sequence
 from vsdmot.runtime.types import Detections, Frame
 
@@ -323,5 +323,4 @@ def format_table(results: Sequence[RunResult]) -> str:
 
 def write_json(results: Sequence[RunResult], path: Path, meta: dict) -> None:
     payload = {"meta": meta, "runs": [asdict(r) for r in results]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2))
+    atomic_write_text(path, json.dumps(payload, indent=2))  # rewritten after every pair: never half a file

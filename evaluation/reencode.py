@@ -35,6 +35,7 @@ from vsdmot._cli import add_log_arguments
 from vsdmot.runtime import code_identity as runtime_code_id
 from vsdmot.runtime.bundle import DEFAULT_BUNDLE, MANIFEST, file_sha256
 from vsdmot.runtime.errors import VsdmotError
+from vsdmot.runtime.mot import atomic_write_text
 from vsdmot.runtime.mot import read_seqinfo
 from vsdmot.runtime.pipeline import TRACKER_KINDS
 
@@ -304,8 +305,8 @@ def write_tables(cfg: ReencodeConfig, cells: list[dict[str, Any]]) -> str:
     if diffs:
         md += f"\nHOTA difference (points) per encode:\n\n{diff_markdown(diffs, *cfg.diff)}\n"
     out = Path(cfg.out_dir)
-    (out / "reencode.md").write_text(md)
-    (out / "reencode.json").write_text(json.dumps({"config": asdict(cfg), "cells": cells, "diff": diffs}, indent=2))
+    atomic_write_text(out / "reencode.md", md)  # rewritten after every cell: never half a table
+    atomic_write_text(out / "reencode.json", json.dumps({"config": asdict(cfg), "cells": cells, "diff": diffs}, indent=2))
     return md
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from vsdmot.models import WEIGHTS
 from vsdmot.paths import data_root
+from vsdmot.runtime.mot import atomic_write_text
 from vsdmot.runtime.types import Detections
 
 log = logging.getLogger(__name__)
@@ -366,7 +367,7 @@ def measure_all(det, data: str | os.PathLike, out_json: str | os.PathLike) -> di
         result[cond] = pool(stats)
     result["source"] = {"detector": det.tag, "frames": "PETS09-S2L1 1-600 + MOT17-mini (TRAIN only)",
                         "embed": "project detector `embed` (models/weights/detector.pt)"}
-    Path(out_json).write_text(json.dumps(result, indent=1))
+    atomic_write_text(out_json, json.dumps(result, indent=1))  # a kill mid-write leaves the old file
     return result
 
 

@@ -27,6 +27,7 @@ from vsdmot.models.dswr import DswrConfig, DswrHead
 from vsdmot.models.trainframes import DEFAULT_DATA, TrainFrame, data_note, degrade_fn, load_mot17, load_pets
 from vsdmot.models.trainloop import check_config, out_dir, setup
 from vsdmot.paths import yolox_nano_onnx
+from vsdmot.runtime.mot import atomic_write_text
 from vsdmot.runtime.quality import FEATURES, QualityGate, compute_features
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,7 @@ def train(cfg: QualityTrainConfig) -> Path:
            "meta": {"stage": "quality", "target": "F1 agreement of degraded vs clean detections", "detector": Path(cfg.detector).name,
                     "data": data_note(cfg.pets_last, cfg.mot17, cfg.pets_every, validation=False), "metrics": m, "train_config": asdict(cfg)}}
     path = out / "quality.json"
-    path.write_text(json.dumps(doc, indent=1))
+    atomic_write_text(path, json.dumps(doc, indent=1))  # a kill mid-write leaves the old file
     return path
 
 

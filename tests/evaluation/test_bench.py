@@ -167,3 +167,17 @@ def test_the_bench_plot_shows_negative_mota():
 
     metrics = [{"HOTA": 0.5, "MOTA": -0.31}, {"HOTA": 0.6, "MOTA": 0.7}, {"HOTA": float("nan")}]
     assert axis_floor(metrics, "MOTA") == pytest.approx(-31.0) and axis_floor(metrics, "HOTA") == 0.0
+
+
+def test_a_crash_while_writing_bench_json_keeps_the_previous_file(tmp_path, monkeypatch):
+    """bench.json is rewritten after every pair; a kill mid-write had left half a JSON file."""
+    path = tmp_path / "bench.json"
+    B.write_json([], path, {"run": 1})
+
+    def crash(fd):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr("os.fsync", crash)
+    with pytest.raises(OSError, match="disk gone"):
+        B.write_json([], path, {"run": 2})
+    assert json.loads(path.read_text())["meta"] == {"run": 1} and [p.name for p in tmp_path.iterdir()] == ["bench.json"]
