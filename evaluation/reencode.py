@@ -305,7 +305,7 @@ def write_tables(cfg: ReencodeConfig, cells: list[dict[str, Any]]) -> str:
     if diffs:
         md += f"\nHOTA difference (points) per encode:\n\n{diff_markdown(diffs, *cfg.diff)}\n"
     out = Path(cfg.out_dir)
-    atomic_write_text(out / "reencode.md", md)  # rewritten after every cell: never half a table
+    atomic_write_text(out / "reencode.md", md)  # a kill mid-write leaves the previous run's tables
     atomic_write_text(out / "reencode.json", json.dumps({"config": asdict(cfg), "cells": cells, "diff": diffs}, indent=2))
     return md
 
