@@ -193,12 +193,9 @@ _DEGRADATION_MODULES = ("degrade", "schedule", "sequence", "codec", "realesrgan"
 
 
 def _degradation_sources() -> list[Path]:
-    try:
-        import vsdmot.calibration as cal  # noqa: PLC0415
-    except ImportError:
-        return []
-    here = Path(cal.__file__).parent
-    return [here / f"{m}.py" for m in _DEGRADATION_MODULES if (here / f"{m}.py").is_file()]
+    from vsdmot.calibration import source_files  # noqa: PLC0415
+
+    return source_files(*_DEGRADATION_MODULES)
 
 
 # -- running -------------------------------------------------------------------------------------

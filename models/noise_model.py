@@ -88,13 +88,10 @@ _DEGRADATION_MODULES = ("degrade", "codec", "realesrgan")  # what calibration's 
 
 
 def degradation_sources() -> list[Path]:
-    """The calibration modules `degrade` runs (none when calibration is absent)."""
-    try:
-        import vsdmot.calibration as cal  # noqa: PLC0415
-    except ImportError:
-        return []
-    here = Path(cal.__file__).parent
-    return [here / f"{m}.py" for m in _DEGRADATION_MODULES if (here / f"{m}.py").is_file()]
+    """The calibration modules `degrade` runs."""
+    from vsdmot.calibration import source_files  # noqa: PLC0415
+
+    return source_files(*_DEGRADATION_MODULES)
 
 
 def _cache_path(tag: str, seq, lo: int, hi: int, degraded: bool, seed: int) -> Path:
