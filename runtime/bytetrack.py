@@ -37,6 +37,9 @@ class ByteTrackConfig:
     iou_offset: float = 1.0  # +1 px inclusive box size in IoU, as the original's cython_bbox
 
 
+MAX_PREDICT_FRAMES = 30  # a longer gap (a stalled stream) predicts no further: the guess is worthless by then
+
+
 class KalmanXYAH:
     """Constant-velocity Kalman filter on (cx, cy, aspect w/h, h) and velocities; 8-d state."""
 
@@ -125,14 +128,17 @@ class ByteTrack:
         self.frame_id = 0
         self._next_id = 0
 
-    def step(self, dets: Detections, semantic: np.ndarray | None = None, w: float = 0.0) -> Detections:
+    def step(self, dets: Detections, semantic: np.ndarray | None = None, w: float = 0.0, gap: int = 1) -> Detections:
+        """`gap`: source frames since the previous step (> 1 when a live source dropped frames): the
+        filter predicts that many frames ahead (at most MAX_PREDICT_FRAMES); lifetimes count steps."""
+        gap = min(max(int(gap), 1), MAX_PREDICT_FRAMES)
         self.frame_id += 1
         c = self.config
         high = self._new_tracks(dets, dets.score > c.track_thresh)
         low = self._new_tracks(dets, (dets.score > c.low_thresh) & (dets.score < c.track_thresh))
         unconfirmed = [t for t in self.tracked if not t.activated]
         pool = _joint([t for t in self.tracked if t.activated], self.lost)
-        self._predict(pool)
+        self._predict(pool, gap)
         left, left_high = self._associate(pool, high, low)
         new = self._confirm(unconfirmed, [high[i] for i in left_high])
         self._start(new)
@@ -146,12 +152,13 @@ class ByteTrack:
         xywh = xywh[keep]
         return [Track(b, float(s)) for b, s in zip(xywh, dets.score[keep])]
 
-    def _predict(self, tracks: list[Track]) -> None:
+    def _predict(self, tracks: list[Track], gap: int = 1) -> None:
         if not tracks:
             return
-        mean = np.stack([t.mean for t in tracks])
+        mean, cov = np.stack([t.mean for t in tracks]), np.stack([t.cov for t in tracks])
         mean[[t.state != State.TRACKED for t in tracks], 7] = 0  # a lost track stops growing
-        mean, cov = self.kf.multi_predict(mean, np.stack([t.cov for t in tracks]))
+        for _ in range(gap):  # one frame at a time: the process noise grows as it would over those frames
+            mean, cov = self.kf.multi_predict(mean, cov)
         for t, m, p in zip(tracks, mean, cov):
             t.mean, t.cov = m, p
 

@@ -102,11 +102,13 @@ class _SlotTracker:
         self.ids = np.zeros(S, np.int64)  # (S,) track id (>= 1) of a live slot
         self.box = np.zeros((S, 4), np.float32)  # (S, 4) last matched box, px
         self.vel = np.zeros((S, 4), np.float32)  # (S, 4) px per frame
-        self.miss = np.zeros(S, np.float32)  # (S,) frames since the last match
+        self.miss = np.zeros(S, np.float32)  # (S,) steps since the last match (the network's input, the lifetime)
+        self.since = np.zeros(S, np.float32)  # (S,) source frames since the last match (the motion model's clock)
         self.hits = np.zeros(S, np.int64)  # (S,) matches since birth
         self.embed = np.zeros((S, self.E), np.float32)  # (S, E) appearance EMA
         self.query = np.zeros((S, self.d), np.float32)  # (S, d) track queries
         self.next_id = 1
+        self.gap = 1  # source frames since the previous step (step's `gap`)
 
     def _proposals(self, dets: Detections) -> Detections:
         """Detections fed as proposals: score >= min_det_score, the top P by score."""
@@ -126,15 +128,18 @@ class _SlotTracker:
             emb[:n] = props.feature
         sem = np.zeros(self.D, np.float32) if semantic is None else np.asarray(semantic, np.float32).reshape(self.D)
         w = 0.0 if semantic is None else float(w)  # no vector, no fusion
-        tbox = predict_boxes(self.box, self.vel, self.miss + 1, self.cfg.max_predict_gap)
+        tbox = predict_boxes(self.box, self.vel, self.since + self.gap, self.cfg.max_predict_gap)
         f = lambda a: np.ascontiguousarray(a, np.float32)[None]  # noqa: E731
         return {"prop_box": f(box), "prop_score": f(score), "prop_embed": f(emb), "prop_mask": f(mask),
                 "track_query": f(self.query), "track_box": f(tbox), "track_embed": f(self.embed),
                 "track_miss": f(self.miss), "track_mask": f(self.valid), "semantic": f(sem),
                 "w": np.array([[w]], np.float32)}
 
-    def step(self, dets: Detections, semantic: np.ndarray | None = None, w: float = 0.0) -> Detections:
-        """One frame: feed, infer, associate, update slots; the reported tracks with `track_id`."""
+    def step(self, dets: Detections, semantic: np.ndarray | None = None, w: float = 0.0, gap: int = 1) -> Detections:
+        """One frame: feed, infer, associate, update slots; the reported tracks with `track_id`.
+        `gap`: source frames since the previous step (> 1 when a live source dropped frames): the
+        motion model predicts over that many frames; misses and lifetimes still count steps."""
+        self.gap = max(int(gap), 1)
         props = self._proposals(dets)
         out = self.backend.infer(self._feed(props, semantic, w))
         prob = softmax(out["match_logits"][0].astype(np.float64))  # (S, P+1), last = no match
@@ -158,15 +163,16 @@ class _SlotTracker:
         a = getattr(cfg, self.smooth_field)
         if a > 0:  # partial correction (as a Kalman update): a wrong match
             # moves the state only part way, so the next frame's pointer and IoU can pull the track back
-            pred = predict_boxes(self.box, self.vel, self.miss + 1, cfg.max_predict_gap)
+            pred = predict_boxes(self.box, self.vel, self.since + self.gap, cfg.max_predict_gap)
             new_box = a * pred + (1 - a) * new_box
-        self.box, self.vel = update_motion(self.box, self.vel, new_box, self.miss + 1, matched, cfg.momentum)
+        self.box, self.vel = update_motion(self.box, self.vel, new_box, self.since + self.gap, matched, cfg.momentum)
         if props.feature is not None and len(m):
             mix = cfg.embed_momentum * self.embed[m[:, 0]] + (1 - cfg.embed_momentum) * props.feature[m[:, 1]]
             self.embed[m[:, 0]] = mix / np.maximum(np.linalg.norm(mix, axis=1, keepdims=True), 1e-6)
         # only live slots count misses: a free slot's count grew with the run and broke the network's
         # masking after days (FP16: overflow after 65504 frames); it stays <= miss_tolerance + 1
         self.miss = np.where(matched, 0, self.miss + self.valid).astype(np.float32)
+        self.since = np.where(matched, 0, self.since + self.gap * self.valid).astype(np.float32)
         self.hits += matched
         self.query = np.where(self.valid[:, None], out["track_query_out"][0], 0).astype(np.float32)
         self.valid &= (self.miss <= cfg.miss_tolerance) & ((self.miss == 0) | (self.hits >= cfg.tentative_hits))
@@ -178,7 +184,7 @@ class _SlotTracker:
         if len(free) < len(born):
             log.debug("tracker: %d births dropped, all %d slots live", len(born) - len(free), self.S)
         p = born[: len(free)]
-        self.valid[free], self.box[free], self.vel[free], self.miss[free] = True, props.xyxy[p], 0, 0
+        self.valid[free], self.box[free], self.vel[free], self.miss[free], self.since[free] = True, props.xyxy[p], 0, 0, 0
         self.hits[free] = 0
         self.embed[free] = props.feature[p] if props.feature is not None else 0
         self.query[free] = bq[p]
@@ -253,5 +259,5 @@ class HybridTracker(_SlotTracker):
 
     def predicted_iou(self, slots: np.ndarray, props: Detections) -> np.ndarray:
         """(L, n) IoU of the live slots' motion-predicted boxes with the proposals, in [0, 1]."""
-        pred = predict_boxes(self.box[slots], self.vel[slots], self.miss[slots] + 1, self.cfg.max_predict_gap)
+        pred = predict_boxes(self.box[slots], self.vel[slots], self.since[slots] + self.gap, self.cfg.max_predict_gap)
         return box_iou(pred, props.xyxy).reshape(len(slots), len(props))

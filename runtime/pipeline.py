@@ -1,7 +1,7 @@
 """The per-frame pipeline: built once from a bundle and a config, then `step(frame, p)` per frame.
 
     frame -> quality gate -> q -> DSWR w -> semantic policy (None | cached | fresh student vector)
-          -> detector -> tracker.step(dets, semantic, w) -> FrameResult (tracks + per-stage ms)
+          -> detector -> tracker.step(dets, semantic, w, frame gap) -> FrameResult (tracks + per-stage ms)
 
 Everything with state (backends, tracker slots, the semantic cache) lives in `Pipeline`;
 `step` holds no state of its own. No threads here: sources and sinks own those.
@@ -40,11 +40,13 @@ class Pipeline:
     tracker_kind: str = "e2e"  # which tracker this is (e2e / hybrid / bytetrack)
     backend_kind: str = "onnxruntime"  # what the networks run on
     backends: list[Backend] = field(default_factory=list, repr=False)  # closed by close()
+    last_index: int = 0  # Frame.index of the previous step (0: none since the last reset)
 
     def reset(self) -> None:
         """A new scene (another source, or a reconnect after a long gap): forget tracks and cache."""
         self.tracker.reset()
         self.semantics.reset()
+        self.last_index = 0
 
     def close(self) -> None:
         for b in self.backends:
@@ -62,9 +64,17 @@ def step(frame: Frame, p: Pipeline) -> FrameResult:
     t.lap("semantics")
     dets = p.detector.detect(frame.image)  # proposals in source pixels (+ appearance)
     t.lap("detector")
-    tracks = p.tracker.step(dets, sem, w)  # queries += w * proj(sem) inside the network
+    tracks = p.tracker.step(dets, sem, w, frame_gap(frame, p))  # queries += w * proj(sem) inside the network
     t.lap("tracker")
     return FrameResult(frame.index, frame.timestamp, float(q), float(w), state, tracks, t.done())
+
+
+def frame_gap(frame: Frame, p: Pipeline) -> int:
+    """Source frames since the previous step: 1, or more where a live source dropped frames (its
+    indices count every captured frame). An index that does not rise (a renumbered source) counts 1."""
+    gap = frame.index - p.last_index if 0 < p.last_index < frame.index else 1
+    p.last_index = frame.index
+    return gap
 
 
 class _Laps:

@@ -2,7 +2,9 @@
 
 A tracker never sees a frame or a model: `Detections -> step() -> Detections with track_id`.
 `semantic` is the student's vector for this frame (or None when the gate skipped it) and `w` its
-DSWR fusion weight; trackers without semantic fusion (ByteTrack) ignore both.
+DSWR fusion weight; trackers without semantic fusion (ByteTrack) ignore both. `gap` is the number of
+source frames since the previous step: a live source that fell behind drops frames (edge/sources.py),
+and a constant-velocity prediction must cover the frames it did not see.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ log = logging.getLogger(__name__)
 
 @runtime_checkable
 class Tracker(Protocol):
-    def step(self, dets: Detections, semantic: np.ndarray | None = None, w: float = 0.0) -> Detections:
-        """One frame's detections -> the confirmed output tracks, `track_id` set (ids >= 1)."""
+    def step(self, dets: Detections, semantic: np.ndarray | None = None, w: float = 0.0, gap: int = 1) -> Detections:
+        """One frame's detections -> the confirmed output tracks, `track_id` set (ids >= 1). `gap`: source
+        frames since the previous step (> 1 when a live source dropped frames), for the motion model."""
         ...
 
     def reset(self) -> None:

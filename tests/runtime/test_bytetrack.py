@@ -198,3 +198,15 @@ def test_on_mot17_public_detections(mot17_dir, tmp_path):
     out = _track_and_score(mot17_dir, tmp_path, frames)
     # Measured MOTA 0.511, IDSW 0, FP 0 on frames 1-6 (the gt covers only those; seqinfo states 837).
     assert out["MOTA"] > 0.45 and out["IDSW"] == 0 and out["FP"] == 0 and out["frames"] == 837
+
+
+@pytest.mark.parametrize("told", [True, False])
+def test_dropped_frames_are_predicted_over(told):
+    """A person walking 10 px per frame; after 11 frames the source drops 3 of every 5 (a live camera
+    outpacing the pipeline: steps of 1 and 4 frames). Told the gap, the filter predicts 40 px ahead and
+    keeps the one id; stepping as if no frame was lost, it loses the person at each long step."""
+    bt, frame, got = ByteTrack(frame_rate=30), 1, []
+    for gap in [1] * 11 + [1, 4] * 8:
+        frame += gap if got else 0
+        got.append(bt.step(dets(person(100 + 10 * frame)), gap=gap if told else 1).track_id.tolist())
+    assert (all(g == [1] for g in got)) == told

@@ -249,3 +249,20 @@ def test_free_slots_miss_count_stays_bounded_on_long_runs(cls):
     fed = np.stack([f["track_miss"][0] for f in net.feeds])  # (frames, S)
     assert fed.max() <= cfg.miss_tolerance + 1
     assert trk.valid.sum() == 1 and trk.miss[trk.valid].tolist() == [0]
+
+
+@pytest.mark.parametrize("cls", [E2ETracker, HybridTracker])
+def test_dropped_frames_move_the_prediction_not_the_miss_count(cls):
+    """A person walking 10 px per frame, seen on frames 1 and 2; the source drops 3 and 4 (the step to
+    frame 5 has gap 3) and frame 5 has no detection; frame 6 follows (gap 1). The predicted box runs over
+    the 4 frames since the last match, while the network's miss count (and the lifetime) count steps."""
+    net = FakeTrackerNet()
+    trk = cls(net, E2EConfig(box_smooth=0.0, momentum=0.0))
+    for x, gap in ((100, 1), (110, 1)):
+        trk.step(dets((x, 0.9)), None, 0.0, gap=gap)
+    trk.step(dets(), None, 0.0, gap=3)
+    trk.step(dets((150, 0.9)), None, 0.0, gap=1)
+    assert net.feeds[2]["track_box"][0, 0, 0] == 140  # 110 + 3 frames x 10 px
+    assert net.feeds[3]["track_box"][0, 0, 0] == 150 and net.feeds[3]["track_miss"][0, 0] == 1
+    assert trk.vel[0, 0] == 10  # the match after the gap: 40 px over 4 frames
+

@@ -86,14 +86,16 @@ class Recorder:
     """A tracker stand-in: remembers what the pipeline handed it."""
 
     def __init__(self):
-        self.calls = []
+        self.calls, self.gaps = [], []
 
-    def step(self, dets, semantic=None, w=0.0):
+    def step(self, dets, semantic=None, w=0.0, gap=1):
         self.calls.append((len(dets), None if semantic is None else semantic.shape, w))
+        self.gaps.append(gap)
         return Detections(dets.xyxy, dets.score, np.arange(len(dets)))
 
     def reset(self):
         self.calls.clear()
+        self.gaps.clear()
 
 
 class FixedGate:
@@ -118,6 +120,20 @@ def test_step_feeds_semantics_and_weight_to_tracker(bundle, frames, policy, q, s
     assert p.tracker.calls == [(len(r.tracks), shape, r.w)]
     p.close()
 
+
+
+def test_step_hands_the_tracker_the_frames_a_live_source_dropped(bundle, frames, monkeypatch):
+    """Live sources number every captured frame, so an index jump is frames dropped: the tracker's motion
+    model must cover them. The first frame, an index that does not rise, and a reset count 1."""
+    monkeypatch.setattr(P, "make_tracker", lambda *a, **k: Recorder())
+    p = P.build_pipeline(bundle, cfg(**{"semantics.policy": "never", "tracker.kind": "e2e"}))
+    for index in (5, 6, 9, 10, 14, 3):
+        P.step(replace(frames[0], index=index), p)
+    assert p.tracker.gaps == [1, 1, 3, 1, 4, 1]
+    p.reset()
+    P.step(replace(frames[0], index=20), p)
+    assert p.tracker.gaps == [1]
+    p.close()
 
 def test_build_failure_closes_opened_backends(bundle, monkeypatch):
     closed = []
