@@ -149,22 +149,9 @@ def check_onnxruntime() -> Check:
         return Check("onnxruntime", "!!", "not installed", "install it (on a Jetson: NVIDIA's Jetson Zoo wheel)")
     providers = ort.get_available_providers()
     gpu = [p for p in providers if p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")]
-    meaning = f"GPU execution through {', '.join(gpu)}" if gpu else "CPU execution only (CPUExecutionProvider)"
+    meaning = (f"GPU execution through {', '.join(gpu)}" if gpu else "CPU execution only (CPUExecutionProvider): "
+               "use an FP32 bundle, INT8 bundles run slower than FP32 there (runtime/cpu.py)")
     return Check("onnxruntime", "ok", f"{ort.__version__}: {', '.join(providers)}", meaning)
-
-
-def check_cpu_int8(root: Path) -> Check:
-    from vsdmot.runtime.cpu import has_int8_dot
-
-    has = has_int8_dot(_read(root / "proc/cpuinfo"))
-    if has is None:
-        return Check("CPU INT8", "--", "unknown (no /proc/cpuinfo flags)", "cannot tell whether INT8 helps on the CPU")
-    if has:
-        return Check("CPU INT8", "ok", "int8 dot-product instructions (VNNI, AMX or asimddp)",
-                     "an INT8 bundle on onnxruntime can run faster than FP32 on this CPU")
-    return Check("CPU INT8", "--", "no int8 dot-product instructions (VNNI, AMX or asimddp)",
-                 "an INT8 bundle on onnxruntime runs slower than FP32 here (0.72x measured on AVX2): use it for "
-                 "TensorRT or for size, the FP32 bundle for CPU speed")
 
 
 def check_opencv() -> Check:
@@ -302,13 +289,13 @@ def check_device_policy(root: Path) -> Check:
 
 
 PROBES: tuple[Callable[..., Check], ...] = (check_l4t, check_tensorrt, check_cuda, check_gpu, check_onnxruntime,
-                                            check_cpu_int8, check_opencv, check_cameras, check_jtop, check_power,
+                                            check_opencv, check_cameras, check_jtop, check_power,
                                             check_systemd, check_service, check_device_policy)
 
 
 def diagnose(root: Path = Path("/")) -> list[Check]:
     """Every probe, in order. `root` lets tests point the file-system probes at a recorded tree."""
-    needs_root = {"check_l4t", "check_cuda", "check_gpu", "check_cpu_int8", "check_cameras", "check_jtop",
+    needs_root = {"check_l4t", "check_cuda", "check_gpu", "check_cameras", "check_jtop",
                   "check_power", "check_service", "check_device_policy"}
     return [p(root) if p.__name__ in needs_root else p() for p in PROBES]
 
