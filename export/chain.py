@@ -160,13 +160,16 @@ def _export(cfg: ExportConfig, out: Path, work: Path, checkpoint, sources: Sourc
     report.timed("prune, recover, quantise", t0)
     t0 = time.perf_counter()
     stage, verdict = gated(sources, files, cfg, out, work, calib, reference, eval_fn)
+    refused = []  # the gate's verdicts on the INT8 sets it refused before this one
     for name in fallback_order(files) if cfg.int8_fallback else []:
         if verdict["passed"]:
             break
         log.warning("gate: %s; trying again with %s in FP32", verdict["reason"], name)
+        refused.append({"networks": network_precisions(files), "reason": verdict["reason"]})
         files = {**files, name: fp32_files[name]}
         stage, verdict = gated(sources, files, cfg, out, work, calib, reference, eval_fn)
     report.timed("accuracy gate", t0)
+    report.refused = refused
     if cfg.target == "tensorrt" and cfg.precision == "int8" and (verdict["passed"] or cfg.gate.force):
         legacy_int8_engines(stage, fp32_files, feeds, work)  # TensorRT < 10.1; before publishing: a failure
         # leaves --out as it was (engines are keyed by the ONNX files' sha256, unchanged by publishing)
@@ -187,10 +190,15 @@ def with_programs(published: Path, cfg: ExportConfig, nets: Mapping[str, TorchNe
 def gated(sources, files, cfg, out, work, calib, reference, eval_fn) -> tuple[Path, dict]:
     """Stage a bundle from `files` and run the accuracy gate on it: (staging dir, verdict)."""
     stage = stage_bundle(sources, files, cfg.precision, staging_dir(out), export_info(cfg), calib)
-    kept = "+".join(sorted(n for n, p in files.items() if ".int8-" not in p.name)) or "none"
+    kept = "+".join(n for n, prec in network_precisions(files).items() if prec == "fp32") or "none"
     gate_json = gate_accuracy(stage, cfg.gate, work / f"gate-{cfg.precision}-p{cfg.ratio:g}-fp32-{kept}.json",
                               reference, eval_fn)
     return stage, json.loads(gate_json.read_text())
+
+
+def network_precisions(files: Mapping[str, Path]) -> dict[str, str]:
+    """Network -> "int8" or "fp32": what a set of device files holds (INT8 files are named `*.int8-<method>.onnx`)."""
+    return {name: "int8" if ".int8-" in p.name else "fp32" for name, p in sorted(files.items())}
 
 
 def fallback_order(files: Mapping[str, Path]) -> list[str]:
@@ -392,7 +400,10 @@ def finish(stage: Path, out: Path, accuracy: Mapping, verdict: Mapping, report: 
     """Record the verdict and the report in the staged bundle, then publish it (a copy when `copy`)."""
     gate = {k: verdict.get(k) for k in ("passed", "forced", "reason", "rule", "worst_hota_drop", "threshold_hota_drop")}
     gate["forced"] = bool(verdict.get("forced") or (cfg.gate.force and not verdict.get("passed")))
-    report.summary = {"precision": cfg.precision, "prune": cfg.ratio, "method": cfg.method, "gate": gate["reason"],
+    report.summary = {"precision": cfg.precision, "prune": cfg.ratio, "method": cfg.method,
+                      "networks": bundle_precisions(stage), "gate": gate["reason"],
+                      **({"refused_by_the_gate": [f"{describe_precisions(r['networks'])}: {r['reason']}" for r in report.refused]}
+                         if report.refused else {}),
                       "forced": gate["forced"], "accuracy_vs_fp32": {
                           f"{c['sequence']} {c['condition']}": f"HOTA {100 * c['bundle']['HOTA']:.1f} "
                           f"(fp32 {100 * c['reference']['HOTA']:.1f})" for c in accuracy.get("cases", [])},
@@ -406,6 +417,17 @@ def finish(stage: Path, out: Path, accuracy: Mapping, verdict: Mapping, report: 
     write_report(report, stage, images=[n for n in reports if n.endswith(".png")])
     record_gate(stage, accuracy, gate, reports)
     return publish(stage, out, gate)
+
+
+def bundle_precisions(stage: Path) -> dict[str, str]:
+    """Network -> precision of its file in a staged bundle (the manifest's per-file entry)."""
+    files = json.loads((stage / "manifest.json").read_text()).get("files", {})
+    return {n.removesuffix(".onnx"): e["precision"] for n, e in sorted(files.items()) if e.get("precision")}
+
+
+def describe_precisions(precisions: Mapping[str, str]) -> str:
+    """{"detector": "int8", ...} -> "detector int8, student int8, tracker int8"."""
+    return ", ".join(f"{n} {p}" for n, p in precisions.items())
 
 
 __all__ = ["ExportConfig", "Sources", "export", "load_sources", "default_work_dir"]

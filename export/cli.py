@@ -137,7 +137,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .chain import export
+    from .chain import bundle_precisions, describe_precisions, export
 
     cfg = config_from_args(args)
     check_out(args.out)
@@ -150,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
         out = export(cfg, args.out, args.checkpoint)
     if cfg.target == "tensorrt":
         prebuild_engines(out)
-    log.warning("bundle written: %s (%s, prune %.2f)", out, cfg.precision, cfg.ratio)
+    nets = describe_precisions(bundle_precisions(out))
+    log.warning("bundle written: %s (%s: %s; prune %.2f)", out, cfg.precision, nets, cfg.ratio)
     print(out)
     return 0
 

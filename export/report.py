@@ -90,6 +90,7 @@ class Report:
     steps: list[dict[str, Any]] = field(default_factory=list)  # stamps in chain order, with "network"
     summary: dict[str, Any] = field(default_factory=dict)  # bundle size, precision, gate, timings
     wall_s: dict[str, float] = field(default_factory=dict)  # phase -> wall seconds (where an export's minutes go)
+    refused: list[dict[str, Any]] = field(default_factory=list)  # INT8 sets the gate refused: {networks, reason}
 
     def timed(self, phase: str, t0: float) -> None:
         self.wall_s[phase] = round(self.wall_s.get(phase, 0.0) + time.perf_counter() - t0, 1)

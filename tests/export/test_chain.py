@@ -104,6 +104,23 @@ def test_gate_refuses_and_leaves_nothing_loadable(sources, tmp_path):
     assert not list(tmp_path.glob(".bad.staging-*"))
 
 
+
+def test_a_refused_int8_network_falls_back_and_the_report_names_it(sources, tmp_path):
+    """The gate refuses the INT8 detector (5 points), passes it in FP32: the bundle, the report's
+    `networks` and `refused_by_the_gate` all say the detector is FP32, and why."""
+    def evaluate(bundle_dir, seq, cond):
+        m = json.loads((bundle_dir / "manifest.json").read_text())
+        h = 0.55 if m["files"]["detector.onnx"]["precision"] == "int8" else 0.60
+        return {"HOTA": h, "DetA": h, "AssA": h, "MOTA": h, "IDF1": h}
+
+    out = export(cfg_for(tmp_path, precision="int8"), tmp_path / "b", sources=sources, eval_fn=evaluate)
+    assert load_bundle(out).manifest["files"]["detector.onnx"]["precision"] == "fp32"
+    summary = json.loads((out / "export_report.json").read_text())["summary"]
+    assert summary["networks"] == {"detector": "fp32"}
+    (refused,) = summary["refused_by_the_gate"]
+    assert refused.startswith("detector int8: balanced HOTA drop 5.00 points")
+    assert "**networks**: detector=fp32" in (out / "export_report.md").read_text()
+
 @pytest.mark.slow
 def test_gate_failure_keeps_the_previous_bundle(sources, tmp_path):
     good = export(cfg_for(tmp_path, precision="fp32"), tmp_path / "b", sources=sources)
