@@ -160,16 +160,14 @@ def _export(cfg: ExportConfig, out: Path, work: Path, checkpoint, sources: Sourc
     report.timed("prune, recover, quantise", t0)
     t0 = time.perf_counter()
     stage, verdict = gated(sources, files, cfg, out, work, calib, reference, eval_fn)
-    refused = []  # the gate's verdicts on the INT8 sets it refused before this one
     for name in fallback_order(files) if cfg.int8_fallback else []:
         if verdict["passed"]:
             break
         log.warning("gate: %s; trying again with %s in FP32", verdict["reason"], name)
-        refused.append({"networks": network_precisions(files), "reason": verdict["reason"]})
+        report.refused.append({"networks": network_precisions(files), "reason": verdict["reason"]})
         files = {**files, name: fp32_files[name]}
         stage, verdict = gated(sources, files, cfg, out, work, calib, reference, eval_fn)
     report.timed("accuracy gate", t0)
-    report.refused = refused
     if cfg.target == "tensorrt" and cfg.precision == "int8" and (verdict["passed"] or cfg.gate.force):
         legacy_int8_engines(stage, fp32_files, feeds, work)  # TensorRT < 10.1; before publishing: a failure
         # leaves --out as it was (engines are keyed by the ONNX files' sha256, unchanged by publishing)
@@ -400,10 +398,10 @@ def finish(stage: Path, out: Path, accuracy: Mapping, verdict: Mapping, report: 
     """Record the verdict and the report in the staged bundle, then publish it (a copy when `copy`)."""
     gate = {k: verdict.get(k) for k in ("passed", "forced", "reason", "rule", "worst_hota_drop", "threshold_hota_drop")}
     gate["forced"] = bool(verdict.get("forced") or (cfg.gate.force and not verdict.get("passed")))
+    refused = [f"{describe_precisions(r['networks'])}: {r['reason']}" for r in report.refused]
     report.summary = {"precision": cfg.precision, "prune": cfg.ratio, "method": cfg.method,
                       "networks": bundle_precisions(stage), "gate": gate["reason"],
-                      **({"refused_by_the_gate": [f"{describe_precisions(r['networks'])}: {r['reason']}" for r in report.refused]}
-                         if report.refused else {}),
+                      **({"refused_by_the_gate": refused} if refused else {}),
                       "forced": gate["forced"], "accuracy_vs_fp32": {
                           f"{c['sequence']} {c['condition']}": f"HOTA {100 * c['bundle']['HOTA']:.1f} "
                           f"(fp32 {100 * c['reference']['HOTA']:.1f})" for c in accuracy.get("cases", [])},
