@@ -76,7 +76,8 @@ def variants() -> dict[str, Callable]:
 class KalmanHybrid(HybridTracker):
     """HybridTracker whose slot box state is ByteTrack's constant-velocity Kalman filter (xyah), not the
     partial update: the network's `track_box` is the filter's one-frame prediction, a match is a filter
-    update (its gain grows with the state's uncertainty), a miss keeps the prediction."""
+    update (its gain grows with the state's uncertainty), a miss keeps the prediction. It predicts one frame
+    per step whatever `step`'s `gap` (the study replays consecutive frames; drop_study.py does not list it)."""
 
     def reset(self) -> None:
         from vsdmot.runtime.bytetrack import KalmanXYAH

@@ -159,17 +159,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--condition", default="clean")
     ap.add_argument("--patterns", nargs="+", default=["jit1-3"], help="everyK or jitA-B")
     ap.add_argument("--seeds", type=int, default=10, help="draws per jit pattern")
-    ap.add_argument("--variants", nargs="+", default=["hybrid", "bytetrack", "e2e"], help=f"of {list(variants())}")
+    ap.add_argument("--variants", nargs="+", default=["hybrid", "bytetrack", "e2e"],
+                    help=f"of {[v for v in variants() if v != 'kalman']}")
     ap.add_argument("--policy", default="auto", choices=("auto", "always", "never"))
     ap.add_argument("--held-out", action="store_true", help="allow evaluation frames (after choosing)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for p in a.patterns:
-        kept_frames(p, 1, 2)  # a bad pattern fails before any replay
-    cfg = DropConfig(a.memo, a.seq, a.condition, tuple(int(x) for x in a.tracked.split(":")), tuple(a.patterns),
-                     a.seeds, a.policy, held_out=a.held_out)
-    recs = run_drops(cfg, a.variants)
+    if "kalman" in a.variants or set(a.variants) - set(variants()):
+        ap.error(f"--variants: expected names from {[v for v in variants() if v != 'kalman']} "
+                 "(kalman ignores the gap)")
+    try:
+        for p in a.patterns:
+            kept_frames(p, 1, 2)  # a bad pattern fails before any replay
+        first, sep, last = a.tracked.partition(":")
+        if not (sep and first.isdigit() and last.isdigit()):
+            raise ValueError(f"--tracked: expected A:B (frame numbers), got {a.tracked!r}")
+        cfg = DropConfig(a.memo, a.seq, a.condition, (int(first), int(last)), tuple(a.patterns),
+                         a.seeds, a.policy, held_out=a.held_out)
+        recs = run_drops(cfg, a.variants)
+    except ValueError as e:  # a bad pattern or window, a missing memo, evaluation frames without --held-out
+        ap.error(str(e))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(recs, indent=1))

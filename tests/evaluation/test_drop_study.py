@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import SHARED
 from vsdmot.evaluation import drop_study as D
 from vsdmot.evaluation.assoc_study import Stored
 from vsdmot.evaluation.metrics import evaluate
@@ -86,3 +87,15 @@ def test_summary_compares_told_with_untold():
             for s, (a, b) in enumerate([(50.0, 40.0), (44.0, 46.0)]) for t, h in ((True, a), (False, b))]
     line = D.summary(recs).splitlines()[2]
     assert line == "| jit1-3 | bytetrack | 2 | 47.0 | 43.0 | +4.00 | 1/2 | 47.0 | 43.0 |"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--patterns", "drop2"], "drop pattern"),
+    (["--variants", "kalman"], "kalman ignores the gap"),
+    (["--tracked", "x"], "--tracked: expected A:B"),
+    ([], "evaluation frames"),  # TUD-Campus is held out
+])
+def test_cli_bad_input_is_one_line_exit_2(args, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        D.main(["--memo", "m", "--seq", str(SHARED / "data" / "TUD-Campus"), *(args if "--tracked" in args else ["--tracked", "1:71", *args])])
+    assert e.value.code == 2 and words in capsys.readouterr().err
