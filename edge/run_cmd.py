@@ -30,7 +30,7 @@ DEMO_CLIP = ASSETS / "demo.mp4"
 # CLI flag -> config key; a flag left unset keeps the config file's (or the default) value.
 OVERRIDES = {
     "camera": "source.camera", "source": "source.source", "width": "source.width", "height": "source.height",
-    "fps": "source.fps", "fourcc": "source.fourcc", "loop": "source.loop",
+    "fps": "source.fps", "fourcc": "source.fourcc", "loop": "source.loop", "rotate": "source.rotate",
     "bundle": "pipeline.bundle", "backend": "pipeline.backend", "threads": "pipeline.threads", "spin": "pipeline.spin",
     "precision": "pipeline.precision", "semantic": "semantics.policy", "tracker": "tracker.kind",
     "mot_out": "sinks.mot_out", "jsonl_out": "sinks.jsonl_out", "video_out": "sinks.video_out",
@@ -59,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     cam.add_argument("--fps", type=float, help="capture frame rate, or a file's true rate")
     cam.add_argument("--fourcc", help="capture pixel format, e.g. MJPG or YUYV")
     cam.add_argument("--loop", action="store_true", default=None, help="replay a file source forever (soak runs)")
+    cam.add_argument("--rotate", type=int, choices=(0, 90, 180, 270), metavar="DEG",
+                     help="turn every frame DEG clockwise (0, 90, 180, 270) for a camera mounted sideways or upside "
+                          "down; outputs are in the turned frame")
     tune = p.add_argument_group("tuning")
     tune.add_argument("--threads", type=int, help="onnxruntime threads per network (0 = all cores)")
     tune.add_argument("--spin", action="store_true", default=None,
@@ -141,14 +144,15 @@ def open_source(cfg) -> Any:
     sc = cfg.source
     opts = sources.live_options(sc, cfg.service)
     try:
-        return sources.open_source(camera=sc.camera or None, source=sc.source or None, opts=opts)
+        return sources.rotated(sources.open_source(camera=sc.camera or None, source=sc.source or None, opts=opts),
+                               sc.rotate)
     except SourceError as e:
         if not os.environ.get("NOTIFY_SOCKET"):
             raise
         opts = dataclasses.replace(opts, wait_for_device=True)  # files ignore it and raise again
         source = sources.open_source(camera=sc.camera or None, source=sc.source or None, opts=opts)
         log.warning("%s; retrying in the background (READY=1 once a frame is processed)", e)
-        return source
+        return sources.rotated(source, sc.rotate)
 
 
 def make_hooks(args: argparse.Namespace, cfg, source: Any = None) -> list:

@@ -450,6 +450,37 @@ def open_stream_source(url: str, opts: LiveOptions) -> FrameSource:
     return LiveSource(url, lambda: first.pop() if first else open_stream(url, opts), opts)
 
 
+ROTATIONS = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+
+
+class RotatedSource:
+    """Every frame of `inner` turned `degrees` clockwise (`[source] rotate`): a camera mounted sideways
+    or upside down shows the detector upright people. Index and timestamp are the inner frame's."""
+
+    def __init__(self, inner: Any, degrees: int):
+        self.inner, self.code = inner, ROTATIONS[degrees]
+
+    def __iter__(self) -> Iterator[Frame]:
+        for f in self.inner:
+            yield dataclasses.replace(f, image=cv2.rotate(f.image, self.code))  # (H, W, 3) -> (W, H, 3) at 90 / 270
+
+    def __getattr__(self, name: str) -> Any:  # fps, name, frame_count, stats, stop, close: the inner source's,
+        return getattr(self.inner, name)  # absent where it has none (the runner tests with getattr)
+
+    def __enter__(self) -> RotatedSource:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.inner.close()
+
+
+def rotated(source: Any, degrees: int) -> Any:
+    """`source` itself at 0 degrees, else a RotatedSource."""
+    if degrees not in (0, *ROTATIONS):
+        raise ValueError(f"rotate: expected 0, 90, 180 or 270 (degrees clockwise), got {degrees!r}")
+    return RotatedSource(source, degrees) if degrees else source
+
+
 def open_source(camera: str | None = None, source: str | None = None,
                 opts: LiveOptions = LiveOptions()) -> FrameSource:
     """Exactly one of `camera` (device) or `source` (file, folder, sequence or stream URL)."""

@@ -52,9 +52,13 @@ class SourceConfig:
     fps: float = 0.0  # camera frame rate to request, or a file's true rate (0 = header / default)
     fourcc: str = ""  # camera pixel format, e.g. "MJPG" or "YUYV" ("" = the device's default)
     loop: bool = False  # restart a file source at its end (soak runs); live sources ignore it
+    rotate: int = 0  # degrees clockwise every frame is turned before the pipeline (0, 90, 180, 270): a camera
+    # mounted sideways or upside down; the detector was trained on upright people. Outputs are in the turned frame
 
     def __post_init__(self) -> None:
         _expand_home(self, "source")
+        if self.rotate not in (0, 90, 180, 270):
+            raise ValueError(f"[source] rotate: expected 0, 90, 180 or 270 (degrees clockwise), got {self.rotate!r}")
         for name in ("width", "height", "fps"):
             _positive("source", name, getattr(self, name))
         if self.fourcc and len(self.fourcc) != 4:

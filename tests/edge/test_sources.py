@@ -14,7 +14,7 @@ import pytest
 
 from vsdmot.edge.gst import CsiSpec, csi_pipeline, has_gstreamer, parse_csi
 from vsdmot.edge.capture import ffmpeg_options
-from vsdmot.edge.sources import FileSource, LiveFrame, LiveOptions, LiveSource, live_options, open_source
+from vsdmot.edge.sources import FileSource, LiveFrame, LiveOptions, LiveSource, live_options, open_source, rotated
 from vsdmot.runtime.config import ServiceConfig, SourceConfig
 from vsdmot.runtime.errors import SourceError
 
@@ -348,6 +348,28 @@ def test_file_source_ends_cleanly(tiny_video):
         frames = list(src)
         assert [f.index for f in frames] == [1, 2, 3, 4, 5] and src.stats().frames_read == 5
 
+
+
+@pytest.mark.parametrize("degrees, turn", [(90, lambda a: np.rot90(a, -1)), (180, lambda a: np.rot90(a, 2)),
+                                           (270, lambda a: np.rot90(a, 1))])
+def test_rotated_source_turns_every_frame_clockwise_and_keeps_the_rest(tiny_video, degrees, turn):
+    with open_source(source=str(tiny_video)) as plain:
+        want = [f.image for f in plain]
+    src = rotated(open_source(source=str(tiny_video)), degrees)
+    with src:
+        frames = list(src)
+        assert [f.index for f in frames] == [1, 2, 3, 4, 5] and src.fps == 10 and src.frame_count == 5
+        assert src.stats().frames_read == 5  # the inner source's counters, through the wrapper
+    for f, w in zip(frames, want):
+        np.testing.assert_array_equal(f.image, turn(w))  # (48, 64, 3) -> (64, 48, 3) at 90 / 270
+
+
+def test_rotation_zero_is_the_source_itself_and_others_are_refused(tiny_video):
+    src = open_source(source=str(tiny_video))
+    assert rotated(src, 0) is src
+    with pytest.raises(ValueError, match="0, 90, 180 or 270"):
+        rotated(src, 45)
+    src.close()
 
 def test_file_source_loops_with_rising_indices(tiny_video):
     with open_source(source=str(tiny_video), opts=LiveOptions(loop=True)) as src:

@@ -60,6 +60,7 @@ BAD = [  # (overrides or toml text, words in the ValueError)
     ({"service.health_listen": "9108"}, ["health_listen", "HOST:PORT"]),
     ({"service.stall_timeout_s": 0}, ["stall_timeout_s", "> 0"]),
     ({"source.fourcc": "MJ"}, ["fourcc", "4 characters"]),
+    ({"source.rotate": 45}, ["rotate", "0, 90, 180 or 270"]),
     ({"max_frames": -1}, ["max_frames", ">= 0"]),
     ({"semantics": 3}, ["semantics", "table"]),
     ("[semantics\n", ["not valid TOML"]),
