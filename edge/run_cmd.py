@@ -168,7 +168,7 @@ def make_hooks(args: argparse.Namespace, cfg, source: Any = None) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vsdmot.edge.runner import SourceStopEvent, run_loop
+    from vsdmot.edge.runner import SourceStopEvent, drop_note, run_loop
     from vsdmot.runtime.pipeline import build_pipeline
     from vsdmot.runtime.sinks import open_sinks
 
@@ -190,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         source.close()
     print(f"vsdmot-edge run: {summary.frames} frames, {summary.fps:.1f} FPS end to end, "
-          f"semantics {summary.semantic}, stopped by {summary.stopped_by}", file=sys.stderr)
+          f"semantics {summary.semantic}, stopped by {summary.stopped_by}{drop_note(summary.source_stats)}",
+          file=sys.stderr)
     return 0
 
 

@@ -91,8 +91,8 @@ class ProgressHook:
         if now - self._mark_t < self.every_s:
             return
         fps = (self.frames - self._mark_frames) / (now - self._mark_t)
-        log.info("progress: frame %s, %.1f FPS, %d tracks, semantic skipped %.0f%%", self._of_total(fps), fps,
-                 len(result.tracks), 100 * self.skipped / self.frames)
+        log.info("progress: frame %s, %.1f FPS, %d tracks, semantic skipped %.0f%%%s", self._of_total(fps), fps,
+                 len(result.tracks), 100 * self.skipped / self.frames, drop_note(source_stats))
         self._mark_t, self._mark_frames = now, self.frames
 
     def _of_total(self, fps: float) -> str:
@@ -103,6 +103,16 @@ class ProgressHook:
 
     def on_stop(self, summary: RunSummary | None = None) -> None:
         pass
+
+
+def drop_note(stats: Any) -> str:
+    """", source dropped D of N frames (...)" when a live source dropped frames (its counters), else ""."""
+    dropped = getattr(stats, "dropped", 0)
+    if not dropped:
+        return ""
+    due = stats.frames_read - getattr(stats, "warmup", 0)  # warm-up frames were never due
+    return (f", source dropped {dropped} of {due} frames ({100 * dropped / max(due, 1):.0f}%: the pipeline is "
+            "slower than the source; the trackers predict over the gaps)")
 
 
 class SourceStopEvent(threading.Event):
@@ -161,7 +171,8 @@ def run_loop(source: Iterable[Frame], pipeline, sinks: Sequence, hooks: Sequence
                              source_stats(source), error)
         _close_all(sinks)
         _stop_hooks(started, summary)
-    log.info("run: %d frames in %.1f s (%.1f FPS), stopped by %s", frames, seconds, summary.fps, stopped_by)
+    log.info("run: %d frames in %.1f s (%.1f FPS), stopped by %s%s", frames, seconds, summary.fps, stopped_by,
+             drop_note(summary.source_stats))
     return summary
 
 

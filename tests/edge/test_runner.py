@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from vsdmot.edge.runner import ProgressHook, RunSummary, SourceStopEvent, run_loop, stop_on_signals
+from vsdmot.edge.runner import ProgressHook, RunSummary, SourceStopEvent, drop_note, run_loop, stop_on_signals
 from vsdmot.runtime.semantics import SemanticCounts
 from vsdmot.runtime.types import Detections, Frame, FrameResult
 
@@ -236,3 +236,19 @@ def test_progress_line_every_period_with_total_and_eta(caplog):
     assert lines == ["progress: frame 40/100 (40%, ETA 15 s), 4.0 FPS, 2 tracks, semantic skipped 50%"]
     hook.total = 30  # a header count the file outran: no percentage, no ETA
     assert hook._of_total(4.0) == "40"
+
+
+
+def test_progress_and_summary_say_how_much_a_live_source_dropped(caplog):
+    """A camera outpacing the pipeline: the share of its frames the tracker never saw is in the log."""
+    from vsdmot.edge.sources import SourceStats
+
+    stats = SourceStats(130, 60, 0, 0, 0, 0, True, False, 0.0, "", warmup=10)
+    now = [0.0]
+    hook = ProgressHook(every_s=1.0, clock=lambda: now[0])
+    hook.on_start()
+    with caplog.at_level(logging.INFO, logger="vsdmot.edge.runner"):
+        now[0] = 2.0
+        hook.on_frame(FrameResult(1, 0.0, 0.9, 0.0, "skipped", Detections(np.zeros((0, 4)), np.zeros(0)), {}), stats)
+    assert "source dropped 60 of 120 frames (50%: the pipeline is slower than the source" in caplog.text
+    assert drop_note(None) == "" and drop_note(SourceStats(5, 0, 0, 0, 0, 0, True, False, 0.0, "")) == ""
