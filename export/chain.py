@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from vsdmot.runtime.bundle import MANIFEST
 from vsdmot.runtime.yolox import size_text
 
 from .accuracy_gate import EvalFn, GateConfig, gate_accuracy
@@ -419,7 +420,7 @@ def finish(stage: Path, out: Path, accuracy: Mapping, verdict: Mapping, report: 
 
 def bundle_precisions(stage: Path) -> dict[str, str]:
     """Network -> precision of its file in a staged bundle (the manifest's per-file entry)."""
-    files = json.loads((stage / "manifest.json").read_text()).get("files", {})
+    files = json.loads((stage / MANIFEST).read_text()).get("files", {})
     return {n.removesuffix(".onnx"): e["precision"] for n, e in sorted(files.items()) if e.get("precision")}
 
 
