@@ -11,17 +11,18 @@ EPYC without VNNI, 0.59x on an AVX-512 EPYC with VNNI."""
 
 from __future__ import annotations
 
-import functools
 import logging
+
+from .logs import log_once
 
 log = logging.getLogger(__name__)
 
+INT8_ON_CPU = ("INT8 networks on onnxruntime's CPU provider: their Q/DQ layout is TensorRT's, which onnxruntime "
+               "runs as dequantise + float convolution, so they are slower than FP32 on any CPU (0.59-0.72x "
+               "end to end, measured with and without VNNI). The INT8 bundle is for TensorRT on the device, "
+               "or for its size; for speed on a CPU use an FP32 bundle")
 
-@functools.lru_cache(maxsize=1)
-def warn_int8_on_cpu() -> bool:
+
+def warn_int8_on_cpu() -> None:
     """Log once per process that INT8 networks opened on onnxruntime's CPU provider run slower than FP32."""
-    log.warning("INT8 networks on onnxruntime's CPU provider: their Q/DQ layout is TensorRT's, which onnxruntime "
-                "runs as dequantise + float convolution, so they are slower than FP32 on any CPU (0.59-0.72x "
-                "end to end, measured with and without VNNI). The INT8 bundle is for TensorRT on the device, "
-                "or for its size; for speed on a CPU use an FP32 bundle")
-    return True
+    log_once(log.name, logging.WARNING, INT8_ON_CPU)

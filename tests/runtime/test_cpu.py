@@ -4,7 +4,7 @@ import logging
 from pathlib import Path
 
 from helpers import REPO
-from vsdmot.runtime import cpu
+from vsdmot.runtime.logs import log_once
 
 
 def int8_marked(tmp_path):
@@ -30,7 +30,7 @@ def test_int8_bundle_on_onnxruntime_cpu_warns_once(tmp_path, caplog):
     from vsdmot.runtime.pipeline import build_pipeline
 
     int8 = int8_marked(tmp_path)
-    cpu.warn_int8_on_cpu.cache_clear()
+    log_once.cache_clear()
     try:
         with caplog.at_level(logging.WARNING):
             build_pipeline(load_bundle(REPO / "runtime" / "assets" / "default"), RunConfig(), 25.0).close()
@@ -39,4 +39,4 @@ def test_int8_bundle_on_onnxruntime_cpu_warns_once(tmp_path, caplog):
                 build_pipeline(load_bundle(int8), RunConfig(), 25.0).close()
         assert sum("slower than FP32 on any CPU" in r.getMessage() for r in caplog.records) == 1
     finally:
-        cpu.warn_int8_on_cpu.cache_clear()
+        log_once.cache_clear()
