@@ -111,19 +111,19 @@ def run_drops(cfg: DropConfig, names: list[str]) -> list[dict]:
         for pattern in cfg.patterns:
             for seed in range(cfg.seeds if pattern.startswith("jit") else 1):
                 keep = kept_frames(pattern, *cfg.tracked, seed)
-                out += _score_subset(cfg, st, backend, dswr, names, keep, {"pattern": pattern, "seed": seed})
+                out += _score_subset(cfg, info, st, backend, dswr, names, keep, {"pattern": pattern, "seed": seed})
     finally:
         backend.close()
     return out
 
 
-def _score_subset(cfg, st, backend, dswr, names, keep, tag) -> list[dict]:
-    info, out = read_seqinfo(cfg.seq_dir), []
+def _score_subset(cfg, info, st, backend, dswr, names, keep, tag) -> list[dict]:
+    out, factories = [], variants()
     with tempfile.TemporaryDirectory() as tmp:
         seq = subset_sequence(cfg.seq_dir, keep, Path(tmp) / "seq")
         for name in names:
             for told in (True, False):
-                trk = variants()[name](backend, info.frame_rate)
+                trk = factories[name](backend, info.frame_rate)
                 sem = StoredSemantics(st, dswr, cfg.policy) if name != "bytetrack" else None
                 res = Path(tmp) / "res.txt"
                 res.write_text(replay_kept(st, trk, sem, keep, told))

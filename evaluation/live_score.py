@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from vsdmot.runtime.mot import format_result_rows, read_seqinfo
+from vsdmot.runtime.types import Detections
 
 from .drop_study import KEYS, subset_sequence
 from .metrics import evaluate
@@ -33,10 +34,10 @@ def read_live_run(jsonl: Path, stats: Path) -> tuple[list[int], str]:
     for n, line in enumerate(Path(jsonl).read_text().splitlines(), 1):
         rec = json.loads(line)
         frames.append(rec["frame"] + warmup)
-        box = np.array([t["box"] for t in rec["tracks"]], np.float64).reshape(-1, 4)  # xyxy
-        ids = np.array([t["id"] for t in rec["tracks"]], np.int64)
-        rows.append(format_result_rows(n, ids, np.c_[box[:, :2], box[:, 2:] - box[:, :2]],
-                                       np.array([t["score"] for t in rec["tracks"]])))
+        tracks = Detections(np.array([t["box"] for t in rec["tracks"]], np.float32).reshape(-1, 4),  # xyxy
+                            np.array([t["score"] for t in rec["tracks"]], np.float32),
+                            np.array([t["id"] for t in rec["tracks"]], np.int64))
+        rows.append(format_result_rows(n, tracks.track_id, tracks.xywh, tracks.score))
     if frames != sorted(set(frames)):
         raise ValueError(f"{jsonl}: expected rising frame numbers (one live run, no reset), got {frames[:10]}...")
     return frames, "".join(rows)
