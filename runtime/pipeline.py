@@ -12,14 +12,18 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from .backends import Backend, engine_precision, open_backend
 from .config import RunConfig
 from .cpu import warn_int8_on_cpu
 from .logs import log_once
 from .semantics import SemanticPolicy, Student
-from .types import Frame, FrameResult
+from .tracking import assignment_solver
+from .types import Frame, FrameResult, TensorSpec
 
 if TYPE_CHECKING:
     from .bundle import Bundle
@@ -112,6 +116,7 @@ def build_pipeline(bundle: Bundle, cfg: RunConfig, fps: float = 30.0) -> Pipelin
         semantics = _semantics(bundle, cfg, kind, opener)
         tracker = make_tracker(kind, bundle, cfg, opener, fps)
         check_semantic_width(semantics.student, tracker)
+        warm_up(backends)
     except BaseException:
         for b in backends:
             b.close()
@@ -123,6 +128,28 @@ def build_pipeline(bundle: Bundle, cfg: RunConfig, fps: float = 30.0) -> Pipelin
         log.warning("precision %s applies to TensorRT engines only; the %s backend runs the bundle's ONNX "
                     "networks as exported (INT8 only from a vsdmot-export --int8 bundle)", cfg.pipeline.precision, ran_on)
     return Pipeline(gate, dswr, semantics, detector, tracker, kind, ran_on, backends)
+
+
+def warm_up(backends: Sequence[Backend]) -> float:
+    """Pay the one-time costs before the first frame; returns the ms it took.
+
+    Each network runs once on zeros (ONNX Runtime sizes its buffers on the first run, 2-4 ms more
+    here; TensorRT's CUDA kernels load lazily on theirs), and the assignment solver is imported
+    (tracking.assignment_solver, ~0.3 s). Without this, a camera's first frames stall and a live
+    source drops them. The outputs are discarded: no tracker or semantic state is touched."""
+    t0 = time.perf_counter()
+    for b in backends:
+        for _ in range(2):
+            b.infer(zero_feed(b.inputs))
+    assignment_solver()
+    ms = (time.perf_counter() - t0) * 1e3
+    log.debug("warm-up: %d networks and the assignment solver in %.0f ms", len(backends), ms)
+    return ms
+
+
+def zero_feed(specs: Mapping[str, TensorSpec]) -> dict[str, np.ndarray]:
+    """Zeros of each input's shape (a dynamic axis: 1) and dtype."""
+    return {name: np.zeros([max(d, 1) for d in s.shape], s.dtype) for name, s in specs.items()}
 
 
 def _opener(cfg: RunConfig, backends: list[Backend]):

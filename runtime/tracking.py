@@ -9,6 +9,7 @@ and a constant-velocity prediction must cover the frames it did not see.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Protocol, runtime_checkable
 
@@ -61,13 +62,25 @@ def linear_assignment(cost: np.ndarray, thresh: float) -> tuple[np.ndarray, np.n
 
 def solve_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rectangular min-cost assignment: (row indices, col indices). scipy if installed
-    (neither is a runtime dependency), else a numpy Hungarian."""
+    (not a runtime dependency), else a numpy Hungarian."""
+    solver = assignment_solver()
+    if solver is None:
+        return hungarian(cost)
+    rows, cols = solver(cost)
+    return rows.astype(np.int64), cols.astype(np.int64)
+
+
+@functools.cache
+def assignment_solver():
+    """scipy's `linear_sum_assignment`, or None without scipy. Imported on first use, not with this
+    module: `scipy.optimize` takes ~0.3 s to import. `runtime.pipeline.warm_up` calls this before
+    the first frame; otherwise the first frame with a live track paid it (a 0.2-0.26 s stall on the
+    demo's frame 2)."""
     try:
         from scipy.optimize import linear_sum_assignment  # noqa: PLC0415
     except ImportError:
-        return hungarian(cost)
-    rows, cols = linear_sum_assignment(cost)
-    return rows.astype(np.int64), cols.astype(np.int64)
+        return None
+    return linear_sum_assignment
 
 
 def hungarian(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -231,3 +231,36 @@ def test_bundle_without_student(tmp_path, yolox_onnx, monkeypatch):
     monkeypatch.setattr(P, "make_tracker", lambda *a, **k: Recorder())
     p2 = P.build_pipeline(b, cfg(**{"semantics.policy": "auto", "tracker.kind": "e2e"}))
     assert p2.semantics.cfg.policy == "never" and p2.semantics.student is None  # auto degrades, logged
+
+
+def test_build_runs_each_network_and_loads_the_solver_before_the_first_frame(e2e_bundle, frames, monkeypatch):
+    # the first matched frame used to import scipy.optimize mid-stream: a 0.2-0.26 s stall on the demo's frame 2
+    from vsdmot.runtime.tracking import assignment_solver
+
+    runs = []
+    real_open = P.open_backend
+
+    def counting_open(*a, **k):
+        b = real_open(*a, **k)
+        infer = b.infer
+        b.infer = lambda feed: (runs.append((b.path.name, {n: (v.shape, v.dtype) for n, v in feed.items()})), infer(feed))[1]
+        return b
+
+    monkeypatch.setattr(P, "open_backend", counting_open)
+    assignment_solver.cache_clear()
+    setup = cfg(**{"tracker.kind": "hybrid", "semantics.policy": "always"})
+    p = P.build_pipeline(e2e_bundle, setup, fps=7.0)
+    assert sorted(name for name, _ in runs) == ["detector.onnx"] * 2 + ["student.onnx"] * 2 + ["tracker.onnx"] * 2
+    for b in p.backends:  # zeros of each input's own shape and dtype
+        assert all(feed == {n: (s.shape, np.dtype(s.dtype)) for n, s in b.inputs.items()}
+                   for name, feed in runs if name == b.path.name)
+    assert assignment_solver.cache_info().currsize == 1
+    warm = [P.step(f, p).tracks for f in frames[:6]]
+    p.close()
+    monkeypatch.setattr(P, "warm_up", lambda backends: 0.0)
+    cold_p = P.build_pipeline(e2e_bundle, setup, fps=7.0)
+    cold = [P.step(f, cold_p).tracks for f in frames[:6]]
+    cold_p.close()
+    for a, b in zip(warm, cold):  # the warm-up touched no tracker or semantic state
+        np.testing.assert_array_equal(a.track_id, b.track_id)
+        np.testing.assert_array_equal(a.xyxy, b.xyxy)
