@@ -52,6 +52,7 @@ def variants() -> dict[str, Callable]:
         "smooth.3": hyb(box_smooth=0.3),
         "smooth.5": hyb(box_smooth=0.5),
         "kalman": lambda b, fps: KalmanHybrid(b, base),
+        "decay": lambda b, fps: DecayHybrid(b, base),
         "mom.5": hyb(momentum=0.5),
         "mom.9": hyb(momentum=0.9),
         "e2e": e2e(),  # the default (birth 0.5); "e2e.old" spells the same settings out (named so in docs runs)
@@ -70,6 +71,16 @@ def variants() -> dict[str, Callable]:
         "e2e.miss10": e2e(miss_tolerance=10),
         "e2e.miss30": e2e(miss_tolerance=30),
     }
+
+
+class DecayHybrid(HybridTracker):
+    """HybridTracker whose predicted box weighs box_smooth ** frames in a matched slot's state, frames
+    = source frames the prediction spans (1 for a track matched on consecutive frames: the shipped
+    weight). The further a prediction extrapolates (misses, dropped frames), the less it is trusted, as
+    a Kalman gain grows with the prior's variance; no new parameter."""
+
+    def _smooth_weight(self, frames: np.ndarray) -> np.ndarray:
+        return (self.cfg.box_smooth ** np.maximum(frames, 1))[:, None].astype(np.float32)
 
 
 # -- a Kalman box state (study only) --------------------------------------------------------------------

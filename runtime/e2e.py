@@ -160,11 +160,11 @@ class _SlotTracker:
         matched[m[:, 0]] = True
         new_box = self.box.copy()
         new_box[m[:, 0]] = props.xyxy[m[:, 1]]
-        a = getattr(cfg, self.smooth_field)
-        if a > 0:  # partial correction (as a Kalman update): a wrong match
+        a = self._smooth_weight(self.since + self.gap)
+        if np.any(a > 0):  # partial correction (as a Kalman update): a wrong match
             # moves the state only part way, so the next frame's pointer and IoU can pull the track back
             pred = predict_boxes(self.box, self.vel, self.since + self.gap, cfg.max_predict_gap)
-            new_box = a * pred + (1 - a) * new_box
+            new_box = (a * pred + (1 - a) * new_box).astype(np.float32)
         self.box, self.vel = update_motion(self.box, self.vel, new_box, self.since + self.gap, matched, cfg.momentum)
         if props.feature is not None and len(m):
             mix = cfg.embed_momentum * self.embed[m[:, 0]] + (1 - cfg.embed_momentum) * props.feature[m[:, 1]]
@@ -177,6 +177,11 @@ class _SlotTracker:
         self.query = np.where(self.valid[:, None], out["track_query_out"][0], 0).astype(np.float32)
         self.valid &= (self.miss <= cfg.miss_tolerance) & ((self.miss == 0) | (self.hits >= cfg.tentative_hits))
         self._born_slots = self._birth(props, born, out["birth_query"][0])
+
+    def _smooth_weight(self, frames: np.ndarray) -> float | np.ndarray:
+        """Weight of the predicted box in a matched slot's new box state: the config's, whatever
+        the (S,) source frames each slot's prediction spans (a subclass may return (S, 1))."""
+        return getattr(self.cfg, self.smooth_field)
 
     def _birth(self, props: Detections, born: np.ndarray, bq: np.ndarray) -> np.ndarray:
         """Start tracks in free slots; proposals beyond the free slots are dropped (logged)."""

@@ -33,7 +33,8 @@ def test_every_variant_builds_its_tracker_with_its_setting():
     built = {name: make(Spec(), 7.0) for name, make in V.variants().items()}
     assert type(built["bytetrack"]) is ByteTrack and type(built["kalman"]) is V.KalmanHybrid
     assert built["kalman"].cfg == built["hybrid"].cfg == E2EConfig()
-    kinds = {type(t) for n, t in built.items() if n not in ("bytetrack", "kalman")}
+    assert type(built["decay"]) is V.DecayHybrid and built["decay"].cfg == E2EConfig()
+    kinds = {type(t) for n, t in built.items() if n not in ("bytetrack", "kalman", "decay")}
     assert kinds == {HybridTracker, E2ETracker}
     assert (built["fuse.5+gate.1"].cfg.iou_weight, built["fuse.5+gate.1"].cfg.min_iou) == (0.5, 0.1)
     assert (built["e2e.miss30"].cfg.miss_tolerance, type(built["e2e.miss30"])) == (30, E2ETracker)
@@ -80,3 +81,25 @@ def test_kalman_hybrid_feeds_the_filter_prediction_through_a_gap():
     out = [trk.step(d) for d in walk + [empty, empty, back]]
     assert [o.track_id.tolist() for o in out[-3:]] == [[], [], [1]]
     assert net.feeds[-1]["track_box"][0, 0, 0] == pytest.approx(160, abs=3)  # 100 + 5 px x 12 frames
+
+
+def test_decay_hybrid_trusts_a_prediction_less_the_further_it_reaches():
+    """A walker at 5 px/frame, one missed frame, then found again at x=150: the shipped hybrid's state
+    moves half way from its 2-frame prediction to the detection, the decay variant weighs the
+    prediction 0.5 ** 2. On consecutive frames the two keep the same state."""
+    from vsdmot.runtime.e2e import E2EConfig, HybridTracker
+
+    box = lambda x: [x, 100, x + 40, 180]  # noqa: E731
+    det = lambda x: Detections(np.array([box(x)], np.float32), np.array([0.9], np.float32))  # noqa: E731
+    empty = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
+    frames = [det(100 + 5 * i) for i in range(8)] + [empty, det(150)]
+    shipped, decay = HybridTracker(IouNet(), E2EConfig()), V.DecayHybrid(IouNet(), E2EConfig())
+    for d in frames[:8]:
+        shipped.step(d), decay.step(d)
+    np.testing.assert_array_equal(shipped.box, decay.box)
+    np.testing.assert_array_equal(shipped.vel, decay.vel)
+    pred = float(shipped.box[0, 0] + 2 * shipped.vel[0, 0])  # where the state expects it 2 frames on
+    for d in frames[8:]:
+        shipped.step(d), decay.step(d)
+    assert shipped.box[0, 0] == pytest.approx(0.5 * pred + 0.5 * 150, abs=1e-3)
+    assert decay.box[0, 0] == pytest.approx(0.25 * pred + 0.75 * 150, abs=1e-3)
