@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     from .chain import bundle_precisions, describe_precisions, export
 
     cfg = config_from_args(args)
-    check_out(args.out)
+    check_out(args.out, default_recipe=is_default_recipe(cfg, args.checkpoint))
     check_calib_paths(cfg.calib)
     if cfg.target == "torch-tensorrt":
         check_torch_tensorrt()
@@ -156,11 +156,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_out(out: Path) -> None:
+def is_default_recipe(cfg, checkpoint) -> bool:
+    """The export that makes the shipped default bundle: `vsdmot-export --fp32` from the shipped weights."""
+    from .chain import ExportConfig
+
+    return (cfg.precision, cfg.ratio, cfg.input_size, cfg.target, checkpoint) == (
+        "fp32", 0.0, ExportConfig().input_size, "onnx", None)
+
+
+def check_out(out: Path, default_recipe: bool = False) -> None:
     """--out is a new path, an empty folder or a bundle, somewhere writable: checked before the
-    export spends its minutes (found only at publish time, it cost the whole run and a bare errno)."""
+    export spends its minutes (found only at publish time, it cost the whole run and a bare errno).
+    The shipped default bundle is replaced only by its own recipe (`default_recipe`): an `--int8`
+    export once replaced what every `vsdmot-edge run` without --bundle loads."""
+    from vsdmot.runtime.bundle import DEFAULT_BUNDLE
+
     from .bundle import MANIFEST
 
+    into_default = out.resolve() == DEFAULT_BUNDLE or DEFAULT_BUNDLE in out.resolve().parents
+    if into_default and not (default_recipe and out.resolve() == DEFAULT_BUNDLE):
+        raise ValueError(f"--out {out}: is the kit's shipped default bundle, which `vsdmot-edge run` uses without "
+                         "--bundle; only its own recipe (`vsdmot-export --fp32`, shipped weights) may replace it. "
+                         "Export to another directory and pass it as --bundle")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: is a file, not a bundle directory; choose a new or bundle directory")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():

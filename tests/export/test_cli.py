@@ -94,6 +94,30 @@ def test_out_that_is_a_foreign_folder_is_refused_before_any_work(tmp_path, capsy
     assert not work.exists() and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
+@pytest.mark.parametrize("flags, sub", [(["--int8"], ""), (["--fp32", "--prune", "0.1"], ""),
+                                         (["--fp32", "--input-size", "416x320"], ""), (["--fp32"], "nested")])
+def test_out_onto_the_shipped_default_bundle_is_refused_before_any_work(tmp_path, capsys, flags, sub):
+    """It was replaced: `--int8 --out runtime/assets/default` published an INT8 bundle over the shipped one."""
+    from vsdmot.runtime.bundle import DEFAULT_BUNDLE
+
+    before = {f.name: f.stat().st_mtime_ns for f in DEFAULT_BUNDLE.iterdir()}
+    work = tmp_path / "work"
+    assert cli.main([*flags, "--out", str(DEFAULT_BUNDLE / sub), "--work-dir", str(work)]) == 2
+    assert "shipped default bundle" in capsys.readouterr().err and not work.exists()
+    assert {f.name: f.stat().st_mtime_ns for f in DEFAULT_BUNDLE.iterdir()} == before
+
+
+def test_the_default_bundles_own_recipe_may_rebuild_it():
+    """docs/training.md rebuilds it with `vsdmot-export --fp32 --out runtime/assets/default`."""
+    from vsdmot.runtime.bundle import DEFAULT_BUNDLE
+
+    args = cli.build_parser().parse_args(["--fp32", "--out", str(DEFAULT_BUNDLE)])
+    assert cli.is_default_recipe(cli.config_from_args(args), args.checkpoint)
+    cli.check_out(DEFAULT_BUNDLE, default_recipe=True)  # no error
+    int8 = cli.build_parser().parse_args(["--int8", "--out", str(DEFAULT_BUNDLE)])
+    assert not cli.is_default_recipe(cli.config_from_args(int8), int8.checkpoint)
+
+
 def test_out_in_an_unwritable_place_is_refused_before_any_work(tmp_path, capsys):
     work = tmp_path / "work"
     assert cli.main(["--fp32", "--out", "/proc/vsdmot-x", "--work-dir", str(work)]) == 2
