@@ -14,7 +14,7 @@ from vsdmot.runtime.sources import open_sequence
 from vsdmot.runtime.tracking import box_iou
 from vsdmot.runtime.types import TensorSpec
 from vsdmot.runtime.yolox import (PAD_VALUE, YoloxDetector, anchor_grid, decode, fitted_size, input_hw, letterbox, nms,
-                                  padding_hint, shrink_warning, size_text)
+                                  detail_hint, padding_hint, shrink_warning, size_text)
 
 
 @pytest.mark.parametrize(
@@ -80,6 +80,23 @@ def test_shrink_warning_when_a_camera_shaped_input_meets_other_frames():
     assert "--input-size 416x320" in warn
     assert shrink_warning((1080, 1920), (320, 416)) is None  # 4:3 bundle on 16:9: same scale, only padding
     assert shrink_warning((480, 640), 416) is None and shrink_warning((1080, 1920), (256, 416)) is None
+
+
+def test_shrink_warning_not_for_frames_shown_at_full_size():
+    # 640x480 frames fill 640x480 of an 832x480 input: a larger square input would only upsample them
+    assert shrink_warning((480, 640), (480, 832)) is None
+
+
+def test_detail_hint_when_the_input_shows_frames_at_a_fraction_of_their_size():
+    hint = detail_hint((1080, 1920), 416)
+    assert "416x416 shows 1920x1080 frames at 0.22x their size" in hint
+    assert "--input-size 832x480` shows them 2.0x larger for 2.3x the detector's work" in hint
+    assert "--input-size 480x832`" in detail_hint((1920, 1080), 416)  # portrait
+    assert "3.8x the detector's work" in detail_hint((1080, 1920), (256, 416))  # from a 16:9 bundle
+    for frame in ((480, 640), (576, 768)):  # the kit's clips: 0.65x, 0.54x
+        assert detail_hint(frame, 416) is None
+    assert detail_hint((1080, 1920), (480, 832)) is None  # already 0.43x
+    assert "--input-size 128x96" in detail_hint((300, 400), 64)  # small inputs double too
 
 
 def test_letterbox_rejects_gray():
@@ -178,6 +195,8 @@ def test_detector_logs_the_padding_hint_once_per_frame_size(yolox_onnx, caplog):
     hints = [r.getMessage() for r in caplog.records if "is padding" in r.getMessage()]
     assert len(hints) == 2 and "--input-size 416x320" in hints[0] and "--input-size 416x256" in hints[1]
     assert not [r for r in caplog.records if r.levelname == "WARNING"]  # a square input never shrinks frames
+    detail = [r.getMessage() for r in caplog.records if "their size" in r.getMessage()]
+    assert len(detail) == 1 and "1920x1080 frames at 0.22x" in detail[0]  # the 1080p frames only
 
 
 class EmbedBackend:
