@@ -2,8 +2,10 @@
 
 `variants()` maps a name to `factory(backend, fps) -> tracker`: ByteTrack, the hybrid and e2e slot
 trackers of `runtime/e2e.py` with single `E2EConfig` fields changed (the names docs/networks.md
-reports), and `KalmanHybrid`, a study-only hybrid whose slot box state is ByteTrack's Kalman filter
-(measured and not shipped: docs/networks.md). Nothing here reads stored values or scores.
+reports), `KalmanHybrid`, a study-only hybrid whose slot box state is ByteTrack's Kalman filter
+(measured and not shipped: docs/networks.md), and `DecayHybrid`, whose state update trusts a
+prediction less the more frames it spans (measured and not shipped: docs/evaluation.md, *Dropped
+frames*). Nothing here reads stored values or scores.
 """
 
 from __future__ import annotations
