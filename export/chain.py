@@ -78,6 +78,8 @@ class ExportConfig:
     # for near-camera scenes, docs/export_measurements.md "Unseen degradations")
     input_size: tuple[int, int] | None = None  # detector (H, W), multiples of 32; None = as trained (416x416).
     # Every bundle of the export (the FP32 reference the gate compares with included) gets this input.
+    near_calibration: bool = False  # the detector's calibration feeds also hold near-pedestrian crops when it is not
+    # pruned (pruning always adds them); measured, no train-side gain (docs/export_measurements.md), so off
 
     def __post_init__(self) -> None:
         clash = [(a, b) for a in self.select for b in self.gate.sequences if windows_overlap(a, b)]

@@ -173,7 +173,7 @@ def calibration_feeds(sources: Sources, names: Sequence[str], cfg: ExportConfig,
         if name == "detector":
             hw = tuple(size["images"].shape[-2:])  # (H, W)
             out[name] = _keyed(DetectorFeeds(cs, hw), cs)
-            if cfg.ratio and not cfg.calib:  # pruning: distil on near pedestrians too (see NearFeeds)
+            if (cfg.ratio or cfg.near_calibration) and not cfg.calib:  # pruning: distil on near pedestrians too (NearFeeds)
                 out[name] = NearFeeds(out[name], near_pedestrian_frames(hw))
         elif name == "student":
             out[name] = _keyed(StudentFeeds(cs, size["image"].shape[-1]), cs)

@@ -126,3 +126,27 @@ def test_calibration_frames_are_stored_at_least_as_large_as_the_detector_input(h
     det = TorchNet("detector", torch.nn.Identity(), {"images": torch.zeros(1, 3, *hw)}, ("output",))
     assert stored_size(CalibSetConfig(), Sources({"detector": det})).size == stored
     assert stored_size(CalibSetConfig(), Sources({})).size == 416
+
+
+@pytest.mark.parametrize("over, near", [({}, False), ({"near_calibration": True}, True), ({"prune": 0.25}, True),
+                                        ({"near_calibration": True, "calib": ("clip.mp4",)}, False)])
+def test_near_pedestrian_crops_join_the_detector_feeds_when_pruning_or_asked(tmp_path, sources, built, monkeypatch,
+                                                                             over, near):
+    import numpy as np
+    import torch
+
+    from vsdmot.calibration import feeds as F
+    from vsdmot.export import sources as S
+    from vsdmot.export.to_onnx import TorchNet
+
+    class OneFeed(list):  # a stored set's feeds: one frame, with the size its key names
+        size = 1
+
+    monkeypatch.setattr(F, "DetectorFeeds", lambda cs, hw: OneFeed([{"images": np.zeros((1, 3, *hw), np.float32)}]))
+    monkeypatch.setattr(S, "near_pedestrian_frames", lambda hw: np.zeros((2, 1, 3, *hw), np.uint8))
+    det = TorchNet("detector", torch.nn.Identity(), {"images": torch.zeros(1, 3, 64, 96)}, ("output",))
+    src = Sources({"detector": det}, sources.files)
+    (tmp_path / "w").mkdir()
+    out = calibration_feeds(src, ["detector"], ExportConfig(**over), tmp_path / "w", tmp_path)
+    assert isinstance(out["detector"], S.NearFeeds) == near
+    assert len(out["detector"]) == (3 if near else 1)
