@@ -26,6 +26,7 @@ import numpy as np
 
 from vsdmot.runtime.bundle import DEFAULT_BUNDLE, load_bundle
 from vsdmot.runtime.mot import format_result_rows, read_rows, read_seqinfo, write_seqinfo
+from vsdmot.runtime.tracking import box_iou
 from vsdmot.splits import touches_held_out
 
 from .assoc_study import StoredSemantics, load_stored, memo_file
@@ -66,6 +67,29 @@ def subset_sequence(seq_dir: Path, keep: list[int], out_dir: Path) -> Path:
     write_gt(out_dir / "gt" / "gt.txt", gt)
     write_seqinfo(out_dir / "seqinfo.ini", replace(info, length=len(keep)))
     return out_dir
+
+
+def probe_predictions(tracker) -> list[float] | None:
+    """For a slot tracker (hybrid, e2e): a list that collects, per matched slot and step, the IoU
+    between the box the tracker predicted and fed the network (`track_box`) and the detection it
+    matched: how well the motion model bridged the step. None for other trackers (ByteTrack)."""
+    if not hasattr(tracker, "_feed"):
+        return None
+    ious: list[float] = []
+    feed, update = tracker._feed, tracker._update
+
+    def fed(props, semantic, w):
+        out = feed(props, semantic, w)
+        tracker.probe_box = out["track_box"][0]  # (S, 4)
+        return out
+
+    def updated(props, m, born, out):
+        if len(m):
+            ious.extend(np.diag(box_iou(tracker.probe_box[m[:, 0]], props.xyxy[m[:, 1]])).tolist())
+        update(props, m, born, out)
+
+    tracker._feed, tracker._update = fed, updated
+    return ious
 
 
 def replay_kept(st, tracker, sem, keep: list[int], told: bool) -> str:
@@ -124,27 +148,33 @@ def _score_subset(cfg, info, st, backend, dswr, names, keep, tag) -> list[dict]:
         for name in names:
             for told in (True, False):
                 trk = factories[name](backend, info.frame_rate)
+                ious = probe_predictions(trk)
                 sem = StoredSemantics(st, dswr, cfg.policy) if name != "bytetrack" else None
                 res = Path(tmp) / "res.txt"
                 res.write_text(replay_kept(st, trk, sem, keep, told))
                 m = evaluate(seq, res)
                 out.append({**tag, "variant": name, "told": told, "frames": len(keep),
-                            **{k: round(100 * m[k], 2) if isinstance(m[k], float) else int(m[k]) for k in KEYS}})
+                            **{k: round(100 * m[k], 2) if isinstance(m[k], float) else int(m[k]) for k in KEYS},
+                            "pred_iou": round(float(np.mean(ious)), 4) if ious else None})
         log.info("%s seed %d: %s", tag["pattern"], tag["seed"], [(r["variant"], r["told"], r["HOTA"]) for r in out])
     return out
 
 
 def summary(records: list[dict]) -> str:
     """Markdown: per (pattern, variant), mean HOTA / AssA told and untold, and how often told won."""
-    lines = ["| pattern | variant | draws | HOTA told | HOTA untold | told - untold | told won | AssA told | AssA untold |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| pattern | variant | draws | HOTA told | HOTA untold | told - untold | told won | AssA told | AssA untold "
+             "| prediction IoU told / untold |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for pattern in dict.fromkeys(r["pattern"] for r in records):
         for name in dict.fromkeys(r["variant"] for r in records):
             pick = lambda told, k: np.array([r[k] for r in records if r["pattern"] == pattern  # noqa: E731
                                              and r["variant"] == name and r["told"] == told])
             t, u = pick(True, "HOTA"), pick(False, "HOTA")
+            iou = [[r.get("pred_iou") for r in records if r["pattern"] == pattern and r["variant"] == name
+                    and r["told"] == told and r.get("pred_iou") is not None] for told in (True, False)]
+            pred = f"{np.mean(iou[0]):.3f} / {np.mean(iou[1]):.3f}" if all(iou) else "-"
             lines.append(f"| {pattern} | {name} | {len(t)} | {t.mean():.1f} | {u.mean():.1f} | {(t - u).mean():+.2f} "
-                         f"| {(t > u).sum()}/{len(t)} | {pick(True, 'AssA').mean():.1f} | {pick(False, 'AssA').mean():.1f} |")
+                         f"| {(t > u).sum()}/{len(t)} | {pick(True, 'AssA').mean():.1f} | {pick(False, 'AssA').mean():.1f} "
+                         f"| {pred} |")
     return "\n".join(lines) + "\n"
 
 

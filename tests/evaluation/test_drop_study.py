@@ -83,10 +83,33 @@ def test_evaluation_frames_need_held_out(tmp_path):
 
 
 def test_summary_compares_told_with_untold():
-    recs = [{"pattern": "jit1-3", "seed": s, "variant": "bytetrack", "told": t, "HOTA": h, "AssA": h}
-            for s, (a, b) in enumerate([(50.0, 40.0), (44.0, 46.0)]) for t, h in ((True, a), (False, b))]
-    line = D.summary(recs).splitlines()[2]
-    assert line == "| jit1-3 | bytetrack | 2 | 47.0 | 43.0 | +4.00 | 1/2 | 47.0 | 43.0 |"
+    recs = [{"pattern": "jit1-3", "seed": s, "variant": v, "told": t, "HOTA": h, "AssA": h,
+             "pred_iou": (None if v == "bytetrack" else h / 100)}
+            for v in ("bytetrack", "hybrid") for s, (a, b) in enumerate([(50.0, 40.0), (44.0, 46.0)])
+            for t, h in ((True, a), (False, b))]
+    lines = D.summary(recs).splitlines()
+    assert lines[2] == "| jit1-3 | bytetrack | 2 | 47.0 | 43.0 | +4.00 | 1/2 | 47.0 | 43.0 | - |"
+    assert lines[3] == "| jit1-3 | hybrid | 2 | 47.0 | 43.0 | +4.00 | 1/2 | 47.0 | 43.0 | 0.470 / 0.430 |"
+
+
+def test_the_prediction_probe_sees_a_told_tracker_bridge_the_gap_better():
+    """A walker at 4 px/frame, seen at full rate, then in steps of 1 and 5 frames: told, the slot
+    tracker's prediction lands on it; blind, a step of 5 frames predicted as 1 falls short."""
+    from fakenets import IouNet
+    from vsdmot.runtime.e2e import E2EConfig, HybridTracker
+
+    dets, keep = walker(120, speed=4.0), list(range(1, 12))
+    while keep[-1] + 6 <= 120:
+        keep += [keep[-1] + 1, keep[-1] + 6]
+    st = Stored(dets, {f: 1.0 for f in dets}, {})
+    mean = {}
+    for told in (True, False):
+        trk = HybridTracker(IouNet(), E2EConfig(box_smooth=0.0))
+        ious = D.probe_predictions(trk)
+        D.replay_kept(st, trk, None, keep, told)
+        mean[told] = float(np.mean(ious))
+    assert mean[True] > 0.95 and mean[False] < mean[True] - 0.1
+    assert D.probe_predictions(ByteTrack(frame_rate=30)) is None
 
 
 @pytest.mark.parametrize("args, words", [
