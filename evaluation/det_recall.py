@@ -8,7 +8,7 @@ Why: tracking can only follow the people the detector reports, and a detector in
 directly, on single frames, so it also works on MOT17-mini (4-8 annotated frames per sequence,
 too few to track). `--seq` defaults to the MOT17-mini sequences beside the repository.
 
-Per frame: the bundle's `detector.onnx` through the runtime's YoloxDetector (letterbox, network,
+Per frame with gt rows: the bundle's `detector.onnx` through the runtime's YoloxDetector (letterbox, network,
 decode, NMS; onnxruntime, 1 thread), boxes at `--score` or above, matched one to one to counted
 gt people (conf 1, MOT17 class 1 where given, visibility >= `--min-vis` where given) at IoU 0.5.
 An unmatched box on any other gt row (occluded, static, non-pedestrian) is not a false positive.
@@ -28,10 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from vsdmot.paths import data_root
+from vsdmot.runtime.backends import open_backend
+from vsdmot.runtime.bundle import load_bundle
 from vsdmot.runtime.errors import BundleError
 from vsdmot.runtime.mot import MotRows, read_rows
+from vsdmot.runtime.pipeline import detector_input_size, warm_up
 from vsdmot.runtime.sources import open_sequence
 from vsdmot.runtime.tracking import box_iou, linear_assignment
+from vsdmot.runtime.yolox import YoloxDetector, size_text
 
 
 @dataclass
@@ -87,34 +91,37 @@ class BundleScore:
 
 
 def score_bundle(bundle_dir: Path, seqs: Sequence[Path], score: float, min_vis: float) -> BundleScore:
-    from vsdmot.runtime.backends import open_backend
-    from vsdmot.runtime.bundle import load_bundle
-    from vsdmot.runtime.pipeline import detector_input_size, warm_up
-    from vsdmot.runtime.yolox import YoloxDetector, size_text
-
     backend = open_backend("onnxruntime", load_bundle(bundle_dir).file("detector.onnx"), threads=1)
-    size = detector_input_size(backend)
-    detector, result = YoloxDetector(backend, size), BundleScore(size_text(size), {})
-    warm_up([backend])
-    for path in seqs:
-        seq, counts = open_sequence(path), Counts()
-        if seq.gt_path is None:
-            raise ValueError(f"sequence {path}: no gt/gt.txt to score against")
-        gt, source = read_rows(seq.gt_path), seq.frames()
+    try:
+        size = detector_input_size(backend)
+        detector, result = YoloxDetector(backend, size), BundleScore(size_text(size), {})
+        warm_up([backend])
+        for path in seqs:
+            result.per_seq[open_sequence(path).info.name] = score_sequence(detector, Path(path), score, min_vis)
+    finally:
+        backend.close()
+    return result
+
+
+def score_sequence(detector: YoloxDetector, path: Path, score: float, min_vis: float) -> Counts:
+    """Counts over the frames that have gt rows (MOT17-mini's gt covers only the frames it ships)."""
+    seq, counts = open_sequence(path), Counts()
+    if seq.gt_path is None:
+        raise ValueError(f"sequence {path}: no gt/gt.txt to score against")
+    gt, source = read_rows(seq.gt_path), seq.frames()
+    try:
         for frame in source:
             rows = gt.at(frame.index)
             if not len(rows):
                 continue
             t = time.perf_counter()
             dets = detector.detect(frame.image)
-            ms = (time.perf_counter() - t) * 1e3
             c = score_frame(dets.xyxy[dets.score >= score], rows, min_vis)
-            c.ms.append(ms)
+            c.ms.append((time.perf_counter() - t) * 1e3)
             counts.add(c)
+    finally:
         source.close()
-        result.per_seq[seq.info.name] = counts
-    backend.close()
-    return result
+    return counts
 
 
 def table(results: dict[str, BundleScore]) -> str:
