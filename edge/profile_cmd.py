@@ -217,7 +217,7 @@ def run_variant(args: argparse.Namespace, variant: Variant, cfg: ProfileConfig, 
         hook = ProfileHook(cfg, stop)
         try:
             with stop_on_signals(stop):
-                run_loop(source, pipeline, [], [hook], stop)
+                run_loop(source, pipeline, [], [hook], stop, overlap=run_cmd.overlap_for(run_cfg, pipeline))
         finally:
             pipeline.close()
     finally:
@@ -351,6 +351,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="TensorRT engine precision (default auto: int8 for an --int8 bundle, else fp16)")
     p.add_argument("--threads", type=int, help="onnxruntime threads per network (0 = all cores)")
     p.add_argument("--spin", action="store_true", default=None, help="onnxruntime workers spin between runs (as run --spin)")
+    p.add_argument("--overlap", action="store_true", default=None,
+                   help="perceive the next frame while this one is tracked (as run --overlap)")
     p.add_argument("--semantic", choices=("auto", "always", "never"), help="semantic policy (single run)")
     p.add_argument("--tracker", choices=("e2e", "hybrid", "bytetrack"))
     p.add_argument("--config", metavar="FILE", help="TOML run config (flags override it)")

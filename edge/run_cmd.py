@@ -32,7 +32,7 @@ OVERRIDES = {
     "camera": "source.camera", "source": "source.source", "width": "source.width", "height": "source.height",
     "fps": "source.fps", "fourcc": "source.fourcc", "loop": "source.loop", "rotate": "source.rotate",
     "bundle": "pipeline.bundle", "backend": "pipeline.backend", "threads": "pipeline.threads", "spin": "pipeline.spin",
-    "precision": "pipeline.precision", "semantic": "semantics.policy", "tracker": "tracker.kind",
+    "overlap": "pipeline.overlap", "precision": "pipeline.precision", "semantic": "semantics.policy", "tracker": "tracker.kind",
     "mot_out": "sinks.mot_out", "jsonl_out": "sinks.jsonl_out", "video_out": "sinks.video_out",
     "stats_out": "sinks.stats_out", "max_frames": "max_frames",
 }
@@ -66,6 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     tune.add_argument("--threads", type=int, help="onnxruntime threads per network (0 = all cores)")
     tune.add_argument("--spin", action="store_true", default=None,
                       help="let onnxruntime workers busy-wait between runs (only helps on an idle CPU)")
+    tune.add_argument("--overlap", action="store_true", default=None,
+                      help="perceive (quality, semantics, detector) the next frame in a second thread while this one "
+                           "is tracked: more frames per second, up to one frame more latency (docs/runtime.md)")
     tune.add_argument("--precision", choices=("auto", "fp32", "fp16", "int8"),
                       help="TensorRT engine precision (default auto: int8 for an --int8 bundle, else fp16)")
     service = _service_module()
@@ -97,6 +100,16 @@ def build_config(args: argparse.Namespace):
         raise ValueError("run: expected one source, got both a camera and a source")
     check_output_paths(cfg, args.config)
     return cfg
+
+
+def overlap_for(cfg, pipeline) -> bool:
+    """`pipeline.overlap`, except on the TensorRT backend: its CUDA context may belong to the main
+    thread (pycuda), and the overlap runs the detector in a second one; not run on a device yet."""
+    if cfg.pipeline.overlap and pipeline.backend_kind == "tensorrt":
+        log.warning("--overlap: not with the TensorRT backend yet (its CUDA context may be the main thread's, and "
+                    "the overlap was not run on a device); running without it")
+        return False
+    return cfg.pipeline.overlap
 
 
 def check_output_paths(cfg, config_path: str | None = None) -> None:
@@ -184,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
             if not sinks:
                 log.info("no --mot-out, --jsonl-out, --video-out or --stats-out: the tracks are not saved")
             with _signals(stop, _reloader(args, pipeline)):
-                summary = run_loop(source, pipeline, sinks, hooks, stop, cfg.max_frames)
+                summary = run_loop(source, pipeline, sinks, hooks, stop, cfg.max_frames, overlap=overlap_for(cfg, pipeline))
         finally:
             pipeline.close()
     finally:

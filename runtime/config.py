@@ -72,6 +72,7 @@ class PipelineConfig:
     precision: str = "auto"  # TensorRT engine precision; auto = int8 for an --int8 bundle, else fp16
     threads: int = 0  # onnxruntime intra-op threads per network (0 = all cores)
     spin: bool = False  # onnxruntime workers busy-wait between runs (faster only on an otherwise idle CPU)
+    overlap: bool = False  # the run loop perceives frame t+1 while tracking frame t (edge/runner.py `overlapped`)
     engine_cache: str = ""  # TensorRT engine cache folder ("" = $XDG_CACHE_HOME/vsdmot/engines)
     score_thr: float = 0.1  # detector proposal score floor (the tracker applies its own thresholds)
     nms_thr: float = 0.45  # detector NMS IoU threshold

@@ -1,10 +1,12 @@
 """The per-frame pipeline: built once from a bundle and a config, then `step(frame, p)` per frame.
 
     frame -> quality gate -> q -> DSWR w -> semantic policy (None | cached | fresh student vector)
-          -> detector -> tracker.step(dets, semantic, w, frame gap) -> FrameResult (tracks + per-stage ms)
+          -> detector -> Percept                                          (perceive: no tracker state)
+          -> tracker.step(dets, semantic, w, frame gap) -> FrameResult   (track: tracks + per-stage ms)
 
 Everything with state (backends, tracker slots, the semantic cache) lives in `Pipeline`;
-`step` holds no state of its own. No threads here: sources and sinks own those.
+`step` holds no state of its own. No threads here: sources, sinks and the run loop (its overlap of
+`perceive` with `track`, edge/runner.py) own those.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from .cpu import warn_int8_on_cpu
 from .logs import log_once
 from .semantics import SemanticPolicy, Student
 from .tracking import assignment_solver
-from .types import Frame, FrameResult, TensorSpec
+from .types import Frame, FrameResult, Percept, TensorSpec
 
 if TYPE_CHECKING:
     from .bundle import Bundle
@@ -60,6 +62,12 @@ class Pipeline:
 
 def step(frame: Frame, p: Pipeline) -> FrameResult:
     """One frame through the pipeline. Per-stage latency in ms lands in FrameResult.latency_ms."""
+    return track(frame, perceive(frame, p), p)
+
+
+def perceive(frame: Frame, p: Pipeline) -> Percept:
+    """The stages that read no tracker state: quality, semantics, detections. Frames must come in
+    order (the semantic cache), but may run one frame ahead of `track` (edge.runner's overlap)."""
     t = _Laps()
     q = p.gate.assess(frame.image)  # ~1 ms, numpy / OpenCV
     w = p.dswr.weight(q)
@@ -68,9 +76,17 @@ def step(frame: Frame, p: Pipeline) -> FrameResult:
     t.lap("semantics")
     dets = p.detector.detect(frame.image)  # proposals in source pixels (+ appearance)
     t.lap("detector")
-    tracks = p.tracker.step(dets, sem, w, frame_gap(frame, p))  # queries += w * proj(sem) inside the network
+    return Percept(float(q), float(w), sem, state, dets, t.ms)
+
+
+def track(frame: Frame, seen: Percept, p: Pipeline) -> FrameResult:
+    """The tracker on one perceived frame: queries += w * proj(semantic) inside the network."""
+    t = _Laps()
+    tracks = p.tracker.step(seen.detections, seen.semantic_vector, seen.w, frame_gap(frame, p))
     t.lap("tracker")
-    return FrameResult(frame.index, frame.timestamp, float(q), float(w), state, tracks, t.done())
+    ms = {**seen.latency_ms, **t.ms}
+    ms["total"] = sum(ms.values())
+    return FrameResult(frame.index, frame.timestamp, seen.q, seen.w, seen.semantic, tracks, ms)
 
 
 def frame_gap(frame: Frame, p: Pipeline) -> int:
@@ -82,19 +98,15 @@ def frame_gap(frame: Frame, p: Pipeline) -> int:
 
 
 class _Laps:
-    """Milliseconds per stage since the previous lap, and the total."""
+    """Milliseconds per stage since the previous lap."""
 
     def __init__(self):
-        self.start = self.last = time.perf_counter()
+        self.last = time.perf_counter()
         self.ms: dict[str, float] = {}
 
     def lap(self, stage: str) -> None:
         now = time.perf_counter()
         self.ms[stage], self.last = (now - self.last) * 1e3, now
-
-    def done(self) -> dict[str, float]:
-        self.ms["total"] = (self.last - self.start) * 1e3
-        return self.ms
 
 
 def build_pipeline(bundle: Bundle, cfg: RunConfig, fps: float = 30.0) -> Pipeline:

@@ -94,6 +94,18 @@ SEMANTIC_STATES = ("fresh", "reused", "skipped")
 
 
 @dataclass(slots=True)
+class Percept:
+    """What the per-frame step knows before tracking: the stages that need no tracker state."""
+
+    q: float  # frame quality in [0, 1], 1 = clean
+    w: float  # DSWR fusion weight in [0, 1]
+    semantic_vector: np.ndarray | None  # (1, D) student vector (fresh or reused), or None when skipped
+    semantic: str  # one of SEMANTIC_STATES
+    detections: Detections  # proposals in source pixels (+ appearance)
+    latency_ms: dict[str, float] = field(default_factory=dict)  # quality, semantics, detector
+
+
+@dataclass(slots=True)
 class FrameResult:
     """What the per-frame step produced; every sink reads only this."""
 

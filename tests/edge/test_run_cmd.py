@@ -308,3 +308,24 @@ def test_a_run_without_outputs_says_nothing_is_saved(bundle, caplog):
         assert edge_run("--demo", "--bundle", bundle, "--max-frames", 1, "--jsonl-out", "/dev/null") == 0
     said = [r.getMessage() for r in caplog.records if "not saved" in r.getMessage()]
     assert said == ["no --mot-out, --jsonl-out, --video-out or --stats-out: the tracks are not saved"]
+
+
+def test_overlap_flag_gives_the_same_rows_and_stays_off_on_tensorrt(tmp_path, caplog, monkeypatch):
+    from types import SimpleNamespace
+
+    from vsdmot.edge import run_cmd, runner
+    from vsdmot.runtime.config import load_config
+
+    asked = []
+    real_loop = runner.run_loop
+    monkeypatch.setattr(runner, "run_loop", lambda *a, **k: asked.append(k["overlap"]) or real_loop(*a, **k))
+    rows = {}
+    for flag in ((), ("--overlap",)):
+        out = tmp_path / f"mot{len(flag)}.txt"
+        assert edge_run("--demo", "--max-frames", "12", "--mot-out", out, *flag) == 0
+        rows[bool(flag)] = out.read_text()
+    assert asked == [False, True] and rows[True] == rows[False] and rows[True]
+    on = load_config(None, {"pipeline.overlap": True})
+    assert run_cmd.overlap_for(on, SimpleNamespace(backend_kind="onnxruntime"))
+    assert not run_cmd.overlap_for(on, SimpleNamespace(backend_kind="tensorrt"))
+    assert "not with the TensorRT backend" in caplog.text

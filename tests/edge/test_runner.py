@@ -252,3 +252,87 @@ def test_progress_and_summary_say_how_much_a_live_source_dropped(caplog):
         hook.on_frame(FrameResult(1, 0.0, 0.9, 0.0, "skipped", Detections(np.zeros((0, 4)), np.zeros(0)), {}), stats)
     assert "source dropped 60 of 120 frames (50%: the pipeline is slower than the source" in caplog.text
     assert drop_note(None) == "" and drop_note(SourceStats(5, 0, 0, 0, 0, 0, True, False, 0.0, "")) == ""
+
+
+# -- overlap: the next frame perceived while this one is tracked (real pipeline, shipped bundle) -------
+@pytest.fixture(scope="module")
+def demo_frames():
+    import itertools
+
+    from vsdmot.runtime.sources import open_file_source
+
+    src = open_file_source(os.path.join(os.path.dirname(__file__), "..", "..", "runtime", "assets", "demo.mp4"))
+    frames = list(itertools.islice(iter(src), 24))
+    src.close()
+    return frames
+
+
+def shipped_pipeline(**over):
+    from vsdmot.runtime.bundle import DEFAULT_BUNDLE, load_bundle
+    from vsdmot.runtime.config import load_config
+    from vsdmot.runtime.pipeline import build_pipeline
+
+    cfg = load_config(None, {"pipeline.backend": "onnxruntime", "pipeline.threads": 1, **over})
+    return build_pipeline(load_bundle(DEFAULT_BUNDLE), cfg, fps=7.0)
+
+
+class Rows(Sink):
+    def write(self, result, image=None):
+        super().write(result, image)
+        self.rows = [*getattr(self, "rows", []), (result.index, result.tracks.track_id.tolist(),
+                                                  result.tracks.xyxy.round(3).tolist(), result.semantic)]
+
+
+@pytest.mark.parametrize("policy", ["auto", "always"])
+def test_overlap_gives_the_sequential_results(demo_frames, policy):
+    out = {}
+    for overlap in (False, True):
+        p, sink = shipped_pipeline(**{"semantics.policy": policy}), Rows()
+        summary = run_loop(iter(demo_frames), p, [sink], overlap=overlap)
+        p.close()
+        out[overlap] = (sink.rows, summary.semantic, summary.frames, sink.closed)
+    assert out[True] == out[False] and out[True][2] == len(demo_frames) and out[True][3]
+    assert {"quality", "semantics", "detector", "tracker", "total"} <= set(summary.latency_ms)
+
+
+def test_overlap_perceives_no_frame_it_does_not_track(demo_frames):
+    p = shipped_pipeline(**{"semantics.policy": "always"})
+    summary = run_loop(iter(demo_frames), p, [Sink()], max_frames=5, overlap=True)
+    p.close()
+    assert summary.frames == 5 and summary.stopped_by == "max_frames" and summary.semantic["fresh"] == 5
+
+    stop, seen = threading.Event(), []
+
+    class Stopping(Sink):
+        def write(self, result, image=None):
+            super().write(result, image)
+            if len(self.written) == 3:
+                stop.set()  # a SIGTERM: the frame already perceived is still tracked
+
+    def pulled():
+        for f in demo_frames:
+            seen.append(f.index)
+            yield f
+
+    p, sink = shipped_pipeline(**{"semantics.policy": "always"}), Stopping()
+    summary = run_loop(pulled(), p, [sink], stop_event=stop, overlap=True)
+    p.close()
+    assert summary.stopped_by == "signal" and sink.written == seen and summary.semantic["fresh"] == len(seen)
+
+
+def test_overlap_a_failing_detector_stops_the_run_with_its_error(demo_frames):
+    p, sink = shipped_pipeline(), Sink()
+    real = p.detector.detect
+    calls = []
+
+    def detect(image):
+        calls.append(1)
+        if len(calls) == 4:
+            raise ValueError("input 'images': expected (1, 3, 416, 416)")
+        return real(image)
+
+    p.detector.detect = detect
+    with pytest.raises(ValueError, match="expected"):
+        run_loop(iter(demo_frames), p, [sink], overlap=True)
+    p.close()
+    assert sink.closed and sink.written == [1, 2, 3]  # as without overlap: what came before the failure is kept
