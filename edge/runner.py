@@ -142,7 +142,8 @@ def run_loop(source: Iterable[Frame], pipeline, sinks: Sequence, hooks: Sequence
              stop_event: threading.Event | None = None, max_frames: int = 0,
              step_fn: Callable = step, overlap: bool = False) -> RunSummary:
     """Run until the source ends, `max_frames` frames, or `stop_event`. Sinks are closed here.
-    `overlap`: perceive the next frame while this one is tracked (`overlapped`)."""
+    `overlap`: perceive the next frame while this one is tracked (`overlapped`, which runs the
+    pipeline's own `perceive` and `track`, not `step_fn`)."""
     stop_event = stop_event or threading.Event()
     lat, frames, stopped_by, error = _Latencies(), 0, "end", ""
     started: list[Hook] = []  # only these get on_stop; a hook failing to start still closes the sinks
@@ -188,8 +189,8 @@ def overlapped(frames: Iterable[Frame], pipeline) -> Iterator[tuple[Frame, Frame
     """(frame, result) in order, with frame t+1's `perceive` (quality, semantics, detector) running in
     one worker thread while frame t is tracked here. The two halves share no state (the semantic
     cache and the detector are the worker's, the tracker slots and frame gaps this thread's), so the
-    results equal `step`'s; the networks are separate sessions. On this 2-core CPU the demo clip ran
-    1.26-1.30x faster in memory (docs/runtime.md, *Overlap*). A frame waits for at most one `perceive`
+    results equal `step`'s; the networks are separate sessions. On a 2-core CPU the demo clip ran
+    1.33x faster end to end (docs/runtime.md, *Overlap*). A frame waits for at most one `perceive`
     more before it is tracked; a stop tracks the frame already perceived."""
     with ThreadPoolExecutor(1, thread_name_prefix="vsdmot-perceive") as worker:
         ahead = None  # (frame, future of its Percept)
