@@ -156,7 +156,7 @@ class RecordingHybrid(HybridTracker):
 
 def _gt_by_frame(seq_dir: Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     gt = counted_gt(read_rows(Path(seq_dir) / "gt" / "gt.txt"))
-    xyxy = np.c_[gt.xywh[:, :2], gt.xywh[:, :2] + gt.xywh[:, 2:]]
+    xyxy = gt.xyxy
     return {int(f): (gt.id[gt.frame == f], xyxy[gt.frame == f]) for f in np.unique(gt.frame)}
 
 

@@ -62,14 +62,10 @@ def counted(gt: MotRows, min_vis: float) -> np.ndarray:
     return (gt.conf > 0) & ((gt.cls < 0) | (gt.cls == 1)) & ((gt.vis < 0) | (gt.vis >= min_vis))
 
 
-def xyxy(rows: MotRows) -> np.ndarray:
-    return np.c_[rows.xywh[:, :2], rows.xywh[:, :2] + rows.xywh[:, 2:]].astype(np.float32)
-
-
 def score_frame(boxes: np.ndarray, gt: MotRows, min_vis: float) -> Counts:
     """One frame's (K, 4) boxes against its gt rows."""
     keep = counted(gt, min_vis)
-    people, other = xyxy(gt.select(keep)), xyxy(gt.select(~keep))
+    people, other = gt.select(keep).xyxy, gt.select(~keep).xyxy
     iou = box_iou(boxes, people).reshape(len(boxes), len(people))
     matches, free_boxes, missed = linear_assignment(1.0 - iou, 0.5)
     left = boxes[free_boxes]

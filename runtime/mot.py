@@ -45,6 +45,11 @@ class MotRows:
     def __len__(self) -> int:
         return len(self.frame)
 
+    @property
+    def xyxy(self) -> np.ndarray:
+        """(M, 4) float64 x1, y1, x2, y2."""
+        return np.c_[self.xywh[:, :2], self.xywh[:, :2] + self.xywh[:, 2:]]
+
     def at(self, frame: int) -> MotRows:
         return self.select(self.frame == frame)
 

@@ -153,3 +153,9 @@ def test_atomic_write_gives_the_umask_mode(tmp_path):
     mot.atomic_write_text(out, "{}")
     assert out.read_text() == "{}"
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o666 & ~mot._UMASK  # not mkstemp's 0600
+
+
+def test_rows_give_their_boxes_as_corners(tmp_path):
+    p = tmp_path / "gt.txt"
+    p.write_text("1,1,10,20,30,40,1,1,1\n2,2,0,0,5,6,1,1,0.5\n")
+    np.testing.assert_array_equal(read_rows(p).xyxy, [[10, 20, 40, 60], [0, 0, 5, 6]])
