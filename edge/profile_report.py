@@ -204,7 +204,8 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
              f"Source: `{st['source']}`. Warm-up {st['warmup_s']} s, measured {st['duration_s']} s per run.",
              f"Threads / precision / input size per run: " + "; ".join(
                  f"{r['label']}: threads {r['config']['pipeline']['threads'] or 'all'}, {r.get('bundle_precision') or '?'} bundle "
-                 f"({_engines(r)}), detector input {r.get('input_size') or '?'}" for r in runs),
+                 f"({_engines(r)}), detector input {r.get('input_size') or '?'}"
+                 f"{', overlap' if r['config']['pipeline'].get('overlap') else ''}" for r in runs),
              "", f"**Power:** {meter['explain']}."]
     if meter["name"] and meter["idle_w"] is not None:
         lines.append(f"Idle baseline {meter['idle_w']:.3f} W, measured before any model was loaded; net figures subtract it.")
@@ -212,7 +213,8 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
     lines += [f"| {name} | " + " | ".join(vals) + " |" for name, vals in _rows(runs)]
     lines += _comparison(report.get("comparison"))
     lines += ["", "FPS three ways: *model stages* = 1000 / mean(semantics + detector + tracker ms); *whole step* adds "
-              "the quality gate; *end to end* = frames / wall time, with decoding and hooks.", ""] + _notes(runs) + [
+              "the quality gate; *end to end* = frames / wall time, with decoding and hooks. With overlap (the next "
+              "frame perceived while this one is tracked) stage times overlap and grow: read end to end.", ""] + _notes(runs) + [
 
               "## Per-stage latency (steady state)", ""] + _stage_table(runs) + ["", "## Plots", ""]
     lines += [f"![{p}]({p})" for p in plots] or ["(matplotlib not installed: no plots)"]

@@ -258,3 +258,14 @@ def test_the_report_names_the_precision_each_engine_was_built_at():
     config = {"pipeline": {"precision": "auto"}}
     assert _engines({"engine_precision": built, "config": config}) == "TensorRT engines: detector fp32, tracker int8"
     assert _engines({"engine_precision": {}, "config": config}) == "engine --precision auto"
+
+
+def test_profile_with_overlap_says_so(bundle, tmp_path):
+    """The report names overlap (its stage times overlap in time: read end to end)."""
+    rep = tmp_path / "report"
+    assert main(["profile", "--demo", "--bundle", str(bundle), "--threads", "1", "--duration", "1", "--warmup", "0.3",
+                 "--idle", "0", "--overlap", "--report", str(rep)]) == 0
+    report = json.loads((rep / "report.json").read_text())
+    assert report["runs"][0]["config"]["pipeline"]["overlap"] is True and report["runs"][0]["stats"]["frames"] > 3
+    md = (rep / "report.md").read_text()
+    assert "detector input 416x416, overlap" in md and "read end to end" in md
