@@ -37,6 +37,8 @@ from vsdmot.runtime.sources import open_sequence
 from vsdmot.runtime.tracking import box_iou, linear_assignment
 from vsdmot.runtime.yolox import YoloxDetector, size_text
 
+from .metrics import counted_mask
+
 
 @dataclass
 class Counts:
@@ -58,8 +60,9 @@ class Counts:
 
 
 def counted(gt: MotRows, min_vis: float) -> np.ndarray:
-    """(M,) bool: the gt rows a detector is expected to find."""
-    return (gt.conf > 0) & ((gt.cls < 0) | (gt.cls == 1)) & ((gt.vis < 0) | (gt.vis >= min_vis))
+    """(M,) bool: the gt rows a detector is expected to find: those the metrics count, at least
+    `min_vis` visible where the file gives visibility."""
+    return counted_mask(gt) & ((gt.vis < 0) | (gt.vis >= min_vis))
 
 
 def score_frame(boxes: np.ndarray, gt: MotRows, min_vis: float) -> Counts:

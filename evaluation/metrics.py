@@ -64,8 +64,12 @@ def evaluate(gt_dir: str | os.PathLike, res_file: str | os.PathLike, *,
 
 def counted_gt(gt: MotRows) -> MotRows:
     """The gt rows a perfect tracker outputs: conf != 0, and class 1 (pedestrian) where classes exist."""
-    keep = (gt.conf != 0) & ((gt.cls == -1) | (gt.cls == 1))
-    return gt.select(keep)
+    return gt.select(counted_mask(gt))
+
+
+def counted_mask(gt: MotRows) -> np.ndarray:
+    """(M,) bool: the rows `counted_gt` keeps."""
+    return (gt.conf != 0) & ((gt.cls == -1) | (gt.cls == 1))
 
 
 def parse_window(frames: tuple[int, int] | None, length: int) -> tuple[int, int]:

@@ -173,8 +173,8 @@ def check_out(out: Path, default_recipe: bool = False) -> None:
 
     from .bundle import MANIFEST
 
-    into_default = out.resolve() == DEFAULT_BUNDLE or DEFAULT_BUNDLE in out.resolve().parents
-    if into_default and not (default_recipe and out.resolve() == DEFAULT_BUNDLE):
+    real = out.resolve()
+    if (real == DEFAULT_BUNDLE and not default_recipe) or DEFAULT_BUNDLE in real.parents:
         raise ValueError(f"--out {out}: is the kit's shipped default bundle, which `vsdmot-edge run` uses without "
                          "--bundle; only its own recipe (`vsdmot-export --fp32`, shipped weights) may replace it. "
                          "Export to another directory and pass it as --bundle")

@@ -160,12 +160,13 @@ class _SlotTracker:
         matched[m[:, 0]] = True
         new_box = self.box.copy()
         new_box[m[:, 0]] = props.xyxy[m[:, 1]]
-        a = self._smooth_weight(self.since + self.gap)
+        span = self.since + self.gap  # (S,) source frames since each slot's last match
+        a = self._smooth_weight(span)
         if np.any(a > 0):  # partial correction (as a Kalman update): a wrong match
             # moves the state only part way, so the next frame's pointer and IoU can pull the track back
-            pred = predict_boxes(self.box, self.vel, self.since + self.gap, cfg.max_predict_gap)
+            pred = predict_boxes(self.box, self.vel, span, cfg.max_predict_gap)
             new_box = (a * pred + (1 - a) * new_box).astype(np.float32)
-        self.box, self.vel = update_motion(self.box, self.vel, new_box, self.since + self.gap, matched, cfg.momentum)
+        self.box, self.vel = update_motion(self.box, self.vel, new_box, span, matched, cfg.momentum)
         if props.feature is not None and len(m):
             mix = cfg.embed_momentum * self.embed[m[:, 0]] + (1 - cfg.embed_momentum) * props.feature[m[:, 1]]
             self.embed[m[:, 0]] = mix / np.maximum(np.linalg.norm(mix, axis=1, keepdims=True), 1e-6)
