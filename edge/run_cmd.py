@@ -3,7 +3,7 @@
     vsdmot-edge run (--camera /dev/videoN | --source FILE_OR_URL_OR_DIR | --demo) [--bundle DIR]
         [--backend auto|onnxruntime|tensorrt|torch] [--semantic auto|always|never]
         [--tracker e2e|hybrid|bytetrack] [--mot-out FILE] [--jsonl-out FILE] [--video-out FILE]
-        [--stats-out FILE] [--max-frames N] [--config FILE]
+        [--stats-out FILE] [--rotate-mb MB] [--keep-files N] [--max-frames N] [--config FILE]
 
 Order matters for "nothing already written is lost": the config, the bundle (schema, hashes), the
 networks and the source are all checked before any output file is opened, and the run loop
@@ -34,7 +34,8 @@ OVERRIDES = {
     "bundle": "pipeline.bundle", "backend": "pipeline.backend", "threads": "pipeline.threads", "spin": "pipeline.spin",
     "overlap": "pipeline.overlap", "precision": "pipeline.precision", "semantic": "semantics.policy", "tracker": "tracker.kind",
     "mot_out": "sinks.mot_out", "jsonl_out": "sinks.jsonl_out", "video_out": "sinks.video_out",
-    "stats_out": "sinks.stats_out", "max_frames": "max_frames",
+    "stats_out": "sinks.stats_out", "rotate_mb": "sinks.rotate_mb", "keep_files": "sinks.keep_files",
+    "max_frames": "max_frames",
 }
 
 
@@ -51,6 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for flag, what in (("mot-out", "MOTChallenge results"), ("jsonl-out", "per-frame JSON lines"),
                        ("video-out", "annotated video (.avi MJPG survives a kill)"), ("stats-out", "run statistics JSON")):
         p.add_argument(f"--{flag}", metavar="FILE", help=what)
+    p.add_argument("--rotate-mb", type=float, metavar="MB",
+                   help="start a new MOT, JSONL or video file when one reaches MB; the full one is kept as "
+                        "FILE.<UTC time> (default 0: one file per run)")
+    p.add_argument("--keep-files", type=int, metavar="N",
+                   help="earlier files kept per output, at a restart and at each rotation (default 5)")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     p.add_argument("--config", metavar="FILE", help="TOML run config (flags override it)")
     cam = p.add_argument_group("camera and source options")
@@ -115,7 +121,7 @@ def overlap_for(cfg, pipeline) -> bool:
 def check_output_paths(cfg, config_path: str | None = None) -> None:
     """ValueError when two outputs are one file (their writes would interleave) or an output is the
     source or the config: a sink replaces or moves its file aside, so the input would be lost."""
-    outputs = {f"--{f.name.replace('_', '-')}": getattr(cfg.sinks, f.name) for f in fields(cfg.sinks)}
+    outputs = {f"--{name.replace('_', '-')}": getattr(cfg.sinks, name) for name in cfg.sinks.PATHS}
     inputs = {"--source": cfg.source.source, "--config": config_path or ""}
     seen: dict[Path, str] = {}
     for flag, path in outputs.items():

@@ -204,6 +204,8 @@ policy = "auto"               # auto skips semantic work on clean frames; always
 
 [sinks]
 # jsonl_out = "/var/lib/vsdmot/tracks.jsonl"
+rotate_mb = 100.0             # an output reaching 100 MB is moved aside (NAME.<UTC time>) and a new one begun
+keep_files = 5                # earlier files kept per output: at most (5 + 1) x 100 MB each on disk
 
 [service]
 health_listen = "127.0.0.1:9108"   # /healthz and /metrics; keep it on localhost unless firewalled

@@ -15,6 +15,7 @@ the allowed ones, and a value of the wrong type or outside its choices raises Va
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -128,9 +129,17 @@ class SinksConfig:
     jsonl_out: str = ""  # one JSON line per frame: index, timestamp, q, w, semantic state, tracks
     video_out: str = ""  # annotated video (boxes, IDs, quality bar)
     stats_out: str = ""  # run statistics JSON (frames, fps, semantic counts, latency percentiles)
+    rotate_mb: float = 0.0  # a MOT, JSONL or video file reaching this many MB is moved aside for a new one (0 = never)
+    keep_files: int = 5  # earlier files kept per output (NAME.<UTC time>), at a restart and at each rotation
+
+    PATHS = ("mot_out", "jsonl_out", "video_out", "stats_out")
 
     def __post_init__(self) -> None:
-        _expand_home(self, "mot_out", "jsonl_out", "video_out", "stats_out")
+        _expand_home(self, *self.PATHS)
+        _positive("sinks", "rotate_mb", self.rotate_mb)
+        if not math.isfinite(self.rotate_mb):
+            raise ValueError(f"[sinks] rotate_mb: expected a size in MB (0 = never), got {self.rotate_mb!r}")
+        _positive("sinks", "keep_files", self.keep_files)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ Durability (a device runs for weeks and may be killed or lose power at any time)
   (cheap) and at close, which bounds what a power cut can lose.
 - An existing non-empty file is moved aside (`name.<mtime UTC>`, newest 5 kept), never truncated:
   a service restarted by its watchdog must not wipe what it wrote for weeks.
+- With `rotate_bytes`, a file that reaches that size is closed at a frame boundary and moved aside
+  the same way, and a new one begun: a service's outputs take at most (keep + 1) x that size on
+  disk, instead of growing until the disk is full.
 - A failed write (a full disk, ENOSPC) truncates the file back to the last complete frame and
   raises `SinkError` naming the file: what was already written stays intact and parseable.
 - The stats file is rewritten periodically and at close through temp file + fsync + rename
@@ -98,14 +101,27 @@ def rotate_previous(path: Path, keep: int) -> Path | None:
     if keep <= 0 or not path.is_file() or path.stat().st_size == 0:
         return None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(path.stat().st_mtime))
-    target, n = path.with_name(f"{path.name}.{stamp}"), 1
-    while target.exists():
-        target, n = path.with_name(f"{path.name}.{stamp}-{n}"), n + 1
+    target = path.with_name(f"{path.name}.{stamp}")
+    same = [_age(p, path)[1] for p in kept_files(path) if _age(p, path)[0] == stamp]
+    if same:  # several in one second (rotation by size): NAME.STAMP-1, -2, ..., after the newest, even
+        target = path.with_name(f"{path.name}.{stamp}-{max(same) + 1}")  # if older ones were deleted
     os.replace(path, target)
     log.info("kept the previous %s as %s", path, target.name)
-    for old in sorted(path.parent.glob(f"{glob.escape(path.name)}.2*"))[:-keep]:
+    for old in kept_files(path)[:-keep]:
         old.unlink(missing_ok=True)
     return target
+
+
+def kept_files(path: Path) -> list[Path]:
+    """The files `rotate_previous` moved `path` to, oldest first (NAME.STAMP, then NAME.STAMP-1, -2, ...;
+    -10 after -9, which a plain name sort gets wrong)."""
+    return sorted(path.parent.glob(f"{glob.escape(path.name)}.2*"), key=lambda p: _age(p, path))
+
+
+def _age(kept: Path, path: Path) -> tuple[str, int]:
+    """(UTC stamp, n) of a kept file NAME.STAMP[-n]; n = 0 without a suffix."""
+    stamp, _, n = kept.name[len(path.name) + 1:].partition("-")
+    return stamp, int(n) if n.isdigit() else 0
 
 
 class _DurableAppender(_SinkBase):
@@ -113,19 +129,27 @@ class _DurableAppender(_SinkBase):
 
     kind = "output"
 
-    def __init__(self, path: str | os.PathLike, fsync_every_s: float = 1.0, keep_previous: int = 5):
+    def __init__(self, path: str | os.PathLike, fsync_every_s: float = 1.0, keep_previous: int = 5,
+                 rotate_bytes: int = 0):
         self.path = Path(path)
         self.fsync_every_s = fsync_every_s  # seconds between fsyncs; 0 = after every frame
-        self.frames = 0  # frames whose text is completely written
-        self._committed = 0  # file size in bytes after the last complete frame
+        self.keep_previous = keep_previous  # earlier files kept beside the current one
+        self.rotate_bytes = rotate_bytes  # start a new file once the current one holds this much (0 = never)
+        self.frames = 0  # frames whose text is completely written (over every file of this sink)
         self._last_sync = time.monotonic()
+        self._fd: int | None = None
+        self._open()
+
+    def _open(self) -> None:
+        """Move an earlier file aside and start an empty one."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            rotate_previous(self.path, keep_previous)
-            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            rotate_previous(self.path, self.keep_previous)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)  # False: a pipe or tty, no fsync/truncate
         except OSError as e:
             raise SinkError(f"{self.kind}: cannot create {self.path}: {_describe(e)}") from e
+        self._committed, self._file_frames = 0, 0  # this file's bytes and frames
 
     def _append(self, text: str) -> None:
         if self._fd is None:
@@ -139,12 +163,19 @@ class _DurableAppender(_SinkBase):
             self._rollback()
             raise SinkError(
                 f"{self.kind}: cannot write {self.path}: {_describe(e)}; "
-                f"the {self.frames} frames already written are intact"
+                f"the {self._file_frames} frames already written to it are intact"
             ) from e
-        self._committed += len(data)
-        self.frames += 1
-        if time.monotonic() - self._last_sync >= self.fsync_every_s:
+        self._committed += len(data)  # bytes after this file's last complete frame
+        self.frames, self._file_frames = self.frames + 1, self._file_frames + 1
+        if self.rotate_bytes and self._regular and self._committed >= self.rotate_bytes:
+            self._rotate()
+        elif time.monotonic() - self._last_sync >= self.fsync_every_s:
             self._sync()
+
+    def _rotate(self) -> None:
+        """Close the full file (synced: it is complete) and go on in a new one."""
+        self.close()
+        self._open()
 
     def _rollback(self) -> None:
         """Cut a partial frame off the end so the file ends on a complete line."""
@@ -225,25 +256,28 @@ class JsonlSink(_DurableAppender):
 
 
 def open_sinks(mot_out: str = "", jsonl_out: str = "", video_out: str = "", stats_out: str = "",
+               rotate_mb: float = 0.0, keep_files: int = 5,
                fps: float = 25.0, source_stats: Callable[[], Any] | None = None,
                meta: Mapping[str, Any] | None = None) -> list[Sink]:
     """The sinks a run asked for (empty paths are skipped), in a fixed order. Every path is checked
     before the MOT and JSONL sinks move an earlier file aside, so a bad `video_out` or `stats_out`
-    leaves the previous results where they were."""
+    leaves the previous results where they were. `rotate_mb` > 0 starts a new MOT, JSONL or video
+    file whenever one reaches that size; `keep_files` earlier files are kept per output."""
     from .stats_sink import StatsSink  # these two import this module's base: import here, not at the top
     from .video_sink import VideoSink
 
     for path, kind in ((mot_out, MotSink.kind), (jsonl_out, JsonlSink.kind)):
         if path:
             check_writable(Path(path), kind)
-    late = [VideoSink(video_out, fps) if video_out else None,  # nothing open yet: no close needed
+    files = {"keep_previous": keep_files, "rotate_bytes": int(rotate_mb * 1e6)}
+    late = [VideoSink(video_out, fps, **files) if video_out else None,  # nothing open yet: no close needed
             StatsSink(stats_out, source_stats=source_stats, meta=meta) if stats_out else None]
     sinks: list[Sink] = []
     try:
         if mot_out:
-            sinks.append(MotSink(mot_out))
+            sinks.append(MotSink(mot_out, **files))
         if jsonl_out:
-            sinks.append(JsonlSink(jsonl_out))
+            sinks.append(JsonlSink(jsonl_out, **files))
     except BaseException:
         for s in sinks:
             s.close()

@@ -2,6 +2,8 @@
 
 It cannot promise the text sinks' durability (OpenCV's writer buffers and reports no errors): an
 `.avi` (MJPG) stays readable after a kill, an `.mp4` does not (its index is written at close).
+With `rotate_bytes`, each file that reaches that size is finished (an `.mp4` gets its index) and
+moved aside like the text sinks' (`sinks.rotate_previous`), so a kill loses at most the last one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .sinks import SinkError, _SinkBase, check_writable
+from .sinks import SinkError, _SinkBase, check_writable, rotate_previous
 from .types import FrameResult
 
 log = logging.getLogger(__name__)
@@ -69,13 +71,15 @@ class VideoSink(_SinkBase):
     as many as fit in QUEUE_BYTES, 2 to 32), a new frame is dropped and counted in `dropped`
     (the tracker outranks its debug video), unless `drop_when_full=False`, which makes `write`
     wait. `frame_size` is (width, height); None takes it from the first image; other sizes are
-    resized to it.
+    resized to it. `rotate_bytes` > 0: an earlier file is moved aside at open (`keep_previous` kept),
+    and a file that reaches that size is finished and moved aside too; 0 replaces an earlier file.
+    An error on the encoding thread is raised by the next `write` or by `close`.
     """
 
     QUEUE_BYTES = 64 << 20  # memory the frames waiting for the encoder may take
 
     def __init__(self, path: str | os.PathLike, fps: float, frame_size: tuple[int, int] | None = None,
-                 queue_size: int = 0, drop_when_full: bool = True):
+                 queue_size: int = 0, drop_when_full: bool = True, rotate_bytes: int = 0, keep_previous: int = 5):
         self.path = Path(path)
         ext = self.path.suffix.lower()
         if ext not in VIDEO_CODECS:
@@ -86,6 +90,8 @@ class VideoSink(_SinkBase):
         self.fps, self.frame_size, self.drop_when_full = float(fps), frame_size, drop_when_full
         self.frames = self.dropped = 0  # frames encoded / frames dropped because the queue was full
         self.queue_size = queue_size
+        self.rotate_bytes, self.keep_previous = rotate_bytes, keep_previous
+        self.error: BaseException | None = None  # what stopped the encoding thread
         self._queue: queue.Queue | None = None
         self._writer: cv2.VideoWriter | None = None
         self._thread: threading.Thread | None = None
@@ -94,18 +100,25 @@ class VideoSink(_SinkBase):
             self._open(frame_size)
 
     def _open(self, size: tuple[int, int]) -> None:
-        fourcc = VIDEO_CODECS[self.path.suffix.lower()]
         self.frame_size = (int(size[0]), int(size[1]))
-        self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*fourcc), self.fps, self.frame_size)
-        if not self._writer.isOpened():
-            raise SinkError(f"video sink: OpenCV cannot open {self.path} for writing at {size} ({fourcc})")
+        self._writer = self._new_writer(rotate=self.rotate_bytes > 0)
         per_frame = 3 * self.frame_size[0] * self.frame_size[1]
         n = self.queue_size or min(max(self.QUEUE_BYTES // per_frame, 2), 32)  # 640x480: 32, 1080p: 10
         self._queue = queue.Queue(maxsize=n)
         self._thread = threading.Thread(target=self._encode, name=f"video:{self.path.name}", daemon=True)
         self._thread.start()
 
+    def _new_writer(self, rotate: bool) -> cv2.VideoWriter:
+        if rotate:
+            rotate_previous(self.path, self.keep_previous)
+        fourcc = VIDEO_CODECS[self.path.suffix.lower()]
+        writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*fourcc), self.fps, self.frame_size)
+        if not writer.isOpened():
+            raise SinkError(f"video sink: OpenCV cannot open {self.path} for writing at {self.frame_size} ({fourcc})")
+        return writer
+
     def write(self, result: FrameResult, image: np.ndarray | None = None) -> None:
+        self._raise_error()
         if image is None:
             raise ValueError(f"video sink: frame {result.index} came without its image (pass write(result, image))")
         if self._writer is None:
@@ -118,12 +131,27 @@ class VideoSink(_SinkBase):
                 log.warning("video sink: encoding falls behind; dropping frames from %s", self.path)
 
     def _encode(self) -> None:
+        """The encoding thread: until close's None. After an error it only drains the queue, so a
+        waiting `write` (drop_when_full=False) is released and raises it."""
         while (item := self._queue.get()) is not None:
-            result, image = item
-            if (image.shape[1], image.shape[0]) != self.frame_size:
-                image = cv2.resize(image, self.frame_size, interpolation=cv2.INTER_AREA)
-            self._writer.write(annotate(image, result))
-            self.frames += 1
+            if self.error is None:
+                try:
+                    self._encode_one(*item)
+                except BaseException as e:  # noqa: BLE001 - handed to the loop's thread by write/close
+                    self.error = e
+
+    def _encode_one(self, result: FrameResult, image: np.ndarray) -> None:
+        if (image.shape[1], image.shape[0]) != self.frame_size:
+            image = cv2.resize(image, self.frame_size, interpolation=cv2.INTER_AREA)
+        self._writer.write(annotate(image, result))
+        self.frames += 1
+        if self.rotate_bytes and os.path.getsize(self.path) >= self.rotate_bytes:
+            self._writer.release()  # an .mp4 gets its index here
+            self._writer = self._new_writer(rotate=True)
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            raise SinkError(f"video sink: encoding {self.path} failed: {self.error!r}") from self.error
 
     def close(self) -> None:
         if self._writer is None:
@@ -134,3 +162,4 @@ class VideoSink(_SinkBase):
         self._writer = None
         if self.dropped:
             log.warning("video sink: %d frames dropped from %s", self.dropped, self.path)
+        self._raise_error()

@@ -62,6 +62,20 @@ def test_contract_outputs(bundle, tmp_path):
 
 
 
+def test_rotate_mb_splits_the_outputs_and_keeps_the_newest(bundle, tmp_path):
+    """--rotate-mb and --keep-files reach the sinks: a long run's JSONL is cut into files of about that
+    size, the oldest deleted, and the kept ones end on whole lines, the newest frames all there."""
+    from vsdmot.runtime.sinks import kept_files
+
+    jsonl = tmp_path / "f.jsonl"
+    assert edge_run("--demo", "--bundle", bundle, "--max-frames", 30, "--jsonl-out", jsonl,
+                    "--rotate-mb", 0.002, "--keep-files", 2) == 0
+    old = kept_files(jsonl)
+    frames = [json.loads(ln)["frame"] for f in [*old, jsonl] for ln in f.read_text().splitlines()]
+    assert len(old) == 2 and all(f.stat().st_size >= 2000 for f in old)
+    assert frames == list(range(frames[0], 31)) and frames[0] > 1  # contiguous, newest last, oldest gone
+
+
 def test_rotate_turns_a_sideways_camera_upright(bundle, tmp_path):
     """The demo clip turned a quarter counter-clockwise (a camera mounted sideways, 480x640): the detector
     finds almost nobody lying down; --rotate 90 turns the frames back and the people are tracked, in the

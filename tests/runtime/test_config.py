@@ -62,6 +62,9 @@ BAD = [  # (overrides or toml text, words in the ValueError)
     ({"source.fourcc": "MJ"}, ["fourcc", "4 characters"]),
     ({"source.rotate": 45}, ["rotate", "0, 90, 180 or 270"]),
     ({"max_frames": -1}, ["max_frames", ">= 0"]),
+    ({"sinks.rotate_mb": -1.0}, ["rotate_mb", ">= 0"]),
+    ({"sinks.rotate_mb": float("inf")}, ["rotate_mb", "size in MB"]),
+    ({"sinks.keep_files": -2}, ["keep_files", ">= 0"]),
     ({"semantics": 3}, ["semantics", "table"]),
     ("[semantics\n", ["not valid TOML"]),
 ]

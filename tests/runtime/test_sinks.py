@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from vsdmot.runtime.mot import read_rows
-from vsdmot.runtime.sinks import JsonlSink, MotSink, SinkError, open_sinks
+from vsdmot.runtime.sinks import JsonlSink, MotSink, SinkError, kept_files, open_sinks
 from vsdmot.runtime.stats_sink import LatencyHistogram, StatsSink
 from vsdmot.runtime.video_sink import VideoSink, annotate, track_colour
 from vsdmot.runtime.types import Detections, FrameResult
@@ -57,6 +57,41 @@ def test_a_restart_keeps_the_previous_file(tmp_path):
     assert [len(read_rows(tmp_path / k)) for k in kept] == [6, 9] and len(read_rows(path)) == 12
     MotSink(path, keep_previous=0).close()  # 0: plain replace
     assert path.read_text() == "" and len(list(tmp_path.iterdir())) == 3
+
+
+@pytest.mark.parametrize("cls", [MotSink, JsonlSink])
+def test_rotation_bounds_the_files_and_loses_no_frame(tmp_path, cls):
+    """A service writing for weeks: each file is cut at a frame boundary once it holds rotate_bytes;
+    the newest `keep` full files stay, so the newest frames are all there, in order, whole."""
+    path, frames, keep = tmp_path / "out.txt", 40, 3
+    with cls(path, rotate_bytes=600, keep_previous=keep) as sink:
+        texts = []
+        for i in range(1, frames + 1):
+            before = sum(f.stat().st_size for f in [path, *kept_files(path)])
+            sink.write(make_result(i))
+            texts.append(sum(f.stat().st_size for f in [path, *kept_files(path)]) - before)
+    old = kept_files(path)
+    assert len(old) == keep and sink.frames == frames
+    assert all(600 <= f.stat().st_size < 600 + max(texts) for f in old)  # cut at the first frame past the size
+    lines = "".join(f.read_text() for f in [*old, path]).splitlines()
+    first = [int(ln.split(",")[0]) if cls is MotSink else json.loads(ln)["frame"] for ln in lines]
+    assert first == sorted(first) and first[-1] == frames  # oldest file first, nothing out of order
+    assert len(set(first)) == first[-1] - first[0] + 1  # a contiguous run of the newest frames
+
+
+def test_rotation_with_keep_zero_holds_one_file(tmp_path):
+    with MotSink(tmp_path / "m.txt", rotate_bytes=300, keep_previous=0) as sink:
+        for i in range(1, 30):
+            sink.write(make_result(i))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.txt"] and (tmp_path / "m.txt").stat().st_size < 400
+
+
+def test_kept_files_sort_ten_rotations_in_one_second(tmp_path):
+    """NAME.STAMP-10 is newer than NAME.STAMP-9, which a name sort puts after it."""
+    names = ["m.txt.20260101T000000Z"] + [f"m.txt.20260101T000000Z-{n}" for n in range(1, 12)] + ["m.txt.20260101T000001Z"]
+    for n in reversed(names):
+        (tmp_path / n).write_text("x")
+    assert [p.name for p in kept_files(tmp_path / "m.txt")] == names
 
 
 def test_mot_sink_refuses_tracks_without_ids(tmp_path):
@@ -114,6 +149,49 @@ def test_video_sink_drops_rather_than_stalls_the_loop(tmp_path):
         for i in range(1, 41):
             sink.write(make_result(i), img)
     assert sink.frames + sink.dropped == 40 and sink.frames >= 1
+
+
+@pytest.mark.parametrize("ext", [".avi", ".mp4"])
+def test_video_rotation_keeps_every_file_playable(tmp_path, ext):
+    """Each full file is finished before it is moved aside (an .mp4 gets its index), and together the
+    files hold every frame; with rotation on, an earlier run's video is moved aside, not replaced."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (240, 320, 3), np.uint8) for _ in range(30)]  # noise: ~100 kB per frame
+    with VideoSink(tmp_path / f"whole{ext}", 10) as whole:
+        for i, img in enumerate(images, 1):
+            whole.write(make_result(i), img)
+    size = (tmp_path / f"whole{ext}").stat().st_size  # the writers flush in blocks of up to 256 kB
+    path = tmp_path / f"v{ext}"
+    path.write_bytes(b"an earlier run")
+    with VideoSink(path, 10, rotate_bytes=size // 6, keep_previous=20, drop_when_full=False) as sink:
+        for i, img in enumerate(images, 1):
+            sink.write(make_result(i), img)
+    files = kept_files(path)
+    assert files[0].read_bytes() == b"an earlier run"
+    counts = [_frames_in(f) for f in [*files[1:], path]]
+    assert len(counts) >= 3 and sum(counts) == 30 == sink.frames
+
+
+def _frames_in(path: Path) -> int:
+    cap, n = cv2.VideoCapture(str(path)), 0
+    while cap.read()[0]:
+        n += 1
+    return n
+
+
+def test_video_encoding_error_reaches_the_loop(tmp_path, monkeypatch):
+    """An error on the encoding thread is raised by the next write (and close), and a waiting write is
+    not left hanging on a queue nobody drains."""
+    import vsdmot.runtime.video_sink as vs
+
+    monkeypatch.setattr(vs, "annotate", lambda *a: 1 / 0)
+    sink = VideoSink(tmp_path / "v.avi", 10, queue_size=1, drop_when_full=False)
+    img = np.zeros((48, 64, 3), np.uint8)
+    with pytest.raises(SinkError, match="encoding .*v.avi failed: ZeroDivisionError"):
+        for i in range(1, 50):
+            sink.write(make_result(i), img)
+    with pytest.raises(SinkError, match="ZeroDivisionError"):
+        sink.close()
 
 
 def test_annotate_survives_nan_quality():
@@ -307,7 +385,7 @@ def tiny_tmpfs(tmp_path):
 def test_full_disk_keeps_what_was_written(tiny_tmpfs, cls):
     path = tiny_tmpfs / "out.txt"
     sink = cls(path)
-    with pytest.raises(SinkError, match=f"{path}: disk full.*frames already written are intact") as err:
+    with pytest.raises(SinkError, match=f"{path}: disk full.*frames already written to it are intact") as err:
         for i in range(1, 100_000):
             sink.write(make_result(i, n=5))
     written = sink.frames
