@@ -137,6 +137,30 @@ def check_output_paths(cfg, config_path: str | None = None) -> None:
         seen[real] = flag
 
 
+def output_size_notes(sinks, endless: bool) -> list[str]:
+    """What may fill the disk: a growing output file of an endless run (a camera, a stream, --loop)
+    without --rotate-mb, or a folder with less free space than the rotated files may take. Pipes and
+    devices (/dev/stdout) fill nothing."""
+    import shutil
+
+    growing = {f"--{n.replace('_', '-')}": Path(getattr(sinks, n)) for n in ("mot_out", "jsonl_out", "video_out")
+               if getattr(sinks, n)}
+    growing = {flag: path for flag, path in growing.items() if path.is_file() or not path.exists()}
+    if not growing:
+        return []
+    if not sinks.rotate_mb:
+        return [f"{', '.join(growing)}: this source has no end and --rotate-mb is not set, so the output grows until "
+                "the disk is full (JSON lines: ~1.4 GB a day at 30 FPS); --rotate-mb 100 bounds it"] if endless else []
+    need = (sinks.keep_files + 1) * sinks.rotate_mb * 1e6
+    notes = []
+    for flag, path in growing.items():
+        free = shutil.disk_usage(path.parent).free
+        if free < need:
+            notes.append(f"{flag}: {path.parent} has {free / 1e6:.0f} MB free, less than the {need / 1e6:.0f} MB its "
+                         f"rotated files may take ((--keep-files {sinks.keep_files} + 1) x --rotate-mb {sinks.rotate_mb:g})")
+    return notes
+
+
 def open_bundle(path: str):
     """The bundle at `path`, or the shipped default; BundleError says what is wrong."""
     from vsdmot.runtime.bundle import DEFAULT_BUNDLE, load_bundle
@@ -202,6 +226,9 @@ def run(args: argparse.Namespace) -> int:
                                meta=_meta(cfg, pipeline, source))
             if not sinks:
                 log.info("no --mot-out, --jsonl-out, --video-out or --stats-out: the tracks are not saved")
+            endless = not (getattr(source, "frame_count", 0) or cfg.max_frames)
+            for note in output_size_notes(cfg.sinks, endless):
+                log.warning(note)
             with _signals(stop, _reloader(args, pipeline)):
                 summary = run_loop(source, pipeline, sinks, hooks, stop, cfg.max_frames, overlap=overlap_for(cfg, pipeline))
         finally:

@@ -343,3 +343,25 @@ def test_overlap_flag_gives_the_same_rows_and_stays_off_on_tensorrt(tmp_path, ca
     assert run_cmd.overlap_for(on, SimpleNamespace(backend_kind="onnxruntime"))
     assert not run_cmd.overlap_for(on, SimpleNamespace(backend_kind="tensorrt"))
     assert "not with the TensorRT backend" in caplog.text
+
+
+def test_output_size_notes_name_what_may_fill_the_disk(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from vsdmot.edge.run_cmd import output_size_notes
+    from vsdmot.runtime.config import SinksConfig
+
+    jsonl = str(tmp_path / "t.jsonl")
+    assert output_size_notes(SinksConfig(jsonl_out=jsonl), endless=False) == []  # a file source ends
+    (note,) = output_size_notes(SinksConfig(jsonl_out=jsonl, stats_out=str(tmp_path / "s.json")), endless=True)
+    assert note.startswith("--jsonl-out: this source has no end") and "--rotate-mb 100" in note
+    os.mkfifo(tmp_path / "pipe")
+    assert output_size_notes(SinksConfig(mot_out=str(tmp_path / "pipe")), endless=True) == []  # a pipe fills nothing
+    rotated = SinksConfig(jsonl_out=jsonl, video_out=str(tmp_path / "v.avi"), rotate_mb=100.0, keep_files=5)
+    assert output_size_notes(rotated, endless=True) == []  # bounded, and this disk has 600 MB free
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 250 * 10**6, 250 * 10**6))
+    notes = output_size_notes(rotated, endless=True)
+    assert [n.split(":")[0] for n in notes] == ["--jsonl-out", "--video-out"]
+    assert "250 MB free, less than the 600 MB" in notes[0]
