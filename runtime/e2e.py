@@ -200,12 +200,18 @@ class _SlotTracker:
         return free
 
     def _report(self, props: Detections, rows, score, ids) -> Detections:
-        rows, score = rows[: len(ids)], score[: len(ids)]  # births beyond free slots were dropped
+        """Tracks whose `score` (the tracker's, per row) reaches output_score, with the score
+        `_shown_score` gives (rows: proposals; births beyond free slots are cut here)."""
+        rows, score = rows[: len(ids)], score[: len(ids)]
         box = props.xyxy[rows]
         area = (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
         ok = (score >= self.cfg.output_score) & (area >= self.cfg.min_area)
         feat = None if props.feature is None or not ok.any() else props.feature[rows][ok]  # (0, E) is refused
-        return Detections(box[ok], score[ok], ids[ok], feat)
+        return Detections(box[ok], self._shown_score(props, rows, score)[ok], ids[ok], feat)
+
+    def _shown_score(self, props: Detections, rows: np.ndarray, score: np.ndarray) -> np.ndarray:
+        """The score a reported track carries (MOT conf, JSONL score): the tracker's own."""
+        return score
 
 
 class E2ETracker(_SlotTracker):
@@ -250,7 +256,11 @@ class HybridTracker(_SlotTracker):
         cand = high[free_high]
         born = cand[props.score[cand] >= cfg.new_score]
         born = born[np.argsort(-props.score[born], kind="stable")]
-        return m, np.ones(len(m), np.float32), born, props.score[born]
+        return m, np.ones(len(m), np.float32), born, props.score[born]  # a matched track is always reported
+
+    def _shown_score(self, props: Detections, rows: np.ndarray, score: np.ndarray) -> np.ndarray:
+        """The detection's score, as ByteTrack reports (the 1.0 that reports every match is no confidence)."""
+        return props.score[rows]
 
     def _cost(self, prob, slots, props) -> tuple[np.ndarray, np.ndarray | None]:
         """(L, n) association cost of live slots x proposals, and their predicted-box IoU (None when

@@ -158,6 +158,14 @@ def test_hybrid(name, frames, want):
     assert [sorted(o.track_id.tolist()) for o in got] == want
 
 
+def test_hybrid_reports_the_detection_score_and_still_every_match():
+    """A track continued by a low-score detection (0.3 < output_score 0.6) is still reported, and it
+    carries that detection's score: the MOT conf column said 1.0 for every match before."""
+    got = run(HybridTracker(FakeTrackerNet(), E2EConfig()), [dets((100, 0.9)), dets((101, 0.3)), dets((102, 0.75))])
+    assert [o.track_id.tolist() for o in got] == [[1], [1], [1]]
+    np.testing.assert_allclose([float(o.score[0]) for o in got], [0.9, 0.3, 0.75], rtol=1e-6)
+
+
 def pointer_everywhere(cfg: E2EConfig, frames):
     """Frame 1 through the IoU fake net; then every live track points at proposal 0, however far."""
     net = FakeTrackerNet()
