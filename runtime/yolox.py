@@ -41,6 +41,13 @@ def size_text(size: Size) -> str:
     return f"{w}x{h}"
 
 
+def export_advice(size: Size, precision: str = "fp32") -> str:
+    """The command that makes a bundle with this detector input, for a hint: an `--fp32` export takes
+    seconds (7 s here for 832x480), an `--int8` one minutes (calibration and the accuracy gate), and
+    INT8 pays off on TensorRT only (docs/export.md)."""
+    return f"`vsdmot-export --{precision} --input-size {size_text(size)} --out DIR` (then --bundle DIR)"
+
+
 def letterbox(image: np.ndarray, size: Size) -> tuple[np.ndarray, float]:
     """(h, w, 3) uint8 BGR -> ((1, 3, H, W) float32 BGR 0..255, scale); source px = letterbox px / scale."""
     if image.ndim != 3 or image.shape[2] != 3:
@@ -107,7 +114,7 @@ def fitted_size(frame_hw: tuple[int, int], size: Size, stride: int = 32) -> tupl
     return (short, side) if fw >= fh else (side, short)
 
 
-def padding_hint(frame_hw: tuple[int, int], size: Size, worth: float = 0.2) -> str | None:
+def padding_hint(frame_hw: tuple[int, int], size: Size, worth: float = 0.2, precision: str = "fp32") -> str | None:
     """A one-line suggestion when at least `worth` of each detector input is letterbox padding
     (convolutions spent on nothing), else None."""
     (H, W), (fh, fw) = input_hw(size), frame_hw
@@ -117,11 +124,10 @@ def padding_hint(frame_hw: tuple[int, int], size: Size, worth: float = 0.2) -> s
     if padded < worth or better[0] * better[1] >= H * W:
         return None
     return (f"detector input {size_text(size)} on {fw}x{fh} frames: {padded:.0%} of each input is padding; a bundle "
-            f"exported with `vsdmot-export --input-size {size_text(better)}` skips most of it "
-            f"(docs/export.md 'Input size')")
+            f"made by {export_advice(better, precision)} skips most of it (docs/export.md 'Input size')")
 
 
-def shrink_warning(frame_hw: tuple[int, int], size: Size, worst: float = 0.9) -> str | None:
+def shrink_warning(frame_hw: tuple[int, int], size: Size, worst: float = 0.9, precision: str = "fp32") -> str | None:
     """A one-line warning when a camera-shaped input shows these frames at under `worst` of the
     scale a square input of the same longer side would (a 16:9 bundle on 4:3 video: 0.82x,
     people smaller than the detector saw them in the gate), else None."""
@@ -129,13 +135,13 @@ def shrink_warning(frame_hw: tuple[int, int], size: Size, worst: float = 0.9) ->
     scale, square = min(H / fh, W / fw), max(H, W) / max(fh, fw)
     if scale >= worst * square or scale >= 1.0:  # at full size or larger, a square input shows nothing more
         return None
-    side, fitted = max(H, W), size_text(fitted_size(frame_hw, size))
+    side = max(H, W)
     return (f"detector input {size_text(size)} is shaped for other frames: {fw}x{fh} frames are scaled to "
             f"{int(fw * scale)}x{int(fh * scale)}, {1 - scale / square:.0%} smaller than in a {side}x{side} input, "
-            f"and small people are missed; use a bundle exported with --input-size {fitted}")
+            f"and small people are missed; use a bundle made by {export_advice(fitted_size(frame_hw, size), precision)}")
 
 
-def detail_hint(frame_hw: tuple[int, int], size: Size, worst: float = 0.35) -> str | None:
+def detail_hint(frame_hw: tuple[int, int], size: Size, worst: float = 0.35, precision: str = "fp32") -> str | None:
     """A one-line suggestion when the detector sees the frames at under `worst` of their size
     (1920x1080 into a 416 input: 0.22x, a person 100 px tall becomes 22 px), else None. A larger
     input, twice the longer side in the frame's aspect (never past the frame's own size), finds
@@ -150,8 +156,8 @@ def detail_hint(frame_hw: tuple[int, int], size: Size, worst: float = 0.35) -> s
         return None
     gain, work = min(bigger[0] / fh, bigger[1] / fw) / scale, bigger[0] * bigger[1] / (H * W)
     return (f"detector input {size_text(size)} shows {fw}x{fh} frames at {scale:.2f}x their size, so small people are "
-            f"missed; a bundle exported with `vsdmot-export --input-size {size_text(bigger)}` shows them {gain:.1f}x "
-            f"larger for {work:.1f}x the detector's work (docs/export.md 'Input size')")
+            f"missed; a bundle made by {export_advice(bigger, precision)} shows them {gain:.1f}x larger for "
+            f"{work:.1f}x the detector's work (docs/export.md 'Input size')")
 
 
 @dataclass(slots=True, frozen=True)
@@ -197,10 +203,11 @@ class YoloxDetector:
         """Per new frame size: warn when this input shrinks the frames, else hint when it is mostly padding;
         and hint when it shows the frames at a fraction of their size."""
         self._frame_hw, size = frame_hw, self.config.input_size
-        if warning := shrink_warning(frame_hw, size):
+        precision = "int8" if getattr(self.backend, "kind", "") == "tensorrt" else "fp32"  # INT8 is slower on a CPU
+        if warning := shrink_warning(frame_hw, size, precision=precision):
             log_once(log.name, logging.WARNING, warning)
-        elif hint := padding_hint(frame_hw, size):
+        elif hint := padding_hint(frame_hw, size, precision=precision):
             log_once(log.name, logging.INFO, hint)
-        if hint := detail_hint(frame_hw, size):
+        if hint := detail_hint(frame_hw, size, precision=precision):
             log_once(log.name, logging.INFO, hint)
 

@@ -77,7 +77,7 @@ def test_padding_hint_only_when_a_fitted_input_saves_work():
 def test_shrink_warning_when_a_camera_shaped_input_meets_other_frames():
     warn = shrink_warning((480, 640), (256, 416))  # a 16:9 bundle on 4:3 video
     assert "640x480 frames are scaled to 341x256, 18% smaller than in a 416x416 input" in warn
-    assert "--input-size 416x320" in warn
+    assert "a bundle made by `vsdmot-export --fp32 --input-size 416x320 --out DIR`" in warn
     assert shrink_warning((1080, 1920), (320, 416)) is None  # 4:3 bundle on 16:9: same scale, only padding
     assert shrink_warning((480, 640), 416) is None and shrink_warning((1080, 1920), (256, 416)) is None
 
@@ -90,8 +90,10 @@ def test_shrink_warning_not_for_frames_shown_at_full_size():
 def test_detail_hint_when_the_input_shows_frames_at_a_fraction_of_their_size():
     hint = detail_hint((1080, 1920), 416)
     assert "416x416 shows 1920x1080 frames at 0.22x their size" in hint
-    assert "--input-size 832x480` shows them 2.0x larger for 2.3x the detector's work" in hint
-    assert "--input-size 480x832`" in detail_hint((1920, 1080), 416)  # portrait
+    assert "`vsdmot-export --fp32 --input-size 832x480 --out DIR` (then --bundle DIR) shows them 2.0x larger for 2.3x " \
+           "the detector's work" in hint  # a command to copy: --fp32, seconds; the default --int8 takes minutes
+    assert "`vsdmot-export --int8 --input-size 832x480 --out DIR`" in detail_hint((1080, 1920), 416, precision="int8")
+    assert "--input-size 480x832 " in detail_hint((1920, 1080), 416)  # portrait
     assert "3.8x the detector's work" in detail_hint((1080, 1920), (256, 416))  # from a 16:9 bundle
     for frame in ((480, 640), (576, 768)):  # the kit's clips: 0.65x, 0.54x
         assert detail_hint(frame, 416) is None
