@@ -2,7 +2,8 @@
 
     GET /healthz  200 while fresh frames arrive within the stall window, else 503; JSON body
     GET /metrics  Prometheus text: FPS, per-stage latency histograms, semantic skip ratio,
-                  dropped frames, reconnects, stalls, and power where a meter exists
+                  dropped frames, reconnects, stalls, the outputs' bytes on disk and the free
+                  space beside them, and power where a meter exists
 
 `HealthHook` is a run-loop hook (`on_start`, `on_frame(result, source_stats)`, `on_stop`): it
 feeds a thread-safe `Metrics` that the server thread reads. Given the source's `stats` getter,
@@ -16,10 +17,12 @@ import collections
 import json
 import logging
 import math
+import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -96,10 +99,11 @@ class Metrics:
     """Thread-safe run state: written by the run loop, read by the HTTP thread."""
 
     def __init__(self, stall_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
-                 source_stats: Callable[[], Any] | None = None):
+                 source_stats: Callable[[], Any] | None = None, outputs: Mapping[str, str] | None = None):
         if stall_s <= 0:
             raise ValueError(f"stall window: expected > 0 s, got {stall_s}")
         self.stall_s, self.clock = stall_s, clock
+        self.outputs = {k: Path(v) for k, v in (outputs or {}).items() if v}  # sink kind (mot, jsonl, ...) -> file
         # the live source's stats(), read per request: during a stall no frame (and no observe) comes
         self.source_stats = source_stats
         self.started = clock()
@@ -177,7 +181,7 @@ class Metrics:
         with self._lock:
             self._refresh(now)
             lines = _counter_lines(self, now) + _histogram_lines(self.latency) + _power_lines(self)
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + _output_lines(self.outputs)) + "\n"
 
 
 def _metric(lines: list[str], name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
@@ -219,6 +223,34 @@ def _histogram_lines(latency: dict[str, Histogram]) -> list[str]:
         out += [f'vsdmot_stage_latency_seconds_sum{{stage="{stage}"}} {h.total!r}',
                 f'vsdmot_stage_latency_seconds_count{{stage="{stage}"}} {h.n}']
     return out
+
+
+def _output_lines(outputs: Mapping[str, Path]) -> list[str]:
+    """Per output file: the bytes it and its kept predecessors (NAME.<UTC time>, --rotate-mb) hold,
+    and the free bytes of its file system, so an alert can fire before a full disk stops the run."""
+    from vsdmot.runtime.sinks import kept_files
+
+    held, free = [], []
+    for kind, path in outputs.items():
+        label = f'{{output="{kind}"}}'
+        files = [f for f in (path, *kept_files(path)) if f.is_file()]
+        held.append((label, sum(_size(f) for f in files)))
+        try:
+            free.append((label, shutil.disk_usage(path.parent).free))
+        except OSError:  # the folder went away: no number rather than a wrong one
+            continue
+    out: list[str] = []
+    if outputs:
+        _metric(out, "vsdmot_output_bytes", "gauge", "Bytes an output holds on disk, its kept earlier files included.", held)
+        _metric(out, "vsdmot_output_free_bytes", "gauge", "Free bytes on the file system of an output.", free)
+    return out
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # rotated away between the listing and here
+        return 0
 
 
 def _power_lines(m: Metrics) -> list[str]:
@@ -298,8 +330,9 @@ class HealthHook:
     """Run-loop hook: serve health/metrics for the run, and power readings where metered."""
 
     def __init__(self, listen: str, stall_s: float, meter_order: tuple[str, ...] | None = None, root: str = "/",
-                 source_stats: Callable[[], Any] | None = None):
-        self.metrics = Metrics(stall_s, source_stats=source_stats)  # source_stats: the source's, read per request
+                 source_stats: Callable[[], Any] | None = None, outputs: Mapping[str, str] | None = None):
+        # source_stats: the source's, read per request; outputs: sink kind -> file, sized per request
+        self.metrics = Metrics(stall_s, source_stats=source_stats, outputs=outputs)
         self.listen, self.meter_order, self.root = listen, meter_order, root  # root: "/" (tests: a recorded tree)
         self.server: HealthServer | None = None
         self.sampler: Any = None

@@ -269,5 +269,8 @@ def make_hooks(args: argparse.Namespace, cfg: Any, source: Any = None) -> list[A
     if listen:
         meters = tuple(m for m in getattr(args, "power_meter", "none").split(",") if m and m != "none")
         stats = getattr(source, "stats", None)
-        hooks.append(HealthHook(listen, stall, meters or None, source_stats=stats if callable(stats) else None))
+        sinks = getattr(cfg, "sinks", None)
+        outputs = {n.removesuffix("_out"): getattr(sinks, n) for n in getattr(sinks, "PATHS", ())}
+        hooks.append(HealthHook(listen, stall, meters or None, source_stats=stats if callable(stats) else None,
+                                outputs=outputs))
     return hooks

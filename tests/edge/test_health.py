@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -148,6 +149,21 @@ def test_metrics_content():
     assert s['vsdmot_stage_latency_seconds_sum{stage="total"}'] == pytest.approx(0.22)
     assert s['vsdmot_power_meter_info{meter="none"}'] == 1
     assert not any(k.startswith("vsdmot_power_watts") for k in s)  # no meter, no watts
+
+
+def test_metrics_outputs_bytes_and_free_space(tmp_path):
+    """Each output's bytes on disk count its rotated predecessors; a folder's free space is the
+    file system's; no outputs, no lines."""
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_bytes(b"x" * 300)
+    (tmp_path / "t.jsonl.20261125T010203Z").write_bytes(b"x" * 1000)
+    (tmp_path / "t.jsonl.20261125T010203Z-1").write_bytes(b"x" * 500)
+    m = H.Metrics(outputs={"jsonl": str(jsonl), "mot": str(tmp_path / "m.txt"), "video": ""})
+    s = parse_prometheus(m.prometheus())
+    assert s['vsdmot_output_bytes{output="jsonl"}'] == 1800 and s['vsdmot_output_bytes{output="mot"}'] == 0
+    assert abs(s['vsdmot_output_free_bytes{output="jsonl"}'] - shutil.disk_usage(tmp_path).free) < 1e8  # others write too
+    assert not any('output="video"' in k for k in s)  # not asked for
+    assert not any(k.startswith("vsdmot_output") for k in parse_prometheus(H.Metrics().prometheus()))
 
 
 def test_metrics_power_from_a_recorded_meter():
