@@ -8,8 +8,10 @@ Per run: warm up (frames in the first --warmup seconds are not counted), then me
 --duration seconds. A file source is replayed if it ends early. Reported: per-stage latency
 percentiles; FPS three ways (model stages only, the whole per-frame step, and end to end with
 decode and hooks); the semantic skip ratio; CPU seconds (time.process_time); RSS and its growth
-per minute; and, only where a real power meter exists, watts with the idle baseline (measured
-before any model is loaded) subtracted and joules per frame. Without a meter the report says so and has no watts.
+per minute; the device's power mode, clocks and temperatures before, halfway through and after
+each run (`edge/clocks.py`); and, only where a real power meter exists, watts with the idle
+baseline (measured before any model is loaded) subtracted and joules per frame. Without a meter
+the report says so and has no watts.
 """
 
 from __future__ import annotations
@@ -76,16 +78,33 @@ def rss_mb() -> float:
 
 @dataclass
 class ProfileHook:
-    """Run-loop hook: records every frame and stops the run when the time (or frames) is up."""
+    """Run-loop hook: records every frame and stops the run when the time (or frames) is up; reads
+    the device's clocks and temperatures at the start, halfway through the measuring (on a timer
+    thread, so no frame pays for it) and at the end."""
 
     cfg: ProfileConfig
     stop_event: threading.Event
     records: list[FrameRecord] = field(default_factory=list)
     t_start: float = 0.0  # monotonic at on_start
     cpu_start: float = 0.0  # process_time at on_start
+    device: dict[str, Any] = field(default_factory=dict)  # "start" / "under_load" / "end" -> clocks.DeviceState
+    read_device: Any = None  # () -> DeviceState; None = clocks.read_state
+    _timer: threading.Timer | None = None
 
     def on_start(self) -> None:
+        from .clocks import read_state
+
+        read = self.read_device or read_state
+        self.device["start"] = read()
+        self._timer = threading.Timer(self.cfg.warmup_s + self.cfg.duration_s / 2, self._read, ("under_load",))
+        self._timer.daemon = True
+        self._timer.start()
         self.t_start, self.cpu_start = time.monotonic(), time.process_time()
+
+    def _read(self, when: str) -> None:
+        from .clocks import read_state
+
+        self.device[when] = (self.read_device or (lambda: read_state(nvpmodel="")))()  # nvpmodel: read once, at start
 
     def on_frame(self, result: Any, source_stats: Any = None) -> None:
         now = time.monotonic()
@@ -96,7 +115,9 @@ class ProfileHook:
             self.stop_event.set()
 
     def on_stop(self, summary: Any = None) -> None:
-        pass
+        if self._timer is not None:
+            self._timer.cancel()  # a run cut short (--max-frames, Ctrl-C) has no halfway reading
+        self._read("end")
 
 
 def steady(records: list[FrameRecord], t_start: float, warmup_s: float) -> tuple[list[FrameRecord], float, float]:
@@ -227,9 +248,17 @@ def run_variant(args: argparse.Namespace, variant: Variant, cfg: ProfileConfig, 
     return {"label": label, "config": to_dict(run_cfg), "stats": stats, "semantic_policy_effective": policy,
             "tracker": pipeline.tracker_kind, "backend": backend,
             "input_size": _input_size(pipeline), "bundle_precision": bundle.manifest.get("precision"),
-            "engine_precision": engines,
+            "engine_precision": engines, "device": device_record(hook.device),
             "series": _series(hook.records, hook.t_start),
             "power_samples": [] if sampler is None else _power_series(sampler, stats["window"], hook.t_start)}
+
+
+def device_record(device: dict[str, Any]) -> dict[str, Any]:
+    """The run's device readings as dicts, and the notes on the one under load (else the end's)."""
+    from .clocks import notes
+
+    loaded = device.get("under_load") or device.get("end")
+    return {**{when: state.as_dict() for when, state in device.items()}, "notes": notes(loaded) if loaded else []}
 
 
 def run_namespace(args: argparse.Namespace, variant: Variant) -> argparse.Namespace:
@@ -304,8 +333,11 @@ def measure_idle(sampler: Any, idle_s: float) -> float | None:
 
 
 def host_info() -> dict[str, Any]:
+    from .clocks import read_state
+
     return {"machine": platform.machine(), "node": platform.node(), "python": platform.python_version(),
-            "cpus": os.cpu_count(), "platform": platform.platform(), "vsdmot": __version__}
+            "cpus": os.cpu_count(), "cpu_model": read_state(nvpmodel="").cpu_model, "platform": platform.platform(),
+            "vsdmot": __version__}
 
 
 def profile(args: argparse.Namespace) -> dict[str, Any]:

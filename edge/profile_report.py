@@ -189,6 +189,38 @@ def _notes(runs: list[dict[str, Any]]) -> list[str]:
     return notes + ([""] if notes else [])
 
 
+def _device(runs: list[dict[str, Any]]) -> list[str]:
+    """Power mode, clocks and the hottest zone per run: start, halfway (under load), end."""
+    lines = []
+    for r in runs:
+        dev = r.get("device") or {}
+        if not dev.get("start"):
+            continue
+        start, load, end = dev["start"], dev.get("under_load") or {}, dev.get("end") or {}
+
+        def mhz(state: dict[str, Any], unit: str) -> str:
+            c = state.get(unit)
+            return "?" if not c else f"{c['cur_mhz']:.0f}"
+
+        def top(unit: str) -> str:
+            c = start.get(unit)
+            return f" (max {c['max_mhz']:.0f})" if c and c["max_mhz"] else ""
+
+        def hottest(state: dict[str, Any]) -> str:
+            t = state.get("temps_c") or {}
+            return "?" if not t else "{} {:.0f} C".format(*max(t.items(), key=lambda kv: kv[1]))
+
+        parts = [f"power mode {start['power_mode'] or 'n/a'}", f"governor {start['governor'] or 'n/a'}",
+                 f"CPU MHz start / halfway / end {mhz(start, 'cpu')} / {mhz(load, 'cpu')} / {mhz(end, 'cpu')}{top('cpu')}"]
+        if start.get("gpu"):
+            parts.append(f"GPU MHz {mhz(start, 'gpu')} / {mhz(load, 'gpu')} / {mhz(end, 'gpu')}{top('gpu')}")
+        if start.get("temps_c") or end.get("temps_c"):
+            parts.append(f"hottest zone {hottest(start)} -> {hottest(end)}")
+        lines.append(f"- {r['label']}: " + "; ".join(parts) + ".")
+        lines += [f"  - {n}" for n in dev.get("notes", [])]
+    return (["**Device** (what the numbers ran at; `edge/clocks.py`):", ""] + lines + [""]) if lines else []
+
+
 def _engines(run: dict[str, Any]) -> str:
     """What the networks' engines were built at, else the --precision asked (no TensorRT engines)."""
     built = run.get("engine_precision") or {}
@@ -199,14 +231,15 @@ def _engines(run: dict[str, Any]) -> str:
 
 def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
     runs, meter, host, st = report["runs"], report["meter"], report["host"], report["settings"]
+    cpu = f" ({host['cpu_model']})" if host.get("cpu_model") else ""
     lines = [f"# vsdmot-edge profile ({report['created_utc']})", "",
-             f"Host: {host['node']} {host['machine']}, {host['cpus']} CPUs, Python {host['python']}, vsdmot {host['vsdmot']}.",
+             f"Host: {host['node']} {host['machine']}, {host['cpus']} CPUs{cpu}, Python {host['python']}, vsdmot {host['vsdmot']}.",
              f"Source: `{st['source']}`. Warm-up {st['warmup_s']} s, measured {st['duration_s']} s per run.",
              f"Threads / precision / input size per run: " + "; ".join(
                  f"{r['label']}: threads {r['config']['pipeline']['threads'] or 'all'}, {r.get('bundle_precision') or '?'} bundle "
                  f"({_engines(r)}), detector input {r.get('input_size') or '?'}"
                  f"{', overlap' if r['config']['pipeline'].get('overlap') else ''}" for r in runs),
-             "", f"**Power:** {meter['explain']}."]
+             "", *_device(runs), f"**Power:** {meter['explain']}."]
     if meter["name"] and meter["idle_w"] is not None:
         lines.append(f"Idle baseline {meter['idle_w']:.3f} W, measured before any model was loaded; net figures subtract it.")
     lines += ["", "| | " + " | ".join(r["label"] for r in runs) + " |", "|---|" + "---|" * len(runs)]

@@ -209,6 +209,25 @@ def test_profile_report_on_the_demo_clip(bundle, tmp_path, capsys):
         assert "power_over_time.png" not in pngs and "no power meter" in md
         assert not any(w in md for w in ("mean power W", "J per frame")) and "n/a (no power meter)" in md
     assert "semantic=auto:" in capsys.readouterr().out
+    for r in report["runs"]:  # read before, halfway (1.5 s in) and after each run; this VM: the CPU's MHz only
+        assert set(r["device"]) == {"start", "under_load", "end", "notes"}
+        assert r["device"]["start"]["cpu_model"] == report["host"]["cpu_model"]
+    assert "**Device** (what the numbers ran at" in md and "semantic=always: power mode" in md
+
+
+def test_the_report_names_power_mode_clocks_heat_and_their_notes():
+    from vsdmot.edge.clocks import Clock, DeviceState, notes
+    from vsdmot.edge.profile_cmd import device_record
+    from vsdmot.edge.profile_report import _device
+
+    start = DeviceState("ARMv8", "15W (1)", "schedutil", Clock(729.6, 1728.0), Clock(306.0, 1020.0), {"cpu-thermal": 48.0})
+    load = DeviceState("ARMv8", "15W (1)", "schedutil", Clock(1420.0, 1728.0), Clock(1020.0, 1020.0), {"cpu-thermal": 83.5})
+    dev = device_record({"start": start, "under_load": load, "end": load})
+    assert dev["notes"] == notes(load) and len(dev["notes"]) == 3  # CPU at 82 %, hot, schedutil
+    (line, *sub) = _device([{"label": "run", "device": dev}])[2:-1]
+    assert line == ("- run: power mode 15W (1); governor schedutil; CPU MHz start / halfway / end 730 / 1420 / 1420 "
+                    "(max 1728); GPU MHz 306 / 1020 / 1020 (max 1020); hottest zone cpu-thermal 48 C -> cpu-thermal 84 C.")
+    assert sub[0].startswith("  - CPU at 1420 of 1728 MHz under load (82%)")
 
 
 def _has_board_meter() -> bool:
