@@ -202,6 +202,26 @@ def check_power(root: Path) -> Check:
     return Check("power", "ok" if metered else "--", found, meaning)
 
 
+def check_clocks(root: Path) -> Check:
+    """Power mode, governor, clocks and the hottest zone now (idle: the clocks are the governor's
+    idle choice, so only a benchmark's reading under load says whether they held; profile does)."""
+    from .clocks import read_state
+
+    s = read_state(root)
+    parts = [f"power mode {s.power_mode}" if s.power_mode else "", f"governor {s.governor}" if s.governor else ""]
+    for name, c in (("CPU", s.cpu), ("GPU", s.gpu)):
+        if c is not None:
+            parts.append(f"{name} {c.cur_mhz:.0f}" + (f" of {c.max_mhz:.0f}" if c.max_mhz else "") + " MHz")
+    if s.temps_c:
+        parts.append("hottest {} {:.0f} C".format(*max(s.temps_c.items(), key=lambda kv: kv[1])))
+    found = ", ".join(p for p in parts if p) or "no clocks exposed"
+    if s.power_mode:
+        meaning = "profile records these with its figures; `sudo nvpmodel -m 0` (MAXN) and `sudo jetson_clocks` for a benchmark"
+    else:
+        meaning = "profile records the clocks and temperatures this machine exposes with its figures"
+    return Check("clocks", "ok" if s.cpu is not None else "--", found, meaning)
+
+
 def check_systemd() -> Check:
     running = Path("/run/systemd/system").is_dir()
     found = "running (PID 1)" if running else "not running here"
@@ -289,14 +309,14 @@ def check_device_policy(root: Path) -> Check:
 
 
 PROBES: tuple[Callable[..., Check], ...] = (check_l4t, check_tensorrt, check_cuda, check_gpu, check_onnxruntime,
-                                            check_opencv, check_cameras, check_jtop, check_power,
+                                            check_opencv, check_cameras, check_jtop, check_power, check_clocks,
                                             check_systemd, check_service, check_device_policy)
 
 
 def diagnose(root: Path = Path("/")) -> list[Check]:
     """Every probe, in order. `root` lets tests point the file-system probes at a recorded tree."""
     needs_root = {"check_l4t", "check_cuda", "check_gpu", "check_cameras", "check_jtop",
-                  "check_power", "check_service", "check_device_policy"}
+                  "check_power", "check_clocks", "check_service", "check_device_policy"}
     return [p(root) if p.__name__ in needs_root else p() for p in PROBES]
 
 

@@ -89,6 +89,15 @@ def test_doctor_on_a_jetson_tree(orin_tree):
     assert checks["power"].found == "VDD_IN, VDD_CPU_GPU_CV, VDD_SOC" and checks["power"].status == "ok"
     assert "socket /run/jtop.sock" in checks["jtop"].found or checks["jtop"].status == "--"  # needs jetson-stats too
     assert "not installed" in checks["service"].found
+    assert checks["clocks"].found == "no clocks exposed" and checks["clocks"].status == "--"  # not recorded here
+
+
+def test_doctor_reads_clocks_from_a_recorded_jetson(tmp_path):
+    from helpers import jetson_tree
+
+    clocks = {c.name: c for c in D.diagnose(jetson_tree(tmp_path))}["clocks"]
+    assert clocks.status == "ok"
+    assert clocks.found == "governor schedutil, CPU 1120 of 1728 MHz, GPU 306 of 1020 MHz, hottest cpu-thermal 52 C"
 
 
 def test_doctor_sees_an_installed_unit(orin_tree):
