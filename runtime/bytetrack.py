@@ -15,7 +15,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from .tracking import box_iou, linear_assignment
+from .tracking import box_iou, linear_assignment, motion_scale, warp_xyxy
 from .types import Detections
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,10 @@ def _xyah(tlwh: np.ndarray) -> np.ndarray:
     return np.array([x + w / 2, y + h / 2, w / h, h])
 
 
+def _tlwh(xyxy: np.ndarray) -> np.ndarray:
+    return np.r_[xyxy[:2], xyxy[2:] - xyxy[:2]]
+
+
 def _boxes(tracks: list[Track]) -> np.ndarray:
     return np.array([t.box() for t in tracks]).reshape(-1, 4)
 
@@ -127,6 +131,23 @@ class ByteTrack:
         self.lost: list[Track] = []
         self.frame_id = 0
         self._next_id = 0
+
+    def warp(self, a: np.ndarray) -> None:
+        """Move every live track's filter state by the camera's (2, 3) affine (BoT-SORT's camera
+        motion compensation on this filter's xyah state): the centre through `a`, the centre velocity
+        through its linear part, height and its velocity by its scale; the covariance alike."""
+        a = np.asarray(a, np.float64)
+        lin, s = a[:, :2], motion_scale(a)
+        m = np.eye(8)
+        m[0:2, 0:2] = m[4:6, 4:6] = lin
+        m[3, 3] = m[7, 7] = s
+        for t in self.tracked + self.lost:
+            if t.mean is None:
+                t.tlwh = _tlwh(warp_xyxy(t.box(), a)[0])
+                continue
+            t.mean = m @ t.mean
+            t.mean[:2] += a[:, 2]
+            t.cov = m @ t.cov @ m.T
 
     def step(self, dets: Detections, semantic: np.ndarray | None = None, w: float = 0.0, gap: int = 1) -> Detections:
         """`gap`: source frames since the previous step (> 1 when a live source dropped frames): the

@@ -113,9 +113,11 @@ class TrackerConfig:
     miss_tolerance: int = 20  # frames a track survives unseen before its slot is freed (MOTRv2)
     output_score: float = 0.6  # only tracks scoring at least this are written out (MOTRv2)
     min_area: float = 100.0  # boxes smaller than this many square pixels are not written (MOTRv2)
+    camera_motion: str = "auto"  # off / auto (probe, follow a moving camera) / on (every frame): runtime/motion.py
 
     def __post_init__(self) -> None:
         _choice("tracker", "kind", self.kind, TRACKERS)
+        _choice("tracker", "camera_motion", self.camera_motion, ("off", "auto", "on"))
         for name in ("birth_score", "keep_score", "output_score"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"[tracker] {name}: expected a value in [0, 1], got {getattr(self, name)!r}")

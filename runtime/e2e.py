@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backends import Backend
-from .tracking import box_iou, linear_assignment
+from .tracking import box_iou, linear_assignment, warp_xyxy
 from .types import Detections
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,15 @@ class _SlotTracker:
         self.query = np.zeros((S, self.d), np.float32)  # (S, d) track queries
         self.next_id = 1
         self.gap = 1  # source frames since the previous step (step's `gap`)
+
+    def warp(self, a: np.ndarray) -> None:
+        """Move the live slots' box state by the camera's (2, 3) affine and turn their velocities
+        (px per frame, per corner) by its linear part: predictions stay on the people."""
+        a = np.asarray(a, np.float64)
+        live = self.valid
+        self.box[live] = warp_xyxy(self.box[live], a).astype(np.float32)
+        v = self.vel[live].reshape(-1, 2, 2) @ a[:, :2].T  # (L, corner, xy)
+        self.vel[live] = v.reshape(-1, 4).astype(np.float32)
 
     def _proposals(self, dets: Detections) -> Detections:
         """Detections fed as proposals: score >= min_det_score, the top P by score."""

@@ -1,8 +1,9 @@
 """The per-frame pipeline: built once from a bundle and a config, then `step(frame, p)` per frame.
 
     frame -> quality gate -> q -> DSWR w -> semantic policy (None | cached | fresh student vector)
-          -> detector -> Percept                                          (perceive: no tracker state)
-          -> tracker.step(dets, semantic, w, frame gap) -> FrameResult   (track: tracks + per-stage ms)
+          -> detector [-> camera motion] -> Percept                       (perceive: no tracker state)
+          -> [tracker.warp(motion)] tracker.step(dets, semantic, w, frame gap) -> FrameResult
+                                                                          (track: tracks + per-stage ms)
 
 Everything with state (backends, tracker slots, the semantic cache) lives in `Pipeline`;
 `step` holds no state of its own. No threads here: sources, sinks and the run loop (its overlap of
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STAGES = ("quality", "semantics", "detector", "tracker")  # FrameResult.latency_ms keys, plus "total"
+STAGES = ("quality", "semantics", "detector", "tracker")  # FrameResult.latency_ms keys, plus "total" (and "motion")
 TRACKER_KINDS = ("e2e", "hybrid", "bytetrack")
 
 
@@ -47,11 +48,14 @@ class Pipeline:
     backend_kind: str = "onnxruntime"  # what the networks run on
     backends: list[Backend] = field(default_factory=list, repr=False)  # closed by close()
     last_index: int = 0  # Frame.index of the previous step (0: none since the last reset)
+    camera: Any = None  # runtime/motion.py CameraMotion, None when [tracker] camera_motion = "off"
 
     def reset(self) -> None:
         """A new scene (another source, or a reconnect after a long gap): forget tracks and cache."""
         self.tracker.reset()
         self.semantics.reset()
+        if self.camera is not None:
+            self.camera.reset()
         self.last_index = 0
 
     def close(self) -> None:
@@ -76,12 +80,18 @@ def perceive(frame: Frame, p: Pipeline) -> Percept:
     t.lap("semantics")
     dets = p.detector.detect(frame.image)  # proposals in source pixels (+ appearance)
     t.lap("detector")
-    return Percept(float(q), float(w), sem, state, dets, t.ms)
+    motion = None
+    if p.camera is not None:
+        motion = p.camera.estimate(frame.image)  # ~1 ms when it looks (a 160 px gray copy), None: no motion
+        t.lap("motion")
+    return Percept(float(q), float(w), sem, state, dets, t.ms, motion)
 
 
 def track(frame: Frame, seen: Percept, p: Pipeline) -> FrameResult:
     """The tracker on one perceived frame: queries += w * proj(semantic) inside the network."""
     t = _Laps()
+    if seen.motion is not None:
+        p.tracker.warp(seen.motion)  # the tracks' boxes and velocities into this frame's pixels
     tracks = p.tracker.step(seen.detections, seen.semantic_vector, seen.w, frame_gap(frame, p))
     t.lap("tracker")
     ms = {**seen.latency_ms, **t.ms}
@@ -139,7 +149,12 @@ def build_pipeline(bundle: Bundle, cfg: RunConfig, fps: float = 30.0) -> Pipelin
     if cfg.pipeline.precision not in ("auto", "fp32") and ran_on != "tensorrt":
         log.warning("precision %s applies to TensorRT engines only; the %s backend runs the bundle's ONNX "
                     "networks as exported (INT8 only from a vsdmot-export --int8 bundle)", cfg.pipeline.precision, ran_on)
-    return Pipeline(gate, dswr, semantics, detector, tracker, kind, ran_on, backends)
+    camera = None
+    if cfg.tracker.camera_motion != "off":
+        from .motion import CameraMotion
+
+        camera = CameraMotion(mode=cfg.tracker.camera_motion)
+    return Pipeline(gate, dswr, semantics, detector, tracker, kind, ran_on, backends, camera=camera)
 
 
 def warm_up(backends: Sequence[Backend]) -> float:

@@ -31,6 +31,11 @@ class Tracker(Protocol):
         """Forget every track and restart ids, e.g. at a new sequence."""
         ...
 
+    def warp(self, a: np.ndarray) -> None:
+        """The camera moved: map every track's box and velocity by the (2, 3) affine `a` (the previous
+        frame's pixels -> this frame's, runtime/motion.py), before this frame's `step`."""
+        ...
+
 
 def box_iou(a: np.ndarray, b: np.ndarray, offset: float = 0.0) -> np.ndarray:
     """(N, 4) x (M, 4) xyxy -> (N, M) IoU. offset=1 is the legacy inclusive-pixel convention
@@ -42,6 +47,21 @@ def box_iou(a: np.ndarray, b: np.ndarray, offset: float = 0.0) -> np.ndarray:
     area = lambda x: (x[:, 2] - x[:, 0] + offset) * (x[:, 3] - x[:, 1] + offset)  # noqa: E731
     union = area(a)[:, None] + area(b)[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def warp_xyxy(xyxy: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """(N, 4) boxes moved by a (2, 3) rotation + uniform scale + translation: the centre maps through
+    `a`, width and height scale by its scale (a box stays axis-aligned)."""
+    xyxy = np.asarray(xyxy, np.float64).reshape(-1, 4)
+    centre = (xyxy[:, :2] + xyxy[:, 2:]) / 2  # (N, 2)
+    half = (xyxy[:, 2:] - xyxy[:, :2]) / 2 * motion_scale(a)
+    moved = centre @ a[:, :2].T + a[:, 2]
+    return np.concatenate([moved - half, moved + half], 1)
+
+
+def motion_scale(a: np.ndarray) -> float:
+    """The uniform scale of a (2, 3) partial affine."""
+    return float(np.sqrt(abs(np.linalg.det(np.asarray(a, np.float64)[:, :2]))))
 
 
 def linear_assignment(cost: np.ndarray, thresh: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -102,7 +102,8 @@ class Percept:
     semantic_vector: np.ndarray | None  # (1, D) student vector (fresh or reused), or None when skipped
     semantic: str  # one of SEMANTIC_STATES
     detections: Detections  # proposals in source pixels (+ appearance)
-    latency_ms: dict[str, float] = field(default_factory=dict)  # quality, semantics, detector
+    latency_ms: dict[str, float] = field(default_factory=dict)  # quality, semantics, detector (, motion)
+    motion: np.ndarray | None = None  # (2, 3) affine, the previous frame's px -> this frame's; None: none seen
 
 
 @dataclass(slots=True)

@@ -54,6 +54,7 @@ BAD = [  # (overrides or toml text, words in the ValueError)
     ({"semantics.policy": "sometimes"}, ["policy", "'auto'", "'sometimes'"]),
     ({"pipeline.backend": "openvino"}, ["backend", "tensorrt"]),
     ({"tracker.kind": "sort"}, ["kind", "bytetrack"]),
+    ({"tracker.camera_motion": "yes"}, ["camera_motion", "'auto'"]),
     ({"semantics.max_age": "3"}, ["semantics.max_age", "expected int", "str"]),
     ({"service.watchdog": 1}, ["watchdog", "expected bool"]),
     ({"semantics.eps_on": 0.01}, ["eps_on", ">= eps_off"]),

@@ -43,7 +43,7 @@ def test_bytetrack_pipeline_on_real_frames(bundle, frames):
     results = [P.step(f, p) for f in frames]
     p.close()
     assert all(isinstance(r, FrameResult) for r in results)
-    assert set(results[-1].latency_ms) == {*P.STAGES, "total"}
+    assert set(results[-1].latency_ms) == {*P.STAGES, "motion", "total"}  # camera motion: auto by default
     assert all(0.0 <= r.q <= 1.0 and 0.0 <= r.w <= 1.0 for r in results)
     last = results[-1].tracks
     assert len(last) >= 3 and last.track_id is not None  # PETS has several walkers from frame 1
@@ -86,7 +86,10 @@ class Recorder:
     """A tracker stand-in: remembers what the pipeline handed it."""
 
     def __init__(self):
-        self.calls, self.gaps = [], []
+        self.calls, self.gaps, self.warps = [], [], []
+
+    def warp(self, a):
+        self.warps.append((len(self.gaps), a))  # (steps before it, the affine)
 
     def step(self, dets, semantic=None, w=0.0, gap=1):
         self.calls.append((len(dets), None if semantic is None else semantic.shape, w))
@@ -134,6 +137,26 @@ def test_step_hands_the_tracker_the_frames_a_live_source_dropped(bundle, frames,
     P.step(replace(frames[0], index=20), p)
     assert p.tracker.gaps == [1]
     p.close()
+
+@pytest.mark.parametrize("mode", ["off", "auto", "on"])
+def test_a_panning_camera_moves_the_tracks_before_they_are_matched(bundle, frames, monkeypatch, mode):
+    """Real PETS frames seen by a camera panning 9 px per frame to the right (a crop that slides): the
+    tracker is warped by about (-9, 0) before each step from the first frame the estimator looks at
+    (on: frame 2; auto: its first probe, frame 15 of 15 in the default probing); off: never."""
+    monkeypatch.setattr(P, "make_tracker", lambda *a, **k: Recorder())
+    p = P.build_pipeline(bundle, cfg(**{"tracker.camera_motion": mode}))
+    image = frames[0].image
+    for i in range(16):
+        P.step(replace(frames[0], index=i + 1, image=np.ascontiguousarray(image[:, 9 * i:9 * i + 600])), p)
+    warps = p.tracker.warps
+    p.close()
+    if mode == "off":
+        assert p.camera is None and warps == []
+        return
+    assert [when for when, _ in warps] == (list(range(1, 16)) if mode == "on" else [14, 15])
+    for _, a in warps:
+        np.testing.assert_allclose(a[:, 2], [-9, 0], atol=0.6)
+
 
 def test_build_failure_closes_opened_backends(bundle, monkeypatch):
     closed = []
