@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from vsdmot._cli import add_log_arguments, run_main
@@ -35,7 +34,7 @@ from vsdmot.splits import touches_held_out
 
 from .metrics import counted_gt, write_gt
 from .reencode import split_spec
-from .zoom import ZoomConfig, zoom_rows
+from .zoom import ZoomConfig, write_frames, zoom_rows
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ def motion_sequence(spec: str, out: str | Path, cfg: MotionConfig = MotionConfig
     corners = offsets(b - a + 1, (size[0] - win[0], size[1] - win[1]), cfg)
     out = Path(out)
     (out / "img1").mkdir(parents=True, exist_ok=True)
-    n, rows = _write(seq, (a, b), corners, win, size, out / "img1", cfg.quality), []
+    n, rows = write_frames(seq, (a, b), lambda i: (*corners[i], *win), size, out / "img1", cfg.quality), []
     keep = ZoomConfig(factor=cfg.factor)
     for i in range(n):
         crop = (*corners[i], *win)
@@ -107,25 +106,6 @@ def motion_sequence(spec: str, out: str | Path, cfg: MotionConfig = MotionConfig
             "gt_boxes": len(counted_gt(moved)), "gt_boxes_before": len(counted_gt(gt))}
     log.info("camera motion: wrote %s: %s", out, info)
     return info
-
-
-def _write(seq, span: tuple[int, int], corners: np.ndarray, win: tuple[int, int], size: tuple[int, int],
-           folder: Path, quality: int) -> int:
-    """Frames span[0]..span[1], each cropped at its corner and scaled to `size`, as 000001.jpg ..."""
-    src, n = seq.frames(), 0
-    try:
-        for frame in src:
-            if frame.index < span[0]:
-                continue
-            if frame.index > span[1]:
-                break
-            x, y = corners[n]
-            n += 1
-            img = cv2.resize(frame.image[y:y + win[1], x:x + win[0]], size, interpolation=cv2.INTER_LINEAR)
-            cv2.imwrite(str(folder / f"{n:06d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    finally:
-        src.close()
-    return n
 
 
 def build_parser() -> argparse.ArgumentParser:

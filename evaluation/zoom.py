@@ -94,7 +94,7 @@ def zoom_sequence(spec: str, out: str | Path, cfg: ZoomConfig = ZoomConfig(), he
     scale = (size[0] / crop[2], size[1] / crop[3])
     out = Path(out)
     (out / "img1").mkdir(parents=True, exist_ok=True)
-    n = write_frames(seq, (a, b), crop, size, out / "img1", cfg.quality)
+    n = write_frames(seq, (a, b), lambda i: crop, size, out / "img1", cfg.quality)
     rows = zoom_rows(gt, crop, scale, cfg)
     rows.frame = rows.frame - (a - 1)
     write_gt(out / "gt" / "gt.txt", rows)  # the source's layout (MOT17: class, visibility)
@@ -105,9 +105,9 @@ def zoom_sequence(spec: str, out: str | Path, cfg: ZoomConfig = ZoomConfig(), he
     return info
 
 
-def write_frames(seq, span: tuple[int, int], crop, size: tuple[int, int], folder: Path, quality: int) -> int:
-    """Frames span[0]..span[1] of `seq`, cropped and scaled to `size`, as 000001.jpg ...; returns the count."""
-    x, y, w, h = crop
+def write_frames(seq, span: tuple[int, int], crop_of, size: tuple[int, int], folder: Path, quality: int) -> int:
+    """Frames span[0]..span[1] of `seq`, frame i (from 0) cropped to `crop_of(i)` = (x, y, w, h) and
+    scaled to `size`, as 000001.jpg ...; returns the count."""
     src, n = seq.frames(), 0
     try:
         for frame in src:
@@ -115,6 +115,7 @@ def write_frames(seq, span: tuple[int, int], crop, size: tuple[int, int], folder
                 continue
             if frame.index > span[1]:
                 break
+            x, y, w, h = crop_of(n)
             n += 1
             img = cv2.resize(frame.image[y:y + h, x:x + w], size, interpolation=cv2.INTER_LINEAR)
             cv2.imwrite(str(folder / f"{n:06d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, quality])
