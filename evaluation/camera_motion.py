@@ -28,13 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from vsdmot._cli import add_log_arguments, run_main
-from vsdmot.runtime.mot import MotRows, SeqInfo, read_rows, write_seqinfo
-from vsdmot.runtime.sources import open_sequence
-from vsdmot.splits import touches_held_out
+from vsdmot.runtime.mot import MotRows, SeqInfo, write_seqinfo
 
 from .metrics import counted_gt, write_gt
-from .reencode import split_spec
-from .zoom import ZoomConfig, write_frames, zoom_rows
+from .zoom import ZoomConfig, open_window, write_frames, zoom_rows
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +75,7 @@ def offsets(n: int, slack: tuple[int, int], cfg: MotionConfig) -> np.ndarray:
 
 def motion_sequence(spec: str, out: str | Path, cfg: MotionConfig = MotionConfig(), held_out: bool = False) -> dict:
     """Write the moving-camera copy of `spec` ('SEQ_DIR[:A-B]') into `out`; returns what was written."""
-    path, (a, b) = split_spec(spec)
-    seq = open_sequence(path)
-    if touches_held_out(seq.info.name, (a, b)) and not held_out:
-        raise ValueError(f"camera motion: {seq.info.name} frames {a}-{b} touch held-out frames; pass --held-out to "
-                         "write an evaluation copy on purpose")
-    gt = read_rows(seq.gt_path)
-    gt = gt.select((gt.frame >= a) & (gt.frame <= b))
+    seq, (a, b), gt = open_window(spec, held_out, "camera motion")
     size = (seq.info.width, seq.info.height)
     win = (int(round(size[0] / cfg.factor)), int(round(size[1] / cfg.factor)))
     corners = offsets(b - a + 1, (size[0] - win[0], size[1] - win[1]), cfg)

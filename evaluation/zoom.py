@@ -78,17 +78,23 @@ def zoom_rows(gt: MotRows, crop: tuple[int, int, int, int], scale: tuple[float, 
     return out
 
 
-def zoom_sequence(spec: str, out: str | Path, cfg: ZoomConfig = ZoomConfig(), held_out: bool = False) -> dict:
-    """Write the zoomed copy of `spec` ('SEQ_DIR[:A-B]') into `out`; returns what was written."""
+def open_window(spec: str, held_out: bool, what: str):
+    """(sequence, (first, last), its gt rows in that window) of 'SEQ_DIR[:A-B]'; ValueError for a window
+    touching held-out frames unless `held_out`, or a sequence without gt. `what` names the caller."""
     path, (a, b) = split_spec(spec)
     seq = open_sequence(path)
     if touches_held_out(seq.info.name, (a, b)) and not held_out:
-        raise ValueError(f"zoom: {seq.info.name} frames {a}-{b} touch held-out frames; pass --held-out to "
+        raise ValueError(f"{what}: {seq.info.name} frames {a}-{b} touch held-out frames; pass --held-out to "
                          "write an evaluation copy on purpose")
-    gt = read_rows(seq.gt_path) if seq.gt_path else None
-    if gt is None:
-        raise ValueError(f"zoom: {path} has no gt/gt.txt to zoom with")
-    gt = gt.select((gt.frame >= a) & (gt.frame <= b))
+    if not seq.gt_path:
+        raise ValueError(f"{what}: {path} has no gt/gt.txt to move with the frames")
+    gt = read_rows(seq.gt_path)
+    return seq, (a, b), gt.select((gt.frame >= a) & (gt.frame <= b))
+
+
+def zoom_sequence(spec: str, out: str | Path, cfg: ZoomConfig = ZoomConfig(), held_out: bool = False) -> dict:
+    """Write the zoomed copy of `spec` ('SEQ_DIR[:A-B]') into `out`; returns what was written."""
+    seq, (a, b), gt = open_window(spec, held_out, "zoom")
     size = (seq.info.width, seq.info.height)
     crop = best_crop(counted_gt(gt), size, cfg)
     scale = (size[0] / crop[2], size[1] / crop[3])
