@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from helpers import jetson_tree, write
 from vsdmot.edge.clocks import Clock, DeviceState, notes, parse_nvpmodel, read_state
 
