@@ -144,7 +144,8 @@ def build_pipeline(bundle: Bundle, cfg: RunConfig, fps: float = 30.0) -> Pipelin
             b.close()
         raise
     log_once(log.name, logging.INFO, f"pipeline: {kind} tracker, {getattr(det_backend, 'kind', '?')} backend, "
-             f"detector input {size_text(detector.config.input_size)}, semantics {semantics.cfg.policy} ({bundle.path})")
+             f"detector input {size_text(detector.config.input_size)}, semantics {semantics.cfg.policy}, "
+             f"camera motion {cfg.tracker.camera_motion} ({bundle.path})")
     ran_on = getattr(det_backend, "kind", cfg.pipeline.backend)  # what `auto` resolved to
     if cfg.pipeline.precision not in ("auto", "fp32") and ran_on != "tensorrt":
         log.warning("precision %s applies to TensorRT engines only; the %s backend runs the bundle's ONNX "

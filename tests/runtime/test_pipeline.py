@@ -64,8 +64,8 @@ def test_the_setup_line_is_logged_once_per_bundle_and_setup(bundle, caplog):
     for _ in range(3):
         P.build_pipeline(bundle, cfg(), fps=7.0).close()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pipeline: ")]
-    assert lines == [f"pipeline: bytetrack tracker, onnxruntime backend, detector input 416x416, semantics never "
-                     f"({bundle.path})"]
+    assert lines == [f"pipeline: bytetrack tracker, onnxruntime backend, detector input 416x416, semantics never, "
+                     f"camera motion auto ({bundle.path})"]
 
 
 def test_int8_engines_of_an_fp32_network_are_named(bundle, caplog, monkeypatch):
