@@ -2,8 +2,8 @@
 
     vsdmot-edge run (--camera /dev/videoN | --source FILE_OR_URL_OR_DIR | --demo) [--bundle DIR]
         [--backend auto|onnxruntime|tensorrt|torch] [--semantic auto|always|never]
-        [--tracker e2e|hybrid|bytetrack] [--mot-out FILE] [--jsonl-out FILE] [--video-out FILE]
-        [--stats-out FILE] [--rotate-mb MB] [--keep-files N] [--max-frames N] [--config FILE]
+        [--tracker e2e|hybrid|bytetrack] [--camera-motion off|auto|on] [--mot-out FILE] [--jsonl-out FILE]
+        [--video-out FILE] [--stats-out FILE] [--rotate-mb MB] [--keep-files N] [--max-frames N] [--config FILE]
 
 Order matters for "nothing already written is lost": the config, the bundle (schema, hashes), the
 networks and the source are all checked before any output file is opened, and the run loop
