@@ -47,6 +47,9 @@ class MotionConfig:
     dead_zone_px: float = 1.5  # no frame corner moves more than this (source px): no motion, so a camera
     # on a tripod adds no jitter (0.5 warped 114 of 600 PETS frames by noise); a slower drift is left to
     # the trackers' own velocity
+    still_share: float = 0.5  # corners that moved less than the dead zone, against the fit's inliers, at or
+    # above which the camera is still: falling snow (the snow preset) on a still camera fitted a 1-2 px motion
+    # on 27-40 of 195 frames, where 70 % of the corners stayed put
     probe_every: int = 15  # auto: one frame pair in this many is checked while the camera seems still
     still_frames: int = 60  # auto: this many estimates in a row without motion go back to probing
 
@@ -62,28 +65,31 @@ class CameraMotion:
 
     def reset(self) -> None:
         self._prev: np.ndarray | None = None  # (h, w) uint8 small gray copy of the previous frame
+        self._mask: np.ndarray | None = None  # (h, w) uint8, 0 on the previous frame's people, or None
         self._shape: tuple[int, ...] = ()
         self._active = self.mode == "on"  # estimating every frame
         self._seen = self._still = 0  # frames since the last reset; estimates in a row without motion
 
-    def estimate(self, image: np.ndarray) -> np.ndarray | None:
+    def estimate(self, image: np.ndarray, people: np.ndarray | None = None) -> np.ndarray | None:
         """(2, 3) float32 affine from the previous frame's pixels to this frame's (source pixels), or
-        None: no motion seen, or (auto, probing) this frame not looked at."""
+        None: no motion seen, or (auto, probing) this frame not looked at. `people`: (N, 4) xyxy boxes
+        of this frame's detections, whose corners are not tracked into the next frame (a crowd
+        walking one way is not the camera)."""
         self._seen += 1
         probe = self._seen % self.cfg.probe_every
         if not self._active and probe not in (0, self.cfg.probe_every - 1):
             self._prev = None  # skipped: the next pair is not consecutive
             return None
-        a = self._step(image)
+        a = self._step(image, people)
         if self.mode == "auto":
             self._follow(a)
         return a
 
-    def _step(self, image: np.ndarray) -> np.ndarray | None:
+    def _step(self, image: np.ndarray, people: np.ndarray | None) -> np.ndarray | None:
         small, scale = self._small(image)
-        prev, same = self._prev, image.shape[:2] == self._shape
-        self._prev, self._shape = small, image.shape[:2]
-        if prev is None or not same or (a := self._fit(prev, small)) is None:
+        prev, prev_mask, same = self._prev, self._mask, image.shape[:2] == self._shape
+        self._prev, self._shape, self._mask = small, image.shape[:2], _background(small.shape, people, scale)
+        if prev is None or not same or (a := self._fit(prev, small, prev_mask, scale)) is None:
             return None
         a[:, 2] *= scale  # translation back to source pixels; rotation and scale are size-free
         return a.astype(np.float32) if corner_shift(a, image.shape[:2]) >= self.cfg.dead_zone_px else None
@@ -106,9 +112,10 @@ class CameraMotion:
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         return (cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image), scale
 
-    def _fit(self, prev: np.ndarray, cur: np.ndarray) -> np.ndarray | None:
+    def _fit(self, prev: np.ndarray, cur: np.ndarray, mask: np.ndarray | None, scale: float) -> np.ndarray | None:
+        """The affine between two small copies (their px), or None; `scale`: source px per copy px."""
         c = self.cfg
-        pts = cv2.goodFeaturesToTrack(prev, c.max_corners, c.quality, c.min_distance)
+        pts = cv2.goodFeaturesToTrack(prev, c.max_corners, c.quality, c.min_distance, mask=mask)
         if pts is None or len(pts) < c.min_inliers:
             return None
         nxt, ok, _ = cv2.calcOpticalFlowPyrLK(prev, cur, pts, None)
@@ -119,7 +126,21 @@ class CameraMotion:
                                                  ransacReprojThreshold=c.ransac_px)
         if a is None or inliers is None or int(inliers.sum()) < c.min_inliers:
             return None
+        moved = np.linalg.norm((nxt - pts).reshape(-1, 2)[ok], axis=1) * scale  # (K,) source px
+        if int((moved < c.dead_zone_px).sum()) >= c.still_share * int(inliers.sum()):
+            return None  # "no motion" explains the corners about as well as the fit does
         return a
+
+
+def _background(shape: tuple[int, ...], people: np.ndarray | None, scale: float) -> np.ndarray | None:
+    """(h, w) uint8 mask of the small copy, 0 inside the people's boxes (source px / scale), else 255;
+    None without boxes, or when they cover nearly all of it (no background left to fit)."""
+    if people is None or len(people) == 0:
+        return None
+    mask = np.full(shape[:2], 255, np.uint8)
+    for x1, y1, x2, y2 in np.round(np.asarray(people, np.float64) / scale).astype(int):
+        mask[max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = 0
+    return mask if mask.mean() > 255 * 0.1 else None
 
 
 def corner_shift(a: np.ndarray, hw: tuple[int, int]) -> float:

@@ -58,6 +58,43 @@ def test_a_still_camera_gives_none_even_with_people_walking():
         assert cm.estimate(frame) is None
 
 
+def test_a_crowd_walking_one_way_is_not_the_camera():
+    """A still camera where people fill most of the frame, all walking right (MOT17-09's close-up crowd
+    made the estimator report 2-3 px of camera motion): their textured boxes outvote the background
+    unless this frame's detections mask them out of the corners tracked into the next frame."""
+    scene, crowd = texture(0), texture(1, (H, W))
+    box = np.array([[40, 40, 600, 440]], np.float64)  # (N, 4) xyxy: 73 % of the frame
+
+    def frame(t: int) -> np.ndarray:
+        f = view(scene, 100, 100)
+        f[40:440, 40:600] = crowd[:400, 50 - 5 * t:610 - 5 * t]  # the crowd's texture moves right 5 px a frame
+        return f
+
+    unmasked, masked = CameraMotion(mode="on"), CameraMotion(mode="on")
+    for t in range(3):
+        a, b = unmasked.estimate(frame(t)), masked.estimate(frame(t), box)
+    assert a is not None and a[0, 2] == pytest.approx(5, abs=1)  # the crowd, taken for the camera
+    assert b is None  # the background: still
+
+
+def test_a_still_background_outweighs_a_larger_moving_region():
+    """Three fifths of a still camera's frame move together (a passing tram, a screen, falling snow: no
+    detection masks them): the fit locks onto them, but the corners that stayed put are more than
+    half its inliers, so "no motion" wins; without that rule the 5 px are reported."""
+    scene, moving = texture(0), texture(1, (H, W))
+    w = int(W * 0.6)
+
+    def frame(t: int) -> np.ndarray:
+        f = view(scene, 100, 100)
+        f[:, :w] = moving[:, 50 - 5 * t:50 - 5 * t + w]
+        return f
+
+    for share, seen in ((0.5, [None] * 3), (float("inf"), [5] * 3)):
+        cm = CameraMotion(MotionConfig(still_share=share), mode="on")
+        out = [cm.estimate(frame(t)) for t in range(4)][1:]
+        assert [None if a is None else round(float(a[0, 2])) for a in out] == pytest.approx(seen, abs=1)
+
+
 def test_auto_probes_a_still_camera_and_follows_a_moving_one(monkeypatch):
     """auto looks at one frame pair in `probe_every` while the camera is still (the costly fit runs
     rarely), estimates every frame from the first probe that sees motion, and goes back to probing
@@ -65,7 +102,7 @@ def test_auto_probes_a_still_camera_and_follows_a_moving_one(monkeypatch):
     cfg = MotionConfig(probe_every=5, still_frames=4)
     cm, scene, fits = CameraMotion(cfg, mode="auto"), texture(), []
     real_fit = cm._fit
-    monkeypatch.setattr(cm, "_fit", lambda prev, cur: fits.append(1) or real_fit(prev, cur))
+    monkeypatch.setattr(cm, "_fit", lambda prev, cur, mask, scale: fits.append(1) or real_fit(prev, cur, mask, scale))
     xs = [100] * 12 + [100 + 6 * i for i in range(1, 9)] + [148] * 12  # still, panning 6 px/frame, still
     out = [cm.estimate(view(scene, x, 100)) for x in xs]
     # fits: probes at frames 5, 10 (still) and 15 (the pan); every frame 16-24 (the pan ends at 20, and
