@@ -115,6 +115,11 @@ def _temps(root: Path) -> dict[str, float]:
     return out
 
 
+def hottest(temps_c: dict[str, float]) -> str:
+    """'zone NN C' of the hottest thermal zone, '' without any."""
+    return "{} {:.0f} C".format(*max(temps_c.items(), key=lambda kv: kv[1])) if temps_c else ""
+
+
 def notes(under_load: DeviceState) -> list[str]:
     """What in a state read under load may have held the FPS down: a clock under UNDER_CLOCK of its
     max, a zone at HOT_C or above, a governor that is not "performance"."""

@@ -205,7 +205,7 @@ def check_power(root: Path) -> Check:
 def check_clocks(root: Path) -> Check:
     """Power mode, governor, clocks and the hottest zone now (idle: the clocks are the governor's
     idle choice, so only a benchmark's reading under load says whether they held; profile does)."""
-    from .clocks import read_state
+    from .clocks import hottest, read_state
 
     s = read_state(root)
     parts = [f"power mode {s.power_mode}" if s.power_mode else "", f"governor {s.governor}" if s.governor else ""]
@@ -213,7 +213,7 @@ def check_clocks(root: Path) -> Check:
         if c is not None:
             parts.append(f"{name} {c.cur_mhz:.0f}" + (f" of {c.max_mhz:.0f}" if c.max_mhz else "") + " MHz")
     if s.temps_c:
-        parts.append("hottest {} {:.0f} C".format(*max(s.temps_c.items(), key=lambda kv: kv[1])))
+        parts.append(f"hottest {hottest(s.temps_c)}")
     found = ", ".join(p for p in parts if p) or "no clocks exposed"
     if s.power_mode:
         meaning = "profile records these with its figures; `sudo nvpmodel -m 0` (MAXN) and `sudo jetson_clocks` for a benchmark"

@@ -88,14 +88,12 @@ class ProfileHook:
     t_start: float = 0.0  # monotonic at on_start
     cpu_start: float = 0.0  # process_time at on_start
     device: dict[str, Any] = field(default_factory=dict)  # "start" / "under_load" / "end" -> clocks.DeviceState
-    read_device: Any = None  # () -> DeviceState; None = clocks.read_state
     _timer: threading.Timer | None = None
 
     def on_start(self) -> None:
         from .clocks import read_state
 
-        read = self.read_device or read_state
-        self.device["start"] = read()
+        self.device["start"] = read_state()  # with the power mode (nvpmodel -q), read once, here
         self._timer = threading.Timer(self.cfg.warmup_s + self.cfg.duration_s / 2, self._read, ("under_load",))
         self._timer.daemon = True
         self._timer.start()
@@ -104,7 +102,7 @@ class ProfileHook:
     def _read(self, when: str) -> None:
         from .clocks import read_state
 
-        self.device[when] = (self.read_device or (lambda: read_state(nvpmodel="")))()  # nvpmodel: read once, at start
+        self.device[when] = read_state(nvpmodel="")
 
     def on_frame(self, result: Any, source_stats: Any = None) -> None:
         now = time.monotonic()

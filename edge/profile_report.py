@@ -191,6 +191,8 @@ def _notes(runs: list[dict[str, Any]]) -> list[str]:
 
 def _device(runs: list[dict[str, Any]]) -> list[str]:
     """Power mode, clocks and the hottest zone per run: start, halfway (under load), end."""
+    from .clocks import hottest
+
     lines = []
     for r in runs:
         dev = r.get("device") or {}
@@ -206,16 +208,13 @@ def _device(runs: list[dict[str, Any]]) -> list[str]:
             c = start.get(unit)
             return f" (max {c['max_mhz']:.0f})" if c and c["max_mhz"] else ""
 
-        def hottest(state: dict[str, Any]) -> str:
-            t = state.get("temps_c") or {}
-            return "?" if not t else "{} {:.0f} C".format(*max(t.items(), key=lambda kv: kv[1]))
-
         parts = [f"power mode {start['power_mode'] or 'n/a'}", f"governor {start['governor'] or 'n/a'}",
                  f"CPU MHz start / halfway / end {mhz(start, 'cpu')} / {mhz(load, 'cpu')} / {mhz(end, 'cpu')}{top('cpu')}"]
         if start.get("gpu"):
             parts.append(f"GPU MHz {mhz(start, 'gpu')} / {mhz(load, 'gpu')} / {mhz(end, 'gpu')}{top('gpu')}")
         if start.get("temps_c") or end.get("temps_c"):
-            parts.append(f"hottest zone {hottest(start)} -> {hottest(end)}")
+            parts.append(f"hottest zone {hottest(start.get('temps_c') or {}) or '?'} -> "
+                         f"{hottest(end.get('temps_c') or {}) or '?'}")
         lines.append(f"- {r['label']}: " + "; ".join(parts) + ".")
         lines += [f"  - {n}" for n in dev.get("notes", [])]
     return (["**Device** (what the numbers ran at; `edge/clocks.py`):", ""] + lines + [""]) if lines else []

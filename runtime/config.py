@@ -32,6 +32,7 @@ BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 POLICIES = ("auto", "always", "never")
 TRACKERS = ("default", "e2e", "hybrid", "bytetrack")
+CAMERA_MOTION = ("off", "auto", "on")  # [tracker] camera_motion (runtime/motion.py)
 
 
 def _choice(section: str, name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -117,7 +118,7 @@ class TrackerConfig:
 
     def __post_init__(self) -> None:
         _choice("tracker", "kind", self.kind, TRACKERS)
-        _choice("tracker", "camera_motion", self.camera_motion, ("off", "auto", "on"))
+        _choice("tracker", "camera_motion", self.camera_motion, CAMERA_MOTION)
         for name in ("birth_score", "keep_score", "output_score"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"[tracker] {name}: expected a value in [0, 1], got {getattr(self, name)!r}")

@@ -28,12 +28,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .config import CAMERA_MOTION
 from .logs import log_once
 
 log = logging.getLogger(__name__)
 
 IDENTITY = np.array([[1, 0, 0], [0, 1, 0]], np.float32)
-MODES = ("off", "auto", "on")
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class CameraMotion:
     """Stateful estimator: call `estimate` on every frame, in order; `reset` at a new scene."""
 
     def __init__(self, cfg: MotionConfig = MotionConfig(), mode: str = "auto"):
-        if mode not in MODES[1:]:
+        if mode not in CAMERA_MOTION[1:]:  # "off" builds no estimator
             raise ValueError(f"camera motion: expected mode 'auto' or 'on', got {mode!r}")
         self.cfg, self.mode = cfg, mode
         self.reset()
