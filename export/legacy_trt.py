@@ -46,6 +46,7 @@ def legacy_int8_engines(bundle_dir: str | os.PathLike, fp32_files: Mapping[str, 
 
     from vsdmot.runtime.backends import EngineKey, default_engine_cache, engine_dir, store_engine
     from vsdmot.runtime.bundle import file_sha256, load_bundle
+    from vsdmot.runtime.locks import waiting_lock
 
     if not needs_legacy(trt.__version__):
         log.info("TensorRT %s builds INT8 from the bundle's Q/DQ ONNX; no legacy calibration", trt.__version__)
@@ -57,7 +58,9 @@ def legacy_int8_engines(bundle_dir: str | os.PathLike, fp32_files: Mapping[str, 
         cache = work / "legacy-int8" / f"{name}.calib"
         data, stamp = build(fp32_files[name], feeds[name], cache, feeds_id(feeds[name]))
         key = EngineKey(file_sha256(bundle.file(f"{name}.onnx")), trt.__version__, stamp.gpu, "int8")
-        out[name] = str(store_engine(engine_dir(cache_root or default_engine_cache(), f"{name}.onnx", key), key, data))
+        folder = engine_dir(cache_root or default_engine_cache(), f"{name}.onnx", key)
+        with waiting_lock(folder.with_name(folder.name + ".lock"), f"storing the legacy engine for {name}"):
+            out[name] = str(store_engine(folder, key, data))  # not while a run builds or reads this engine
         log.warning("TensorRT %s: legacy INT8 engine for %s.onnx (entropy calibrator, %d feeds, cache %s) cached "
                     "for vsdmot-edge run --backend tensorrt", trt.__version__, name,
                     len(feeds[name]), cache)

@@ -197,17 +197,10 @@ def shared_calibset(srcs, ccfg, where: Path, params, progress: bool):
     an exclusive lock: a second export waits and reuses the set. Without the lock two concurrent
     exports both wrote frames.npy, one under the other's read-only memory map (zeros or SIGBUS), and
     a --calib-quality proxy export rebuilt a gate-stratified set in place under a running one."""
-    import fcntl
-
     from vsdmot.calibration.calibset import build_calibset
+    from vsdmot.runtime.locks import waiting_lock
 
-    where.parent.mkdir(parents=True, exist_ok=True)
-    with open(where.with_name(where.name + ".lock"), "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("calibration set %s: another export is building it; waiting", where)
-            fcntl.flock(f, fcntl.LOCK_EX)  # released when f closes
+    with waiting_lock(where.with_name(where.name + ".lock"), f"building the calibration set {where.name}"):
         return build_calibset(srcs, ccfg, where, params, progress=progress)
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from vsdmot.runtime.backends import EngineKey, default_engine_cache, engine_dir
 from vsdmot.runtime.bundle import file_sha256, load_bundle, read_stamped
 from vsdmot.runtime.errors import DeviceError
+from vsdmot.runtime.locks import waiting_lock
 
 from .to_onnx import TorchNet
 
@@ -62,9 +63,10 @@ def compile_programs(out: str | os.PathLike, nets: Mapping[str, TorchNet],
         onnx = bundle.file(f"{name}.onnx")
         key = EngineKey(file_sha256(onnx), versions, gpu, precision)
         folder = engine_dir(root, onnx, key)
-        if cached_program(folder, key) is None:
-            log.info("compiling %s with Torch-TensorRT (%s, %s)", name, precision, versions)
-            store_program(folder, key, lambda path, net=net: compile_program(net, precision, path))
+        with waiting_lock(folder.with_name(folder.name + ".lock"), f"compiling {name}"):  # one compile per program
+            if cached_program(folder, key) is None:
+                log.info("compiling %s with Torch-TensorRT (%s, %s)", name, precision, versions)
+                store_program(folder, key, lambda path, net=net: compile_program(net, precision, path))
         programs[name] = folder / PROGRAM
         log.warning("Torch-TensorRT %s program for %s: %s (import torch_tensorrt; torch.export.load(path).module())",
                     precision, name, programs[name])

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -20,6 +20,7 @@ import numpy as np
 
 from .bundle import file_sha256, read_stamped
 from .errors import DeviceError
+from .locks import waiting_lock
 from .logs import log_once
 from .types import TensorSpec
 
@@ -197,15 +198,36 @@ def load_cached_engine(folder: str | os.PathLike, key: EngineKey) -> bytes | Non
 
 
 def store_engine(folder: str | os.PathLike, key: EngineKey, data: bytes) -> Path:
-    """Write engine.plan and its stamp atomically (a crash leaves no half engine behind)."""
+    """Write engine.plan and its stamp atomically (a crash leaves no half engine behind). The
+    temp names carry the pid, so two writers never write into one temp file."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stamp = {**asdict(key), "engine_sha256": hashlib.sha256(data).hexdigest(), "created": time.time()}
     for name, payload in (("engine.plan", data), ("stamp.json", json.dumps(stamp, indent=1).encode())):
-        tmp = folder / f".{name}.tmp"
+        tmp = folder / f".{name}.{os.getpid()}.tmp"
         tmp.write_bytes(payload)
         os.replace(tmp, folder / name)
     return folder / "engine.plan"
+
+
+def cached_or_built(folder: str | os.PathLike, key: EngineKey, build: Callable[[], bytes], what: str) -> bytes:
+    """The engine cached in `folder` for `key`, else `build()` stored there. The check and the build
+    run under a lock on the folder: of two processes that start together (two camera services at
+    boot, or a service and a `vsdmot-edge run` by hand), one builds and the other waits and loads
+    its engine, instead of both building (minutes of GPU memory twice) and writing over each
+    other's plan and stamp. A stale or altered cache is rebuilt, with a warning."""
+    folder = Path(folder)
+    with waiting_lock(folder.with_name(folder.name + ".lock"), f"building the engine for {what}"):
+        try:
+            data = load_cached_engine(folder, key)
+        except DeviceError as e:
+            log.warning("%s; rebuilding", e)
+            data = None
+        if data is None:
+            log.info("building TensorRT %s engine for %s (once per device; cached in %s)", key.precision, what, folder)
+            data = build()
+            store_engine(folder, key, data)
+    return data
 
 
 def _import_tensorrt():
@@ -354,27 +376,14 @@ class TensorRTBackend:
         precision = typed_precision(trt, precision)
         self.key = EngineKey(file_sha256(self.path), trt.__version__, self._cuda.gpu_name(), precision)
         self._logger = trt.Logger(trt.Logger.WARNING)
-        data = self._cached_or_built(Path(cache_dir or default_engine_cache()), workspace_mb)
+        folder = engine_dir(cache_dir or default_engine_cache(), self.path, self.key)
+        data = cached_or_built(folder, self.key, lambda: self._build(workspace_mb), self.path.name)
         self._runtime = trt.Runtime(self._logger)  # must outlive the engine
         self._engine = self._runtime.deserialize_cuda_engine(data)
         if self._engine is None:
             raise DeviceError(f"TensorRT could not deserialise the engine for {self.path.name}")
         self._context = self._engine.create_execution_context()
         self._bind_buffers()
-
-    def _cached_or_built(self, cache_root: Path, workspace_mb: int) -> bytes:
-        folder = engine_dir(cache_root, self.path, self.key)
-        try:
-            data = load_cached_engine(folder, self.key)
-        except DeviceError as e:
-            log.warning("%s; rebuilding", e)
-            data = None
-        if data is None:
-            log.info("building TensorRT %s engine for %s (once per device; cached in %s)",
-                     self.key.precision, self.path.name, folder)
-            data = self._build(workspace_mb)
-            store_engine(folder, self.key, data)
-        return data
 
     def _build(self, workspace_mb: int) -> bytes:
         trt = self._trt

@@ -6,7 +6,11 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import multiprocessing
+import os
+import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,6 +176,43 @@ def test_altered_or_unstamped_engine_is_refused(tmp_path):
     (tmp_path / "stamp.json").unlink()
     with pytest.raises(DeviceError, match="stamp"):
         B.load_cached_engine(tmp_path, KEY)
+
+
+def _build_once_in(folder, marker, out, seconds):
+    """A process that asks the cache for KEY's engine; its build records itself in `marker`."""
+    def build():
+        with open(marker, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(seconds)  # long enough for the other process to arrive while this one builds
+        return f"PLAN {os.getpid()}".encode()
+    Path(out).write_bytes(B.cached_or_built(folder, KEY, build, "tiny.onnx"))
+
+
+def test_two_processes_build_an_engine_once(tmp_path):
+    """Two services starting together: one builds, the other waits and loads that engine (before
+    the lock both built, and their plan and stamp writes could interleave into a refused cache)."""
+    ctx = multiprocessing.get_context("fork")
+    folder, marker = tmp_path / "engines" / "tiny-fp16-x", tmp_path / "builds"
+    procs = [ctx.Process(target=_build_once_in, args=(folder, marker, tmp_path / f"out{i}", 0.5)) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0, 0]
+    builders = marker.read_text().split()
+    assert len(builders) == 1
+    plan = f"PLAN {builders[0]}".encode()
+    assert (tmp_path / "out0").read_bytes() == (tmp_path / "out1").read_bytes() == plan
+    assert B.load_cached_engine(folder, KEY) == plan
+    assert sorted(p.name for p in folder.iterdir()) == ["engine.plan", "stamp.json"]  # no temp files left
+
+
+def test_a_stale_cached_engine_is_rebuilt(tmp_path, caplog):
+    B.store_engine(tmp_path / "e", dataclasses.replace(KEY, tensorrt="8.5.2"), b"OLD")
+    with caplog.at_level("WARNING"):
+        assert B.cached_or_built(tmp_path / "e", KEY, lambda: b"NEW", "tiny.onnx") == b"NEW"
+    assert "built for tensorrt='8.5.2'" in caplog.text and "rebuilding" in caplog.text
+    assert B.cached_or_built(tmp_path / "e", KEY, lambda: pytest.fail("rebuilt a valid engine"), "tiny.onnx") == b"NEW"
 
 
 def test_default_engine_cache_honours_env(monkeypatch, tmp_path):
