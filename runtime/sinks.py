@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from . import locks
 from .errors import VsdmotError
 from .mot import format_result_rows
 from .types import FrameResult
@@ -57,11 +58,23 @@ class Sink(Protocol):
 
 
 class _SinkBase:
+    """Context manager, and the claim on the sink's output path (`claim_output`)."""
+
+    _claim: int | None = None
+
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _take_claim(self, path: Path, kind: str) -> None:
+        self._claim = claim_output(path, kind)
+
+    def _drop_claim(self) -> None:
+        if self._claim is not None:
+            locks.release(self._claim, claim_path(self.path))
+            self._claim = None
 
 
 def _describe(e: OSError) -> str:
@@ -92,6 +105,35 @@ def check_writable(path: Path, kind: str, stream_ok: bool = True) -> None:
         os.unlink(probe)
     except OSError as e:
         raise SinkError(f"{kind}: cannot write {path}: {_describe(e)}") from e
+
+
+def claim_path(path: Path) -> Path:
+    """The lock file beside an output while a run writes it: `.NAME.lock` (removed at close)."""
+    return path.with_name(f".{path.name}.lock")
+
+
+def claim_output(path: Path, kind: str) -> int | None:
+    """Claim `path` for this process until `_drop_claim` (None for a pipe or device, written in
+    place). SinkError when another process writes it. Why: two runs given one output path (a
+    service and the same config run by hand, or a copied camera config) each moved the other's
+    file aside and wrote on into it, and a rotation's cleanup could delete a file still being
+    written."""
+    if path.exists() and not path.is_file():
+        return None
+    try:
+        return locks.claim(claim_path(path))
+    except locks.Claimed as e:
+        who = "this process" if e.holder == f"pid {os.getpid()}" else f"another run ({e.holder or 'pid ?'})"
+        raise SinkError(f"{kind}: {path} is being written by {who}; give each run its own output paths") from None
+    except OSError as e:
+        raise SinkError(f"{kind}: cannot write {path}: {_describe(e)}") from e  # its folder refused the lock file
+
+
+def check_unclaimed(path: Path, kind: str) -> None:
+    """SinkError now, before any file is moved aside, if `claim_output` would refuse `path`."""
+    fd = claim_output(path, kind)
+    if fd is not None:
+        locks.release(fd, claim_path(path))
 
 
 def rotate_previous(path: Path, keep: int) -> Path | None:
@@ -138,7 +180,12 @@ class _DurableAppender(_SinkBase):
         self.frames = 0  # frames whose text is completely written (over every file of this sink)
         self._last_sync = time.monotonic()
         self._fd: int | None = None
-        self._open()
+        self._take_claim(self.path, self.kind)
+        try:
+            self._open()
+        except BaseException:
+            self._drop_claim()
+            raise
 
     def _open(self) -> None:
         """Move an earlier file aside and start an empty one."""
@@ -174,7 +221,7 @@ class _DurableAppender(_SinkBase):
 
     def _rotate(self) -> None:
         """Close the full file (synced: it is complete) and go on in a new one."""
-        self.close()
+        self._close_file()
         self._open()
 
     def _rollback(self) -> None:
@@ -197,6 +244,12 @@ class _DurableAppender(_SinkBase):
         self._last_sync = time.monotonic()
 
     def close(self) -> None:
+        try:
+            self._close_file()
+        finally:
+            self._drop_claim()
+
+    def _close_file(self) -> None:
         if self._fd is None:
             return
         try:
@@ -269,6 +322,7 @@ def open_sinks(mot_out: str = "", jsonl_out: str = "", video_out: str = "", stat
     for path, kind in ((mot_out, MotSink.kind), (jsonl_out, JsonlSink.kind)):
         if path:
             check_writable(Path(path), kind)
+            check_unclaimed(Path(path), kind)
     files = {"keep_previous": keep_files, "rotate_bytes": int(rotate_mb * 1e6)}
     late = [VideoSink(video_out, fps, **files) if video_out else None,  # nothing open yet: no close needed
             StatsSink(stats_out, source_stats=source_stats, meta=meta) if stats_out else None]
@@ -281,5 +335,8 @@ def open_sinks(mot_out: str = "", jsonl_out: str = "", video_out: str = "", stat
     except BaseException:
         for s in sinks:
             s.close()
+        for s in late:  # nothing written yet: free their paths without writing (a stats close would)
+            if s is not None:
+                s._drop_claim()
         raise
     return sinks + [s for s in late if s is not None]

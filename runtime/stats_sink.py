@@ -83,6 +83,7 @@ class StatsSink(_SinkBase):
                  source_stats: Callable[[], Any] | None = None, meta: Mapping[str, Any] | None = None):
         self.path = Path(path)
         check_writable(self.path, "stats sink", stream_ok=False)  # its first write comes seconds (or a whole run) later
+        self._take_claim(self.path, "stats sink")
         self.every_s, self.every_frames = every_s, every_frames  # write period (0 = that trigger off)
         self.model_stages, self.source_stats, self.meta = tuple(model_stages), source_stats, dict(meta or {})
         self.frames, self.semantic = 0, {"fresh": 0, "reused": 0, "skipped": 0}
@@ -149,4 +150,7 @@ class StatsSink(_SinkBase):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self.flush(final=True)
+            try:
+                self.flush(final=True)
+            finally:
+                self._drop_claim()

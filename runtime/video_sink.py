@@ -96,8 +96,13 @@ class VideoSink(_SinkBase):
         self._writer: cv2.VideoWriter | None = None
         self._thread: threading.Thread | None = None
         check_writable(self.path, "video sink")  # the writer opens at the first frame, after the other sinks
+        self._take_claim(self.path, "video sink")
         if frame_size is not None:
-            self._open(frame_size)
+            try:
+                self._open(frame_size)
+            except BaseException:
+                self._drop_claim()
+                raise
 
     def _open(self, size: tuple[int, int]) -> None:
         self.frame_size = (int(size[0]), int(size[1]))
@@ -154,6 +159,12 @@ class VideoSink(_SinkBase):
             raise SinkError(f"video sink: encoding {self.path} failed: {self.error!r}") from self.error
 
     def close(self) -> None:
+        try:
+            self._finish()
+        finally:
+            self._drop_claim()
+
+    def _finish(self) -> None:
         if self._writer is None:
             return
         self._queue.put(None)  # after the frames already queued

@@ -401,9 +401,91 @@ def test_full_disk_keeps_previous_stats(tiny_tmpfs):
     path = tiny_tmpfs / "stats.json"
     sink = StatsSink(path, every_s=0)
     sink.flush()
-    (tiny_tmpfs / "filler").write_bytes(b"\0" * 60_000)  # leave less than the stats need
+    (tiny_tmpfs / "filler").write_bytes(b"\0" * 52_000)  # leave less than the stats need (one 4 KiB page)
     sink.meta["padding"] = "x" * 20_000
     with pytest.raises(SinkError, match="stats.json: disk full.*previous stats file is intact"):
         sink.flush()
     assert json.loads(path.read_text())["frames"] == 0
-    assert [p.name for p in tiny_tmpfs.iterdir() if p.name.startswith(".stats")] == []
+    assert [p.name for p in tiny_tmpfs.iterdir() if p.name.startswith(".stats")] == [".stats.json.lock"]  # no temp file
+
+
+def _write_while_told(path, ready, stop):
+    """Another run: a MOT sink on `path`, open until `stop`."""
+    with MotSink(path, rotate_bytes=300) as sink:
+        for i in range(1, 4):
+            sink.write(make_result(i))  # rotates: the claim must outlive its files
+        ready.set()
+        stop.wait(30)
+
+
+def test_a_second_run_on_the_same_output_is_refused_before_touching_anything(tmp_path):
+    """Before the claim, the second run moved the first's file aside and both wrote on."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    path = tmp_path / "mot.txt"
+    ready, stop = ctx.Event(), ctx.Event()
+    first = ctx.Process(target=_write_while_told, args=(path, ready, stop))
+    first.start()
+    try:
+        assert ready.wait(10)
+        before = sorted(p.name for p in tmp_path.iterdir())
+        kept = len(kept_files(path))
+        assert ".mot.txt.lock" in before and kept >= 1
+        for make in (lambda: open_sinks(mot_out=str(path), jsonl_out=str(tmp_path / "t.jsonl")),
+                     lambda: open_sinks(jsonl_out=str(tmp_path / "t.jsonl"), mot_out=str(path)),
+                     lambda: MotSink(path)):
+            with pytest.raises(SinkError, match=f"MOT sink: {path} is being written by another run "
+                                                f"\\(pid {first.pid}\\); give each run its own output paths"):
+                make()
+            assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing moved, nothing new
+    finally:
+        stop.set()
+        first.join(10)
+    assert first.exitcode == 0 and not (tmp_path / ".mot.txt.lock").exists()
+    with MotSink(path) as sink:  # free again
+        sink.write(make_result(1))
+    assert len(kept_files(path)) == kept and set(read_rows(path).frame) == {1}  # the first run's files kept
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: MotSink(p), lambda p: JsonlSink(p), lambda p: VideoSink(p.with_suffix(".avi"), 10),
+    lambda p: StatsSink(p.with_suffix(".json")),
+], ids=["mot", "jsonl", "video", "stats"])
+def test_every_sink_claims_its_path_until_close(tmp_path, make):
+    sink = make(tmp_path / "out.txt")
+    lock = sink.path.with_name(f".{sink.path.name}.lock")
+    assert lock.read_text() == f"pid {os.getpid()}"
+    with pytest.raises(SinkError, match="is being written by this process"):
+        make(tmp_path / "out.txt")
+    sink.close()
+    assert not lock.exists()
+    make(tmp_path / "out.txt").close()
+
+
+def test_a_stream_output_takes_no_claim(tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    reader = os.open(tmp_path / "fifo", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with MotSink(tmp_path / "fifo"), MotSink(tmp_path / "fifo"):  # written in place, like /dev/stdout
+            pass
+    finally:
+        os.close(reader)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
+
+
+def test_a_refused_open_frees_the_paths_it_claimed(tmp_path, monkeypatch):
+    """A claim lost between open_sinks' check and the sink's own claim (a race, made certain here by
+    skipping the check): the sinks opened before it give their paths back, and write nothing."""
+    from vsdmot.runtime import sinks
+
+    monkeypatch.setattr(sinks, "check_unclaimed", lambda path, kind: None)
+    held = MotSink(tmp_path / "t.jsonl")
+    paths = {"mot_out": tmp_path / "m.txt", "jsonl_out": tmp_path / "t.jsonl",
+             "video_out": tmp_path / "v.avi", "stats_out": tmp_path / "s.json"}
+    with pytest.raises(SinkError, match="being written by this process"):
+        open_sinks(**{k: str(v) for k, v in paths.items()})
+    held.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.txt", "t.jsonl"]  # empty; no lock, no stats, no video
+    for s in open_sinks(**{k: str(v) for k, v in paths.items()}):
+        s.close()
