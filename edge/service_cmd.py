@@ -1,9 +1,10 @@
 """Generate, install or inspect the systemd service: `vsdmot-edge service unit|install|uninstall|status`.
 
     unit       print the unit file (or --out FILE)
-    install    write the unit, a sysusers.d entry for the user and /etc/vsdmot/edge.toml (kept if
-               present), then create the user, reload systemd and enable the service. Needs root;
-               --dry-run prints the plan, --root DIR writes into a staging root (packaging).
+    install    write the unit, a sysusers.d entry for the user and /etc/vsdmot/edge.toml (NAME.toml
+               for --name NAME; kept if present), then create the user, reload systemd and enable
+               the service. Needs root; --dry-run prints the plan, --root DIR writes into a
+               staging root (packaging). One unit per camera: --name vsdmot-cam2.
     uninstall  disable and stop the service, remove the unit and sysusers entry (--purge: config too)
     status     systemctl's view of the service, and its /healthz answer
 """
@@ -20,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .unit import UnitConfig, default_config_toml, render_sysusers, render_unit
+from .unit import HEALTH_PORT, UnitConfig, default_config_toml, free_health_port, render_sysusers, render_unit
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class Action:
         return f"{verbs[self.kind]}: {self.target}{extra}"
 
 
+CONFIG_HELP = "config file the service reads (default: /etc/vsdmot/edge.toml, or /etc/vsdmot/NAME.toml for --name NAME)"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="service_command", required=True, metavar="ACTION")
     for name, help_text in (("unit", "print the systemd unit"), ("install", "install and enable the service"),
@@ -52,18 +56,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if name == "install":
             p.add_argument("--no-start", action="store_true", help="enable, but do not start now")
         if name == "uninstall":
-            p.add_argument("--purge", action="store_true", help="also remove /etc/vsdmot/edge.toml")
+            p.add_argument("--purge", action="store_true", help="also remove the unit's config file")
+        if name in ("uninstall", "status"):
+            p.add_argument("--config", dest="config_path", default="", help=CONFIG_HELP)
         if name == "unit":
             p.add_argument("--out", metavar="FILE", help="write the unit here instead of stdout")
         if name == "status":
             p.add_argument("--health-url", help="the service's /healthz (default: from the config's [service] health_listen)")
-            p.add_argument("--config", dest="config_path", default="/etc/vsdmot/edge.toml", help=argparse.SUPPRESS)
 
 
 def _unit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exec", dest="exec_path", metavar="PATH", default=None,
                    help="absolute path of vsdmot-edge (default: the one beside this Python)")
-    p.add_argument("--config", dest="config_path", default="/etc/vsdmot/edge.toml", help="config file the service reads")
+    p.add_argument("--config", dest="config_path", default="", help=CONFIG_HELP)
     p.add_argument("--user", default="vsdmot", help="system user the service runs as (default: vsdmot)")
     p.add_argument("--groups", default="video,render",
                    help="supplementary groups, comma-separated (default video,render; add jtop for jtop power)")
@@ -93,10 +98,11 @@ def install_plan(cfg: UnitConfig, root: str | None) -> list[Action]:
     base = Path(root or "/")
     unit_dir, sysusers_dir = ("usr/lib/systemd/system", "usr/lib/sysusers.d") if root else ("etc/systemd/system", "etc/sysusers.d")
     sysusers = base / sysusers_dir / f"{cfg.name}.conf"
+    config = base / cfg.config_path.lstrip("/")
     plan = [
         Action("write", str(base / unit_dir / cfg.unit_file), render_unit(cfg)),
         Action("write", str(sysusers), render_sysusers(cfg)),
-        Action("write-if-absent", str(base / cfg.config_path.lstrip("/")), default_config_toml(cfg), 0o640),
+        Action("write-if-absent", str(config), default_config_toml(cfg, free_health_port(config.parent, config)), 0o640),
     ]
     if root:
         return plan
@@ -169,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     _need_root(args, action)
     if action == "install":
         return _install(args)
-    cfg = UnitConfig(name=args.name)
+    cfg = UnitConfig(name=args.name, config_path=args.config_path)
     apply(uninstall_plan(cfg, args.root, args.purge), args.dry_run)
     return 0
 
@@ -200,15 +206,16 @@ def _status(args: argparse.Namespace) -> int:
     done = subprocess.run(["systemctl", "show", "-p", props, f"{args.name}.service"], capture_output=True, text=True)
     print(done.stdout.strip() or done.stderr.strip())
     active = "ActiveState=active" in done.stdout
-    url = args.health_url or health_url(args.config_path)
-    print(f"health: {_health(url) if url else 'off ([service] health_listen is empty in ' + args.config_path + ')'}")
+    config = UnitConfig(name=args.name, config_path=args.config_path).config_path
+    url = args.health_url or health_url(config)
+    print(f"health: {_health(url) if url else 'off ([service] health_listen is empty in ' + config + ')'}")
     return 0 if active else 3
 
 
 def health_url(config_path: str) -> str | None:
     """http://HOST:PORT/healthz from the config's [service] health_listen (default if unreadable);
     None when the config turns the server off (health_listen = "")."""
-    listen = "127.0.0.1:9108"
+    listen = f"127.0.0.1:{HEALTH_PORT}"
     try:
         from vsdmot.runtime.config import load_config
 

@@ -10,18 +10,28 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 from vsdmot import __version__
 
 HIDDEN_DIRS = ("/home", "/root", "/run/user", "/tmp", "/var/tmp")  # invisible or private to the service
 _NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+DEFAULT_NAME = "vsdmot-edge"
+CONFIG_DIR = "/etc/vsdmot"
+HEALTH_PORT = 9108  # the default unit's /healthz and /metrics port; another unit takes the next free one
+
+
+def default_config_path(name: str) -> str:
+    """The config a unit reads: /etc/vsdmot/edge.toml for the default unit, /etc/vsdmot/NAME.toml
+    for any other, so a second camera's unit never reads (or `--purge` removes) the first one's."""
+    return f"{CONFIG_DIR}/edge.toml" if name == DEFAULT_NAME else f"{CONFIG_DIR}/{name}.toml"
 
 
 @dataclass(frozen=True)
 class UnitConfig:
-    name: str = "vsdmot-edge"  # unit name without ".service"; also the journald identifier
+    name: str = DEFAULT_NAME  # unit name without ".service"; also the journald identifier
     exec_path: str = "/opt/vsdmot/venv/bin/vsdmot-edge"  # absolute path of the venv's console script
-    config_path: str = "/etc/vsdmot/edge.toml"  # the run config the service reads (and SIGHUP re-reads)
+    config_path: str = ""  # the run config the service reads (and SIGHUP re-reads); "" = default_config_path(name)
     user: str = "vsdmot"  # dedicated system user the tracker runs as
     groups: tuple[str, ...] = ("video", "render")  # device groups: cameras (video), GPU (render)
     watchdog_s: int = 30  # WatchdogSec: no WATCHDOG=1 (fresh frame) for this long = restart
@@ -31,6 +41,10 @@ class UnitConfig:
     start_limit_burst: int = 5  # StartLimitBurst: ... more restarts than this in it = give up (failed)
 
     def __post_init__(self) -> None:
+        if not re.match(r"^[A-Za-z0-9_.@-]+$", self.name):
+            raise ValueError(f"unit name: expected letters, digits, '-', '_', '.', got {self.name!r}")
+        if not self.config_path:
+            object.__setattr__(self, "config_path", default_config_path(self.name))
         for what in ("exec_path", "config_path"):
             path = getattr(self, what)
             if not path.startswith("/") or any(c.isspace() for c in path):
@@ -43,8 +57,6 @@ class UnitConfig:
         for name in (self.user, *self.groups):
             if not _NAME_RE.match(name):
                 raise ValueError(f"unit user/group: expected a system name like 'vsdmot', got {name!r}")
-        if not re.match(r"^[A-Za-z0-9_.@-]+$", self.name):
-            raise ValueError(f"unit name: expected letters, digits, '-', '_', '.', got {self.name!r}")
         for what in ("watchdog_s", "start_timeout_s", "restart_s", "start_limit_interval_s", "start_limit_burst"):
             if getattr(self, what) <= 0:
                 raise ValueError(f"unit {what}: expected > 0, got {getattr(self, what)}")
@@ -180,8 +192,10 @@ def render_sysusers(cfg: UnitConfig) -> str:
     return "\n".join(lines + [f"m {cfg.user} {g}" for g in cfg.groups]) + "\n"
 
 
-def default_config_toml(cfg: UnitConfig) -> str:
-    """The starting /etc/vsdmot/edge.toml. Keys match `vsdmot.runtime.config`; all optional."""
+def default_config_toml(cfg: UnitConfig, health_port: int = HEALTH_PORT) -> str:
+    """The starting config (/etc/vsdmot/edge.toml for the default unit). Keys match
+    `vsdmot.runtime.config`; all optional. `health_port`: see `free_health_port`."""
+    outputs = "tracks" if cfg.name == DEFAULT_NAME else cfg.name
     return f"""\
 # vsdmot-edge service configuration (read at start and on `systemctl reload {cfg.name}`).
 # Every key is optional; unknown keys are refused. See docs/jetson.md.
@@ -203,12 +217,33 @@ engine_cache = "/var/cache/vsdmot/engines"
 policy = "auto"               # auto skips semantic work on clean frames; always; never
 
 [sinks]
-# jsonl_out = "/var/lib/vsdmot/tracks.jsonl"
+# jsonl_out = "/var/lib/vsdmot/{outputs}.jsonl"   # one path per unit: another unit's is refused
 rotate_mb = 100.0             # an output reaching 100 MB is moved aside (NAME.<UTC time>) and a new one begun
 keep_files = 5                # earlier files kept per output: at most (5 + 1) x 100 MB each on disk
 
 [service]
-health_listen = "127.0.0.1:9108"   # /healthz and /metrics; keep it on localhost unless firewalled
+health_listen = "127.0.0.1:{health_port}"   # /healthz and /metrics; keep it on localhost unless firewalled
 stall_timeout_s = 5.0              # no fresh frame for this long: /healthz 503, watchdog not fed
 watchdog = true
 """
+
+
+def free_health_port(config_dir: Path, own: Path) -> int:
+    """The lowest port from HEALTH_PORT up that no other config in `config_dir` listens on, so each
+    camera's unit serves its own /healthz (a taken port leaves a run without one, logged)."""
+    from vsdmot.runtime.config import load_config
+
+    taken = set()
+    for path in sorted(config_dir.glob("*.toml")):
+        if path.resolve() == own.resolve():
+            continue
+        try:
+            listen = load_config(path).service.health_listen
+        except (OSError, ValueError):
+            continue  # a config that does not load cannot serve: its port is free
+        if listen:
+            taken.add(int(listen.rpartition(":")[2]))
+    port = HEALTH_PORT
+    while port in taken:
+        port += 1
+    return port

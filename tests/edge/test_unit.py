@@ -11,7 +11,7 @@ import pytest
 
 from vsdmot.edge import service_cmd as C
 from vsdmot.edge.cli import main
-from vsdmot.edge.unit import UnitConfig, default_config_toml, render_sysusers, render_unit
+from vsdmot.edge.unit import UnitConfig, default_config_toml, free_health_port, render_sysusers, render_unit
 
 REAL_EXEC = shutil.which("true") or "/bin/true"
 
@@ -147,6 +147,34 @@ def test_install_into_staging_root(tmp_path, capsys):
     assert not unit.exists() and config.exists()  # only --purge removes the config
     assert main(["service", "uninstall", "--root", str(root), "--purge"]) == 0
     assert not config.exists()
+
+
+def test_one_unit_per_camera_each_with_its_own_config_and_health_port(tmp_path):
+    """Before, a second --name read /etc/vsdmot/edge.toml too (the first camera, its outputs, its
+    port), and `uninstall --name vsdmot-cam2 --purge` removed the first camera's config."""
+    from vsdmot.runtime.config import load_config
+
+    root, names = tmp_path / "stage", ("vsdmot-edge", "vsdmot-cam2", "vsdmot-cam3")
+    for name in names:
+        assert main(["service", "install", "--root", str(root), "--exec", REAL_EXEC, "--name", name]) == 0
+    configs = [root / "etc/vsdmot" / f for f in ("edge.toml", "vsdmot-cam2.toml", "vsdmot-cam3.toml")]
+    assert [load_config(c).service.health_listen for c in configs] == ["127.0.0.1:9108", "127.0.0.1:9109", "127.0.0.1:9110"]
+    unit = (root / "usr/lib/systemd/system/vsdmot-cam2.service").read_text()
+    assert "run --config /etc/vsdmot/vsdmot-cam2.toml" in unit and "SyslogIdentifier=vsdmot-cam2" in unit
+    assert "/var/lib/vsdmot/vsdmot-cam2.jsonl" in configs[1].read_text()  # the suggested output is its own
+    assert main(["service", "uninstall", "--root", str(root), "--name", "vsdmot-cam2", "--purge"]) == 0
+    assert [c.exists() for c in configs] == [True, False, True]
+    assert main(["service", "install", "--root", str(root), "--exec", REAL_EXEC, "--name", "vsdmot-cam4"]) == 0
+    assert load_config(root / "etc/vsdmot/vsdmot-cam4.toml").service.health_listen == "127.0.0.1:9109"  # freed
+
+
+def test_free_health_port_skips_ports_other_configs_take(tmp_path):
+    (tmp_path / "a.toml").write_text('[service]\nhealth_listen = "0.0.0.0:9108"\n')
+    (tmp_path / "b.toml").write_text('[service]\nhealth_listen = ""\n')  # off: takes none
+    (tmp_path / "c.toml").write_text("not toml [")  # cannot run: takes none
+    assert free_health_port(tmp_path, tmp_path / "new.toml") == 9109
+    assert free_health_port(tmp_path, tmp_path / "a.toml") == 9108  # its own port is its own
+    assert free_health_port(tmp_path / "absent", tmp_path / "absent/x.toml") == 9108
 
 
 def test_install_dry_run_changes_nothing(tmp_path, capsys, monkeypatch):
