@@ -79,6 +79,26 @@ def test_raw_h264_without_timestamps_gets_the_header_rate(tmp_path):
     assert [f.timestamp for f in src] == pytest.approx([i / 25 for i in range(10)])
 
 
+def test_phone_video_comes_upright_from_its_rotation_metadata(tmp_path):
+    """A phone films portrait as landscape pixels plus a display rotation in the container. The
+    frames must come as a player shows them (the detector finds few people lying on their side,
+    and MOT rows must match what the user sees): OpenCV's FFmpeg backend applies it
+    (CAP_PROP_ORIENTATION_AUTO), and the source keeps that."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs ffmpeg")
+    plain, phone = tmp_path / "plain.mp4", tmp_path / "phone.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25",
+                    "-frames:v", "3", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(plain)], check=True)
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(plain), "-c", "copy",
+                    "-metadata:s:v:0", "rotate=90", str(phone)], check=True)  # same pixels, a 90-degree display matrix
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(phone), str(tmp_path / "shown%d.png")],
+                   check=True)  # the ffmpeg tools (ffplay, and players built on libav) rotate on decode too
+    upright = [f.image for f in open_file_source(phone)]
+    assert [im.shape for im in upright] == [(64, 48, 3)] * 3
+    for i, im in enumerate(upright, 1):
+        np.testing.assert_array_equal(im, cv2.imread(str(tmp_path / f"shown{i}.png")))
+
+
 def test_video_iterates_twice_from_frame_one(tud_dir):
     src = open_sequence(tud_dir).frames()
     first = [f.image for f in itertools.islice(src, 3)]
