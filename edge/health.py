@@ -4,6 +4,7 @@
     GET /metrics  Prometheus text: FPS, per-stage latency histograms, semantic skip ratio,
                   dropped frames, reconnects, stalls, the outputs' bytes on disk and the free
                   space beside them, and power where a meter exists
+    GET /preview, /preview.jpg   with --preview: the annotated frames (edge/preview.py)
 
 `HealthHook` is a run-loop hook (`on_start`, `on_frame(result, source_stats)`, `on_stop`): it
 feeds a thread-safe `Metrics` that the server thread reads. Given the source's `stats` getter,
@@ -269,19 +270,23 @@ def _power_lines(m: Metrics) -> list[str]:
 
 class _Handler(BaseHTTPRequestHandler):
     metrics: Metrics  # set on a subclass per server
+    preview: Any = None  # edge.preview.Preview with --preview
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        from .preview import serve
+
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
             code, body = self.metrics.health()
             self._send(code, "application/json", json.dumps(body) + "\n")
         elif path == "/metrics":
             self._send(200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.prometheus())
-        else:
-            self._send(404, "application/json", json.dumps({"error": "not found", "paths": ["/healthz", "/metrics"]}))
+        elif not serve(self, self.preview, path):
+            paths = ["/healthz", "/metrics"] + (["/preview", "/preview.jpg"] if self.preview else [])
+            self._send(404, "application/json", json.dumps({"error": "not found", "paths": paths}))
 
-    def _send(self, code: int, ctype: str, text: str) -> None:
-        data = text.encode()
+    def _send(self, code: int, ctype: str, text: str | bytes) -> None:
+        data = text.encode() if isinstance(text, str) else text
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
@@ -295,9 +300,9 @@ class _Handler(BaseHTTPRequestHandler):
 class HealthServer:
     """The HTTP server on a daemon thread. Port 0 picks a free port (see `.address`)."""
 
-    def __init__(self, metrics: Metrics, listen: str = "127.0.0.1:9108"):
+    def __init__(self, metrics: Metrics, listen: str = "127.0.0.1:9108", preview: Any = None):
         host, port = parse_listen(listen)
-        handler = type("Handler", (_Handler,), {"metrics": metrics})
+        handler = type("Handler", (_Handler,), {"metrics": metrics, "preview": preview})
         server = type("Server", (ThreadingHTTPServer,), {"address_family": _family(host), "daemon_threads": True})
         try:
             self._httpd = server((host, port), handler)
@@ -312,7 +317,10 @@ class HealthServer:
 
     def start(self) -> HealthServer:
         self._thread.start()
-        log.info("health: serving /healthz and /metrics on http://%s:%d", *self.address)
+        host, port = self.address
+        log.info("health: serving /healthz and /metrics on http://%s:%d", host, port)
+        if self._httpd.RequestHandlerClass.preview is not None:
+            log.info("preview: http://%s:%d/preview (MJPEG: a browser or VLC), /preview.jpg (one frame)", host, port)
         return self
 
     def close(self) -> None:
@@ -330,16 +338,19 @@ class HealthHook:
     """Run-loop hook: serve health/metrics for the run, and power readings where metered."""
 
     def __init__(self, listen: str, stall_s: float, meter_order: tuple[str, ...] | None = None, root: str = "/",
-                 source_stats: Callable[[], Any] | None = None, outputs: Mapping[str, str] | None = None):
-        # source_stats: the source's, read per request; outputs: sink kind -> file, sized per request
+                 source_stats: Callable[[], Any] | None = None, outputs: Mapping[str, str] | None = None,
+                 preview: Any = None):
+        # source_stats: the source's, read per request; outputs: sink kind -> file, sized per request;
+        # preview: an edge.preview.Preview (a sink of the run) to serve at /preview
         self.metrics = Metrics(stall_s, source_stats=source_stats, outputs=outputs)
         self.listen, self.meter_order, self.root = listen, meter_order, root  # root: "/" (tests: a recorded tree)
+        self.preview = preview
         self.server: HealthServer | None = None
         self.sampler: Any = None
 
     def on_start(self) -> None:
         try:
-            self.server = HealthServer(self.metrics, self.listen).start()
+            self.server = HealthServer(self.metrics, self.listen, self.preview).start()
         except OSError as e:  # tracking matters more than its metrics: run on, loudly
             log.error("%s; running without /healthz and /metrics", e)
         if self.meter_order:

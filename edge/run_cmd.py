@@ -202,8 +202,9 @@ def open_source(cfg) -> Any:
         return sources.rotated(source, sc.rotate)
 
 
-def make_hooks(args: argparse.Namespace, cfg, source: Any = None) -> list:
-    """A progress line (every 10 s on a terminal, every minute into a log), then the service's hooks."""
+def make_hooks(args: argparse.Namespace, cfg, source: Any = None, preview: Any = None) -> list:
+    """A progress line (every 10 s on a terminal, every minute into a log), then the service's hooks
+    (its health server serves `preview`)."""
     from vsdmot.edge.runner import ProgressHook
 
     every_s = 10.0 if sys.stderr.isatty() else 60.0
@@ -211,7 +212,7 @@ def make_hooks(args: argparse.Namespace, cfg, source: Any = None) -> list:
     total = min(total or cfg.max_frames, cfg.max_frames or total)
     hooks: list = [ProgressHook(total, every_s)]
     service = _service_module()
-    return hooks + (list(service.make_hooks(args, cfg, source)) if service is not None else [])
+    return hooks + (list(service.make_hooks(args, cfg, source, preview)) if service is not None else [])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -220,16 +221,19 @@ def run(args: argparse.Namespace) -> int:
     from vsdmot.runtime.sinks import open_sinks
 
     cfg = build_config(args)
+    service = _service_module()
+    preview = service.make_preview(args, cfg) if service is not None else None  # a sink the health server shows
     bundle = open_bundle(cfg.pipeline.bundle)
     source = open_source(cfg)
     try:
         pipeline = build_pipeline(bundle, cfg, fps=source.fps)
         try:
-            stop, hooks = SourceStopEvent(source), make_hooks(args, cfg, source)
+            stop, hooks = SourceStopEvent(source), make_hooks(args, cfg, source, preview)
             sinks = open_sinks(**vars(cfg.sinks), fps=source.fps, source_stats=getattr(source, "stats", None),
                                meta=_meta(cfg, pipeline, source))
             if not sinks:
                 log.info("no --mot-out, --jsonl-out, --video-out or --stats-out: the tracks are not saved")
+            sinks += [preview] if preview is not None else []
             endless = not (getattr(source, "frame_count", 0) or cfg.max_frames)
             for note in output_size_notes(cfg.sinks, endless):
                 log.warning(note)

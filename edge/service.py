@@ -231,6 +231,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                    help="serve /healthz and /metrics here (default: [service] health_listen, 127.0.0.1:9108); "
                         "'off' disables")
     g.add_argument("--no-watchdog", action="store_true", help="never send WATCHDOG=1 even if systemd asks for it")
+    g.add_argument("--preview", action="store_true", default=None,
+                   help="serve the annotated frames on the health server: /preview (MJPEG, for a browser or VLC) "
+                        "and /preview.jpg (default: [service] preview, off)")
     g.add_argument("--power-meter", metavar="LIST", default="jtop,ina3221,nvml,rapl", type=meter_list,
                    help="power meters to try for /metrics, in order ('none' = no power metrics)")
 
@@ -256,10 +259,24 @@ def _service_settings(args: argparse.Namespace, cfg: Any) -> tuple[str, float, b
     return ("" if listen in ("off", "none") else listen), float(stall), bool(watchdog)
 
 
-def make_hooks(args: argparse.Namespace, cfg: Any, source: Any = None) -> list[Any]:
+def make_preview(args: argparse.Namespace, cfg: Any) -> Any:
+    """The run's `edge.preview.Preview` sink with --preview or [service] preview, else None.
+    ValueError when the health server that would serve it is off."""
+    if not (getattr(args, "preview", None) or getattr(getattr(cfg, "service", None), "preview", False)):
+        return None
+    if not _service_settings(args, cfg)[0]:
+        raise ValueError("run: --preview is served by the health server, which is off (--health-listen off or "
+                         "[service] health_listen = \"\"); give it a HOST:PORT")
+    from .preview import Preview
+
+    return Preview()
+
+
+def make_hooks(args: argparse.Namespace, cfg: Any, source: Any = None, preview: Any = None) -> list[Any]:
     """The hooks `run_loop` calls: systemd notification always (a no-op outside systemd), and the
-    health server unless disabled. The server reads `source.stats()` per request: a stalled source
-    calls no hook, and its counters must not freeze at the last frame's."""
+    health server unless disabled (serving `preview` too, when given). The server reads
+    `source.stats()` per request: a stalled source calls no hook, and its counters must not freeze
+    at the last frame's."""
     listen, stall, watchdog = _service_settings(args, cfg)
     notifier = process_notifier()
     interval = watchdog_interval_s() if watchdog else None
@@ -272,5 +289,5 @@ def make_hooks(args: argparse.Namespace, cfg: Any, source: Any = None) -> list[A
         sinks = getattr(cfg, "sinks", None)
         outputs = {n.removesuffix("_out"): getattr(sinks, n) for n in getattr(sinks, "PATHS", ())}
         hooks.append(HealthHook(listen, stall, meters or None, source_stats=stats if callable(stats) else None,
-                                outputs=outputs))
+                                outputs=outputs, preview=preview))
     return hooks

@@ -225,6 +225,7 @@ keep_files = 5                # earlier files kept per output: at most (5 + 1) x
 health_listen = "127.0.0.1:{health_port}"   # /healthz and /metrics; keep it on localhost unless firewalled
 stall_timeout_s = 5.0              # no fresh frame for this long: /healthz 503, watchdog not fed
 watchdog = true
+preview = false                    # true: /preview (MJPEG) shows the annotated camera frames on the health port
 """
 
 

@@ -150,6 +150,7 @@ class ServiceConfig:
     health_listen: str = "127.0.0.1:9108"  # HOST:PORT of the health / metrics HTTP server ("" = off)
     stall_timeout_s: float = 5.0  # no fresh frame for this many seconds counts as a stall
     watchdog: bool = True  # feed the systemd watchdog (WATCHDOG=1) on fresh frames only
+    preview: bool = False  # serve the annotated frames at /preview and /preview.jpg (edge/preview.py)
 
     def __post_init__(self) -> None:
         _positive("service", "stall_timeout_s", self.stall_timeout_s, strict=True)

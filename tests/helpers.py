@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import cv2
@@ -13,6 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = shared_root()
 DATA = data_root()
 YOLOX_ONNX = yolox_nano_onnx()
+# `vsdmot-edge` in a child process of this Python (the console script may not be on PATH)
+EDGE_CLI = [sys.executable, "-c", "import sys; from vsdmot.edge.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
 def frames(n=24, size=64):

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ import pytest
 
 from vsdmot.edge import service as S
 from vsdmot.runtime.types import Detections, FrameResult
+
+from helpers import EDGE_CLI
 
 
 @dataclass
@@ -330,7 +331,7 @@ def test_real_run_notifies_in_order_and_sigterm_loses_no_results(bundle, tmp_pat
     lst = Listener(str(sock_path))
     out = {k: tmp_path / f"{k}.out" for k in ("mot", "jsonl", "stats")}
     env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"}
-    cmd = [sys.executable, "-c", "import sys; from vsdmot.edge.cli import main; sys.exit(main(sys.argv[1:]))",
+    cmd = [*EDGE_CLI,
            "run", "--demo", "--loop", "--bundle", str(bundle), "--threads", "1", "--health-listen", "127.0.0.1:0",
            "--power-meter", "none", "--mot-out", str(out["mot"]), "--jsonl-out", str(out["jsonl"]),
            "--stats-out", str(out["stats"])]
@@ -374,7 +375,7 @@ def test_real_run_to_max_frames_notifies_and_writes_every_frame(bundle, tmp_path
     env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "200000"}
     msgs: list[str] = []
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from vsdmot.edge.cli import main; sys.exit(main(sys.argv[1:]))",
+        [*EDGE_CLI,
          "run", "--demo", "--max-frames", "12", "--bundle", str(bundle), "--threads", "1", "--health-listen", "off",
          "--jsonl-out", str(jsonl)], env=env, stderr=subprocess.PIPE, text=True)
     try:
@@ -423,7 +424,7 @@ class LiveRun:
         env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "400000"}
         _wait_listening(port)
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from vsdmot.edge.cli import main; sys.exit(main(sys.argv[1:]))",
+            [*EDGE_CLI,
              "run", "--source", f"tcp://127.0.0.1:{port}", "--bundle", str(bundle), "--threads", "1",
              "--health-listen", "off", "--config", str(config)], env=env, stderr=subprocess.PIPE, text=True)
         self.timed: list[tuple[float, str]] = []

@@ -1,0 +1,159 @@
+"""The live preview: the newest annotated frame as JPEG, served as MJPEG and as one JPEG by the
+health server, bounded in clients, ended with the run; and a whole run with --preview."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+
+from vsdmot.edge import health as H
+from vsdmot.edge.preview import BOUNDARY, Preview, PreviewConfig, encode
+from vsdmot.runtime.types import Detections, FrameResult
+
+from helpers import EDGE_CLI, REPO
+
+
+def frame(i: int, w: int = 320, h: int = 240) -> tuple[FrameResult, np.ndarray]:
+    """Frame i: a gray image with one tracked box (id 7) at x = 10 * i."""
+    tracks = Detections(np.array([[10.0 * i, 40, 10.0 * i + 50, 160]]), np.array([0.9]), track_id=np.array([7]))
+    return FrameResult(i, i / 25, 0.9, 0.1, "skipped", tracks), np.full((h, w, 3), 128, np.uint8)
+
+
+def decode(data: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
+def test_the_newest_frame_is_served_annotated():
+    p = Preview()
+    assert p.jpeg(timeout_s=0.05) is None  # nothing yet: waits, then None
+    for i in (1, 2, 3):
+        p.write(*frame(i))
+    seq, data = p.jpeg()
+    assert seq == 3
+    img = decode(data)
+    assert img.shape == (240, 320, 3)
+    off = np.abs(img[100].astype(int) - 128).max(axis=1)  # per column of row 100: how far from the gray image
+    assert off[30] > 40 and off[80] > 40  # frame 3's box (x 30..80) is drawn, not frame 1's or 2's
+    assert off[40:70].max() < 12 and off[10] < 12 and off[20] < 12 and off[100:].max() < 12
+    assert p.jpeg(after=3, timeout_s=0.05) is None  # nothing newer
+    p.write(FrameResult(4, 0.2, 1, 0, "skipped", Detections.empty(with_ids=True)), None)  # no image: ignored
+    assert p.jpeg(after=3, timeout_s=0.05) is None
+
+
+def test_wide_frames_are_downscaled_and_close_wakes_waiters():
+    cfg = PreviewConfig(max_width=480)
+    assert decode(encode(*frame(1, 1920, 1080), cfg)).shape == (270, 480, 3)
+    p = Preview(cfg)
+    woke = []
+    t = threading.Thread(target=lambda: woke.append(p.jpeg(timeout_s=10)))
+    t.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    p.close()
+    t.join(5)
+    assert woke == [None] and time.monotonic() - started < 1.0 and p.closed
+
+
+@pytest.mark.parametrize("bad", [dict(max_fps=0), dict(max_width=8), dict(quality=0), dict(max_clients=0)])
+def test_bad_preview_config(bad):
+    with pytest.raises(ValueError, match="preview: expected"):
+        PreviewConfig(**bad)
+
+
+def _parts(stream, n: int) -> list[bytes]:
+    """The first n JPEGs of a multipart/x-mixed-replace response."""
+    out = []
+    while len(out) < n:
+        assert stream.readline().strip() == f"--{BOUNDARY}".encode()
+        headers = {}
+        while (line := stream.readline().strip()):
+            k, _, v = line.decode().partition(":")
+            headers[k.lower()] = v.strip()
+        assert headers["content-type"] == "image/jpeg"
+        out.append(stream.read(int(headers["content-length"])))
+        stream.readline()
+    return out
+
+
+def _feed(p: Preview, stop: threading.Event) -> None:
+    i = 0
+    while not stop.is_set():
+        i += 1
+        p.write(*frame(i % 20))
+        time.sleep(0.01)
+
+
+def test_server_streams_mjpeg_and_a_snapshot_and_bounds_clients():
+    p = Preview(PreviewConfig(max_fps=50, max_clients=1))
+    server = H.HealthServer(H.Metrics(), "127.0.0.1:0", p).start()
+    base = "http://127.0.0.1:%d" % server.address[1]
+    stop = threading.Event()
+    feeder = threading.Thread(target=_feed, args=(p, stop), daemon=True)
+    feeder.start()
+    try:
+        with urllib.request.urlopen(base + "/preview.jpg", timeout=5) as r:
+            assert r.headers["Content-Type"] == "image/jpeg" and decode(r.read()).shape == (240, 320, 3)
+        with urllib.request.urlopen(base + "/preview", timeout=5) as stream:
+            assert stream.headers["Content-Type"] == f"multipart/x-mixed-replace; boundary={BOUNDARY}"
+            assert [decode(j).shape for j in _parts(stream, 3)] == [(240, 320, 3)] * 3
+            with pytest.raises(urllib.error.HTTPError) as e:  # max_clients = 1
+                urllib.request.urlopen(base + "/preview", timeout=5)
+            assert e.value.code == 503 and "1 preview clients already" in e.value.read().decode()
+            p.close()  # the run ends: the stream ends
+            stream.read()
+        with urllib.request.urlopen(base + "/preview", timeout=5) as again:  # the client left: a slot is free
+            assert again.read() == b""  # and the preview is closed, so it ends at once
+    finally:
+        stop.set()
+        server.close()
+
+
+def test_without_preview_the_paths_say_how_to_get_one():
+    server = H.HealthServer(H.Metrics(), "127.0.0.1:0").start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen("http://127.0.0.1:%d/preview.jpg" % server.address[1], timeout=5)
+        assert e.value.code == 404 and "run with --preview" in json.loads(e.value.read())["error"]
+    finally:
+        server.close()
+
+
+def test_preview_without_a_health_server_is_refused_at_once():
+    done = subprocess.run([*EDGE_CLI, "run", "--demo", "--preview", "--health-listen", "off"],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 2
+    assert "--preview is served by the health server, which is off" in done.stderr.splitlines()[-1]
+
+
+def test_a_run_serves_its_frames(tmp_path):
+    """`vsdmot-edge run --demo --preview`: /preview.jpg is the demo frame with its tracks drawn."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = subprocess.Popen([*EDGE_CLI, "run", "--demo", "--loop", "--threads", "1",
+                            "--preview", "--health-listen", f"127.0.0.1:{port}", "--mot-out", str(tmp_path / "m.txt")],
+                           cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, img = time.monotonic() + 60, None
+        while img is None and time.monotonic() < deadline and run.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/preview.jpg", timeout=5) as r:
+                    img = decode(r.read())
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.5)  # the model is still loading, or no frame yet
+        assert img is not None and img.shape == (480, 640, 3)
+    finally:
+        run.terminate()
+        _, err = run.communicate(timeout=30)
+    assert run.returncode == 0, err
+    assert f"preview: http://127.0.0.1:{port}/preview" in err
