@@ -321,11 +321,24 @@ class HealthServer:
         log.info("health: serving /healthz and /metrics on http://%s:%d", host, port)
         if self._httpd.RequestHandlerClass.preview is not None:
             log.info("preview: http://%s:%d/preview (MJPEG: a browser or VLC), /preview.jpg (one frame)", host, port)
+            if not _is_loopback(host):
+                log.warning("preview: the camera's images are served on %s:%d without authentication, to anyone "
+                            "who reaches this port; bind the health server to 127.0.0.1 unless a firewall or a "
+                            "reverse proxy guards it", host, port)
         return self
 
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _family(host: str) -> int:

@@ -116,6 +116,16 @@ def test_server_streams_mjpeg_and_a_snapshot_and_bounds_clients():
         server.close()
 
 
+@pytest.mark.parametrize("host,warned", [("127.0.0.1", False), ("::1", False), ("0.0.0.0", True)])
+def test_a_preview_beyond_loopback_is_warned_about(host, warned, caplog):
+    try:
+        server = H.HealthServer(H.Metrics(), f"[{host}]:0" if ":" in host else f"{host}:0", Preview()).start()
+    except OSError as e:
+        pytest.skip(f"cannot listen on {host} here: {e}")
+    server.close()
+    assert ("without authentication" in caplog.text) == warned
+
+
 def test_without_preview_the_paths_say_how_to_get_one():
     server = H.HealthServer(H.Metrics(), "127.0.0.1:0").start()
     try:
