@@ -14,6 +14,8 @@ Durability (a device runs for weeks and may be killed or lose power at any time)
   disk, instead of growing until the disk is full.
 - A failed write (a full disk, ENOSPC) truncates the file back to the last complete frame and
   raises `SinkError` naming the file: what was already written stays intact and parseable.
+- One writer per file: each sink claims its path (`claim_output`: a lock file `.NAME.lock`
+  beside it), so a second run given the same path is refused before it moves anything.
 - The stats file is rewritten periodically and at close through temp file + fsync + rename
   (`atomic_write_text`), so a reader never sees a half-written JSON.
 - The video sink cannot promise this (`runtime/video_sink.py`); it encodes on its own thread.
@@ -324,7 +326,7 @@ def open_sinks(mot_out: str = "", jsonl_out: str = "", video_out: str = "", stat
             check_writable(Path(path), kind)
             check_unclaimed(Path(path), kind)
     files = {"keep_previous": keep_files, "rotate_bytes": int(rotate_mb * 1e6)}
-    late = [VideoSink(video_out, fps, **files) if video_out else None,  # nothing open yet: no close needed
+    late = [VideoSink(video_out, fps, **files) if video_out else None,  # claimed, nothing written yet
             StatsSink(stats_out, source_stats=source_stats, meta=meta) if stats_out else None]
     sinks: list[Sink] = []
     try:

@@ -6,8 +6,6 @@ import itertools
 import shutil
 import subprocess
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 
