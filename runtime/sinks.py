@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import re
 import stat
 import tempfile
 import time
@@ -156,16 +157,22 @@ def rotate_previous(path: Path, keep: int) -> Path | None:
     return target
 
 
+_KEPT_SUFFIX = re.compile(r"\.(\d{8}T\d{6}Z)(?:-(\d+))?")  # .YYYYmmddTHHMMSSZ[-n], what rotate_previous adds
+
+
 def kept_files(path: Path) -> list[Path]:
     """The files `rotate_previous` moved `path` to, oldest first (NAME.STAMP, then NAME.STAMP-1, -2, ...;
-    -10 after -9, which a plain name sort gets wrong)."""
-    return sorted(path.parent.glob(f"{glob.escape(path.name)}.2*"), key=lambda p: _age(p, path))
+    -10 after -9, which a plain name sort gets wrong). Only names of exactly that form: a user's
+    `mot.txt.2025-backup` or `mot.txt.2nd-camera` beside `mot.txt` is neither counted nor deleted."""
+    kept = [p for p in path.parent.glob(f"{glob.escape(path.name)}.2*")
+            if _KEPT_SUFFIX.fullmatch(p.name[len(path.name):])]
+    return sorted(kept, key=lambda p: _age(p, path))
 
 
 def _age(kept: Path, path: Path) -> tuple[str, int]:
     """(UTC stamp, n) of a kept file NAME.STAMP[-n]; n = 0 without a suffix."""
-    stamp, _, n = kept.name[len(path.name) + 1:].partition("-")
-    return stamp, int(n) if n.isdigit() else 0
+    stamp, n = _KEPT_SUFFIX.fullmatch(kept.name[len(path.name):]).groups()
+    return stamp, int(n or 0)
 
 
 class _DurableAppender(_SinkBase):

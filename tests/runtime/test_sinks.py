@@ -94,6 +94,20 @@ def test_kept_files_sort_ten_rotations_in_one_second(tmp_path):
     assert [p.name for p in kept_files(tmp_path / "m.txt")] == names
 
 
+def test_rotation_never_counts_or_deletes_a_users_own_files(tmp_path):
+    """`mot.txt.2025-backup` matched the old `NAME.2*` pattern: `--keep-files 1` deleted it, or kept
+    it in place of the run's own earlier output."""
+    mine = ["m.txt.2025-backup", "m.txt.2nd-camera", "m.txt.20260101T000000Z.bak", "m.txt.20260101T000000Z-x"]
+    for n in mine:
+        (tmp_path / n).write_text("precious")
+    for run in range(3):
+        with MotSink(tmp_path / "m.txt", keep_previous=1) as sink:
+            sink.write(make_result(run + 1))
+    kept = kept_files(tmp_path / "m.txt")
+    assert len(kept) == 1 and set(read_rows(kept[0]).frame) == {2}  # the previous run's, the one before deleted
+    assert all((tmp_path / n).read_text() == "precious" for n in mine)
+
+
 def test_mot_sink_refuses_tracks_without_ids(tmp_path):
     with MotSink(tmp_path / "res.txt") as sink, pytest.raises(ValueError, match="track_id"):
         sink.write(FrameResult(1, 0.0, 1.0, 0.0, "skipped", Detections.empty()))
