@@ -334,7 +334,7 @@ def open_sinks(mot_out: str = "", jsonl_out: str = "", video_out: str = "", stat
             check_unclaimed(Path(path), kind)
     files = {"keep_previous": keep_files, "rotate_bytes": int(rotate_mb * 1e6)}
     late = [VideoSink(video_out, fps, **files) if video_out else None,  # claimed, nothing written yet
-            StatsSink(stats_out, source_stats=source_stats, meta=meta) if stats_out else None]
+            StatsSink(stats_out, source_stats=source_stats, meta=meta, keep_previous=keep_files) if stats_out else None]
     sinks: list[Sink] = []
     try:
         if mot_out:

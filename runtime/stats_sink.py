@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .mot import atomic_write_text
-from .sinks import SinkError, _describe, _SinkBase, check_writable
+from .sinks import SinkError, _describe, _SinkBase, check_writable, rotate_previous
 from .types import FrameResult
 
 
@@ -80,8 +80,11 @@ class StatsSink(_SinkBase):
 
     def __init__(self, path: str | os.PathLike, every_s: float = 5.0, every_frames: int = 0,
                  model_stages: tuple[str, ...] = MODEL_STAGES,
-                 source_stats: Callable[[], Any] | None = None, meta: Mapping[str, Any] | None = None):
+                 source_stats: Callable[[], Any] | None = None, meta: Mapping[str, Any] | None = None,
+                 keep_previous: int = 5):
         self.path = Path(path)
+        self.keep_previous = keep_previous  # an earlier run's file is moved aside at the first write (0: replaced)
+        self._fresh = True  # nothing written by this sink yet
         check_writable(self.path, "stats sink", stream_ok=False)  # its first write comes seconds (or a whole run) later
         self._take_claim(self.path, "stats sink")
         self.every_s, self.every_frames = every_s, every_frames  # write period (0 = that trigger off)
@@ -142,6 +145,9 @@ class StatsSink(_SinkBase):
         self._t_flush = time.monotonic()
         text = json.dumps(self.snapshot(final), indent=1, default=str) + "\n"
         try:
+            if self._fresh:
+                rotate_previous(self.path, self.keep_previous)
+                self._fresh = False
             atomic_write_text(self.path, text)
         except OSError as e:
             raise SinkError(f"stats sink: cannot write {self.path}: {_describe(e)}; "

@@ -71,9 +71,10 @@ class VideoSink(_SinkBase):
     as many as fit in QUEUE_BYTES, 2 to 32), a new frame is dropped and counted in `dropped`
     (the tracker outranks its debug video), unless `drop_when_full=False`, which makes `write`
     wait. `frame_size` is (width, height); None takes it from the first image; other sizes are
-    resized to it. `rotate_bytes` > 0: an earlier file is moved aside at open (`keep_previous` kept),
-    and a file that reaches that size is finished and moved aside too; 0 replaces an earlier file.
-    An error on the encoding thread is raised by the next `write` or by `close`.
+    resized to it. An earlier file is moved aside when the first frame comes (`keep_previous`
+    kept; 0 replaces it), as the text sinks do. `rotate_bytes` > 0: a file that reaches that size
+    is finished, and the next frame moves it aside and begins a new one (so no empty file is left
+    after the last frame). An error on the encoding thread is raised by the next `write` or by `close`.
     """
 
     QUEUE_BYTES = 64 << 20  # memory the frames waiting for the encoder may take
@@ -106,16 +107,15 @@ class VideoSink(_SinkBase):
 
     def _open(self, size: tuple[int, int]) -> None:
         self.frame_size = (int(size[0]), int(size[1]))
-        self._writer = self._new_writer(rotate=self.rotate_bytes > 0)
+        self._writer = self._new_writer()
         per_frame = 3 * self.frame_size[0] * self.frame_size[1]
         n = self.queue_size or min(max(self.QUEUE_BYTES // per_frame, 2), 32)  # 640x480: 32, 1080p: 10
         self._queue = queue.Queue(maxsize=n)
         self._thread = threading.Thread(target=self._encode, name=f"video:{self.path.name}", daemon=True)
         self._thread.start()
 
-    def _new_writer(self, rotate: bool) -> cv2.VideoWriter:
-        if rotate:
-            rotate_previous(self.path, self.keep_previous)
+    def _new_writer(self) -> cv2.VideoWriter:
+        rotate_previous(self.path, self.keep_previous)  # an earlier run's video, or this run's full file
         fourcc = VIDEO_CODECS[self.path.suffix.lower()]
         writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*fourcc), self.fps, self.frame_size)
         if not writer.isOpened():
@@ -126,7 +126,7 @@ class VideoSink(_SinkBase):
         self._raise_error()
         if image is None:
             raise ValueError(f"video sink: frame {result.index} came without its image (pass write(result, image))")
-        if self._writer is None:
+        if self._thread is None:
             self._open((image.shape[1], image.shape[0]))
         try:
             self._queue.put((result, image), block=not self.drop_when_full)
@@ -148,11 +148,13 @@ class VideoSink(_SinkBase):
     def _encode_one(self, result: FrameResult, image: np.ndarray) -> None:
         if (image.shape[1], image.shape[0]) != self.frame_size:
             image = cv2.resize(image, self.frame_size, interpolation=cv2.INTER_AREA)
+        if self._writer is None:  # the previous file reached rotate_bytes
+            self._writer = self._new_writer()
         self._writer.write(annotate(image, result))
         self.frames += 1
         if self.rotate_bytes and os.path.getsize(self.path) >= self.rotate_bytes:
             self._writer.release()  # an .mp4 gets its index here
-            self._writer = self._new_writer(rotate=True)
+            self._writer = None
 
     def _raise_error(self) -> None:
         if self.error is not None:
@@ -165,12 +167,14 @@ class VideoSink(_SinkBase):
             self._drop_claim()
 
     def _finish(self) -> None:
-        if self._writer is None:
+        if self._thread is None:  # no frame came: no file was made
             return
         self._queue.put(None)  # after the frames already queued
         self._thread.join()
-        self._writer.release()
-        self._writer = None
+        self._thread = None
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
         if self.dropped:
             log.warning("video sink: %d frames dropped from %s", self.dropped, self.path)
         self._raise_error()

@@ -184,6 +184,24 @@ def test_video_rotation_keeps_every_file_playable(tmp_path, ext):
     assert files[0].read_bytes() == b"an earlier run"
     counts = [_frames_in(f) for f in [*files[1:], path]]
     assert len(counts) >= 3 and sum(counts) == 30 == sink.frames
+    assert min(counts) >= 1  # the frame that filled a file opens no empty next one
+
+
+def test_a_rerun_moves_the_earlier_video_and_stats_aside(tmp_path):
+    """README: an earlier output file is moved aside, never truncated. The video and the stats were
+    replaced (a second run of the README's demo command lost the first one's annotated video)."""
+    img = np.full((48, 64, 3), 90, np.uint8)
+    for run in (1, 2):
+        for s in open_sinks(video_out=str(tmp_path / "v.avi"), stats_out=str(tmp_path / "s.json"), keep_files=3):
+            for i in range(1, 4 * run):
+                s.write(make_result(i), img)
+            s.close()
+    assert [_frames_in(f) for f in (*kept_files(tmp_path / "v.avi"), tmp_path / "v.avi")] == [3, 7]
+    assert [json.loads(f.read_text())["frames"] for f in (*kept_files(tmp_path / "s.json"), tmp_path / "s.json")] == [3, 7]
+    for s in open_sinks(video_out=str(tmp_path / "v.avi"), stats_out=str(tmp_path / "s.json"), keep_files=0):
+        s.close()  # keep 0: replaced, as the text sinks do; no frame: the video is left alone
+    assert json.loads((tmp_path / "s.json").read_text())["frames"] == 0 and len(kept_files(tmp_path / "s.json")) == 1
+    assert _frames_in(tmp_path / "v.avi") == 7
 
 
 def _frames_in(path: Path) -> int:
