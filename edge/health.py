@@ -365,7 +365,8 @@ class HealthHook:
         try:
             self.server = HealthServer(self.metrics, self.listen, self.preview).start()
         except OSError as e:  # tracking matters more than its metrics: run on, loudly
-            log.error("%s; running without /healthz and /metrics", e)
+            served = "/healthz, /metrics and /preview" if self.preview is not None else "/healthz and /metrics"
+            log.error("%s; running without %s (another process may answer on that port)", e, served)
         if self.meter_order:
             self._start_power()
 

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .health import FpsWindow, HealthHook, is_fresh
+from .health import FpsWindow, HealthHook, is_fresh, parse_listen
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def _reload(notifier: Notifier, reload_callback: Callable[[], Any] | None) -> No
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Service options of `vsdmot-edge run` (defaults come from the config's [service] table)."""
     g = parser.add_argument_group("service (systemd, health and metrics)")
-    g.add_argument("--health-listen", metavar="HOST:PORT", default=None,
+    g.add_argument("--health-listen", metavar="HOST:PORT", default=None, type=listen_arg,
                    help="serve /healthz and /metrics here (default: [service] health_listen, 127.0.0.1:9108); "
                         "'off' disables")
     g.add_argument("--no-watchdog", action="store_true", help="never send WATCHDOG=1 even if systemd asks for it")
@@ -236,6 +236,17 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "and /preview.jpg (default: [service] preview, off)")
     g.add_argument("--power-meter", metavar="LIST", default="jtop,ina3221,nvml,rapl", type=meter_list,
                    help="power meters to try for /metrics, in order ('none' = no power metrics)")
+
+
+def listen_arg(text: str) -> str:
+    """`--health-listen`: HOST:PORT, or off / none; checked while parsing (a bad port used to fail
+    after the model loaded and the earlier outputs were moved aside)."""
+    if text not in ("off", "none"):
+        try:
+            parse_listen(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{e}, or 'off'") from None
+    return text
 
 
 def meter_list(text: str) -> str:

@@ -155,7 +155,8 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         _positive("service", "stall_timeout_s", self.stall_timeout_s, strict=True)
         if self.health_listen and not _is_host_port(self.health_listen):
-            raise ValueError(f"[service] health_listen: expected HOST:PORT, got {self.health_listen!r}")
+            raise ValueError(f"[service] health_listen: expected HOST:PORT, or \"\" for no health server, "
+                             f"got {self.health_listen!r}")
 
 
 def _expand_home(cfg: Any, *names: str) -> None:

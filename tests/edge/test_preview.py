@@ -126,6 +126,17 @@ def test_a_preview_beyond_loopback_is_warned_about(host, warned, caplog):
     assert ("without authentication" in caplog.text) == warned
 
 
+def test_a_taken_port_says_the_preview_is_not_served(caplog):
+    first = H.HealthServer(H.Metrics(), "127.0.0.1:0").start()
+    try:
+        hook = H.HealthHook("127.0.0.1:%d" % first.address[1], 5.0, preview=Preview())
+        hook.on_start()  # the run goes on: tracking outranks its health server
+        hook.on_stop()
+    finally:
+        first.close()
+    assert "running without /healthz, /metrics and /preview (another process may answer on that port)" in caplog.text
+
+
 def test_without_preview_the_paths_say_how_to_get_one():
     server = H.HealthServer(H.Metrics(), "127.0.0.1:0").start()
     try:

@@ -311,6 +311,19 @@ def test_a_bad_power_meter_name_is_refused_when_parsing(capsys):
     assert e.value.code == 2 and "'tegra'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("bad", ["127.0.0.1:99999", ":9313", "9108", "localhost"])
+def test_a_bad_health_listen_is_refused_when_parsing(bad, capsys):
+    """A bad port was refused only once the model had loaded and the earlier outputs were moved aside."""
+    import argparse
+
+    p = argparse.ArgumentParser()
+    S.add_run_arguments(p)
+    assert [p.parse_args(["--health-listen", v]).health_listen for v in ("off", "[::1]:0")] == ["off", "[::1]:0"]
+    with pytest.raises(SystemExit) as e:
+        p.parse_args(["--health-listen", bad])
+    assert e.value.code == 2 and f"got {bad!r}, or 'off'" in capsys.readouterr().err
+
+
 # ---- a real `vsdmot-edge run` under a test notify socket ------------------------------------
 
 
