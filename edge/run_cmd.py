@@ -281,10 +281,22 @@ def _reloader(args: argparse.Namespace, pipeline):
         log.info("reloaded [semantics] from %s: %s", args.config, cfg.semantics)
         pending = [f.name for f in fields(cfg) if f.name != "semantics" and getattr(cfg, f.name) != getattr(started, f.name)]
         if pending:
-            log.warning("reload: %s changed in %s but only [semantics] applies live; restart to apply them "
-                        "(systemctl restart vsdmot-edge)", ", ".join(f"[{n}]" for n in pending), args.config)
+            log.warning("reload: %s changed in %s but only [semantics] applies live; restart to apply them%s",
+                        ", ".join(f"[{n}]" for n in pending), args.config, _restart_hint())
 
     return reload
+
+
+def _restart_hint(cgroup: str = "/proc/self/cgroup") -> str:
+    """" (systemctl restart UNIT)" when this process runs in a service's own cgroup
+    (`0::/system.slice/vsdmot-cam2.service`), else "" (a terminal's cgroup ends in a .scope)."""
+    try:
+        text = Path(cgroup).read_text()
+    except OSError:
+        return ""
+    leaves = [line.rsplit("/", 1)[-1] for line in text.splitlines()]
+    units = [leaf.removesuffix(".service") for leaf in leaves if leaf.endswith(".service")]
+    return f" (systemctl restart {units[0]})" if units else ""
 
 
 def _meta(cfg, pipeline, source) -> dict[str, Any]:

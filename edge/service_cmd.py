@@ -191,8 +191,13 @@ def _install(args: argparse.Namespace) -> int:
     if not args.root:
         plan.append(Action("run", f"systemctl enable {'' if args.no_start else '--now '}{cfg.unit_file}"))
     apply(plan, args.dry_run)
-    if not args.root:
-        print(f"next: edit {cfg.config_path}, then `systemctl reload {cfg.name}`; logs: journalctl -u {cfg.name} -f")
+    if args.root:
+        print(f"note: {cfg.config_path} is staged mode 0640, owned by whoever ran this: the package must give it "
+              f"group {cfg.user} once the user exists (postinst: systemd-sysusers, then chgrp {cfg.user} "
+              f"{cfg.config_path}), or the service cannot read it")
+    else:
+        print(f"next: edit {cfg.config_path}, then `systemctl restart {cfg.name}` (`systemctl reload` applies "
+              f"[semantics] only); logs: journalctl -u {cfg.name} -f")
     return 0
 
 

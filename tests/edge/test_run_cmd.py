@@ -259,6 +259,22 @@ def test_reload_applies_semantics_and_names_sections_that_need_a_restart(tmp_pat
     assert "[tracker]" in caplog.text and "[source]" not in caplog.text and "restart" in caplog.text
 
 
+@pytest.mark.parametrize("cgroup, hint", [
+    ("0::/system.slice/vsdmot-cam2.service\n", " (systemctl restart vsdmot-cam2)"),  # a unit of several cameras
+    ("0::/user.slice/user-1000.slice/user@1000.service/app.slice/vte-spawn-1.scope\n", ""),  # a terminal
+    ("12:pids:/system.slice/vsdmot-edge.service\n0::/system.slice/vsdmot-edge.service\n", " (systemctl restart vsdmot-edge)"),
+    (None, ""),  # no /proc (not Linux)
+])
+def test_the_restart_hint_names_this_services_unit(tmp_path, cgroup, hint):
+    """It named vsdmot-edge for every unit, also for a second camera's vsdmot-cam2."""
+    from vsdmot.edge.run_cmd import _restart_hint
+
+    path = tmp_path / "cgroup"
+    if cgroup is not None:
+        path.write_text(cgroup)
+    assert _restart_hint(str(path)) == hint
+
+
 @pytest.mark.parametrize("frame_count, max_frames, total", [(795, 0, 795), (795, 300, 300), (0, 300, 300), (0, 0, 0)])
 def test_progress_total_is_what_the_run_will_do(frame_count, max_frames, total):
     import argparse

@@ -142,7 +142,8 @@ def test_install_into_staging_root(tmp_path, capsys):
     config.write_text("# mine\n")
     assert main(["service", "install", "--root", str(root), "--exec", REAL_EXEC]) == 0
     assert config.read_text() == "# mine\n"  # an existing config is never overwritten
-    assert "keep:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "keep:" in out and "chgrp vsdmot /etc/vsdmot/edge.toml" in out  # the packager's step, said
     assert main(["service", "uninstall", "--root", str(root)]) == 0
     assert not unit.exists() and config.exists()  # only --purge removes the config
     assert main(["service", "uninstall", "--root", str(root), "--purge"]) == 0
@@ -166,6 +167,13 @@ def test_one_unit_per_camera_each_with_its_own_config_and_health_port(tmp_path):
     assert [c.exists() for c in configs] == [True, False, True]
     assert main(["service", "install", "--root", str(root), "--exec", REAL_EXEC, "--name", "vsdmot-cam4"]) == 0
     assert load_config(root / "etc/vsdmot/vsdmot-cam4.toml").service.health_listen == "127.0.0.1:9109"  # freed
+
+
+def test_a_unit_name_that_would_share_the_default_config_is_refused():
+    with pytest.raises(ValueError, match="'edge': its config would be /etc/vsdmot/edge.toml, the vsdmot-edge unit's"):
+        UnitConfig(name="edge")
+    assert UnitConfig(name="edge", config_path="/etc/vsdmot/front-door.toml").config_path == "/etc/vsdmot/front-door.toml"
+    assert UnitConfig(name="vsdmot-cam2.service").unit_file == "vsdmot-cam2.service"  # not .service.service
 
 
 def test_free_health_port_skips_ports_other_configs_take(tmp_path):
