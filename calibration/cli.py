@@ -15,22 +15,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vsdmot import __version__
-from vsdmot._cli import add_log_arguments, run_main
+from vsdmot._cli import Parser, add_log_arguments, run_main
 from vsdmot.paths import data_root
 
 DEFAULT_SHEET_INPUT = data_root() / "PETS09-S2L1"
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Usage errors as one line (and exit 2), like every other bad input of this command."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="vsdmot-degrade", description=__doc__.strip().splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 1)[1])
+    p = Parser(prog="vsdmot-degrade", description=__doc__.strip().splitlines()[0],
+               formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 1)[1])
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_log_arguments(p)
     p.add_argument("--input", type=Path, metavar="SEQ_DIR", help="MOTChallenge sequence folder (img1/ or a video, seqinfo.ini)")

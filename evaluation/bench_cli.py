@@ -21,13 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vsdmot import __version__
-from vsdmot._cli import add_log_arguments, run_main
+from vsdmot._cli import Parser, add_log_arguments, run_main
 from vsdmot.evaluation.cli import parse_frames
 from vsdmot.paths import data_root
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vsdmot-bench", description=__doc__.splitlines()[0],
+    p = Parser(prog="vsdmot-bench", description=__doc__.splitlines()[0],
                                 epilog="The ablation is a subcommand: vsdmot-bench ablation --help (docs/ablation.md).")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_log_arguments(p)
@@ -118,7 +118,7 @@ DEFAULT_ABLATION_SEQS = (HELD_OUT, SHARED_DATA / "TUD-Campus")
 
 
 def build_ablation_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vsdmot-bench ablation",
+    p = Parser(prog="vsdmot-bench ablation",
                                 description="Ablation: tracker variants x sequences x conditions (docs/ablation.md)")
     add_log_arguments(p)
     p.add_argument("--seq", nargs="+", type=Path, default=list(DEFAULT_ABLATION_SEQS), metavar="DIR",

@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 
 from vsdmot import __version__
-from vsdmot._cli import add_log_arguments, run_main
+from vsdmot._cli import Parser, add_log_arguments, run_main
 
 TABLE_KEYS = ("HOTA", "DetA", "AssA", "MOTA", "MOTP", "IDF1", "IDSW", "FP", "FN", "GT_IDs", "IDs", "frames")
 
@@ -33,7 +33,7 @@ def format_value(key: str, value) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vsdmot-eval", description=__doc__.splitlines()[0])
+    p = Parser(prog="vsdmot-eval", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_log_arguments(p)
     p.add_argument("--gt", required=True, metavar="SEQ_DIR", help="sequence folder (seqinfo.ini + gt/gt.txt)")

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from vsdmot import __version__
-from vsdmot._cli import add_log_arguments, run_main
+from vsdmot._cli import Parser, add_log_arguments, run_main
 
 from .bundle import NETWORKS
 from .det_rounds import NEAR_CAMERA_F1
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .accuracy_gate import RULES, GateConfig
     from .chain import DEFAULT_METHOD, DEFAULT_PRUNE, TARGETS
 
-    p = argparse.ArgumentParser(prog="vsdmot-export", description=__doc__.splitlines()[0],
+    p = Parser(prog="vsdmot-export", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_log_arguments(p)

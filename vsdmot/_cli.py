@@ -20,12 +20,20 @@ from collections.abc import Mapping, Sequence
 from vsdmot import __version__
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: `vsdmot-edge run: error: argument --rotate: invalid choice: '45'
+    (choose from ...) (see vsdmot-edge run --help)` instead of the 16-line usage and then the error."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(prog: str, description: str, commands: Mapping[str, tuple[str, str]]) -> argparse.ArgumentParser:
     """`commands` maps a subcommand name to (module path, one-line help)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = Parser(prog=prog, description=description)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_log_arguments(parser, default=0)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")  # subparsers are Parsers too
     for name, (module, help_text) in commands.items():
         mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip().splitlines()[0])
@@ -66,12 +74,27 @@ def setup_logging(verbose: int = 0, quiet: int = 0) -> None:
     root.setLevel(min(lib, ours))
 
 
+def quiet_opencv(verbose: int) -> None:
+    """OpenCV's own warnings off unless -v (or $OPENCV_LOG_LEVEL): a stream that cannot open
+    printed `[ WARN:0@0.030] global cap.cpp:212 open VIDEOIO(FFMPEG): backend is generally
+    available but can't be used to capture by name` above the run's own one-line error. FFmpeg's
+    lines (e.g. `Connection refused`) stay: they say why."""
+    import os
+
+    if verbose or os.environ.get("OPENCV_LOG_LEVEL"):
+        return
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
 def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
     """Parse, set up logging, run. Bad input and device errors become one line and exit 2 / 1."""
     from vsdmot.runtime.errors import VsdmotError
 
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", 0))
+    quiet_opencv(getattr(args, "verbose", 0))
     run = getattr(args, "_run", None) or args.func
     try:
         return int(run(args) or 0)

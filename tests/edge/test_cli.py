@@ -54,3 +54,31 @@ def test_run_main_sets_the_levels(monkeypatch, capsys):
         lines = capsys.readouterr().err.splitlines()
         assert [ln.split(": ", 1)[1] for ln in lines] == shown
     assert logging.getLogger("vsdmot").level == logging.NOTSET  # no logger level outlives the call
+
+
+@pytest.mark.parametrize("flags, warned", [([], False), (["-v"], True)])
+def test_a_stream_that_cannot_open_is_one_error_without_opencvs_warning(flags, warned):
+    """OpenCV's `[ WARN:0@..] global cap.cpp:... can't be used to capture by name` sat above the
+    run's own error line; FFmpeg's reason (`Connection refused`) stays."""
+    import os
+    import subprocess
+
+    from helpers import EDGE_CLI, REPO
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    done = subprocess.run([*EDGE_CLI, *flags, "run", "--source", "rtsp://127.0.0.1:1/none", "--health-listen", "off"],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert done.returncode == 1 and "cannot open" in done.stderr.splitlines()[-1]
+    assert ("[ WARN" in done.stderr) == warned
+
+
+@pytest.mark.parametrize("argv", [["run", "--rotate", "45"], ["run", "--max-frames", "abc"], ["service", "install", "--watchdog-sec", "x"]])
+def test_a_bad_flag_value_is_one_line(argv, capsys):
+    """argparse printed the whole usage (16 lines for `run`) before the error."""
+    from vsdmot.edge.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"vsdmot-edge {argv[0]}") and err.rstrip().endswith("--help)")
