@@ -160,7 +160,7 @@ class Ina3221Meter:
     def __init__(self, root: str | os.PathLike = "/"):
         self.rails = find_ina3221_rails(root)
         if not self.rails:
-            raise OSError(f"no INA3221 rails under {Path(root) / 'sys/bus/i2c/drivers'} or sys/class/hwmon")
+            raise OSError(f"no INA3221 rails under {Path(root) / 'sys/bus/i2c/drivers'} or {Path(root) / 'sys/class/hwmon'}")
         total = total_of({r.name: 0.0 for r in self.rails})[1]
         self.scope = f"INA3221 {total} rail" if total != "sum" else "sum of INA3221 module rails"
 

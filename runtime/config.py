@@ -185,7 +185,8 @@ class RunConfig:
     max_frames: int = 0  # stop after this many frames (0 = until the source ends or a signal)
 
     def __post_init__(self) -> None:
-        _positive("run", "max_frames", self.max_frames)
+        if self.max_frames < 0:  # a top-level key: there is no [run] table to name
+            raise ValueError(f"max_frames (--max-frames, or a top-level config key): expected >= 0, got {self.max_frames!r}")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:

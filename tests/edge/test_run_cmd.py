@@ -381,3 +381,10 @@ def test_output_size_notes_name_what_may_fill_the_disk(tmp_path, monkeypatch):
     notes = output_size_notes(rotated, endless=True)
     assert [n.split(":")[0] for n in notes] == ["--jsonl-out", "--video-out"]
     assert "250 MB free, less than the 600 MB" in notes[0]
+
+
+def test_more_threads_than_cores_is_warned_about():
+    from vsdmot.edge.run_cmd import thread_note
+
+    assert thread_note(0, 2) is None and thread_note(2, 2) is None and thread_note(4, None) is None
+    assert "--threads 999 is more than this machine's 2 cores" in thread_note(999, 2)

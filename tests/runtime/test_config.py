@@ -116,3 +116,8 @@ def test_home_in_path_keys_is_expanded(tmp_path, monkeypatch):
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "run.toml").write_text("max_frames = 3\n")
     assert C.load_config("~/run.toml").max_frames == 3  # --config=~/run.toml
+
+
+def test_a_negative_max_frames_names_the_flag_not_a_missing_table():
+    with pytest.raises(ValueError, match=r"^max_frames \(--max-frames, or a top-level config key\): expected >= 0, got -3"):
+        C.RunConfig(max_frames=-3)
