@@ -138,8 +138,8 @@ def score(seq_dir: Path, text: str, windows: dict[str, tuple[int, int]]) -> dict
 class RecordingHybrid(HybridTracker):
     """HybridTracker that keeps, per frame, each live slot's pointer row and predicted-box IoU."""
 
-    def reset(self) -> None:
-        super().reset()
+    def reset(self, keep_ids: bool = False) -> None:
+        super().reset(keep_ids)
         self.log: list[dict] = []
         self.last_f = np.zeros(self.S, np.int64)  # (S,) frame of each slot's last match
 

@@ -92,10 +92,10 @@ class KalmanHybrid(HybridTracker):
     update (its gain grows with the state's uncertainty), a miss keeps the prediction. It predicts one frame
     per step whatever `step`'s `gap` (the study replays consecutive frames; drop_study.py does not list it)."""
 
-    def reset(self) -> None:
+    def reset(self, keep_ids: bool = False) -> None:
         from vsdmot.runtime.bytetrack import KalmanXYAH
 
-        super().reset()
+        super().reset(keep_ids)
         self.kf = KalmanXYAH()
         self.mean = np.zeros((self.S, 8))  # (S, 8) prior for the coming frame
         self.cov = np.tile(np.eye(8), (self.S, 1, 1))  # (S, 8, 8)

@@ -126,11 +126,11 @@ class ByteTrack:
         self.kf = KalmanXYAH()
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, keep_ids: bool = False) -> None:
         self.tracked: list[Track] = []
         self.lost: list[Track] = []
         self.frame_id = 0
-        self._next_id = 0
+        self._next_id = self._next_id if keep_ids else 0  # the last id given (ids start at 1)
 
     def warp(self, a: np.ndarray) -> None:
         """Move every live track's filter state by the camera's (2, 3) affine (BoT-SORT's camera

@@ -96,7 +96,7 @@ class _SlotTracker:
         self.D = spec["semantic"].shape[1]  # semantic width
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, keep_ids: bool = False) -> None:
         S = self.S
         self.valid = np.zeros(S, bool)  # (S,) slot holds a live track
         self.ids = np.zeros(S, np.int64)  # (S,) track id (>= 1) of a live slot
@@ -107,7 +107,7 @@ class _SlotTracker:
         self.hits = np.zeros(S, np.int64)  # (S,) matches since birth
         self.embed = np.zeros((S, self.E), np.float32)  # (S, E) appearance EMA
         self.query = np.zeros((S, self.d), np.float32)  # (S, d) track queries
-        self.next_id = 1
+        self.next_id = self.next_id if keep_ids else 1  # the id the next new track gets
         self.gap = 1  # source frames since the previous step (step's `gap`)
 
     def warp(self, a: np.ndarray) -> None:

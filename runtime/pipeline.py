@@ -49,6 +49,8 @@ class Pipeline:
     backends: list[Backend] = field(default_factory=list, repr=False)  # closed by close()
     last_index: int = 0  # Frame.index of the previous step (0: none since the last reset)
     camera: Any = None  # runtime/motion.py CameraMotion, None when [tracker] camera_motion = "off"
+    fps: float = 30.0  # the source's frame rate: how many frames a gap in timestamps stands for
+    last_timestamp: float = 0.0  # Frame.timestamp of the previous step
 
     def reset(self) -> None:
         """A new scene (another source, or a reconnect after a long gap): forget tracks and cache."""
@@ -90,6 +92,8 @@ def perceive(frame: Frame, p: Pipeline) -> Percept:
 def track(frame: Frame, seen: Percept, p: Pipeline) -> FrameResult:
     """The tracker on one perceived frame: queries += w * proj(semantic) inside the network."""
     t = _Laps()
+    if outage(frame, p):
+        p.tracker.reset(keep_ids=True)  # every track would have ended by now; ids go on in the same outputs
     if seen.motion is not None:
         p.tracker.warp(seen.motion)  # the tracks' boxes and velocities into this frame's pixels
     tracks = p.tracker.step(seen.detections, seen.semantic_vector, seen.w, frame_gap(frame, p))
@@ -97,6 +101,21 @@ def track(frame: Frame, seen: Percept, p: Pipeline) -> FrameResult:
     ms = {**seen.latency_ms, **t.ms}
     ms["total"] = sum(ms.values())
     return FrameResult(frame.index, frame.timestamp, seen.q, seen.w, seen.semantic, tracks, ms)
+
+
+OUTAGE_FRAMES = 60  # source frames: longer than every tracker's lifetime (ByteTrack 30 frames, the slot trackers 20)
+
+
+def outage(frame: Frame, p: Pipeline) -> bool:
+    """Whether more than OUTAGE_FRAMES frame periods passed since the previous step: a camera or
+    stream back after an outage, or a recording that paused. A live source numbers the frames it
+    captures, so its index shows dropped frames but not an outage, and the trackers count a miss
+    per step: they would match the tracks from before the outage to whoever is in view now."""
+    seconds, p.last_timestamp = frame.timestamp - p.last_timestamp, frame.timestamp
+    gone = p.last_index > 0 and seconds * p.fps > OUTAGE_FRAMES
+    if gone:
+        log.info("tracks ended: %.1f s without frames before frame %d (ids go on)", seconds, frame.index)
+    return gone
 
 
 def frame_gap(frame: Frame, p: Pipeline) -> int:
@@ -155,7 +174,7 @@ def build_pipeline(bundle: Bundle, cfg: RunConfig, fps: float = 30.0) -> Pipelin
         from .motion import CameraMotion
 
         camera = CameraMotion(mode=cfg.tracker.camera_motion)
-    return Pipeline(gate, dswr, semantics, detector, tracker, kind, ran_on, backends, camera=camera)
+    return Pipeline(gate, dswr, semantics, detector, tracker, kind, ran_on, backends, camera=camera, fps=fps)
 
 
 def warm_up(backends: Sequence[Backend]) -> float:

@@ -27,8 +27,9 @@ class Tracker(Protocol):
         frames since the previous step (> 1 when a live source dropped frames), for the motion model."""
         ...
 
-    def reset(self) -> None:
-        """Forget every track and restart ids, e.g. at a new sequence."""
+    def reset(self, keep_ids: bool = False) -> None:
+        """Forget every track and restart ids, e.g. at a new sequence. `keep_ids`: new tracks go on
+        from the last id (the same run after an outage: one output file must not reuse an id)."""
         ...
 
     def warp(self, a: np.ndarray) -> None:

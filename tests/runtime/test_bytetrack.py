@@ -95,11 +95,15 @@ def test_crossing_people_keep_ids_with_motion():
     assert all(abs(first[k] - last[k]) < 2 for k in first)  # each id stays on its row
 
 
-def test_reset_restarts_ids():
+def test_reset_restarts_ids_unless_told_to_keep_them():
     bt = ByteTrack()
     run(bt, [[person(10), person(200)]] * 2)
     bt.reset()
     assert ids(bt.step(dets(person(500)))) == [1]
+    run(bt, [[person(500)]])
+    bt.reset(keep_ids=True)  # after an outage: the track at 500 ends, the same place gets a new id
+    run(bt, [[person(500)]])
+    assert ids(bt.step(dets(person(500)))) == [2]
 
 
 def test_semantic_and_weight_are_ignored():

@@ -125,11 +125,13 @@ def test_feed_is_static_and_semantic_gated():
     assert net.feeds[1]["track_query"][0, 0].tolist() == [0, 0, 0]  # the born slot's birth_query
 
 
-def test_reset_restarts_ids():
+def test_reset_restarts_ids_unless_told_to_keep_them():
     trk = E2ETracker(FakeTrackerNet())
     trk.step(dets((100, 0.9)))
     trk.reset()
     assert trk.step(dets((500, 0.9))).track_id.tolist() == [1]
+    trk.reset(keep_ids=True)  # after an outage: the track at 500 ends, the same place gets a new id
+    assert trk.step(dets((500, 0.9))).track_id.tolist() == [2]
 
 
 def test_wrong_feature_width_raises():
