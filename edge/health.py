@@ -156,10 +156,6 @@ class Metrics:
         with self._lock:
             return self._fps.fps(self.clock())
 
-    def skip_ratio(self) -> float:
-        n = sum(self.semantic.values())
-        return self.semantic.get("skipped", 0) / n if n else 0.0
-
     def health(self) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body): 200 while a fresh frame came within the stall window."""
         now = self.clock()
@@ -271,6 +267,7 @@ def _power_lines(m: Metrics) -> list[str]:
 class _Handler(BaseHTTPRequestHandler):
     metrics: Metrics  # set on a subclass per server
     preview: Any = None  # edge.preview.Preview with --preview
+    timeout = 10.0  # seconds a socket read or write may block: a paused /preview viewer frees its slot
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         from .preview import serve
@@ -307,8 +304,8 @@ class HealthServer:
         try:
             self._httpd = server((host, port), handler)
         except OSError as e:
-            raise OSError(f"health server: cannot listen on {listen} ({e.strerror or e}); set [service] "
-                          "health_listen or --health-listen to another HOST:PORT, or 'off'") from None
+            raise OSError(f"health server: cannot listen on {listen} ({e.strerror or e}); give --health-listen "
+                          "another HOST:PORT (or off), or [service] health_listen (\"\" = off)") from None
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="vsdmot-health", daemon=True)
 
     @property

@@ -160,7 +160,8 @@ def output_size_notes(sinks, endless: bool) -> list[str]:
     need = (sinks.keep_files + 1) * sinks.rotate_mb * 1e6
     notes = []
     for flag, path in growing.items():
-        free = shutil.disk_usage(path.parent).free
+        folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())  # the file's folder may not exist yet
+        free = shutil.disk_usage(folder).free
         if free < need:
             notes.append(f"{flag}: {path.parent} has {free / 1e6:.0f} MB free, less than the {need / 1e6:.0f} MB its "
                          f"rotated files may take ((--keep-files {sinks.keep_files} + 1) x --rotate-mb {sinks.rotate_mb:g})")
@@ -242,16 +243,17 @@ def run(args: argparse.Namespace) -> int:
         pipeline = build_pipeline(bundle, cfg, fps=source.fps)
         try:
             stop, hooks = SourceStopEvent(source), make_hooks(args, cfg, source, preview)
-            sinks = open_sinks(**vars(cfg.sinks), fps=source.fps, source_stats=getattr(source, "stats", None),
-                               meta=_meta(cfg, pipeline, source))
-            if not sinks:
-                log.info("no --mot-out, --jsonl-out, --video-out or --stats-out: the tracks are not saved")
-            sinks += [preview] if preview is not None else []
+            reload, overlap = _reloader(args, pipeline, cfg), overlap_for(cfg, pipeline)
             endless = not (getattr(source, "frame_count", 0) or cfg.max_frames)
             for note in output_size_notes(cfg.sinks, endless):
                 log.warning(note)
-            with _signals(stop, _reloader(args, pipeline)):
-                summary = run_loop(source, pipeline, sinks, hooks, stop, cfg.max_frames, overlap=overlap_for(cfg, pipeline))
+            if not any(getattr(cfg.sinks, n) for n in cfg.sinks.PATHS):
+                log.info("no --mot-out, --jsonl-out, --video-out or --stats-out: the tracks are not saved")
+            # the sinks open last: from here on run_loop closes them whatever happens
+            sinks = open_sinks(**vars(cfg.sinks), fps=source.fps, source_stats=getattr(source, "stats", None),
+                               meta=_meta(cfg, pipeline, source)) + ([preview] if preview is not None else [])
+            with _signals(stop, reload):
+                summary = run_loop(source, pipeline, sinks, hooks, stop, cfg.max_frames, overlap=overlap)
         finally:
             pipeline.close()
     finally:
@@ -279,11 +281,12 @@ def _signals(stop: threading.Event, reload_callback):
         restore()
 
 
-def _reloader(args: argparse.Namespace, pipeline):
-    """SIGHUP with --config: re-read it and apply its [semantics] table (the rest needs a restart)."""
+def _reloader(args: argparse.Namespace, pipeline, started):
+    """SIGHUP with --config: re-read it and apply its [semantics] table (the rest needs a restart).
+    `started`: the config the pipeline was built from (not the file now: it may have been edited
+    during a first TensorRT build)."""
     if not args.config:
         return None
-    started = build_config(args)  # what the running pipeline was built from
 
     def reload() -> None:
         cfg = build_config(args)

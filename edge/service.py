@@ -142,7 +142,7 @@ class NotifyHook:
         if fresh and self.watchdog_s is not None and now - self._last_ping >= self.watchdog_s:
             self.notifier.send("WATCHDOG=1")
             self._last_ping = now
-        if now - self._last_status >= STATUS_EVERY_S:
+        if now - self._last_status >= self.status_every_s:
             self.notifier.send(self._status(result, now) if fresh else "STATUS=stalled: no fresh frames")
             self._last_status = now
 

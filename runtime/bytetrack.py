@@ -29,7 +29,7 @@ class ByteTrackConfig:
     match_thresh: float = 0.8  # max (1 - IoU * score) cost in the first association
     second_match_thresh: float = 0.5  # max (1 - IoU) cost for low-score detections
     unconfirmed_thresh: float = 0.7  # max cost to confirm a one-frame-old track
-    track_buffer: int = 30  # frames a lost track survives at 30 fps (scaled by frame rate / 30)
+    track_buffer: int = 30  # steps (frames seen) a lost track survives at 30 fps (scaled by frame rate / 30)
     fuse_score: bool = True  # multiply IoU by detection score (the original's non-MOT20 default)
     min_box_area: float = 10.0  # output filter: w * h above this, px^2
     max_aspect_ratio: float = 1.6  # output filter: w / h at most this (people are upright)

@@ -41,7 +41,7 @@ def _choice(section: str, name: str, value: str, allowed: tuple[str, ...]) -> No
 
 
 def _positive(section: str, name: str, value: float, strict: bool = False) -> None:
-    if value < 0 or (strict and value == 0):
+    if value != value or value < 0 or (strict and value == 0):  # NaN (TOML has `nan`) compares false with anything
         raise ValueError(f"[{section}] {name}: expected {'> 0' if strict else '>= 0'}, got {value!r}")
 
 
@@ -111,7 +111,7 @@ class TrackerConfig:
     kind: str = "default"  # default = the bundle's choice; or e2e / hybrid / bytetrack
     birth_score: float = 0.5  # a new track is born from a query scoring at least this (MOTRv2)
     keep_score: float = 0.5  # a track query scoring below this counts as a miss (MOTRv2)
-    miss_tolerance: int = 20  # frames a track survives unseen before its slot is freed (MOTRv2)
+    miss_tolerance: int = 20  # steps (frames seen) a track survives unseen before its slot is freed (MOTRv2)
     output_score: float = 0.6  # only tracks scoring at least this are written out (MOTRv2)
     min_area: float = 100.0  # boxes smaller than this many square pixels are not written (MOTRv2)
     camera_motion: str = "auto"  # off / auto (probe, follow a moving camera) / on (every frame): runtime/motion.py

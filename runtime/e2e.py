@@ -9,7 +9,8 @@ miss counter, and packing/unpacking the static-shape feed.
   selects (argmax over P proposals + "no match") when its keep score >= `keep`; a proposal whose
   birth score >= `birth` and that no track took starts a new track. If two tracks point at the
   same proposal (rare), the one with the higher pointer probability wins and the other counts a
-  miss this frame. A slot unmatched for more than `miss_tolerance` frames dies.
+  miss this frame. A slot unmatched for more than `miss_tolerance` steps (frames seen; a live
+  source's dropped frames are not counted, an outage ends every track: runtime/pipeline.py) dies.
 - `HybridTracker`: the same network's pointer probabilities used as the association cost of
   ByteTrack-style two-stage matching (high-score detections first, then low-score ones), so the
   learned appearance/motion cost stays conditioned on frame quality and semantics through w.
@@ -35,7 +36,7 @@ class E2EConfig:
     birth: float = 0.5  # birth score a free proposal needs to start a track (MOTRv2; = RunConfig.tracker.birth_score).
     # 0.3 won on train-side PETS 1-600 replays (+2.2) but moved held-out e2e by -1.0 clean / +0.1 degraded
     keep: float = 0.5  # keep score a live track needs to count as seen (MOTRv2)
-    miss_tolerance: int = 20  # frames a track survives unseen (MOTRv2)
+    miss_tolerance: int = 20  # steps (frames seen) a track survives unseen (MOTRv2)
     output_score: float = 0.6  # a track is reported only at or above this score (MOTRv2)
     min_area: float = 100.0  # px^2: smaller boxes are not reported (MOTRv2)
     min_det_score: float = 0.1  # detections below this are not fed as proposals
@@ -205,7 +206,6 @@ class _SlotTracker:
         self.query[free] = bq[p]
         self.ids[free] = np.arange(self.next_id, self.next_id + len(free))
         self.next_id += len(free)
-        self._born_count = len(free)
         return free
 
     def _report(self, props: Detections, rows, score, ids) -> Detections:

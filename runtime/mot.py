@@ -167,15 +167,21 @@ _UMASK = _umask()  # read once, at import (os.umask can only be read by setting 
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`. The file gets the
-    mode a plain open() would give (mkstemp's 0600 would hide stats from a monitoring user)."""
+    """`atomic_write_bytes` of the text, UTF-8."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over `path`: a reader, a kill or a
+    power cut leaves the old file or the new one, never part of one. The file gets the mode a plain
+    open() would give (mkstemp's 0600 would hide stats from a monitoring user)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

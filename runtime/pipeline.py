@@ -25,7 +25,7 @@ from .config import RunConfig
 from .cpu import warn_int8_on_cpu
 from .logs import log_once
 from .semantics import SemanticPolicy, Student
-from .tracking import assignment_solver
+from .tracking import Tracker, assignment_solver
 from .types import Frame, FrameResult, Percept, TensorSpec
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class Pipeline:
     dswr: Any  # runtime/dswr.py Dswr: weight(q) -> w in [0, 1]
     semantics: SemanticPolicy  # None | cached | fresh student vector, with counts
     detector: Any  # runtime/yolox.py YoloxDetector: detect(image) -> Detections
-    tracker: Any  # runtime/tracking.py Tracker: step(dets, semantic, w) -> Detections with track_id
+    tracker: Tracker  # step(dets, semantic, w, gap) -> Detections with track_id; warp(a); reset(keep_ids)
     tracker_kind: str = "e2e"  # which tracker this is (e2e / hybrid / bytetrack)
     backend_kind: str = "onnxruntime"  # what the networks run on
     backends: list[Backend] = field(default_factory=list, repr=False)  # closed by close()

@@ -333,10 +333,12 @@ def open_sinks(mot_out: str = "", jsonl_out: str = "", video_out: str = "", stat
             check_writable(Path(path), kind)
             check_unclaimed(Path(path), kind)
     files = {"keep_previous": keep_files, "rotate_bytes": int(rotate_mb * 1e6)}
-    late = [VideoSink(video_out, fps, **files) if video_out else None,  # claimed, nothing written yet
-            StatsSink(stats_out, source_stats=source_stats, meta=meta, keep_previous=keep_files) if stats_out else None]
+    late: list = []  # claimed, nothing written yet
     sinks: list[Sink] = []
     try:
+        late.append(VideoSink(video_out, fps, **files) if video_out else None)
+        late.append(StatsSink(stats_out, source_stats=source_stats, meta=meta, keep_previous=keep_files)
+                    if stats_out else None)
         if mot_out:
             sinks.append(MotSink(mot_out, **files))
         if jsonl_out:

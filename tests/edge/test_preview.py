@@ -137,6 +137,42 @@ def test_a_taken_port_says_the_preview_is_not_served(caplog):
     assert "running without /healthz, /metrics and /preview (another process may answer on that port)" in caplog.text
 
 
+def test_a_paused_viewer_gives_its_slot_back(monkeypatch):
+    """A viewer that stops reading (a paused VLC) blocked its stream's write forever, and with
+    `max_clients` of them every viewer got 503 until a restart. The handler's socket timeout ends it."""
+    import socket
+
+    monkeypatch.setattr(H._Handler, "timeout", 0.5)
+    p = Preview(PreviewConfig(max_fps=50, max_clients=1, quality=100))
+    noise = np.random.default_rng(0).integers(0, 255, (480, 640, 3), np.uint8)  # ~0.5 MB JPEGs: buffers fill fast
+    stop = threading.Event()
+
+    def feed():
+        while not stop.is_set():
+            p.write(frame(1)[0], noise)
+            time.sleep(0.01)
+
+    server = H.HealthServer(H.Metrics(), "127.0.0.1:0", p).start()
+    threading.Thread(target=feed, daemon=True).start()
+    paused = socket.create_connection(server.address)
+    try:
+        paused.sendall(b"GET /preview HTTP/1.0\r\n\r\n")  # and never reads
+        deadline, code = time.monotonic() + 20, 503
+        while code == 503 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:%d/preview" % server.address[1], timeout=5) as r:
+                    code = r.status
+            except urllib.error.HTTPError as e:
+                code = e.code
+        assert code == 200
+    finally:
+        stop.set()
+        p.close()
+        paused.close()
+        server.close()
+
+
 def test_without_preview_the_paths_say_how_to_get_one():
     server = H.HealthServer(H.Metrics(), "127.0.0.1:0").start()
     try:

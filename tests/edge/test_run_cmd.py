@@ -251,7 +251,9 @@ def test_reload_applies_semantics_and_names_sections_that_need_a_restart(tmp_pat
     cfg = tmp_path / "run.toml"
     cfg.write_text('[source]\nsource = "clip.mp4"\n[semantics]\npolicy = "auto"\n[tracker]\nkind = "hybrid"\n')
     pipeline = SimpleNamespace(semantics=SimpleNamespace(student=object(), cfg=None))
-    reload = _reloader(argparse.Namespace(config=str(cfg)), pipeline)
+    from vsdmot.runtime.config import load_config
+
+    reload = _reloader(argparse.Namespace(config=str(cfg)), pipeline, load_config(cfg))  # the config it started from
     cfg.write_text('[source]\nsource = "clip.mp4"\n[semantics]\npolicy = "always"\n[tracker]\nkind = "bytetrack"\n')
     with caplog.at_level("WARNING"):
         reload()

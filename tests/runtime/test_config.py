@@ -121,3 +121,11 @@ def test_home_in_path_keys_is_expanded(tmp_path, monkeypatch):
 def test_a_negative_max_frames_names_the_flag_not_a_missing_table():
     with pytest.raises(ValueError, match=r"^max_frames \(--max-frames, or a top-level config key\): expected >= 0, got -3"):
         C.RunConfig(max_frames=-3)
+
+
+@pytest.mark.parametrize("toml", ["[tracker]\nmin_area = nan\n", "[semantics]\neps_off = nan\n", "[service]\nstall_timeout_s = nan\n"])
+def test_nan_is_refused(tmp_path, toml):
+    """TOML has `nan`, and NaN passed every `< 0` check: min_area = nan silently reported no track."""
+    (tmp_path / "c.toml").write_text(toml)
+    with pytest.raises(ValueError, match="expected >.* got nan"):
+        C.load_config(tmp_path / "c.toml")

@@ -521,3 +521,12 @@ def test_a_refused_open_frees_the_paths_it_claimed(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.txt", "t.jsonl"]  # empty; no lock, no stats, no video
     for s in open_sinks(**{k: str(v) for k, v in paths.items()}):
         s.close()
+
+
+def test_a_refused_stats_path_frees_the_video_claim(tmp_path):
+    """The video sink claimed its path before the stats sink was refused, and kept the claim."""
+    held = StatsSink(tmp_path / "s.json")
+    with pytest.raises(SinkError, match="being written by this process"):
+        open_sinks(video_out=str(tmp_path / "v.avi"), stats_out=str(tmp_path / "s.json"))
+    assert not (tmp_path / ".v.avi.lock").exists()
+    held.close()
