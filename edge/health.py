@@ -26,6 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from vsdmot.runtime.config import parse_listen
+
 log = logging.getLogger(__name__)
 
 # Latency histogram upper bounds in seconds (Prometheus convention: base units).
@@ -34,15 +36,6 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 SOURCE_COUNTERS = ("frames_read", "dropped", "warmup", "duplicates", "read_failures", "stalls", "reconnects")
 POWER_PERIOD_S = 1.0  # the service's power sampling period
 POWER_MAX_AGE_S = 5.0  # an older sample is not exported: the meter stopped reading (no watts, not stale ones)
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """"HOST:PORT" or "[v6]:PORT" -> (host, port). ValueError otherwise."""
-    host, sep, port = text.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"health listen address: expected HOST:PORT (e.g. 127.0.0.1:9108), got {text!r}")
-    return host, int(port)
 
 
 class FpsWindow:

@@ -30,7 +30,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .health import FpsWindow, HealthHook, is_fresh, parse_listen
+from vsdmot.runtime.config import parse_listen
+
+from .health import FpsWindow, HealthHook, is_fresh
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from vsdmot.runtime.config import load_config, parse_listen
+
 from .unit import HEALTH_PORT, UnitConfig, default_config_toml, free_health_port, render_sysusers, render_unit
 
 
@@ -222,15 +224,13 @@ def health_url(config_path: str) -> str | None:
     None when the config turns the server off (health_listen = "")."""
     listen = f"127.0.0.1:{HEALTH_PORT}"
     try:
-        from vsdmot.runtime.config import load_config
-
         listen = load_config(config_path).service.health_listen
     except (OSError, ValueError):
         pass
     if not listen:
         return None
-    host, _, port = listen.rpartition(":")
-    host = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host in ("::", "[::]") else host)
+    host, port = parse_listen(listen)
+    host = "127.0.0.1" if host == "0.0.0.0" else ("[::1]" if host == "::" else f"[{host}]" if ":" in host else host)
     return f"http://{host}:{port}/healthz"
 
 

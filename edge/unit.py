@@ -237,7 +237,7 @@ preview = false                    # true: /preview (MJPEG) shows the annotated 
 def free_health_port(config_dir: Path, own: Path) -> int:
     """The lowest port from HEALTH_PORT up that no other config in `config_dir` listens on, so each
     camera's unit serves its own /healthz (a taken port leaves a run without one, logged)."""
-    from vsdmot.runtime.config import load_config
+    from vsdmot.runtime.config import load_config, parse_listen
 
     taken = set()
     for path in sorted(config_dir.glob("*.toml")):
@@ -248,7 +248,7 @@ def free_health_port(config_dir: Path, own: Path) -> int:
         except (OSError, ValueError):
             continue  # a config that does not load cannot serve: its port is free
         if listen:
-            taken.add(int(listen.rpartition(":")[2]))
+            taken.add(parse_listen(listen)[1])
     port = HEALTH_PORT
     while port in taken:
         port += 1

@@ -154,9 +154,12 @@ class ServiceConfig:
 
     def __post_init__(self) -> None:
         _positive("service", "stall_timeout_s", self.stall_timeout_s, strict=True)
-        if self.health_listen and not _is_host_port(self.health_listen):
-            raise ValueError(f"[service] health_listen: expected HOST:PORT, or \"\" for no health server, "
-                             f"got {self.health_listen!r}")
+        if self.health_listen:
+            try:
+                parse_listen(self.health_listen)
+            except ValueError:
+                raise ValueError(f"[service] health_listen: expected HOST:PORT, or \"\" for no health server, "
+                                 f"got {self.health_listen!r}") from None
 
 
 def _expand_home(cfg: Any, *names: str) -> None:
@@ -169,9 +172,14 @@ def _expand_home(cfg: Any, *names: str) -> None:
             object.__setattr__(cfg, name, os.path.expanduser(value))  # frozen: set once, while building
 
 
-def _is_host_port(text: str) -> bool:
-    host, sep, port = text.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 <= int(port) < 65536)
+def parse_listen(text: str) -> tuple[str, int]:
+    """"HOST:PORT" or "[v6]:PORT" -> (host, port): the one parser of the health server's address
+    (config, `--health-listen`, the server, `service status` and the install's port choice)."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"health listen address: expected HOST:PORT (e.g. 127.0.0.1:9108), got {text!r}")
+    return host, int(port)
 
 
 @dataclass(frozen=True)
