@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
 import cv2
@@ -105,12 +105,14 @@ class Preview:
 
 
 def encode(result: FrameResult, image: np.ndarray, cfg: PreviewConfig) -> bytes:
-    """The frame as the annotated video draws it, at most `cfg.max_width` wide, as JPEG bytes."""
-    drawn = annotate(image, result)
-    if drawn.shape[1] > cfg.max_width:
-        h = max(1, round(drawn.shape[0] * cfg.max_width / drawn.shape[1]))
-        drawn = cv2.resize(drawn, (cfg.max_width, h), interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", drawn, [cv2.IMWRITE_JPEG_QUALITY, cfg.quality])
+    """The frame as the annotated video draws it, at most `cfg.max_width` wide, as JPEG bytes.
+    A wider frame is shrunk first and its boxes with it: no full-size copy of a 4K frame per
+    preview frame, and labels drawn at the size they are shown."""
+    if image.shape[1] > cfg.max_width:
+        s = cfg.max_width / image.shape[1]
+        image = cv2.resize(image, (cfg.max_width, max(1, round(image.shape[0] * s))), interpolation=cv2.INTER_AREA)
+        result = replace(result, tracks=replace(result.tracks, xyxy=result.tracks.xyxy * s))
+    ok, buf = cv2.imencode(".jpg", annotate(image, result), [cv2.IMWRITE_JPEG_QUALITY, cfg.quality])
     if not ok:
         raise ValueError(f"preview: OpenCV could not encode a {drawn.shape} frame as JPEG")
     return buf.tobytes()

@@ -50,7 +50,10 @@ def test_the_newest_frame_is_served_annotated():
 
 def test_wide_frames_are_downscaled_and_close_wakes_waiters():
     cfg = PreviewConfig(max_width=480)
-    assert decode(encode(*frame(1, 1920, 1080), cfg)).shape == (270, 480, 3)
+    small = decode(encode(*frame(4, 1920, 1080), cfg))  # box x 40..90, y 40..160 -> 10..22.5, 10..40
+    assert small.shape == (270, 480, 3)
+    off = np.abs(small[35].astype(int) - 128).max(axis=1)  # below the q/w bars
+    assert off[10] > 40 and off[22] > 40 and off[16] < 12 and off[40:].max() < 12  # drawn where it shrank to
     p = Preview(cfg)
     woke = []
     t = threading.Thread(target=lambda: woke.append(p.jpeg(timeout_s=10)))
