@@ -156,13 +156,9 @@ def run_loop(source: Iterable[Frame], pipeline, sinks: Sequence, hooks: Sequence
             pulled = itertools.islice(pulled, max_frames)
         steps = overlapped(pulled, pipeline) if overlap else ((f, step_fn(f, pipeline)) for f in pulled)
         for frame, result in steps:
-            for sink in sinks:
-                sink.write(result, frame.image)
+            _emit(frame, result, sinks, hooks, source)
             frames += 1
             lat.add(result.latency_ms)
-            stats = source_stats(source)
-            for hook in hooks:
-                hook.on_frame(result, stats)
             if max_frames and frames >= max_frames:
                 stopped_by = "max_frames"
                 break
@@ -183,6 +179,15 @@ def run_loop(source: Iterable[Frame], pipeline, sinks: Sequence, hooks: Sequence
     log.info("run: %d frames in %.1f s (%.1f FPS), stopped by %s%s", frames, seconds, summary.fps, stopped_by,
              drop_note(summary.source_stats))
     return summary
+
+
+def _emit(frame: Frame, result: FrameResult, sinks: Sequence, hooks: Sequence[Hook], source: Any) -> None:
+    """One frame's result to every sink (with its image), then to every hook (with the source's counters)."""
+    for sink in sinks:
+        sink.write(result, frame.image)
+    stats = source_stats(source)
+    for hook in hooks:
+        hook.on_frame(result, stats)
 
 
 def overlapped(frames: Iterable[Frame], pipeline) -> Iterator[tuple[Frame, FrameResult]]:
