@@ -168,6 +168,20 @@ def output_size_notes(sinks, endless: bool) -> list[str]:
     return notes
 
 
+def torch_modules(cfg):
+    """With --backend torch, the torch reference's module for each ONNX file (models/reference.py,
+    which needs the training extra); None otherwise."""
+    from vsdmot.runtime.errors import DeviceError
+
+    if cfg.pipeline.backend != "torch":
+        return None
+    try:
+        from vsdmot.models.reference import module_for_onnx
+    except ImportError as e:
+        raise DeviceError(f"--backend torch needs the training extra (pip install 'vsdmot[train]'): {e}") from None
+    return module_for_onnx
+
+
 def thread_note(threads: int, cores: int | None) -> str | None:
     """A warning when --threads asks for more threads per network than the machine has cores: each
     network's onnxruntime pool then preempts itself (`--threads 999` on 2 cores ran at 6.5 FPS)."""
@@ -240,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     bundle = open_bundle(cfg.pipeline.bundle)
     source = open_source(cfg)
     try:
-        pipeline = build_pipeline(bundle, cfg, fps=source.fps)
+        pipeline = build_pipeline(bundle, cfg, fps=source.fps, torch_modules=torch_modules(cfg))
         try:
             stop, hooks = SourceStopEvent(source), make_hooks(args, cfg, source, preview)
             reload, overlap = _reloader(args, pipeline, cfg), overlap_for(cfg, pipeline)

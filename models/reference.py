@@ -4,7 +4,7 @@ The reference is not a second implementation: it is the runtime's own per-frame 
 network behind `runtime.backends.TorchBackend`. So export parity is a backend swap:
 - `tracker_backend(model)`: the torch head behind the Backend protocol, with the export's specs;
 - `module_for_onnx(path)`: the torch module an exported file came from (used by
-  `open_backend("torch", ...)`, i.e. `vsdmot-edge run --backend torch`);
+  `vsdmot-edge run --backend torch`, which hands it to `build_pipeline(torch_modules=...)`);
 - `torch_pipeline(...)`: a runtime `Pipeline` built from the shipped torch weights (detector,
   student, quality gate + DSWR, tracker) without a bundle; `run_sequence(...)` runs a source
   through it and writes MOTChallenge rows (`vsdmot.runtime.mot.format_result_rows`);

@@ -139,15 +139,6 @@ class TorchBackend:
         self.module = None
 
 
-def _reference_module(onnx_path: Path):
-    """The torch module an exported ONNX file came from (models/reference.py, imported lazily)."""
-    try:
-        from vsdmot.models import reference
-    except ImportError as e:
-        raise DeviceError(f"--backend torch needs the training extra (pip install 'vsdmot[train]'): {e}") from None
-    return reference.module_for_onnx(onnx_path)
-
-
 # ---- TensorRT -------------------------------------------------------------------------------
 # The engine is built from ONNX on the device (TensorRT 8.5 on JetPack 5, 10.x on JetPack 6) and
 # cached under a key of everything that makes an engine non-portable. Buffers go through
@@ -467,7 +458,7 @@ def open_backend(kind: str, onnx_path: str | os.PathLike, *, threads: int = 0, p
                  cache_dir: str | os.PathLike | None = None, module=None, spin: bool = False) -> Backend:
     """One backend for one network. `auto` = TensorRT when it imports with a GPU, else onnxruntime.
 
-    For `torch`, `module` is the nn.Module; without one, models/reference.py supplies it.
+    For `torch`, `module` is the nn.Module the ONNX file was exported from.
     """
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
@@ -481,6 +472,9 @@ def open_backend(kind: str, onnx_path: str | os.PathLike, *, threads: int = 0, p
     if kind == "tensorrt":
         return TensorRTBackend(onnx_path, precision=precision, cache_dir=cache_dir)
     if kind == "torch":
+        if module is None:  # runtime never imports the training code: the caller (the CLI) brings the module
+            raise ValueError(f"backend torch: no torch module given for {onnx_path.name} (vsdmot-edge run "
+                             "--backend torch supplies models/reference.py's)")
         inputs, outputs = onnx_io_specs(onnx_path)
-        return TorchBackend(module if module is not None else _reference_module(onnx_path), inputs, outputs, threads)
+        return TorchBackend(module, inputs, outputs, threads)
     raise ValueError(f"backend: expected one of auto, onnxruntime, tensorrt, torch, got {kind!r}")

@@ -138,17 +138,19 @@ class _Laps:
         self.ms[stage], self.last = (now - self.last) * 1e3, now
 
 
-def build_pipeline(bundle: Bundle, cfg: RunConfig, fps: float = 30.0) -> Pipeline:
+def build_pipeline(bundle: Bundle, cfg: RunConfig, fps: float = 30.0, torch_modules=None) -> Pipeline:
     """Open every network of `bundle` on the configured backend and build all per-run state.
 
-    `fps` is the source's true frame rate (ByteTrack scales its lost-track buffer by it)."""
+    `fps` is the source's true frame rate (ByteTrack scales its lost-track buffer by it).
+    `torch_modules(onnx_path) -> nn.Module`: with `[pipeline] backend = "torch"`, the module each
+    network was exported from (models/reference.py's `module_for_onnx`; runtime never imports it)."""
     from .dswr import Dswr
     from .quality import QualityGate
     from .yolox import YoloxDetector, size_text
 
     kind = resolve_tracker(bundle, cfg.tracker.kind)
     backends: list[Backend] = []
-    opener = _opener(cfg, backends)
+    opener = _opener(cfg, backends, torch_modules)
     try:
         params = bundle.params("quality.json")
         gate, dswr = QualityGate.from_params(params), Dswr.from_params(params)
@@ -200,13 +202,14 @@ def zero_feed(specs: Mapping[str, TensorSpec]) -> dict[str, np.ndarray]:
     return {name: np.zeros([max(d, 1) for d in s.shape], s.dtype) for name, s in specs.items()}
 
 
-def _opener(cfg: RunConfig, backends: list[Backend]):
+def _opener(cfg: RunConfig, backends: list[Backend], torch_modules=None):
     pc = cfg.pipeline
 
     def open_one(bundle: Bundle, name: str) -> Backend:
         precision = engine_precision(bundle.precision, pc.precision)
+        module = torch_modules(bundle.file(name)) if pc.backend == "torch" and torch_modules else None
         backend = open_backend(pc.backend, bundle.file(name), threads=pc.threads, precision=precision,
-                               cache_dir=pc.engine_cache or None, spin=pc.spin)
+                               cache_dir=pc.engine_cache or None, spin=pc.spin, module=module)
         backends.append(backend)
         file_precision = bundle.entry(name).get("precision") or bundle.precision
         if getattr(backend, "kind", "") == "onnxruntime" and file_precision == "int8":

@@ -35,6 +35,20 @@ def test_runtime_and_edge_import_without_torch():
     assert "slim-ok" in out.stdout
 
 
+def test_runtime_imports_no_other_vsdmot_package():
+    """Dependencies point toward runtime (STYLE.md rule 1): its modules import only each other. The
+    torch backend imported models/reference.py from here; the CLI now hands the modules in."""
+    import ast
+
+    outside = []
+    for path in sorted((REPO / "runtime").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            outside += [f"{path.name}: {n}" for n in names if n.startswith("vsdmot.") and not n.startswith("vsdmot.runtime")]
+    assert outside == []
+
+
 @pytest.mark.slow
 def test_built_wheel_imports_every_subpackage(tmp_path):
     wheel_dir, target = tmp_path / "dist", tmp_path / "site"
