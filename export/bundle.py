@@ -164,11 +164,34 @@ def publish(stage: Path, out: Path, gate: Mapping[str, Any]) -> Path:
     return out
 
 
+def foreign_files(out: Path) -> list[str]:
+    """Paths under `out` that a bundle there would not account for: everything but the manifest and
+    the files it lists, or everything when the manifest is not a bundle's (no JSON `files` table).
+    Replacing `out` deletes them, so a non-empty answer refuses the export: a folder that merely
+    holds some `manifest.json` (a web app's), or a bundle a user added notes or recordings to, was
+    wiped."""
+    try:
+        keep = {MANIFEST, *json.loads((out / MANIFEST).read_text())["files"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        keep = set()  # no bundle manifest: nothing there is a bundle's
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                  if not p.is_dir() and str(p.relative_to(out)) not in keep)
+
+
+def check_replaceable(out: Path) -> None:
+    """ValueError unless `out` is absent, empty, or a bundle with nothing else in it."""
+    if out.is_dir() and any(out.iterdir()):
+        extra = foreign_files(out)
+        if extra:
+            shown = ", ".join(extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+            raise ValueError(f"--out {out}: holds files that are not part of a bundle ({shown}); an export replaces "
+                             "the whole directory, so it refuses: move them, or choose a new directory")
+
+
 def _replace(stage: Path, out: Path) -> None:
     """Atomically swap `stage` into `out`; refuse to delete a directory that is not a bundle."""
     if out.exists():
-        if any(out.iterdir()) and not (out / MANIFEST).is_file():
-            raise ValueError(f"--out {out}: exists and is not a bundle (no {MANIFEST}); refusing to replace it")
+        check_replaceable(out)
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
         try:

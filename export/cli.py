@@ -171,7 +171,7 @@ def check_out(out: Path, default_recipe: bool = False) -> None:
     export once replaced what every `vsdmot-edge run` without --bundle loads."""
     from vsdmot.runtime.bundle import DEFAULT_BUNDLE
 
-    from .bundle import MANIFEST
+    from .bundle import check_replaceable
 
     real = out.resolve()
     if (real == DEFAULT_BUNDLE and not default_recipe) or DEFAULT_BUNDLE in real.parents:
@@ -180,9 +180,7 @@ def check_out(out: Path, default_recipe: bool = False) -> None:
                          "Export to another directory and pass it as --bundle")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: is a file, not a bundle directory; choose a new or bundle directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise ValueError(f"--out {out}: exists and is not a bundle (no {MANIFEST}); refusing to replace it, "
-                         "choose a new directory")
+    check_replaceable(out)
     base = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
     try:  # a real write probe: os.access says yes to root on read-only or virtual file systems (/proc)
         tempfile.TemporaryDirectory(dir=base, prefix=f".{out.name}.probe-").cleanup()

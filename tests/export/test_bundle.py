@@ -9,13 +9,15 @@ import pytest
 
 from vsdmot.export import bundle
 
+OLD, NEW = '{"files": {}, "v": "old"}', '{"files": {}, "v": "new"}'  # bundle manifests, nothing else
+
 
 def test_a_failed_swap_puts_the_previous_bundle_back(tmp_path, monkeypatch):
     """publish moves the previous bundle aside, then the new one in: when the second rename fails
     (another export published there in between: ENOTEMPTY), --out was left empty and the previous
     bundle hidden in .out.old-PID, where docs/export.md promises it stays."""
     out, stage = tmp_path / "b", tmp_path / ".b.staging-1"
-    for d, text in ((out, "old"), (stage, "new")):
+    for d, text in ((out, OLD), (stage, NEW)):
         d.mkdir()
         (d / "manifest.json").write_text(text)
     real = os.replace
@@ -28,12 +30,12 @@ def test_a_failed_swap_puts_the_previous_bundle_back(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", fail_into_out)
     with pytest.raises(OSError, match="not empty"):
         bundle.publish(stage, out, {"passed": True})
-    assert (out / "manifest.json").read_text() == "old" and not list(tmp_path.glob(".b.old-*"))
+    assert (out / "manifest.json").read_text() == OLD and not list(tmp_path.glob(".b.old-*"))
 
 
 def test_the_previous_bundle_is_never_deleted_while_out_is_empty(tmp_path, monkeypatch):
     out, stage = tmp_path / "b", tmp_path / ".b.staging-1"
-    for d, text in ((out, "old"), (stage, "new")):
+    for d, text in ((out, OLD), (stage, NEW)):
         d.mkdir()
         (d / "manifest.json").write_text(text)
     real = os.replace
@@ -47,4 +49,4 @@ def test_the_previous_bundle_is_never_deleted_while_out_is_empty(tmp_path, monke
     with pytest.raises(OSError):
         bundle.publish(stage, out, {"passed": True})
     (old,) = tmp_path.glob(".b.old-*")
-    assert (old / "manifest.json").read_text() == "old"
+    assert (old / "manifest.json").read_text() == OLD

@@ -90,8 +90,34 @@ def test_out_that_is_a_foreign_folder_is_refused_before_any_work(tmp_path, capsy
     (tmp_path / "mine" / "notes.txt").write_text("keep")
     work = tmp_path / "work"
     assert cli.main(["--fp32", "--out", str(tmp_path / "mine"), "--work-dir", str(work)]) == 2
-    assert "is not a bundle" in capsys.readouterr().err
+    assert "holds files that are not part of a bundle (notes.txt)" in capsys.readouterr().err
     assert not work.exists() and (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_a_stray_manifest_or_a_bundle_with_added_files_is_not_replaced(tmp_path, capsys):
+    """Any folder with a manifest.json counted as a bundle: `--out` on a web app's folder, or on a
+    bundle a user had put notes and recordings in, deleted them."""
+    import shutil
+
+    from vsdmot.runtime.bundle import DEFAULT_BUNDLE
+
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "manifest.json").write_text("{}")
+    (app / "data.csv").write_text("precious")
+    mine = tmp_path / "mine"
+    shutil.copytree(DEFAULT_BUNDLE, mine)
+    (mine / "recordings").mkdir()
+    (mine / "recordings" / "cam1.mp4").write_text("precious")
+    for out, named in ((app, "data.csv, manifest.json"), (mine, "recordings/cam1.mp4")):
+        assert cli.main(["--fp32", "--out", str(out), "--work-dir", str(tmp_path / "work")]) == 2
+        assert f"holds files that are not part of a bundle ({named})" in capsys.readouterr().err
+    assert (app / "data.csv").read_text() == (mine / "recordings" / "cam1.mp4").read_text() == "precious"
+    (mine / "recordings" / "cam1.mp4").unlink()
+    (mine / "recordings").rmdir()
+    from vsdmot.export.bundle import check_replaceable
+
+    check_replaceable(mine)  # a bundle as exported may be replaced
 
 
 @pytest.mark.parametrize("flags, sub", [(["--int8"], ""), (["--fp32", "--prune", "0.1"], ""),
