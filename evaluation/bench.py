@@ -15,6 +15,7 @@ decode of the network output); reading and decoding the video is excluded.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -156,19 +157,28 @@ def prepare_sequence(src: Path, cond: Condition, cache_dir: Path, seed: int = 0,
     """The sequence folder to run on: `src` when clean, else a cached degraded copy (built if missing or stale)."""
     if cond == Condition():
         return src
+    from vsdmot.runtime.locks import waiting_lock
+
     key = _cache_key(src, cond, seed)
     out = Path(cache_dir) / read_seqinfo(src).name / f"{cond.name}-seed{seed}"
     stamp = out / ".bench-cache.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
-        log.info("cache hit %s", out)
-        return out
-    shutil.rmtree(out, ignore_errors=True)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    writer = writer or _default_writer()
-    writer(src, tmp, preset=cond.preset, severity=cond.severity, schedule=cond.schedule, seed=seed, progress=progress)
-    (tmp / ".bench-cache.json").write_text(json.dumps({"key": key, "condition": asdict(cond), "seed": seed}))
-    tmp.rename(out)
+    # One writer per copy: two exports gating at once both wrote NAME.partial and one rename failed
+    # (ENOTEMPTY), leaving ~300 MB behind. The second now waits and finds the first one's copy.
+    with waiting_lock(out.with_name(out.name + ".lock"), f"writing the degraded copy {out.name}"):
+        if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
+            log.info("cache hit %s", out)
+            return out
+        shutil.rmtree(out, ignore_errors=True)
+        for stale in out.parent.glob(glob.escape(out.name) + ".partial*"):  # killed writers' (the lock is ours)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
+        try:
+            (writer or _default_writer())(src, tmp, preset=cond.preset, severity=cond.severity, schedule=cond.schedule,
+                                          seed=seed, progress=progress)
+            (tmp / ".bench-cache.json").write_text(json.dumps({"key": key, "condition": asdict(cond), "seed": seed}))
+            tmp.rename(out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,6 +82,49 @@ class FakeWriter:
         return out
 
 
+class SlowWriter(FakeWriter):
+    """A writer that records its process and takes long enough for another to arrive meanwhile."""
+
+    def __init__(self, log):
+        super().__init__()
+        self.log = log
+
+    def __call__(self, src, out, **kw):
+        import os
+        import time
+
+        with open(self.log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.5)
+        return super().__call__(src, out, **kw)
+
+
+def _prepare_in_child(src, cache, log, result):
+    Path(result).write_text(str(B.prepare_sequence(src, B.Condition("blur", 3), cache, writer=SlowWriter(log))))
+
+
+def test_two_processes_write_one_degraded_copy(tud_dir, tmp_path):
+    """Two exports gating at once both wrote NAME.partial: one rename failed (ENOTEMPTY) and left
+    ~300 MB behind. Now one writes, the other waits and reuses it; a killed writer's partial is swept."""
+    import multiprocessing
+
+    src, cache = tmp_path / "TUD-Campus", tmp_path / "cache"
+    shutil.copytree(tud_dir, src)
+    stale = cache / "TUD-Campus" / "blur-s3-seed0.partial-99999999"
+    stale.mkdir(parents=True)
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_prepare_in_child, args=(src, cache, tmp_path / "log", tmp_path / f"r{i}")) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert len((tmp_path / "log").read_text().split()) == 1  # one writer
+    out = cache / "TUD-Campus" / "blur-s3-seed0"
+    assert (tmp_path / "r0").read_text() == (tmp_path / "r1").read_text() == str(out)
+    assert (out / "seqinfo.ini").is_file() and not list(cache.rglob("*.partial*"))
+
+
 def test_degraded_sequences_are_cached_by_condition_and_seed(tud_dir, tmp_path):
     src = tmp_path / "TUD-Campus"
     shutil.copytree(tud_dir, src)
@@ -95,7 +139,7 @@ def test_degraded_sequences_are_cached_by_condition_and_seed(tud_dir, tmp_path):
     assert writer.calls == [("blur", 3, None, 0), ("blur", 3, None, 1), ("blur", 4, None, 0)]
     (src / "gt" / "gt.txt").write_text((src / "gt" / "gt.txt").read_text() + "\n")  # source changed
     B.prepare_sequence(src, blur, cache, seed=0, writer=writer)
-    assert len(writer.calls) == 4 and not list(cache.rglob("*.partial"))
+    assert len(writer.calls) == 4 and not list(cache.rglob("*.partial*"))
 
 
 def test_cli_peer_tiny_run(yolox_onnx, tud_dir, tmp_path, capsys):
