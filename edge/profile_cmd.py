@@ -125,7 +125,7 @@ def steady(records: list[FrameRecord], t_start: float, warmup_s: float) -> tuple
     rest = records[len(warm):]
     if not rest:
         raise ValueError(f"profile: no frames after the {warmup_s} s warm-up ({len(records)} in all): "
-                         "raise --duration or lower --warmup")
+                         "raise --duration (and --max-frames, if given) or lower --warmup")
     return rest, warm[-1].t, warm[-1].cpu_s
 
 

@@ -61,7 +61,7 @@ class GateConfig:
     max_case_drop: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.max_hota_drop < 0 or self.max_case_drop < 0:
+        if not (self.max_hota_drop >= 0 and self.max_case_drop >= 0):  # NaN too: no drop would ever pass it
             raise ValueError(f"max_hota_drop, max_case_drop: expected >= 0 points, got {self.max_hota_drop}, "
                              f"{self.max_case_drop}")
         if self.rule not in RULES:

@@ -194,8 +194,8 @@ def check_schema(root: Path, manifest: Mapping[str, Any]) -> None:
 def check_digest(root: Path, manifest: Mapping[str, Any]) -> None:
     want, got = manifest.get(DIGEST_FIELD), manifest_digest(manifest)
     if want != got:
-        raise BundleError(f"bundle {root}: {MANIFEST} was modified after export: expected "
-                          f"{DIGEST_FIELD} {got}, found {want!r}")
+        raise BundleError(f"bundle {root}: {MANIFEST} was modified after export: its contents hash to "
+                          f"{got}, its {DIGEST_FIELD} records {want!r}")
 
 
 def check_files(root: Path, files: Mapping[str, Any]) -> None:

@@ -151,6 +151,8 @@ def test_forced_only_when_refused():
 @pytest.mark.parametrize("kw, exception", [
     ({"rule": "worst"}, "gate rule"),
     ({"max_hota_drop": -0.1}, "max_hota_drop"),
+    ({"max_hota_drop": float("nan")}, "max_hota_drop"),  # accepted, and then no export could pass
+    ({"max_case_drop": float("nan")}, "max_case_drop"),
 ])
 def test_gate_config_refuses(kw, exception):
     with pytest.raises(ValueError, match=exception):
