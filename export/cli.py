@@ -253,15 +253,15 @@ def check_tensorrt() -> None:
 def prebuild_engines(out: Path) -> None:
     """Build and cache each network's engine now (runtime.backends keys the cache by ONNX sha256,
     TensorRT version, GPU and precision), so the first `vsdmot-edge run --precision P` starts at full
-    speed. That run opens every network at its one P, so all are built at the bundle's precision (a
-    file's own precision, fp32 for an fp16 bundle's ONNX, is a key no run looks up)."""
+    speed. Each network is built at what a run with --precision auto asks for it: INT8 for a Q/DQ
+    file, FP16 for any other (an --int8 bundle whose gate kept the detector FP32 has both)."""
     from vsdmot.runtime.backends import TensorRTBackend, engine_precision
     from vsdmot.runtime.bundle import load_bundle
 
     bundle = load_bundle(out)
-    precision = engine_precision(bundle.precision)  # what a run with the default --precision auto keys by
     for name in bundle.names:
         if name.endswith(".onnx"):
+            precision = engine_precision(bundle.entry(name).get("precision") or bundle.precision)  # as runs key it
             backend = TensorRTBackend(bundle.file(name), precision=precision)
             backend.close()  # built: key.precision is what TensorRT could give (runtime.backends.typed_precision)
             log.warning("TensorRT %s engine for %s built and cached (vsdmot-edge run --backend tensorrt, "

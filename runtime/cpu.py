@@ -18,8 +18,9 @@ from .logs import log_once
 log = logging.getLogger(__name__)
 
 INT8_ON_CPU = ("INT8 networks on onnxruntime's CPU provider: their Q/DQ layout is TensorRT's, which onnxruntime "
-               "runs as dequantise + float convolution, so they are slower than FP32 on any CPU (0.59-0.72x "
-               "end to end, measured with and without VNNI). The INT8 bundle is for TensorRT on the device, "
+               "runs as dequantise + float convolution, so they are slower than FP32 on any CPU (an all-INT8 "
+               "bundle: 0.59-0.72x end to end, measured with and without VNNI; 0.98x with the detector kept "
+               "FP32). The INT8 bundle is for TensorRT on the device, "
                "or for its size; for speed on a CPU use an FP32 bundle")
 
 

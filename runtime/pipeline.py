@@ -206,12 +206,14 @@ def _opener(cfg: RunConfig, backends: list[Backend], torch_modules=None):
     pc = cfg.pipeline
 
     def open_one(bundle: Bundle, name: str) -> Backend:
-        precision = engine_precision(bundle.precision, pc.precision)
+        # per network: an --int8 bundle whose gate put the detector back to FP32 must not build that
+        # detector's engine in INT8 (no Q/DQ, no ranges) under --precision auto
+        file_precision = bundle.entry(name).get("precision") or bundle.precision
+        precision = engine_precision(file_precision, pc.precision)
         module = torch_modules(bundle.file(name)) if pc.backend == "torch" and torch_modules else None
         backend = open_backend(pc.backend, bundle.file(name), threads=pc.threads, precision=precision,
                                cache_dir=pc.engine_cache or None, spin=pc.spin, module=module)
         backends.append(backend)
-        file_precision = bundle.entry(name).get("precision") or bundle.precision
         if getattr(backend, "kind", "") == "onnxruntime" and file_precision == "int8":
             warn_int8_on_cpu()
         if getattr(backend, "kind", "") == "tensorrt" and precision == "int8" and file_precision != "int8":

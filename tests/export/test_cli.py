@@ -205,28 +205,35 @@ def test_unreadable_calibration_source_is_bad_input_before_any_work(kind, tmp_pa
 
 
 @pytest.mark.parametrize("bundle_precision,files,engines", [
-    ("fp16", {"detector.onnx": "fp32", "tracker.onnx": "fp32"}, "fp16"),
-    ("int8", {"detector.onnx": "fp32", "tracker.onnx": "int8"}, "int8"),
-    ("fp32", {"detector.onnx": "fp32"}, "fp16")])
+    ("fp16", {"detector.onnx": "fp32", "tracker.onnx": "fp32"}, {"detector.onnx": "fp16", "tracker.onnx": "fp16"}),
+    ("int8", {"detector.onnx": "fp32", "tracker.onnx": "int8"}, {"detector.onnx": "fp16", "tracker.onnx": "int8"}),
+    ("fp32", {"detector.onnx": "fp32"}, {"detector.onnx": "fp16"})])
 def test_prebuilt_engines_have_the_key_the_run_looks_up(bundle_precision, files, engines, monkeypatch, tmp_path):
-    """`vsdmot-edge run --backend tensorrt` keys every network's engine by one precision, by default
-    `auto` (runtime.backends.engine_precision: int8 for an INT8 bundle, else fp16); prebuilding each
-    file at its own precision left an fp16 bundle's engines (and a kept-FP32 network of an int8 one)
-    under a key no run looks up."""
+    """`vsdmot-edge run --backend tensorrt` keys each network's engine by its precision, by default
+    `auto` (runtime.backends.engine_precision of the file's precision: int8 for a Q/DQ file, else
+    fp16), and the prebuild must build under the same keys. Before, a run took the bundle's
+    precision for every network, so an --int8 bundle whose gate kept the detector FP32 built that
+    detector's engine with the INT8 flag and no ranges."""
     from types import SimpleNamespace
 
-    from vsdmot.runtime import backends, bundle
+    from vsdmot.runtime import backends, bundle, pipeline
+    from vsdmot.runtime.config import load_config
 
     manifest = {"precision": bundle_precision, "files": {n: {"precision": p} for n, p in files.items()} | {
         "quality.json": {"role": "params"}}}
     fake = bundle.Bundle(tmp_path, manifest)
-    built = []
+    built, opened = [], []
     monkeypatch.setattr(bundle, "load_bundle", lambda path: fake)
     monkeypatch.setattr(backends, "TensorRTBackend",
                         lambda path, precision: built.append((path.name, precision)) or SimpleNamespace(
                             close=lambda: None, key=SimpleNamespace(precision=precision)))
     cli.prebuild_engines(tmp_path)
-    assert sorted(built) == [(n, engines) for n in sorted(files)]
+    assert sorted(built) == sorted(engines.items())
+    monkeypatch.setattr(pipeline, "open_backend", lambda kind, path, precision, **kw: opened.append((path.name, precision)))
+    open_one = pipeline._opener(load_config(None, {"pipeline.backend": "tensorrt"}), [])
+    for name in files:
+        open_one(fake, name)
+    assert sorted(opened) == sorted(built)  # the run looks up what was built
 
 
 def test_tensorrt_that_imports_without_a_usable_gpu_is_refused_before_exporting(monkeypatch):
