@@ -150,11 +150,16 @@ def _write_frames(src_dir: Path, tmp: Path, out_info: SeqInfo, states_for, seed:
     return rows
 
 
+def _check_replaceable(out: Path) -> None:
+    """ValueError unless `out` is absent, empty, or an earlier output of write_degraded_sequence."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / LOG_NAME).is_file())):
+        raise ValueError(f"degraded sequence: {out} exists and is not a degraded sequence; refusing to replace it")
+
+
 def _replace_dir(tmp: Path, out: Path) -> None:
     """Move tmp to out; an existing out must be an earlier output of this function (or empty)."""
     if out.exists():
-        if not out.is_dir() or (any(out.iterdir()) and not (out / LOG_NAME).is_file()):
-            raise ValueError(f"degraded sequence: {out} exists and is not a degraded sequence; refusing to replace it")
+        _check_replaceable(out)
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         out.rename(old)
         tmp.rename(out)
@@ -171,6 +176,7 @@ def write_degraded_sequence(src_dir: str | os.PathLike, out_dir: str | os.PathLi
         raise ValueError(f"storage: expected one of {', '.join(STORAGES)}, got {storage!r}")
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     info = open_sequence(src_dir).info  # ValueError early: missing seqinfo, no frames
+    _check_replaceable(out_dir)  # before the frames are degraded, not after (checked again at the swap)
     suffix, _ = _states(preset, severity, schedule, 0, info.frame_rate, seed)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))

@@ -122,9 +122,13 @@ def test_crash_leaves_nothing_and_a_rerun_replaces(mot17_dir, tmp_path, monkeypa
     assert read_seqinfo(out).name.endswith("contrast-s5") and [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
-def test_refuses_to_replace_a_foreign_folder(mot17_dir, tmp_path):
+def test_refuses_to_replace_a_foreign_folder(mot17_dir, tmp_path, monkeypatch):
+    """Refused before any frame is degraded (it was refused only after all of them)."""
+    from vsdmot.calibration import sequence
+
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    monkeypatch.setattr(sequence, "_write_frames", lambda *a, **k: pytest.fail("degraded frames first"))
     with pytest.raises(ValueError, match="exists and is not a degraded sequence"):
         write_degraded_sequence(mot17_dir, tmp_path / "mine", preset="jpeg", severity=1, progress=False)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
