@@ -54,7 +54,7 @@ class DetectorTrainConfig:
     mot17: bool = True  # also distil on the MOT17-mini train frames
     pets_last: int = 540  # last PETS frame trained on (541-600: validation; 601-795 never)
     train_size: int = 416  # letterbox side during training (fully convolutional; 320 costs 0.6x)
-    init: str = ""  # start from this detector file (default: convert yolox_onnx)
+    init: str = ""  # start from this detector file; empty: convert yolox_onnx
     yolox_onnx: str = str(yolox_nano_onnx())  # official YOLOX-nano ONNX
     data: str = str(DEFAULT_DATA)  # root of the real data (PETS09-S2L1, MOT17-mini)
     out: str = "runs/train/detector"  # run folder: last.pt (resumable) and detector.pt

@@ -61,8 +61,8 @@ class TrainConfig:
     miss_tolerance: int = 20  # frames a slot survives unmatched (MOTRv2)
     momentum: float = 0.7  # velocity EMA (same as the runtime's)
     embed_momentum: float = 0.8  # appearance EMA (same as the runtime's)
-    box_smooth: float = 0.0  # weight of the predicted box in a matched slot's box state (runtime E2EConfig.box_smooth;
-    # 0 = the detection's box, the state the shipped head was trained on)
+    box_smooth: float = 0.0  # weight of the predicted box in a matched slot's box state (E2EConfig.box_smooth)
+    # 0 = the detection's box, the state the shipped head was trained on
     box_smooth_share: float = 1.0  # share of clips that use box_smooth (the rest keep the detection's box)
     random_semantic: float = 0.3  # share of clips whose semantic vector is a random direction (robust to any student)
     real_semantics: bool = False  # real clips: cached real q and student vectors (else stand-ins, q ~ U)

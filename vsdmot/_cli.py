@@ -36,7 +36,8 @@ def build_parser(prog: str, description: str, commands: Mapping[str, tuple[str, 
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")  # subparsers are Parsers too
     for name, (module, help_text) in commands.items():
         mod = importlib.import_module(module)
-        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip().splitlines()[0])
+        first = (mod.__doc__ or help_text).strip().split("\n\n")[0]  # the first paragraph, not its first line
+        p = sub.add_parser(name, help=help_text, description=" ".join(first.split()))
         add_log_arguments(p, default=argparse.SUPPRESS)  # `prog CMD -v` works too; SUPPRESS keeps `prog -v CMD`
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
