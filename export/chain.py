@@ -44,7 +44,7 @@ from .quantize import METHODS, QuantConfig, quantize
 from .recover import RecoverConfig, recover
 from .report import Report, fingerprint, write_report
 from .simplify import SimplifyConfig, simplify
-from .sources import Sources, calibration_feeds, feeds_id, load_sources, with_detector_input
+from .sources import Sources, calibration_feeds, feeds_id, load_sources, parity_feeds, parity_frames, with_detector_input
 from .to_onnx import OnnxConfig, TorchNet, to_onnx
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,9 @@ def _export(cfg: ExportConfig, out: Path, work: Path, checkpoint, sources: Sourc
             eval_fn: EvalFn | None) -> Path:
     sources = with_detector_input(sources or load_sources(checkpoint), cfg.input_size)
     report = Report()
-    ref_files = {name: torch_to_onnx(net, work / "fp32" / name, report) for name, net in sources.nets.items()}
+    frames = parity_frames()
+    ref_files = {name: torch_to_onnx(net, work / "fp32" / name, report, feeds=parity_feeds(net, frames))
+                 for name, net in sources.nets.items()}
     reference = stage_bundle(sources, ref_files, "fp32", work / "reference",
                              {"prune": 0.0, "detector_input": export_info(cfg)["detector_input"]}, {})
     if cfg.precision == "fp32" and cfg.ratio == 0:

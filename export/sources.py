@@ -123,6 +123,43 @@ def _tracker(path: Path) -> tuple[TorchNet, dict]:
 
 LOADERS = {"detector": _detector, "student": _student, "tracker": _tracker}
 
+PARITY_CLIP = Path(__file__).resolve().parents[1] / "runtime" / "assets" / "demo.mp4"  # shipped, real PETS frames
+
+
+def parity_frames(n: int = 8, clip: Path = PARITY_CLIP) -> list[np.ndarray]:
+    """`n` real frames spread over the shipped demo clip, (h, w, 3) uint8 BGR: what the FP32
+    reference's torch -> ONNX parity runs on (it compared one all-zero input, which agrees trivially)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(clip))
+    frames = []
+    ok, img = cap.read()
+    while ok:
+        frames.append(img)
+        ok, img = cap.read()
+    cap.release()
+    if not frames:
+        raise ValueError(f"parity frames: cannot read {clip}")
+    return [frames[i] for i in np.linspace(0, len(frames) - 1, n).round().astype(int)]
+
+
+def parity_feeds(net: TorchNet, frames: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]] | None:
+    """The network's inputs for real frames, prepared as the runtime does: the detector's letterbox
+    (runtime.yolox), the student's INTER_AREA resize (runtime.semantics). None for the tracker, whose
+    inputs are a pipeline's state (its example inputs; its INT8 parity runs on recorded feeds)."""
+    import cv2
+
+    from vsdmot.runtime.yolox import letterbox
+
+    if net.name not in ("detector", "student"):
+        return None
+    (name, x), = net.inputs.items()  # one input, (1, 3, H, W)
+    h, w = (int(d) for d in x.shape[-2:])
+    if net.name == "detector":
+        return [{name: letterbox(f, (h, w))[0]} for f in frames]
+    return [{name: np.ascontiguousarray(cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA).transpose(2, 0, 1)[None],
+                                        dtype=np.float32)} for f in frames]
+
 
 def _shown(path: Path) -> str:
     """A checkpoint path as recorded: relative to the repository when inside it (no local prefixes)."""

@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vsdmot.export.chain import ExportConfig
@@ -150,3 +151,22 @@ def test_near_pedestrian_crops_join_the_detector_feeds_when_pruning_or_asked(tmp
     out = calibration_feeds(src, ["detector"], ExportConfig(**over), tmp_path / "w", tmp_path)
     assert isinstance(out["detector"], S.NearFeeds) == near
     assert len(out["detector"]) == (3 if near else 1)
+
+
+def test_fp32_parity_runs_on_real_frames_prepared_as_the_runtime_does():
+    """The FP32 reference's torch -> ONNX parity compared one all-zero input, which agrees trivially."""
+    import torch
+
+    from vsdmot.export.sources import parity_feeds, parity_frames
+    from vsdmot.export.to_onnx import TorchNet
+    from vsdmot.runtime.yolox import letterbox
+
+    frames = parity_frames(4)
+    assert len(frames) == 4 and frames[0].shape == (480, 640, 3) and not np.array_equal(frames[0], frames[-1])
+    det = TorchNet("detector", None, {"images": torch.zeros(1, 3, 320, 416)}, ("output",))
+    feeds = parity_feeds(det, frames)
+    assert [f["images"].shape for f in feeds] == [(1, 3, 320, 416)] * 4
+    np.testing.assert_array_equal(feeds[1]["images"], letterbox(frames[1], (320, 416))[0])
+    stu = parity_feeds(TorchNet("student", None, {"image": torch.zeros(1, 3, 128, 128)}, ("semantic",)), frames)
+    assert stu[0]["image"].dtype == np.float32 and stu[0]["image"].shape == (1, 3, 128, 128) and stu[0]["image"].std() > 10
+    assert parity_feeds(TorchNet("tracker", None, {"a": torch.zeros(1), "b": torch.zeros(1)}, ("x",)), frames) is None
