@@ -170,7 +170,10 @@ def _comparison(c: dict[str, Any] | None) -> list[str]:
 
     return ["", f"**{c['a']} relative to {c['b']}:** end-to-end FPS {x('fps_end_to_end')}, model FPS "
             f"{x('fps_model')}, CPU seconds per frame {x('cpu_seconds_per_frame')}, net energy per frame "
-            f"{x('net_joules_per_frame')}."]
+            f"{x('net_joules_per_frame')}.", "",
+            "One run of each, one after the other: on a shared or warming machine a ratio within about 10 % of "
+            "x1 can be order and noise (two identical FP32 detectors compared at x1.03-x1.11 here). For a "
+            "ratio to rely on, `python -m vsdmot.edge.run_bench --bundles A=DIR B=DIR --rounds 5` interleaves rounds."]
 
 
 def _notes(runs: list[dict[str, Any]]) -> list[str]:
@@ -208,8 +211,12 @@ def _device(runs: list[dict[str, Any]]) -> list[str]:
             c = start.get(unit)
             return f" (max {c['max_mhz']:.0f})" if c and c["max_mhz"] else ""
 
-        parts = [f"power mode {start['power_mode'] or 'n/a'}", f"governor {start['governor'] or 'n/a'}",
-                 f"CPU MHz start / halfway / end {mhz(start, 'cpu')} / {mhz(load, 'cpu')} / {mhz(end, 'cpu')}{top('cpu')}"]
+        cpu = start.get("cpu") or {}
+        source = "" if cpu.get("max_mhz") else " (/proc/cpuinfo: no cpufreq here, so it may not move)"
+        parts = [f"{what} {start[key]}" for what, key in (("power mode", "power_mode"), ("governor", "governor"))
+                 if start.get(key)]  # only what this machine exposes
+        parts.append(f"CPU MHz start / halfway / end {mhz(start, 'cpu')} / {mhz(load, 'cpu')} / {mhz(end, 'cpu')}"
+                     f"{top('cpu')}{source}")
         if start.get("gpu"):
             parts.append(f"GPU MHz {mhz(start, 'gpu')} / {mhz(load, 'gpu')} / {mhz(end, 'gpu')}{top('gpu')}")
         if start.get("temps_c") or end.get("temps_c"):

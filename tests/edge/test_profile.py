@@ -212,7 +212,8 @@ def test_profile_report_on_the_demo_clip(bundle, tmp_path, capsys):
     for r in report["runs"]:  # read before, halfway (1.5 s in) and after each run; this VM: the CPU's MHz only
         assert set(r["device"]) == {"start", "under_load", "end", "notes"}
         assert r["device"]["start"]["cpu_model"] == report["host"]["cpu_model"]
-    assert "**Device** (what the numbers ran at" in md and "semantic=always: power mode" in md
+    assert "**Device** (what the numbers ran at" in md and "semantic=always: CPU MHz start" in md
+    assert "no cpufreq here" in md and "power mode" not in md  # this VM has neither: not printed as n/a
 
 
 def test_the_report_names_power_mode_clocks_heat_and_their_notes():
