@@ -100,7 +100,10 @@ def _content_id(bundle_dir: Path) -> str:
 
 def score_case(fn: EvalFn, candidate: Path, reference: Path, seq: str, cond: str) -> dict[str, Any]:
     ref, cand = dict(fn(reference, seq, cond)), dict(fn(candidate, seq, cond))
+    if not math.isfinite(float(ref["HOTA"])):
+        raise ValueError(f"gate {seq} {cond}: the FP32 reference's HOTA is {ref['HOTA']}; nothing to gate against")
     drop = 100.0 * (float(ref["HOTA"]) - float(cand["HOTA"]))
+    drop = drop if math.isfinite(drop) else float("inf")  # a bundle scoring NaN is refused, not skipped by max()
     log.info("gate %s %s: HOTA fp32 %.1f, bundle %.1f (drop %.2f)", seq, cond, 100 * ref["HOTA"],
              100 * cand["HOTA"], drop)
     return {"sequence": seq, "condition": cond, "hota_drop": round(drop, 3),
@@ -264,16 +267,19 @@ def track_sequence(bundle_dir: Path, seq_dir: Path, window, res_file: Path, thre
     cfg = dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, backend="onnxruntime", threads=threads))
     p = build_pipeline(load_bundle(bundle_dir), cfg, seq.info.frame_rate)
     first, last = window or (1, seq.info.length)
-    lines, src = [], seq.frames()
+    lines = []
     try:
-        for frame in src:
-            if frame.index > last:
-                break
-            if frame.index >= first:
-                t = step(frame, p).tracks
-                lines.append(format_result_rows(frame.index, t.track_id, t.xywh, t.score))
+        src = seq.frames()
+        try:
+            for frame in src:
+                if frame.index > last:
+                    break
+                if frame.index >= first:
+                    t = step(frame, p).tracks
+                    lines.append(format_result_rows(frame.index, t.track_id, t.xywh, t.score))
+        finally:
+            src.close()
     finally:
-        src.close()
         p.close()
     res_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = res_file.with_name(f".{res_file.name}.tmp-{os.getpid()}")

@@ -59,6 +59,9 @@ def compare(ref: Runner, cand: Runner, feeds: Sequence[Mapping[str, np.ndarray]]
             live = va > MASKED
             va, vb = va[live], vb[live]
             r = res.setdefault(name, {"max_abs": 0.0, "scale": 0.0, "cosine": 1.0})
+            if not np.all(np.isfinite(vb)):  # min/max skip NaN: a candidate emitting NaN passed at cosine 1
+                r["max_abs"], r["cosine"] = float("inf"), 0.0
+                continue
             r["max_abs"] = max(r["max_abs"], float(np.max(np.abs(va - vb))) if va.size else 0.0)
             r["scale"] = max(r["scale"], float(np.max(np.abs(va))) if va.size else 0.0)
             r["cosine"] = min(r["cosine"], cosine(va, vb))
@@ -100,7 +103,11 @@ def parity(candidate: str | Path, cfg: ParityConfig, out_path: str | Path, refer
         verdict = {"passed": not bad} if cfg.strict else {"within_thresholds": not bad, "decides": "accuracy gate"}
         return {**verdict, "min_cosine": min(r["cosine"] for r in res.values())}
 
-    return cached_step("parity", out_path, fingerprint(file_sha256(candidate), ref_id, cfg, len(picked)), build)
+    from .sources import feeds_id
+
+    # keyed by the feeds themselves: the reference (demo frames) and a later check (calibration feeds)
+    # at the same path must not pass for each other
+    return cached_step("parity", out_path, fingerprint(file_sha256(candidate), ref_id, cfg, feeds_id(picked)), build)
 
 
 def pick(feeds: Sequence[Any], n: int) -> list[Any]:

@@ -48,7 +48,8 @@ class RecoverConfig:
     backoff: float = 0.2  # if it rose by then, restart from the pruned net at lr x backoff (0 = never restart)
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.max_seconds < 0 or self.batch < 1 or self.lr <= 0 or not 0 < self.holdout < 1:
+        if not (self.steps >= 0 and 0 <= self.max_seconds < float("inf") and self.batch >= 1 and self.lr > 0
+                and 0 < self.holdout < 1):  # written so that NaN fails too (it crashed the budget split later)
             raise ValueError(f"recover config out of range: {self}")
 
 

@@ -132,15 +132,18 @@ def parity_frames(n: int = 8, clip: Path = PARITY_CLIP) -> list[np.ndarray]:
     import cv2
 
     cap = cv2.VideoCapture(str(clip))
-    frames = []
-    ok, img = cap.read()
-    while ok:
-        frames.append(img)
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    wanted, frames = set(np.linspace(0, max(count - 1, 0), n).round().astype(int).tolist()), []
+    for i in range(max(wanted, default=-1) + 1):  # decode in order, keep only the picked ones
         ok, img = cap.read()
+        if not ok:
+            break
+        if i in wanted:
+            frames.append(img)
     cap.release()
     if not frames:
         raise ValueError(f"parity frames: cannot read {clip}")
-    return [frames[i] for i in np.linspace(0, len(frames) - 1, n).round().astype(int)]
+    return frames
 
 
 def parity_feeds(net: TorchNet, frames: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]] | None:

@@ -32,6 +32,7 @@ from vsdmot.runtime.backends import EngineKey, default_engine_cache, engine_dir
 from vsdmot.runtime.bundle import file_sha256, load_bundle, read_stamped
 from vsdmot.runtime.errors import DeviceError
 from vsdmot.runtime.locks import waiting_lock
+from vsdmot.runtime.mot import atomic_write_bytes
 
 from .to_onnx import TorchNet
 
@@ -103,9 +104,10 @@ def store_program(folder: Path, key: EngineKey, write) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".tmp-{PROGRAM}"  # keeps the .ep suffix torch_tensorrt.save writes under
     write(tmp)
+    with open(tmp, "rb+") as f:  # on disk before the rename, as store_engine's (a power cut: no empty program)
+        os.fsync(f.fileno())
     stamp = {**asdict(key), "program_sha256": file_sha256(tmp)}
     os.replace(tmp, folder / PROGRAM)
-    (folder / ".stamp.json.tmp").write_text(json.dumps(stamp, indent=1))
-    os.replace(folder / ".stamp.json.tmp", folder / "stamp.json")
+    atomic_write_bytes(folder / "stamp.json", json.dumps(stamp, indent=1).encode())
     return folder / PROGRAM
 

@@ -260,3 +260,13 @@ class _Frames:
 
     def close(self):
         pass
+
+
+def test_a_bundle_scoring_nan_is_refused_and_a_nan_reference_is_an_error():
+    """max() skips NaN: a case whose HOTA was NaN passed under the per-case and pooled rules."""
+    nan = float("nan")
+    case = ag.score_case(lambda b, s, c: {"HOTA": 0.5 if b == "ref" else nan}, "cand", "ref", "TUD", "clean")
+    assert case["hota_drop"] == float("inf")
+    assert decide([case], GateConfig(rule="per-case"))["passed"] is False
+    with pytest.raises(ValueError, match="reference's HOTA is nan"):
+        ag.score_case(lambda b, s, c: {"HOTA": nan}, "cand", "ref", "TUD", "clean")

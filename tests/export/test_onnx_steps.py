@@ -342,3 +342,25 @@ def test_equalisation_stays_exact_when_convs_share_a_weight():
     run = lambda model: ort.InferenceSession(model.SerializeToString()).run(None, feeds[0])  # noqa: E731
     for a, b in zip(run(eq), run(m)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+def test_a_candidate_emitting_nan_fails_parity():
+    """min() and max() skip NaN: a candidate whose outputs were NaN passed at cosine 1.0."""
+    from vsdmot.export.parity import compare, failures
+
+    ref = {"y": np.array([1.0, 2.0, 3.0])}
+    res = compare(lambda f: ref, lambda f: {"y": np.array([1.0, np.nan, 3.0])}, [{}, {}])
+    assert res["y"]["cosine"] == 0.0 and res["y"]["max_abs"] == float("inf")
+    assert len(failures(res, FP32)) == 2
+
+
+def test_parity_is_keyed_by_its_feeds_not_their_count(det_net, det_feeds, tmp_path):
+    """The reference export's parity (demo frames) and a later check at the same path (calibration
+    feeds, also 8) shared a key: the second was never run, and the shipped manifest recorded a
+    stale file's numbers."""
+    fp, _ = chain(det_net, det_feeds, tmp_path)
+    ref = lambda feed: det_net.run(feed)  # noqa: E731
+    first = json.loads(parity(fp, FP32, tmp_path / "p.json", ref, "torch", det_feeds[:4]).read_text())
+    other = [{k: v[..., ::-1].copy() for k, v in f.items()} for f in det_feeds[4:8]]  # 4 other feeds
+    second = json.loads(parity(fp, FP32, tmp_path / "p.json", ref, "torch", other).read_text())
+    assert first["frames"] == second["frames"] == 4 and first["outputs"] != second["outputs"]

@@ -280,3 +280,10 @@ def test_a_zero_recovery_budget_keeps_the_pruned_network(det_net, det_feeds, tmp
     assert read_stamp(out)["details"]["steps"] == 0
     with pytest.raises(ValueError, match="recover"):
         RecoverConfig(max_seconds=-1.0)
+
+
+@pytest.mark.parametrize("seconds", [float("inf"), float("nan"), -1.0])
+def test_recover_budget_must_be_a_finite_number(seconds):
+    """inf and NaN were accepted, then crashed the budget split after the reference export."""
+    with pytest.raises(ValueError, match="recover config out of range"):
+        RecoverConfig(max_seconds=seconds)
