@@ -14,6 +14,7 @@ after a failure or with another precision redoes only what changed. Networks com
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -79,7 +80,8 @@ class ExportConfig:
     input_size: tuple[int, int] | None = None  # detector (H, W), multiples of 32; None = as trained (416x416).
     # Every bundle of the export (the FP32 reference the gate compares with included) gets this input.
     near_calibration: bool = False  # the detector's calibration feeds also hold near-pedestrian crops when it is not
-    # pruned (pruning always adds them); measured, no train-side gain (docs/export_measurements.md), so off
+    # pruned (a pruned one gets them unless --calib names its own frames); measured, no train-side gain
+    # (docs/export_measurements.md), so off
 
     def __post_init__(self) -> None:
         clash = [(a, b) for a in self.select for b in self.gate.sequences if windows_overlap(a, b)]
@@ -116,6 +118,7 @@ def export(cfg: ExportConfig, out: str | Path, checkpoint: str | Path | None = N
     out = Path(out)
     work = Path(cfg.work_dir) if cfg.work_dir else default_work_dir(out)
     with work_lock(work):
+        sweep_killed(out)
         try:
             return _export(cfg, out, work, checkpoint, sources, eval_fn)
         except BaseException:
@@ -257,7 +260,7 @@ def device_files(sources, cfg, work, feeds, report, reference, eval_fn) -> tuple
         files = int8_files(files, cfg, method, feeds, report)
         calib["method"] = method
         calib |= {"method_selection": selection} if selection else {}
-    calib.update(getattr(feeds, "manifest", {}) or calibset_summary(work))
+    calib.update(calibset_summary(work))
     return files, calib, fp32_files, nets
 
 
@@ -377,6 +380,32 @@ def parity_of(nets: Mapping[str, Path]) -> dict[str, Any]:
 
 def staging_dir(out: Path) -> Path:
     return out.with_name(f".{out.name}.staging-{os.getpid()}")
+
+
+def sweep_killed(out: Path) -> None:
+    """What an export killed outright (SIGKILL, the OOM killer) left beside `out`: its staging
+    directory (a sealed, loadable bundle nobody removed) goes; its `.OUT.old-PID` (the previous
+    bundle, moved aside just before the kill) goes back to `out` when `out` is missing, else goes."""
+    for left in sorted(out.parent.glob(f".{glob.escape(out.name)}.*-[0-9]*")):
+        kind, _, pid = left.name[len(out.name) + 2:].rpartition("-")
+        if kind not in ("staging", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if kind == "old" and not out.exists():
+            os.replace(left, out)
+            log.warning("put back %s: an export was killed between moving it aside and publishing", out)
+        else:
+            shutil.rmtree(left, ignore_errors=True)
+            log.info("removed %s, left by an export that was killed", left)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def export_info(cfg: ExportConfig) -> dict[str, Any]:

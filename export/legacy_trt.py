@@ -1,5 +1,5 @@
 """Step (`--int8 --target tensorrt`, TensorRT < 10.1, JetPack 5): legacy INT8 engines, built for
-the staged bundle once its gate passed, before it is published (a failure leaves --out as it was).
+the staged bundle once its gate passed (or was forced), before it is published (a failure leaves --out as it was).
 
 TensorRT 10.1 deprecated the implicit INT8 calibrators for explicit Q/DQ ONNX, which is what the
 bundle ships and what TensorRT 10 builds. On an older TensorRT this step builds each INT8

@@ -41,7 +41,9 @@ from .to_onnx import TorchNet, net_key
 log = logging.getLogger(__name__)
 
 
-PROFILES: dict[str, tuple[tuple[str, float], ...]] = {}  # network name -> (prefix, scale of ratio); filled below
+# network name -> (prefix, scale of ratio): per-stage pruning. Empty: no measured profile beat uniform
+# pruning (docs/export.md, "Where the MACs are"); `profile="auto"` uses an entry once one does.
+PROFILES: dict[str, tuple[tuple[str, float], ...]] = {}
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ an INT8 network's program is FP16: INT8 runs through the bundle's Q/DQ ONNX.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -79,7 +80,7 @@ def compile_program(net: TorchNet, precision: str, path: Path) -> None:
     import torch
     import torch_tensorrt
 
-    module = net.module.eval().cuda()
+    module = copy.deepcopy(net.module).eval().cuda()  # the caller's module stays where it was
     inputs = [t.cuda() for t in net.inputs.values()]  # forward() order = the ONNX inputs' order
     dtypes = {torch.float32} | ({torch.float16} if precision == "fp16" else set())
     with torch.no_grad():

@@ -50,3 +50,22 @@ def test_the_previous_bundle_is_never_deleted_while_out_is_empty(tmp_path, monke
         bundle.publish(stage, out, {"passed": True})
     (old,) = tmp_path.glob(".b.old-*")
     assert (old / "manifest.json").read_text() == OLD
+
+
+def test_what_a_killed_export_left_is_swept_at_the_next_start(tmp_path):
+    """A SIGKILL left `.OUT.staging-PID` (a sealed, loadable bundle) forever, and one between the
+    two renames left --out missing with the previous bundle hidden in `.OUT.old-PID`."""
+    import subprocess
+    import sys
+
+    from vsdmot.export.chain import sweep_killed
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    out = tmp_path / "b"
+    for name, text in ((f".b.staging-{dead}", NEW), (f".b.old-{dead}", OLD), (f".b.staging-{os.getpid()}", NEW)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(text)
+    sweep_killed(out)
+    assert (out / "manifest.json").read_text() == OLD  # the previous bundle is back
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".b.staging-{os.getpid()}", "b"]  # a live export's kept
