@@ -87,7 +87,8 @@ def gate_accuracy(candidate: str | Path, cfg: GateConfig, out_path: str | Path, 
         return {k: verdict[k] for k in ("passed", "forced", "worst_hota_drop", "reason")}
 
     key = fingerprint(_content_id(candidate), _content_id(reference), asdict(cfg), getattr(fn, "__name__", "eval"),
-                      runtime_code_id())  # a tracker change re-gates
+                      runtime_code_id(),  # a tracker change re-gates
+                      str(data_root(cfg).resolve()))  # so does another $VSDMOT_DATA ("" resolves at run time)
     return cached_step("gate_accuracy", out_path, key, build)
 
 

@@ -98,6 +98,12 @@ class ExportConfig:
         if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 64
                                             or any(v % 32 for v in self.input_size)):
             raise ValueError(f"--input-size: expected (H, W), multiples of 32 and at least 64, got {self.input_size}")
+        if self.calib_quality not in ("auto", "gate", "proxy"):  # a typo behaved as "gate"
+            raise ValueError(f"--calib-quality: expected auto, gate or proxy, got {self.calib_quality!r}")
+        if not 0 <= self.int8_min_cosine <= 1:  # NaN fails too
+            raise ValueError(f"int8_min_cosine: expected a cosine in [0, 1], got {self.int8_min_cosine!r}")
+        if self.prune is not None and not 0 <= self.prune < 0.95:
+            raise ValueError(f"--prune: expected a ratio in [0, 0.95), got {self.prune!r}")
 
     @property
     def ratio(self) -> float:

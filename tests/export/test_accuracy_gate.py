@@ -214,6 +214,23 @@ def test_control_is_reported_and_does_not_decide(tmp_path, monkeypatch):
     assert [x["hota_drop"] for x in c["cases"]] == pytest.approx([3.0, 0.0])
 
 
+def test_another_data_root_gates_again(tmp_path, monkeypatch):
+    """The verdict's cache key held data_root = "" and not what it resolves to: pointing $VSDMOT_DATA
+    at other clips reused the old verdict."""
+    calls = []
+
+    def fake(bundle_dir, seq, cond):
+        calls.append(bundle_dir.name)
+        return {"HOTA": 0.6}
+
+    monkeypatch.setattr(ag, "_content_id", lambda d: d.name)
+    cfg = GateConfig(sequences=("S1",), conditions=("clean",))
+    for root in ("a", "a", "b"):
+        monkeypatch.setenv("VSDMOT_DATA", str(tmp_path / root))
+        ag.gate_accuracy(tmp_path / "cand", cfg, tmp_path / "gate.json", tmp_path / "ref", fake)
+    assert len(calls) == 4  # two bundles scored under a, again under b; the second a was cached
+
+
 def test_tracks_cut_short_while_written_are_never_scored(tmp_path, monkeypatch):
     """The track cache is reused whenever its file exists: a write cut short (a full disk, a kill, a
     concurrent export reading mid-write) left part of the rows under the final name, and every later

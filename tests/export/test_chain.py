@@ -298,3 +298,12 @@ def test_networks_kept_fp32_get_no_calibration_feeds(sources, tmp_path, monkeypa
     chain.network_feeds(bare, cfg_for(tmp_path), tmp_path, tmp_path)
     chain.network_feeds(bare, cfg_for(tmp_path, keep_fp32=("detector",), prune=0.25), tmp_path, tmp_path)
     assert asked == [["detector"], ["detector"]]  # the kept-FP32 unpruned run asks for nothing
+
+
+@pytest.mark.parametrize("kw, match", [({"calib_quality": "gates"}, "--calib-quality"),
+                                       ({"int8_min_cosine": float("nan")}, "int8_min_cosine"),
+                                       ({"prune": float("nan")}, "--prune"), ({"prune": 0.95}, "--prune")])
+def test_export_config_refuses_what_would_fail_or_mislead_later(kw, match):
+    """A --calib-quality typo behaved as 'gate'; NaN ratios passed every `<` check."""
+    with pytest.raises(ValueError, match=match):
+        ExportConfig(**kw)
