@@ -51,7 +51,9 @@ def test_compile_program_asks_for_the_onnx_inputs_in_order(trk_net, stand_ins, t
     """The compiled program takes the ONNX file's inputs in its order (the TorchNet's forward order)."""
     torch_trt.compile_program(trk_net, precision, tmp_path / "p.ep")
     (call,) = stand_ins
-    assert call["ir"] == "dynamo" and call["precisions"] == dtypes and call["module"] is trk_net.module
+    assert call["ir"] == "dynamo" and call["precisions"] == dtypes
+    assert call["module"] is not trk_net.module  # a copy goes to the GPU; the caller's module stays where it was
+    assert all(torch.equal(a, b) for a, b in zip(call["module"].state_dict().values(), trk_net.module.state_dict().values()))
     assert [tuple(t.shape) for t in call["inputs"]] == [tuple(t.shape) for t in trk_net.inputs.values()]
     assert call["saved"] == str(tmp_path / "p.ep") and (tmp_path / "p.ep").read_bytes() == b"exported program"
 
