@@ -137,20 +137,18 @@ def work_lock(work: Path) -> Iterator[None]:
     """One export per work directory at a time. Two would overwrite each other's FP32 reference
     (work/reference) while gating, and one gate would compare against the other's bundle (seen:
     an INT8 416x320 export gated against a concurrent 416x256 reference). ValueError if taken."""
-    import fcntl
+    from vsdmot.runtime.locks import Claimed, claim, release
 
     work.mkdir(parents=True, exist_ok=True)
-    with open(work / ".lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when f closes, or the process dies
-        except BlockingIOError:
-            f.seek(0)
-            raise ValueError(f"--work-dir {work} is in use by another vsdmot-export ({f.read().strip() or 'pid ?'}); "
-                             f"give each concurrent export its own --work-dir") from None
-        f.truncate(0)
-        f.write(f"pid {os.getpid()}")
-        f.flush()
+    try:
+        fd = claim(work / ".lock")  # released on exit, or by the kernel when the process dies
+    except Claimed as e:
+        raise ValueError(f"--work-dir {work} is in use by another vsdmot-export ({e.holder or 'pid ?'}); "
+                         f"give each concurrent export its own --work-dir") from None
+    try:
         yield
+    finally:
+        release(fd, work / ".lock")
 
 
 def _export(cfg: ExportConfig, out: Path, work: Path, checkpoint, sources: Sources | None,
