@@ -50,6 +50,7 @@ class RunSummary:
     stopped_by: str  # "end" | "max_frames" | "signal" | "error"
     source_stats: Any = None  # the source's own counters (drops, reconnects, stalls) where it has them
     error: str = ""  # what stopped the run when stopped_by == "error"
+    pipeline_ms: float | None = None  # mean per-frame pipeline time over the whole run (the `total` stage)
 
 
 class _Latencies:
@@ -57,9 +58,11 @@ class _Latencies:
 
     def __init__(self, window: int = LATENCY_WINDOW):
         self.window, self.n, self.buf = window, 0, {}
+        self.total_ms = 0.0  # sum of every frame's `total` stage, for the run's mean
 
     def add(self, ms: dict[str, float]) -> None:
         slot = self.n % self.window
+        self.total_ms += ms.get("total", 0.0)
         for stage, value in ms.items():
             self.buf.setdefault(stage, np.full(self.window, np.nan))[slot] = value
         self.n += 1
@@ -105,6 +108,14 @@ class ProgressHook:
 
     def on_stop(self, summary: RunSummary | None = None) -> None:
         pass
+
+
+def pipeline_note(summary: RunSummary) -> str:
+    """" (pipeline M ms a frame, capacity C FPS)": what the networks and tracker cost per frame, beside
+    the wall-clock FPS, which also counts decoding, the sinks and waiting on a live source."""
+    if not summary.pipeline_ms:
+        return ""
+    return f" (pipeline {summary.pipeline_ms:.1f} ms a frame: capacity {1000.0 / summary.pipeline_ms:.1f} FPS)"
 
 
 def drop_note(stats: Any) -> str:
@@ -173,7 +184,7 @@ def run_loop(source: Iterable[Frame], pipeline, sinks: Sequence, hooks: Sequence
             steps.close()  # overlap: waits for the frame being perceived, so no network runs past this
         summary = RunSummary(frames, seconds, frames / seconds if seconds > 0 else 0.0,
                              pipeline.semantics.counts.as_dict(), lat.summary(), stopped_by,
-                             source_stats(source), error)
+                             source_stats(source), error, lat.total_ms / lat.n if lat.n and lat.total_ms else None)
         _close_all(sinks)
         _stop_hooks(started, summary)
     log.info("run: %d frames in %.1f s (%.1f FPS), stopped by %s%s", frames, seconds, summary.fps, stopped_by,

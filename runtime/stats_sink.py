@@ -69,7 +69,7 @@ def _as_dict(stats: Any) -> dict[str, Any]:
 
 class StatsSink(_SinkBase):
     """Run statistics JSON, rewritten atomically every `every_s` seconds (or `every_frames`)
-    and at close. Keys: frames, fps, fps_end_to_end, fps_model, semantic_runs / _reused /
+    and at close. Keys: frames, fps, fps_pipeline, fps_model, semantic_runs / _reused /
     _skipped, latency_ms {stage: p50 p90 p99 mean max n}, dropped_frames, reconnects, stalls,
     source_stats {...}, elapsed_s, updated_unix, final, plus the `meta` keys. Memory stays bounded (histograms, not lists).
 
@@ -91,7 +91,7 @@ class StatsSink(_SinkBase):
         self.model_stages, self.source_stats, self.meta = tuple(model_stages), source_stats, dict(meta or {})
         self.frames, self.semantic = 0, {"fresh": 0, "reused": 0, "skipped": 0}
         self.latency: dict[str, LatencyHistogram] = {}
-        self._model, self._e2e = LatencyHistogram(), LatencyHistogram()
+        self._model, self._pipeline = LatencyHistogram(), LatencyHistogram()
         self._t_first = self._t_last = self._t_flush = time.monotonic()
         self._closed = False
 
@@ -115,7 +115,7 @@ class StatsSink(_SinkBase):
         if model:
             self._model.add(sum(model))
         if stages:
-            self._e2e.add(stages["total"] if "total" in stages else sum(stages.values()))
+            self._pipeline.add(stages["total"] if "total" in stages else sum(stages.values()))
 
     def snapshot(self, final: bool = False) -> dict[str, Any]:
         elapsed = self._t_last - self._t_first
@@ -124,7 +124,7 @@ class StatsSink(_SinkBase):
         return {**self.meta, **{
             "frames": self.frames,
             "fps": _round((self.frames - 1) / elapsed) if self.frames > 1 and elapsed > 0 else None,
-            "fps_end_to_end": fps_of(self._e2e),  # 1000 / mean per-frame processing ms (capacity)
+            "fps_pipeline": fps_of(self._pipeline),  # 1000 / mean per-frame pipeline ms (capacity; no decode, no sinks)
             "fps_model": fps_of(self._model),  # 1000 / mean ms of the model stages alone
             "model_stages": list(self.model_stages),
             "semantic_runs": self.semantic["fresh"],

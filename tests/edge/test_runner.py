@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from vsdmot.edge.runner import ProgressHook, RunSummary, SourceStopEvent, drop_note, run_loop, stop_on_signals
+from vsdmot.edge.runner import (ProgressHook, RunSummary, SourceStopEvent, drop_note, pipeline_note, run_loop,
+                                stop_on_signals)
 from vsdmot.runtime.semantics import SemanticCounts
 from vsdmot.runtime.types import Detections, Frame, FrameResult
 
@@ -188,6 +189,14 @@ def test_latency_window_is_bounded():
         lat.add({"total": float(i)})
     assert lat.buf["total"].shape == (4,) and lat.summary()["total"]["max"] == 9.0
     assert lat.summary()["total"]["p50"] == 7.5  # the last 4 frames: 6, 7, 8, 9
+    assert lat.total_ms / lat.n == 4.5  # the run's mean counts every frame, not the window
+
+
+def test_summary_gives_the_pipeline_cost_beside_the_wall_clock_fps():
+    summary = run(5)[0]
+    assert summary.pipeline_ms == 3.0  # fake_step's `total`
+    assert pipeline_note(summary) == " (pipeline 3.0 ms a frame: capacity 333.3 FPS)"
+    assert run(0)[0].pipeline_ms is None and pipeline_note(run(0)[0]) == ""
 
 
 class StallingSource(Source):

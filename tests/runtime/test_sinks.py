@@ -271,7 +271,7 @@ def test_stats_keys_and_percentiles(tmp_path):
     assert det["p50"] == pytest.approx(20, rel=0.03) and det["p90"] == pytest.approx(36, rel=0.03)
     assert det["p99"] == pytest.approx(40, rel=0.03) and det["max"] == 40 and det["n"] == 40
     assert s["fps_model"] == pytest.approx(1000 / 20.5, rel=1e-3)
-    assert s["fps_end_to_end"] == pytest.approx(1000 / 21.5, rel=1e-3)
+    assert s["fps_pipeline"] == pytest.approx(1000 / 21.5, rel=1e-3)
     assert s["fps"] is not None and s["fps"] > 0
 
 
@@ -279,7 +279,7 @@ def test_stats_end_to_end_uses_the_total_stage(tmp_path):
     with StatsSink(tmp_path / "s.json") as sink:
         sink.write(make_result(1, latency={"quality": 1.0, "semantics": 2.0, "detector": 4.0, "tracker": 2.0, "total": 10.0}))
     s = json.loads((tmp_path / "s.json").read_text())
-    assert s["fps_end_to_end"] == pytest.approx(100.0) and s["fps_model"] == pytest.approx(125.0)
+    assert s["fps_pipeline"] == pytest.approx(100.0) and s["fps_model"] == pytest.approx(125.0)
     assert s["model_stages"] == ["semantics", "detector", "tracker"]
 
 
