@@ -6,7 +6,7 @@ The tracking itself is injectable: `EvalFn(bundle_dir, sequence, condition) -> m
 `pipeline_eval`, runs the runtime pipeline (`vsdmot.runtime.pipeline`) on the bundle over each
 sequence window, degraded sequences come from the bench's cache (`evaluation.bench`).
 The verdict is JSON (`out_path`): per sequence and condition, reference and candidate metrics and
-the drop in points; the pooled drops; the gated drop (`worst_hota_drop`); passed; forced. The chain
+the drop in points; the pooled drops; the gated drop (`gated_hota_drop`); passed; forced. The chain
 records it in the manifest and publishes the bundle only when passed or forced (export/bundle.py
 `publish`).
 
@@ -68,6 +68,9 @@ class GateConfig:
             raise ValueError(f"gate rule: expected one of {list(RULES)}, got {self.rule!r}")
 
 
+VERDICT_SCHEMA = "verdict-2"  # 2: `gated_hota_drop` (was `worst_hota_drop`, which read as the worst case's)
+
+
 def bundle_id(bundle_dir: Path) -> str:
     """What identifies a bundle for caching its scores: its sealed manifest."""
     return file_sha256(Path(bundle_dir) / "manifest.json")
@@ -84,11 +87,12 @@ def gate_accuracy(candidate: str | Path, cfg: GateConfig, out_path: str | Path, 
         if cfg.control:
             verdict["control"] = control(fn, reference, cfg, out.with_name(out.stem + ".control"))
         out.write_text(json.dumps(verdict, indent=2))
-        return {k: verdict[k] for k in ("passed", "forced", "worst_hota_drop", "reason")}
+        return {k: verdict[k] for k in ("passed", "forced", "gated_hota_drop", "reason")}
 
     key = fingerprint(_content_id(candidate), _content_id(reference), asdict(cfg), getattr(fn, "__name__", "eval"),
                       runtime_code_id(),  # a tracker change re-gates
-                      str(data_root(cfg).resolve()))  # so does another $VSDMOT_DATA ("" resolves at run time)
+                      str(data_root(cfg).resolve()),  # so does another $VSDMOT_DATA ("" resolves at run time)
+                      VERDICT_SCHEMA)  # a renamed key: an older cached verdict is rebuilt, not misread
     return cached_step("gate_accuracy", out_path, key, build)
 
 
@@ -139,7 +143,7 @@ def _group(case: dict[str, Any]) -> str:
 
 
 def decide(cases: list[dict[str, Any]], cfg: GateConfig) -> dict[str, Any]:
-    """The verdict: `worst_hota_drop` is the number the rule compares with the threshold; every case's
+    """The verdict: `gated_hota_drop` is the number the rule compares with the threshold; every case's
     drop, the pooled clean and degraded drops and the worst single case are kept beside it.
 
     Rules (drops in HOTA points, a case = one sequence under one condition): balanced = (mean clean
@@ -156,7 +160,7 @@ def decide(cases: list[dict[str, Any]], cfg: GateConfig) -> dict[str, Any]:
               f"threshold {cfg.max_hota_drop} (pooled: {groups}; worst single case {worst['hota_drop']:.2f} on "
               f"{worst['sequence']} {worst['condition']}{'' if case_ok else f' > case limit {cfg.max_case_drop}'})")
     return {"passed": passed, "forced": bool(cfg.force and not passed), "rule": cfg.rule,
-            "threshold_hota_drop": cfg.max_hota_drop, "worst_hota_drop": gated,
+            "threshold_hota_drop": cfg.max_hota_drop, "gated_hota_drop": gated,
             "max_case_drop": cfg.max_case_drop if math.isfinite(cfg.max_case_drop) else None,  # None: off (JSON has no inf)
             "pooled_hota_drops": pooled, "worst_case_hota_drop": worst["hota_drop"], "reason": reason, "cases": cases}
 
@@ -168,7 +172,7 @@ def control(fn: EvalFn, reference: Path, cfg: GateConfig, work: Path) -> dict[st
     if not v["passed"]:
         log.warning("gate control: a null bundle (FP16-rounded reference) fails too (%s): the verdict is within "
                     "the gate's noise", v["reason"])
-    keep = ("passed", "rule", "worst_hota_drop", "pooled_hota_drops", "worst_case_hota_drop", "reason")
+    keep = ("passed", "rule", "gated_hota_drop", "pooled_hota_drops", "worst_case_hota_drop", "reason")
     return {"bundle": "the reference, float constants rounded to FP16", **{k: v[k] for k in keep},
             "cases": [{k: c[k] for k in ("sequence", "condition", "hota_drop")} for c in v["cases"]]}
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from vsdmot.runtime.bundle import MANIFEST
+from vsdmot.runtime.bundle import MANIFEST, file_sha256
 from vsdmot.runtime.yolox import size_text
 
 from .accuracy_gate import EvalFn, GateConfig, gate_accuracy
@@ -225,8 +225,8 @@ def torch_to_onnx(net: TorchNet, base: Path, report: Report, feeds=None) -> Path
     raw = to_onnx(net, OnnxConfig(), base.with_suffix(".onnx"))
     sim = simplify(raw, SimplifyConfig(), base.with_suffix(".sim.onnx"))
     ref_feeds = feeds if feeds is not None else [{k: v.numpy() for k, v in net.inputs.items()}]
-    par = parity(sim, FP32, base.with_suffix(".parity.json"), net.run, f"torch:{fingerprint(net.name, str(raw))[:8]}",
-                 ref_feeds)
+    # the torch module is named by the ONNX it exported to: same weights, same id, whatever the work dir
+    par = parity(sim, FP32, base.with_suffix(".parity.json"), net.run, f"torch:{file_sha256(raw)[:8]}", ref_feeds)
     for p in (raw, sim, par):
         report.add(net.name, p)
     return sim
@@ -338,10 +338,10 @@ def choose_method(sources, cfg, work, feeds, files, report, reference, eval_fn) 
         stage = stage_bundle(sources, qfiles, "int8", work / f"auto-{method}", {"method": method}, {})
         verdict = json.loads(gate_accuracy(stage, sel, work / f"auto-{method}.select.json", reference,
                                            eval_fn).read_text())
-        drops[method] = verdict["worst_hota_drop"]
+        drops[method] = verdict["gated_hota_drop"]
     best = min(METHODS, key=lambda m: (drops[m], METHODS.index(m)))
     log.info("--method auto: worst HOTA drops on %s %s -> %s", list(cfg.select), drops, best)
-    return best, {"sequences": list(cfg.select), "conditions": list(sel.conditions), "worst_hota_drops": drops}
+    return best, {"sequences": list(cfg.select), "conditions": list(sel.conditions), "gated_hota_drops": drops}
 
 
 def windows_overlap(a: str, b: str) -> bool:
@@ -420,7 +420,7 @@ def export_info(cfg: ExportConfig) -> dict[str, Any]:
 
 def summarize(verdict: Mapping[str, Any]) -> dict[str, Any]:
     """The manifest's "accuracy" section: per case the bundle's and FP32's metrics and the drop."""
-    keep = ("rule", "threshold_hota_drop", "worst_hota_drop", "pooled_hota_drops", "worst_case_hota_drop",
+    keep = ("rule", "threshold_hota_drop", "gated_hota_drop", "pooled_hota_drops", "worst_case_hota_drop",
             "max_case_drop", "control")
     return {"vs": "fp32 reference (unpruned)", **{k: verdict[k] for k in keep if k in verdict},
             "cases": verdict.get("cases", [])}
@@ -434,7 +434,7 @@ def calibset_summary(work: Path) -> dict[str, Any]:
 def finish(stage: Path, out: Path, accuracy: Mapping, verdict: Mapping, report: Report, cfg: ExportConfig,
            work: Path, copy: bool = False) -> Path:
     """Record the verdict and the report in the staged bundle, then publish it (a copy when `copy`)."""
-    gate = {k: verdict.get(k) for k in ("passed", "forced", "reason", "rule", "worst_hota_drop", "threshold_hota_drop")}
+    gate = {k: verdict.get(k) for k in ("passed", "forced", "reason", "rule", "gated_hota_drop", "threshold_hota_drop")}
     gate["forced"] = bool(verdict.get("forced") or (cfg.gate.force and not verdict.get("passed")))
     refused = [f"{describe_precisions(r['networks'])}: {r['reason']}" for r in report.refused]
     report.summary = {"precision": cfg.precision, "prune": cfg.ratio, "method": cfg.method,

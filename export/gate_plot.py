@@ -36,7 +36,7 @@ def plot_gate(accuracy: Mapping[str, Any], path: Path) -> Path:
     bottom.set_xticks(list(x), labels, rotation=30, ha="right", fontsize=7)
     for ax in (top, bottom):
         ax.grid(alpha=0.3, axis="y")
-    verdict = f"rule {accuracy.get('rule', '?')}: {accuracy.get('worst_hota_drop', float('nan')):.2f}"
+    verdict = f"rule {accuracy.get('rule', '?')}: {accuracy.get('gated_hota_drop', float('nan')):.2f}"
     fig.suptitle(f"accuracy gate, {len(cases)} held-out cases ({verdict} against {accuracy.get('threshold_hota_drop')})",
                  fontsize=10)
     fig.tight_layout()

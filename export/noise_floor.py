@@ -243,7 +243,7 @@ def emulated_gates(cases: list[dict[str, Any]], gate_size: int, threshold: float
             gates.append({"bundle": b, "windows": list(combo), "conditions": sorted(conds), "rules": {}})
             for rule in ag.RULES:
                 v = ag.decide(sub, ag.GateConfig(rule=rule, max_hota_drop=threshold))
-                gates[-1]["rules"][rule] = {"value": v["worst_hota_drop"], "passed": v["passed"]}
+                gates[-1]["rules"][rule] = {"value": v["gated_hota_drop"], "passed": v["passed"]}
     return gates
 
 

@@ -104,7 +104,7 @@ def cases_with(drops: dict[tuple[str, str], float]) -> list[dict]:
 def test_decide_pools_clean_and_degraded(drops, rule, passed, gated):
     cases = cases_with(drops)
     v = decide(cases, GateConfig(rule=rule))
-    assert v["passed"] is passed and v["worst_hota_drop"] == pytest.approx(gated, abs=1e-3)
+    assert v["passed"] is passed and v["gated_hota_drop"] == pytest.approx(gated, abs=1e-3)
     assert v["rule"] == rule and v["threshold_hota_drop"] == 1.0
     assert v["cases"] == cases  # every per-case drop stays in the verdict
     assert v["worst_case_hota_drop"] == max(c["hota_drop"] for c in cases)
@@ -118,7 +118,7 @@ def test_default_gate_is_balanced_over_held_out_clean_and_degraded():
     tip = decide([{"sequence": s, "condition": c, "hota_drop": 1.61 if (s, c) == ("TUD-Campus", "clean") else 0.0}
                   for s in cfg.sequences for c in cfg.conditions], cfg)
     assert tip["passed"]  # the old worst-of-cases rule refused this null tip (1.61 > 1.0)
-    assert {"passed", "forced", "worst_hota_drop", "threshold_hota_drop", "reason"} <= set(tip)  # chain reads these
+    assert {"passed", "forced", "gated_hota_drop", "threshold_hota_drop", "reason"} <= set(tip)  # chain reads these
 
 
 @pytest.mark.parametrize("rule", ["balanced", "pooled", "mean"])
@@ -127,7 +127,7 @@ def test_one_collapsed_case_refuses_whatever_the_average(rule):
     drops = {(s, c): -3.0 for s in SEQS for c in CONDS}
     drops[("B", "jpeg-s3")] = 11.8
     v = decide(cases_with(drops), GateConfig(rule=rule))
-    assert v["worst_hota_drop"] <= 1.0 and not v["passed"]  # the rule alone would pass it
+    assert v["gated_hota_drop"] <= 1.0 and not v["passed"]  # the rule alone would pass it
     assert "case limit 5.0" in v["reason"] and v["max_case_drop"] == 5.0
     off = decide(cases_with(drops), GateConfig(rule=rule, max_case_drop=float("inf")))
     assert off["passed"] and off["max_case_drop"] is None
@@ -208,7 +208,7 @@ def test_control_is_reported_and_does_not_decide(tmp_path, monkeypatch):
     cfg = GateConfig(sequences=("S1", "S2"), conditions=("clean",), control=True)
     out = ag.gate_accuracy(tmp_path / "cand", cfg, tmp_path / "gate.json", tmp_path / "ref", fake)
     v = json.loads(out.read_text())
-    assert v["passed"] and v["worst_hota_drop"] == pytest.approx(0.5)
+    assert v["passed"] and v["gated_hota_drop"] == pytest.approx(0.5)
     c = v["control"]
     assert c["pooled_hota_drops"] == {"clean": pytest.approx(1.5)} and c["passed"] is False
     assert [x["hota_drop"] for x in c["cases"]] == pytest.approx([3.0, 0.0])

@@ -58,6 +58,12 @@ def test_fp32_reference_bundle(sources, tmp_path):
     assert not b.has("export_report.png")  # the reference has no gate to draw
 
 
+def test_the_parity_reference_is_named_by_the_network_not_the_work_dir(sources, tmp_path):
+    ids = [load_bundle(export(cfg_for(tmp_path, precision="fp32", work_dir=str(tmp_path / w)), tmp_path / w / "b",
+                              sources=sources)).manifest["parity"]["detector"]["reference"] for w in ("a", "b")]
+    assert ids[0] == ids[1] and ids[0].startswith("torch:")
+
+
 def test_keep_fp32_leaves_that_network_float(sources, tmp_path):
     cfg = cfg_for(tmp_path, precision="int8", keep_fp32=("detector",))
     m = load_bundle(export(cfg, tmp_path / "int8", sources=sources, eval_fn=fake_eval(0.0))).manifest
@@ -73,7 +79,7 @@ def test_pruned_int8_passes_gate_and_is_idempotent(sources, tmp_path, caplog):
     m = load_bundle(out).manifest
     assert m["files"]["detector.onnx"]["precision"] == "int8" and m["export"]["prune"] == 0.5
     assert m["accuracy_gate"] == {**m["accuracy_gate"], "passed": True, "forced": False}
-    assert m["accuracy"]["worst_hota_drop"] == pytest.approx(0.4) and len(m["accuracy"]["cases"]) == 2
+    assert m["accuracy"]["gated_hota_drop"] == pytest.approx(0.4) and len(m["accuracy"]["cases"]) == 2
     acc = m["accuracy"]  # how the drop was gated is in the manifest, not only in the log
     assert acc["rule"] == m["accuracy_gate"]["rule"] == "balanced" and acc["worst_case_hota_drop"] == pytest.approx(0.4)
     assert acc["pooled_hota_drops"] == {"clean": pytest.approx(0.4), "degraded": pytest.approx(0.4)}
@@ -195,7 +201,7 @@ def test_failed_gate_falls_back_to_fp32_networks(sources, tmp_path):
     cfg = cfg_for(tmp_path, precision="int8", prune=0.0, gate=GateConfig(sequences=("S1",), conditions=("clean",)))
     m = load_bundle(export(cfg, tmp_path / "fb", sources=sources, eval_fn=int8_hurts)).manifest
     assert m["files"]["detector.onnx"]["precision"] == "fp32" and m["export"]["fp32_networks"] == ["detector"]
-    assert m["accuracy_gate"]["passed"] and m["accuracy"]["worst_hota_drop"] == 0.0
+    assert m["accuracy_gate"]["passed"] and m["accuracy"]["gated_hota_drop"] == 0.0
 
 
 def test_a_crash_in_the_gate_leaves_nothing_behind(sources, tmp_path):
