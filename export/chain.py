@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,6 +48,9 @@ from .simplify import SimplifyConfig, simplify
 from .sources import Sources, calibration_feeds, feeds_id, load_sources, parity_feeds, parity_frames, with_detector_input
 from .to_onnx import OnnxConfig, TorchNet, to_onnx
 
+if TYPE_CHECKING:  # imported where a set is built (export/sources.py), not for every export
+    from vsdmot.calibration.calibset import CalibSetConfig
+
 log = logging.getLogger(__name__)
 DEFAULT_PRUNE = 0.0  # 2026-11-24: no pruned bundle passes the gate (closest 10 %: drop 2.10, 0.92x speed; docs/export_measurements.md)
 DEFAULT_METHOD = "minmax"  # the measured default calibration method (docs/export_measurements.md)
@@ -66,7 +69,7 @@ class ExportConfig:
     calib: tuple[str, ...] = ()  # calibration sources; () = sources.default_calib_sources()
     work_dir: str = ""  # intermediates; "" = default_work_dir(out)
     recover: RecoverConfig = RecoverConfig()  # distillation after pruning; max_seconds: total CPU s, shared by MACs
-    calibset: Any = None  # calibration.calibset.CalibSetConfig; None = its defaults
+    calibset: CalibSetConfig | None = None  # None = its defaults
     gate: GateConfig = GateConfig()  # accuracy gate (force lives here)
     progress: bool = True  # tqdm progress bars
     calib_quality: str = "auto"  # calibration-set stratification: gate (quality.json) | proxy (severity) | auto

@@ -40,60 +40,78 @@ def ratio(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .accuracy_gate import RULES, GateConfig
-    from .chain import DEFAULT_METHOD, DEFAULT_PRUNE, TARGETS
-
     p = Parser(prog="vsdmot-export", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
+               formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_log_arguments(p)
-    prec = p.add_mutually_exclusive_group()
+    _bundle_arguments(p.add_argument_group("the bundle"))
+    _int8_arguments(p.add_argument_group("INT8 and pruning"))
+    _gate_arguments(p.add_argument_group("the accuracy gate (against the FP32 reference, on held-out frames)"))
+    p.add_argument("--work-dir", default="", metavar="DIR", help="intermediates (default ~/.cache/vsdmot/export/...)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+    return p
+
+
+def _bundle_arguments(g) -> None:
+    """What is exported, where to, and for which runtime."""
+    from .chain import DEFAULT_PRUNE, TARGETS
+
+    prec = g.add_mutually_exclusive_group()
     for flag in ("int8", "fp16", "fp32"):
         prec.add_argument(f"--{flag}", dest="precision", action="store_const", const=flag, help=f"{flag} bundle")
-    p.set_defaults(precision="int8")
-    p.add_argument("--prune", type=ratio, metavar="RATIO", help=f"channel pruning ratio (default {DEFAULT_PRUNE} "
+    g.set_defaults(precision="int8")
+    g.add_argument("--out", required=True, type=Path, metavar="DIR", help="bundle directory to write")
+    g.add_argument("checkpoint", nargs="?", type=Path, metavar="CHECKPOINT",
+                   help="weights folder (like models/weights/) or one network's .pt; default: shipped weights")
+    g.add_argument("--prune", type=ratio, metavar="RATIO", help=f"channel pruning ratio (default {DEFAULT_PRUNE} "
                    f"for --int8/--fp16, 0 for --fp32)")
-    p.add_argument("--calib", nargs="+", metavar="PATH", default=[], help="calibration sources: videos, image "
-                   "folders, MOTChallenge sequences (PATH:A-B keeps frames A..B); default: the kit's degraded set")
-    p.add_argument("--method", choices=["minmax", "entropy", "percentile", "auto"], default=DEFAULT_METHOD,
-                   help=f"INT8 calibration method; auto picks by the gate's HOTA (default {DEFAULT_METHOD})")
-    p.add_argument("--target", choices=TARGETS, default="onnx", help="onnx (Q/DQ for ORT and TensorRT), tensorrt "
+    g.add_argument("--recover-seconds", type=float, default=None, metavar="S",
+                   help="recovery budget after pruning: total CPU seconds, shared by the pruned networks by MACs")
+    g.add_argument("--target", choices=TARGETS, default="onnx", help="onnx (Q/DQ for ORT and TensorRT), tensorrt "
                    "(on the device: also prebuilds its TensorRT engines after publishing; on TensorRT < 10.1 the "
                    "INT8 ones with the legacy entropy calibrator over the same calibration feeds), torch-tensorrt "
                    "(on a device with it: also compiles each torch network with Torch-TensorRT for PyTorch "
                    "applications, cached beside the engines; FP16, or FP32 for --fp32)")
-    p.add_argument("--calib-quality", choices=["auto", "gate", "proxy"], default="auto",
+    g.add_argument("--input-size", type=input_size, default=None, metavar="WxH",
+                   help="detector input, multiples of 32 (default: as trained, 416x416). Match the camera's "
+                   "aspect to skip padding rows: 416x320 for 4:3, 416x256 for 16:9 (docs/export.md 'Input size')")
+
+
+def _int8_arguments(g) -> None:
+    """Calibration and which networks stay float."""
+    from .chain import DEFAULT_METHOD
+
+    g.add_argument("--calib", nargs="+", metavar="PATH", default=[], help="calibration sources: videos, image "
+                   "folders, MOTChallenge sequences (PATH:A-B keeps frames A..B); default: the kit's degraded set")
+    g.add_argument("--method", choices=["minmax", "entropy", "percentile", "auto"], default=DEFAULT_METHOD,
+                   help=f"INT8 calibration method; auto picks by the gate's HOTA (default {DEFAULT_METHOD})")
+    g.add_argument("--calib-quality", choices=["auto", "gate", "proxy"], default="auto",
                    help="stratify calibration frames by the bundle's quality gate or by degradation severity")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="bundle directory to write")
-    p.add_argument("--force", action="store_true", help="publish even if the accuracy gate fails (recorded)")
-    p.add_argument("--max-hota-drop", type=float, default=1.0, metavar="POINTS", help="accuracy gate threshold")
-    p.add_argument("--gate-rule", choices=RULES, default=GateConfig.rule,
-                   help="what must stay within --max-hota-drop: balanced = (mean clean drop + mean degraded "
-                   "drop) / 2; pooled = each of the two means; mean = the mean over all cases; per-case = every "
-                   f"single sequence-condition (noisier than a 1.0 threshold) (default {GateConfig.rule})")
-    p.add_argument("--keep-fp32", nargs="+", default=[], metavar="NET", choices=NETWORKS,
+    g.add_argument("--keep-fp32", nargs="+", default=[], metavar="NET", choices=NETWORKS,
                    help="networks that stay FP32 in an --int8 bundle (e.g. detector: near-camera scenes lost "
                    "detections in INT8 here, see docs/export_measurements.md 'Unseen degradations')")
-    p.add_argument("--min-detection-f1", type=unit_float, default=0.0, metavar="F1",
+    g.add_argument("--min-detection-f1", type=unit_float, default=0.0, metavar="F1",
                    help="INT8 detector: keep its first layers float until its detections agree with FP32's at "
                    f"this F1 on the calibration feeds, else keep it FP32 ({NEAR_CAMERA_F1} for near-camera "
                    "scenes; default 0: off, see docs/export_measurements.md 'Detection rounds')")
-    p.add_argument("--max-case-drop", type=float, default=GateConfig.max_case_drop, metavar="POINTS",
+
+
+def _gate_arguments(g) -> None:
+    """When a bundle is refused."""
+    from .accuracy_gate import RULES, GateConfig
+
+    g.add_argument("--force", action="store_true", help="publish even if the accuracy gate fails (recorded)")
+    g.add_argument("--max-hota-drop", type=float, default=1.0, metavar="POINTS", help="accuracy gate threshold")
+    g.add_argument("--gate-rule", choices=RULES, default=GateConfig.rule,
+                   help="what must stay within --max-hota-drop: balanced = (mean clean drop + mean degraded "
+                   "drop) / 2; pooled = each of the two means; mean = the mean over all cases; per-case = every "
+                   f"single sequence-condition (noisier than a 1.0 threshold) (default {GateConfig.rule})")
+    g.add_argument("--max-case-drop", type=float, default=GateConfig.max_case_drop, metavar="POINTS",
                    help="whatever the rule, refuse when one sequence-condition loses more than this "
                    f"(default {GateConfig.max_case_drop}: above every train-side null case; inf turns it off)")
-    p.add_argument("--gate-control", action="store_true", help="also gate a null bundle (the FP32 reference "
+    g.add_argument("--gate-control", action="store_true", help="also gate a null bundle (the FP32 reference "
                    "rounded to FP16) and report its drops beside the verdict: the gate's noise floor")
-    p.add_argument("--recover-seconds", type=float, default=None, metavar="S",
-                   help="recovery budget after pruning: total CPU seconds, shared by the pruned networks by MACs")
-    p.add_argument("--input-size", type=input_size, default=None, metavar="WxH",
-                   help="detector input, multiples of 32 (default: as trained, 416x416). Match the camera's "
-                   "aspect to skip padding rows: 416x320 for 4:3, 416x256 for 16:9 (docs/export.md 'Input size')")
-    p.add_argument("--work-dir", default="", metavar="DIR", help="intermediates (default ~/.cache/vsdmot/export/...)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("checkpoint", nargs="?", type=Path, metavar="CHECKPOINT",
-                   help="weights folder (like models/weights/) or one network's .pt; default: shipped weights")
-    p.set_defaults(func=run)
-    return p
 
 
 def input_size(text: str) -> tuple[int, int]:
