@@ -221,6 +221,10 @@ engine_cache = "/var/cache/vsdmot/engines"
 [semantics]
 policy = "auto"               # auto skips semantic work on clean frames; always; never
 
+[tracker]
+kind = "default"              # the bundle's tracker (hybrid for the shipped model); or e2e, bytetrack
+# each tracker's thresholds: [tracker], [tracker.slots], [tracker.bytetrack] in docs/runtime.md
+
 [sinks]
 # jsonl_out = "/var/lib/vsdmot/{outputs}.jsonl"   # one path per unit: another unit's is refused
 rotate_mb = 100.0             # an output reaching 100 MB is moved aside (NAME.<UTC time>) and a new one begun

@@ -4,6 +4,8 @@
     [pipeline]   bundle, backend, detector thresholds
     [semantics]  the semantic policy (auto / always / never) and its cache
     [tracker]    which tracker and its thresholds (MOTRv2's by default)
+      [tracker.slots]      the e2e and hybrid trackers' other knobs (runtime/e2e.py E2EConfig)
+      [tracker.bytetrack]  ByteTrack's (runtime/bytetrack.py ByteTrackConfig)
     [sinks]      output files
     [service]    health server, stall detection, systemd watchdog
 
@@ -19,9 +21,12 @@ import math
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from .bytetrack import ByteTrackConfig
+from .e2e import E2EConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -106,15 +111,23 @@ class SemanticsConfig:
         _positive("semantics", "max_age", self.max_age)
 
 
+MOTR_KNOBS = {"birth": "birth_score", "keep": "keep_score", "miss_tolerance": "miss_tolerance",
+              "output_score": "output_score", "min_area": "min_area"}  # E2EConfig field -> its [tracker] key
+READ_BY = {"birth_score": ("e2e",), "keep_score": ("e2e",), "miss_tolerance": ("e2e", "hybrid"),
+           "output_score": ("e2e", "hybrid"), "min_area": ("e2e", "hybrid")}  # the trackers that read each key
+
+
 @dataclass(frozen=True)
 class TrackerConfig:
     kind: str = "default"  # default = the bundle's choice; or e2e / hybrid / bytetrack
-    birth_score: float = 0.5  # a new track is born from a query scoring at least this (MOTRv2)
-    keep_score: float = 0.5  # a track query scoring below this counts as a miss (MOTRv2)
-    miss_tolerance: int = 20  # steps (frames seen) a track survives unseen before its slot is freed (MOTRv2)
-    output_score: float = 0.6  # only tracks scoring at least this are written out (MOTRv2)
-    min_area: float = 100.0  # boxes smaller than this many square pixels are not written (MOTRv2)
+    birth_score: float = 0.5  # e2e: a new track is born from a query scoring at least this (MOTRv2)
+    keep_score: float = 0.5  # e2e: a track query scoring below this counts as a miss (MOTRv2)
+    miss_tolerance: int = 20  # e2e, hybrid: steps (frames seen) a track survives unseen before its slot is freed (MOTRv2)
+    output_score: float = 0.6  # e2e, hybrid: only tracks scoring at least this are written out (MOTRv2)
+    min_area: float = 100.0  # e2e, hybrid: boxes smaller than this many square pixels are not written (MOTRv2)
     camera_motion: str = "auto"  # off / auto (probe, follow a moving camera) / on (every frame): runtime/motion.py
+    slots: E2EConfig = field(default_factory=E2EConfig)  # [tracker.slots]: e2e and hybrid, the rest (new_score, ...)
+    bytetrack: ByteTrackConfig = field(default_factory=ByteTrackConfig)  # [tracker.bytetrack]: track_thresh, ...
 
     def __post_init__(self) -> None:
         _choice("tracker", "kind", self.kind, TRACKERS)
@@ -124,6 +137,19 @@ class TrackerConfig:
                 raise ValueError(f"[tracker] {name}: expected a value in [0, 1], got {getattr(self, name)!r}")
         _positive("tracker", "miss_tolerance", self.miss_tolerance)
         _positive("tracker", "min_area", self.min_area)
+        for name, key in MOTR_KNOBS.items():  # one place to set each: [tracker] keeps MOTRv2's names
+            if getattr(self.slots, name) != getattr(E2EConfig(), name):
+                raise ValueError(f"[tracker.slots] {name}: set [tracker] {key} instead")
+
+    def slot_config(self) -> E2EConfig:
+        """What the e2e and hybrid trackers run with: [tracker.slots] and the five MOTRv2 keys."""
+        return replace(self.slots, **{name: getattr(self, key) for name, key in MOTR_KNOBS.items()})
+
+    def unread(self, kind: str) -> list[str]:
+        """[tracker] keys set away from their defaults that the `kind` tracker does not read."""
+        default = TrackerConfig()
+        return [key for key, readers in READ_BY.items()
+                if kind not in readers and getattr(self, key) != getattr(default, key)]
 
 
 @dataclass(frozen=True)
@@ -214,10 +240,13 @@ def load_config(path: str | os.PathLike | None = None, overrides: Mapping[str, A
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    section, _, key = dotted.rpartition(".")
-    target = data.setdefault(section, {}) if section else data
-    if not isinstance(target, dict):
-        raise ValueError(f"config: [{section}] must be a table, got {type(target).__name__}")
+    """{"tracker.bytetrack.track_buffer": 60} -> data["tracker"]["bytetrack"]["track_buffer"] = 60."""
+    *tables, key = dotted.split(".")
+    target = data
+    for depth in range(len(tables)):
+        target = target.setdefault(tables[depth], {})
+        if not isinstance(target, dict):
+            raise ValueError(f"config: [{'.'.join(tables[:depth + 1])}] must be a table, got {type(target).__name__}")
     target[key] = value
 
 
@@ -246,19 +275,26 @@ def _convert(f: dataclasses.Field, value: Any, where: str) -> Any:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """The config as plain nested dicts (for manifests, stats and `--print-config`)."""
-    return dataclasses.asdict(cfg)
+    """The config as plain nested dicts (for manifests, stats and `--print-config`). [tracker.slots]
+    leaves out the five keys [tracker] sets (`MOTR_KNOBS`): what runs is `TrackerConfig.slot_config()`."""
+    d = dataclasses.asdict(cfg)
+    slots = d.get("tracker", {}).get("slots") if isinstance(cfg, RunConfig) else None
+    for name in MOTR_KNOBS if slots else ():
+        del slots[name]
+    return d
 
 
 def to_toml(cfg: RunConfig) -> str:
     """Render a config as TOML that `load_config` reads back to an equal config."""
-    top, sections = [], []
-    for name, value in to_dict(cfg).items():
-        if isinstance(value, dict):
-            sections.append(f"[{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in value.items()))
-        else:
-            top.append(f"{name} = {_toml_value(value)}\n")
-    return "".join(top) + "\n" + "\n".join(sections)
+    top = "".join(f"{k} = {_toml_value(v)}\n" for k, v in to_dict(cfg).items() if not isinstance(v, dict))
+    tables = [_toml_table(k, v) for k, v in to_dict(cfg).items() if isinstance(v, dict)]
+    return top + "\n" + "\n".join(tables)
+
+
+def _toml_table(name: str, values: dict[str, Any]) -> str:
+    """`[name]` with its scalar keys, then its sub-tables as `[name.sub]`."""
+    head = f"[{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items() if not isinstance(v, dict))
+    return "\n".join([head, *(_toml_table(f"{name}.{k}", v) for k, v in values.items() if isinstance(v, dict))])
 
 
 def _toml_value(v: Any) -> str:

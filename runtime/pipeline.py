@@ -271,14 +271,16 @@ def resolve_tracker(bundle: Bundle, kind: str) -> str:
 
 def make_tracker(kind: str, bundle: Bundle, cfg: RunConfig, opener, fps: float = 30.0):
     """The tracker for `kind`; e2e and hybrid run tracker.onnx, ByteTrack needs no network."""
+    unread = cfg.tracker.unread(kind)
+    if unread:
+        log.warning("[tracker] %s: not read by the %s tracker (%s)", ", ".join(unread), kind,
+                    "its thresholds are [tracker.bytetrack]'s" if kind == "bytetrack" else
+                    "it starts tracks at [tracker.slots] new_score and matches first above high_score")
     if kind == "bytetrack":
         from .bytetrack import ByteTrack
 
-        return ByteTrack(frame_rate=fps)
-    from .e2e import E2EConfig, E2ETracker, HybridTracker
+        return ByteTrack(cfg.tracker.bytetrack, frame_rate=fps)
+    from .e2e import E2ETracker, HybridTracker
 
-    t = cfg.tracker
-    e2e_cfg = E2EConfig(birth=t.birth_score, keep=t.keep_score, miss_tolerance=t.miss_tolerance,
-                        output_score=t.output_score, min_area=t.min_area)
     cls = E2ETracker if kind == "e2e" else HybridTracker
-    return cls(opener(bundle, "tracker.onnx"), e2e_cfg)
+    return cls(opener(bundle, "tracker.onnx"), cfg.tracker.slot_config())

@@ -40,7 +40,8 @@ def test_toml_then_overrides(tmp_path):
 
 
 def test_frozen_and_round_trip(tmp_path):
-    cfg = C.load_config(None, {"tracker.kind": "bytetrack", "source.fourcc": "MJPG"})
+    cfg = C.load_config(None, {"tracker.kind": "bytetrack", "source.fourcc": "MJPG", "tracker.bytetrack.track_buffer": 60,
+                               "tracker.slots.new_score": 0.7, "tracker.birth_score": 0.4})
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.max_frames = 3
     path = tmp_path / "back.toml"
@@ -67,6 +68,13 @@ BAD = [  # (overrides or toml text, words in the ValueError)
     ({"sinks.rotate_mb": float("inf")}, ["rotate_mb", "size in MB"]),
     ({"sinks.keep_files": -2}, ["keep_files", ">= 0"]),
     ({"semantics": 3}, ["semantics", "table"]),
+    ({"tracker.slots.birth": 0.3}, ["[tracker.slots] birth", "[tracker] birth_score"]),
+    ({"tracker.slots.new_score": float("nan")}, ["new_score", "[0, 1]"]),
+    ({"tracker.slots.max_predict_gap": -1}, ["max_predict_gap", ">= 0"]),
+    ({"tracker.slots.bogus": 1}, ["config.tracker.slots", "unknown key 'bogus'", "new_score"]),
+    ({"tracker.bytetrack.track_thresh": 1.5}, ["bytetrack track_thresh", "[0, 1]"]),
+    ({"tracker.bytetrack.track_buffer": 2.5}, ["tracker.bytetrack.track_buffer", "expected int"]),
+    ({"tracker.bytetrack": 3}, ["tracker.bytetrack", "table"]),
     ("[semantics\n", ["not valid TOML"]),
 ]
 
@@ -83,6 +91,18 @@ def test_bad_config_raises_naming_it(bad, words, tmp_path):
         assert word in str(e.value)
 
 
+def test_tracker_tables_reach_the_trackers(tmp_path):
+    (tmp_path / "t.toml").write_text("[tracker]\nbirth_score = 0.4\nmiss_tolerance = 30\n"
+                                     "[tracker.slots]\nnew_score = 0.7\n[tracker.bytetrack]\ntrack_thresh = 0.6\n")
+    t = C.load_config(tmp_path / "t.toml").tracker
+    slots = t.slot_config()  # what e2e and hybrid run with: [tracker.slots] and the five [tracker] keys
+    assert (slots.new_score, slots.birth, slots.miss_tolerance, slots.keep) == (0.7, 0.4, 30, 0.5)
+    assert t.bytetrack.track_thresh == 0.6 and t.bytetrack.track_buffer == 30
+    assert t.unread("hybrid") == ["birth_score"] and t.unread("e2e") == []
+    assert t.unread("bytetrack") == ["birth_score", "miss_tolerance"]
+    assert "birth" not in C.to_dict(C.RunConfig(tracker=t))["tracker"]["slots"]  # [tracker] holds it
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ValueError, match="no file"):
         C.load_config(tmp_path / "absent.toml")
@@ -92,8 +112,11 @@ def test_every_field_has_a_comment():
     import inspect
 
     source = inspect.getsource(C)
+    from vsdmot.runtime import bytetrack, e2e
+
+    source += inspect.getsource(bytetrack) + inspect.getsource(e2e)  # [tracker.bytetrack] and [tracker.slots]
     for cls in (C.SourceConfig, C.PipelineConfig, C.SemanticsConfig, C.TrackerConfig, C.SinksConfig,
-                C.ServiceConfig, C.RunConfig):
+                C.ServiceConfig, C.RunConfig, bytetrack.ByteTrackConfig, e2e.E2EConfig):
         for f in dataclasses.fields(cls):
             line = next(ln for ln in source.splitlines() if ln.strip().startswith(f"{f.name}:"))
             assert "  # " in line, f"{cls.__name__}.{f.name} has no comment"

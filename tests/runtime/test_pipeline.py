@@ -252,6 +252,18 @@ def test_network_trackers_run_on_real_frames(e2e_bundle, frames, kind, policy):
         assert counts["skipped"] == 6
 
 
+def test_tracker_tables_reach_the_built_tracker(bundle, e2e_bundle, caplog):
+    p = P.build_pipeline(bundle, cfg(**{"tracker.bytetrack.track_buffer": 60, "tracker.output_score": 0.7}), fps=15.0)
+    p.close()
+    assert p.tracker.config.track_buffer == 60 and p.tracker.max_time_lost == 30  # 60 steps at 30 fps, here 15
+    assert "[tracker] output_score: not read by the bytetrack tracker" in caplog.text
+    caplog.clear()
+    p = P.build_pipeline(e2e_bundle, cfg(**{"tracker.kind": "hybrid", "tracker.slots.new_score": 0.8,
+                                            "tracker.min_area": 50.0}), fps=7.0)
+    p.close()
+    assert (p.tracker.cfg.new_score, p.tracker.cfg.min_area) == (0.8, 50.0) and "not read" not in caplog.text
+
+
 def test_student_and_tracker_widths_must_agree(tmp_path, yolox_onnx):
     pytest.importorskip("vsdmot.models.tracker_head")
     from tinybundle import tiny_tracker_onnx
