@@ -36,7 +36,7 @@ class CacheStamp:
     """What a calibration cache is valid for."""
 
     tensorrt: str  # tensorrt.__version__
-    gpu: str  # CUDA device name
+    gpu: str  # the CUDA device (runtime.backends.cuda_device: name, compute capability, SMs, driver)
     model_sha256: str  # sha256 of the FP32 ONNX the engine is built from
     calib_id: str  # the calibration set's identity (its manifest sha256s), "" when unknown
 
@@ -111,13 +111,12 @@ def build_legacy_int8_engine(onnx_path: str | os.PathLike, feeds: Sequence[Mappi
                              workspace_mb: int = 1024) -> tuple[bytes, CacheStamp]:
     """(serialized implicit-INT8 engine, the stamp its calibration cache carries) from an FP32 ONNX
     (TensorRT 8.5-10.0), calibrated on `feeds`; a valid stamped `cache` is reused instead."""
-    import pycuda.autoinit  # noqa: F401
-    import pycuda.driver as cuda
     import tensorrt as trt
 
+    from vsdmot.runtime.backends import cuda_device
     from vsdmot.runtime.bundle import file_sha256
 
-    stamp = CacheStamp(trt.__version__, cuda.Device(0).name(), file_sha256(onnx_path), calib_id)
+    stamp = CacheStamp(trt.__version__, cuda_device(), file_sha256(onnx_path), calib_id)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))

@@ -57,7 +57,7 @@ def legacy_int8_engines(bundle_dir: str | os.PathLike, fp32_files: Mapping[str, 
     for name in int8_networks(bundle, fp32_files, feeds):
         cache = work / "legacy-int8" / f"{name}.calib"
         data, stamp = build(fp32_files[name], feeds[name], cache, feeds_id(feeds[name]))
-        key = EngineKey(file_sha256(bundle.file(f"{name}.onnx")), trt.__version__, stamp.gpu, "int8")
+        key = EngineKey(file_sha256(bundle.file(f"{name}.onnx")), trt.__version__, stamp.gpu, "int8")  # gpu: cuda_device(), as the run keys it
         folder = engine_dir(cache_root or default_engine_cache(), f"{name}.onnx", key)
         with waiting_lock(folder.with_name(folder.name + ".lock"), f"storing the legacy engine for {name}"):
             out[name] = str(store_engine(folder, key, data))  # not while a run builds or reads this engine

@@ -58,7 +58,8 @@ def compile_programs(out: str | os.PathLike, nets: Mapping[str, TorchNet],
     bundle = load_bundle(out)
     precision = program_precision(bundle.precision)
     versions = f"torch_tensorrt {torch_tensorrt.__version__}, tensorrt {tensorrt.__version__}"
-    gpu = torch.cuda.get_device_name(0)
+    props = torch.cuda.get_device_properties(0)  # the model, not just its name (every Orin is "Orin")
+    gpu = f"{props.name} (sm_{props.major}{props.minor}, {props.multi_processor_count} SMs, CUDA {torch.version.cuda})"
     root = Path(cache_root or default_engine_cache()) / "torch-tensorrt"
     programs = {}
     for name, net in nets.items():

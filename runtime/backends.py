@@ -151,7 +151,7 @@ class EngineKey:
 
     onnx_sha256: str
     tensorrt: str  # tensorrt.__version__
-    gpu: str  # CUDA device name, e.g. "Orin"
+    gpu: str  # the CUDA device, `_CudaRuntime.device()`: "Orin (sm_87, 8 SMs, driver 12020)"
     precision: str  # fp32 | fp16 | int8
 
     def digest(self) -> str:
@@ -199,6 +199,14 @@ def store_engine(folder: str | os.PathLike, key: EngineKey, data: bytes) -> Path
     return folder / "engine.plan"
 
 
+def discard_engine(folder: str | os.PathLike) -> None:
+    """Remove a cached engine (its stamp first, so no reader takes the plan for valid meanwhile)."""
+    folder = Path(folder)
+    with waiting_lock(folder.with_name(folder.name + ".lock"), "discarding an engine"):
+        for name in ("stamp.json", "engine.plan"):
+            (folder / name).unlink(missing_ok=True)
+
+
 def cached_or_built(folder: str | os.PathLike, key: EngineKey, build: Callable[[], bytes], what: str) -> bytes:
     """The engine cached in `folder` for `key`, else `build()` stored there. The check and the build
     run under a lock on the folder: of two processes that start together (two camera services at
@@ -232,25 +240,22 @@ def _import_tensorrt():
 
 
 class _CudaRuntime:
-    """Device memory and one stream through cuda-python (cudart) or pycuda, whichever imports."""
+    """Device memory and one stream through cuda-python (cudart) or pycuda, whichever imports.
+    `stream=False`: only to read the device (`device()`), nothing to release."""
 
-    def __init__(self):
-        self._cudart = self._pycuda = None
+    def __init__(self, stream: bool = True):
+        self._cudart = self._pycuda = self.stream = None
         try:
             try:
                 from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
             except ImportError:
                 from cuda import cudart  # older cuda-python
-            self._cudart = cudart
-            self.stream = self._check(cudart.cudaStreamCreate())
         except ImportError:
-            try:
-                import pycuda.autoinit  # noqa: F401  (creates the context on device 0)
-                import pycuda.driver as drv
-            except ImportError as e:
-                raise DeviceError(f"TensorRT needs cuda-python or pycuda for its buffers: {e}") from None
-            self._pycuda = drv
-            self.stream = drv.Stream()
+            self._pycuda = _import_pycuda()
+            self.stream = self._pycuda.Stream() if stream else None
+            return
+        self._cudart = cudart
+        self.stream = self._check(cudart.cudaStreamCreate()) if stream else None
 
     def _check(self, result):
         err, *rest = result if isinstance(result, tuple) else (result,)
@@ -258,12 +263,20 @@ class _CudaRuntime:
             raise DeviceError(f"CUDA error {err}")
         return rest[0] if len(rest) == 1 else rest
 
-    def gpu_name(self) -> str:
+    def device(self) -> str:
+        """What an engine is specific to, e.g. "Orin (sm_87, 8 SMs, driver 12020)": every Orin module
+        reports the name "Orin", and a JetPack update changes the driver under the same TensorRT.
+        The same text through either binding, so engines built under one load under the other."""
         if self._pycuda:
-            return self._pycuda.Device(0).name()
-        props = self._check(self._cudart.cudaGetDeviceProperties(0))
-        name = props.name
-        return (name.decode() if isinstance(name, bytes) else str(name)).rstrip("\x00")
+            dev, attr = self._pycuda.Device(0), self._pycuda.device_attribute
+            name, (major, minor) = dev.name(), dev.compute_capability()
+            sms, driver = dev.get_attribute(attr.MULTIPROCESSOR_COUNT), self._pycuda.get_driver_version()
+        else:
+            props = self._check(self._cudart.cudaGetDeviceProperties(0))
+            name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+            major, minor, sms = props.major, props.minor, props.multiProcessorCount
+            driver = self._check(self._cudart.cudaDriverGetVersion())
+        return f"{name.rstrip(chr(0))} (sm_{major}{minor}, {sms} SMs, driver {int(driver)})"
 
     def alloc(self, nbytes: int) -> int:
         if self._pycuda:
@@ -297,9 +310,32 @@ class _CudaRuntime:
 
     def free(self, dptr: int) -> None:
         if self._cudart:
-            self._cudart.cudaFree(dptr)
+            err = self._cudart.cudaFree(dptr)[0]
+            if int(err) != 0:
+                log.warning("CUDA: freeing a TensorRT buffer failed (%s)", err)
         else:
             self._keep = []  # pycuda frees DeviceAllocations when released
+
+    def close(self) -> None:
+        """Release the stream (buffers go through `free`)."""
+        if self._cudart and self.stream is not None:
+            self._cudart.cudaStreamDestroy(self.stream)
+        self.stream = None  # pycuda's Stream is destroyed when released
+
+
+def _import_pycuda():
+    """pycuda.driver with a context on device 0. pycuda's own errors (cuInit failing for a user
+    without access to the GPU's device nodes) do not derive from RuntimeError: each is a
+    DeviceError here, so `--backend auto` falls back to onnxruntime instead of crashing."""
+    try:
+        import pycuda.autoinit  # noqa: F401  (creates the context on device 0)
+        import pycuda.driver as drv
+    except ImportError as e:
+        raise DeviceError(f"TensorRT needs cuda-python or pycuda for its buffers: {e}") from None
+    except Exception as e:  # noqa: BLE001  pycuda._driver.Error and its subclasses
+        raise DeviceError(f"CUDA did not start (pycuda: {type(e).__name__}: {e}); is this user in the "
+                          f"video/render groups?") from None
+    return drv
 
 
 def strongly_typed(trt) -> bool:
@@ -362,17 +398,31 @@ class TensorRTBackend:
                  cache_dir: str | os.PathLike | None = None, workspace_mb: int = 1024):
         trt = _import_tensorrt()
         self._trt, self.path, self._cuda = trt, Path(onnx_path), _CudaRuntime()
-        precision = typed_precision(trt, precision)
-        self.key = EngineKey(file_sha256(self.path), trt.__version__, self._cuda.gpu_name(), precision)
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        folder = engine_dir(cache_dir or default_engine_cache(), self.path, self.key)
-        data = cached_or_built(folder, self.key, lambda: self._build(workspace_mb), self.path.name)
-        self._runtime = trt.Runtime(self._logger)  # must outlive the engine
-        self._engine = self._runtime.deserialize_cuda_engine(data)
-        if self._engine is None:
-            raise DeviceError(f"TensorRT could not deserialise the engine for {self.path.name}")
-        self._context = self._engine.create_execution_context()
-        self._bind_buffers()
+        try:  # a failure part way releases the stream and the buffers already allocated
+            precision = typed_precision(trt, precision)
+            self.key = EngineKey(file_sha256(self.path), trt.__version__, self._cuda.device(), precision)
+            self._logger = trt.Logger(trt.Logger.WARNING)
+            self._runtime = trt.Runtime(self._logger)  # must outlive the engine
+            self._engine = self._load_engine(engine_dir(cache_dir or default_engine_cache(), self.path, self.key),
+                                             workspace_mb)
+            self._context = self._engine.create_execution_context()
+            self._bind_buffers()
+        except BaseException:
+            self.close()
+            raise
+
+    def _load_engine(self, folder: Path, workspace_mb: int):
+        """The cached engine, else a new one; a cached plan this TensorRT cannot deserialise (a cache
+        copied from another board, a driver update) is discarded and built once more."""
+        build = lambda: self._build(workspace_mb)  # noqa: E731
+        engine = self._runtime.deserialize_cuda_engine(cached_or_built(folder, self.key, build, self.path.name))
+        if engine is None:
+            log.warning("TensorRT could not deserialise the cached engine for %s; rebuilding it", self.path.name)
+            discard_engine(folder)
+            engine = self._runtime.deserialize_cuda_engine(cached_or_built(folder, self.key, build, self.path.name))
+        if engine is None:
+            raise DeviceError(f"TensorRT could not deserialise the engine it built for {self.path.name}")
+        return engine
 
     def _build(self, workspace_mb: int) -> bytes:
         trt = self._trt
@@ -439,18 +489,28 @@ class TensorRTBackend:
         return {name: self._host[name].copy() for name in self.outputs}
 
     def close(self) -> None:
+        """Buffers, then context, engine and runtime (in that order), then the stream. Idempotent."""
         for ptr in getattr(self, "_dev", {}).values():
             self._cuda.free(ptr)
         self._dev, self._context, self._engine, self._runtime = {}, None, None, None
+        self._cuda.close()
+
+
+def cuda_device() -> str:
+    """The CUDA device engines and calibration caches are keyed by (`_CudaRuntime.device`)."""
+    return _CudaRuntime(stream=False).device()
 
 
 def tensorrt_status() -> tuple[bool, str]:
-    """(usable, reason): TensorRT with a Builder imports and CUDA sees a GPU."""
+    """(usable, reason): TensorRT with a Builder imports and CUDA sees a GPU. Any failure means
+    unusable, so `--backend auto` falls back to onnxruntime."""
     try:
         trt = _import_tensorrt()
-        name = _CudaRuntime().gpu_name()
-    except (DeviceError, OSError, RuntimeError) as e:
+        name = cuda_device()
+    except DeviceError as e:
         return False, str(e)
+    except Exception as e:  # noqa: BLE001  a binding's own error types (pycuda's are not RuntimeError)
+        return False, f"CUDA: {type(e).__name__}: {e}"
     return True, f"TensorRT {trt.__version__} on {name}"
 
 

@@ -94,13 +94,17 @@ def _stand_ins(monkeypatch, built: dict) -> None:
         NetworkDefinitionCreationFlag=types.SimpleNamespace(EXPLICIT_BATCH=0),
         MemoryPoolType=types.SimpleNamespace(WORKSPACE=0), BuilderFlag=types.SimpleNamespace(INT8="INT8", FP16="FP16"))
     trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity: None})
+    device = types.SimpleNamespace(name=lambda: "Orin", compute_capability=lambda: (8, 7), get_attribute=lambda a: 8)
     driver = types.SimpleNamespace(mem_alloc=lambda nbytes: 4096, memcpy_htod=lambda dst, src: None,
-                                   Device=lambda i: types.SimpleNamespace(name=lambda: "Orin"))
+                                   Device=lambda i: device, get_driver_version=lambda: 12020,
+                                   device_attribute=types.SimpleNamespace(MULTIPROCESSOR_COUNT=16))
     pycuda = types.ModuleType("pycuda")
     pycuda.driver = driver
     for name, module in {"tensorrt": trt, "pycuda": pycuda, "pycuda.autoinit": types.ModuleType("pycuda.autoinit"),
                          "pycuda.driver": driver}.items():
         monkeypatch.setitem(sys.modules, name, module)
+    for name in ("cuda", "cuda.bindings", "cudart"):  # pycuda, as on JetPack: the legacy calibrator's binding
+        monkeypatch.setitem(sys.modules, name, None)
 
 
 def test_legacy_engine_is_int8_with_fp16_fallback_and_stamps_its_cache(tmp_path, monkeypatch):
@@ -116,7 +120,7 @@ def test_legacy_engine_is_int8_with_fp16_fallback_and_stamps_its_cache(tmp_path,
     plan, stamp = build_legacy_int8_engine(onnx, feeds, cache, calib_id="calib-1")
     assert plan == b"PLAN" and built["flags"] == {"INT8", "FP16"} and built["batches"] == 3
     assert built["network_flags"] == 1  # EXPLICIT_BATCH: TensorRT 8.5 parses ONNX only into explicit-batch networks
-    assert (stamp.tensorrt, stamp.gpu, stamp.calib_id) == ("8.5.2.2", "Orin", "calib-1")
+    assert (stamp.tensorrt, stamp.gpu, stamp.calib_id) == ("8.5.2.2", "Orin (sm_87, 8 SMs, driver 12020)", "calib-1")
     assert check_cache(cache, stamp) == b"calibration-table"
     build_legacy_int8_engine(onnx, feeds, cache, calib_id="calib-1")
     assert built["batches"] == 0  # the stamped cache was read back

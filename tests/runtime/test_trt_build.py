@@ -6,6 +6,7 @@ flags (strong typing only): FP16 then comes from rewriting the ONNX with ModelOp
 
 from __future__ import annotations
 
+import sys
 import types
 from enum import Enum
 from pathlib import Path
@@ -162,3 +163,126 @@ def test_strongly_typed_without_autocast_keys_fp32(monkeypatch, caplog):
     assert [B.typed_precision(weak, p) for p in ("fp32", "fp16", "int8")] == ["fp32", "fp16", "int8"]
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 2 and all("nvidia-modelopt" in m and "fp32 engines" in m for m in warned)
+
+
+# ---- CUDA resources and failure paths, against stand-ins of cuda-python and pycuda --------------
+
+DEVICE = "Orin (sm_87, 8 SMs, driver 12020)"
+
+
+@pytest.fixture
+def cudart(monkeypatch):
+    """cuda-python's runtime as far as _CudaRuntime uses it; returns the list of streams destroyed
+    and buffers freed."""
+    released: list = []
+    rt = types.SimpleNamespace(
+        cudaStreamCreate=lambda: (0, 7), cudaStreamDestroy=lambda s: released.append(("stream", s)) or (0,),
+        cudaGetDeviceProperties=lambda i: (0, types.SimpleNamespace(name=b"Orin\0", major=8, minor=7,
+                                                                      multiProcessorCount=8)),
+        cudaDriverGetVersion=lambda: (0, 12020), cudaMalloc=lambda n: (0, 4096),
+        cudaFree=lambda p: released.append(("buffer", p)) or (0,))
+    cuda, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
+    cuda.bindings, bindings.runtime = bindings, rt
+    for name, module in {"cuda": cuda, "cuda.bindings": bindings, "cuda.bindings.runtime": rt}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return released
+
+
+def _pycuda_package(root: Path, autoinit: str = "") -> Path:
+    """An importable `pycuda` under `root`: driver as far as device() reads it; `autoinit` its body."""
+    (root / "pycuda").mkdir(parents=True)
+    (root / "pycuda" / "__init__.py").write_text("class Error(Exception):\n    pass\n")  # as pycuda's: not RuntimeError
+    (root / "pycuda" / "autoinit.py").write_text(autoinit)
+    (root / "pycuda" / "driver.py").write_text(
+        "import types\n"
+        "device_attribute = types.SimpleNamespace(MULTIPROCESSOR_COUNT=16)\n"
+        "class Device:\n"
+        "    def __init__(self, i): pass\n"
+        "    def name(self): return 'Orin'\n"
+        "    def compute_capability(self): return (8, 7)\n"
+        "    def get_attribute(self, a): return 8 if a == 16 else None\n"
+        "def get_driver_version(): return 12020\n")
+    return root
+
+
+def _without_cuda_python(monkeypatch) -> None:
+    for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cudart"):
+        monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules: that import raises ImportError
+    for name in ("pycuda", "pycuda.autoinit", "pycuda.driver"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+
+def test_both_cuda_bindings_name_the_device_alike(cudart, tmp_path, monkeypatch):
+    """Engines are keyed by this text; the legacy calibrator reaches it through pycuda and a run may
+    have cuda-python, so they must agree (or the legacy engine is never found)."""
+    assert B.cuda_device() == DEVICE
+    _without_cuda_python(monkeypatch)
+    monkeypatch.syspath_prepend(str(_pycuda_package(tmp_path)))
+    assert B.cuda_device() == DEVICE and cudart == []  # reading the device created no stream
+
+
+def test_a_pycuda_init_failure_falls_back_to_onnxruntime(tmp_path, monkeypatch):
+    """pycuda's errors are not RuntimeError: cuInit failing (a service user without the GPU's device
+    nodes) crashed `--backend auto` instead of falling back."""
+    _without_cuda_python(monkeypatch)
+    monkeypatch.syspath_prepend(str(_pycuda_package(tmp_path, "from pycuda import Error\n"
+                                                              "raise Error('cuInit failed: unknown error')\n")))
+    trt, _ = fake_trt(FLOAT)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    usable, reason = B.tensorrt_status()
+    assert not usable and "CUDA did not start" in reason and "cuInit failed" in reason
+
+
+class _Engine:
+    num_io_tensors = 0
+
+    def create_execution_context(self):
+        return object()
+
+
+def _runtime_reading(plans: dict):
+    """A trt.Runtime whose deserialize_cuda_engine gives an engine only for the plans marked True."""
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            plans.setdefault("read", []).append(bytes(data))
+            return _Engine() if plans.get(bytes(data)) else None
+    return Runtime
+
+
+def _trt_with_runtime(plans: dict):
+    trt, built = fake_trt(FLOAT)
+    trt.Runtime = _runtime_reading(plans)
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity: None})
+    return trt, built
+
+
+def test_a_cached_plan_tensorrt_cannot_read_is_rebuilt_once(cudart, tmp_path, monkeypatch):
+    """A cache copied from another board (or a driver update) holds a plan this TensorRT returns None
+    for: it is discarded and built again, instead of every start failing until someone deletes it."""
+    onnx = tmp_path / "detector.onnx"
+    onnx.write_bytes(b"onnx")
+    plans = {b"PLAN": True}
+    trt, built = _trt_with_runtime(plans)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    key = B.EngineKey(B.file_sha256(onnx), trt.__version__, DEVICE, "fp32")
+    B.store_engine(B.engine_dir(tmp_path / "cache", onnx, key), key, b"FOREIGN")
+    be = B.TensorRTBackend(onnx, "fp32", cache_dir=tmp_path / "cache")
+    assert plans["read"] == [b"FOREIGN", b"PLAN"] and be.key == key
+    assert B.load_cached_engine(B.engine_dir(tmp_path / "cache", onnx, key), key) == b"PLAN"
+    be.close()
+    assert cudart == [("stream", 7)]
+
+
+def test_a_failed_start_releases_the_stream(cudart, tmp_path, monkeypatch):
+    onnx = tmp_path / "detector.onnx"
+    onnx.write_bytes(b"onnx")
+    plans: dict = {}  # nothing deserialises, not even a fresh build
+    trt, _ = _trt_with_runtime(plans)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    with pytest.raises(B.DeviceError, match="could not deserialise the engine it built"):
+        B.TensorRTBackend(onnx, "fp32", cache_dir=tmp_path)
+    assert plans["read"] == [b"PLAN", b"PLAN"]  # built, discarded, built once more, then given up
+    assert cudart == [("stream", 7)]
