@@ -66,6 +66,8 @@ class ExportConfig:
     target: str = "onnx"  # onnx (ORT + TensorRT from Q/DQ) | tensorrt (on the device: legacy-calibrated INT8 engines
     # on TensorRT < 10.1, then every engine prebuilt) | torch-tensorrt (the torch networks compiled by Torch-TensorRT
     # on the device after publishing, cached beside the engines: export/torch_trt.py)
+    engine_cache: str = ""  # where --target tensorrt / torch-tensorrt cache what they build ("" = the runtime's
+    # default_engine_cache(); a service reads its config's [pipeline] engine_cache, /var/cache/vsdmot/engines)
     calib: tuple[str, ...] = ()  # calibration sources; () = sources.default_calib_sources()
     work_dir: str = ""  # intermediates; "" = default_work_dir(out)
     recover: RecoverConfig = RecoverConfig()  # distillation after pruning; max_seconds: total CPU s, shared by MACs
@@ -107,6 +109,10 @@ class ExportConfig:
             raise ValueError(f"int8_min_cosine: expected a cosine in [0, 1], got {self.int8_min_cosine!r}")
         if self.prune is not None and not 0 <= self.prune < 0.95:
             raise ValueError(f"--prune: expected a ratio in [0, 0.95), got {self.prune!r}")
+        if self.engine_cache and self.target == "onnx":
+            raise ValueError("--engine-cache: only --target tensorrt or torch-tensorrt build anything to cache; "
+                             "with --target onnx the run builds its engines into its own [pipeline] engine_cache")
+        object.__setattr__(self, "engine_cache", os.path.expanduser(self.engine_cache))  # frozen: set while building
 
     @property
     def ratio(self) -> float:
@@ -184,8 +190,9 @@ def _export(cfg: ExportConfig, out: Path, work: Path, checkpoint, sources: Sourc
         stage, verdict = gated(sources, files, cfg, out, work, calib, reference, eval_fn)
     report.timed("accuracy gate", t0)
     if cfg.target == "tensorrt" and cfg.precision == "int8" and (verdict["passed"] or cfg.gate.force):
-        legacy_int8_engines(stage, fp32_files, feeds, work)  # TensorRT < 10.1; before publishing: a failure
-        # leaves --out as it was (engines are keyed by the ONNX files' sha256, unchanged by publishing)
+        # TensorRT < 10.1; before publishing: a failure leaves --out as it was (engines are keyed by the
+        # ONNX files' sha256, unchanged by publishing)
+        legacy_int8_engines(stage, fp32_files, feeds, work, cfg.engine_cache or None)
     return with_programs(finish(stage, out, summarize(verdict), verdict, report, cfg, work), cfg, nets)
 
 
@@ -196,7 +203,7 @@ def with_programs(published: Path, cfg: ExportConfig, nets: Mapping[str, TorchNe
     if cfg.target == "torch-tensorrt":
         from .torch_trt import compile_programs
 
-        compile_programs(published, nets)
+        compile_programs(published, nets, cfg.engine_cache or None)
     return published
 
 

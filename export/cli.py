@@ -73,6 +73,9 @@ def _bundle_arguments(g) -> None:
                    "INT8 ones with the legacy entropy calibrator over the same calibration feeds), torch-tensorrt "
                    "(on a device with it: also compiles each torch network with Torch-TensorRT for PyTorch "
                    "applications, cached beside the engines; FP16, or FP32 for --fp32)")
+    g.add_argument("--engine-cache", default="", metavar="DIR", help="with --target tensorrt or torch-tensorrt: "
+                   "cache what is built here, for the runs that read it (a service: /var/cache/vsdmot/engines; "
+                   "default: $VSDMOT_ENGINE_CACHE, else ~/.cache/vsdmot/engines, as vsdmot-edge run)")
     g.add_argument("--input-size", type=input_size, default=None, metavar="WxH",
                    help="detector input, multiples of 32 (default: as trained, 416x416). Match the camera's "
                    "aspect to skip padding rows: 416x320 for 4:3, 416x256 for 16:9 (docs/export.md 'Input size')")
@@ -151,7 +154,7 @@ def config_from_args(args: argparse.Namespace):
                                         max_case_drop=args.max_case_drop,
                                         control=args.gate_control),
                         progress=not args.no_progress, calib_quality=args.calib_quality,
-                        input_size=args.input_size)
+                        input_size=args.input_size, engine_cache=args.engine_cache)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -167,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     with terminate_as_exit():
         out = export(cfg, args.out, args.checkpoint)
     if cfg.target == "tensorrt":
-        prebuild_engines(out)
+        prebuild_engines(out, cfg.engine_cache or None)
     nets = describe_precisions(bundle_precisions(out))
     log.warning("bundle written: %s (%s: %s; prune %.2f)", out, cfg.precision, nets, cfg.ratio)
     print(out)
@@ -268,22 +271,22 @@ def check_tensorrt() -> None:
                           f"--target onnx and let `vsdmot-edge run --backend tensorrt` build them on the device") from None
 
 
-def prebuild_engines(out: Path) -> None:
+def prebuild_engines(out: Path, cache_dir: str | None = None) -> None:
     """Build and cache each network's engine now (runtime.backends keys the cache by ONNX sha256,
     TensorRT version, GPU and precision), so the first `vsdmot-edge run --precision P` starts at full
     speed. Each network is built at what a run with --precision auto asks for it: INT8 for a Q/DQ
     file, FP16 for any other (an --int8 bundle whose gate kept the detector FP32 has both)."""
-    from vsdmot.runtime.backends import TensorRTBackend, engine_precision
+    from vsdmot.runtime.backends import TensorRTBackend, default_engine_cache, engine_precision
     from vsdmot.runtime.bundle import load_bundle
 
-    bundle = load_bundle(out)
+    bundle, cache = load_bundle(out), cache_dir or default_engine_cache()
     for name in bundle.names:
         if name.endswith(".onnx"):
             precision = engine_precision(bundle.entry(name).get("precision") or bundle.precision)  # as runs key it
-            backend = TensorRTBackend(bundle.file(name), precision=precision)
+            backend = TensorRTBackend(bundle.file(name), precision=precision, cache_dir=cache)
             backend.close()  # built: key.precision is what TensorRT could give (runtime.backends.typed_precision)
-            log.warning("TensorRT %s engine for %s built and cached (vsdmot-edge run --backend tensorrt, "
-                        "--precision auto or %s)", backend.key.precision, name, precision)
+            log.warning("TensorRT %s engine for %s built and cached in %s (vsdmot-edge run --backend tensorrt, "
+                        "--precision auto or %s, with that engine cache)", backend.key.precision, name, cache, precision)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

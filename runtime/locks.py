@@ -38,13 +38,24 @@ def waiting_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
     that this one waits for `what`, then wait for it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    with _open_lock_file(path) as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             log.info("another process holds %s (%s); waiting for it", path, what)
             fcntl.flock(f, fcntl.LOCK_EX)
         yield  # released when f closes
+
+
+def _open_lock_file(path: Path):
+    """The lock file, read-only when another user made it: flock needs no write access, and a
+    service reads an engine cache that root filled (`vsdmot-export --target tensorrt`)."""
+    try:
+        return open(path, "a+")
+    except PermissionError:
+        if not path.exists():
+            raise
+        return open(path)
 
 
 def claim(path: str | os.PathLike) -> int:

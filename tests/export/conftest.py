@@ -92,14 +92,14 @@ def tiny_export(det_net, real_frames, tmp_path):
     from vsdmot.export.accuracy_gate import GateConfig
     from vsdmot.export.chain import ExportConfig, Sources, export
 
-    def run(target: str = "onnx"):
+    def run(target: str = "onnx", **cfg_kw):
         (tmp_path / "quality.json").write_text(json.dumps({"features": ["brightness"], "mean": [0.5], "std": [0.2],
                                                            "layers": [{"W": [[1.0]], "b": [0.0]}]}))
         feeds = DetectorFeeds(ImageList(real_frames), 64)
         feeds.key = "pets-24"
         sources = Sources({"detector": det_net}, {"quality.json": tmp_path / "quality.json"}, {}, {"detector": feeds})
         cfg = ExportConfig(work_dir=str(tmp_path / "work"), progress=False, target=target,
-                           gate=GateConfig(sequences=("S1",), conditions=("clean",)))
+                           gate=GateConfig(sequences=("S1",), conditions=("clean",)), **cfg_kw)
         flat = dict.fromkeys(("HOTA", "DetA", "AssA", "MOTA", "IDF1"), 0.5)
         return export(cfg, tmp_path / "int8", sources=sources, eval_fn=lambda b, s, c: flat), sources
 

@@ -308,7 +308,8 @@ def test_networks_kept_fp32_get_no_calibration_feeds(sources, tmp_path, monkeypa
 
 @pytest.mark.parametrize("kw, match", [({"calib_quality": "gates"}, "--calib-quality"),
                                        ({"int8_min_cosine": float("nan")}, "int8_min_cosine"),
-                                       ({"prune": float("nan")}, "--prune"), ({"prune": 0.95}, "--prune")])
+                                       ({"prune": float("nan")}, "--prune"), ({"prune": 0.95}, "--prune"),
+                                       ({"engine_cache": "/var/cache/vsdmot/engines"}, "--engine-cache: only")])
 def test_export_config_refuses_what_would_fail_or_mislead_later(kw, match):
     """A --calib-quality typo behaved as 'gate'; NaN ratios passed every `<` check."""
     with pytest.raises(ValueError, match=match):

@@ -224,13 +224,15 @@ def test_prebuilt_engines_have_the_key_the_run_looks_up(bundle_precision, files,
     fake = bundle.Bundle(tmp_path, manifest)
     built, opened = [], []
     monkeypatch.setattr(bundle, "load_bundle", lambda path: fake)
+    cache = "/var/cache/vsdmot/engines"  # vsdmot-export --engine-cache, and the service's [pipeline] engine_cache
     monkeypatch.setattr(backends, "TensorRTBackend",
-                        lambda path, precision: built.append((path.name, precision)) or SimpleNamespace(
-                            close=lambda: None, key=SimpleNamespace(precision=precision)))
-    cli.prebuild_engines(tmp_path)
-    assert sorted(built) == sorted(engines.items())
-    monkeypatch.setattr(pipeline, "open_backend", lambda kind, path, precision, **kw: opened.append((path.name, precision)))
-    open_one = pipeline._opener(load_config(None, {"pipeline.backend": "tensorrt"}), [])
+                        lambda path, precision, cache_dir: built.append((path.name, precision, cache_dir)) or
+                        SimpleNamespace(close=lambda: None, key=SimpleNamespace(precision=precision)))
+    cli.prebuild_engines(tmp_path, cache)
+    assert sorted(built) == sorted((n, p, cache) for n, p in engines.items())
+    monkeypatch.setattr(pipeline, "open_backend", lambda kind, path, precision, cache_dir, **kw:
+                        opened.append((path.name, precision, cache_dir)))
+    open_one = pipeline._opener(load_config(None, {"pipeline.backend": "tensorrt", "pipeline.engine_cache": cache}), [])
     for name in files:
         open_one(fake, name)
     assert sorted(opened) == sorted(built)  # the run looks up what was built

@@ -67,7 +67,7 @@ def test_the_chain_calibrates_legacy_engines_for_target_tensorrt_only(tiny_expor
     from vsdmot.export import chain
 
     seen = []
-    monkeypatch.setattr(chain, "legacy_int8_engines", lambda *a: seen.append(a) or {})
+    monkeypatch.setattr(chain, "legacy_int8_engines", lambda *a: seen.append(a[:4]) or {})
     out, sources = tiny_export(target)
     assert bool(seen) is called
     if called:
@@ -115,10 +115,10 @@ def test_through_the_chain_the_engine_is_found_for_the_published_file(tiny_expor
     from vsdmot.calibration import trt_calibrator
 
     fake_tensorrt(monkeypatch, "8.5.2.2")
-    monkeypatch.setenv("VSDMOT_ENGINE_CACHE", str(tmp_path / "engines"))
+    monkeypatch.setenv("VSDMOT_ENGINE_CACHE", str(tmp_path / "mine"))  # the exporting user's: --engine-cache wins
     monkeypatch.setattr(trt_calibrator, "build_legacy_int8_engine",
                         lambda onnx, feeds, cache, calib_id: (b"legacy", CacheStamp("8.5.2.2", "Orin", "x", calib_id)))
-    out, _ = tiny_export("tensorrt")
+    out, _ = tiny_export("tensorrt", engine_cache=str(tmp_path / "engines"))  # the service's cache
     f = load_bundle(out).file("detector.onnx")
     key = EngineKey(file_sha256(f), "8.5.2.2", "Orin", "int8")
     assert load_cached_engine(engine_dir(tmp_path / "engines", f, key), key) == b"legacy"

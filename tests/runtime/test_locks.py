@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +89,31 @@ def test_waiting_lock_serialises_processes(tmp_path):
         p.join(30)
     events = [line.split()[0] for line in log.read_text().splitlines()]
     assert events == ["in", "out", "in", "out"]  # never both inside
+
+
+def _lock_as(uid, path, result):
+    os.setgid(uid)
+    os.setuid(uid)
+    try:
+        with locks.waiting_lock(path, "reading the engine"):
+            result.put("locked")
+    except OSError as e:
+        result.put(f"{type(e).__name__}: {e}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to make a lock file another user cannot write")
+def test_a_lock_file_another_user_made_is_locked_read_only():
+    """A service user (here: nobody) takes the lock of an engine cache root filled (vsdmot-export
+    --target tensorrt): the file is 0644 root's, and opening it for writing was a PermissionError."""
+    folder = Path(tempfile.mkdtemp(prefix="vsdmot-locks-"))  # 0700 pytest folders would hide it from nobody
+    try:
+        os.chmod(folder, 0o755)
+        with locks.waiting_lock(folder / "detector.lock", "building"):
+            pass  # root made it, 0644
+        result = CTX.Queue()
+        p = CTX.Process(target=_lock_as, args=(65534, folder / "detector.lock", result))
+        p.start()
+        p.join(30)
+        assert result.get(timeout=5) == "locked"
+    finally:
+        shutil.rmtree(folder)
