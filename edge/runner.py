@@ -51,6 +51,7 @@ class RunSummary:
     source_stats: Any = None  # the source's own counters (drops, reconnects, stalls) where it has them
     error: str = ""  # what stopped the run when stopped_by == "error"
     pipeline_ms: float | None = None  # mean per-frame pipeline time over the whole run (the `total` stage)
+    overlap: bool = False  # perceive and track ran side by side: pipeline_ms is work, not the time between frames
 
 
 class _Latencies:
@@ -115,6 +116,8 @@ def pipeline_note(summary: RunSummary) -> str:
     the wall-clock FPS, which also counts decoding, the sinks and waiting on a live source."""
     if not summary.pipeline_ms:
         return ""
+    if summary.overlap:  # the two halves run at once: their sum is CPU work, not the frame interval
+        return f" (pipeline {summary.pipeline_ms:.1f} ms of stages a frame, overlapped)"
     return f" (pipeline {summary.pipeline_ms:.1f} ms a frame: capacity {1000.0 / summary.pipeline_ms:.1f} FPS)"
 
 
@@ -184,7 +187,8 @@ def run_loop(source: Iterable[Frame], pipeline, sinks: Sequence, hooks: Sequence
             steps.close()  # overlap: waits for the frame being perceived, so no network runs past this
         summary = RunSummary(frames, seconds, frames / seconds if seconds > 0 else 0.0,
                              pipeline.semantics.counts.as_dict(), lat.summary(), stopped_by,
-                             source_stats(source), error, lat.total_ms / lat.n if lat.n and lat.total_ms else None)
+                             source_stats(source), error, lat.total_ms / lat.n if lat.n and lat.total_ms else None,
+                             overlap)
         _close_all(sinks)
         _stop_hooks(started, summary)
     log.info("run: %d frames in %.1f s (%.1f FPS), stopped by %s%s", frames, seconds, summary.fps, stopped_by,

@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _install(args: argparse.Namespace) -> int:
     cfg = unit_config(args)
-    if not Path(cfg.exec_path).is_file():
+    if not args.root and not Path(cfg.exec_path).is_file():  # --root stages a package: --exec is the target's path
         raise ValueError(f"--exec {cfg.exec_path}: no such executable (install vsdmot into a venv first)")
     live = not args.root and not args.dry_run
     if live and not systemd_running():

@@ -53,11 +53,14 @@ class UnitConfig:
             path = getattr(self, what)
             if not path.startswith("/") or any(c.isspace() for c in path):
                 raise ValueError(f"unit {what}: expected an absolute path without spaces, got {path!r}")
-        paths = (self.exec_path + "/", self.config_path + "/")
-        hidden = [d for d in HIDDEN_DIRS if any(p.startswith(d + "/") for p in paths)]
-        if hidden:
-            raise ValueError(f"unit: {self.exec_path} / {self.config_path} is under {hidden[0]}, which the service cannot "
-                             "see (ProtectHome=yes, PrivateTmp=yes): install the venv under /opt, e.g. /opt/vsdmot/venv")
+        for what in ("exec_path", "config_path"):
+            hidden = [d for d in HIDDEN_DIRS if (getattr(self, what) + "/").startswith(d + "/")]
+            if hidden:
+                flag = "--exec" if what == "exec_path" else "--config"
+                raise ValueError(f"unit: {flag} {getattr(self, what)} is under {hidden[0]}, which the service cannot "
+                                 "see (ProtectHome=yes, PrivateTmp=yes): install the venv under /opt, e.g. "
+                                 "/opt/vsdmot/venv (with --root, name the path it has on the device: --exec "
+                                 "/opt/vsdmot/venv/bin/vsdmot-edge)")
         for name in (self.user, *self.groups):
             if not _NAME_RE.match(name):
                 raise ValueError(f"unit user/group: expected a system name like 'vsdmot', got {name!r}")

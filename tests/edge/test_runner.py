@@ -197,6 +197,8 @@ def test_summary_gives_the_pipeline_cost_beside_the_wall_clock_fps():
     assert summary.pipeline_ms == 3.0  # fake_step's `total`
     assert pipeline_note(summary) == " (pipeline 3.0 ms a frame: capacity 333.3 FPS)"
     assert run(0)[0].pipeline_ms is None and pipeline_note(run(0)[0]) == ""
+    overlapped = RunSummary(5, 1.0, 5.0, {}, {}, "end", pipeline_ms=14.6, overlap=True)
+    assert pipeline_note(overlapped) == " (pipeline 14.6 ms of stages a frame, overlapped)"  # no "capacity" then
 
 
 class StallingSource(Source):

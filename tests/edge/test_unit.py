@@ -201,9 +201,13 @@ def test_install_needs_root(monkeypatch, capsys):
     assert main(["service", "uninstall"]) == 1
 
 
-def test_install_refuses_missing_executable(tmp_path, capsys):
-    assert main(["service", "install", "--root", str(tmp_path), "--exec", "/nonexistent/vsdmot-edge"]) == 2
+def test_install_refuses_missing_executable_but_a_package_stages_the_device_path(tmp_path, capsys):
+    assert main(["service", "install", "--dry-run", "--exec", "/nonexistent/vsdmot-edge"]) == 2
     assert "no such executable" in capsys.readouterr().err
+    # --root stages files for a package built elsewhere: --exec is where the venv will be on the device
+    assert main(["service", "install", "--root", str(tmp_path), "--exec", "/opt/vsdmot/venv/bin/vsdmot-edge"]) == 0
+    unit = (tmp_path / "usr/lib/systemd/system/vsdmot-edge.service").read_text()
+    assert "ExecStart=/opt/vsdmot/venv/bin/vsdmot-edge" in unit
 
 
 def test_status_without_systemd(capsys):
