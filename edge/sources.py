@@ -134,6 +134,8 @@ class _Counters:
 class LiveSource:
     """Frames from a capture that `opener()` makes, read on a thread; see the module doc."""
 
+    live = True  # paced by the camera or stream: what cannot keep up is dropped, not waited for
+
     def __init__(self, name: str, opener: Callable[[], Capture], opts: LiveOptions, fps: float = 0.0):
         self.name, self.opts, self._opener = name, opts, opener
         self._lock = threading.Condition()
@@ -369,6 +371,8 @@ class RemoteVideoSource(VideoFileSource):
 class FileSource:
     """A file source with the live sources' `stats()`, optionally looping (indices keep rising).
     `opener` makes the inner source (default: `open_file_source(path)`), again for each loop."""
+
+    live = False  # a file waits for the slowest consumer: every frame reaches every output
 
     def __init__(self, path: str, opts: LiveOptions, opener: Callable[[], FrameSource] | None = None):
         self.path, self.opts = path, opts

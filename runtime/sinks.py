@@ -320,11 +320,13 @@ class JsonlSink(_DurableAppender):
 def open_sinks(mot_out: str = "", jsonl_out: str = "", video_out: str = "", stats_out: str = "",
                rotate_mb: float = 0.0, keep_files: int = 5,
                fps: float = 25.0, source_stats: Callable[[], Any] | None = None,
-               meta: Mapping[str, Any] | None = None) -> list[Sink]:
+               meta: Mapping[str, Any] | None = None, live: bool = True) -> list[Sink]:
     """The sinks a run asked for (empty paths are skipped), in a fixed order. Every path is checked
     before the MOT and JSONL sinks move an earlier file aside, so a bad `video_out` or `stats_out`
     leaves the previous results where they were. `rotate_mb` > 0 starts a new MOT, JSONL or video
-    file whenever one reaches that size; `keep_files` earlier files are kept per output."""
+    file whenever one reaches that size; `keep_files` earlier files are kept per output. `live`: a
+    camera or stream, whose annotated video drops frames its encoder cannot keep up with (the
+    tracker outranks its debug video); a file source's video waits and keeps every frame."""
     from .stats_sink import StatsSink  # these two import this module's base: import here, not at the top
     from .video_sink import VideoSink
 
@@ -336,7 +338,7 @@ def open_sinks(mot_out: str = "", jsonl_out: str = "", video_out: str = "", stat
     late: list = []  # claimed, nothing written yet
     sinks: list[Sink] = []
     try:
-        late.append(VideoSink(video_out, fps, **files) if video_out else None)
+        late.append(VideoSink(video_out, fps, drop_when_full=live, **files) if video_out else None)
         late.append(StatsSink(stats_out, source_stats=source_stats, meta=meta, keep_previous=keep_files)
                     if stats_out else None)
         if mot_out:

@@ -344,7 +344,8 @@ def tiny_video(tmp_path_factory):
 
 def test_file_source_ends_cleanly(tiny_video):
     with open_source(source=str(tiny_video)) as src:
-        assert isinstance(src, FileSource) and src.fps == 10
+        assert isinstance(src, FileSource) and src.fps == 10 and src.live is False  # outputs wait for it
+        assert rotated(src, 90).live is False and LiveSource.live is True
         frames = list(src)
         assert [f.index for f in frames] == [1, 2, 3, 4, 5] and src.stats().frames_read == 5
 

@@ -296,6 +296,16 @@ def test_open_sinks_skips_empty_paths(tmp_path):
         s.close()
 
 
+@pytest.mark.parametrize("live", [True, False])
+def test_only_a_live_source_s_video_drops_frames(tmp_path, live):
+    """A file has no deadline: its annotated video waits for the encoder and keeps every frame (a 4K
+    clip lost 30 of 120 frames, and video frame n stopped being source frame n)."""
+    sinks = open_sinks(video_out=str(tmp_path / "v.avi"), fps=10.0, live=live)
+    assert sinks[0].drop_when_full is live
+    for s in sinks:
+        s.close()
+
+
 WRITER = textwrap.dedent(
     """
     import sys, time
