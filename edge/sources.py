@@ -33,11 +33,13 @@ from vsdmot.runtime.sources import FrameSource, VideoFileSource, check_frame_siz
 from vsdmot.runtime.types import Frame
 
 from .capture import open_stream, open_v4l2
+from .ffmpeg_capture import blank, decodable
 from .gst import CSI_DEFAULT, CsiSpec, open_csi, parse_csi
 
 log = logging.getLogger(__name__)
 
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "tcp", "udp")
+BLANK_WARN = 30  # all-black frames in a row before a live source says so
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ class LiveSource:
         self._t0 = time.monotonic()
         self._c = _Counters(self._t0)
         self._failures, self._index, self._last_sig, self._last_stamp, self._fatal = 0, 0, None, 0.0, ""
+        self._blank_run = 0  # all-black frames in a row (BLANK_WARN of them: logged once per episode)
         self._open_failures = 0  # failed opens in a row (max_reconnect_failures); _failures drives the backoff
         self._opened_once, self._started = False, False  # _started: the loop has pulled (guarded by _lock)
         self._cap: Capture | None = None
@@ -201,7 +204,18 @@ class LiveSource:
             with self._lock:
                 self._c.duplicates += 1
             return
+        self._note_blank(img)
         self._push(img, now)
+
+    def _note_blank(self, img: np.ndarray) -> None:
+        """Warn once when BLANK_WARN frames in a row are all zero: a capped lens, or an interlaced
+        stream OpenCV cannot convert (edge/ffmpeg_capture.py; files are decoded through ffmpeg then)."""
+        self._blank_run = self._blank_run + 1 if blank(img) else 0
+        if self._blank_run == BLANK_WARN:
+            log.warning("%s: %d frames in a row are all black: a covered lens, or an interlaced stream OpenCV "
+                        "cannot convert (its log says 'Cannot convert interlaced'); relay it deinterlaced, e.g. "
+                        "ffmpeg -i URL -vf yadif -c:v libx264 -f mpegts udp://127.0.0.1:5000, then --source "
+                        "udp://127.0.0.1:5000", self.name, BLANK_WARN)
 
     def _is_repeat(self, img: np.ndarray) -> bool:
         """The same buffer again: identical subsample and no newer capture timestamp. Where the
@@ -376,7 +390,7 @@ class FileSource:
 
     def __init__(self, path: str, opts: LiveOptions, opener: Callable[[], FrameSource] | None = None):
         self.path, self.opts = path, opts
-        self._make = opener or (lambda: open_file_source(path, opts.fps or None))
+        self._make = opener or (lambda: open_decodable(path, opts.fps or None))
         self._inner = self._make()
         self.fps, self.name = self._inner.fps, self._inner.name
         self.frame_count = 0 if opts.loop else getattr(self._inner, "frame_count", 0)  # 0 = unknown or endless
@@ -416,6 +430,13 @@ class FileSource:
 
 
 # -- the entry -------------------------------------------------------------------------------------
+def open_decodable(path: str, fps: float | None = None) -> FrameSource:
+    """runtime's `open_file_source`, except that a video OpenCV decodes as black frames (interlaced)
+    is decoded through ffmpeg (edge/ffmpeg_capture.py)."""
+    src = open_file_source(path, fps)
+    return decodable(src, fps) if isinstance(src, VideoFileSource) else src
+
+
 def is_stream_url(text: str) -> bool:
     return "://" in text and text.split("://", 1)[0].lower() in STREAM_SCHEMES
 
