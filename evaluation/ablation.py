@@ -38,6 +38,7 @@ from vsdmot import runtime as runtime_pkg
 from vsdmot.models import WEIGHTS
 from vsdmot.runtime.bundle import DEFAULT_BUNDLE
 from vsdmot.runtime.mot import read_seqinfo
+from vsdmot.splits import copy_name
 from vsdmot.runtime.sources import open_sequence
 
 from . import bench as B
@@ -314,7 +315,8 @@ def held_out_copy(src: Path, out: Path, first: int, last: int) -> Path:
     gt = gt.select((gt.frame >= first) & (gt.frame <= last))
     gt.frame -= first - 1
     write_gt(tmp / "gt" / "gt.txt", gt)  # the source's layout: conf kept (0 = not counted), MOT17 classes kept
-    write_seqinfo(tmp / "seqinfo.ini", SeqInfo(f"{info.name}-{first}-{last}", info.frame_rate, last - first + 1,
+    write_seqinfo(tmp / "seqinfo.ini", SeqInfo(copy_name(info.name, (first, last), f"{info.name}-{first}-{last}"),
+                                               info.frame_rate, last - first + 1,
                                                info.width, info.height, "img1", ".png"))
     tmp.rename(out)
     return out

@@ -27,7 +27,7 @@ import numpy as np
 from vsdmot.runtime.bundle import DEFAULT_BUNDLE, load_bundle
 from vsdmot.runtime.mot import format_result_rows, read_rows, read_seqinfo, write_seqinfo
 from vsdmot.runtime.tracking import box_iou
-from vsdmot.splits import touches_held_out
+from vsdmot.splits import copy_name, touches_held_out
 
 from .assoc_study import StoredSemantics, load_stored, memo_file
 from .assoc_variants import variants
@@ -65,7 +65,8 @@ def subset_sequence(seq_dir: Path, keep: list[int], out_dir: Path) -> Path:
     gt = replace(gt, frame=np.array([new[int(f)] for f in gt.frame], np.int64))
     (out_dir / "gt").mkdir(parents=True, exist_ok=True)
     write_gt(out_dir / "gt" / "gt.txt", gt)
-    write_seqinfo(out_dir / "seqinfo.ini", replace(info, length=len(keep)))
+    name = copy_name(info.name, (min(keep), max(keep)), info.name) if keep else info.name  # renumbered
+    write_seqinfo(out_dir / "seqinfo.ini", replace(info, name=name, length=len(keep)))
     return out_dir
 
 

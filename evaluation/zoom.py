@@ -31,7 +31,7 @@ import numpy as np
 from vsdmot._cli import add_log_arguments, run_main
 from vsdmot.runtime.mot import MotRows, SeqInfo, read_rows, write_seqinfo
 from vsdmot.runtime.sources import open_sequence
-from vsdmot.splits import touches_held_out
+from vsdmot.splits import copy_name, touches_held_out
 
 from .metrics import counted_gt, write_gt
 from .reencode import split_spec
@@ -104,7 +104,7 @@ def zoom_sequence(spec: str, out: str | Path, cfg: ZoomConfig = ZoomConfig(), he
     rows = zoom_rows(gt, crop, scale, cfg)
     rows.frame = rows.frame - (a - 1)
     write_gt(out / "gt" / "gt.txt", rows)  # the source's layout (MOT17: class, visibility)
-    write_seqinfo(out / "seqinfo.ini", SeqInfo(out.name, seq.info.frame_rate, n, *size))
+    write_seqinfo(out / "seqinfo.ini", SeqInfo(copy_name(seq.info.name, (a, b), out.name), seq.info.frame_rate, n, *size))
     info = {"source": spec, "frames": n, "crop_xywh": list(crop), "scale": round(scale[0], 4),
             "gt_boxes": len(counted_gt(rows)), "gt_boxes_before": len(counted_gt(gt))}
     log.info("zoom: wrote %s: %s", out, info)

@@ -103,3 +103,21 @@ def test_zoom_refuses_a_degraded_copy_of_held_out_frames(tmp_path, tud_dir):
     (copy / "TUD-Campus-jpeg-s3.mp4").symlink_to(tud_dir / "TUD-Campus.mp4")  # frames as the cache's (read in place)
     with pytest.raises(ValueError, match="held-out"):
         zoom_sequence(f"{copy}:1-5", tmp_path / "z")
+
+
+def test_a_zoom_of_held_out_frames_stays_held_out(tmp_path):
+    """The copy numbers its frames from 1 under its folder's name: a zoom of PETS 601-605 written to
+    PETS09-S2L1-zoom2 passed every train-side check as frames 1-5 (open_window, assoc_study)."""
+    from vsdmot.evaluation.zoom import open_window
+    from vsdmot.splits import touches_held_out
+
+    seq = DATA / "PETS09-S2L1"
+    if not seq.is_dir():
+        pytest.skip("needs ../shared/data/PETS09-S2L1")
+    zoom_sequence(f"{seq}:601-605", tmp_path / "PETS09-S2L1-zoom2", ZoomConfig(factor=2.0), held_out=True)
+    name = read_seqinfo(tmp_path / "PETS09-S2L1-zoom2").name
+    assert name == "PETS09-S2L1-zoom2-heldout" and touches_held_out(name, (1, 5))
+    with pytest.raises(ValueError, match="held-out"):
+        open_window(f"{tmp_path / 'PETS09-S2L1-zoom2'}:1-5", False, "train-side study")
+    zoom_sequence(f"{seq}:11-15", tmp_path / "train", ZoomConfig(factor=2.0))  # train-side frames keep their name
+    assert read_seqinfo(tmp_path / "train").name == "train"
