@@ -230,16 +230,22 @@ def check_calib_paths(specs) -> None:
     from vsdmot.calibration.calibset import parse_source
     from vsdmot.runtime.errors import SourceError
     from vsdmot.runtime.sources import open_file_source
+    from vsdmot.splits import PETS_TRAIN_LAST, held_out_text, touches_held_out
 
     for spec in specs:
-        path, _ = parse_source(spec)
+        path, span = parse_source(spec)
         if not path.exists():
             raise ValueError(f"--calib {spec}: no such file or folder (expected a video, an image folder or a "
                              "MOTChallenge sequence, optionally PATH:A-B)")
         try:  # opening decodes at most one frame; no video, or a folder with no images, is refused here
-            open_file_source(path).close()
+            src = open_file_source(path)
         except SourceError as e:
             raise ValueError(f"--calib {spec}: {e}") from None
+        src.close()
+        if touches_held_out(src.name, span):  # the gate would score frames the INT8 ranges were fit on
+            raise ValueError(f"--calib {spec}: {src.name} frames {'%d-%d' % span if span else '(all)'} include the "
+                             f"accuracy gate's held-out frames ({held_out_text()}); calibrate on others, e.g. "
+                             f"{path}:1-{PETS_TRAIN_LAST} for PETS09-S2L1")
 
 
 def check_torch_tensorrt() -> None:

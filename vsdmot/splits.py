@@ -14,6 +14,11 @@ HELD_OUT_MARK = "-heldout"  # in a copy's name: made from held-out frames, renum
 PETS_TRAIN_LAST = HELD_OUT_FRAMES["PETS09-S2L1"][0] - 1  # 600
 
 
+def held_out_text() -> str:
+    """The held-out frames in words, for messages: "PETS09-S2L1 601-795, TUD-Campus, ..."."""
+    return ", ".join([*(f"{n} {a}-{b}" for n, (a, b) in HELD_OUT_FRAMES.items()), *HELD_OUT_SEQUENCES])
+
+
 def held_out_by_name(name: str) -> bool:
     """Every frame of `name` is held out: a held-out sequence, a copy of one, or a marked copy."""
     return HELD_OUT_MARK in name or any(name == s or name.startswith(s + "-") for s in HELD_OUT_SEQUENCES)

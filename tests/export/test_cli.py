@@ -267,3 +267,20 @@ def test_target_help_promises_what_the_target_does(capsys):
     start = text.rindex("--target {")  # the option's entry, not the usage line
     target = text[start:text.index("--calib-quality {", start)]
     assert "prebuilds" in target and "calibration cache" not in target
+
+
+@pytest.mark.parametrize("spec, refused", [("PETS09-S2L1", True), ("PETS09-S2L1:550-650", True),
+                                           ("PETS09-S2L1:1-600", False), ("TUD-Campus:1-10", True)])
+def test_calibrating_on_the_gate_s_held_out_frames_is_refused(spec, refused, tmp_path, capsys):
+    """The gate scores held-out frames: INT8 ranges fit on them would make its verdict optimistic."""
+    from helpers import DATA
+
+    name, _, span = spec.partition(":")
+    if not (DATA / name).is_dir():
+        pytest.skip(f"needs ../shared/data/{name}")
+    source = f"{DATA / name}:{span}" if span else str(DATA / name)
+    if refused:
+        with pytest.raises(ValueError, match="held-out frames \\(PETS09-S2L1 601-795, TUD-Campus"):
+            cli.check_calib_paths([source])
+    else:
+        cli.check_calib_paths([source])
