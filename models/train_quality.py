@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vsdmot.models.dswr import DswrConfig, DswrHead
+from vsdmot.models import WEIGHTS
 from vsdmot.models.trainframes import DEFAULT_DATA, TrainFrame, data_note, degrade_fn, load_mot17, load_pets
 from vsdmot.models.trainloop import check_config, out_dir, setup
 from vsdmot.paths import yolox_nano_onnx
@@ -53,6 +53,7 @@ class QualityTrainConfig:
     out: str = "runs/train/quality"  # run folder: samples.npz (resumable) and quality.json
     threads: int = 1  # torch and onnxruntime threads
     resume: bool = False  # continue collecting into <out>/samples.npz
+    tracker: str = str(WEIGHTS / "tracker.pt")  # its learned DSWR g(q) goes into quality.json ("" = none)
 
     def __post_init__(self) -> None:
         check_config(self, {"pets_every": 1, "views": 1, "draws": 0, "min_side": 16, "hidden": 0, "epochs": 0,
@@ -200,6 +201,24 @@ def metrics(gate: QualityGate, X: np.ndarray, y: np.ndarray) -> dict:
     return {"n": int(len(y)), "mae": float(np.abs(q - y).mean()), "spearman": float(spearmanr(q, y).statistic)}
 
 
+def learned_dswr(tracker: str) -> dict:
+    """{"dswr": g(q)} as the tracker stage learned it (its checkpoint's meta), or {} when there is none:
+    the runtime then reads the tracker's. The untrained head's defaults were written here before, and
+    copying that quality.json into models/weights replaced the learned g(q) unless the docs' manual
+    step was done."""
+    from .checkpoint import load_checkpoint
+
+    if not tracker:
+        return {}
+    if not Path(tracker).is_file():
+        log.warning("quality: no tracker checkpoint at %s: quality.json gets no DSWR section", tracker)
+        return {}
+    dswr = (load_checkpoint(tracker).get("meta") or {}).get("dswr")
+    if not dswr:
+        log.warning("quality: %s holds no learned DSWR (meta['dswr']): quality.json gets none", tracker)
+    return {"dswr": dswr} if dswr else {}
+
+
 def train(cfg: QualityTrainConfig) -> Path:
     setup(cfg.seed, cfg.threads)
     out = out_dir(cfg.out)
@@ -209,7 +228,7 @@ def train(cfg: QualityTrainConfig) -> Path:
     gate = fit_head(s["X"][~val], s["y"][~val], cfg)
     m = {"train": metrics(gate, s["X"][~val], s["y"][~val]), "validation": metrics(gate, s["X"][val], s["y"][val]) if val.any() else {}}
     log.info("quality head: %s", m)
-    doc = {"schema": "vsdmot.quality/1", "gate": gate.params(), "dswr": DswrHead(DswrConfig()).to_params(),
+    doc = {"schema": "vsdmot.quality/1", "gate": gate.params(), **learned_dswr(cfg.tracker),
            "meta": {"stage": "quality", "target": "F1 agreement of degraded vs clean detections", "detector": Path(cfg.detector).name,
                     "data": data_note(cfg.pets_last, cfg.mot17, cfg.pets_every, validation=False), "metrics": m, "train_config": asdict(cfg)}}
     path = out / "quality.json"

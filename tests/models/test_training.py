@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("vsdmot.calibration.degrade")
 
+from vsdmot.models import WEIGHTS  # noqa: E402
 from vsdmot.models.checkpoint import load_checkpoint  # noqa: E402
 
 
@@ -51,8 +52,11 @@ def test_quality_stage_writes_params_and_reuses_samples(tmp_path, pets_dir, yolo
     doc = json.loads(path.read_text())
     n = doc["meta"]["metrics"]["train"]["n"]
     assert n >= 4 and QualityGate.from_params(doc) and Dswr.from_params(doc)
-    again = json.loads(train(QualityTrainConfig(**{**cfg, "resume": True, "hidden": 0})).read_text())
+    # the DSWR g(q) is the shipped tracker's learned one, not the untrained head's defaults
+    assert doc["dswr"] == torch.load(WEIGHTS / "tracker.pt", weights_only=True)["meta"]["dswr"]
+    again = json.loads(train(QualityTrainConfig(**{**cfg, "resume": True, "hidden": 0, "tracker": ""})).read_text())
     assert again["meta"]["metrics"]["train"]["n"] == n and len(again["gate"]["layers"]) == 1
+    assert "dswr" not in again  # none given: the runtime reads the tracker's
 
 
 def test_cli_lists_every_stage(capsys):
