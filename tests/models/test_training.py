@@ -56,7 +56,7 @@ def test_quality_stage_writes_params_and_reuses_samples(tmp_path, pets_dir, yolo
     assert doc["dswr"] == torch.load(WEIGHTS / "tracker.pt", weights_only=True)["meta"]["dswr"]
     again = json.loads(train(QualityTrainConfig(**{**cfg, "resume": True, "hidden": 0, "tracker": ""})).read_text())
     assert again["meta"]["metrics"]["train"]["n"] == n and len(again["gate"]["layers"]) == 1
-    assert "dswr" not in again  # none given: the runtime reads the tracker's
+    assert "dswr" not in again  # none given: no made-up g(q)
 
 
 def test_cli_lists_every_stage(capsys):
