@@ -204,7 +204,7 @@ def metrics(gate: QualityGate, X: np.ndarray, y: np.ndarray) -> dict:
 def learned_dswr(tracker: str) -> dict:
     """{"dswr": g(q)} as the tracker stage learned it (its checkpoint's meta), or {} when there is none
     (the torch reference then reads the tracker checkpoint's; a bundle's runtime, DSWR's defaults,
-    with a warning here). The untrained head's defaults were written here before, and
+    with a warning unless --tracker "" asked for none). The untrained head's defaults were written here before, and
     copying that quality.json into models/weights replaced the learned g(q) unless the docs' manual
     step was done."""
     from .checkpoint import load_checkpoint
