@@ -94,7 +94,7 @@ def resume(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
 
 
 # Fields that may change between a run and its resumption (budgets, paths, verbosity).
-_RESUMABLE = {"steps", "max_minutes", "out", "threads", "log_every", "save_every", "resume", "init"}
+_RESUMABLE = {"steps", "max_minutes", "stop_at", "out", "threads", "log_every", "save_every", "resume", "init"}
 
 
 def _as_dict(cfg: Any) -> dict:

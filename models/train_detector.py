@@ -41,6 +41,7 @@ class DetectorTrainConfig:
     seed: int = 0  # python, numpy and torch seed
     steps: int = 200  # optimiser steps (the time budget may stop earlier)
     max_minutes: float = 8.0  # CPU-time budget in minutes, all threads (0 = none)
+    stop_at: int = 0  # stop after this step with the schedule of `steps` (0 = at `steps`): repeats a budget-stopped run
     lr: float = 2e-4  # AdamW peak learning rate (fine-tuning: small)
     embed_lr: float = 3e-3  # learning rate of the appearance projection
     weight_decay: float = 1e-5  # AdamW weight decay
@@ -63,7 +64,7 @@ class DetectorTrainConfig:
     resume: bool = False  # continue from <out>/last.pt
 
     def __post_init__(self) -> None:
-        check_config(self, {"steps": 0, "gap": 1, "pets_last": 1, "train_size": 32, "threads": 1, "save_every": 0},
+        check_config(self, {"steps": 0, "stop_at": 0, "gap": 1, "pets_last": 1, "train_size": 32, "threads": 1, "save_every": 0},
                      ("p_degrade",), "severity_max")
 
 
@@ -175,7 +176,7 @@ def train(cfg: DetectorTrainConfig) -> Path:
     meta = lambda k: {"stage": "detector", "step": k, "provenance": prov, "method": method,  # noqa: E731
                       "data": data_note(min(cfg.pets_last, 540), cfg.mot17, every=2, validation=False)}
     save = lambda k: save_checkpoint(out / "last.pt", model, model.cfg, cfg, opt, k, meta(k), np_rng=rng)  # noqa: E731
-    done = run_steps(step, start, cfg.steps, cfg.max_minutes, save, cfg.save_every, "detector")
+    done = run_steps(step, start, cfg.steps, cfg.max_minutes, save, cfg.save_every, "detector", cfg.stop_at)
     model.yolox.requires_grad_(True)
     return save_checkpoint(out / "detector.pt", model, model.cfg, cfg, None, done, meta(done))
 

@@ -32,6 +32,7 @@ class StudentTrainConfig:
     seed: int = 0  # python, numpy and torch seed
     steps: int = 600  # optimiser steps (the time budget may stop earlier)
     max_minutes: float = 12.0  # CPU-time budget in minutes, all threads (0 = none)
+    stop_at: int = 0  # stop after this step with the schedule of `steps` (0 = at `steps`): repeats a budget-stopped run
     batch: int = 16  # crops per step (the relational constraint needs B >= 2)
     lr: float = 2e-3  # AdamW peak learning rate (warm-up, cosine decay)
     weight_decay: float = 1e-4  # AdamW weight decay
@@ -56,7 +57,7 @@ class StudentTrainConfig:
     resume: bool = False  # continue from <out>/last.pt
 
     def __post_init__(self) -> None:
-        check_config(self, {"steps": 0, "batch": 2 if self.relational else 1, "pca_crops": 2, "input_size": 16,
+        check_config(self, {"steps": 0, "stop_at": 0, "batch": 2 if self.relational else 1, "pca_crops": 2, "input_size": 16,
                             "dim": 1, "threads": 1, "save_every": 0}, ("p_degrade",), "severity_max")
         if not 0.0 < self.crop_min <= 1.0 or not (self.alignment or self.relational):
             raise ValueError(f"expected 0 < --crop-min <= 1 and --alignment or --relational on, got crop_min "
@@ -189,7 +190,7 @@ def train(cfg: StudentTrainConfig) -> Path:
 
     extra = {"projection": proj.state_dict()}  # teacher -> semantic space (mean, basis)
     save = lambda k: save_checkpoint(out / "last.pt", student, scfg, cfg, opt, k, meta(k), extra, rng)  # noqa: E731
-    done = run_steps(step, start, cfg.steps, cfg.max_minutes, save, cfg.save_every, "student")
+    done = run_steps(step, start, cfg.steps, cfg.max_minutes, save, cfg.save_every, "student", cfg.stop_at)
     metrics = evaluate(student, teacher, proj, val_frames, cfg, deg)
     log.info("student validation (%s): %s", val_name, {k: round(v, 4) for k, v in metrics.items()})
     return save_checkpoint(out / "student.pt", student, scfg, cfg, None, done, {**meta(done), "validation": metrics}, extra)

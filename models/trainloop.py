@@ -25,20 +25,24 @@ def setup(seed: int, threads: int) -> np.random.Generator:
 
 
 def run_steps(step_fn: Callable[[int], dict], start: int, steps: int, max_minutes: float,
-              save_fn: Callable[[int], None], save_every: int, desc: str) -> int:
-    """Call step_fn(step) for step in [start, steps) until the CPU-time budget ends.
+              save_fn: Callable[[int], None], save_every: int, desc: str, stop_at: int = 0) -> int:
+    """Call step_fn(step) for step in [start, steps) until the CPU-time budget ends, or [start,
+    stop_at) when `stop_at` is given (the schedules still span `steps`).
 
     The budget is this process's CPU time (all threads), not wall time, so a run does the same
-    work on a busy shared machine as on an idle one.
+    work on a busy shared machine as on an idle one. Where it stops depends on the machine's
+    speed, so the log names the step and the flags that repeat the run without the budget.
 
     Saves every `save_every` steps and at the end (so a stopped run resumes from its last save).
     Returns the number of steps completed in total.
     """
     t0, step = time.process_time(), start
-    bar = tqdm(total=steps, initial=start, desc=desc, dynamic_ncols=True, mininterval=2.0)
-    while step < steps:
+    end = min(steps, stop_at) if stop_at else steps
+    bar = tqdm(total=end, initial=start, desc=desc, dynamic_ncols=True, mininterval=2.0)
+    while step < end:
         if max_minutes > 0 and time.process_time() - t0 > max_minutes * 60:
-            log.info("%s: CPU budget of %.1f min reached at step %d", desc, max_minutes, step)
+            log.warning("%s: CPU budget of %.1f min reached at step %d of %d; to repeat this run exactly: "
+                        "--steps %d --stop-at %d --max-minutes 0", desc, max_minutes, step, steps, steps, step)
             break
         parts = step_fn(step)
         step += 1

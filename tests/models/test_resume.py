@@ -10,50 +10,35 @@ pytest.importorskip("vsdmot.calibration.degrade")
 from vsdmot.models.checkpoint import load_checkpoint  # noqa: E402
 
 
-def _stop_after(monkeypatch, module, k: int) -> None:
-    """Make `module`'s run stop after step k (its last.pt saved there), as a kill would; the
-    config, and so the learning-rate schedule, stay those of the whole run."""
-    from vsdmot.models import trainloop
-
-    def run_steps(step_fn, start, steps, *a, **kw):
-        return trainloop.run_steps(step_fn, start, k, *a, **kw)
-
-    monkeypatch.setattr(module, "run_steps", run_steps)
-
-
 def _same_weights(a, b) -> bool:
     wa, wb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_student_resume_equals_uninterrupted_run(tmp_path, pets_dir, monkeypatch):
+def test_student_resume_equals_uninterrupted_run(tmp_path, pets_dir):
     """The batches come from a numpy Generator; a resume used to restart it from the seed (and skip
     the draws of the projection fit), so steps after a resume saw other crops and degradations."""
-    from vsdmot.models import train_student
     from vsdmot.models.train_student import StudentTrainConfig, train
 
     cfg = dict(steps=4, batch=3, pca_crops=6, pets_last=20, mot17=False, input_size=64, dim=16, save_every=1,
                threads=1, max_minutes=0, data=str(pets_dir.parent))
     whole = train(StudentTrainConfig(**cfg, out=str(tmp_path / "whole")))
-    with monkeypatch.context() as m:
-        _stop_after(m, train_student, 2)
-        train(StudentTrainConfig(**cfg, out=str(tmp_path / "split")))
+    # --stop-at: stopped after step 2 with the 4-step schedule, as the CPU budget or a kill would
+    train(StudentTrainConfig(**cfg, out=str(tmp_path / "split"), stop_at=2))
     assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == 2
     resumed = train(StudentTrainConfig(**cfg, out=str(tmp_path / "split"), resume=True))
     assert load_checkpoint(resumed)["step"] == 4
     assert _same_weights(whole, resumed)
 
 
-def test_detector_resume_equals_uninterrupted_run(tmp_path, pets_dir, yolox_onnx, monkeypatch):
-    from vsdmot.models import train_detector
+def test_detector_resume_equals_uninterrupted_run(tmp_path, pets_dir, yolox_onnx):
     from vsdmot.models.train_detector import DetectorTrainConfig, train
 
     cfg = dict(steps=4, train_size=96, pets_last=30, mot17=False, save_every=1, threads=1, max_minutes=0, gap=4,
                data=str(pets_dir.parent), yolox_onnx=str(yolox_onnx))
     whole = train(DetectorTrainConfig(**cfg, out=str(tmp_path / "whole")))
-    with monkeypatch.context() as m:
-        _stop_after(m, train_detector, 2)
-        train(DetectorTrainConfig(**cfg, out=str(tmp_path / "split")))
+    train(DetectorTrainConfig(**cfg, out=str(tmp_path / "split"), stop_at=2))
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == 2
     resumed = train(DetectorTrainConfig(**cfg, out=str(tmp_path / "split"), resume=True))
     assert _same_weights(whole, resumed)
 
