@@ -34,7 +34,9 @@ def stand_ins(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_tensorrt",
                         types.SimpleNamespace(__version__="2.5.0", compile=compile, save=save))
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0"))
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Orin")
+    orin = types.SimpleNamespace(name="Orin", major=8, minor=7, multi_processor_count=8)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=0: orin)
+    monkeypatch.setattr(torch.version, "cuda", "12.6")
     monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
     monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
     return calls
@@ -69,7 +71,7 @@ def test_programs_are_cached_per_file_device_and_precision(stand_ins, tmp_path, 
         assert path.parent.parent == tmp_path / "torch-tensorrt" and path.parent.name.startswith(f"{name}-fp32-")
         stamp = (path.parent / "stamp.json").read_text()
         assert file_sha256(bundle.file(f"{name}.onnx")) in stamp and "torch_tensorrt 2.5.0, tensorrt 10.3.0" in stamp
-        assert '"gpu": "Orin"' in stamp and file_sha256(path) in stamp
+        assert '"gpu": "Orin (sm_87, 8 SMs, CUDA 12.6)"' in stamp and file_sha256(path) in stamp
     assert torch_trt.compile_programs(DEFAULT_BUNDLE, nets, tmp_path) == first and len(stand_ins) == 3  # reused
     first["student"].write_bytes(b"truncated")
     with caplog.at_level(logging.WARNING, logger=torch_trt.log.name):
@@ -94,7 +96,7 @@ def test_a_failed_compile_leaves_no_program(stand_ins, tmp_path):
 def test_the_chain_compiles_the_networks_the_bundle_came_from(tiny_export, det_net, monkeypatch, target, called):
     """After publishing, and with the torch networks the bundle's ONNX files were exported from."""
     seen = []
-    monkeypatch.setattr(torch_trt, "compile_programs", lambda out, nets: seen.append((out, nets)) or {})
+    monkeypatch.setattr(torch_trt, "compile_programs", lambda out, nets, cache=None: seen.append((out, nets)) or {})
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0"))  # no legacy step
     out, sources = tiny_export(target)
     assert bool(seen) is called
@@ -105,7 +107,7 @@ def test_the_chain_compiles_the_networks_the_bundle_came_from(tiny_export, det_n
 
 
 def test_with_programs_passes_the_bundle_through(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch_trt, "compile_programs", lambda out, nets: pytest.fail("compiled for --target onnx"))
+    monkeypatch.setattr(torch_trt, "compile_programs", lambda *a: pytest.fail("compiled for --target onnx"))
     assert with_programs(tmp_path, replace(ExportConfig(), target="onnx"), {}) == tmp_path
 
 
