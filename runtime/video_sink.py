@@ -39,28 +39,31 @@ def track_colour(track_id: int) -> tuple[int, int, int]:
 
 
 def annotate(image: np.ndarray, result: FrameResult) -> np.ndarray:
-    """A copy of `image` with boxes, IDs, a quality bar (q and w) and the semantic state."""
-    out = image.copy()
+    """A copy of `image` with boxes, IDs, a quality bar (q and w) and the semantic state, drawn at a
+    size that grows with the frame (`k`: 1 up to 720 rows, 3 at 2160), so 4K stays readable."""
+    out, k = image.copy(), max(1.0, image.shape[0] / 720)
     t = result.tracks
     ids = t.track_id if t.track_id is not None else np.full(len(t), -1, np.int64)
     for tid, box in zip(ids, t.xyxy.round().astype(int)):
         colour = track_colour(int(tid))
-        cv2.rectangle(out, tuple(box[:2]), tuple(box[2:]), colour, 2)
-        cv2.putText(out, str(int(tid)), (box[0], max(box[1] - 4, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 2)
-    _quality_bar(out, result)
+        cv2.rectangle(out, tuple(box[:2]), tuple(box[2:]), colour, round(2 * k))
+        cv2.putText(out, str(int(tid)), (box[0], max(box[1] - round(4 * k), round(12 * k))), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.5 * k, colour, round(2 * k))
+    _quality_bar(out, result, k)
     return out
 
 
-def _quality_bar(img: np.ndarray, result: FrameResult) -> None:
-    """Two 100-px bars at the top left: q (green) and w (orange), and the semantic state."""
+def _quality_bar(img: np.ndarray, result: FrameResult, k: float = 1.0) -> None:
+    """Two 100-px bars (times `k`) at the top left: q (green) and w (orange), and the semantic state."""
+    px = lambda v: round(v * k)  # noqa: E731
     for row, (name, value, colour) in enumerate((("q", result.q, (0, 200, 0)), ("w", result.w, (0, 140, 255)))):
-        y = 6 + row * 14
-        cv2.rectangle(img, (30, y), (130, y + 10), (60, 60, 60), -1)
+        y = px(6 + row * 14)
+        cv2.rectangle(img, (px(30), y), (px(130), y + px(10)), (60, 60, 60), -1)
         fill = min(max(value, 0.0), 1.0) if math.isfinite(value) else 0.0
-        cv2.rectangle(img, (30, y), (30 + int(100 * fill), y + 10), colour, -1)
-        cv2.putText(img, name, (8, y + 10), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+        cv2.rectangle(img, (px(30), y), (px(30) + int(px(100) * fill), y + px(10)), colour, -1)
+        cv2.putText(img, name, (px(8), y + px(10)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * k, (255, 255, 255), px(1))
     label = f"#{result.index} semantic: {result.semantic}"
-    cv2.putText(img, label, (140, 26), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1)
+    cv2.putText(img, label, (px(140), px(26)), cv2.FONT_HERSHEY_SIMPLEX, 0.45 * k, (255, 255, 255), px(1))
 
 
 class VideoSink(_SinkBase):

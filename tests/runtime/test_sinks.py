@@ -232,6 +232,18 @@ def test_annotate_survives_nan_quality():
     assert out.shape == img.shape and out.any() and not img.any()
 
 
+def test_annotations_grow_with_the_frame():
+    """Lines 2 px wide and 0.5-scale labels were hairlines on 4K video (a walkthrough's finding)."""
+    box = Detections(np.array([[100.0, 100.0, 300.0, 400.0]]), np.array([0.9]), np.array([7]))
+
+    def edge_px(rows: int) -> int:  # the box's left edge, mid-height
+        out = annotate(np.zeros((rows, rows * 16 // 9, 3), np.uint8), FrameResult(1, 0.0, 0.5, 0.5, "fresh", box))
+        return int(np.count_nonzero(out[250, 60:200].any(axis=-1)))
+
+    small, hd, uhd = edge_px(480), edge_px(1080), edge_px(2160)
+    assert small == edge_px(720) and small < hd < uhd and uhd >= 2 * small  # as drawn at 720 rows, then scaled
+
+
 def test_video_sink_needs_the_image(tmp_path):
     with VideoSink(tmp_path / "v.avi", 10) as sink, pytest.raises(ValueError, match="without its image"):
         sink.write(make_result(1))
