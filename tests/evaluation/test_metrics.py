@@ -39,6 +39,19 @@ def test_ground_truth_against_itself_is_perfect(request, tmp_path, fixture, benc
         assert out["frames"] == frames[1] - frames[0] + 1
 
 
+def test_results_at_another_resolution_are_named(tud_dir, tmp_path, caplog):
+    """Results tracked on a 4K re-encode scored HOTA 0.0 against 640x480 gt, with no hint why."""
+    import logging
+
+    gt = counted_gt(_gt(tud_dir))
+    big = MotRows(gt.frame, gt.id, gt.xywh * 6.0, gt.conf, gt.cls, gt.vis)  # 640x480 -> 3840x2880
+    with caplog.at_level(logging.WARNING, logger="vsdmot.evaluation.metrics"):
+        evaluate(tud_dir, _write(tmp_path, gt))
+        assert not caplog.records
+        evaluate(tud_dir, _write(tmp_path, big, "big.txt"))
+    assert "centred outside the sequence's 640x480 frame" in caplog.text and "resized copy" in caplog.text
+
+
 def test_mot15_conf_zero_rows_score_as_false_positives(pets_dir, tmp_path):
     """Data README: TrackEval drops PETS's 174 conf-0 rows from the gt; boxes on them are FPs."""
     out = evaluate(pets_dir, _write(tmp_path, _gt(pets_dir)))
