@@ -242,7 +242,7 @@ def make_hooks(args: argparse.Namespace, cfg, source: Any = None, preview: Any =
 
 
 def run(args: argparse.Namespace) -> int:
-    from vsdmot.edge.runner import SourceStopEvent, drop_note, pipeline_note, run_loop
+    from vsdmot.edge.runner import SourceStopEvent, drop_note, nothing_tracked_hint, pipeline_note, run_loop
     from vsdmot.runtime.pipeline import build_pipeline
     from vsdmot.runtime.sinks import open_sinks
 
@@ -272,6 +272,8 @@ def run(args: argparse.Namespace) -> int:
             pipeline.close()
     finally:
         source.close()
+    if nothing_tracked_hint(summary):
+        log.warning(nothing_tracked_hint(summary))
     print(f"vsdmot-edge run: {summary.frames} frames, {summary.fps:.1f} FPS end to end{pipeline_note(summary)}, "
           f"semantics {summary.semantic}, stopped by {summary.stopped_by}{drop_note(summary.source_stats)}",
           file=sys.stderr)

@@ -52,6 +52,7 @@ class RunSummary:
     error: str = ""  # what stopped the run when stopped_by == "error"
     pipeline_ms: float | None = None  # mean per-frame pipeline time over the whole run (the `total` stage)
     overlap: bool = False  # perceive and track ran side by side: pipeline_ms is work, not the time between frames
+    track_rows: int = 0  # tracks output over the run (MOT rows)
 
 
 class _Latencies:
@@ -121,6 +122,18 @@ def pipeline_note(summary: RunSummary) -> str:
     return f" (pipeline {summary.pipeline_ms:.1f} ms a frame: capacity {1000.0 / summary.pipeline_ms:.1f} FPS)"
 
 
+NOTHING_TRACKED_FRAMES = 30  # a run this long that output no track gets `nothing_tracked_hint`
+
+
+def nothing_tracked_hint(summary: RunSummary) -> str:
+    """What to check when a run of NOTHING_TRACKED_FRAMES or more output no track at all, else ""."""
+    if summary.frames < NOTHING_TRACKED_FRAMES or summary.track_rows:
+        return ""
+    return (f"no one was tracked in {summary.frames} frames. If people are in view: a camera mounted sideways "
+            "needs --rotate 90 or 270 (the detector knows upright people); people under ~20 px tall need a "
+            "larger detector input (vsdmot-export --input-size, docs/export.md); --video-out shows what was seen")
+
+
 def drop_note(stats: Any) -> str:
     """", source dropped D of N frames (...)" when a live source dropped frames (its counters), else ""."""
     dropped = getattr(stats, "dropped", 0)
@@ -159,7 +172,7 @@ def run_loop(source: Iterable[Frame], pipeline, sinks: Sequence, hooks: Sequence
     `overlap`: perceive the next frame while this one is tracked (`overlapped`, which runs the
     pipeline's own `perceive` and `track`, not `step_fn`)."""
     stop_event = stop_event or threading.Event()
-    lat, frames, stopped_by, error = _Latencies(), 0, "end", ""
+    lat, frames, rows, stopped_by, error = _Latencies(), 0, 0, "end", ""
     started: list[Hook] = []  # only these get on_stop; a hook failing to start still closes the sinks
     t0, steps = time.perf_counter(), None
     try:
@@ -171,7 +184,7 @@ def run_loop(source: Iterable[Frame], pipeline, sinks: Sequence, hooks: Sequence
         steps = overlapped(pulled, pipeline) if overlap else ((f, step_fn(f, pipeline)) for f in pulled)
         for frame, result in steps:
             _emit(frame, result, sinks, hooks, source)
-            frames += 1
+            frames, rows = frames + 1, rows + len(result.tracks)
             lat.add(result.latency_ms)
             if max_frames and frames >= max_frames:
                 stopped_by = "max_frames"
@@ -188,7 +201,7 @@ def run_loop(source: Iterable[Frame], pipeline, sinks: Sequence, hooks: Sequence
         summary = RunSummary(frames, seconds, frames / seconds if seconds > 0 else 0.0,
                              pipeline.semantics.counts.as_dict(), lat.summary(), stopped_by,
                              source_stats(source), error, lat.total_ms / lat.n if lat.n and lat.total_ms else None,
-                             overlap)
+                             overlap, rows)
         _close_all(sinks)
         _stop_hooks(started, summary)
     log.info("run: %d frames in %.1f s (%.1f FPS), stopped by %s%s", frames, seconds, summary.fps, stopped_by,

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from vsdmot.edge.runner import (ProgressHook, RunSummary, SourceStopEvent, drop_note, pipeline_note, run_loop,
-                                stop_on_signals)
+from vsdmot.edge.runner import (ProgressHook, RunSummary, SourceStopEvent, drop_note, nothing_tracked_hint,
+                                pipeline_note, run_loop, stop_on_signals)
 from vsdmot.runtime.semantics import SemanticCounts
 from vsdmot.runtime.types import Detections, Frame, FrameResult
 
@@ -179,6 +179,17 @@ def test_signal_during_run_exits_cleanly():
     with stop_on_signals(stop):
         summary, _, sink, _ = run(50, stop=stop, on_frame=lambda f: f.index == 7 and os.kill(os.getpid(), signal.SIGTERM))
     assert summary.stopped_by == "signal" and sink.written == list(range(1, 8)) and sink.closed
+
+
+def test_a_run_that_tracked_no_one_says_what_to_check():
+    """A sideways camera's clip gave 0 rows in 40 frames and a normal last line."""
+    empty = run(40)[0]
+    assert empty.track_rows == 0 and "--rotate 90 or 270" in nothing_tracked_hint(empty)
+    assert nothing_tracked_hint(run(5)[0]) == ""  # too short to tell
+    one = Detections(np.array([[1.0, 1.0, 5.0, 9.0]]), np.array([0.9]), np.array([3]))
+    with_tracks = run_loop(Source(40), FakePipeline(), [], step_fn=lambda f, p: FrameResult(
+        f.index, f.timestamp, 1.0, 0.0, "skipped", one, {"total": 1.0}))
+    assert with_tracks.track_rows == 40 and nothing_tracked_hint(with_tracks) == ""
 
 
 def test_latency_window_is_bounded():
