@@ -364,7 +364,9 @@ class HealthHook:
         from .power import PowerSampler, open_meter
 
         probe = open_meter(self.meter_order, self.root)
-        log.info("health: %s", probe.explain())
+        log.info("health: %s", probe.short())
+        if probe.meter is None:  # why each meter failed: at -v (`vsdmot-edge doctor` explains them too)
+            log.debug("health: %s", probe.explain())
         if probe.meter is not None:
             sampler = PowerSampler(probe.meter, period_s=POWER_PERIOD_S, keep=10).start()  # bounded: runs for months
             self.sampler, self.metrics.power_meter = sampler, probe.meter.name

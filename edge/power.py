@@ -279,6 +279,12 @@ class MeterProbe:
         why = "; ".join(f"{k}: {v}" for k, v in self.tried.items())
         return f"no power meter on this machine ({why}): energy is not reported, only time and CPU seconds"
 
+    def short(self) -> str:
+        """`explain` in one short line: the meters tried, not why each failed (`-v` logs that)."""
+        if self.meter is not None:
+            return self.explain()
+        return f"no power meter ({', '.join(self.tried) or 'none tried'}): energy is not reported"
+
 
 def open_meter(order: Iterable[str] = METER_ORDER, root: str | os.PathLike = "/") -> MeterProbe:
     """The first meter in `order` that opens and reads; ValueError for an unknown name."""

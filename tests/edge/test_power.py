@@ -188,6 +188,8 @@ def test_no_meter_here_is_said_with_reasons():
     assert probe.meter is None
     assert set(probe.tried) == {"jtop", "ina3221", "nvml", "rapl"}
     assert "no power meter" in probe.explain() and "energy is not reported" in probe.explain()
+    # the run's log line: which meters, not a 400-character list of why (that is -v, and doctor)
+    assert probe.short() == "no power meter (jtop, ina3221, nvml, rapl): energy is not reported"
 
 
 def test_open_meter_order_and_bad_name():
