@@ -48,8 +48,15 @@ def save_checkpoint(path: str | Path, model: nn.Module, model_config: Any, train
         "meta": meta or {},
         "extra": extra or {},
     }
+    return save_atomic(ckpt, path)
+
+
+def save_atomic(obj: dict, path: str | Path) -> Path:
+    """torch.save through a temporary file and a rename: a kill mid-write leaves the old file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(ckpt, tmp)
+    torch.save(obj, tmp)
     os.replace(tmp, path)
     return path
 

@@ -84,13 +84,11 @@ def save_fp16(src: str | Path, dest: str | Path, projection: bool = False) -> Pa
     tensors in fp16, no optimiser (~1.6 MB for the default shape). `load_student` reads it back
     into an fp32 network (load_state_dict casts). The teacher projection (`extra`, 0.3 MB in
     fp16) is kept only on request."""
-    from vsdmot.models.checkpoint import load_checkpoint
+    from vsdmot.models.checkpoint import load_checkpoint, save_atomic
 
     c = load_checkpoint(src)
     half = lambda d: {k: v.half() if v.is_floating_point() else v for k, v in d.items()}  # noqa: E731
     out = {**c, "model": half(c["model"]), "optimizer": None, "rng": None, "rng_numpy": None,
            "meta": {**c.get("meta", {}), "dtype": "float16", "source": Path(src).name},
            "extra": {"projection": half(c["extra"]["projection"])} if projection and c.get("extra") else {}}
-    Path(dest).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(out, dest)
-    return Path(dest)
+    return save_atomic(out, dest)  # dest is often models/weights/student.pt: never half written
