@@ -1,4 +1,4 @@
-"""Step (`--int8 --target tensorrt`, TensorRT < 10.1, JetPack 5): legacy INT8 engines, built for
+"""Step (`--int8 --target tensorrt`, TensorRT < 10.1: JetPack 6.0): legacy INT8 engines, built for
 the staged bundle once its gate passed (or was forced), before it is published (a failure leaves --out as it was).
 
 TensorRT 10.1 deprecated the implicit INT8 calibrators for explicit Q/DQ ONNX, which is what the
@@ -10,8 +10,9 @@ TensorRT version, GPU, FP32 model hash and the feeds' identity, and a stale one 
 recalibrated, never reused. The engine goes into the runtime's engine cache under the key
 `vsdmot-edge run --backend tensorrt` looks up for the bundle's file (`runtime.backends.EngineKey`:
 that file's sha256, TensorRT, GPU, "int8": the default `--precision auto` of an INT8 bundle), so
-the run loads it instead of building from the Q/DQ file. Without that cache entry the run builds from Q/DQ, which
-TensorRT 8.5 also accepts.
+the run loads it instead of building from the Q/DQ file. That engine is not the model the accuracy
+gate scored, so it is cached only when it agrees with FP32 about as well as the gated Q/DQ file does
+(`agreement`). Without that cache entry the run builds from Q/DQ, which TensorRT 8.5 and later also accept.
 
 Needs TensorRT and a CUDA GPU (imported lazily). Here only the plumbing around the build is tested.
 """
@@ -38,13 +39,15 @@ def needs_legacy(tensorrt_version: str) -> bool:
 def legacy_int8_engines(bundle_dir: str | os.PathLike, fp32_files: Mapping[str, Path],
                         feeds: Mapping[str, Sequence[Mapping]], work: Path,
                         cache_root: str | os.PathLike | None = None,
-                        build: Callable | None = None) -> dict[str, str]:
+                        build: Callable | None = None, engine_runner: Callable | None = None) -> dict[str, str]:
     """Per INT8 network of the (staged) bundle: build its legacy engine and cache it for the
-    bundle's file. Returns {network: engine path}; {} on TensorRT >= 10.1 (explicit Q/DQ there).
-    `build` is `calibration.trt_calibrator.build_legacy_int8_engine` (a stand-in in tests)."""
+    bundle's file, unless it agrees with FP32 worse than the gated Q/DQ file does (`agreement`).
+    Returns {network: engine path}; {} on TensorRT >= 10.1 (explicit Q/DQ there).
+    `build` is `calibration.trt_calibrator.build_legacy_int8_engine` and `engine_runner(onnx, cache)`
+    opens the cached engine as a feed -> outputs function (`TensorRTBackend`); stand-ins in tests."""
     import tensorrt as trt
 
-    from vsdmot.runtime.backends import EngineKey, default_engine_cache, engine_dir, store_engine
+    from vsdmot.runtime.backends import EngineKey, default_engine_cache, discard_engine, engine_dir, store_engine
     from vsdmot.runtime.bundle import file_sha256, load_bundle
     from vsdmot.runtime.locks import waiting_lock
 
@@ -60,11 +63,44 @@ def legacy_int8_engines(bundle_dir: str | os.PathLike, fp32_files: Mapping[str, 
         key = EngineKey(file_sha256(bundle.file(f"{name}.onnx")), trt.__version__, stamp.gpu, "int8")  # gpu: cuda_device(), as the run keys it
         folder = engine_dir(cache_root or default_engine_cache(), f"{name}.onnx", key)
         with waiting_lock(folder.with_name(folder.name + ".lock"), f"storing the legacy engine for {name}"):
-            out[name] = str(store_engine(folder, key, data))  # not while a run builds or reads this engine
-        log.warning("TensorRT %s: legacy INT8 engine for %s.onnx (entropy calibrator, %d feeds, cache %s) cached "
-                    "for vsdmot-edge run --backend tensorrt", trt.__version__, name,
-                    len(feeds[name]), cache)
+            path = store_engine(folder, key, data)  # not while a run builds or reads this engine
+        run = (engine_runner or _tensorrt_runner)(bundle.file(f"{name}.onnx"), folder.parent)
+        ok, why = agreement(run, fp32_files[name], bundle.file(f"{name}.onnx"), feeds[name])
+        if not ok:
+            discard_engine(folder)
+            log.warning("TensorRT %s: the legacy INT8 engine for %s.onnx is not cached: %s; the run builds %s from "
+                        "the gated Q/DQ file instead", trt.__version__, name, why, name)
+            continue
+        out[name] = str(path)
+        log.warning("TensorRT %s: legacy INT8 engine for %s.onnx (entropy calibrator, %d feeds, cache %s; %s) "
+                    "cached for vsdmot-edge run --backend tensorrt", trt.__version__, name, len(feeds[name]), cache, why)
     return out
+
+
+LEGACY_MARGIN = 0.02  # cosine the legacy engine may lose against FP32 beyond what the gated Q/DQ file loses
+AGREEMENT_FEEDS = 8
+
+
+def agreement(engine: Callable, fp32_onnx: Path, qdq_onnx: Path, feeds: Sequence[Mapping]) -> tuple[bool, str]:
+    """(ok, why): the legacy engine is built from the FP32 file with its own entropy ranges, so it is
+    not the model the accuracy gate scored. It is kept only when, per output, its outputs agree with
+    FP32's (minimum cosine over AGREEMENT_FEEDS calibration feeds) within LEGACY_MARGIN of the gated
+    Q/DQ file's agreement on the same feeds."""
+    from .parity import compare, onnx_runner, pick
+
+    picked, ref = pick(feeds, AGREEMENT_FEEDS), onnx_runner(fp32_onnx)
+    legacy, gated = compare(ref, engine, picked), compare(ref, onnx_runner(qdq_onnx), picked)
+    rows = {o: (legacy[o]["cosine"], gated[o]["cosine"]) for o in gated}
+    bad = {o: c for o, c in rows.items() if not c[0] >= c[1] - LEGACY_MARGIN}  # NaN fails too
+    text = ", ".join(f"{o} cosine {a:.3f} vs FP32 (the gated Q/DQ file: {b:.3f})" for o, (a, b) in (bad or rows).items())
+    return not bad, text
+
+
+def _tensorrt_runner(onnx: Path, cache_root: Path) -> Callable:
+    """The engine just cached for `onnx`, as `vsdmot-edge run --backend tensorrt` opens it."""
+    from vsdmot.runtime.backends import TensorRTBackend
+
+    return TensorRTBackend(onnx, precision="int8", cache_dir=cache_root).infer
 
 
 def int8_networks(bundle, fp32_files: Mapping[str, Path], feeds: Mapping[str, Sequence[Mapping]]) -> list[str]:

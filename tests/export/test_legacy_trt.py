@@ -10,6 +10,7 @@ import types
 import pytest
 
 from vsdmot.calibration.trt_calibrator import CacheStamp
+from vsdmot.export import legacy_trt
 from vsdmot.export.legacy_trt import legacy_int8_engines, needs_legacy
 from vsdmot.runtime.backends import EngineKey, engine_dir, load_cached_engine
 from vsdmot.runtime.bundle import file_sha256, load_bundle
@@ -31,6 +32,13 @@ def fake_tensorrt(monkeypatch, version):
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__=version))
 
 
+def as_gated(onnx, cache_root):
+    """An engine whose outputs are the gated Q/DQ file's (TensorRT is not here to run the real one)."""
+    from vsdmot.export.parity import onnx_runner
+
+    return onnx_runner(onnx)
+
+
 def test_the_engine_lands_under_the_runtimes_key_for_the_bundles_file(int8_bundle, tmp_path, monkeypatch):
     bundle_dir, fp32, feeds = int8_bundle
     calls = []
@@ -40,7 +48,7 @@ def test_the_engine_lands_under_the_runtimes_key_for_the_bundles_file(int8_bundl
         return b"legacy engine", CacheStamp("8.5.2.2", "Orin", file_sha256(onnx), calib_id)
 
     fake_tensorrt(monkeypatch, "8.5.2.2")
-    out = legacy_int8_engines(bundle_dir, fp32, feeds, tmp_path / "work", tmp_path / "engines", build)
+    out = legacy_int8_engines(bundle_dir, fp32, feeds, tmp_path / "work", tmp_path / "engines", build, as_gated)
     assert list(out) == ["detector"]
     (onnx, n, cache, calib_id), = calls
     assert onnx == fp32["detector"] and n == len(feeds["detector"]) and calib_id == "pets-24"  # the FP32 net, same feeds
@@ -48,6 +56,30 @@ def test_the_engine_lands_under_the_runtimes_key_for_the_bundles_file(int8_bundl
     b = load_bundle(bundle_dir)
     key = EngineKey(file_sha256(b.file("detector.onnx")), "8.5.2.2", "Orin", "int8")  # what TensorRTBackend computes
     assert load_cached_engine(engine_dir(tmp_path / "engines", b.file("detector.onnx"), key), key) == b"legacy engine"
+
+
+def test_a_legacy_engine_that_strays_from_fp32_is_not_cached(int8_bundle, tmp_path, monkeypatch, caplog):
+    """The legacy engine is calibrated by TensorRT, not the model the gate scored: one whose outputs
+    agree with FP32 worse than the gated Q/DQ file's is discarded, and the run builds from Q/DQ."""
+    import numpy as np
+
+    bundle_dir, fp32, feeds = int8_bundle
+    gated = as_gated(load_bundle(bundle_dir).file("detector.onnx"), None)
+    rng = np.random.default_rng(0)
+
+    def strayed(onnx, cache_root):  # right shapes, wrong values: a calibration gone bad
+        return lambda feed: {k: rng.normal(size=v.shape).astype(v.dtype) for k, v in gated(feed).items()}
+
+    def build(onnx, net_feeds, cache, calib_id):
+        return b"legacy engine", CacheStamp("8.5.2.2", "Orin", file_sha256(onnx), calib_id)
+
+    fake_tensorrt(monkeypatch, "8.5.2.2")
+    with caplog.at_level("WARNING"):
+        out = legacy_int8_engines(bundle_dir, fp32, feeds, tmp_path / "work", tmp_path / "engines", build, strayed)
+    assert out == {} and "is not cached" in caplog.text and "the gated Q/DQ file" in caplog.text
+    f = load_bundle(bundle_dir).file("detector.onnx")
+    key = EngineKey(file_sha256(f), "8.5.2.2", "Orin", "int8")
+    assert load_cached_engine(engine_dir(tmp_path / "engines", f, key), key) is None  # discarded
 
 
 def test_tensorrt_10_builds_from_qdq_and_fp32_networks_are_left_alone(int8_bundle, tmp_path, monkeypatch):
@@ -93,7 +125,7 @@ def test_unkeyed_feeds_name_their_content_in_the_calibration_stamp(int8_bundle, 
     recorded = [dict(feeds["detector"][i]) for i in range(4)]
     other = [{k: np.ascontiguousarray(v[..., ::-1]) for k, v in f.items()} for f in recorded]  # same count, other values
     for f in (recorded, other, [dict(f) for f in recorded]):
-        legacy_int8_engines(bundle_dir, fp32, {"detector": f}, tmp_path / "work", tmp_path / "engines", build)
+        legacy_int8_engines(bundle_dir, fp32, {"detector": f}, tmp_path / "work", tmp_path / "engines", build, as_gated)
     assert ids[0] != ids[1] and ids[0] == ids[2]
 
 
@@ -118,6 +150,7 @@ def test_through_the_chain_the_engine_is_found_for_the_published_file(tiny_expor
     monkeypatch.setenv("VSDMOT_ENGINE_CACHE", str(tmp_path / "mine"))  # the exporting user's: --engine-cache wins
     monkeypatch.setattr(trt_calibrator, "build_legacy_int8_engine",
                         lambda onnx, feeds, cache, calib_id: (b"legacy", CacheStamp("8.5.2.2", "Orin", "x", calib_id)))
+    monkeypatch.setattr(legacy_trt, "_tensorrt_runner", as_gated)
     out, _ = tiny_export("tensorrt", engine_cache=str(tmp_path / "engines"))  # the service's cache
     f = load_bundle(out).file("detector.onnx")
     key = EngineKey(file_sha256(f), "8.5.2.2", "Orin", "int8")
