@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
-from vsdmot.runtime.backends import EngineKey, default_engine_cache, engine_dir
+from vsdmot.runtime.backends import EngineKey, default_engine_cache, engine_dir, strongly_typed
 from vsdmot.runtime.bundle import file_sha256, load_bundle, read_stamped
 from vsdmot.runtime.errors import DeviceError
 from vsdmot.runtime.locks import waiting_lock
@@ -42,9 +42,17 @@ log = logging.getLogger(__name__)
 PROGRAM = "program.ep"
 
 
-def program_precision(bundle_precision: str) -> str:
-    """fp32 for an FP32 bundle, else fp16 (Torch-TensorRT's INT8 needs a ModelOpt-quantised module)."""
-    return "fp32" if bundle_precision == "fp32" else "fp16"
+def program_precision(bundle_precision: str, trt=None) -> str:
+    """fp32 for an FP32 bundle, else fp16 (Torch-TensorRT's INT8 needs a ModelOpt-quantised module).
+    Where TensorRT builds strongly typed networks only (`trt` without BuilderFlag.FP16: TensorRT 11),
+    `enabled_precisions` no longer lowers float layers to FP16, so the program is FP32 and keyed so."""
+    if bundle_precision == "fp32":
+        return "fp32"
+    if trt is not None and strongly_typed(trt):
+        log.warning("TensorRT %s builds strongly typed networks only: Torch-TensorRT's programs stay FP32 "
+                    "(enabled_precisions is weak typing)", getattr(trt, "__version__", "?"))
+        return "fp32"
+    return "fp16"
 
 
 def compile_programs(out: str | os.PathLike, nets: Mapping[str, TorchNet],
@@ -56,7 +64,7 @@ def compile_programs(out: str | os.PathLike, nets: Mapping[str, TorchNet],
     import torch_tensorrt
 
     bundle = load_bundle(out)
-    precision = program_precision(bundle.precision)
+    precision = program_precision(bundle.precision, tensorrt)
     versions = f"torch_tensorrt {torch_tensorrt.__version__}, tensorrt {tensorrt.__version__}"
     props = torch.cuda.get_device_properties(0)  # the model, not just its name (every Orin is "Orin")
     gpu = f"{props.name} (sm_{props.major}{props.minor}, {props.multi_processor_count} SMs, CUDA {torch.version.cuda})"

@@ -46,6 +46,10 @@ def stand_ins(monkeypatch):
 def test_program_precision(bundle, program):
     """Torch-TensorRT's INT8 needs a ModelOpt-quantised module: an INT8 bundle's programs are FP16."""
     assert torch_trt.program_precision(bundle) == program
+    weak = types.SimpleNamespace(__version__="10.3.0", BuilderFlag=types.SimpleNamespace(FP16=0))
+    typed = types.SimpleNamespace(__version__="11.0.0", BuilderFlag=types.SimpleNamespace())  # TensorRT 11
+    assert torch_trt.program_precision(bundle, weak) == program
+    assert torch_trt.program_precision(bundle, typed) == "fp32"  # enabled_precisions no longer gives FP16
 
 
 @pytest.mark.parametrize("precision,dtypes", [("fp32", {torch.float32}), ("fp16", {torch.float32, torch.float16})])
