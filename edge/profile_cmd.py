@@ -2,7 +2,7 @@
 
     vsdmot-edge profile (--source PATH | --demo) [--bundle DIR] [--duration S] [--warmup S]
         [--idle S] --report DIR [--semantic auto|always|never]
-        [--compare-semantic auto,always | --compare-bundle DIR_A,DIR_B] [--power-meter LIST]
+        [--compare-semantic auto,always | --compare-bundle DIR_A,DIR_B] [--rounds N] [--power-meter LIST]
 
 Per run: warm up (frames in the first --warmup seconds are not counted), then measure for
 --duration seconds. A file source is replayed if it ends early. Reported: per-stage latency
@@ -319,6 +319,35 @@ def compare(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def rounds_of(args: argparse.Namespace, pair: list[Variant]) -> int:
+    """--rounds, which only a comparison takes."""
+    rounds = getattr(args, "rounds", 1)
+    if rounds < 1:
+        raise ValueError(f"--rounds: expected >= 1, got {rounds}")
+    if rounds > 1 and len(pair) != 2:
+        raise ValueError("--rounds: interleaves the two sides of --compare-semantic or --compare-bundle; give one")
+    return rounds
+
+
+def compare_rounds(rounds: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """`compare` of each round (A / B), then per figure the median over rounds and every round's ratio."""
+    per = [compare(rnd) for rnd in rounds]
+    keys = [k for k in per[0] if k not in ("a", "b")]
+    median = {k: None if any(c[k] is None for c in per) else round(float(np.median([c[k] for c in per])), 3)
+              for k in keys}
+    return {"a": per[0]["a"], "b": per[0]["b"], **median, "rounds": len(per),
+            "per_round": {k: [c[k] for c in per] for k in keys}}
+
+
+def median_runs(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per variant, the round whose end-to-end FPS is the median (the lower one of an even count): the
+    run the report's tables and plots show."""
+    def fps(run: dict[str, Any]) -> float:
+        return run["stats"]["fps"]["end_to_end"] or 0.0
+
+    return [sorted((rnd[i] for rnd in rounds), key=fps)[(len(rounds) - 1) // 2] for i in range(len(rounds[0]))]
+
+
 def measure_idle(sampler: Any, idle_s: float) -> float | None:
     """Mean board power while nothing of ours runs (before any model is loaded)."""
     from .power import mean_watts
@@ -349,8 +378,9 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     sampler = PowerSampler(probe.meter, cfg.power_period_s).start() if probe.meter else None
     try:
         idle_w = measure_idle(sampler, cfg.idle_s)
-        runs = [run_variant(args, v, cfg, sampler) for v in variants(args)]
-        for r in runs:
+        pair = variants(args)
+        rounds = [[run_variant(args, v, cfg, sampler) for v in pair] for _ in range(rounds_of(args, pair))]  # A B A B
+        for r in (run for rnd in rounds for run in rnd):
             t0, t1 = r["stats"]["window"]
             r["energy"] = energy(r["stats"], sampler.between(t0, t1), idle_w) if sampler else \
                 {"metered": False, "note": probe.explain()}
@@ -358,7 +388,7 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
         if sampler is not None:
             sampler.stop()
             probe.meter.close()
-    comparison = compare(runs) if len(runs) == 2 else None
+    runs, comparison = median_runs(rounds), compare_rounds(rounds) if len(pair) == 2 else None
     meter = {"name": probe.meter.name if probe.meter else None, "scope": probe.meter.scope if probe.meter else None,
              "explain": probe.explain(), "tried": probe.tried, "idle_w": idle_w}
     return {"vsdmot_version": __version__, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -392,6 +422,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, metavar="N", help="cap each run at N frames (warm-up included)")
     p.add_argument("--compare-semantic", metavar="A,B", help="two runs side by side, e.g. auto,always")
     p.add_argument("--compare-bundle", metavar="DIR_A,DIR_B", help="two bundles side by side, e.g. INT8 vs FP32")
+    p.add_argument("--rounds", type=int, default=1, metavar="N",
+                   help="with --compare-*: run the two sides N times, interleaved (A B A B ...), and report the "
+                   "median ratio and each round's (default 1: one run each, which on a shared machine can be "
+                   "order and noise)")
     p.add_argument("--power-meter", default="jtop,ina3221,nvml,rapl", metavar="LIST",
                    help="meters to try in order (default jtop,ina3221,nvml,rapl; 'none' = no power)")
 

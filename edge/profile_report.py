@@ -168,12 +168,18 @@ def _comparison(c: dict[str, Any] | None) -> list[str]:
     def x(key: str) -> str:
         return "n/a (no power meter)" if c[key] is None and "joules" in key else f"x{c[key]}"
 
-    return ["", f"**{c['a']} relative to {c['b']}:** end-to-end FPS {x('fps_end_to_end')}, model FPS "
+    head = ["", f"**{c['a']} relative to {c['b']}:** end-to-end FPS {x('fps_end_to_end')}, model FPS "
             f"{x('fps_model')}, CPU seconds per frame {x('cpu_seconds_per_frame')}, net energy per frame "
-            f"{x('net_joules_per_frame')}.", "",
-            "One run of each, one after the other: on a shared or warming machine a ratio within about 10 % of "
-            "x1 can be order and noise (two identical FP32 detectors compared at x1.03-x1.11 here). For a "
-            "ratio to rely on, `python -m vsdmot.edge.run_bench --bundles A=DIR B=DIR --rounds 5` interleaves rounds."]
+            f"{x('net_joules_per_frame')}.", ""]
+    rounds = c.get("rounds", 1)
+    if rounds > 1:
+        each = ", ".join(f"x{v}" for v in c["per_round"]["fps_end_to_end"])
+        return head + [f"Medians of {rounds} interleaved rounds (A B A B ...); end-to-end FPS ratio per round: {each}. "
+                       "The tables and plots above show each side's median round."]
+    return head + ["One run of each, one after the other: on a shared or warming machine a ratio within about 10 % "
+                   "of x1 can be order and noise (two identical FP32 detectors compared at x1.03-x1.11 here). For a "
+                   "ratio to rely on, add `--rounds 5`: the two sides then run interleaved and the report gives "
+                   "the median."]
 
 
 def _notes(runs: list[dict[str, Any]]) -> list[str]:

@@ -265,7 +265,8 @@ def run(args: argparse.Namespace) -> int:
                 log.info("no --mot-out, --jsonl-out, --video-out or --stats-out: the tracks are not saved")
             # the sinks open last: from here on run_loop closes them whatever happens
             sinks = open_sinks(**vars(cfg.sinks), fps=source.fps, source_stats=getattr(source, "stats", None),
-                               meta=_meta(cfg, pipeline, source), live=getattr(source, "live", False)) + ([preview] if preview is not None else [])
+                               meta=_meta(cfg, pipeline, source), live=getattr(source, "live", False))
+            sinks += [preview] if preview is not None else []
             with _signals(stop, reload):
                 summary = run_loop(source, pipeline, sinks, hooks, stop, cfg.max_frames, overlap=overlap)
         finally:

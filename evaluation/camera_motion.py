@@ -91,7 +91,8 @@ def motion_sequence(spec: str, out: str | Path, cfg: MotionConfig = MotionConfig
         rows.append(frame_rows)
     moved = MotRows(*(np.concatenate([getattr(r, f) for r in rows]) for f in MotRows.__dataclass_fields__))
     write_gt(out / "gt" / "gt.txt", moved)
-    write_seqinfo(out / "seqinfo.ini", SeqInfo(copy_name(seq.info.name, (a, b), out.name), seq.info.frame_rate, n, *size))
+    name = copy_name(seq.info.name, (a, b), out.name)  # renumbered from 1: held-out frames keep the mark
+    write_seqinfo(out / "seqinfo.ini", SeqInfo(name, seq.info.frame_rate, n, *size))
     steps = np.abs(np.diff(corners, axis=0)).sum(1) if n > 1 else np.zeros(1)
     info = {"source": spec, "motion": cfg.motion, "frames": n, "window": list(win),
             "mean_step_px": round(float(steps.mean()), 2), "max_step_px": int(steps.max()),

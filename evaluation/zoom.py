@@ -104,7 +104,8 @@ def zoom_sequence(spec: str, out: str | Path, cfg: ZoomConfig = ZoomConfig(), he
     rows = zoom_rows(gt, crop, scale, cfg)
     rows.frame = rows.frame - (a - 1)
     write_gt(out / "gt" / "gt.txt", rows)  # the source's layout (MOT17: class, visibility)
-    write_seqinfo(out / "seqinfo.ini", SeqInfo(copy_name(seq.info.name, (a, b), out.name), seq.info.frame_rate, n, *size))
+    name = copy_name(seq.info.name, (a, b), out.name)  # renumbered from 1: held-out frames keep the mark
+    write_seqinfo(out / "seqinfo.ini", SeqInfo(name, seq.info.frame_rate, n, *size))
     info = {"source": spec, "frames": n, "crop_xywh": list(crop), "scale": round(scale[0], 4),
             "gt_boxes": len(counted_gt(rows)), "gt_boxes_before": len(counted_gt(gt))}
     log.info("zoom: wrote %s: %s", out, info)

@@ -94,6 +94,21 @@ def test_variants(flags, labels, error):
         assert [v.label for v in PC.variants(args)] == labels
 
 
+def _run(label: str, fps: float) -> dict:
+    return {"label": label, "stats": {"fps": {"end_to_end": fps, "model": 2 * fps}, "cpu_seconds_per_frame": 0.01},
+            "energy": {}}
+
+
+def test_rounds_give_median_ratios_and_each_side_s_median_run():
+    rounds = [[_run("A", 100.0), _run("B", 50.0)], [_run("A", 90.0), _run("B", 60.0)], [_run("A", 80.0), _run("B", 80.0)]]
+    c = PC.compare_rounds(rounds)
+    assert c["per_round"]["fps_end_to_end"] == [2.0, 1.5, 1.0] and c["fps_end_to_end"] == 1.5 and c["rounds"] == 3
+    assert c["net_joules_per_frame"] is None  # no meter in any round
+    assert [r["stats"]["fps"]["end_to_end"] for r in PC.median_runs(rounds)] == [90.0, 60.0]
+    with pytest.raises(ValueError, match="--compare-semantic or --compare-bundle"):
+        PC.rounds_of(argparse.Namespace(rounds=3), [PC.Variant("semantic=auto", {})])
+
+
 @pytest.mark.parametrize("given, loop", [(["--demo"], True), (["--source", "clip.mp4"], True),
                                          (["--camera", "/dev/video0"], None), (["--source", "rtsp://cam/1"], None),
                                          (["--source", "https://host/clip.mp4"], True)])
@@ -175,7 +190,7 @@ def test_profile_report_on_the_demo_clip(bundle, tmp_path, capsys):
     """Two runs side by side on the shipped demo clip; no meter here, so time and CPU only."""
     rep = tmp_path / "report"
     rc = main(["profile", "--demo", "--bundle", str(bundle), "--threads", "1", "--duration", "2", "--warmup", "0.5",
-               "--idle", "0", "--compare-semantic", "auto,always", "--report", str(rep)])
+               "--idle", "0", "--compare-semantic", "auto,always", "--rounds", "2", "--report", str(rep)])
     assert rc == 0
     report = json.loads((rep / "report.json").read_text())
     assert [r["label"] for r in report["runs"]] == ["semantic=auto", "semantic=always"]
@@ -195,12 +210,14 @@ def test_profile_report_on_the_demo_clip(bundle, tmp_path, capsys):
     assert auto["semantic_skip_ratio"] >= always["semantic_skip_ratio"]
     c = report["comparison"]
     assert (c["a"], c["b"]) == ("semantic=auto", "semantic=always") and c["fps_end_to_end"] > 0
+    assert c["rounds"] == 2 and len(c["per_round"]["fps_end_to_end"]) == 2  # A B A B, interleaved
     if report["meter"]["name"] is None:
         assert c["net_joules_per_frame"] is None and c["joules_per_frame"] is None
     pngs = {p.name for p in rep.glob("*.png")}
     assert {"latency_over_time.png", "stage_breakdown.png", "quality_weight.png"} <= pngs
     md = (rep / "report.md").read_text()
     assert "| FPS, end to end (decode + step + hooks) |" in md and "semantic=always" in md
+    assert "Medians of 2 interleaved rounds" in md
     prec = json.loads((Path(bundle) / "manifest.json").read_text())["precision"]
     assert all(r["input_size"] == "416x416" and r["bundle_precision"] == prec for r in report["runs"])
     assert all(r["engine_precision"] == {} for r in report["runs"])  # onnxruntime: no engines
