@@ -23,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
@@ -431,10 +432,9 @@ class FileSource:
 
 # -- the entry -------------------------------------------------------------------------------------
 def open_decodable(path: str, fps: float | None = None) -> FrameSource:
-    """runtime's `open_file_source`, except that a video OpenCV decodes as black frames (interlaced)
-    is decoded through ffmpeg (edge/ffmpeg_capture.py)."""
-    src = open_file_source(path, fps)
-    return decodable(src, fps) if isinstance(src, VideoFileSource) else src
+    """runtime's `open_file_source`, except that an interlaced video file is decoded through ffmpeg
+    (edge/ffmpeg_capture.py: OpenCV makes blank or stale frames of it)."""
+    return decodable(path, fps) if Path(path).is_file() else open_file_source(path, fps)
 
 
 def is_stream_url(text: str) -> bool:
