@@ -68,8 +68,8 @@ class VideoFileSource:
         except SourceError:
             self._cap.release()
             raise
-        self.header_fps = _positive(self._cap.get(cv2.CAP_PROP_FPS)) or 25.0  # what the file says, or 25
-        self.fps = float(fps or self.header_fps)
+        header_fps = _positive(self._cap.get(cv2.CAP_PROP_FPS))
+        self.fps = float(fps or header_fps or 25.0)
         self.own_clock = not fps  # no true rate given: timestamps are the file's own (right for variable-rate video)
         self.name = name
         # 0 = unknown: a raw stream (.h264, .mjpeg) has no count and OpenCV reports about -1.9e14 or -9.2e18
@@ -94,11 +94,6 @@ class VideoFileSource:
             raise SourceError(f"video: {self.path} opened but yielded no frames (corrupt or empty)")
         self._first_t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
         return cap
-
-    @property
-    def first_frame(self) -> np.ndarray:
-        """The first frame, (H, W, 3) BGR, decoded when the file was opened."""
-        return self._first
 
     def __iter__(self) -> Iterator[Frame]:
         if self._started:  # a second pass starts again from frame 1
