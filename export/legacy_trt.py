@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from .sources import feeds_id  # the feeds' key, else a hash of their contents
@@ -44,10 +46,11 @@ def legacy_int8_engines(bundle_dir: str | os.PathLike, fp32_files: Mapping[str, 
     bundle's file, unless it agrees with FP32 worse than the gated Q/DQ file does (`agreement`).
     Returns {network: engine path}; {} on TensorRT >= 10.1 (explicit Q/DQ there).
     `build` is `calibration.trt_calibrator.build_legacy_int8_engine` and `engine_runner(onnx, cache)`
-    opens the cached engine as a feed -> outputs function (`TensorRTBackend`); stand-ins in tests."""
+    a context giving the engine cached there as a feed -> outputs function (`TensorRTBackend`, closed
+    after); stand-ins in tests."""
     import tensorrt as trt
 
-    from vsdmot.runtime.backends import EngineKey, default_engine_cache, discard_engine, engine_dir, store_engine
+    from vsdmot.runtime.backends import EngineKey, default_engine_cache, engine_dir, store_engine
     from vsdmot.runtime.bundle import file_sha256, load_bundle
     from vsdmot.runtime.locks import waiting_lock
 
@@ -60,21 +63,34 @@ def legacy_int8_engines(bundle_dir: str | os.PathLike, fp32_files: Mapping[str, 
     for name in int8_networks(bundle, fp32_files, feeds):
         cache = work / "legacy-int8" / f"{name}.calib"
         data, stamp = build(fp32_files[name], feeds[name], cache, feeds_id(feeds[name]))
-        key = EngineKey(file_sha256(bundle.file(f"{name}.onnx")), trt.__version__, stamp.gpu, "int8")  # gpu: cuda_device(), as the run keys it
-        folder = engine_dir(cache_root or default_engine_cache(), f"{name}.onnx", key)
-        with waiting_lock(folder.with_name(folder.name + ".lock"), f"storing the legacy engine for {name}"):
-            path = store_engine(folder, key, data)  # not while a run builds or reads this engine
-        run = (engine_runner or _tensorrt_runner)(bundle.file(f"{name}.onnx"), folder.parent)
-        ok, why = agreement(run, fp32_files[name], bundle.file(f"{name}.onnx"), feeds[name])
+        key = EngineKey(file_sha256(bundle.file(f"{name}.onnx")), trt.__version__, stamp.gpu, "int8")  # as the run's
+        ok, why = checked(data, key, name, bundle.file(f"{name}.onnx"), fp32_files[name], feeds[name],
+                          work / "legacy-int8" / "engines", engine_runner or _tensorrt_runner)
         if not ok:
-            discard_engine(folder)
             log.warning("TensorRT %s: the legacy INT8 engine for %s.onnx is not cached: %s; the run builds %s from "
                         "the gated Q/DQ file instead", trt.__version__, name, why, name)
             continue
-        out[name] = str(path)
+        folder = engine_dir(cache_root or default_engine_cache(), f"{name}.onnx", key)
+        with waiting_lock(folder.with_name(folder.name + ".lock"), f"storing the legacy engine for {name}"):
+            out[name] = str(store_engine(folder, key, data))  # not while a run builds or reads this engine
         log.warning("TensorRT %s: legacy INT8 engine for %s.onnx (entropy calibrator, %d feeds, cache %s; %s) "
                     "cached for vsdmot-edge run --backend tensorrt", trt.__version__, name, len(feeds[name]), cache, why)
     return out
+
+
+def checked(data: bytes, key, name: str, qdq: Path, fp32: Path, feeds, trial_root: Path,
+            runner: Callable) -> tuple[bool, str]:
+    """`agreement` of the engine `data`, opened from a trial cache in the work dir: the cache a
+    service reads never holds an engine that was not checked, even when the check fails part way."""
+    from vsdmot.runtime.backends import engine_dir, store_engine
+
+    folder = engine_dir(trial_root, f"{name}.onnx", key)
+    store_engine(folder, key, data)
+    try:
+        with runner(qdq, trial_root) as run:
+            return agreement(run, fp32, qdq, feeds)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 LEGACY_MARGIN = 0.02  # cosine the legacy engine may lose against FP32 beyond what the gated Q/DQ file loses
@@ -96,11 +112,17 @@ def agreement(engine: Callable, fp32_onnx: Path, qdq_onnx: Path, feeds: Sequence
     return not bad, text
 
 
-def _tensorrt_runner(onnx: Path, cache_root: Path) -> Callable:
-    """The engine just cached for `onnx`, as `vsdmot-edge run --backend tensorrt` opens it."""
+@contextmanager
+def _tensorrt_runner(onnx: Path, cache_root: Path) -> Iterator[Callable]:
+    """The engine cached for `onnx` under `cache_root`, as `vsdmot-edge run --backend tensorrt` opens
+    it; closed after (its stream and buffers: the next network's build needs the memory)."""
     from vsdmot.runtime.backends import TensorRTBackend
 
-    return TensorRTBackend(onnx, precision="int8", cache_dir=cache_root).infer
+    backend = TensorRTBackend(onnx, precision="int8", cache_dir=cache_root)
+    try:
+        yield backend.infer
+    finally:
+        backend.close()
 
 
 def int8_networks(bundle, fp32_files: Mapping[str, Path], feeds: Mapping[str, Sequence[Mapping]]) -> list[str]:

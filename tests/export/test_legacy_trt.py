@@ -34,9 +34,12 @@ def fake_tensorrt(monkeypatch, version):
 
 def as_gated(onnx, cache_root):
     """An engine whose outputs are the gated Q/DQ file's (TensorRT is not here to run the real one)."""
+    from contextlib import nullcontext
+
     from vsdmot.export.parity import onnx_runner
 
-    return onnx_runner(onnx)
+    assert cache_root.parts[-2:] == ("legacy-int8", "engines")  # checked from a trial cache in the work dir
+    return nullcontext(onnx_runner(onnx))
 
 
 def test_the_engine_lands_under_the_runtimes_key_for_the_bundles_file(int8_bundle, tmp_path, monkeypatch):
@@ -64,11 +67,15 @@ def test_a_legacy_engine_that_strays_from_fp32_is_not_cached(int8_bundle, tmp_pa
     import numpy as np
 
     bundle_dir, fp32, feeds = int8_bundle
-    gated = as_gated(load_bundle(bundle_dir).file("detector.onnx"), None)
+    from contextlib import nullcontext
+
+    from vsdmot.export.parity import onnx_runner
+
+    gated = onnx_runner(load_bundle(bundle_dir).file("detector.onnx"))
     rng = np.random.default_rng(0)
 
     def strayed(onnx, cache_root):  # right shapes, wrong values: a calibration gone bad
-        return lambda feed: {k: rng.normal(size=v.shape).astype(v.dtype) for k, v in gated(feed).items()}
+        return nullcontext(lambda feed: {k: rng.normal(size=v.shape).astype(v.dtype) for k, v in gated(feed).items()})
 
     def build(onnx, net_feeds, cache, calib_id):
         return b"legacy engine", CacheStamp("8.5.2.2", "Orin", file_sha256(onnx), calib_id)
@@ -79,7 +86,8 @@ def test_a_legacy_engine_that_strays_from_fp32_is_not_cached(int8_bundle, tmp_pa
     assert out == {} and "is not cached" in caplog.text and "the gated Q/DQ file" in caplog.text
     f = load_bundle(bundle_dir).file("detector.onnx")
     key = EngineKey(file_sha256(f), "8.5.2.2", "Orin", "int8")
-    assert load_cached_engine(engine_dir(tmp_path / "engines", f, key), key) is None  # discarded
+    assert load_cached_engine(engine_dir(tmp_path / "engines", f, key), key) is None  # never in the shared cache
+    assert not list((tmp_path / "work" / "legacy-int8" / "engines").glob("*/engine.plan"))  # the trial is gone too
 
 
 def test_tensorrt_10_builds_from_qdq_and_fp32_networks_are_left_alone(int8_bundle, tmp_path, monkeypatch):
