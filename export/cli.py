@@ -230,7 +230,6 @@ def check_calib_paths(specs) -> None:
     from vsdmot.calibration.calibset import parse_source
     from vsdmot.runtime.errors import SourceError
     from vsdmot.runtime.sources import open_file_source
-    from vsdmot.splits import PETS_TRAIN_LAST, held_out_text, touches_held_out
 
     for spec in specs:
         path, span = parse_source(spec)
@@ -242,10 +241,31 @@ def check_calib_paths(specs) -> None:
         except SourceError as e:
             raise ValueError(f"--calib {spec}: {e}") from None
         src.close()
-        if touches_held_out(src.name, span):  # the gate would score frames the INT8 ranges were fit on
-            raise ValueError(f"--calib {spec}: {src.name} frames {'%d-%d' % span if span else '(all)'} include the "
-                             f"accuracy gate's held-out frames ({held_out_text()}); calibrate on others, e.g. "
-                             f"{path}:1-{PETS_TRAIN_LAST} for PETS09-S2L1")
+        check_not_held_out(spec, path, span, sequence_name(path, src.name))
+
+
+def sequence_name(path: Path, name: str) -> str:
+    """The sequence a calibration source belongs to: an image folder inside a MOTChallenge sequence
+    (`PETS09-S2L1/img1`) is that sequence's frames, whatever the folder is called."""
+    from vsdmot.runtime.mot import read_seqinfo
+
+    if path.is_dir() and (path.parent / "seqinfo.ini").is_file():
+        return read_seqinfo(path.parent).name
+    return name
+
+
+def check_not_held_out(spec: str, path: Path, span: tuple[int, int] | None, name: str) -> None:
+    """ValueError when `span` of sequence `name` includes the accuracy gate's held-out frames: the gate
+    would score frames the INT8 ranges were fit on. The message names the range that is free."""
+    from vsdmot.splits import HELD_OUT_FRAMES, held_out_by_name, held_out_text, touches_held_out
+
+    if not touches_held_out(name, span):
+        return
+    base = next((s for s in HELD_OUT_FRAMES if name == s or name.startswith(s + "-")), None)
+    instead = (f"use {path}:1-{HELD_OUT_FRAMES[base][0] - 1}" if base and not held_out_by_name(name)
+               else "calibrate on other sequences")
+    raise ValueError(f"--calib {spec}: {name} frames {'%d-%d' % span if span else '(all)'} include the accuracy "
+                     f"gate's held-out frames ({held_out_text()}); {instead}")
 
 
 def check_torch_tensorrt() -> None:
