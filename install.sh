@@ -33,7 +33,7 @@ fi
 
 if [ ! -x .venv/bin/python ]; then
   if [ $JETSON = 1 ]; then
-    say "Jetson detected: venv with --system-site-packages (JetPack's torch, TensorRT, OpenCV)"
+    say "Jetson detected: venv with --system-site-packages (JetPack's TensorRT and OpenCV, a system torch if any)"
     "$PY" -m venv --system-site-packages .venv
   else
     "$PY" -m venv .venv
@@ -50,7 +50,7 @@ PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 spec="."
 [ -n "$EXTRAS" ] && spec=".[$EXTRAS]"
 if [ $JETSON = 1 ]; then
-  say "installing vsdmot[$EXTRAS,jetson] against JetPack's torch (no torch pin)"
+  say "installing vsdmot[$EXTRAS,jetson] against the system's packages (no torch pin)"
   "${PIP[@]}" -e ".[${EXTRAS:+$EXTRAS,}jetson]"
 else
   say "installing vsdmot${EXTRAS:+[$EXTRAS]} (torch pinned by constraints.txt)"

@@ -35,6 +35,7 @@ from vsdmot.runtime.yolox import size_text
 from .accuracy_gate import EvalFn, GateConfig, gate_accuracy
 from .bundle import NETWORKS, BundleConfig, BundleContents, BundleFile, publish, record_gate, write_bundle
 from .det_agreement import detection_agreement
+from .defaults import DEFAULT_METHOD, DEFAULT_PRUNE, TARGETS
 from .det_rounds import NEAR_CAMERA_F1, DetectionRoundsConfig
 from .gate_plot import plot_gate
 from .legacy_trt import legacy_int8_engines
@@ -52,9 +53,6 @@ if TYPE_CHECKING:  # imported where a set is built (export/sources.py), not for 
     from vsdmot.calibration.calibset import CalibSetConfig
 
 log = logging.getLogger(__name__)
-DEFAULT_PRUNE = 0.0  # 2026-11-24: no pruned bundle passes the gate (closest 10 %: drop 2.10, 0.92x speed; docs/export_measurements.md)
-DEFAULT_METHOD = "minmax"  # the measured default calibration method (docs/export_measurements.md)
-TARGETS = ("onnx", "tensorrt", "torch-tensorrt")
 SELECT_SEQUENCES = ("PETS09-S2L1:401-600",)  # train side (calibration frames), before the gate's 601-795
 
 

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _bundle_arguments(g) -> None:
     """What is exported, where to, and for which runtime."""
-    from .chain import DEFAULT_PRUNE, TARGETS
+    from .defaults import DEFAULT_PRUNE, TARGETS
 
     prec = g.add_mutually_exclusive_group()
     for flag in ("int8", "fp16", "fp32"):
@@ -83,7 +83,7 @@ def _bundle_arguments(g) -> None:
 
 def _int8_arguments(g) -> None:
     """Calibration and which networks stay float."""
-    from .chain import DEFAULT_METHOD
+    from .defaults import DEFAULT_METHOD
 
     g.add_argument("--calib", nargs="+", metavar="PATH", default=[], help="calibration sources: videos, image "
                    "folders, MOTChallenge sequences (PATH:A-B keeps frames A..B); default: the kit's degraded set")
@@ -163,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     check_out(args.out, default_recipe=is_default_recipe(cfg, args.checkpoint))
     check_calib_paths(cfg.calib)
+    check_gate_data(cfg)
     if cfg.target == "torch-tensorrt":
         check_torch_tensorrt()
     if cfg.target == "tensorrt":
@@ -242,6 +243,22 @@ def check_calib_paths(specs) -> None:
             raise ValueError(f"--calib {spec}: {e}") from None
         src.close()
         check_not_held_out(spec, path, span, sequence_name(path, src.name))
+
+
+def check_gate_data(cfg) -> None:
+    """The accuracy gate (and --method auto) track the kit's held-out sequences: refuse before any work
+    when they are not there (a device install has no ../shared/data), not after the reference export."""
+    from .accuracy_gate import data_root, split_sequence
+
+    if cfg.precision == "fp32":  # the reference: nothing to gate
+        return
+    root = data_root(cfg.gate)
+    wanted = [*cfg.gate.sequences, *(cfg.select if cfg.method == "auto" else ())]
+    missing = sorted({split_sequence(s)[0] for s in wanted if not (root / split_sequence(s)[0]).is_dir()})
+    if missing:
+        raise ValueError(f"the accuracy gate tracks {', '.join(missing)} and finds no such folder in {root}: set "
+                         "VSDMOT_DATA to the folder that holds them (../shared/data beside a checkout), or export "
+                         "on a machine that has them and copy the bundle folder")
 
 
 def sequence_name(path: Path, name: str) -> str:

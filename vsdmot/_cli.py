@@ -89,6 +89,21 @@ def quiet_opencv(verbose: int) -> None:
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
+INSTALL_HINTS = {  # top-level module -> how to get it
+    "torch": "pip install '.[train]' with install.sh's constraints (on a Jetson: NVIDIA's PyTorch for Jetson "
+             "wheel); or export on a workstation and copy the bundle folder",
+    "onnxruntime": "pip install onnxruntime (on a Jetson: the aarch64 wheel of the Jetson Zoo); or --backend tensorrt",
+    "torch_pruning": "pip install '.[train]'", "onnxslim": "pip install '.[train]'",
+}
+
+
+def missing_module_hint(name: str) -> str:
+    """One line for a missing optional dependency: which, and how to install it."""
+    top = name.split(".")[0]
+    return f"this command needs the Python package '{top}', which is not installed: " + INSTALL_HINTS.get(
+        top, "see the README's install section")
+
+
 def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
     """Parse, set up logging, run. Bad input and device errors become one line and exit 2 / 1."""
     from vsdmot.runtime.errors import VsdmotError
@@ -105,6 +120,9 @@ def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None)
     except ValueError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # an optional dependency this command needs (a device install has fewer)
+        print(f"{parser.prog}: error: {missing_module_hint(e.name or str(e))}", file=sys.stderr)
+        return 1
     except (VsdmotError, OSError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1

@@ -390,3 +390,16 @@ def test_more_threads_than_cores_is_warned_about():
 
     assert thread_note(0, 2) is None and thread_note(2, 2) is None and thread_note(4, None) is None
     assert "--threads 999 is more than this machine's 2 cores" in thread_note(999, 2)
+
+
+def test_without_onnxruntime_the_run_says_what_to_install():
+    """JetPack ships no onnxruntime: `--backend auto` without a usable TensorRT ended in a traceback."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['onnxruntime'] = None\n"  # as if it were not installed
+            "from vsdmot.edge.cli import main\nsys.exit(main(sys.argv[1:]))")
+    ran = subprocess.run([sys.executable, "-c", code, "run", "--demo", "--max-frames", "2", "--health-listen", "off"],
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 1 and "Traceback" not in ran.stderr
+    assert "needs the Python package 'onnxruntime'" in ran.stderr.strip().splitlines()[-1]

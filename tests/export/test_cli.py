@@ -300,3 +300,29 @@ def test_an_image_folder_of_a_held_out_sequence_is_refused_too(tmp_path):
         cv2.imwrite(str(seq / "img1" / f"{k:06d}.jpg"), np.full((48, 64, 3), 100, np.uint8))
     with pytest.raises(ValueError, match="PETS09-S2L1 frames \\(all\\) include"):
         cli.check_calib_paths([str(seq / "img1")])
+
+
+def test_without_torch_help_works_and_an_export_says_what_to_install(tmp_path):
+    """A device install has no torch: `vsdmot-export --help` died in a traceback (chain imports
+    torch for its defaults), and so did an export."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"  # as if torch were not installed
+            "from vsdmot.export.cli import main\nsys.exit(main(sys.argv[1:]))")
+    helped = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "--engine-cache" in helped.stdout
+    ran = subprocess.run([sys.executable, "-c", code, "--fp32", "--out", str(tmp_path / "b")], capture_output=True,
+                         text=True, timeout=60)
+    assert ran.returncode == 1 and ran.stderr.strip().count("\n") == 0  # one line, no traceback
+    assert "needs the Python package 'torch'" in ran.stderr and "PyTorch for Jetson" in ran.stderr
+
+
+def test_an_export_without_the_gate_s_data_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """A device install has no ../shared/data: the gate failed after the reference export, minutes in."""
+    monkeypatch.setenv("VSDMOT_DATA", str(tmp_path / "nodata"))
+    work = tmp_path / "work"
+    assert cli.main(["--int8", "--out", str(tmp_path / "b"), "--work-dir", str(work)]) == 2
+    err = capsys.readouterr().err
+    assert "the accuracy gate tracks PETS09-S2L1, TUD-Campus and finds no such folder" in err and "VSDMOT_DATA" in err
+    assert not work.exists()
