@@ -104,11 +104,16 @@ def build_config(args: argparse.Namespace):
     overrides = {key: getattr(args, flag) for flag, key in OVERRIDES.items() if getattr(args, flag, None) is not None}
     if getattr(args, "demo", False):
         overrides["source.source"] = str(DEMO_CLIP)
+    if "source.source" in overrides:  # a source flag replaces the config file's source, whichever kind it is
+        overrides["source.camera"] = ""
+    elif "source.camera" in overrides:
+        overrides["source.source"] = ""
     cfg = load_config(args.config, overrides)
     if not (cfg.source.camera or cfg.source.source):
         raise ValueError("run: expected a source: --camera DEV, --source PATH_OR_URL or --demo (or [source] in --config)")
     if cfg.source.camera and cfg.source.source:
-        raise ValueError("run: expected one source, got both a camera and a source")
+        raise ValueError(f"run: expected one source, got both [source] camera and source in {args.config}: comment "
+                         "out one of them")
     check_output_paths(cfg, args.config)
     return cfg
 

@@ -3,6 +3,7 @@ with a non-zero exit that leaves earlier outputs intact."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import pytest
 
 from tinybundle import make_bundle, write_manifest
 from vsdmot.edge.cli import main
+from vsdmot.edge import run_cmd
 from vsdmot.edge.run_cmd import DEMO_CLIP
 from vsdmot.runtime.mot import read_rows
 
@@ -102,6 +104,22 @@ def test_config_file_and_flag_precedence(bundle, tmp_path):
     conf.write_text(f'max_frames = 2\n[pipeline]\nbundle = "{bundle}"\n[sinks]\nmot_out = "{tmp_path / "a.txt"}"\n')
     assert edge_run("--config", conf, "--source", DEMO_CLIP, "--max-frames", 3) == 0
     assert read_rows(tmp_path / "a.txt").frame.max() == 3  # the flag beats the file
+
+
+@pytest.mark.parametrize("flags, camera, source", [(["--demo"], "", str(DEMO_CLIP)), (["--source", "x.mp4"], "", "x.mp4"),
+                                                    (["--camera", "/dev/video1"], "/dev/video1", "")])
+def test_a_source_flag_replaces_the_config_file_s_source(tmp_path, flags, camera, source):
+    """The service's config names a camera: `--demo` (or --source) to try it on a clip was refused,
+    'expected one source, got both a camera and a source'."""
+    conf = tmp_path / "edge.toml"
+    conf.write_text('[source]\ncamera = "/dev/video0"\n')
+    p = argparse.ArgumentParser()
+    run_cmd.add_arguments(p)
+    cfg = run_cmd.build_config(p.parse_args(["--config", str(conf), *flags, "--health-listen", "off"]))
+    assert (cfg.source.camera, cfg.source.source) == (camera, source)
+    conf.write_text('[source]\ncamera = "/dev/video0"\nsource = "rtsp://cam/1"\n')  # both in the file itself
+    with pytest.raises(ValueError, match="comment out one of them"):
+        run_cmd.build_config(p.parse_args(["--config", str(conf), "--health-listen", "off"]))
 
 
 def _tamper_schema(b: Path) -> None:
@@ -243,7 +261,6 @@ def test_backend_tensorrt_without_tensorrt_is_one_line(bundle, tmp_path, capsys)
 
 
 def test_reload_applies_semantics_and_names_sections_that_need_a_restart(tmp_path, caplog):
-    import argparse
     from types import SimpleNamespace
 
     from vsdmot.edge.run_cmd import _reloader
