@@ -214,19 +214,29 @@ def _status(args: argparse.Namespace) -> int:
     print(done.stdout.strip() or done.stderr.strip())
     active = "ActiveState=active" in done.stdout
     config = UnitConfig(name=args.name, config_path=args.config_path).config_path
-    url = args.health_url or health_url(config)
-    print(f"health: {_health(url) if url else 'off ([service] health_listen is empty in ' + config + ')'}")
+    print(f"health: {health_line(config, args.health_url)}")
     return 0 if active else 3
 
 
+def health_line(config: str, given_url: str | None) -> str:
+    """What the unit's /healthz says, or why it was not asked: the config (0640, group vsdmot) names
+    its port, and guessing the default port asked another camera's unit without sudo."""
+    try:
+        url = given_url or health_url(config)
+    except PermissionError:
+        return f"not asked: {config} is not readable by this user and names the port; run with sudo, or --health-url URL"
+    return _health(url) if url else f"off ([service] health_listen is empty in {config})"
+
+
 def health_url(config_path: str) -> str | None:
-    """http://HOST:PORT/healthz from the config's [service] health_listen (default if unreadable);
-    None when the config turns the server off (health_listen = "")."""
+    """http://HOST:PORT/healthz from the config's [service] health_listen (the default port without a
+    config file); None when the config turns the server off (health_listen = ""). PermissionError
+    when this user cannot read it."""
     listen = f"127.0.0.1:{HEALTH_PORT}"
     try:
         listen = load_config(config_path).service.health_listen
-    except (OSError, ValueError):
-        pass
+    except ValueError:  # no such file (a unit without a config: the default port), or a config that does not load
+        pass  # an unreadable one (PermissionError) propagates: its port is not the default's to guess
     if not listen:
         return None
     host, port = parse_listen(listen)

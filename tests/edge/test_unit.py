@@ -232,3 +232,17 @@ def test_status_finds_the_health_url_in_the_config(tmp_path, toml, url):
     if toml is not None:
         path.write_text(toml)
     assert C.health_url(str(path)) == url
+
+
+def test_status_does_not_guess_the_port_of_a_config_it_cannot_read(tmp_path, monkeypatch):
+    """The config is 0640 root:vsdmot: without sudo, status asked the default port, another camera's."""
+    path = tmp_path / "cam2.toml"
+    path.write_text('[service]\nhealth_listen = "127.0.0.1:9109"\n')
+
+    def unreadable(self, *a, **k):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", unreadable)  # as for a user outside group vsdmot (root reads anything)
+    assert "not asked" in C.health_line(str(path), None) and "run with sudo" in C.health_line(str(path), None)
+    monkeypatch.setattr(C, "_health", lambda url: f"asked {url}")
+    assert C.health_line(str(path), "http://127.0.0.1:9109/healthz") == "asked http://127.0.0.1:9109/healthz"
