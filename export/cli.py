@@ -164,6 +164,10 @@ def run(args: argparse.Namespace) -> int:
     check_out(args.out, default_recipe=is_default_recipe(cfg, args.checkpoint))
     check_calib_paths(cfg.calib)
     check_gate_data(cfg)
+    if cfg.engine_cache:  # written at the end (legacy engines before publishing): not after minutes of work
+        from vsdmot.runtime.sinks import check_writable
+
+        check_writable(Path(cfg.engine_cache) / "engine.plan", "--engine-cache")
     if cfg.target == "torch-tensorrt":
         check_torch_tensorrt()
     if cfg.target == "tensorrt":

@@ -326,3 +326,14 @@ def test_an_export_without_the_gate_s_data_is_refused_before_any_work(tmp_path, 
     err = capsys.readouterr().err
     assert "the accuracy gate tracks PETS09-S2L1, TUD-Campus and finds no such folder" in err and "VSDMOT_DATA" in err
     assert not work.exists()
+
+
+def test_an_engine_cache_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    (tmp_path / "cache").write_text("a file, not a folder")
+    work = tmp_path / "work"
+    argv = ["--int8", "--target", "tensorrt", "--engine-cache", str(tmp_path / "cache" / "engines"), "--out",
+            str(tmp_path / "b"), "--work-dir", str(work)]
+    monkeypatch.setattr(cli, "check_tensorrt", lambda: None)  # TensorRT is not here: as on a device
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--engine-cache: cannot write" in err and not work.exists()
