@@ -110,6 +110,7 @@ class ProfileHook:
                                         dict(result.latency_ms), time.process_time(), rss_mb()))
         over_time = now - self.t_start >= self.cfg.warmup_s + self.cfg.duration_s
         if over_time or (self.cfg.max_frames and len(self.records) >= self.cfg.max_frames):
+            self.stop_event.reason = "duration" if over_time else "max_frames"  # the run's log: not a "signal"
             self.stop_event.set()
 
     def on_stop(self, summary: Any = None) -> None:
@@ -374,7 +375,8 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     cfg = ProfileConfig(args.duration, args.warmup, args.idle, args.max_frames or 0)
     order = [m for m in args.power_meter.split(",") if m and m != "none"]
     probe = open_meter(order)
-    log.info("profile: %s", probe.explain())
+    log.info("profile: %s", probe.short())  # why each meter failed: at -v, and in report.json's meter.tried
+    log.debug("profile: %s", probe.explain())
     sampler = PowerSampler(probe.meter, cfg.power_period_s).start() if probe.meter else None
     try:
         idle_w = measure_idle(sampler, cfg.idle_s)

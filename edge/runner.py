@@ -47,7 +47,7 @@ class RunSummary:
     fps: float  # frames / seconds, end to end (decode + pipeline + sinks)
     semantic: dict[str, int]  # fresh / reused / skipped counts
     latency_ms: dict[str, dict[str, float]]  # stage -> p50 / p90 / p99 / mean / max (last LATENCY_WINDOW frames)
-    stopped_by: str  # "end" | "max_frames" | "signal" | "error"
+    stopped_by: str  # "end" | "max_frames" | "signal" | "error", or the stop event's own `reason` (profile: "duration")
     source_stats: Any = None  # the source's own counters (drops, reconnects, stalls) where it has them
     error: str = ""  # what stopped the run when stopped_by == "error"
     pipeline_ms: float | None = None  # mean per-frame pipeline time over the whole run (the `total` stage)
@@ -190,7 +190,7 @@ def run_loop(source: Iterable[Frame], pipeline, sinks: Sequence, hooks: Sequence
                 stopped_by = "max_frames"
                 break
         else:
-            stopped_by = "signal" if stop_event.is_set() else "end"
+            stopped_by = (getattr(stop_event, "reason", "") or "signal") if stop_event.is_set() else "end"
     except BaseException as e:
         stopped_by, error = "error", f"{type(e).__name__}: {e}"
         raise

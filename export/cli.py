@@ -75,7 +75,8 @@ def _bundle_arguments(g) -> None:
                    "applications, cached beside the engines; FP16, or FP32 for --fp32)")
     g.add_argument("--engine-cache", default="", metavar="DIR", help="with --target tensorrt or torch-tensorrt: "
                    "cache what is built here, for the runs that read it (a service: /var/cache/vsdmot/engines; "
-                   "default: $VSDMOT_ENGINE_CACHE, else ~/.cache/vsdmot/engines, as vsdmot-edge run)")
+                   "default: $VSDMOT_ENGINE_CACHE, else $XDG_CACHE_HOME/vsdmot/engines, else ~/.cache/vsdmot/engines, as "
+                   "vsdmot-edge run)")
     g.add_argument("--input-size", type=input_size, default=None, metavar="WxH",
                    help="detector input, multiples of 32 (default: as trained, 416x416). Match the camera's "
                    "aspect to skip padding rows: 416x320 for 4:3, 416x256 for 16:9 (docs/export.md 'Input size')")

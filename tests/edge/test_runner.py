@@ -192,6 +192,17 @@ def test_a_run_that_tracked_no_one_says_what_to_check():
     assert with_tracks.track_rows == 40 and nothing_tracked_hint(with_tracks) == ""
 
 
+def test_a_stop_event_can_say_why():
+    """profile stops each run at its duration: the log said 'stopped by signal'."""
+    stop = threading.Event()
+    stop.reason = "duration"
+    stop.set()
+    assert run(5, stop=stop)[0].stopped_by == "duration"
+    plain = threading.Event()
+    plain.set()
+    assert run(5, stop=plain)[0].stopped_by == "signal"
+
+
 def test_latency_window_is_bounded():
     from vsdmot.edge import runner
 
