@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -199,32 +199,41 @@ def store_engine(folder: str | os.PathLike, key: EngineKey, data: bytes) -> Path
     return folder / "engine.plan"
 
 
-def discard_engine(folder: str | os.PathLike) -> None:
-    """Remove a cached engine (its stamp first, so no reader takes the plan for valid meanwhile)."""
+def cached_or_built(folder: str | os.PathLike, key: EngineKey, build: Callable[[], bytes], what: str,
+                    open_fn: Callable[[bytes], Any] | None = None) -> Any:
+    """The engine cached in `folder` for `key`, else `build()` stored there; `open_fn(bytes)` (TensorRT's
+    deserialisation) when given, else the bytes. The check and the build run under a lock on the
+    folder: of two processes that start together (two camera services at boot, or a service and a
+    `vsdmot-edge run` by hand), one builds and the other waits and loads its engine, instead of both
+    building (minutes of GPU memory twice) and writing over each other's plan and stamp. A stale or
+    altered cache is rebuilt, with a warning; so is a cached plan `open_fn` gives None for (a cache
+    copied from another board). A fresh build's None is the caller's to report: it is not built twice."""
     folder = Path(folder)
-    with waiting_lock(folder.with_name(folder.name + ".lock"), "discarding an engine"):
-        for name in ("stamp.json", "engine.plan"):
-            (folder / name).unlink(missing_ok=True)
+    try:
+        with waiting_lock(folder.with_name(folder.name + ".lock"), f"building the engine for {what}"):
+            data = _cached_or_none(folder, key)
+            opened = open_fn(data) if open_fn is not None and data is not None else data
+            if data is not None and opened is None:
+                log.warning("%s: the cached engine in %s does not load on this TensorRT and device; rebuilding",
+                            what, folder)
+            if opened is None:
+                log.info("building TensorRT %s engine for %s (once per device; cached in %s)", key.precision, what,
+                         folder)
+                data = build()
+                store_engine(folder, key, data)
+                opened = open_fn(data) if open_fn is not None else data
+    except PermissionError as e:
+        raise DeviceError(f"engine cache {folder.parent}: {e.strerror or e} for this user ({e.filename}); make it the "
+                          f"user's that runs (the service: sudo chown -R vsdmot: {folder.parent})") from None
+    return opened
 
 
-def cached_or_built(folder: str | os.PathLike, key: EngineKey, build: Callable[[], bytes], what: str) -> bytes:
-    """The engine cached in `folder` for `key`, else `build()` stored there. The check and the build
-    run under a lock on the folder: of two processes that start together (two camera services at
-    boot, or a service and a `vsdmot-edge run` by hand), one builds and the other waits and loads
-    its engine, instead of both building (minutes of GPU memory twice) and writing over each
-    other's plan and stamp. A stale or altered cache is rebuilt, with a warning."""
-    folder = Path(folder)
-    with waiting_lock(folder.with_name(folder.name + ".lock"), f"building the engine for {what}"):
-        try:
-            data = load_cached_engine(folder, key)
-        except DeviceError as e:
-            log.warning("%s; rebuilding", e)
-            data = None
-        if data is None:
-            log.info("building TensorRT %s engine for %s (once per device; cached in %s)", key.precision, what, folder)
-            data = build()
-            store_engine(folder, key, data)
-    return data
+def _cached_or_none(folder: Path, key: EngineKey) -> bytes | None:
+    try:
+        return load_cached_engine(folder, key)
+    except DeviceError as e:
+        log.warning("%s; rebuilding", e)
+        return None
 
 
 def _import_tensorrt():
@@ -412,14 +421,10 @@ class TensorRTBackend:
             raise
 
     def _load_engine(self, folder: Path, workspace_mb: int):
-        """The cached engine, else a new one; a cached plan this TensorRT cannot deserialise (a cache
-        copied from another board, a driver update) is discarded and built once more."""
-        build = lambda: self._build(workspace_mb)  # noqa: E731
-        engine = self._runtime.deserialize_cuda_engine(cached_or_built(folder, self.key, build, self.path.name))
-        if engine is None:
-            log.warning("TensorRT could not deserialise the cached engine for %s; rebuilding it", self.path.name)
-            discard_engine(folder)
-            engine = self._runtime.deserialize_cuda_engine(cached_or_built(folder, self.key, build, self.path.name))
+        """The cached engine, else a new one (`cached_or_built`: a cached plan this TensorRT cannot
+        deserialise is rebuilt once; a new one that does not deserialise is an error)."""
+        engine = cached_or_built(folder, self.key, lambda: self._build(workspace_mb), self.path.name,
+                                 self._runtime.deserialize_cuda_engine)
         if engine is None:
             raise DeviceError(f"TensorRT could not deserialise the engine it built for {self.path.name}")
         return engine

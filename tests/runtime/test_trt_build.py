@@ -284,5 +284,22 @@ def test_a_failed_start_releases_the_stream(cudart, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     with pytest.raises(B.DeviceError, match="could not deserialise the engine it built"):
         B.TensorRTBackend(onnx, "fp32", cache_dir=tmp_path)
-    assert plans["read"] == [b"PLAN", b"PLAN"]  # built, discarded, built once more, then given up
+    assert plans["read"] == [b"PLAN"]  # a fresh build that does not load is not built again (minutes on a device)
     assert cudart == [("stream", 7)]
+
+
+def test_an_engine_cache_the_user_cannot_write_is_a_device_error(cudart, tmp_path, monkeypatch):
+    """A root-made cache: a new key (a JetPack driver update) needs a new folder there; PermissionError
+    is no DeviceError, so `--backend auto` did not fall back and the message said nothing useful."""
+    onnx = tmp_path / "detector.onnx"
+    onnx.write_bytes(b"onnx")
+    trt, _ = _trt_with_runtime({b"PLAN": True})
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+
+    def refused(*a, **k):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "cache"))
+
+    monkeypatch.setattr(B, "store_engine", refused)
+    with pytest.raises(B.DeviceError, match="engine cache .*Permission denied.*sudo chown -R vsdmot:"):
+        B.TensorRTBackend(onnx, "fp32", cache_dir=tmp_path / "cache")
+    assert cudart == [("stream", 7)]  # released
