@@ -521,7 +521,9 @@ def tensorrt_status() -> tuple[bool, str]:
 
 def open_backend(kind: str, onnx_path: str | os.PathLike, *, threads: int = 0, precision: str = "fp32",
                  cache_dir: str | os.PathLike | None = None, module=None, spin: bool = False) -> Backend:
-    """One backend for one network. `auto` = TensorRT when it imports with a GPU, else onnxruntime.
+    """One backend for one network. `auto` = TensorRT when it imports with a GPU, else onnxruntime;
+    and onnxruntime, with a warning, when TensorRT is there but its engine does not open (an engine
+    cache the user cannot write, a build that fails): a camera keeps running, slower, and says why.
 
     For `torch`, `module` is the nn.Module the ONNX file was exported from.
     """
@@ -530,8 +532,14 @@ def open_backend(kind: str, onnx_path: str | os.PathLike, *, threads: int = 0, p
         raise ValueError(f"backend: expected an ONNX file at {onnx_path}, found none")
     if kind == "auto":
         usable, reason = tensorrt_status()
-        kind = "tensorrt" if usable else "onnxruntime"
-        log_once(log.name, logging.INFO, f"backend auto -> {kind} ({reason})")  # a pipeline opens three
+        log_once(log.name, logging.INFO, f"backend auto -> {'tensorrt' if usable else 'onnxruntime'} ({reason})")
+        if not usable:
+            return OnnxRuntimeBackend(onnx_path, threads=threads, spin=spin)
+        try:
+            return TensorRTBackend(onnx_path, precision=precision, cache_dir=cache_dir)
+        except DeviceError as e:
+            log.warning("backend auto: TensorRT could not open %s (%s); running it on onnxruntime", onnx_path.name, e)
+            return OnnxRuntimeBackend(onnx_path, threads=threads, spin=spin)
     if kind == "onnxruntime":
         return OnnxRuntimeBackend(onnx_path, threads=threads, spin=spin)
     if kind == "tensorrt":

@@ -303,3 +303,28 @@ def test_an_engine_cache_the_user_cannot_write_is_a_device_error(cudart, tmp_pat
     with pytest.raises(B.DeviceError, match="engine cache .*Permission denied.*sudo chown -R vsdmot:"):
         B.TensorRTBackend(onnx, "fp32", cache_dir=tmp_path / "cache")
     assert cudart == [("stream", 7)]  # released
+
+
+
+
+def test_auto_runs_a_network_on_onnxruntime_when_its_engine_does_not_open(cudart, tmp_path, monkeypatch, caplog):
+    """TensorRT imports and sees the GPU, but this engine does not open (here: nothing deserialises):
+    `--backend auto` keeps the camera running on onnxruntime and says why, instead of failing the start."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    path = tmp_path / "detector.onnx"
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    trt, _ = _trt_with_runtime({})
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    with caplog.at_level("WARNING", logger=B.log.name):
+        be = B.open_backend("auto", path, cache_dir=tmp_path / "cache")
+    assert isinstance(be, B.OnnxRuntimeBackend) and "running it on onnxruntime" in caplog.text
+    assert be.infer({"x": np.array([[-1.0, 2.0, -3.0, 4.0]], np.float32)})["y"].tolist() == [[0.0, 2.0, 0.0, 4.0]]
+    assert cudart == [("stream", 7)]  # the TensorRT attempt released its stream
+    with pytest.raises(B.DeviceError, match="could not deserialise"):  # asked for by name: no fallback
+        B.open_backend("tensorrt", path, cache_dir=tmp_path / "cache")
