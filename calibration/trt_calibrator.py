@@ -1,7 +1,7 @@
-"""Legacy TensorRT INT8 calibration (TensorRT < 10.1, JetPack 5) over the same feeds, with a stamped cache.
+"""Legacy TensorRT INT8 calibration (TensorRT < 10.1: JetPack 6.0's 8.6) over the same feeds, with a stamped cache.
 
 TensorRT 10.1 deprecated implicit INT8 calibrators in favour of explicit Q/DQ ONNX (what
-`vsdmot-export --int8` writes). JetPack 5's TensorRT 8.5 can still want the legacy path: an
+`vsdmot-export --int8` writes). An older TensorRT (JetPack 6.0's 8.6) can still want the legacy path: an
 `IInt8EntropyCalibrator2` that pulls the calibration feeds (calibration/feeds.py) onto the GPU
 and builds an implicit-INT8 engine from the FP32 ONNX.
 

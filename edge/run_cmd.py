@@ -278,8 +278,9 @@ def run(args: argparse.Namespace) -> int:
             pipeline.close()
     finally:
         source.close()
-    if nothing_tracked_hint(summary):
-        log.warning(nothing_tracked_hint(summary))
+    hint = nothing_tracked_hint(summary)
+    if hint:
+        log.warning(hint)
     print(f"vsdmot-edge run: {summary.frames} frames, {summary.fps:.1f} FPS end to end{pipeline_note(summary)}, "
           f"semantics {summary.semantic}, stopped by {summary.stopped_by}{drop_note(summary.source_stats)}",
           file=sys.stderr)

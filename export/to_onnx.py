@@ -2,8 +2,8 @@
 
 The torch artifact every torch-side step passes on is a `TorchNet`: the module, example inputs
 of the exported shapes (names in order), output names, and what pruning must leave alone.
-Uses the legacy (TorchScript) exporter: the dynamo one emits opset 18, and TensorRT 8.5
-(JetPack 5) wants <= 17.
+Uses the legacy (TorchScript) exporter: the dynamo one emits opset 18, and TensorRT 8.x
+(JetPack 6.0's 8.6) wants <= 17.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class TorchNet:
 
 @dataclass(frozen=True)
 class OnnxConfig:
-    opset: int = 17  # TensorRT 8.5 (JetPack 5) parses <= 17; 10.x takes it too
+    opset: int = 17  # TensorRT 8.x (JetPack 6.0's 8.6) parses <= 17; 10.x takes it too
     constant_folding: bool = True  # fold constants at export (simplify does the rest)
 
 

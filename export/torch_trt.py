@@ -66,8 +66,7 @@ def compile_programs(out: str | os.PathLike, nets: Mapping[str, TorchNet],
     bundle = load_bundle(out)
     precision = program_precision(bundle.precision, tensorrt)
     versions = f"torch_tensorrt {torch_tensorrt.__version__}, tensorrt {tensorrt.__version__}"
-    props = torch.cuda.get_device_properties(0)  # the model, not just its name (every Orin is "Orin")
-    gpu = f"{props.name} (sm_{props.major}{props.minor}, {props.multi_processor_count} SMs, CUDA {torch.version.cuda})"
+    gpu = program_device(torch)
     root = Path(cache_root or default_engine_cache()) / "torch-tensorrt"
     programs = {}
     for name, net in nets.items():
@@ -82,6 +81,19 @@ def compile_programs(out: str | os.PathLike, nets: Mapping[str, TorchNet],
         log.warning("Torch-TensorRT %s program for %s: %s (import torch_tensorrt; torch.export.load(path).module())",
                     precision, name, programs[name])
     return programs
+
+
+def program_device(torch) -> str:
+    """The device programs are keyed by: the engines' text (`cuda_device`: model and driver, so a JetPack
+    update recompiles) where cuda-python or pycuda is there, else torch's view of the model."""
+    from vsdmot.runtime.backends import cuda_device
+    from vsdmot.runtime.errors import DeviceError
+
+    try:
+        return cuda_device()
+    except DeviceError:
+        props = torch.cuda.get_device_properties(0)  # the model, not just its name (every Orin is "Orin")
+        return f"{props.name} (sm_{props.major}{props.minor}, {props.multi_processor_count} SMs, CUDA {torch.version.cuda})"
 
 
 def compile_program(net: TorchNet, precision: str, path: Path) -> None:

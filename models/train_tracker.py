@@ -71,6 +71,7 @@ class TrainConfig:
     init: str = ""  # start from this checkpoint's weights (e.g. the synthetic pretraining), not from scratch
     data: str = str(data_root())  # the real clips' root
     max_minutes: float = 25.0  # CPU-time budget of this process in minutes (all threads; 0 = none), like the other stages; stops early and saves
+    stop_at: int = 0  # stop after this step with the schedule of all steps (0 = at the end): repeats a budget-stopped run
     out: str = "runs/train/tracker"  # checkpoint folder
     threads: int = 1  # torch threads (shared machine)
     log_every: int = 10  # steps between log lines
@@ -80,7 +81,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_config(self, {"synth_steps": 0, "real_steps": 0, "batch": 1, "clip_frames": 1, "slots": 1, "proposals": 1,
-                            "tbptt": 1, "miss_tolerance": 0, "threads": 1, "log_every": 1, "save_every": 1},
+                            "tbptt": 1, "miss_tolerance": 0, "threads": 1, "log_every": 1, "save_every": 1, "stop_at": 0},
                      ("real_share", "drop_track", "inject_fp", "box_smooth", "box_smooth_share", "random_semantic",
                       "momentum", "embed_momentum"))
         if self.synth_semantics not in ("standin", "real") or self.sem_fusion not in ("", "linear", "norm"):
@@ -297,10 +298,12 @@ def train(cfg: TrainConfig, resume: bool = True, real: RealClips | None = None) 
 
         init_from(model, load_checkpoint(cfg.init)["model"])
         log.info("initialised from %s", cfg.init)
-    noise, total, t0 = load_noise(), cfg.synth_steps + cfg.real_steps, time.process_time()
+    noise, total = load_noise(), cfg.synth_steps + cfg.real_steps
     if cfg.real_steps and real is None:
         real = RealClips(cfg.data, cfg.head.embed_dim, cfg.head.semantic_dim, cfg.real_semantics, cfg.val_first)
-    bar = tqdm(range(step, total), initial=step, total=total, desc="tracker", mininterval=5)
+    t0 = time.process_time()  # the budget is training's: building the clips (detection over sequences) is not
+    end = min(total, cfg.stop_at) if cfg.stop_at else total
+    bar = tqdm(range(step, end), initial=step, total=end, desc="tracker", mininterval=5)
     avg = None
     for step in bar:
         loss = _train_step(model, opt, cfg, noise, real if step >= cfg.synth_steps else None, step, total)
@@ -309,10 +312,11 @@ def train(cfg: TrainConfig, resume: bool = True, real: RealClips | None = None) 
         if (step + 1) % cfg.log_every == 0:
             log.info("step %d loss %.4f", step + 1, avg)
         over = 0 < cfg.max_minutes < (time.process_time() - t0) / 60  # CPU time: a busy machine does not cut the run short
-        if (step + 1) % cfg.save_every == 0 or step + 1 == total or over:
+        if (step + 1) % cfg.save_every == 0 or step + 1 == end or over:
             save_checkpoint(last, model, head_cfg, cfg, opt, step + 1, meta=_meta(cfg, avg, model))
         if over:
-            log.warning("CPU budget of %.1f min reached at step %d", cfg.max_minutes, step + 1)
+            log.warning("CPU budget of %.1f min reached at step %d of %d; to repeat this run exactly: --stop-at %d "
+                        "--max-minutes 0", cfg.max_minutes, step + 1, total, step + 1)
             break
     return last
 

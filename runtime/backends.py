@@ -140,7 +140,7 @@ class TorchBackend:
 
 
 # ---- TensorRT -------------------------------------------------------------------------------
-# The engine is built from ONNX on the device (TensorRT 8.5 on JetPack 5, 10.x on JetPack 6) and
+# The engine is built from ONNX on the device (TensorRT 8.6 on JetPack 6.0, 10.x from 6.1) and
 # cached under a key of everything that makes an engine non-portable. Buffers go through
 # cuda-python when present, else pycuda. Nothing here imports TensorRT at module level.
 
@@ -261,7 +261,10 @@ class _CudaRuntime:
                 from cuda import cudart  # older cuda-python
         except ImportError:
             self._pycuda = _import_pycuda()
-            self.stream = self._pycuda.Stream() if stream else None
+            try:
+                self.stream = self._pycuda.Stream() if stream else None
+            except Exception as e:  # noqa: BLE001  pycuda's errors are not RuntimeError (see _import_pycuda)
+                raise DeviceError(f"CUDA stream (pycuda): {type(e).__name__}: {e}") from None
             return
         self._cudart = cudart
         self.stream = self._check(cudart.cudaStreamCreate()) if stream else None

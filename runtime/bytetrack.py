@@ -40,10 +40,10 @@ class ByteTrackConfig:
         for name in ("track_thresh", "low_thresh", "new_track_margin", "match_thresh", "second_match_thresh",
                      "unconfirmed_thresh", "duplicate_iou"):  # scores, costs and IoUs
             if not 0.0 <= getattr(self, name) <= 1.0:  # NaN fails too
-                raise ValueError(f"bytetrack {name}: expected a value in [0, 1], got {getattr(self, name)!r}")
+                raise ValueError(f"[tracker.bytetrack] {name}: expected a value in [0, 1], got {getattr(self, name)!r}")
         for name in ("track_buffer", "min_box_area", "max_aspect_ratio", "iou_offset"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"bytetrack {name}: expected >= 0, got {getattr(self, name)!r}")
+                raise ValueError(f"[tracker.bytetrack] {name}: expected >= 0, got {getattr(self, name)!r}")
 
 
 MAX_PREDICT_FRAMES = 30  # a longer gap (a stalled stream) predicts no further: the guess is worthless by then

@@ -57,20 +57,20 @@ class E2EConfig:
 
     def __post_init__(self) -> None:
         if self.low_stage not in ("pointer", "iou"):
-            raise ValueError(f"tracker low_stage: expected 'pointer' or 'iou', got {self.low_stage!r}")
+            raise ValueError(f"[tracker.slots] low_stage: expected 'pointer' or 'iou', got {self.low_stage!r}")
         for name in ("birth", "keep", "output_score", "min_det_score", "momentum", "embed_momentum", "high_score",
                      "new_score", "match_prob", "low_iou"):  # scores, probabilities, IoUs and EMA weights
             if not 0.0 <= getattr(self, name) <= 1.0:  # NaN fails too
-                raise ValueError(f"tracker {name}: expected a value in [0, 1], got {getattr(self, name)!r}")
+                raise ValueError(f"[tracker.slots] {name}: expected a value in [0, 1], got {getattr(self, name)!r}")
         for name in ("miss_tolerance", "min_area", "max_predict_gap", "tentative_hits"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"tracker {name}: expected >= 0, got {getattr(self, name)!r}")
+                raise ValueError(f"[tracker.slots] {name}: expected >= 0, got {getattr(self, name)!r}")
         for name in ("box_smooth", "e2e_box_smooth"):  # 1 would never move the state to a detection
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"tracker {name}: expected a weight in [0, 1), got {getattr(self, name)}")
+                raise ValueError(f"[tracker.slots] {name}: expected a weight in [0, 1), got {getattr(self, name)}")
         for name in ("iou_weight", "min_iou"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"tracker {name}: expected a weight in [0, 1], got {getattr(self, name)}")
+                raise ValueError(f"[tracker.slots] {name}: expected a weight in [0, 1], got {getattr(self, name)}")
 
 
 def predict_boxes(box: np.ndarray, vel: np.ndarray, gap: np.ndarray, max_gap: int = 5) -> np.ndarray:

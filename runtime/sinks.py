@@ -320,7 +320,7 @@ class JsonlSink(_DurableAppender):
 def open_sinks(mot_out: str = "", jsonl_out: str = "", video_out: str = "", stats_out: str = "",
                rotate_mb: float = 0.0, keep_files: int = 5,
                fps: float = 25.0, source_stats: Callable[[], Any] | None = None,
-               meta: Mapping[str, Any] | None = None, live: bool = True) -> list[Sink]:
+               meta: Mapping[str, Any] | None = None, live: bool = False) -> list[Sink]:
     """The sinks a run asked for (empty paths are skipped), in a fixed order. Every path is checked
     before the MOT and JSONL sinks move an earlier file aside, so a bad `video_out` or `stats_out`
     leaves the previous results where they were. `rotate_mb` > 0 starts a new MOT, JSONL or video

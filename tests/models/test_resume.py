@@ -59,19 +59,22 @@ def test_quality_resume_refuses_samples_of_another_collection(tmp_path, pets_dir
 def test_tracker_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
     from vsdmot.models import train_tracker as T
 
-    cfg = dict(synth_steps=4, real_steps=0, batch=2, clip_frames=4, save_every=2, max_minutes=0, threads=1)
+    cfg = dict(synth_steps=4, real_steps=0, batch=2, clip_frames=4, save_every=3, max_minutes=0, threads=1)
     whole = T.train(T.TrainConfig(**cfg, out=str(tmp_path / "whole")))
     real_step = T._train_step
 
-    def killed_at_2(model, opt, c, noise, real, step, total):
-        if step == 2:
+    def killed_at_3(model, opt, c, noise, real, step, total):
+        if step == 3:
             raise KeyboardInterrupt
         return real_step(model, opt, c, noise, real, step, total)
 
-    with monkeypatch.context() as m:
-        m.setattr(T, "_train_step", killed_at_2)
+    with monkeypatch.context() as m:  # a kill after the save at step 3
+        m.setattr(T, "_train_step", killed_at_3)
         with pytest.raises(KeyboardInterrupt):
-            T.train(T.TrainConfig(**cfg, out=str(tmp_path / "split")))
+            T.train(T.TrainConfig(**cfg, out=str(tmp_path / "killed")))
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["step"] == 3
+    assert _same_weights(whole, T.train(T.TrainConfig(**cfg, out=str(tmp_path / "killed"))))
+    T.train(T.TrainConfig(**cfg, out=str(tmp_path / "split"), stop_at=2))  # --stop-at: as the budget stopped it
     assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == 2
     resumed = T.train(T.TrainConfig(**cfg, out=str(tmp_path / "split")))
     assert load_checkpoint(resumed)["step"] == 4 and _same_weights(whole, resumed)
