@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from vsdmot.models.checkpoint import load_model_file, resume, save_checkpoint
 from vsdmot.models.detector import Detector, DetectorConfig, from_yolox_onnx
-from vsdmot.models.trainframes import DEFAULT_DATA, TrainFrame, data_note, degrade_fn, letterbox, load_mot17, load_pets
+from vsdmot.models.trainframes import (DEFAULT_DATA, TrainFrame, data_note, degrade_fn, letterbox, load_mot17, load_pets,
+                                       random_degrade)
 from vsdmot.models.trainloop import check_config, cosine_lr, out_dir, run_steps, setup
 from vsdmot.paths import yolox_nano_onnx
 from vsdmot.runtime.yolox import anchor_grid
@@ -103,13 +104,6 @@ def info_nce(ea: torch.Tensor, ia: np.ndarray, eb: torch.Tensor, ib: np.ndarray,
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
-def _degrade(img: np.ndarray, rng, cfg: DetectorTrainConfig, deg) -> np.ndarray:
-    if deg is None or rng.random() >= cfg.p_degrade:
-        return img
-    fn, presets = deg
-    return fn(img, presets[rng.integers(len(presets))], int(rng.integers(1, cfg.severity_max + 1)), rng)
-
-
 def _tensor(imgs: list[np.ndarray], size: int) -> tuple[torch.Tensor, list[float]]:
     boxes = [letterbox(i, size) for i in imgs]
     return torch.from_numpy(np.stack([b[0] for b in boxes]).transpose(0, 3, 1, 2).astype(np.float32)), [b[1] for b in boxes]
@@ -137,7 +131,7 @@ def _make_step(cfg: DetectorTrainConfig, model: Detector, teacher, opt, pets, ot
         cosine_lr(opt, (0.0 if frozen else cfg.lr, cfg.embed_lr), k, cfg.steps)
         frames = pick_frames(pets, others, rng, gap_items)[: 2 if frozen else 4]
         clean, ratios = _tensor([f.image for f in frames], size)
-        degraded, _ = _tensor([_degrade(f.image, rng, cfg, deg) for f in frames], size)
+        degraded, _ = _tensor([random_degrade(f.image, rng, cfg.p_degrade, cfg.severity_max, deg) for f in frames], size)
         with torch.no_grad():
             t_out, _ = teacher(clean)
         with torch.set_grad_enabled(not frozen):

@@ -21,7 +21,7 @@ from vsdmot.models.checkpoint import resume, save_checkpoint
 from vsdmot.models.dcsd import DcsdConfig, TeacherProjection, dcsd_loss
 from vsdmot.models.student import StudentConfig, StudentEncoder
 from vsdmot.models.teacher import make_teacher
-from vsdmot.models.trainframes import DEFAULT_DATA, TrainFrame, data_note, degrade_fn, load_train_frames
+from vsdmot.models.trainframes import DEFAULT_DATA, TrainFrame, data_note, degrade_fn, load_train_frames, random_degrade
 from vsdmot.models.trainloop import check_config, cosine_lr, out_dir, run_steps, setup
 
 log = logging.getLogger(__name__)
@@ -80,17 +80,11 @@ def _to_tensor(imgs: list[np.ndarray], size: int) -> torch.Tensor:
     return torch.from_numpy(arr.transpose(0, 3, 1, 2).astype(np.float32))
 
 
-def _degrade(img: np.ndarray, rng: np.random.Generator, cfg: StudentTrainConfig, deg) -> np.ndarray:
-    if deg is None or rng.random() >= cfg.p_degrade:
-        return img
-    fn, presets = deg
-    return fn(np.ascontiguousarray(img), presets[rng.integers(len(presets))], int(rng.integers(1, cfg.severity_max + 1)), rng)
-
-
 def make_batch(frames: list[TrainFrame], rng, cfg: StudentTrainConfig, teacher_size: int, deg):
     """(clean (B,3,Tt,Tt) for the teacher, degraded (B,3,R,R) for the student)."""
     crops = [_crop(frames[i].image, rng, cfg.crop_min) for i in rng.integers(0, len(frames), cfg.batch)]
-    return _to_tensor(crops, teacher_size), _to_tensor([_degrade(c, rng, cfg, deg) for c in crops], cfg.input_size)
+    degraded = [random_degrade(c, rng, cfg.p_degrade, cfg.severity_max, deg) for c in crops]
+    return _to_tensor(crops, teacher_size), _to_tensor(degraded, cfg.input_size)
 
 
 def fit_projection(teacher, frames, rng, cfg: StudentTrainConfig) -> TeacherProjection:
@@ -106,12 +100,11 @@ def evaluate(student, teacher, proj, frames, cfg: StudentTrainConfig, deg, seed:
     """Mean cosine to the projected clean teacher: student on clean and on degraded crops, and the
     teacher itself on degraded crops (how much degradation moves the teacher)."""
     rng = np.random.default_rng(seed)
-    c = StudentTrainConfig(**{**asdict(cfg), "p_degrade": 1.0})
     clean, degraded_s, degraded_t, gram, n = 0.0, 0.0, 0.0, 0.0, 4
     student.eval()
     for _ in range(n):
         crops = [_crop(frames[i].image, rng, cfg.crop_min) for i in rng.integers(0, len(frames), cfg.batch)]
-        degr = [_degrade(x, rng, c, deg) for x in crops]
+        degr = [random_degrade(x, rng, 1.0, cfg.severity_max, deg) for x in crops]
         tp = proj(teacher(_to_tensor(crops, teacher.input_size)))
         sd = student(_to_tensor(degr, cfg.input_size))
         clean += float((student(_to_tensor(crops, cfg.input_size)) * tp).sum(-1).mean()) / n

@@ -107,9 +107,19 @@ def letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, float]:
 
 
 def degrade_fn():
-    """calibration.degrade's (degrade, preset names), imported lazily (it may not be installed yet)."""
+    """calibration.degrade's (degrade, per-frame preset names), as the calibration set takes them;
+    imported lazily (it may not be installed yet)."""
     try:
-        from vsdmot.calibration import degrade as d
+        from vsdmot.calibration.calibset import default_degrade
     except ImportError as e:
         raise ValueError("vsdmot.calibration.degrade is needed for degraded training frames") from e
-    return d.degrade, list(getattr(d, "FRAME_PRESETS", d.PRESETS))  # per-frame presets (no codec subprocess)
+    return default_degrade()
+
+
+def random_degrade(img: np.ndarray, rng: np.random.Generator, p: float, severity_max: int, deg) -> np.ndarray:
+    """With probability `p`, `img` under a random preset at a random severity 1..severity_max (the
+    training stages' augmentation); `deg` is `degrade_fn()`'s pair, None for clean frames only."""
+    if deg is None or rng.random() >= p:
+        return img
+    fn, presets = deg
+    return fn(np.ascontiguousarray(img), presets[rng.integers(len(presets))], int(rng.integers(1, severity_max + 1)), rng)
