@@ -14,7 +14,7 @@ live track learns a low birth score) and proposals to each other (duplicate boxe
 - `track_query_out` (B, S, d), `birth_query` (B, P, d): next frame's track queries (query interaction).
 
 Fusion as in VSE-MOT: every query += w * proj(semantic). `sem_fusion="linear"` (every checkpoint before
-08:30 UTC): proj = Linear, whose output (norm ~0.6 on the student's vectors) is small against the
+2026-11-24 08:30 UTC): proj = Linear, whose output (norm ~0.6 on the student's vectors) is small against the
 LayerNorm'd queries (norm ~8), so w barely mattered. `"norm"`: proj = gain * LayerNorm(Linear), the
 scale of a query, times a learnable scalar gain started small (`sem_gain`). Invalid slots (mask 0)
 never match or give birth.
