@@ -387,7 +387,8 @@ def ship(ckpt: str | Path, dest: str | Path = SHIPPED) -> Path:
     head = TrackerHead(TrackerHeadConfig.from_dict(c["model_config"]))
     head.load_state_dict({k[5:]: v for k, v in c["model"].items() if k.startswith("head.")})
     meta = dict(c["meta"], step=c["step"], train_config=c["train_config"])
-    return save_checkpoint(dest, head, head.cfg, meta=meta)
+    # the checkpoint layout's own step and train_config too: they read 0 and {} beside the meta's
+    return save_checkpoint(dest, head, head.cfg, c["train_config"], step=c["step"], meta=meta)
 
 
 def load_tracker(path: str | Path = SHIPPED) -> tuple[TrackerHead, dict]:

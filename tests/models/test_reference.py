@@ -29,6 +29,8 @@ def test_training_smoke_resumes(tmp_path):
     assert {"w_max", "k", "q0"} <= set(ckpt["meta"]["dswr"])
     head, meta = load_tracker(ship(last, tmp_path / "tracker.pt"))
     assert isinstance(head, TrackerHead) and meta["step"] == 3
+    shipped = load_checkpoint(tmp_path / "tracker.pt")  # the layout's own fields agree with the meta's
+    assert shipped["step"] == 3 and shipped["train_config"]["seed"] == 0 and shipped["optimizer"] is None
 
 
 def test_module_for_onnx_by_name(tmp_path):
