@@ -25,6 +25,7 @@ from vsdmot.models import WEIGHTS
 from vsdmot.paths import data_root
 from vsdmot.runtime.mot import atomic_write_text
 from vsdmot.runtime.types import Detections
+from vsdmot.splits import PETS_TRAIN_LAST
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +341,7 @@ def _summarise(acc) -> dict:
 def train_sequences(data: Path) -> list[tuple[Path, tuple[int, int] | None]]:
     """TRAIN frames only: PETS09-S2L1 1-600 and every MOT17-mini sequence. Never PETS 601+ or TUD."""
     mot17 = sorted((data / "MOT17-mini" / "train").glob("MOT17-*"))
-    return [(data / "PETS09-S2L1", (1, 600)), *((p, None) for p in mot17)]
+    return [(data / "PETS09-S2L1", (1, PETS_TRAIN_LAST)), *((p, None) for p in mot17)]
 
 
 def pool(stats: list[dict]) -> dict:

@@ -20,6 +20,7 @@ import numpy as np
 from vsdmot.paths import data_root
 
 from .synth import SynthFrame, _Semantics
+from .trainframes import VAL_FIRST
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class RealClips:
     """Windows of real TRAIN clips as `SynthFrame` lists (see module doc)."""
 
     def __init__(self, data: str | Path, embed_dim: int, semantic_dim: int, real_semantics: bool = True,
-                 val_first: int = 541, det=None, sem=None):
+                 val_first: int = VAL_FIRST, det=None, sem=None):
         from .noise_model import ShippedSemantics, detect_sequence, load_gt, project_detector, train_sequences
         from .noise_model import semantics_sequence
 

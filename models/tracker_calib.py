@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from vsdmot.paths import data_root
+from vsdmot.splits import PETS_TRAIN_LAST
 
 from .tracker_head import TrackerHead
 
@@ -34,18 +35,20 @@ def shifted(head: TrackerHead, keep: float, birth: float) -> TrackerHead:
     return h
 
 
-def train_runs(data: str | Path = str(data_root()), frames: tuple[int, int] = (1, 600), semantic: bool = False):
+def train_runs(data: str | Path = str(data_root()), frames: tuple[int, int] = (1, PETS_TRAIN_LAST),
+               semantic: bool = False):
     """(cached detections, sequence folder, frames, fps, semantics cache or None) for
     PETS09-S2L1 `frames` (within 1-600), clean and degraded."""
     from .noise_model import ShippedSemantics, detect_sequence, project_detector, semantics_sequence
 
-    if not 1 <= frames[0] <= frames[1] <= 600:
-        raise ValueError(f"tracker_calib: expected TRAIN frames within 1-600, got {frames}")
+    if not 1 <= frames[0] <= frames[1] <= PETS_TRAIN_LAST:
+        raise ValueError(f"tracker_calib: expected TRAIN frames within 1-{PETS_TRAIN_LAST}, got {frames}")
     det = project_detector()
     sem = ShippedSemantics() if semantic else None
     seq = Path(data) / "PETS09-S2L1"
-    return [(detect_sequence(det, seq, (1, 600), deg), seq, frames, 7.0,
-             semantics_sequence(sem, seq, (1, 600), deg) if sem else None) for deg in (False, True)]
+    train = (1, PETS_TRAIN_LAST)  # the TRAIN caches: every window of them is cut from the same detections
+    return [(detect_sequence(det, seq, train, deg), seq, frames, 7.0,
+             semantics_sequence(sem, seq, train, deg) if sem else None) for deg in (False, True)]
 
 
 def score(head: TrackerHead, runs, kind: str = "e2e", policy: str = "auto", dswr=None) -> float:
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m vsdmot.models.tracker_calib")
     ap.add_argument("weights")
     ap.add_argument("out")
-    ap.add_argument("--frames", nargs=2, type=int, default=(1, 600), help="PETS09-S2L1 TRAIN frames (within 1-600)")
+    ap.add_argument("--frames", nargs=2, type=int, default=(1, PETS_TRAIN_LAST), help="PETS09-S2L1 TRAIN frames (within 1-600)")
     ap.add_argument("--semantic", default="never", choices=("never", "auto", "always"),
                     help="feed the shipped gate's q and student's vectors (w from the head's learned DSWR)")
     a = ap.parse_args(argv)

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from vsdmot.models.checkpoint import load_model_file, resume, save_checkpoint
 from vsdmot.models.detector import Detector, DetectorConfig, from_yolox_onnx
-from vsdmot.models.trainframes import (DEFAULT_DATA, TrainFrame, data_note, degrade_fn, letterbox, load_mot17, load_pets,
-                                       random_degrade)
+from vsdmot.models.trainframes import (DEFAULT_DATA, VAL_FIRST, TrainFrame, data_note, degrade_fn, letterbox, load_mot17,
+                                       load_pets, random_degrade)
 from vsdmot.models.trainloop import check_config, cosine_lr, out_dir, run_steps, setup
 from vsdmot.paths import yolox_nano_onnx
 from vsdmot.runtime.yolox import anchor_grid
@@ -54,7 +54,7 @@ class DetectorTrainConfig:
     gap: int = 10  # max frames between the two frames of an identity pair
     freeze_detector: bool = True  # train only the appearance projection; --no-freeze-detector: self-distil too
     mot17: bool = True  # also distil on the MOT17-mini train frames
-    pets_last: int = 540  # last PETS frame trained on (541-600: validation; 601-795 never)
+    pets_last: int = VAL_FIRST - 1  # last PETS frame trained on (541-600: validation; 601-795 never)
     train_size: int = 416  # letterbox side during training (fully convolutional; 320 costs 0.6x)
     init: str = ""  # start from this detector file; empty: convert yolox_onnx
     yolox_onnx: str = str(yolox_nano_onnx())  # official YOLOX-nano ONNX
@@ -155,7 +155,7 @@ def _make_step(cfg: DetectorTrainConfig, model: Detector, teacher, opt, pets, ot
 def train(cfg: DetectorTrainConfig) -> Path:
     rng = setup(cfg.seed, cfg.threads)
     out = out_dir(cfg.out)
-    pets = [f for f in load_pets(Path(cfg.data), last=min(cfg.pets_last, 540), every=2) if len(f.ids)]
+    pets = [f for f in load_pets(Path(cfg.data), last=min(cfg.pets_last, VAL_FIRST - 1), every=2) if len(f.ids)]
     others = load_mot17(Path(cfg.data)) if cfg.mot17 else []
     model, prov = _load_init(cfg)
     prov = prov.get("provenance", prov)
@@ -168,7 +168,7 @@ def train(cfg: DetectorTrainConfig) -> Path:
     step = _make_step(cfg, model, teacher, opt, pets, others, degrade_fn() if cfg.p_degrade > 0 else None, rng)
     method = "converted YOLOX-nano; appearance projection trained (InfoNCE)" if cfg.freeze_detector else "self-distillation"
     meta = lambda k: {"stage": "detector", "step": k, "provenance": prov, "method": method,  # noqa: E731
-                      "data": data_note(min(cfg.pets_last, 540), cfg.mot17, every=2, validation=False)}
+                      "data": data_note(min(cfg.pets_last, VAL_FIRST - 1), cfg.mot17, every=2, validation=False)}
     save = lambda k: save_checkpoint(out / "last.pt", model, model.cfg, cfg, opt, k, meta(k), np_rng=rng)  # noqa: E731
     done = run_steps(step, start, cfg.steps, cfg.max_minutes, save, cfg.save_every, "detector", cfg.stop_at)
     model.yolox.requires_grad_(True)

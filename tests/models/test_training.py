@@ -79,3 +79,16 @@ def test_every_stage_help_prints(stage, capsys):
         main([stage, "--help"])
     assert e.value.code == 0
     assert "--seed" in capsys.readouterr().out
+
+
+def test_training_frames_stop_before_the_held_out_ones():
+    """The fence every stage reads: PETS frames past 600 (the gate's 601-795) are refused before any I/O."""
+    from vsdmot.models.tracker_calib import train_runs
+    from vsdmot.models.trainframes import VAL_FIRST, load_pets
+    from vsdmot.splits import HELD_OUT_FRAMES, PETS_TRAIN_LAST
+
+    assert PETS_TRAIN_LAST + 1 == HELD_OUT_FRAMES["PETS09-S2L1"][0] and VAL_FIRST <= PETS_TRAIN_LAST
+    with pytest.raises(ValueError, match="PETS training frames"):
+        load_pets(last=PETS_TRAIN_LAST + 1)
+    with pytest.raises(ValueError, match="TRAIN frames within 1-600"):
+        train_runs(frames=(550, PETS_TRAIN_LAST + 1))
