@@ -58,23 +58,34 @@ class StreamInfo:
 
 
 def probe(path: str | Path) -> StreamInfo | None:
-    """ffprobe's view of `path`, or None without ffprobe or a video stream it can read."""
+    """ffprobe's view of `path`, or None without ffprobe or a video stream it can read. `-show_streams`
+    (every field) rather than a list of entries: section names differ between ffprobe 4.4 (Ubuntu
+    22.04, JetPack 6) and later, and an unknown one fails the whole query."""
     exe = shutil.which("ffprobe")
     if exe is None:
         return None
-    out = subprocess.run([exe, "-v", "error", "-select_streams", "v:0", "-show_entries",
-                          "stream=width,height,field_order,avg_frame_rate,nb_frames:stream_side_data=rotation",
-                          "-of", "json", str(path)], capture_output=True, text=True, timeout=30)
-    streams = json.loads(out.stdout or "{}").get("streams") or [{}]
-    s = streams[0]
-    if out.returncode != 0 or not s.get("width"):
+    try:
+        out = subprocess.run([exe, "-v", "error", "-select_streams", "v:0", "-show_streams", "-of", "json", str(path)],
+                             capture_output=True, text=True, timeout=30)
+        s = (json.loads(out.stdout or "{}").get("streams") or [{}])[0]
+        if out.returncode != 0 or not s.get("width"):
+            return None
+        w, h = int(s["width"]), int(s["height"])
+        num, _, den = str(s.get("avg_frame_rate", "0/1")).partition("/")
+        fps = float(num) / float(den) if den and float(den) else 0.0
+        rotation = _rotation(s)
+        frames = int(s.get("nb_frames", 0) or 0)
+    except (OSError, subprocess.TimeoutExpired, ValueError, TypeError):  # JSONDecodeError is a ValueError
         return None
-    rotation = next((int(d["rotation"]) for d in s.get("side_data_list", []) if "rotation" in d), 0)
-    w, h = int(s["width"]), int(s["height"])
-    num, _, den = str(s.get("avg_frame_rate", "0/1")).partition("/")
-    fps = float(num) / float(den) if den and float(den) else 0.0
-    return StreamInfo((h, w) if abs(rotation) % 180 == 90 else (w, h), fps, int(s.get("nb_frames", 0) or 0),
-                      str(s.get("field_order", "")))
+    return StreamInfo((h, w) if abs(rotation) % 180 == 90 else (w, h), fps, frames, str(s.get("field_order", "")))
+
+
+def _rotation(stream: dict) -> int:
+    """Degrees of the display matrix (ffprobe 5+: side data) or of the `rotate` tag (ffprobe 4.x)."""
+    for d in stream.get("side_data_list", []):
+        if "rotation" in d:
+            return int(float(d["rotation"]))
+    return int(float(stream.get("tags", {}).get("rotate", 0)))
 
 
 class FfmpegCapture:

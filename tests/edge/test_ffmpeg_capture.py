@@ -144,3 +144,9 @@ def test_blank_is_a_zeroed_buffer_not_a_dark_scene():
     refused.flat[rng.choice(refused.size, 50, replace=False)] = 7  # stray values of the buffer's last use
     night = rng.poisson(2.0, (240, 320, 3)).astype(np.uint8)  # dark, but noisy as a sensor is
     assert F.blank(refused) and F.blank(np.zeros_like(refused)) and not F.blank(night)
+
+
+@pytest.mark.parametrize("stream, degrees", [({"side_data_list": [{"rotation": -90}]}, -90),  # ffprobe 5+
+                                             ({"tags": {"rotate": "90"}}, 90), ({}, 0)])  # ffprobe 4.4 (JetPack 6)
+def test_rotation_from_either_ffprobe(stream, degrees):
+    assert F._rotation(stream) == degrees
