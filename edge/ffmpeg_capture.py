@@ -59,8 +59,8 @@ class StreamInfo:
 
 def probe(path: str | Path) -> StreamInfo | None:
     """ffprobe's view of `path`, or None without ffprobe or a video stream it can read. `-show_streams`
-    (every field) rather than a list of entries: section names differ between ffprobe 4.4 (Ubuntu
-    22.04, JetPack 6) and later, and an unknown one fails the whole query."""
+    (every field) rather than a list of `-show_entries` sections: a version that does not know one
+    fails the whole query (JetPack 6's Ubuntu 22.04 has ffprobe 4.4, this machine 5.1)."""
     exe = shutil.which("ffprobe")
     if exe is None:
         return None
