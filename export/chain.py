@@ -179,7 +179,9 @@ def _export(cfg: ExportConfig, out: Path, work: Path, checkpoint, sources: Sourc
     report.timed("prune, recover, quantise", t0)
     t0 = time.perf_counter()
     stage, verdict = gated(sources, files, cfg, out, work, calib, reference, eval_fn)
-    for name in fallback_order(files) if cfg.int8_fallback else []:
+    # --force publishes what was exported: a fallback would change the bundle asked for (and, when
+    # pruning is what fails, gate three more bundles that cannot pass)
+    for name in fallback_order(files) if cfg.int8_fallback and not cfg.gate.force else []:
         if verdict["passed"]:
             break
         log.warning("gate: %s; trying again with %s in FP32", verdict["reason"], name)
@@ -207,11 +209,18 @@ def with_programs(published: Path, cfg: ExportConfig, nets: Mapping[str, TorchNe
 
 def gated(sources, files, cfg, out, work, calib, reference, eval_fn) -> tuple[Path, dict]:
     """Stage a bundle from `files` and run the accuracy gate on it: (staging dir, verdict)."""
-    stage = stage_bundle(sources, files, cfg.precision, staging_dir(out), export_info(cfg), calib)
+    stage = stage_bundle(sources, files, bundle_precision(cfg.precision, files), staging_dir(out), export_info(cfg),
+                         calib)
     kept = "+".join(n for n, prec in network_precisions(files).items() if prec == "fp32") or "none"
     gate_json = gate_accuracy(stage, cfg.gate, work / f"gate-{cfg.precision}-p{cfg.ratio:g}-fp32-{kept}.json",
                               reference, eval_fn)
     return stage, json.loads(gate_json.read_text())
+
+
+def bundle_precision(asked: str, files: Mapping[str, Path]) -> str:
+    """The manifest's precision: "int8" only while some network is INT8 (an --int8 export whose gate
+    put every network back to FP32 is an FP32 bundle, and says so)."""
+    return "fp32" if asked == "int8" and "int8" not in network_precisions(files).values() else asked
 
 
 def network_precisions(files: Mapping[str, Path]) -> dict[str, str]:

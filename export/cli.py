@@ -105,7 +105,8 @@ def _gate_arguments(g) -> None:
     """When a bundle is refused."""
     from .accuracy_gate import RULES, GateConfig
 
-    g.add_argument("--force", action="store_true", help="publish even if the accuracy gate fails (recorded)")
+    g.add_argument("--force", action="store_true", help="publish even if the accuracy gate fails (recorded), as exported: "
+                   "no network put back to FP32")
     g.add_argument("--max-hota-drop", type=float, default=1.0, metavar="POINTS", help="accuracy gate threshold")
     g.add_argument("--gate-rule", choices=RULES, default=GateConfig.rule,
                    help="what must stay within --max-hota-drop: balanced = (mean clean drop + mean degraded "
@@ -196,7 +197,7 @@ def check_out(out: Path, default_recipe: bool = False) -> None:
     export spends its minutes (found only at publish time, it cost the whole run and a bare errno).
     The shipped default bundle is replaced only by its own recipe (`default_recipe`): an `--int8`
     export once replaced what every `vsdmot-edge run` without --bundle loads."""
-    from vsdmot.runtime.bundle import DEFAULT_BUNDLE
+    from vsdmot.runtime.bundle import DEFAULT_BUNDLE, MANIFEST
 
     from .bundle import check_replaceable
 
@@ -207,6 +208,9 @@ def check_out(out: Path, default_recipe: bool = False) -> None:
                          "Export to another directory and pass it as --bundle")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: is a file, not a bundle directory; choose a new or bundle directory")
+    outer = next((p for p in real.parents if (p / MANIFEST).is_file()), None)
+    if outer is not None:  # the outer bundle could no longer be replaced: it would hold files not its own
+        raise ValueError(f"--out {out}: is inside the bundle {outer}; export next to it, not into it")
     check_replaceable(out)
     base = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
     try:  # a real write probe: os.access says yes to root on read-only or virtual file systems (/proc)

@@ -222,7 +222,11 @@ def check_name(root: Path, name: str) -> None:
 
 
 def check_gate(root: Path, manifest: Mapping[str, Any]) -> None:
+    """A bundle that failed its accuracy gate loads only when it was forced, and then says so."""
     gate = manifest.get("accuracy_gate") or {}
     if gate and not gate.get("passed") and not gate.get("forced"):
         raise BundleError(f"bundle {root}: its accuracy gate failed ({gate.get('reason', 'no reason')}) "
                           f"and it was not exported with --force")
+    if gate and not gate.get("passed"):
+        log.warning("bundle %s failed its accuracy gate and was published with --force (%s): for study, not for "
+                    "a deployment", root, gate.get("reason", "no reason"))

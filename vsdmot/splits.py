@@ -15,8 +15,10 @@ PETS_TRAIN_LAST = HELD_OUT_FRAMES["PETS09-S2L1"][0] - 1  # 600
 
 
 def held_out_text() -> str:
-    """The held-out frames in words, for messages: "PETS09-S2L1 601-795, TUD-Campus, ..."."""
-    return ", ".join([*(f"{n} {a}-{b}" for n, (a, b) in HELD_OUT_FRAMES.items()), *HELD_OUT_SEQUENCES])
+    """The held-out frames in words, for messages: "PETS09-S2L1 601-795, TUD-Campus" (a copy's name,
+    PETS09-S2L1-601-795, says nothing more)."""
+    sequences = [s for s in HELD_OUT_SEQUENCES if not any(s.startswith(b + "-") for b in HELD_OUT_FRAMES)]
+    return ", ".join([*(f"{n} {a}-{b}" for n, (a, b) in HELD_OUT_FRAMES.items()), *sequences])
 
 
 def held_out_by_name(name: str) -> bool:

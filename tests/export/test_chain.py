@@ -67,7 +67,7 @@ def test_the_parity_reference_is_named_by_the_network_not_the_work_dir(sources, 
 def test_keep_fp32_leaves_that_network_float(sources, tmp_path):
     cfg = cfg_for(tmp_path, precision="int8", keep_fp32=("detector",))
     m = load_bundle(export(cfg, tmp_path / "int8", sources=sources, eval_fn=fake_eval(0.0))).manifest
-    assert m["precision"] == "int8" and m["files"]["detector.onnx"]["precision"] == "fp32"
+    assert m["precision"] == "fp32" and m["files"]["detector.onnx"]["precision"] == "fp32"  # its one network: FP32
     assert not list((tmp_path / "work" / "fp32").glob("detector.int8-*.onnx"))  # not even quantised
     with pytest.raises(ValueError, match="--keep-fp32"):
         cfg_for(tmp_path, keep_fp32=("decoder",))
@@ -136,10 +136,13 @@ def test_gate_failure_keeps_the_previous_bundle(sources, tmp_path):
     assert (good / "manifest.json").read_bytes() == before and load_bundle(good)
 
 
-def test_force_publishes_and_records_it(sources, tmp_path):
+def test_force_publishes_the_bundle_it_gated_and_records_it(sources, tmp_path):
+    """--force publishes what was exported: the FP32 fallback ran anyway and published another
+    bundle (with pruning, every network FP32, still labelled int8) after gating three that could not pass."""
     cfg = cfg_for(tmp_path, precision="int8", prune=0.0, gate=GateConfig(sequences=("S1",), conditions=("clean",), force=True))
     m = load_bundle(export(cfg, tmp_path / "forced", sources=sources, eval_fn=fake_eval(5.0))).manifest
     assert m["accuracy_gate"]["passed"] is False and m["accuracy_gate"]["forced"] is True
+    assert m["precision"] == "int8" and m["files"]["detector.onnx"]["precision"] == "int8"  # no fallback
 
 
 @pytest.mark.slow
@@ -202,6 +205,7 @@ def test_failed_gate_falls_back_to_fp32_networks(sources, tmp_path):
     m = load_bundle(export(cfg, tmp_path / "fb", sources=sources, eval_fn=int8_hurts)).manifest
     assert m["files"]["detector.onnx"]["precision"] == "fp32" and m["export"]["fp32_networks"] == ["detector"]
     assert m["accuracy_gate"]["passed"] and m["accuracy"]["gated_hota_drop"] == 0.0
+    assert m["precision"] == "fp32"  # no network left INT8: the label says what the files are
 
 
 def test_a_crash_in_the_gate_leaves_nothing_behind(sources, tmp_path):

@@ -337,3 +337,15 @@ def test_an_engine_cache_that_cannot_be_written_is_refused_before_any_work(tmp_p
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert "--engine-cache: cannot write" in err and not work.exists()
+
+
+def test_out_inside_a_bundle_is_refused(tmp_path, capsys):
+    """A bundle written into another one made the outer one impossible to re-export (it then held
+    files not its own)."""
+    from tinybundle import write_manifest
+
+    (tmp_path / "site").mkdir()
+    write_manifest(tmp_path / "site")
+    argv = ["--fp32", "--out", str(tmp_path / "site" / "sub"), "--work-dir", str(tmp_path / "work")]
+    assert cli.main(argv) == 2
+    assert f"is inside the bundle {tmp_path / 'site'}" in capsys.readouterr().err and not (tmp_path / "work").exists()

@@ -87,10 +87,15 @@ def test_tampered_bundle_is_refused(tmp_path, what, mutate, message):
         load_bundle(root)
 
 
-def test_forced_gate_loads_and_extra_files_are_ignored(tmp_path):
-    root = make_bundle(tmp_path / "b", accuracy_gate={"passed": False, "forced": True})
+def test_forced_gate_loads_with_a_warning_and_extra_files_are_ignored(tmp_path, caplog):
+    root = make_bundle(tmp_path / "b", accuracy_gate={"passed": False, "forced": True, "reason": "drop 39.0"})
     (root / "engine.plan").write_bytes(b"cache")
-    assert load_bundle(root).manifest["accuracy_gate"]["forced"] is True
+    with caplog.at_level("WARNING"):
+        assert load_bundle(root).manifest["accuracy_gate"]["forced"] is True
+    assert "failed its accuracy gate and was published with --force (drop 39.0)" in caplog.text
+    caplog.clear()
+    load_bundle(make_bundle(tmp_path / "ok"))
+    assert "accuracy gate" not in caplog.text
 
 
 def test_missing_directory(tmp_path):
