@@ -268,11 +268,14 @@ def device_files(sources, cfg, work, feeds, report, reference, eval_fn) -> tuple
     from tqdm import tqdm
 
     files, calib, nets = {}, {"method": None, "sources": list(cfg.calib), "frames": {}}, {}
-    budgets = recover_budgets(sources.nets, cfg)
+    budgets, frames = recover_budgets(sources.nets, cfg), parity_frames()
     for name, net in tqdm(sources.nets.items(), desc="export: networks", disable=not cfg.progress):
         base = work / (f"p{cfg.ratio:g}" if name in budgets else "fp32") / name
         net = nets[name] = pruned(net, cfg, base, feeds.get(name), report, budgets.get(name))
-        onnx_fp32 = torch_to_onnx(net, base, report, feeds=feeds[name][:8] if name in feeds else None)
+        # unpruned: the reference's own files and feeds, so every step (parity too) is reused, not redone
+        # against other feeds into the same file; pruned: its calibration feeds
+        ref_feeds = feeds[name][:8] if name in budgets and name in feeds else parity_feeds(net, frames)
+        onnx_fp32 = torch_to_onnx(net, base, report, feeds=ref_feeds)
         files[name] = onnx_fp32
         calib["frames"][name] = len(feeds.get(name, ()))
     fp32_files = dict(files)
