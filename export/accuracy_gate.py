@@ -156,7 +156,8 @@ def decide(cases: list[dict[str, Any]], cfg: GateConfig) -> dict[str, Any]:
     case_ok = worst["hota_drop"] <= cfg.max_case_drop
     passed = gated <= cfg.max_hota_drop and case_ok
     groups = ", ".join(f"{g} {d:.2f}" for g, d in pooled.items())
-    reason = (f"{cfg.rule} HOTA drop {gated:.2f} points on {where} {'<=' if gated <= cfg.max_hota_drop else '>'} "
+    reason = (f"{'passed' if passed else 'refused'}: {cfg.rule} HOTA drop {gated:.2f} points on {where} "
+              f"{'<=' if gated <= cfg.max_hota_drop else '>'} "
               f"threshold {cfg.max_hota_drop} (pooled: {groups}; worst single case {worst['hota_drop']:.2f} on "
               f"{worst['sequence']} {worst['condition']}{'' if case_ok else f' > case limit {cfg.max_case_drop}'})")
     return {"passed": passed, "forced": bool(cfg.force and not passed), "rule": cfg.rule,

@@ -176,7 +176,7 @@ def _export(cfg: ExportConfig, out: Path, work: Path, checkpoint, sources: Sourc
     report.timed("calibration feeds", t0)
     t0 = time.perf_counter()
     files, calib, fp32_files, nets = device_files(sources, cfg, work, feeds, report, reference, eval_fn)
-    report.timed("prune, recover, quantise", t0)
+    report.timed("prune + recover + quantise", t0)
     t0 = time.perf_counter()
     stage, verdict = gated(sources, files, cfg, out, work, calib, reference, eval_fn)
     # --force publishes what was exported: a fallback would change the bundle asked for (and, when
@@ -469,7 +469,7 @@ def finish(stage: Path, out: Path, accuracy: Mapping, verdict: Mapping, report: 
         stage = Path(shutil.copytree(stage, staging_dir(out)))
     reports = ("export_report.json", "export_report.md")
     if accuracy.get("cases"):  # the FP32 reference has no gate to draw
-        reports += (plot_gate(accuracy, stage / "export_report.png").name,)
+        reports += (plot_gate(accuracy, stage / "export_report.png", gate).name,)
     write_report(report, stage, images=[n for n in reports if n.endswith(".png")])
     record_gate(stage, accuracy, gate, reports)
     return publish(stage, out, gate)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 
-def plot_gate(accuracy: Mapping[str, Any], path: Path) -> Path:
+def plot_gate(accuracy: Mapping[str, Any], path: Path, gate: Mapping[str, Any] | None = None) -> Path:
     """Top: HOTA of the reference and the bundle per case (bars). Bottom: the drop per case (bars, up =
     worse), the pooled clean and degraded drops, the threshold and the single-case limit (lines)."""
     import matplotlib
@@ -37,8 +37,11 @@ def plot_gate(accuracy: Mapping[str, Any], path: Path) -> Path:
     for ax in (top, bottom):
         ax.grid(alpha=0.3, axis="y")
     verdict = f"rule {accuracy.get('rule', '?')}: {accuracy.get('gated_hota_drop', float('nan')):.2f}"
-    fig.suptitle(f"accuracy gate, {len(cases)} held-out cases ({verdict} against {accuracy.get('threshold_hota_drop')})",
-                 fontsize=10)
+    gate = gate or {}
+    outcome = "PASSED" if gate.get("passed") else "REFUSED, published with --force" if gate.get("forced") else \
+        "REFUSED" if gate else ""
+    fig.suptitle(f"accuracy gate{': ' + outcome if outcome else ''}, {len(cases)} held-out cases ({verdict} against "
+                 f"{accuracy.get('threshold_hota_drop')})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

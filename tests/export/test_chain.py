@@ -95,7 +95,7 @@ def test_pruned_int8_passes_gate_and_is_idempotent(sources, tmp_path, caplog):
     assert m["calibration"]["method"] == "minmax" and m["calibration"]["frames"]["detector"] == 24
     assert m["files"]["detector.onnx"]["size"] < 0.5 * load_bundle(tmp_path / "work" / "reference").entry("detector.onnx")["size"]
     rep = json.loads((out / "export_report.json").read_text())
-    assert set(rep["wall_seconds"]) == {"calibration feeds", "prune, recover, quantise", "accuracy gate"}
+    assert set(rep["wall_seconds"]) == {"calibration feeds", "prune + recover + quantise", "accuracy gate"}
     assert "wall seconds" in (out / "export_report.md").read_text()
     assert "![export_report.png](export_report.png)" in (out / "export_report.md").read_text()
     png = (out / "export_report.png").read_bytes()  # the gate per case, a listed (hash-checked) report file
@@ -133,7 +133,7 @@ def test_a_refused_int8_network_falls_back_and_the_report_names_it(sources, tmp_
     summary = json.loads((out / "export_report.json").read_text())["summary"]
     assert summary["networks"] == {"detector": "fp32"}
     (refused,) = summary["refused_by_the_gate"]
-    assert refused.startswith("detector int8: balanced HOTA drop 5.00 points")
+    assert refused.startswith("detector int8: refused: balanced HOTA drop 5.00 points")
     assert "**networks**: detector=fp32" in (out / "export_report.md").read_text()
 
 @pytest.mark.slow
