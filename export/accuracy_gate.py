@@ -68,7 +68,7 @@ class GateConfig:
             raise ValueError(f"gate rule: expected one of {list(RULES)}, got {self.rule!r}")
 
 
-VERDICT_SCHEMA = "verdict-2"  # 2: `gated_hota_drop` (was `worst_hota_drop`, which read as the worst case's)
+VERDICT_SCHEMA = "verdict-3"  # 2: `gated_hota_drop` (was `worst_hota_drop`); 3: the reason opens with passed or refused
 
 
 def bundle_id(bundle_dir: Path) -> str:
