@@ -173,7 +173,7 @@ def bundle_table(fps: dict[str, float], args: argparse.Namespace) -> dict[str, d
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vsdmot.edge.run_bench", description=__doc__.splitlines()[0])
-    p.add_argument("--peer-onnx", type=Path, required=True, help="YOLOX-nano ONNX (official layout)")
+    p.add_argument("--peer-onnx", type=Path, help="YOLOX-nano ONNX (official layout): needed by the peer variant")
     p.add_argument("--source", type=Path, default=DEMO_CLIP, help="clip (640x480 demo by default)")
     p.add_argument("--bundle", type=Path, help="bundle (default: the shipped one)")
     p.add_argument("--rounds", type=int, default=3)
@@ -189,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.ref and args.ref not in dict(args.bundles):
         p.error(f"--ref: expected one of {[n for n, _ in args.bundles]}, got {args.ref!r}")
+    if "peer" in args.variants and args.peer_onnx is None:
+        p.error("--peer-onnx: the peer variant needs the YOLOX-nano ONNX (../shared/models/yolox_nano.onnx); "
+                "or leave it out: --variants with the others, or none")
     result = bench(args)
     text = json.dumps(result, indent=1)
     if args.out:

@@ -72,6 +72,16 @@ def test_unknown_ref_is_refused(tmp_path, capsys):
     assert "--ref" in capsys.readouterr().err
 
 
+def test_the_peer_onnx_is_asked_for_only_by_the_peer_variant(tmp_path, capsys, monkeypatch):
+    """Comparing two bundles needs no YOLOX-nano file (a device has no ../shared)."""
+    with pytest.raises(SystemExit):
+        run_bench.main(["--variants", "peer"])
+    assert "the peer variant needs the YOLOX-nano ONNX" in capsys.readouterr().err
+    d = fake_bundle(tmp_path, "a", [1])
+    monkeypatch.setattr(run_bench, "bench", lambda args: {"variants": args.variants})
+    assert run_bench.main(["--variants", "--bundles", f"a={d}"]) == 0
+
+
 def test_bundle_variant_runs_the_edge_cli_on_its_bundle(tmp_path):
     d = fake_bundle(tmp_path, "int8", [1])
     cmd = run_bench._command("bundle:int8", args_for([("int8", d)]), tmp_path)
