@@ -162,9 +162,9 @@ def check_opencv() -> Check:
     info = cv2.getBuildInformation()
     gst = re.search(r"GStreamer:\s*(\w+)", info)
     has = bool(gst and gst[1].upper() == "YES")
-    meaning = ("CSI cameras (csi://N via nvarguscamerasrc) and hardware decode work" if has else
-               "no GStreamer: USB cameras, files and RTSP (FFmpeg) work; CSI cameras need JetPack's OpenCV "
-               "(apt install python3-opencv, then a venv with --system-site-packages)")
+    meaning = ("CSI cameras (csi://N via nvarguscamerasrc) work; RTSP still decodes through FFmpeg on the CPU"
+               if has else "no GStreamer: USB cameras, files and RTSP (FFmpeg) work; CSI cameras need JetPack's "
+               "OpenCV (apt install nvidia-opencv, then a venv with --system-site-packages)")
     return Check("OpenCV", "ok" if has else "--", f"{cv2.__version__}, GStreamer {'yes' if has else 'no'}", meaning)
 
 
