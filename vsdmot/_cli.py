@@ -121,6 +121,8 @@ def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None)
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:  # an optional dependency this command needs (a device install has fewer)
+        if (e.name or "").split(".")[0] == "vsdmot":  # the kit's own module: a broken install or a bug, in full
+            raise
         print(f"{parser.prog}: error: {missing_module_hint(e.name or str(e))}", file=sys.stderr)
         return 1
     except (VsdmotError, OSError) as e:
