@@ -352,4 +352,7 @@ def open_sinks(mot_out: str = "", jsonl_out: str = "", video_out: str = "", stat
             if s is not None:
                 s._drop_claim()
         raise
+    video, stats = late
+    if video is not None and stats is not None:
+        stats.video = video  # the stats file counts what a live source's video dropped
     return sinks + [s for s in late if s is not None]

@@ -70,7 +70,8 @@ def _as_dict(stats: Any) -> dict[str, Any]:
 class StatsSink(_SinkBase):
     """Run statistics JSON, rewritten atomically every `every_s` seconds (or `every_frames`)
     and at close. Keys: frames, fps, fps_pipeline, fps_model, semantic_runs / _reused /
-    _skipped, latency_ms {stage: p50 p90 p99 mean max n}, dropped_frames, reconnects, stalls,
+    _skipped, latency_ms {stage: p50 p90 p99 mean max n}, dropped_frames, video_frames_dropped
+    (with a video sink), reconnects, stalls,
     source_stats {...}, elapsed_s, updated_unix, final, plus the `meta` keys. Memory stays bounded (histograms, not lists).
 
     `source_stats()` returns the live source's `SourceStats` (or a mapping); `meta` is copied in.
@@ -94,6 +95,7 @@ class StatsSink(_SinkBase):
         self._model, self._pipeline = LatencyHistogram(), LatencyHistogram()
         self._t_first = self._t_last = self._t_flush = time.monotonic()
         self._closed = False
+        self.video = None  # the run's VideoSink, whose dropped frames the file counts (open_sinks sets it)
 
     def write(self, result: FrameResult, image: np.ndarray | None = None) -> None:
         now = time.monotonic()
@@ -132,6 +134,7 @@ class StatsSink(_SinkBase):
             "semantic_skipped": self.semantic["skipped"],
             "latency_ms": {name: h.summary() for name, h in sorted(self.latency.items())},
             "dropped_frames": int(src.get("dropped", 0)),
+            **({"video_frames_dropped": self.video.dropped} if self.video is not None else {}),  # live: encoder behind
             "reconnects": int(src.get("reconnects", 0)),
             "stalls": int(src.get("stalls", 0)),
             "source_stats": src,

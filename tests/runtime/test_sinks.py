@@ -309,13 +309,18 @@ def test_open_sinks_skips_empty_paths(tmp_path):
 
 
 @pytest.mark.parametrize("live", [True, False])
-def test_only_a_live_source_s_video_drops_frames(tmp_path, live):
+def test_only_a_live_source_s_video_drops_frames_and_the_stats_count_them(tmp_path, live):
     """A file has no deadline: its annotated video waits for the encoder and keeps every frame (a 4K
-    clip lost 30 of 120 frames, and video frame n stopped being source frame n)."""
-    sinks = open_sinks(video_out=str(tmp_path / "v.avi"), fps=10.0, live=live)
-    assert sinks[0].drop_when_full is live
-    for s in sinks:
-        s.close()
+    clip lost 30 of 120 frames, and video frame n stopped being source frame n). What a live
+    source's video drops is in the stats file (it said dropped_frames 0)."""
+    video, stats = open_sinks(video_out=str(tmp_path / "v.avi"), stats_out=str(tmp_path / "s.json"), fps=10.0,
+                              live=live)
+    assert video.drop_when_full is live
+    video.dropped = 3  # as the encoder's queue overflowing would count them
+    stats.write(make_result(1))
+    video.close()
+    stats.close()
+    assert json.loads((tmp_path / "s.json").read_text())["video_frames_dropped"] == 3
 
 
 WRITER = textwrap.dedent(
