@@ -121,7 +121,7 @@ def build_config(args: argparse.Namespace):
 def overlap_for(cfg, pipeline) -> bool:
     """`pipeline.overlap`, except on the TensorRT backend: its CUDA context may belong to the main
     thread (pycuda), and the overlap runs the detector in a second one; not run on a device yet."""
-    if cfg.pipeline.overlap and pipeline.backend_kind == "tensorrt":
+    if cfg.pipeline.overlap and "tensorrt" in pipeline.backend_kind:  # any network (auto may mix them)
         log.warning("--overlap: not with the TensorRT backend yet (its CUDA context may be the main thread's, and "
                     "the overlap was not run on a device); running without it")
         return False

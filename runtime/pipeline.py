@@ -45,7 +45,7 @@ class Pipeline:
     detector: Any  # runtime/yolox.py YoloxDetector: detect(image) -> Detections
     tracker: Tracker  # step(dets, semantic, w, gap) -> Detections with track_id; warp(a); reset(keep_ids)
     tracker_kind: str = "e2e"  # which tracker this is (e2e / hybrid / bytetrack)
-    backend_kind: str = "onnxruntime"  # what the networks run on
+    backend_kind: str = "onnxruntime"  # what the networks run on ("onnxruntime+tensorrt" when they differ)
     backends: list[Backend] = field(default_factory=list, repr=False)  # closed by close()
     last_index: int = 0  # Frame.index of the previous step (0: none since the last reset)
     camera: Any = None  # runtime/motion.py CameraMotion, None when [tracker] camera_motion = "off"
@@ -167,8 +167,9 @@ def build_pipeline(bundle: Bundle, cfg: RunConfig, fps: float = 30.0, torch_modu
     log_once(log.name, logging.INFO, f"pipeline: {kind} tracker, {getattr(det_backend, 'kind', '?')} backend, "
              f"detector input {size_text(detector.config.input_size)}, semantics {semantics.cfg.policy}, "
              f"camera motion {cfg.tracker.camera_motion} ({bundle.path})")
-    ran_on = getattr(det_backend, "kind", cfg.pipeline.backend)  # what `auto` resolved to
-    if cfg.pipeline.precision not in ("auto", "fp32") and ran_on != "tensorrt":
+    # what `auto` resolved to, per network: "onnxruntime+tensorrt" when one network's engine did not open
+    ran_on = "+".join(sorted({getattr(b, "kind", cfg.pipeline.backend) for b in backends})) or cfg.pipeline.backend
+    if cfg.pipeline.precision not in ("auto", "fp32") and "tensorrt" not in ran_on:
         log.warning("precision %s applies to TensorRT engines only; the %s backend runs the bundle's ONNX "
                     "networks as exported (INT8 only from a vsdmot-export --int8 bundle)", cfg.pipeline.precision, ran_on)
     camera = None

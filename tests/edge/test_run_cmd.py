@@ -377,6 +377,7 @@ def test_overlap_flag_gives_the_same_rows_and_stays_off_on_tensorrt(tmp_path, ca
     on = load_config(None, {"pipeline.overlap": True})
     assert run_cmd.overlap_for(on, SimpleNamespace(backend_kind="onnxruntime"))
     assert not run_cmd.overlap_for(on, SimpleNamespace(backend_kind="tensorrt"))
+    assert not run_cmd.overlap_for(on, SimpleNamespace(backend_kind="onnxruntime+tensorrt"))  # auto, mixed
     assert "not with the TensorRT backend" in caplog.text
 
 
