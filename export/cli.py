@@ -208,7 +208,7 @@ def check_out(out: Path, default_recipe: bool = False) -> None:
                          "Export to another directory and pass it as --bundle")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: is a file, not a bundle directory; choose a new or bundle directory")
-    outer = next((p for p in real.parents if (p / MANIFEST).is_file()), None)
+    outer = next((p for p in real.parents if is_bundle_manifest(p / MANIFEST)), None)
     if outer is not None:  # the outer bundle could no longer be replaced: it would hold files not its own
         raise ValueError(f"--out {out}: is inside the bundle {outer}; export next to it, not into it")
     check_replaceable(out)
@@ -254,12 +254,23 @@ def check_calib_paths(specs) -> None:
         check_not_held_out(spec, path, span, sequence_name(path, src.name))
 
 
+def is_bundle_manifest(path: Path) -> bool:
+    """A vsdmot bundle's manifest, not any file of that common name (a web app's, an extension's)."""
+    import json
+
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and "schema_version" in m and isinstance(m.get("files"), dict)
+
+
 def check_gate_data(cfg) -> None:
     """The accuracy gate (and --method auto) track the kit's held-out sequences: refuse before any work
     when they are not there (a device install has no ../shared/data), not after the reference export."""
     from .accuracy_gate import data_root, split_sequence
 
-    if cfg.precision == "fp32":  # the reference: nothing to gate
+    if cfg.precision == "fp32" and cfg.ratio == 0:  # the reference: nothing to gate (a pruned FP32 one is gated)
         return
     root = data_root(cfg.gate)
     wanted = [*cfg.gate.sequences, *(cfg.select if cfg.method == "auto" else ())]
@@ -275,6 +286,7 @@ def sequence_name(path: Path, name: str) -> str:
     (`PETS09-S2L1/img1`) is that sequence's frames, whatever the folder is called."""
     from vsdmot.runtime.mot import read_seqinfo
 
+    path = path.resolve()  # a symlink to a sequence's img1 is that sequence's frames too
     if path.is_dir() and (path.parent / "seqinfo.ini").is_file():
         return read_seqinfo(path.parent).name
     return name

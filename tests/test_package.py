@@ -65,3 +65,25 @@ def test_built_wheel_imports_every_subpackage(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(target)})
     assert out.returncode == 0, out.stderr
     assert "wheel-ok" in out.stdout
+
+
+def test_only_optional_packages_get_the_install_hint(capsys):
+    """A missing submodule of an installed package (numpy._core, unpickling with an older numpy) is
+    not 'numpy is not installed': it is raised in full."""
+    import argparse
+
+    import pytest
+
+    from vsdmot._cli import run_main
+
+    def parser_raising(exc):
+        p = argparse.ArgumentParser(prog="tool")
+        p.set_defaults(func=lambda a: (_ for _ in ()).throw(exc))
+        return p
+
+    assert run_main(parser_raising(ModuleNotFoundError("No module named 'torch'", name="torch")), []) == 1
+    assert "needs the Python package 'torch'" in capsys.readouterr().err
+    for exc in (ModuleNotFoundError("x", name="numpy._core"), ModuleNotFoundError("boom"),
+                ModuleNotFoundError("y", name="vsdmot.nothing")):
+        with pytest.raises(ModuleNotFoundError):
+            run_main(parser_raising(exc), [])

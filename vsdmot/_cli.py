@@ -89,7 +89,7 @@ def quiet_opencv(verbose: int) -> None:
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
-INSTALL_HINTS = {  # top-level module -> how to get it
+INSTALL_HINTS = {  # optional top-level package -> how to get it (only these get the one-line hint)
     "torch": "pip install '.[train]' with install.sh's constraints (on a Jetson: NVIDIA's PyTorch for Jetson "
              "wheel); or export on a workstation and copy the bundle folder",
     "onnxruntime": "pip install onnxruntime (on a Jetson: the aarch64 wheel of the Jetson Zoo); or --backend tensorrt",
@@ -121,9 +121,9 @@ def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None)
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:  # an optional dependency this command needs (a device install has fewer)
-        if (e.name or "").split(".")[0] == "vsdmot":  # the kit's own module: a broken install or a bug, in full
+        if e.name not in INSTALL_HINTS:  # anything else (a submodule, the kit's own): a broken install or a bug
             raise
-        print(f"{parser.prog}: error: {missing_module_hint(e.name or str(e))}", file=sys.stderr)
+        print(f"{parser.prog}: error: {missing_module_hint(e.name)}", file=sys.stderr)
         return 1
     except (VsdmotError, OSError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)

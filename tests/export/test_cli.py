@@ -349,3 +349,31 @@ def test_out_inside_a_bundle_is_refused(tmp_path, capsys):
     argv = ["--fp32", "--out", str(tmp_path / "site" / "sub"), "--work-dir", str(tmp_path / "work")]
     assert cli.main(argv) == 2
     assert f"is inside the bundle {tmp_path / 'site'}" in capsys.readouterr().err and not (tmp_path / "work").exists()
+
+
+def test_only_a_bundle_s_manifest_makes_a_folder_a_bundle(tmp_path):
+    """A web project's manifest.json two folders up refused every --out below it."""
+    (tmp_path / "manifest.json").write_text("{}")
+    cli.check_out(tmp_path / "proj" / "mybundle")  # not refused
+
+
+def test_a_pruned_fp32_export_needs_the_gate_s_data_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("VSDMOT_DATA", str(tmp_path / "nodata"))
+    args = cli.build_parser().parse_args(["--fp32", "--prune", "0.1", "--out", str(tmp_path / "b")])
+    with pytest.raises(ValueError, match="the accuracy gate tracks"):
+        cli.check_gate_data(cli.config_from_args(args))
+    cli.check_gate_data(cli.config_from_args(cli.build_parser().parse_args(["--fp32", "--out", str(tmp_path / "b")])))
+
+
+def test_a_symlink_to_a_held_out_image_folder_is_refused(tmp_path):
+    import cv2
+    import numpy as np
+
+    seq = tmp_path / "PETS09-S2L1"
+    (seq / "img1").mkdir(parents=True)
+    (seq / "seqinfo.ini").write_text("[Sequence]\nname=PETS09-S2L1\nimDir=img1\nframeRate=7\nseqLength=795\n"
+                                     "imWidth=64\nimHeight=48\nimExt=.jpg\n")
+    cv2.imwrite(str(seq / "img1" / "000601.jpg"), np.full((48, 64, 3), 100, np.uint8))
+    (tmp_path / "frames").symlink_to(seq / "img1")
+    with pytest.raises(ValueError, match="include the accuracy gate's held-out frames"):
+        cli.check_calib_paths([str(tmp_path / "frames")])
