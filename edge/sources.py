@@ -23,18 +23,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
 from vsdmot.runtime.errors import SourceError
+from vsdmot.runtime.ffmpeg_capture import blank
 from vsdmot.runtime.sources import FrameSource, VideoFileSource, check_frame_size, open_file_source
 from vsdmot.runtime.types import Frame
 
 from .capture import open_stream, open_v4l2
-from .ffmpeg_capture import blank, decodable
 from .gst import CSI_DEFAULT, CsiSpec, open_csi, parse_csi
 
 log = logging.getLogger(__name__)
@@ -210,7 +209,7 @@ class LiveSource:
 
     def _note_blank(self, img: np.ndarray) -> None:
         """Warn once when BLANK_WARN frames in a row are all zero: a capped lens, or an interlaced
-        stream OpenCV cannot convert (edge/ffmpeg_capture.py; files are decoded through ffmpeg then)."""
+        stream OpenCV cannot convert (runtime/ffmpeg_capture.py: files are decoded through ffmpeg then)."""
         self._blank_run = self._blank_run + 1 if blank(img) else 0
         if self._blank_run == BLANK_WARN:
             log.warning("%s: %d frames in a row are all black: a covered lens, or an interlaced stream OpenCV "
@@ -391,7 +390,7 @@ class FileSource:
 
     def __init__(self, path: str, opts: LiveOptions, opener: Callable[[], FrameSource] | None = None):
         self.path, self.opts = path, opts
-        self._make = opener or (lambda: open_decodable(path, opts.fps or None))
+        self._make = opener or (lambda: open_file_source(path, opts.fps or None))
         self._inner = self._make()
         self.fps, self.name = self._inner.fps, self._inner.name
         self.frame_count = 0 if opts.loop else getattr(self._inner, "frame_count", 0)  # 0 = unknown or endless
@@ -431,12 +430,6 @@ class FileSource:
 
 
 # -- the entry -------------------------------------------------------------------------------------
-def open_decodable(path: str, fps: float | None = None) -> FrameSource:
-    """runtime's `open_file_source`, except that an interlaced video file is decoded through ffmpeg
-    (edge/ffmpeg_capture.py: OpenCV makes blank or stale frames of it)."""
-    return decodable(path, fps) if Path(path).is_file() else open_file_source(path, fps)
-
-
 def is_stream_url(text: str) -> bool:
     return "://" in text and text.split("://", 1)[0].lower() in STREAM_SCHEMES
 

@@ -95,6 +95,11 @@ class VideoFileSource:
         self._first_t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
         return cap
 
+    @property
+    def first_frame(self) -> np.ndarray:
+        """The first frame, (H, W, 3) BGR, decoded when the file was opened."""
+        return self._first
+
     def __iter__(self) -> Iterator[Frame]:
         if self._started:  # a second pass starts again from frame 1
             self._cap.release()
@@ -198,4 +203,6 @@ def open_file_source(path: str | os.PathLike, fps: float | None = None) -> Frame
         if is_sequence(path):
             return open_sequence(path).frames()
         return ImageFolderSource(path, fps or 25.0)
-    return VideoFileSource(path, fps)
+    from .ffmpeg_capture import decodable  # ffprobe's field order: an interlaced file goes through ffmpeg
+
+    return decodable(path, fps)

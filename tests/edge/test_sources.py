@@ -14,6 +14,7 @@ import pytest
 
 from vsdmot.edge.gst import CsiSpec, csi_pipeline, has_gstreamer, parse_csi
 from vsdmot.edge.capture import ffmpeg_options
+from vsdmot.edge import sources as S
 from vsdmot.edge.sources import FileSource, LiveFrame, LiveOptions, LiveSource, live_options, open_source, rotated
 from vsdmot.runtime.config import ServiceConfig, SourceConfig
 from vsdmot.runtime.errors import SourceError
@@ -415,3 +416,25 @@ def test_live_frames_under_32_px_are_refused_at_open(size, ok):
                        LiveOptions(**{**FAST, "wait_for_device": True, "max_reconnect_failures": 2}))
     with pytest.raises(SourceError, match="gave up after 2 failed opens: fake: frames are"):
         take(later, 1)
+
+
+class BlackCapture:
+    def read(self):
+        time.sleep(0.001)
+        return True, np.zeros((48, 64, 3), np.uint8)
+
+    def get(self, prop):
+        return 0.0
+
+    def release(self):
+        pass
+
+
+def test_a_live_source_of_black_frames_says_so_once(caplog):
+    opts = LiveOptions(queue_size=4, stall_timeout_s=5.0, detect_duplicates=False)
+    with caplog.at_level(logging.WARNING), LiveSource("rtsp://dvr/1", lambda: BlackCapture(), opts) as src:
+        deadline = time.monotonic() + 5
+        while src.stats().frames_read < 3 * S.BLANK_WARN and time.monotonic() < deadline:
+            time.sleep(0.01)
+    warned = [r for r in caplog.records if "all black" in r.getMessage()]
+    assert len(warned) == 1 and "interlaced" in warned[0].getMessage()

@@ -1,6 +1,6 @@
 """Interlaced video, which OpenCV decodes as blank or stale frames with ok=True: a file ffprobe calls
 interlaced is decoded through the ffmpeg program (deinterlaced, every coded frame, a failure raised),
-and a live source that delivers black frames says so."""
+by every file opener (runtime.sources.open_file_source)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from helpers import DATA
-from vsdmot.edge import ffmpeg_capture as F
-from vsdmot.edge.sources import BLANK_WARN, FileSource, LiveOptions, LiveSource, open_source
+from vsdmot.runtime import ffmpeg_capture as F
+from vsdmot.edge.sources import FileSource, LiveOptions, open_source
 from vsdmot.runtime.errors import SourceError
 from vsdmot.runtime.sources import VideoFileSource
 
@@ -116,28 +116,6 @@ def test_without_ffmpeg_an_interlaced_file_opens_with_a_warning(monkeypatch, int
     assert type(src) is VideoFileSource and "install ffmpeg, or deinterlace it once" in caplog.text
 
 
-class BlackCapture:
-    def read(self):
-        time.sleep(0.001)
-        return True, np.zeros((48, 64, 3), np.uint8)
-
-    def get(self, prop):
-        return 0.0
-
-    def release(self):
-        pass
-
-
-def test_a_live_source_of_black_frames_says_so_once(caplog):
-    opts = LiveOptions(queue_size=4, stall_timeout_s=5.0, detect_duplicates=False)
-    with caplog.at_level(logging.WARNING), LiveSource("rtsp://dvr/1", lambda: BlackCapture(), opts) as src:
-        deadline = time.monotonic() + 5
-        while src.stats().frames_read < 3 * BLANK_WARN and time.monotonic() < deadline:
-            time.sleep(0.01)
-    warned = [r for r in caplog.records if "all black" in r.getMessage()]
-    assert len(warned) == 1 and "interlaced" in warned[0].getMessage()
-
-
 def test_blank_is_a_zeroed_buffer_not_a_dark_scene():
     rng = np.random.default_rng(0)
     refused = np.zeros((240, 320, 3), np.uint8)
@@ -150,3 +128,28 @@ def test_blank_is_a_zeroed_buffer_not_a_dark_scene():
                                              ({"tags": {"rotate": "90"}}, 90), ({}, 0)])  # ffprobe 4.4 (JetPack 6)
 def test_rotation_from_either_ffprobe(stream, degrees):
     assert F._rotation(stream) == degrees
+
+
+@needs_ffmpeg  # to make the clip
+def test_without_ffprobe_a_blank_first_frame_is_named(interlaced, tmp_path):
+    """Without the ffmpeg package nothing can read the field order: the run opened an interlaced file
+    through OpenCV in silence. A fresh process (OpenCV's buffer still zeros) names it from the first frame."""
+    import subprocess
+    import sys
+
+    code = ("import logging, shutil, sys\nlogging.basicConfig()\nshutil.which = lambda name: None\n"
+            "from vsdmot.runtime.sources import open_file_source\n"
+            "src = open_file_source(sys.argv[1])\nprint(type(src).__name__)\n")
+    ran = subprocess.run([sys.executable, "-c", code, str(interlaced)], capture_output=True, text=True, timeout=60)
+    assert ran.stdout.strip() == "VideoFileSource" and "decodes as blank frames" in ran.stderr
+    assert "install ffmpeg" in ran.stderr
+
+
+@needs_ffmpeg
+def test_calibration_reads_an_interlaced_clip_deinterlaced(interlaced):
+    """The probe sits in runtime's file opener, so a DVR clip given to `vsdmot-export --calib` is not
+    calibrated on blank or stale frames (the fix first lived in edge's run path only)."""
+    from vsdmot.calibration.calibset import iter_frames
+
+    frames = [img for _, img in iter_frames(str(interlaced), 1)]
+    assert len(frames) >= FRAMES and all(img.mean() > 40 for img in frames)

@@ -9,8 +9,9 @@ image, and ended with exit 0.
 
 So the stream decides, not the pixels: `ffprobe` reads the file's field order, and an interlaced
 file is decoded by `ffmpeg`, which deinterlaces the frames flagged interlaced (`yadif`) and pipes
-raw BGR that `FfmpegCapture` reads behind the `cv2.VideoCapture` calls the sources make. A live
-stream cannot be probed so cheaply: `blank` is what a live source watches for instead.
+raw BGR that `FfmpegCapture` reads behind the `cv2.VideoCapture` calls the sources make
+(`open_file_source`, so runs, calibration and evaluation alike). A live stream cannot be probed so
+cheaply: `blank` is what a live source (edge/sources.py) watches for instead.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vsdmot.runtime.errors import SourceError
-from vsdmot.runtime.sources import VideoFileSource
+from .errors import SourceError
+from .sources import VideoFileSource
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,17 @@ class FfmpegFileSource(VideoFileSource):
 
 def decodable(path: str | Path, fps: float | None = None) -> VideoFileSource:
     """The video at `path` through OpenCV, or through ffmpeg when ffprobe says it is interlaced.
-    Without ffmpeg an interlaced file still opens through OpenCV, with a warning."""
+    Without ffmpeg an interlaced file still opens through OpenCV, with a warning; without ffprobe
+    too, the warning comes when the first frame is blank (what OpenCV's refused conversion gives in
+    a process that has decoded nothing before; later ones may get stale stripes, unseen)."""
     info = probe(path)
+    if info is None and shutil.which("ffprobe") is None:
+        src = VideoFileSource(path, fps)
+        if blank(src.first_frame):
+            log.warning("video: %s decodes as blank frames; if it is interlaced (a DVR's recording), OpenCV cannot "
+                        "convert it: install ffmpeg (the kit then decodes it through ffmpeg), or deinterlace it "
+                        "once: ffmpeg -i %s -vf yadif -c:v libx264 out.mp4", path, path)
+        return src
     if info is None or not info.interlaced:
         return VideoFileSource(path, fps)
     if shutil.which("ffmpeg") is None:
