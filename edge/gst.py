@@ -73,7 +73,7 @@ def require_gstreamer(camera: str, build_info: str | None = None) -> None:
     raise SourceError(
         f"camera {camera}: CSI cameras need OpenCV built with GStreamer, and this OpenCV "
         f"({cv2.__version__}, {cv2.__file__}) has none. On a Jetson, use JetPack's OpenCV "
-        "(apt install python3-opencv / nvidia-opencv) and uninstall pip's opencv-python(-headless), "
+        "(apt install nvidia-opencv) and uninstall pip's opencv-python(-headless), "
         "which shadows it; or use a V4L2 camera (--camera /dev/videoN)."
     )
 

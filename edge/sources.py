@@ -384,7 +384,8 @@ class RemoteVideoSource(VideoFileSource):
 
 class FileSource:
     """A file source with the live sources' `stats()`, optionally looping (indices keep rising).
-    `opener` makes the inner source (default: `open_file_source(path)`), again for each loop."""
+    `opener` makes the inner source (default: `open_file_source(path)`, which sends an interlaced file
+    through ffmpeg), again for each loop."""
 
     live = False  # a file waits for the slowest consumer: every frame reaches every output
 

@@ -23,7 +23,7 @@ import numpy as np
 from vsdmot.models import WEIGHTS
 from vsdmot.paths import data_root
 from vsdmot.runtime.types import Detections, TensorSpec
-from vsdmot.splits import PETS_TRAIN_LAST
+from vsdmot.splits import HELD_OUT_FRAMES, PETS_TRAIN_LAST
 
 from .tracker_head import INPUTS, OUTPUTS, TrackerHead
 
@@ -251,8 +251,8 @@ def compare_trackers(data: str | os.PathLike = str(data_root()), weights: str | 
     results = []
     for name, frames, fps in sets:
         seq = Path(data) / name
-        train_side = frames is not None and frames[1] <= PETS_TRAIN_LAST
-        span = (1, PETS_TRAIN_LAST) if train_side else frames  # train-side windows live in the TRAIN caches
+        train_side = name in HELD_OUT_FRAMES and frames is not None and frames[1] < HELD_OUT_FRAMES[name][0]
+        span = (1, PETS_TRAIN_LAST) if train_side else frames  # PETS's train-side windows live in its TRAIN caches
         for cond in conditions:
             npz = detect_sequence(det, seq, span, cond == "deg", seed=seed)
             spath = semantics_sequence(sem, seq, span, cond == "deg", seed=seed) if sem else None

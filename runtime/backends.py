@@ -219,12 +219,19 @@ def cached_or_built(folder: str | os.PathLike, key: EngineKey, build: Callable[[
             if opened is None:
                 log.info("building TensorRT %s engine for %s (once per device; cached in %s)", key.precision, what,
                          folder)
-                data = build()
+                try:
+                    data = build()
+                except OSError as e:
+                    e.vsdmot_build = True  # the build's own (an unreadable ONNX file): reported as it is
+                    raise
                 store_engine(folder, key, data)
                 opened = open_fn(data) if open_fn is not None else data
-    except PermissionError as e:
-        raise DeviceError(f"engine cache {folder.parent}: {e.strerror or e} for this user ({e.filename}); make it the "
-                          f"user's that runs (the service: sudo chown -R vsdmot: {folder.parent})") from None
+    except OSError as e:  # the cache's: not writable by this user, a full or read-only disk
+        if getattr(e, "vsdmot_build", False):
+            raise
+        hint = f"; make it the user's that runs (the service: sudo chown -R vsdmot: {folder.parent})" \
+            if isinstance(e, PermissionError) else ""
+        raise DeviceError(f"engine cache {folder.parent}: {e.strerror or e} ({e.filename}){hint}") from None
     return opened
 
 

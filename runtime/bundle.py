@@ -31,6 +31,7 @@ from typing import Any
 from vsdmot import __version__
 
 from .errors import BundleError
+from .logs import log_once
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,6 @@ def check_gate(root: Path, manifest: Mapping[str, Any]) -> None:
     if gate and not gate.get("passed") and not gate.get("forced"):
         raise BundleError(f"bundle {root}: its accuracy gate failed ({gate.get('reason', 'no reason')}) "
                           f"and it was not exported with --force")
-    if gate and not gate.get("passed"):
-        log.warning("bundle %s failed its accuracy gate and was published with --force (%s): for study, not for "
-                    "a deployment", root, gate.get("reason", "no reason"))
+    if gate and not gate.get("passed"):  # once per bundle and process: profile and reloads load it again
+        log_once(log.name, logging.WARNING, f"bundle {root} failed its accuracy gate and was published with --force "
+                 f"({gate.get('reason', 'no reason')}): for study, not for a deployment")

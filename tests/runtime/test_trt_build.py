@@ -328,3 +328,27 @@ def test_auto_runs_a_network_on_onnxruntime_when_its_engine_does_not_open(cudart
     assert cudart == [("stream", 7)]  # the TensorRT attempt released its stream
     with pytest.raises(B.DeviceError, match="could not deserialise"):  # asked for by name: no fallback
         B.open_backend("tensorrt", path, cache_dir=tmp_path / "cache")
+
+
+def test_a_full_cache_disk_is_a_device_error_but_the_build_s_own_error_is_not(cudart, tmp_path, monkeypatch):
+    import errno
+
+    onnx = tmp_path / "detector.onnx"
+    onnx.write_bytes(b"onnx")
+    trt, _ = _trt_with_runtime({b"PLAN": True})
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "cache"))
+
+    with monkeypatch.context() as m, pytest.raises(B.DeviceError, match="No space left on device") as e:
+        m.setattr(B, "store_engine", full)
+        B.TensorRTBackend(onnx, "fp32", cache_dir=tmp_path / "cache")
+    assert "chown" not in str(e.value)  # not a permission problem
+
+    def unreadable(self):
+        raise PermissionError(13, "Permission denied", str(onnx))
+
+    monkeypatch.setattr(B.TensorRTBackend, "_onnx_bytes", unreadable)
+    with pytest.raises(PermissionError):  # the ONNX file's, not the cache's: not "chown the cache"
+        B.TensorRTBackend(onnx, "fp32", cache_dir=tmp_path / "cache2")
