@@ -41,6 +41,9 @@ OVERRIDES = {
 }
 
 
+CAMERA_KEYS = ("source.width", "source.height", "source.fps", "source.fourcc")  # a camera's capture settings
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--camera", metavar="DEV", help="V4L2 camera (/dev/video0 or 0) or csi://N on a Jetson")
@@ -106,6 +109,9 @@ def build_config(args: argparse.Namespace):
         overrides["source.source"] = str(DEMO_CLIP)
     if "source.source" in overrides:  # a source flag replaces the config file's source, whichever kind it is
         overrides["source.camera"] = ""
+        if args.config and load_config(args.config).source.camera:  # the camera's capture settings go with it:
+            for key in CAMERA_KEYS:  # its fps would retime the file (fps is also a file's true rate)
+                overrides.setdefault(key, 0.0 if key == "source.fps" else "" if key == "source.fourcc" else 0)
     elif "source.camera" in overrides:
         overrides["source.source"] = ""
     cfg = load_config(args.config, overrides)

@@ -117,6 +117,12 @@ def test_a_source_flag_replaces_the_config_file_s_source(tmp_path, flags, camera
     run_cmd.add_arguments(p)
     cfg = run_cmd.build_config(p.parse_args(["--config", str(conf), *flags, "--health-listen", "off"]))
     assert (cfg.source.camera, cfg.source.source) == (camera, source)
+    conf.write_text('[source]\ncamera = "/dev/video0"\nfps = 30.0\nwidth = 1280\n')  # the service's capture settings
+    cfg = run_cmd.build_config(p.parse_args(["--config", str(conf), *flags, "--health-listen", "off"]))
+    if source:  # the clip keeps its own rate and size: the camera's 30 FPS would retime a 7 FPS file
+        assert (cfg.source.fps, cfg.source.width) == (0.0, 0)
+    else:
+        assert (cfg.source.fps, cfg.source.width) == (30.0, 1280)
     conf.write_text('[source]\ncamera = "/dev/video0"\nsource = "rtsp://cam/1"\n')  # both in the file itself
     with pytest.raises(ValueError, match="comment out one of them"):
         run_cmd.build_config(p.parse_args(["--config", str(conf), "--health-listen", "off"]))
