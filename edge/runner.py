@@ -152,6 +152,7 @@ class SourceStopEvent(threading.Event):
     def __init__(self, source: Any):
         super().__init__()
         self._stop_source = getattr(source, "stop", None)
+        self.reason = ""  # why, when not a signal (profile: "duration"); run_loop's stopped_by
 
     def set(self) -> None:
         super().set()

@@ -457,7 +457,8 @@ def finish(stage: Path, out: Path, accuracy: Mapping, verdict: Mapping, report: 
     gate = {k: verdict.get(k) for k in ("passed", "forced", "reason", "rule", "gated_hota_drop", "threshold_hota_drop")}
     gate["forced"] = bool(verdict.get("forced") or (cfg.gate.force and not verdict.get("passed")))
     refused = [f"{describe_precisions(r['networks'])}: {r['reason']}" for r in report.refused]
-    report.summary = {"precision": cfg.precision, "prune": cfg.ratio, "method": cfg.method,
+    report.summary = {"precision": json.loads((stage / MANIFEST).read_text())["precision"],  # what the files are
+                      "prune": cfg.ratio, "method": cfg.method,
                       "networks": bundle_precisions(stage), "gate": gate["reason"],
                       **({"refused_by_the_gate": refused} if refused else {}),
                       "forced": gate["forced"], "accuracy_vs_fp32": {

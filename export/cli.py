@@ -12,6 +12,7 @@ With no CHECKPOINT it exports the shipped weights (models/weights/).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -179,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
     if cfg.target == "tensorrt":
         prebuild_engines(out, cfg.engine_cache or None)
     nets = describe_precisions(bundle_precisions(out))
-    log.warning("bundle written: %s (%s: %s; prune %.2f)", out, cfg.precision, nets, cfg.ratio)
+    label = json.loads((out / "manifest.json").read_text())["precision"]  # int8 only while a network is
+    log.warning("bundle written: %s (%s: %s; prune %.2f)", out, label, nets, cfg.ratio)
     print(out)
     return 0
 
@@ -256,8 +258,6 @@ def check_calib_paths(specs) -> None:
 
 def is_bundle_manifest(path: Path) -> bool:
     """A vsdmot bundle's manifest, not any file of that common name (a web app's, an extension's)."""
-    import json
-
     try:
         m = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -121,5 +121,5 @@ def random_degrade(img: np.ndarray, rng: np.random.Generator, p: float, severity
     training stages' augmentation); `deg` is `degrade_fn()`'s pair, None for clean frames only."""
     if deg is None or rng.random() >= p:
         return img
-    fn, presets = deg
+    fn, presets = deg  # calibration.degrade's random_degrade draws the same way, but for its degrade() only
     return fn(np.ascontiguousarray(img), presets[rng.integers(len(presets))], int(rng.integers(1, severity_max + 1)), rng)

@@ -339,8 +339,8 @@ def open_sinks(mot_out: str = "", jsonl_out: str = "", video_out: str = "", stat
     sinks: list[Sink] = []
     try:
         late.append(VideoSink(video_out, fps, drop_when_full=live, **files) if video_out else None)
-        late.append(StatsSink(stats_out, source_stats=source_stats, meta=meta, keep_previous=keep_files)
-                    if stats_out else None)
+        late.append(StatsSink(stats_out, source_stats=source_stats, meta=meta, keep_previous=keep_files,
+                              video=late[0]) if stats_out else None)  # it counts what a live source's video dropped
         if mot_out:
             sinks.append(MotSink(mot_out, **files))
         if jsonl_out:
@@ -352,7 +352,4 @@ def open_sinks(mot_out: str = "", jsonl_out: str = "", video_out: str = "", stat
             if s is not None:
                 s._drop_claim()
         raise
-    video, stats = late
-    if video is not None and stats is not None:
-        stats.video = video  # the stats file counts what a live source's video dropped
     return sinks + [s for s in late if s is not None]

@@ -82,7 +82,7 @@ class StatsSink(_SinkBase):
     def __init__(self, path: str | os.PathLike, every_s: float = 5.0, every_frames: int = 0,
                  model_stages: tuple[str, ...] = MODEL_STAGES,
                  source_stats: Callable[[], Any] | None = None, meta: Mapping[str, Any] | None = None,
-                 keep_previous: int = 5):
+                 keep_previous: int = 5, video: Any = None):
         self.path = Path(path)
         self.keep_previous = keep_previous  # an earlier run's file is moved aside at the first write (0: replaced)
         self._fresh = True  # nothing written by this sink yet
@@ -95,7 +95,7 @@ class StatsSink(_SinkBase):
         self._model, self._pipeline = LatencyHistogram(), LatencyHistogram()
         self._t_first = self._t_last = self._t_flush = time.monotonic()
         self._closed = False
-        self.video = None  # the run's VideoSink, whose dropped frames the file counts (open_sinks sets it)
+        self.video = video  # the run's VideoSink, whose dropped frames the file counts
 
     def write(self, result: FrameResult, image: np.ndarray | None = None) -> None:
         now = time.monotonic()
