@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 
 from .errors import SourceError
+from .logs import log_once
 from .sources import VideoFileSource
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,6 @@ def decodable(path: str | Path, fps: float | None = None) -> VideoFileSource:
                     "ffmpeg program to decode it: install ffmpeg, or deinterlace it once: ffmpeg -i %s -vf yadif "
                     "-c:v libx264 out.mp4", path, info.field_order, path)
         return VideoFileSource(path, fps)
-    log.warning("video: %s is interlaced (field order %s), which OpenCV cannot convert; decoding it through ffmpeg "
-                "with %s", path, info.field_order, DEINTERLACE)
+    log_once(log.name, logging.WARNING, f"video: {path} is interlaced (field order {info.field_order}), which OpenCV "
+             f"cannot convert; decoding it through ffmpeg with {DEINTERLACE}")  # once: --loop reopens it each pass
     return FfmpegFileSource(path, info, fps)
