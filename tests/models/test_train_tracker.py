@@ -53,3 +53,20 @@ def test_clip_smooth_draws_nothing_unless_mixed():
         rng = np.random.default_rng(3)
         clip_smooth(cfg, 4, rng)
         assert rng.random() == np.random.default_rng(3).random()
+
+
+def test_motr_targets_keep_identities_and_birth_only_the_new():
+    """MOTR-style assignment: a live slot points at the proposal of its own identity (or at P, no
+    match); a proposal is a birth only when no live slot holds its identity; proposals of false
+    positives (gid -1) are neither; dead slots and FP-born slots (gid -1) point nowhere."""
+    from vsdmot.models.train_tracker import targets
+
+    st = Slots.empty(1, 4, 2, 3)
+    st.valid[0] = [True, True, True, False]
+    st.gid[0] = [7, 9, -1, 5]  # 7 and 9 live, an FP-born slot, a dead slot that held 5
+    pg = np.array([[9, 5, -1, 11, 7]])  # proposals: 9 (live), 5 (its slot is dead), a FP, 11 (new), 7 (live)
+    ptr, birth = targets(st, pg)
+    assert ptr.tolist() == [[4, 0, 5, 5]]  # slot 7 -> proposal 4, slot 9 -> 0, the rest no match (P = 5)
+    assert birth.tolist() == [[0.0, 1.0, 0.0, 1.0, 0.0]]  # 5 comes back as a new track, 11 is new
+    st.valid[0] = False
+    assert targets(st, pg)[1].tolist() == [[1.0, 1.0, 0.0, 1.0, 1.0]]  # nothing live: every real identity is a birth
