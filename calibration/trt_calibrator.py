@@ -36,7 +36,7 @@ class CacheStamp:
     """What a calibration cache is valid for."""
 
     tensorrt: str  # tensorrt.__version__
-    gpu: str  # the CUDA device (runtime.backends.cuda_device: name, compute capability, SMs, driver)
+    gpu: str  # the CUDA device (runtime.cuda.cuda_device: name, compute capability, SMs, driver)
     model_sha256: str  # sha256 of the FP32 ONNX the engine is built from
     calib_id: str  # the calibration set's identity (its manifest sha256s), "" when unknown
 
@@ -113,7 +113,7 @@ def build_legacy_int8_engine(onnx_path: str | os.PathLike, feeds: Sequence[Mappi
     (TensorRT 8.5-10.0), calibrated on `feeds`; a valid stamped `cache` is reused instead."""
     import tensorrt as trt
 
-    from vsdmot.runtime.backends import cuda_device
+    from vsdmot.runtime.cuda import cuda_device
     from vsdmot.runtime.bundle import file_sha256
 
     stamp = CacheStamp(trt.__version__, cuda_device(), file_sha256(onnx_path), calib_id)

@@ -8,7 +8,7 @@ the same weights the Q/DQ file quantises) with an `IInt8EntropyCalibrator2` over
 calibration feeds (`calibration/trt_calibrator.py`). Its calibration cache is stamped with the
 TensorRT version, GPU, FP32 model hash and the feeds' identity, and a stale one is refused and
 recalibrated, never reused. The engine goes into the runtime's engine cache under the key
-`vsdmot-edge run --backend tensorrt` looks up for the bundle's file (`runtime.backends.EngineKey`:
+`vsdmot-edge run --backend tensorrt` looks up for the bundle's file (`runtime.engine_cache.EngineKey`:
 that file's sha256, TensorRT, GPU, "int8": the default `--precision auto` of an INT8 bundle), so
 the run loads it instead of building from the Q/DQ file. That engine is not the model the accuracy
 gate scored, so it is cached only when it agrees with FP32 about as well as the gated Q/DQ file does
@@ -50,7 +50,7 @@ def legacy_int8_engines(bundle_dir: str | os.PathLike, fp32_files: Mapping[str, 
     after); stand-ins in tests."""
     import tensorrt as trt
 
-    from vsdmot.runtime.backends import EngineKey, default_engine_cache, engine_dir, store_engine
+    from vsdmot.runtime.engine_cache import EngineKey, default_engine_cache, engine_dir, store_engine
     from vsdmot.runtime.bundle import file_sha256, load_bundle
     from vsdmot.runtime.locks import waiting_lock
 
@@ -82,7 +82,7 @@ def checked(data: bytes, key, name: str, qdq: Path, fp32: Path, feeds, trial_roo
             runner: Callable) -> tuple[bool, str]:
     """`agreement` of the engine `data`, opened from a trial cache in the work dir: the cache a
     service reads never holds an engine that was not checked, even when the check fails part way."""
-    from vsdmot.runtime.backends import engine_dir, store_engine
+    from vsdmot.runtime.engine_cache import engine_dir, store_engine
 
     folder = engine_dir(trial_root, f"{name}.onnx", key)
     store_engine(folder, key, data)

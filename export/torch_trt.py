@@ -29,8 +29,9 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
-from vsdmot.runtime.backends import EngineKey, default_engine_cache, engine_dir, strongly_typed
+from vsdmot.runtime.backends import strongly_typed
 from vsdmot.runtime.bundle import file_sha256, load_bundle, read_stamped
+from vsdmot.runtime.engine_cache import EngineKey, default_engine_cache, engine_dir
 from vsdmot.runtime.errors import DeviceError
 from vsdmot.runtime.locks import waiting_lock
 from vsdmot.runtime.mot import atomic_write_bytes
@@ -86,7 +87,7 @@ def compile_programs(out: str | os.PathLike, nets: Mapping[str, TorchNet],
 def program_device(torch) -> str:
     """The device programs are keyed by: the engines' text (`cuda_device`: model and driver, so a JetPack
     update recompiles) where cuda-python or pycuda is there, else torch's view of the model."""
-    from vsdmot.runtime.backends import cuda_device
+    from vsdmot.runtime.cuda import cuda_device
     from vsdmot.runtime.errors import DeviceError
 
     try:

@@ -6,23 +6,20 @@ a wrong name, shape or dtype raises ValueError naming the input, what was expect
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .bundle import file_sha256, read_stamped
+from .bundle import file_sha256
+from .cuda import _CudaRuntime, cuda_device
+from .engine_cache import EngineKey, cached_or_built, default_engine_cache, engine_dir  # noqa: F401  (re-exported)
+from .engine_cache import load_cached_engine, store_engine  # noqa: F401  (the cache's API, as before the split)
 from .errors import DeviceError
-from .locks import waiting_lock
 from .logs import log_once
-from .mot import atomic_write_bytes
 from .types import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -141,22 +138,9 @@ class TorchBackend:
 
 # ---- TensorRT -------------------------------------------------------------------------------
 # The engine is built from ONNX on the device (TensorRT 8.6 on JetPack 6.0, 10.x from 6.1) and
-# cached under a key of everything that makes an engine non-portable. Buffers go through
-# cuda-python when present, else pycuda. Nothing here imports TensorRT at module level.
-
-
-@dataclass(frozen=True, slots=True)
-class EngineKey:
-    """What makes a serialised engine valid: the same ONNX, TensorRT, GPU and precision."""
-
-    onnx_sha256: str
-    tensorrt: str  # tensorrt.__version__
-    gpu: str  # the CUDA device, `_CudaRuntime.device()`: "Orin (sm_87, 8 SMs, driver 12020)"
-    precision: str  # fp32 | fp16 | int8
-
-    def digest(self) -> str:
-        text = json.dumps(asdict(self), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+# cached under a key of everything that makes an engine non-portable (runtime/engine_cache.py).
+# Buffers go through cuda-python when present, else pycuda (runtime/cuda.py). Nothing here
+# imports TensorRT at module level.
 
 
 def engine_precision(bundle_precision: str, asked: str = "auto") -> str:
@@ -169,80 +153,6 @@ def engine_precision(bundle_precision: str, asked: str = "auto") -> str:
     return "int8" if bundle_precision == "int8" else "fp16"
 
 
-def default_engine_cache() -> Path:
-    """$VSDMOT_ENGINE_CACHE, else $XDG_CACHE_HOME/vsdmot/engines, else ~/.cache/vsdmot/engines."""
-    if os.environ.get("VSDMOT_ENGINE_CACHE"):
-        return Path(os.environ["VSDMOT_ENGINE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "vsdmot" / "engines"
-
-
-def engine_dir(cache_root: str | os.PathLike, onnx_path: str | os.PathLike, key: EngineKey) -> Path:
-    """<cache>/<onnx stem>-<precision>-<key digest>/ holding engine.plan and stamp.json."""
-    return Path(cache_root) / f"{Path(onnx_path).stem}-{key.precision}-{key.digest()}"
-
-
-def load_cached_engine(folder: str | os.PathLike, key: EngineKey) -> bytes | None:
-    """The cached engine bytes, None when absent; DeviceError when stamped for another key or altered."""
-    folder = Path(folder)
-    return read_stamped(folder / "engine.plan", folder / "stamp.json", asdict(key), "engine_sha256",
-                        "cached engine", verb="built")
-
-
-def store_engine(folder: str | os.PathLike, key: EngineKey, data: bytes) -> Path:
-    """Write engine.plan, then its stamp, each atomically and synced (a crash or a power cut leaves
-    no half engine behind, so no minutes-long rebuild at the next start)."""
-    folder = Path(folder)
-    stamp = {**asdict(key), "engine_sha256": hashlib.sha256(data).hexdigest(), "created": time.time()}
-    atomic_write_bytes(folder / "engine.plan", data)
-    atomic_write_bytes(folder / "stamp.json", json.dumps(stamp, indent=1).encode())
-    return folder / "engine.plan"
-
-
-def cached_or_built(folder: str | os.PathLike, key: EngineKey, build: Callable[[], bytes], what: str,
-                    open_fn: Callable[[bytes], Any] | None = None) -> Any:
-    """The engine cached in `folder` for `key`, else `build()` stored there; `open_fn(bytes)` (TensorRT's
-    deserialisation) when given, else the bytes. The check and the build run under a lock on the
-    folder: of two processes that start together (two camera services at boot, or a service and a
-    `vsdmot-edge run` by hand), one builds and the other waits and loads its engine, instead of both
-    building (minutes of GPU memory twice) and writing over each other's plan and stamp. A stale or
-    altered cache is rebuilt, with a warning; so is a cached plan `open_fn` gives None for (a cache
-    copied from another board). A fresh build's None is the caller's to report: it is not built twice."""
-    folder = Path(folder)
-    try:
-        with waiting_lock(folder.with_name(folder.name + ".lock"), f"building the engine for {what}"):
-            data = _cached_or_none(folder, key)
-            opened = open_fn(data) if open_fn is not None and data is not None else data
-            if data is not None and opened is None:
-                log.warning("%s: the cached engine in %s does not load on this TensorRT and device; rebuilding",
-                            what, folder)
-            if opened is None:
-                log.info("building TensorRT %s engine for %s (once per device; cached in %s)", key.precision, what,
-                         folder)
-                try:
-                    data = build()
-                except OSError as e:
-                    e.vsdmot_build = True  # the build's own (an unreadable ONNX file): reported as it is
-                    raise
-                store_engine(folder, key, data)
-                opened = open_fn(data) if open_fn is not None else data
-    except OSError as e:  # the cache's: not writable by this user, a full or read-only disk
-        if getattr(e, "vsdmot_build", False):
-            raise
-        hint = f"; make it the user's that runs (the service: sudo chown -R vsdmot: {folder.parent})" \
-            if isinstance(e, PermissionError) else ""
-        raise DeviceError(f"engine cache {folder.parent}: {e.strerror or e} ({e.filename}){hint}") from None
-    return opened
-
-
-def _cached_or_none(folder: Path, key: EngineKey) -> bytes | None:
-    try:
-        return load_cached_engine(folder, key)
-    except DeviceError as e:
-        log.warning("%s; rebuilding", e)
-        return None
-
-
 def _import_tensorrt():
     try:
         import tensorrt as trt
@@ -253,108 +163,6 @@ def _import_tensorrt():
         raise DeviceError(f"TensorRT {getattr(trt, '__version__', '?')} here has no Builder/OnnxParser "
                           "(a lean runtime); it cannot build engines from ONNX: use --backend onnxruntime")
     return trt
-
-
-class _CudaRuntime:
-    """Device memory and one stream through cuda-python (cudart) or pycuda, whichever imports.
-    `stream=False`: only to read the device (`device()`), nothing to release."""
-
-    def __init__(self, stream: bool = True):
-        self._cudart = self._pycuda = self.stream = None
-        try:
-            try:
-                from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-            except ImportError:
-                from cuda import cudart  # older cuda-python
-        except ImportError:
-            self._pycuda = _import_pycuda()
-            try:
-                self.stream = self._pycuda.Stream() if stream else None
-            except Exception as e:  # noqa: BLE001  pycuda's errors are not RuntimeError (see _import_pycuda)
-                raise DeviceError(f"CUDA stream (pycuda): {type(e).__name__}: {e}") from None
-            return
-        self._cudart = cudart
-        self.stream = self._check(cudart.cudaStreamCreate()) if stream else None
-
-    def _check(self, result):
-        err, *rest = result if isinstance(result, tuple) else (result,)
-        if int(err) != 0:
-            raise DeviceError(f"CUDA error {err}")
-        return rest[0] if len(rest) == 1 else rest
-
-    def device(self) -> str:
-        """What an engine is specific to, e.g. "Orin (sm_87, 8 SMs, driver 12020)": every Orin module
-        reports the name "Orin", and a JetPack update changes the driver under the same TensorRT.
-        The same text through either binding, so engines built under one load under the other."""
-        if self._pycuda:
-            dev, attr = self._pycuda.Device(0), self._pycuda.device_attribute
-            name, (major, minor) = dev.name(), dev.compute_capability()
-            sms, driver = dev.get_attribute(attr.MULTIPROCESSOR_COUNT), self._pycuda.get_driver_version()
-        else:
-            props = self._check(self._cudart.cudaGetDeviceProperties(0))
-            name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-            major, minor, sms = props.major, props.minor, props.multiProcessorCount
-            driver = self._check(self._cudart.cudaDriverGetVersion())
-        return f"{name.rstrip(chr(0))} (sm_{major}{minor}, {sms} SMs, driver {int(driver)})"
-
-    def alloc(self, nbytes: int) -> int:
-        if self._pycuda:
-            mem = self._pycuda.mem_alloc(max(nbytes, 1))
-            self._keep = [*getattr(self, "_keep", []), mem]
-            return int(mem)
-        return int(self._check(self._cudart.cudaMalloc(max(nbytes, 1))))
-
-    def copy_in(self, dptr: int, host: np.ndarray) -> None:
-        if self._pycuda:
-            self._pycuda.memcpy_htod_async(dptr, host, self.stream)
-        else:
-            kind = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-            self._check(self._cudart.cudaMemcpyAsync(dptr, host.ctypes.data, host.nbytes, kind, self.stream))
-
-    def copy_out(self, host: np.ndarray, dptr: int) -> None:
-        if self._pycuda:
-            self._pycuda.memcpy_dtoh_async(host, dptr, self.stream)
-        else:
-            kind = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-            self._check(self._cudart.cudaMemcpyAsync(host.ctypes.data, dptr, host.nbytes, kind, self.stream))
-
-    def handle(self) -> int:
-        return self.stream.handle if self._pycuda else int(self.stream)
-
-    def sync(self) -> None:
-        if self._pycuda:
-            self.stream.synchronize()
-        else:
-            self._check(self._cudart.cudaStreamSynchronize(self.stream))
-
-    def free(self, dptr: int) -> None:
-        if self._cudart:
-            err = self._cudart.cudaFree(dptr)[0]
-            if int(err) != 0:
-                log.warning("CUDA: freeing a TensorRT buffer failed (%s)", err)
-        else:
-            self._keep = []  # pycuda frees DeviceAllocations when released
-
-    def close(self) -> None:
-        """Release the stream (buffers go through `free`)."""
-        if self._cudart and self.stream is not None:
-            self._cudart.cudaStreamDestroy(self.stream)
-        self.stream = None  # pycuda's Stream is destroyed when released
-
-
-def _import_pycuda():
-    """pycuda.driver with a context on device 0. pycuda's own errors (cuInit failing for a user
-    without access to the GPU's device nodes) do not derive from RuntimeError: each is a
-    DeviceError here, so `--backend auto` falls back to onnxruntime instead of crashing."""
-    try:
-        import pycuda.autoinit  # noqa: F401  (creates the context on device 0)
-        import pycuda.driver as drv
-    except ImportError as e:
-        raise DeviceError(f"TensorRT needs cuda-python or pycuda for its buffers: {e}") from None
-    except Exception as e:  # noqa: BLE001  pycuda._driver.Error and its subclasses
-        raise DeviceError(f"CUDA did not start (pycuda: {type(e).__name__}: {e}); is this user in the "
-                          f"video/render groups?") from None
-    return drv
 
 
 def strongly_typed(trt) -> bool:
@@ -509,11 +317,6 @@ class TensorRTBackend:
             self._cuda.free(ptr)
         self._dev, self._context, self._engine, self._runtime = {}, None, None, None
         self._cuda.close()
-
-
-def cuda_device() -> str:
-    """The CUDA device engines and calibration caches are keyed by (`_CudaRuntime.device`)."""
-    return _CudaRuntime(stream=False).device()
 
 
 def tensorrt_status() -> tuple[bool, str]:

@@ -84,7 +84,7 @@ def manifest_digest(manifest: Mapping[str, Any]) -> str:
 def engine_cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, precision: str) -> str:
     """The one engine-cache key: 16 hex digits over ONNX hash + TensorRT version + GPU + precision.
 
-    Equal to `vsdmot.runtime.backends.EngineKey(...).digest()` (a test holds them together).
+    Equal to `vsdmot.runtime.engine_cache.EngineKey(...).digest()` (a test holds them together).
     """
     if len(onnx_sha256) != 64 or any(c not in "0123456789abcdef" for c in onnx_sha256):
         raise ValueError(f"engine_cache_key: expected a 64-digit lowercase hex sha256, got {onnx_sha256!r}")

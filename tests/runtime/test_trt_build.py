@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from vsdmot.runtime import backends as B
+from vsdmot.runtime import engine_cache
 from vsdmot.runtime.logs import log_once
 
 
@@ -205,26 +206,34 @@ def _pycuda_package(root: Path, autoinit: str = "") -> Path:
     return root
 
 
-def _without_cuda_python(monkeypatch) -> None:
+PYCUDA = ("pycuda", "pycuda.autoinit", "pycuda.driver")
+
+
+@pytest.fixture
+def without_cuda_python(monkeypatch):
+    """Only pycuda importable (the stand-in a test puts on sys.path); its modules are dropped after,
+    so a later test does not find a stand-in GPU."""
     for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cudart"):
         monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules: that import raises ImportError
-    for name in ("pycuda", "pycuda.autoinit", "pycuda.driver"):
+    for name in PYCUDA:
         monkeypatch.delitem(sys.modules, name, raising=False)
+    yield
+    for name in PYCUDA:
+        sys.modules.pop(name, None)
 
 
-def test_both_cuda_bindings_name_the_device_alike(cudart, tmp_path, monkeypatch):
+def test_both_cuda_bindings_name_the_device_alike(cudart, tmp_path, monkeypatch, request):
     """Engines are keyed by this text; the legacy calibrator reaches it through pycuda and a run may
     have cuda-python, so they must agree (or the legacy engine is never found)."""
     assert B.cuda_device() == DEVICE
-    _without_cuda_python(monkeypatch)
+    request.getfixturevalue("without_cuda_python")
     monkeypatch.syspath_prepend(str(_pycuda_package(tmp_path)))
     assert B.cuda_device() == DEVICE and cudart == []  # reading the device created no stream
 
 
-def test_a_pycuda_init_failure_falls_back_to_onnxruntime(tmp_path, monkeypatch):
+def test_a_pycuda_init_failure_falls_back_to_onnxruntime(tmp_path, monkeypatch, without_cuda_python):
     """pycuda's errors are not RuntimeError: cuInit failing (a service user without the GPU's device
     nodes) crashed `--backend auto` instead of falling back."""
-    _without_cuda_python(monkeypatch)
     monkeypatch.syspath_prepend(str(_pycuda_package(tmp_path, "from pycuda import Error\n"
                                                               "raise Error('cuInit failed: unknown error')\n")))
     trt, _ = fake_trt(FLOAT)
@@ -299,7 +308,7 @@ def test_an_engine_cache_the_user_cannot_write_is_a_device_error(cudart, tmp_pat
     def refused(*a, **k):
         raise PermissionError(13, "Permission denied", str(tmp_path / "cache"))
 
-    monkeypatch.setattr(B, "store_engine", refused)
+    monkeypatch.setattr(engine_cache, "store_engine", refused)
     with pytest.raises(B.DeviceError, match="engine cache .*Permission denied.*sudo chown -R vsdmot:"):
         B.TensorRTBackend(onnx, "fp32", cache_dir=tmp_path / "cache")
     assert cudart == [("stream", 7)]  # released
@@ -342,7 +351,7 @@ def test_a_full_cache_disk_is_a_device_error_but_the_build_s_own_error_is_not(cu
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "cache"))
 
     with monkeypatch.context() as m, pytest.raises(B.DeviceError, match="No space left on device") as e:
-        m.setattr(B, "store_engine", full)
+        m.setattr(engine_cache, "store_engine", full)
         B.TensorRTBackend(onnx, "fp32", cache_dir=tmp_path / "cache")
     assert "chown" not in str(e.value)  # not a permission problem
 
