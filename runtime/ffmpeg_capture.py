@@ -169,20 +169,20 @@ def decodable(path: str | Path, fps: float | None = None) -> VideoFileSource:
     too, the warning comes when the first frame is blank (what OpenCV's refused conversion gives in
     a process that has decoded nothing before; later ones may get stale stripes, unseen)."""
     info = probe(path)
-    if info is None and shutil.which("ffprobe") is None:
-        src = VideoFileSource(path, fps)
-        if blank(src.first_frame):
-            log.warning("video: %s decodes as blank frames; if it is interlaced (a DVR's recording), OpenCV cannot "
-                        "convert it: install ffmpeg (the kit then decodes it through ffmpeg), or deinterlace it "
-                        "once: ffmpeg -i %s -vf yadif -c:v libx264 out.mp4", path, path)
-        return src
-    if info is None or not info.interlaced:
-        return VideoFileSource(path, fps)
-    if shutil.which("ffmpeg") is None:
+    if info is not None and info.interlaced and shutil.which("ffmpeg") is not None:
+        log_once(log.name, logging.WARNING, f"video: {path} is interlaced (field order {info.field_order}), which "
+                 f"OpenCV cannot convert; decoding it through ffmpeg with {DEINTERLACE}")  # once: --loop reopens it
+        return FfmpegFileSource(path, info, fps)
+    src = VideoFileSource(path, fps)
+    if info is not None and info.interlaced:  # ffprobe, but no ffmpeg
         log.warning("video: %s is interlaced (%s), which OpenCV decodes as blank or stale frames, and there is no "
-                    "ffmpeg program to decode it: install ffmpeg, or deinterlace it once: ffmpeg -i %s -vf yadif "
-                    "-c:v libx264 out.mp4", path, info.field_order, path)
-        return VideoFileSource(path, fps)
-    log_once(log.name, logging.WARNING, f"video: {path} is interlaced (field order {info.field_order}), which OpenCV "
-             f"cannot convert; decoding it through ffmpeg with {DEINTERLACE}")  # once: --loop reopens it each pass
-    return FfmpegFileSource(path, info, fps)
+                    "ffmpeg program to decode it: %s", path, info.field_order, _install_hint(path))
+    elif info is None and shutil.which("ffprobe") is None and blank(src.first_frame):  # nothing can read the field order
+        log.warning("video: %s decodes as blank frames; if it is interlaced (a DVR's recording), OpenCV cannot "
+                    "convert it: %s", path, _install_hint(path))
+    return src
+
+
+def _install_hint(path: str | Path) -> str:
+    """What to do about an interlaced file the kit cannot decode (with ffmpeg installed, it does)."""
+    return f"install ffmpeg, or deinterlace it once: ffmpeg -i {path} -vf yadif -c:v libx264 out.mp4"
