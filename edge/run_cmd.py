@@ -102,7 +102,7 @@ def _service_module():
 
 def build_config(args: argparse.Namespace):
     """The run config: defaults, then --config, then the flags that were given."""
-    from vsdmot.runtime.config import load_config
+    from vsdmot.runtime.config import SourceConfig, load_config
 
     overrides = {key: getattr(args, flag) for flag, key in OVERRIDES.items() if getattr(args, flag, None) is not None}
     if getattr(args, "demo", False):
@@ -111,7 +111,7 @@ def build_config(args: argparse.Namespace):
         overrides["source.camera"] = ""
         if args.config and load_config(args.config).source.camera:  # the camera's capture settings go with it:
             for key in CAMERA_KEYS:  # its fps would retime the file (fps is also a file's true rate)
-                overrides.setdefault(key, 0.0 if key == "source.fps" else "" if key == "source.fourcc" else 0)
+                overrides.setdefault(key, getattr(SourceConfig(), key.split(".")[1]))  # back to the default
     elif "source.camera" in overrides:
         overrides["source.source"] = ""
     cfg = load_config(args.config, overrides)
