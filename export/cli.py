@@ -295,11 +295,11 @@ def sequence_name(path: Path, name: str) -> str:
 def check_not_held_out(spec: str, path: Path, span: tuple[int, int] | None, name: str) -> None:
     """ValueError when `span` of sequence `name` includes the accuracy gate's held-out frames: the gate
     would score frames the INT8 ranges were fit on. The message names the range that is free."""
-    from vsdmot.splits import HELD_OUT_FRAMES, held_out_by_name, held_out_text, touches_held_out
+    from vsdmot.splits import HELD_OUT_FRAMES, frames_base, held_out_by_name, held_out_text, touches_held_out
 
     if not touches_held_out(name, span):
         return
-    base = next((s for s in HELD_OUT_FRAMES if name == s or name.startswith(s + "-")), None)
+    base = frames_base(name)
     instead = (f"use {path}:1-{HELD_OUT_FRAMES[base][0] - 1}" if base and not held_out_by_name(name)
                else "calibrate on other sequences")
     raise ValueError(f"--calib {spec}: {name} frames {'%d-%d' % span if span else '(all)'} include the accuracy "

@@ -26,6 +26,11 @@ def held_out_by_name(name: str) -> bool:
     return HELD_OUT_MARK in name or any(name == s or name.startswith(s + "-") for s in HELD_OUT_SEQUENCES)
 
 
+def frames_base(name: str) -> str | None:
+    """The sequence of `HELD_OUT_FRAMES` that `name` is, or a copy of (`PETS09-S2L1-jpeg-s3`), else None."""
+    return next((s for s in HELD_OUT_FRAMES if name == s or name.startswith(s + "-")), None)
+
+
 def touches_held_out(name: str, span: tuple[int, int] | None = None) -> bool:
     """Whether frames `span` (inclusive; None = the whole sequence) of sequence `name` overlap the
     held-out frames. A copy named `<name>-<suffix>` counts as its source (vsdmot-bench's degraded
@@ -33,7 +38,7 @@ def touches_held_out(name: str, span: tuple[int, int] | None = None) -> bool:
     from 1 carries `HELD_OUT_MARK` in its name instead, whatever its folder is called."""
     if held_out_by_name(name):
         return True
-    base = next((s for s in HELD_OUT_FRAMES if name == s or name.startswith(s + "-")), None)
+    base = frames_base(name)
     if base is None:
         return False
     lo, hi = HELD_OUT_FRAMES[base]
