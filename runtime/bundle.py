@@ -81,8 +81,9 @@ def manifest_digest(manifest: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def engine_cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, precision: str) -> str:
+def engine_cache_key(onnx_sha256: str, trt_version: str, device: str, precision: str) -> str:
     """The one engine-cache key: 16 hex digits over ONNX hash + TensorRT version + GPU + precision.
+    `device` is the GPU as `runtime.cuda.cuda_device()` names it ("Orin (sm_87, 8 SMs, driver 12020)").
 
     Equal to `vsdmot.runtime.engine_cache.EngineKey(...).digest()` (a test holds them together).
     """
@@ -90,10 +91,10 @@ def engine_cache_key(onnx_sha256: str, trt_version: str, gpu_name: str, precisio
         raise ValueError(f"engine_cache_key: expected a 64-digit lowercase hex sha256, got {onnx_sha256!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"engine_cache_key: precision expected one of {list(PRECISIONS)}, got {precision!r}")
-    if not trt_version or not gpu_name:
+    if not trt_version or not device:
         raise ValueError(f"engine_cache_key: TensorRT version and GPU name must be non-empty, got "
-                         f"{trt_version!r}, {gpu_name!r}")
-    key = {"onnx_sha256": onnx_sha256, "tensorrt": trt_version, "gpu": gpu_name, "precision": precision}
+                         f"{trt_version!r}, {device!r}")
+    key = {"onnx_sha256": onnx_sha256, "tensorrt": trt_version, "gpu": device, "precision": precision}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
