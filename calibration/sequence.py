@@ -11,7 +11,8 @@ PNG is the default because a degraded sequence is written once and read many tim
 of a benchmark): at 640x480 a PNG frame decodes in ~9 ms CPU against ~29 ms for FFV1 through
 OpenCV, at the same size (docs/degradations.md).
     gt/gt.txt           the source's, byte for byte
-    degradation.json    per frame: index, preset (null = clean), severity, seed
+    degradation.json    per frame: index, preset (null = clean), severity, seed; the window, if any
+With frames=(first, last) only that window is written (PNG), each frame the same as a whole copy's.
 So the only loss is the degradation itself. Frame k gets degrade.frame_rng(seed, k), each stretch
 one degrade.scene_seed(seed, first k); an h264 stretch is coded as one clip. The folder appears whole or not at all (written beside, then renamed).
 """
@@ -57,20 +58,29 @@ def _states(preset: str | None, severity: int | None, schedule: str | None, n: i
     return f"{preset}-s{severity}", [FrameState(preset, int(severity))] * n
 
 
-def _degraded(frames: Iterator[Frame], states: list[FrameState], seed: int, fps: float) -> Iterator[tuple[Frame, FrameState]]:
-    """Each source frame degraded as its state says (streamed: a stretch is never held in memory)."""
+def _degraded(frames: Iterator[Frame], states: list[FrameState], seed: int, fps: float,
+              window: tuple[int, int] | None = None) -> Iterator[tuple[Frame, FrameState]]:
+    """Each source frame degraded as its state says (streamed: a stretch is never held in memory).
+
+    With a window (first, last frame index), only its frames come out, each the same image as in
+    the whole sequence's copy: every frame is still read, since frames outside it set a stretch's
+    scene seed and feed an h264 stretch's codec (which looks ahead), but a per-frame preset skips
+    their degradation, the costly part.
+    """
+    inside = (lambda k: True) if window is None else (lambda k: window[0] <= k <= window[1])  # noqa: E731
     for first, stop, state in stretches(states):
         run = itertools.islice(frames, stop - first)
         if state.preset is None:
-            yield from ((f, state) for f in run)
+            yield from ((f, state) for f in run if inside(f.index))
         elif TABLE[state.preset].clip:
-            yield from ((f, state) for f in _coded(run, state, seed, fps))
+            yield from ((f, state) for f in _coded(run, state, seed, fps) if inside(f.index))
         else:
             scene = None
             for f in run:
                 scene = scene or scene_seed(seed, f.index)  # from the stretch's first frame
-                img = degrade(f.image, state.preset, state.severity, frame_rng(seed, f.index), scene_seed=scene)
-                yield Frame(f.index, img, f.timestamp), state
+                if inside(f.index):
+                    img = degrade(f.image, state.preset, state.severity, frame_rng(seed, f.index), scene_seed=scene)
+                    yield Frame(f.index, img, f.timestamp), state
 
 
 def _coded(run: Iterator[Frame], state: FrameState, seed: int, fps: float) -> Iterator[Frame]:
@@ -128,8 +138,8 @@ def _frame_estimate(source, info: SeqInfo) -> int:
 
 
 def _write_frames(src_dir: Path, tmp: Path, out_info: SeqInfo, states_for, seed: int, progress: bool,
-                  as_video: bool) -> list[dict]:
-    """Degrade and store every frame; the per-frame log rows."""
+                  as_video: bool, window: tuple[int, int] | None = None) -> list[dict]:
+    """Degrade and store every frame (or the window's); the per-frame log rows."""
     from tqdm import tqdm  # noqa: PLC0415
 
     seq = open_sequence(src_dir)
@@ -138,8 +148,9 @@ def _write_frames(src_dir: Path, tmp: Path, out_info: SeqInfo, states_for, seed:
     states = states_for(n_est * 2 + 1)  # room for a video whose header undercounts
     writer, rows = _FrameWriter(tmp, out_info, as_video), []
     try:
-        bar = tqdm(total=n_est, desc=out_info.name, unit="frame", file=sys.stderr, disable=not progress, leave=False)
-        for frame, state in _degraded(iter(source), states, seed, seq.info.frame_rate):
+        total = n_est if window is None else max(0, min(window[1], n_est) - window[0] + 1)
+        bar = tqdm(total=total, desc=out_info.name, unit="frame", file=sys.stderr, disable=not progress, leave=False)
+        for frame, state in _degraded(iter(source), states, seed, seq.info.frame_rate, window):
             writer.write(frame)
             rows.append({"index": frame.index, "preset": state.preset, "severity": state.severity, "seed": seed})
             bar.update()
@@ -170,10 +181,17 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 def write_degraded_sequence(src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, preset: str | None = None,
                             severity: int | None = None, schedule: str | None = None, seed: int = 0,
-                            progress: bool = True, storage: str = "png") -> Path:
-    """Write the degraded sequence to out_dir (replacing an earlier one) and return out_dir."""
+                            progress: bool = True, storage: str = "png", frames: tuple[int, int] | None = None) -> Path:
+    """Write the degraded sequence to out_dir (replacing an earlier one) and return out_dir.
+
+    `frames` (first, last), both included: only those frames are written, each the same image as in
+    a copy of the whole sequence (PNG storage only: they keep their numbers).
+    """
     if storage not in STORAGES:
         raise ValueError(f"storage: expected one of {', '.join(STORAGES)}, got {storage!r}")
+    if frames is not None and (storage != "png" or not 1 <= frames[0] <= frames[1]):
+        raise ValueError(f"degraded sequence: frames must be (first, last) with 1 <= first <= last and PNG storage, "
+                         f"got {frames} with {storage}")
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     info = open_sequence(src_dir).info  # ValueError early: missing seqinfo, no frames
     _check_replaceable(out_dir)  # before the frames are degraded, not after (checked again at the swap)
@@ -184,15 +202,18 @@ def write_degraded_sequence(src_dir: str | os.PathLike, out_dir: str | os.PathLi
     try:
         out_info = SeqInfo(f"{info.name}-{suffix}", info.frame_rate, info.length, info.width, info.height, "img1", ".png")
         states_for = lambda n: _states(preset, severity, schedule, n, info.frame_rate, seed)[1]  # noqa: E731
-        rows = _write_frames(src_dir, tmp, out_info, states_for, seed, progress, as_video=storage == "ffv1")
-        how = dict(preset=preset, severity=severity, schedule=schedule, seed=seed, storage=storage)
+        rows = _write_frames(src_dir, tmp, out_info, states_for, seed, progress, storage == "ffv1", frames)
+        how = dict(preset=preset, severity=severity, schedule=schedule, seed=seed, storage=storage,
+                   window=list(frames) if frames else None)
         _finish(src_dir, tmp, out_info, rows, how)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if len(rows) != info.length:
-        log.warning("%s: %d frames written, seqinfo.ini states %d", src_dir, len(rows), info.length)
+    expected = info.length if frames is None else min(frames[1], info.length) - frames[0] + 1
+    if len(rows) != expected:
+        log.warning("%s: %d frames written, seqinfo.ini states %d%s", src_dir, len(rows), info.length,
+                    f" (frames {frames[0]}-{frames[1]} asked)" if frames else "")
     log.info("wrote %s: %d frames (%s)", out_dir, len(rows), suffix)
     return out_dir
 

@@ -231,7 +231,7 @@ def run_pair(cfg: AblationConfig, p: Pair, runs: list[RowRun], memo: FrameMemo, 
     """One decode of the frames; every row steps on each frame in turn; then score and store."""
     import time
 
-    seq_dir = B.prepare_sequence(p.src, p.cond, cfg.cache, cfg.seed, progress=cfg.progress)
+    seq_dir = B.prepare_sequence(p.src, p.cond, cfg.cache, cfg.seed, progress=cfg.progress, frames=p.window)
     bar.set_postfix_str(f"{p.name} {p.cond.name} ({len(runs)} rows)")
     for r in runs:
         r.begin()

@@ -153,14 +153,23 @@ def known_schedules() -> list[str]:
 
 
 def prepare_sequence(src: Path, cond: Condition, cache_dir: Path, seed: int = 0,
-                     writer: Callable | None = None, progress: bool = True) -> Path:
-    """The sequence folder to run on: `src` when clean, else a cached degraded copy (built if missing or stale)."""
+                     writer: Callable | None = None, progress: bool = True,
+                     frames: tuple[int, int] | None = None) -> Path:
+    """The sequence folder to run on: `src` when clean, else a cached degraded copy (built if missing or stale).
+
+    `frames` (first, last): a copy of that window only, the same images as the whole copy's (the
+    gate scores PETS09-S2L1 601-795: 195 frames written, not 795).
+    """
     if cond == Condition():
         return src
     from vsdmot.runtime.locks import waiting_lock
 
-    key = _cache_key(src, cond, seed)
-    out = Path(cache_dir) / read_seqinfo(src).name / f"{cond.name}-seed{seed}"
+    info = read_seqinfo(src)
+    if frames is not None and frames[0] <= 1 and frames[1] >= info.length:
+        frames = None  # the whole sequence: one copy, shared with runs that ask for no window
+    key = _cache_key(src, cond, seed, frames)
+    span = f"-f{frames[0]}-{frames[1]}" if frames else ""
+    out = Path(cache_dir) / info.name / f"{cond.name}-seed{seed}{span}"
     stamp = out / ".bench-cache.json"
     # One writer per copy: two exports gating at once both wrote NAME.partial and one rename failed
     # (ENOTEMPTY), leaving ~300 MB behind. The second now waits and finds the first one's copy.
@@ -173,8 +182,9 @@ def prepare_sequence(src: Path, cond: Condition, cache_dir: Path, seed: int = 0,
             shutil.rmtree(stale, ignore_errors=True)
         tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
         try:
+            window = {"frames": tuple(frames)} if frames else {}  # a custom writer need not take it
             (writer or _default_writer())(src, tmp, preset=cond.preset, severity=cond.severity, schedule=cond.schedule,
-                                          seed=seed, progress=progress)
+                                          seed=seed, progress=progress, **window)
             (tmp / ".bench-cache.json").write_text(json.dumps({"key": key, "condition": asdict(cond), "seed": seed}))
             tmp.rename(out)
         finally:
@@ -188,9 +198,9 @@ def _default_writer() -> Callable:
     return write_degraded_sequence
 
 
-def _cache_key(src: Path, cond: Condition, seed: int) -> str:
-    """Hash of the source files (size, mtime), the condition, the seed and the degradation modules."""
-    h = hashlib.sha256(json.dumps([asdict(cond), seed]).encode())
+def _cache_key(src: Path, cond: Condition, seed: int, frames: tuple[int, int] | None = None) -> str:
+    """Hash of the source files (size, mtime), the condition, the seed, the window and the degradation modules."""
+    h = hashlib.sha256(json.dumps([asdict(cond), seed] + ([list(frames)] if frames else [])).encode())
     for p in sorted(q for q in Path(src).rglob("*") if q.is_file()):
         st = p.stat()
         h.update(f"{p.relative_to(src)}:{st.st_size}:{int(st.st_mtime)}".encode())
@@ -304,7 +314,7 @@ def run_pair(src: Path, cond: Condition, trackers: Sequence[str], *, out_dir: Pa
              input_size: int, frames: tuple[int, int] | None, seed: int, yolox_onnx: Path | None,
              progress: bool) -> list[RunResult]:
     """Prepare one (sequence, condition) and run every tracker on it."""
-    seq_dir = prepare_sequence(src, cond, cache_dir, seed, progress=progress)
+    seq_dir = prepare_sequence(src, cond, cache_dir, seed, progress=progress, frames=frames)
     name_ = read_seqinfo(src).name  # the source's name: a degraded copy's carries a suffix
     env = BenchEnv(read_seqinfo(seq_dir).frame_rate, threads, input_size, yolox_onnx)
     runs = []

@@ -79,6 +79,26 @@ def test_a_schedule_codes_its_h264_stretch_as_one_clip(ffmpeg, mot17_dir, tmp_pa
     assert all(a.tobytes() == b.tobytes() for a, (_, b) in zip(clip, got[:3]))  # one clip, in order
 
 
+@pytest.mark.parametrize("preset", ["snow", "h264"])  # a per-clip wind direction; one coded clip
+def test_a_window_is_the_whole_copys_frames(preset, mot17_dir, tmp_path, request):
+    if preset == "h264":
+        request.getfixturevalue("ffmpeg")
+    whole = write_degraded_sequence(mot17_dir, tmp_path / "whole", preset=preset, severity=3, seed=2, progress=False)
+    part = write_degraded_sequence(mot17_dir, tmp_path / "part", preset=preset, severity=3, seed=2, progress=False,
+                                   frames=(3, 5))
+    want = [(k, img.tobytes()) for k, img in _images(whole) if 3 <= k <= 5]
+    assert [(k, img.tobytes()) for k, img in _images(part)] == want and len(want) == 3
+    assert [r["index"] for r in _log(part)["frames"]] == [3, 4, 5] and _log(part)["window"] == [3, 5]
+    assert (part / "gt" / "gt.txt").read_bytes() == (mot17_dir / "gt" / "gt.txt").read_bytes()
+
+
+def test_a_window_needs_png_and_a_valid_span(mot17_dir, tmp_path):
+    for kw in (dict(frames=(2, 4), storage="ffv1"), dict(frames=(0, 4)), dict(frames=(5, 4))):
+        with pytest.raises(ValueError, match="frames must be"):
+            write_degraded_sequence(mot17_dir, tmp_path / "o", preset="jpeg", severity=1, progress=False, **kw)
+    assert not (tmp_path / "o").exists()
+
+
 def test_image_sequence_keeps_frame_numbers_as_png(mot17_dir, tmp_path):
     out = write_degraded_sequence(mot17_dir, tmp_path / "m17", preset="haze", severity=2, progress=False)
     src_names = sorted(p.stem for p in (mot17_dir / "img1").iterdir())

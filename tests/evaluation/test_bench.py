@@ -76,8 +76,8 @@ class FakeWriter:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, src, out, *, preset=None, severity=None, schedule=None, seed=0, progress=True):
-        self.calls.append((preset, severity, schedule, seed))
+    def __call__(self, src, out, *, preset=None, severity=None, schedule=None, seed=0, progress=True, **window):
+        self.calls.append((preset, severity, schedule, seed, *window.values()))
         shutil.copytree(src, out)
         return out
 
@@ -140,6 +140,18 @@ def test_degraded_sequences_are_cached_by_condition_and_seed(tud_dir, tmp_path):
     (src / "gt" / "gt.txt").write_text((src / "gt" / "gt.txt").read_text() + "\n")  # source changed
     B.prepare_sequence(src, blur, cache, seed=0, writer=writer)
     assert len(writer.calls) == 4 and not list(cache.rglob("*.partial*"))
+
+
+def test_a_window_gets_its_own_copy_and_the_whole_span_shares_one(tud_dir, tmp_path):
+    src = tmp_path / "TUD-Campus"
+    shutil.copytree(tud_dir, src)
+    cache, writer, blur = tmp_path / "cache", FakeWriter(), B.Condition("blur", 3)
+    whole = B.prepare_sequence(src, blur, cache, writer=writer)
+    assert B.prepare_sequence(src, blur, cache, writer=writer, frames=(1, 71)) == whole  # TUD-Campus: 71 frames
+    part = B.prepare_sequence(src, blur, cache, writer=writer, frames=(30, 71))
+    assert part == cache / "TUD-Campus" / "blur-s3-seed0-f30-71"
+    assert B.prepare_sequence(src, blur, cache, writer=writer, frames=(30, 71)) == part  # hit
+    assert writer.calls == [("blur", 3, None, 0), ("blur", 3, None, 0, (30, 71))]
 
 
 def test_cli_peer_tiny_run(yolox_onnx, tud_dir, tmp_path, capsys):

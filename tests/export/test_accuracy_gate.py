@@ -64,6 +64,19 @@ def test_track_cache_is_keyed_by_the_frames_and_the_bundles_tracker(tmp_path, mo
     assert len(written) == 4 and len(set(written)) == 4  # only the repeated call reused its tracks
 
 
+def test_a_windowed_case_degrades_its_window_only(tmp_path, monkeypatch):
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text(json.dumps({"files": {"x.onnx": {"sha256": "0" * 64}}}))
+    (tmp_path / "data" / "S").mkdir(parents=True)
+    stub_tracking(tmp_path, monkeypatch)
+    asked = []
+    monkeypatch.setattr(bench, "prepare_sequence", lambda src, cond, *a, frames=None, **k: asked.append(frames) or src)
+    for seq in ("S:601-795", "S"):
+        ag._track_and_score(bundle, seq, "jpeg-s3", GateConfig(data_root=str(tmp_path / "data")), tmp_path / "c", 1)
+    assert asked == [(601, 795), None]
+
+
 def test_code_identity_follows_the_runtime_source():
     a = code_identity()
     assert len(a) == 16 and a == code_identity()  # stable between calls
