@@ -59,9 +59,11 @@ def load_sources(checkpoint: str | Path | None = None) -> Sources:
     for name, path in paths.items():
         nets[name], meta = load_network(name, path)
         prov["checkpoints"][name] = {"path": _shown(path), "sha256": file_sha(path), "meta": _jsonable(meta)}
+    if not (folder / "quality.json").is_file():  # every pipeline reads it: a bundle without it would never run
+        raise ValueError(f"CHECKPOINT {ckpt}: no quality.json beside it (the quality gate's and DSWR's parameters, "
+                         f"which every run reads); copy {WEIGHTS_DIR / 'quality.json'} there or make one with "
+                         "vsdmot-train quality")
     files = {n: folder / n for n in ("quality.json", "NOTICE") if (folder / n).is_file()}
-    if "quality.json" not in files:
-        log.warning("no quality.json beside %s: the bundle will lack quality-gate parameters", folder)
     prov["notice"] = "NOTICE (carried in the bundle): YOLOX-nano, Apache-2.0, Megvii" if "NOTICE" in files else None
     return Sources(nets, files, prov)
 

@@ -57,6 +57,11 @@ def test_built_wheel_imports_every_subpackage(tmp_path):
         check=True, capture_output=True,
     )
     (wheel,) = wheel_dir.glob("vsdmot-*.whl")
+    import zipfile
+
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("vsdmot/models/weights/")}
+    want = {f"vsdmot/models/weights/{n}" for n in ("detector.pt", "student.pt", "tracker.pt", "quality.json", "NOTICE")}
+    assert want <= shipped, f"the wheel lacks the shipped weights (vsdmot-export's default CHECKPOINT): {want - shipped}"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", target, wheel], check=True, capture_output=True)
     code = (
         "import vsdmot, vsdmot.runtime, vsdmot.edge, vsdmot.calibration, vsdmot.export, vsdmot.models, vsdmot.evaluation;"

@@ -174,6 +174,21 @@ def test_a_file_that_is_not_the_network_is_one_line(content, tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
 
 
+def test_a_checkpoint_without_quality_json_is_refused(tmp_path, capsys):
+    """Every run reads quality.json: an export without it published a bundle that never loaded."""
+    import shutil
+
+    from vsdmot.models.detector import WEIGHTS_DIR
+
+    ckpt = tmp_path / "w" / "detector.pt"
+    ckpt.parent.mkdir()
+    shutil.copy(WEIGHTS_DIR / "detector.pt", ckpt)
+    assert cli.main(["--fp32", "--out", str(tmp_path / "b"), "--work-dir", str(tmp_path / "work"), str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert f"CHECKPOINT {ckpt}: no quality.json beside it" in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
+
+
 def test_sigterm_becomes_exit_143_so_cleanup_runs():
     import os
     import signal
