@@ -50,6 +50,9 @@ class FrameSource(Protocol):
     def close(self) -> None: ...
 
 
+SHORT_SHARE = 0.9  # fewer decoded frames than this share of the header's count: warned as cut short
+
+
 class VideoFileSource:
     """Decodes a video file with OpenCV. Ends cleanly at the last frame."""
 
@@ -114,6 +117,15 @@ class VideoFileSource:
             yield Frame(index, np.ascontiguousarray(img), t if self.own_clock else (index - 1) / self.fps)
             ok, img = self._cap.read()
             t = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0  # the decoded frame's pts, from 0
+        self._note_short(index)
+
+    def _note_short(self, decoded: int) -> None:
+        """Warn when decoding stopped well before the header's count: a file cut short (a recording
+        whose disk filled, a partial copy) ends like a whole one, with no error from OpenCV."""
+        if self.frame_count and decoded < SHORT_SHARE * self.frame_count:
+            log.warning("video %s: decoding stopped after %d frames, but its header states %d: the file is cut "
+                        "short or damaged (or, for variable-rate video, the header's count is an estimate); "
+                        "the run ends here", self.path, decoded, self.frame_count)
 
     def close(self) -> None:
         self._cap.release()

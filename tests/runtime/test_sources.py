@@ -97,6 +97,18 @@ def test_phone_video_comes_upright_from_its_rotation_metadata(tmp_path):
         np.testing.assert_array_equal(im, cv2.imread(str(tmp_path / f"shown{i}.png")))
 
 
+def test_a_video_cut_short_says_so_and_a_whole_one_does_not(pets_dir, tud_dir, tmp_path, caplog):
+    """The first MB of an 8 MB AVI decodes ~100 of the 795 frames its header states, then ends
+    as a whole file would: a run on it exited 0 with no word."""
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes((pets_dir / "PETS09-S2L1.avi").read_bytes()[:1_000_000])
+    with caplog.at_level("WARNING", logger="vsdmot.runtime.sources"):
+        n = sum(1 for _ in open_file_source(cut))
+        assert 0 < n < 700 and f"decoding stopped after {n} frames, but its header states 795" in caplog.text
+        caplog.clear()
+        assert sum(1 for _ in open_file_source(tud_dir / "TUD-Campus.mp4")) == 71 and caplog.text == ""
+
+
 def test_video_iterates_twice_from_frame_one(tud_dir):
     src = open_sequence(tud_dir).frames()
     first = [f.image for f in itertools.islice(src, 3)]
