@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from vsdmot._cli import run_main
 from vsdmot.edge.run_cmd import DEMO_CLIP
 from vsdmot.runtime.bundle import DEFAULT_BUNDLE
 
@@ -186,7 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle-semantic", default="auto", choices=["auto", "always", "never"],
                    help="--semantic policy of the --bundles runs")
     p.add_argument("--out", type=Path, help="write the result JSON here")
-    args = p.parse_args(argv)
+    p.set_defaults(func=lambda args: _run(p, args))
+    return run_main(p, argv)  # bad input: one line and exit 2, not a traceback
+
+
+def _run(p, args) -> int:
     if args.ref and args.ref not in dict(args.bundles):
         p.error(f"--ref: expected one of {[n for n, _ in args.bundles]}, got {args.ref!r}")
     if "peer" in args.variants and args.peer_onnx is None:
@@ -202,4 +207,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

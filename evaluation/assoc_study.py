@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vsdmot._cli import run_main
 from vsdmot.runtime.bundle import DEFAULT_BUNDLE, load_bundle
 from vsdmot.runtime.e2e import HybridTracker
 from vsdmot.runtime.mot import format_result_rows, read_rows
@@ -324,7 +325,7 @@ def _window(text: str) -> tuple[str, tuple[int, int]]:
     return name, (int(a), int(b))
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     """python -m vsdmot.evaluation.assoc_study --memo OUT/memo --seq DIR --tracked 1:600 --window val=541:600 ..."""
     import argparse
 
@@ -342,8 +343,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--weights", type=Path, default=None, help="replay this tracker head checkpoint (torch)")
     ap.add_argument("--bundle-dswr", action="store_true", help="with --weights: w from the bundle's DSWR, not the head's")
     ap.add_argument("--json", type=Path, default=None)
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ap.set_defaults(func=lambda a: _run(ap, a))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # before run_main: its own logging setup is then a no-op
+    return run_main(ap, argv)  # bad input: one line and exit 2, not a traceback
+
+
+def _run(ap, a) -> int:
     t = tuple(int(x) for x in a.tracked.split(":"))
     cfg = StudyConfig(a.memo, a.seq, tuple(a.conditions), t, dict(map(_window, a.window)), policy=a.policy,
                       held_out=a.held_out, start=a.start, weights=a.weights,
@@ -356,7 +361,8 @@ def main(argv: list[str] | None = None) -> None:
     for r in recs:
         if "diag" in r:
             print(r["variant"], r["condition"], r["window"], r["diag"])
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vsdmot._cli import run_main
 from vsdmot.paths import data_root
 from vsdmot.runtime.backends import open_backend
 from vsdmot.runtime.bundle import load_bundle
@@ -146,7 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--score", type=float, default=0.5, help="least box score counted")
     ap.add_argument("--min-vis", type=float, default=0.25, help="least MOT17 visibility of a counted person")
     ap.add_argument("--json", type=Path, default=None)
-    a = ap.parse_args(argv)
+    ap.set_defaults(func=lambda a: _run(ap, a))
+    return run_main(ap, argv)  # bad input: one line and exit 2, not a traceback
+
+
+def _run(ap, a) -> int:
     pairs = [b.split("=", 1) for b in a.bundles]
     if any(len(p) != 2 or not p[0] for p in pairs):
         ap.error(f"--bundles: expected NAME=DIR, got {a.bundles}")
@@ -167,4 +172,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

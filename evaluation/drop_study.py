@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vsdmot._cli import run_main
 from vsdmot.runtime.bundle import DEFAULT_BUNDLE, load_bundle
 from vsdmot.runtime.mot import format_result_rows, read_rows, read_seqinfo, write_seqinfo
 from vsdmot.runtime.tracking import box_iou
@@ -179,7 +180,7 @@ def summary(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     """python -m vsdmot.evaluation.drop_study --memo OUT/memo --seq DIR --tracked 1:600 --patterns jit1-3 ..."""
     import argparse
 
@@ -195,8 +196,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--policy", default="auto", choices=("auto", "always", "never"))
     ap.add_argument("--held-out", action="store_true", help="allow evaluation frames (after choosing)")
     ap.add_argument("--json", type=Path, default=None)
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ap.set_defaults(func=lambda a: _run(ap, a))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # before run_main: its own logging setup is then a no-op
+    return run_main(ap, argv)  # bad input: one line and exit 2, not a traceback
+
+
+def _run(ap, a) -> int:
     if "kalman" in a.variants or set(a.variants) - set(variants()):
         ap.error(f"--variants: expected names from {[v for v in variants() if v != 'kalman']} "
                  "(kalman ignores the gap)")
@@ -215,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(recs, indent=1))
     print(summary(recs))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vsdmot._cli import run_main
 from vsdmot.runtime.mot import format_result_rows, read_seqinfo
 from vsdmot.runtime.types import Detections
 
@@ -59,19 +60,24 @@ def score_live_run(seq_dir: Path, jsonl: Path, stats: Path) -> dict:
             "frames": len(frames), "mean_gap": round(float(gaps.mean()), 2), "first": frames[0], "last": frames[-1]}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m vsdmot.evaluation.live_score", description=__doc__.split("\n")[0])
     ap.add_argument("--seq", type=Path, required=True, help="the sequence folder the stream replayed (gt)")
     ap.add_argument("--jsonl", type=Path, required=True, help="the run's --jsonl-out")
     ap.add_argument("--stats", type=Path, required=True, help="the run's --stats-out (its warm-up count)")
-    a = ap.parse_args(argv)
+    ap.set_defaults(func=lambda a: _run(ap, a))
+    return run_main(ap, argv)  # bad input: one line and exit 2, not a traceback
+
+
+def _run(ap, a) -> int:
     try:
         print(json.dumps(score_live_run(a.seq, a.jsonl, a.stats)))
     except (ValueError, OSError, KeyError) as e:
         ap.error(str(e))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from vsdmot._cli import run_main
 from vsdmot.models import WEIGHTS
 from vsdmot.paths import data_root
 from vsdmot.runtime.mot import atomic_write_text
@@ -369,7 +370,7 @@ def measure_all(det, data: str | os.PathLike, out_json: str | os.PathLike) -> di
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     """python -m vsdmot.models.noise_model [--data DIR] [--detector-onnx F] [--out JSON]"""
     import argparse
 
@@ -379,17 +380,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(WEIGHTS / "tracker_noise.json"))
     ap.add_argument("--semantics", action="store_true",
                     help="instead: cache the shipped gate's q and student's vectors on the TRAIN frames")
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+    ap.set_defaults(func=lambda a: _run(ap, a))
+    logging.basicConfig(level=logging.INFO)  # before run_main: its own logging setup is then a no-op
+    return run_main(ap, argv)  # bad input: one line and exit 2, not a traceback
+
+
+def _run(ap, a) -> int:
     if a.semantics:
         sem = ShippedSemantics()
         for seq, frames in train_sequences(Path(a.data)):
             for deg in (False, True):
                 semantics_sequence(sem, seq, frames, deg)
-        return
+        return 0
     det = project_detector(a.detector_onnx)
     measure_all(det, a.data, a.out)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -163,15 +163,31 @@ def _proj_norms(head, vecs: np.ndarray) -> list[float]:
         return head.project(torch.from_numpy(np.asarray(vecs, np.float32))).norm(dim=-1).tolist()
 
 
-if __name__ == "__main__":  # python -m vsdmot.models.realclips [TRACKER.pt]: w and auto skips on TRAIN frames
+def main(argv: list[str] | None = None) -> int:
+    """python -m vsdmot.models.realclips [TRACKER.pt]: w and auto skips on TRAIN frames."""
+    import argparse
+
+    from vsdmot._cli import run_main
+
+    ap = argparse.ArgumentParser(prog="python -m vsdmot.models.realclips", description=main.__doc__)
+    ap.add_argument("tracker", nargs="?", default=None, help="tracker checkpoint (default: the shipped one)")
+    ap.set_defaults(func=_run)
+    return run_main(ap, argv)  # bad input: one line and exit 2, not a traceback
+
+
+def _run(a) -> int:
     import json
-    import sys
 
     from vsdmot.runtime.dswr import Dswr
 
     from .train_tracker import SHIPPED, load_tracker
 
-    head, meta = load_tracker(sys.argv[1] if len(sys.argv) > 1 else SHIPPED)
+    head, meta = load_tracker(a.tracker or SHIPPED)
     d = Dswr.from_params(meta.get("dswr", {}))
     print(json.dumps({"dswr": d.params(), "fusion": meta.get("fusion", {"form": "linear"}),
                       **w_on_train(d, head=head)}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vsdmot._cli import run_main
 from vsdmot.models import WEIGHTS
 from vsdmot.paths import data_root
 from vsdmot.runtime.types import Detections, TensorSpec
@@ -278,7 +279,7 @@ def markdown_table(rows: list[dict]) -> str:
     return head + "".join("| " + " | ".join(str(r[k]) for k in keys) + " |\n" for r in rows)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     """python -m vsdmot.models.reference [WEIGHTS] [--semantic never auto always] [--val] [--json F]"""
     import argparse
 
@@ -288,8 +289,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--kinds", nargs="+", default=["e2e", "hybrid", "bytetrack"])
     ap.add_argument("--val", action="store_true", help="train-side validation: PETS 541-600 (TRAIN caches, seed 0)")
     ap.add_argument("--json", default=None, help="also write the rows here")
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+    ap.set_defaults(func=lambda a: _run(ap, a))
+    logging.basicConfig(level=logging.INFO)  # before run_main: its own logging setup is then a no-op
+    return run_main(ap, argv)  # bad input: one line and exit 2, not a traceback
+
+
+def _run(ap, a) -> int:
     rows = []
     for pol in a.semantic:
         kinds = a.kinds if pol == "never" else [k for k in a.kinds if k != "bytetrack"]
@@ -298,7 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     print(markdown_table(rows))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from vsdmot._cli import run_main
 from vsdmot.paths import data_root
 from vsdmot.splits import PETS_TRAIN_LAST
 
@@ -83,15 +84,10 @@ def calibrate(head: TrackerHead, runs, offsets=OFFSETS, **kw) -> tuple[TrackerHe
                                   "grid": {f"{k:+.1f},{b:+.1f}": round(v, 4) for (k, b), v in table.items()}}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     """python -m vsdmot.models.tracker_calib IN.pt OUT.pt [--frames 541 600] [--semantic auto]:
     calibrate and write shipped-layout weights."""
     import argparse
-
-    from vsdmot.runtime.dswr import Dswr
-
-    from .checkpoint import save_checkpoint
-    from .train_tracker import load_tracker
 
     ap = argparse.ArgumentParser(prog="python -m vsdmot.models.tracker_calib")
     ap.add_argument("weights")
@@ -99,15 +95,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--frames", nargs=2, type=int, default=(1, PETS_TRAIN_LAST), help="PETS09-S2L1 TRAIN frames (within 1-600)")
     ap.add_argument("--semantic", default="never", choices=("never", "auto", "always"),
                     help="feed the shipped gate's q and student's vectors (w from the head's learned DSWR)")
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+    ap.set_defaults(func=lambda a: _run(ap, a))
+    logging.basicConfig(level=logging.INFO)  # before run_main: its own logging setup is then a no-op
+    return run_main(ap, argv)  # bad input: one line and exit 2, not a traceback
+
+
+def _run(ap, a) -> int:
+    from vsdmot.runtime.dswr import Dswr
+
+    from .checkpoint import save_checkpoint
+    from .train_tracker import load_tracker
+
     head, meta = load_tracker(a.weights)
     runs = train_runs(frames=tuple(a.frames), semantic=a.semantic != "never")
     best, info = calibrate(head, runs, policy=a.semantic, dswr=Dswr.from_params(meta.get("dswr", {})))
     info.update(frames=list(a.frames), semantic=a.semantic)
     save_checkpoint(a.out, best, best.cfg, meta={**meta, "calibration": info})
     log.info("calibrated: %s", {k: v for k, v in info.items() if k != "grid"})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

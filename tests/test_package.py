@@ -88,6 +88,8 @@ def test_only_optional_packages_get_the_install_hint(capsys):
 
     assert run_main(parser_raising(ModuleNotFoundError("No module named 'torch'", name="torch")), []) == 1
     assert "needs the Python package 'torch'" in capsys.readouterr().err
+    assert run_main(parser_raising(ModuleNotFoundError("No module named 'trackeval'", name="trackeval")), []) == 1
+    assert "pip install --no-deps trackeval==1.3.0" in capsys.readouterr().err  # vsdmot-eval without it
     for exc in (ModuleNotFoundError("x", name="numpy._core"), ModuleNotFoundError("boom"),
                 ModuleNotFoundError("y", name="vsdmot.nothing")):
         with pytest.raises(ModuleNotFoundError):

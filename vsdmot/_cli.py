@@ -93,7 +93,10 @@ INSTALL_HINTS = {  # optional top-level package -> how to get it (only these get
     "torch": "pip install '.[train]' with install.sh's constraints (on a Jetson: NVIDIA's PyTorch for Jetson "
              "wheel); or export on a workstation and copy the bundle folder",
     "onnxruntime": "pip install onnxruntime (on a Jetson: the aarch64 wheel of the Jetson Zoo); or --backend tensorrt",
-    "torch_pruning": "pip install '.[train]'", "onnxslim": "pip install '.[train]'",
+    "torch_pruning": "pip install '.[train]'", "onnxslim": "pip install '.[train]'", "onnx": "pip install '.[train]'",
+    # trackeval declares opencv-python, which would replace the headless OpenCV: install it alone
+    "trackeval": "pip install --no-deps trackeval==1.3.0 (as install.sh does)",
+    "scipy": "pip install '.[eval]'", "matplotlib": "pip install '.[eval]'",
 }
 
 
