@@ -203,8 +203,13 @@ def run_loop(source: Iterable[Frame], pipeline, sinks: Sequence, hooks: Sequence
                              pipeline.semantics.counts.as_dict(), lat.summary(), stopped_by,
                              source_stats(source), error, lat.total_ms / lat.n if lat.n and lat.total_ms else None,
                              overlap, rows)
-        _close_all(sinks)
-        _stop_hooks(started, summary)
+        try:
+            _close_all(sinks)
+        except Exception:
+            if not error:  # else the run's own failure is the one to report; _close_all logged the sink's
+                raise
+        finally:
+            _stop_hooks(started, summary)  # the health server and the watchdog stop even if a sink failed
     log.info("run: %d frames in %.1f s (%.1f FPS), stopped by %s%s", frames, seconds, summary.fps, stopped_by,
              drop_note(summary.source_stats))
     return summary

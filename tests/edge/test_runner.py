@@ -133,10 +133,13 @@ def test_one_failing_sink_close_does_not_stop_the_others():
             super().close()
             raise OSError(28, "No space left on device")
 
-    bad, good = Bad(), Sink()
+    bad, good, hook = Bad(), Sink(), Hook()
     with pytest.raises(OSError, match="No space"):
-        run_loop(Source(2), FakePipeline(), [bad, good], [], None, 0, step_fn=fake_step)
+        run_loop(Source(2), FakePipeline(), [bad, good], [hook], None, 0, step_fn=fake_step)
     assert bad.closed and good.closed and good.written == [1, 2]
+    assert hook.calls[-1] == ("stop", "end")  # the hooks (health server, watchdog) stop all the same
+    with pytest.raises(ValueError, match="input 'images'"):  # the run's own error, not the sink's, is reported
+        run_loop(Source(5), FakePipeline(), [Bad()], [], None, 0, step_fn=lambda f, p: fake_step(f, p, fail_at=2))
 
 
 SECOND_SIGNAL = """
