@@ -11,6 +11,7 @@ import argparse
 import ctypes.util
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -55,6 +56,18 @@ def _version(module: str) -> str | None:
     return str(getattr(mod, "__version__", "") or "installed")
 
 
+def _import_error(module: str) -> str | None:
+    """Why an installed `module` fails to import (a missing libnvinfer.so behind the tensorrt
+    wheel), else None: not installed, or it imports."""
+    try:
+        if importlib.util.find_spec(module) is None:
+            return None
+        importlib.import_module(module)
+    except Exception as e:  # noqa: BLE001 - whatever the import raised is the finding
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def parse_l4t_release(text: str) -> tuple[str, str] | None:
     """'# R35 (release), REVISION: 4.1, ...' -> ("35.4.1", JetPack guess)."""
     m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
@@ -93,6 +106,10 @@ def check_tensorrt() -> Check:
     if v:
         return Check("TensorRT", "!!", f"tensorrt {v} without a Builder (a lean/stub wheel)",
                      "cannot build engines: install JetPack's python3-libnvinfer (or the full TensorRT)")
+    if err := _import_error("tensorrt"):
+        return Check("TensorRT", "!!", f"tensorrt installed but does not import ({err})",
+                     "backend auto falls back to onnxruntime: check that JetPack's libnvinfer matches the wheel "
+                     "(dpkg -l | grep nvinfer) and that its folder is on the loader path")
     return Check("TensorRT", "--", "not installed", "backend auto falls back to onnxruntime; no INT8/FP16 engines")
 
 

@@ -177,3 +177,17 @@ def test_doctor_on_strongly_typed_tensorrt(monkeypatch, autocast, status, says):
     monkeypatch.setattr(backends, "fp16_autocast", lambda: autocast)
     check = D.check_tensorrt()
     assert check.status == status and says in check.found + check.meaning
+
+
+def test_doctor_names_a_tensorrt_that_is_installed_but_does_not_import(monkeypatch, tmp_path):
+    """A tensorrt wheel whose libnvinfer is missing was reported 'not installed': the one case
+    doctor is there to explain."""
+    pkg = tmp_path / "tensorrt"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise OSError('libnvinfer.so.10: cannot open shared object file')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    check = D.check_tensorrt()
+    assert check.status == "!!" and "does not import" in check.found and "libnvinfer.so.10" in check.found
+    monkeypatch.setattr(D.importlib.util, "find_spec", lambda name: None)  # absent: as before
+    assert D.check_tensorrt().found == "not installed"
