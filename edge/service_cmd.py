@@ -21,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from vsdmot._cli import add_log_arguments
 from vsdmot.runtime.config import load_config, parse_listen
 
 from .unit import HEALTH_PORT, UnitConfig, default_config_toml, free_health_port, render_sysusers, render_unit
@@ -49,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, help_text in (("unit", "print the systemd unit"), ("install", "install and enable the service"),
                             ("uninstall", "disable and remove the service"), ("status", "show the service's state")):
         p = sub.add_parser(name, help=help_text)
+        add_log_arguments(p, default=argparse.SUPPRESS)  # `service status -v`, as `run -v`
         p.add_argument("--name", default="vsdmot-edge", help="unit name (default: vsdmot-edge)")
         if name in ("unit", "install"):
             _unit_options(p)

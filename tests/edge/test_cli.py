@@ -25,6 +25,8 @@ D, I, W = logging.DEBUG, logging.INFO, logging.WARNING
         (["-q", "doctor"], (W, W)),
         (["doctor", "--quiet"], (W, W)),
         (["-q", "doctor", "-v"], (W, W)),  # quiet wins
+        (["service", "status", "-v"], (I, D)),  # after a nested action too
+        (["-v", "service", "unit"], (I, D)),
     ],
 )
 def test_verbose_and_quiet_flags(argv, levels):
