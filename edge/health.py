@@ -298,7 +298,7 @@ class HealthServer:
             self._httpd = server((host, port), handler)
         except OSError as e:
             raise OSError(f"health server: cannot listen on {listen} ({e.strerror or e}); give --health-listen "
-                          "another HOST:PORT (or off), or [service] health_listen (\"\" = off)") from None
+                          "another HOST:PORT (or off), or [service] health_listen (\"off\")") from None
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="vsdmot-health", daemon=True)
 
     @property

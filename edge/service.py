@@ -279,7 +279,7 @@ def make_preview(args: argparse.Namespace, cfg: Any) -> Any:
         return None
     if not _service_settings(args, cfg)[0]:
         raise ValueError("run: --preview is served by the health server, which is off (--health-listen off or "
-                         "[service] health_listen = \"\"); give it a HOST:PORT")
+                         "[service] health_listen = \"off\"); give it a HOST:PORT")
     from .preview import Preview
 
     return Preview()

@@ -173,18 +173,20 @@ class SinksConfig:
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    health_listen: str = "127.0.0.1:9108"  # HOST:PORT of the health / metrics HTTP server ("" = off)
+    health_listen: str = "127.0.0.1:9108"  # HOST:PORT of the health / metrics HTTP server ("", "off" or "none" = off)
     stall_timeout_s: float = 5.0  # no fresh frame for this many seconds counts as a stall
     watchdog: bool = True  # feed the systemd watchdog (WATCHDOG=1) on fresh frames only
     preview: bool = False  # serve the annotated frames at /preview and /preview.jpg (edge/preview.py)
 
     def __post_init__(self) -> None:
         _positive("service", "stall_timeout_s", self.stall_timeout_s, strict=True)
+        if self.health_listen in ("off", "none"):  # the words --health-listen takes
+            object.__setattr__(self, "health_listen", "")  # frozen: set once, while building
         if self.health_listen:
             try:
                 parse_listen(self.health_listen)
             except ValueError:
-                raise ValueError(f"[service] health_listen: expected HOST:PORT, or \"\" for no health server, "
+                raise ValueError(f"[service] health_listen: expected HOST:PORT, or \"off\" for no health server, "
                                  f"got {self.health_listen!r}") from None
 
 

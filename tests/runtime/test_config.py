@@ -39,6 +39,11 @@ def test_toml_then_overrides(tmp_path):
     assert cfg.sinks.mot_out == "m.txt"
 
 
+@pytest.mark.parametrize("off", ["", "off", "none"])
+def test_the_health_server_is_turned_off_with_the_flags_words_too(off):
+    assert C.load_config(None, {"service.health_listen": off}).service.health_listen == ""  # was "expected HOST:PORT"
+
+
 def test_frozen_and_round_trip(tmp_path):
     cfg = C.load_config(None, {"tracker.kind": "bytetrack", "source.fourcc": "MJPG", "tracker.bytetrack.track_buffer": 60,
                                "tracker.slots.new_score": 0.7, "tracker.birth_score": 0.4})
