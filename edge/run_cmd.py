@@ -288,9 +288,16 @@ def run(args: argparse.Namespace) -> int:
     if hint:
         log.warning(hint)
     print(f"vsdmot-edge run: {summary.frames} frames, {summary.fps:.1f} FPS end to end{pipeline_note(summary)}, "
-          f"semantics {summary.semantic}, stopped by {summary.stopped_by}{drop_note(summary.source_stats)}",
+          f"semantics {semantic_note(summary.semantic)}, stopped by {summary.stopped_by}"
+          f"{drop_note(summary.source_stats)}",
           file=sys.stderr)
     return 0
+
+
+def semantic_note(counts: dict) -> str:
+    """{"fresh": 3, "reused": 0, "skipped": 177} -> "fresh 3 / reused 0 / skipped 177" (the stats file's
+    semantic_runs / semantic_reused / semantic_skipped)."""
+    return " / ".join(f"{k} {v}" for k, v in counts.items())
 
 
 @contextmanager

@@ -349,7 +349,7 @@ def prebuild_engines(out: Path, cache_dir: str | None = None) -> None:
             precision = engine_precision(bundle.entry(name).get("precision") or bundle.precision)  # as runs key it
             backend = TensorRTBackend(bundle.file(name), precision=precision, cache_dir=cache)
             backend.close()  # built: key.precision is what TensorRT could give (runtime.backends.typed_precision)
-            log.warning("TensorRT %s engine for %s built and cached in %s (vsdmot-edge run --backend tensorrt, "
+            log.info("TensorRT %s engine for %s built and cached in %s (vsdmot-edge run --backend tensorrt, "
                         "--precision auto or %s, with that engine cache)", backend.key.precision, name, cache, precision)
 
 

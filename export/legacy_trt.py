@@ -73,7 +73,7 @@ def legacy_int8_engines(bundle_dir: str | os.PathLike, fp32_files: Mapping[str, 
         folder = engine_dir(cache_root or default_engine_cache(), f"{name}.onnx", key)
         with waiting_lock(folder.with_name(folder.name + ".lock"), f"storing the legacy engine for {name}"):
             out[name] = str(store_engine(folder, key, data))  # not while a run builds or reads this engine
-        log.warning("TensorRT %s: legacy INT8 engine for %s.onnx (entropy calibrator, %d feeds, cache %s; %s) "
+        log.info("TensorRT %s: legacy INT8 engine for %s.onnx (entropy calibrator, %d feeds, cache %s; %s) "
                     "cached for vsdmot-edge run --backend tensorrt", trt.__version__, name, len(feeds[name]), cache, why)
     return out
 
