@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     _bundle_arguments(p.add_argument_group("the bundle"))
     _int8_arguments(p.add_argument_group("INT8 and pruning"))
     _gate_arguments(p.add_argument_group("the accuracy gate (against the FP32 reference, on held-out frames)"))
-    p.add_argument("--work-dir", default="", metavar="DIR", help="intermediates (default ~/.cache/vsdmot/export/...)")
+    p.add_argument("--work-dir", default="", metavar="DIR", help="intermediates, reused by a re-run (default $VSDMOT_EXPORT_CACHE or ~/.cache/vsdmot/export, "
+                   "then <out name>-<hash of the out path>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
     return p
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _bundle_arguments(g) -> None:
     """What is exported, where to, and for which runtime."""
-    from .defaults import DEFAULT_PRUNE, TARGETS
+    from .defaults import DEFAULT_PRUNE, RECOVER_SECONDS, TARGETS
 
     prec = g.add_mutually_exclusive_group()
     for flag in ("int8", "fp16", "fp32"):
@@ -65,10 +66,11 @@ def _bundle_arguments(g) -> None:
     g.add_argument("--out", required=True, type=Path, metavar="DIR", help="bundle directory to write")
     g.add_argument("checkpoint", nargs="?", type=Path, metavar="CHECKPOINT",
                    help="weights folder (like models/weights/) or one network's .pt; default: shipped weights")
-    g.add_argument("--prune", type=ratio, metavar="RATIO", help=f"channel pruning ratio (default {DEFAULT_PRUNE} "
-                   f"for --int8/--fp16, 0 for --fp32)")
+    g.add_argument("--prune", type=ratio, metavar="RATIO", help=f"channel pruning ratio (default {DEFAULT_PRUNE:g} "
+                   f"for --int8/--fp16, the measured choice; 0 for --fp32)")
     g.add_argument("--recover-seconds", type=float, default=None, metavar="S",
-                   help="recovery budget after pruning: total CPU seconds, shared by the pruned networks by MACs")
+                   help=f"recovery budget after pruning: total CPU seconds, shared by the pruned networks by MACs "
+                   f"(default {RECOVER_SECONDS:g})")
     g.add_argument("--target", choices=TARGETS, default="onnx", help="onnx (Q/DQ for ORT and TensorRT), tensorrt "
                    "(on the device: also prebuilds its TensorRT engines after publishing; on TensorRT < 10.1 the "
                    "INT8 ones with the legacy entropy calibrator over the same calibration feeds), torch-tensorrt "
@@ -92,7 +94,8 @@ def _int8_arguments(g) -> None:
     g.add_argument("--method", choices=["minmax", "entropy", "percentile", "auto"], default=DEFAULT_METHOD,
                    help=f"INT8 calibration method; auto picks by the gate's HOTA (default {DEFAULT_METHOD})")
     g.add_argument("--calib-quality", choices=["auto", "gate", "proxy"], default="auto",
-                   help="stratify calibration frames by the bundle's quality gate or by degradation severity")
+                   help="stratify calibration frames by the bundle's quality gate (gate) or by degradation severity (proxy); "
+                   "default auto: the gate, whose quality.json every checkpoint has")
     g.add_argument("--keep-fp32", nargs="+", default=[], metavar="NET", choices=NETWORKS,
                    help="networks that stay FP32 in an --int8 bundle (e.g. detector: near-camera scenes lost "
                    "detections in INT8 here, see docs/export_measurements.md 'Unseen degradations')")
@@ -108,7 +111,8 @@ def _gate_arguments(g) -> None:
 
     g.add_argument("--force", action="store_true", help="publish even if the accuracy gate fails (recorded), as exported: "
                    "no network put back to FP32")
-    g.add_argument("--max-hota-drop", type=float, default=1.0, metavar="POINTS", help="accuracy gate threshold")
+    g.add_argument("--max-hota-drop", type=float, default=GateConfig.max_hota_drop, metavar="POINTS",
+                   help="accuracy gate threshold, HOTA points against FP32 (default %(default)s)")
     g.add_argument("--gate-rule", choices=RULES, default=GateConfig.rule,
                    help="what must stay within --max-hota-drop: balanced = (mean clean drop + mean degraded "
                    "drop) / 2; pooled = each of the two means; mean = the mean over all cases; per-case = every "

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .report import cached_step, fingerprint, tools_key
+from .defaults import RECOVER_SECONDS
 from .to_onnx import TorchNet, module_sha256
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RecoverConfig:
     steps: int = 100_000  # optimizer steps at most (the CPU budget usually ends it first)
-    max_seconds: float = 685.0  # CPU s (process_time); the chain splits it by MACs: detector 600 + student 85
+    max_seconds: float = RECOVER_SECONDS  # CPU s (process_time); the chain splits it by MACs: detector 600 + student 85
     batch: int = 4  # feeds per step
     lr: float = 5e-4  # Adam learning rate at the start (cosine decay to 0)
     holdout: float = 0.1  # fraction of feeds kept out of training to measure the loss
