@@ -11,7 +11,6 @@ gives mW, mV and mA; jtop gives mW; NVML gives mW; RAPL gives cumulative microjo
 from __future__ import annotations
 
 import collections
-import glob
 import logging
 import os
 import re
@@ -364,7 +363,3 @@ def mean_watts(samples: list[PowerSample]) -> float | None:
     span = samples[-1].t - samples[0].t
     return area / span if span > 0 else samples[0].total_w
 
-
-def sysfs_glob(root: str | os.PathLike, pattern: str) -> list[str]:
-    """Sorted matches of `pattern` below `root` (doctor's probes use this too)."""
-    return sorted(glob.glob(str(Path(root) / pattern)))

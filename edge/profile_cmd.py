@@ -17,7 +17,6 @@ the report says so and has no watts.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -454,7 +453,3 @@ def power_text(e: dict[str, Any]) -> str:
         return f", {e['mean_w']} W ({e.get('net_joules_per_frame', e['joules_per_frame'])} J/frame)"
     return f", power: {e['note']}" if e.get("metered") else ", no power meter"
 
-
-def load_report(path: str | Path) -> dict[str, Any]:
-    """A report.json written by `profile` (for comparisons across machines)."""
-    return json.loads(Path(path).read_text())

@@ -8,7 +8,7 @@ The embedding is a 1x1 projection of the head's cls+reg branch features at each 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -76,6 +76,3 @@ def export_onnx(model: Detector, path: str | Path) -> Path:
     s = model.cfg.input_size
     return export(model, {"images": (1, 3, s, s)}, ["output", "embed"], path)
 
-
-def config_dict(cfg: DetectorConfig) -> dict:
-    return asdict(cfg)

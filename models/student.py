@@ -70,15 +70,6 @@ def export_onnx(model: StudentEncoder, path: str | Path) -> Path:
     return export(model, {"image": (1, 3, r, r)}, ["semantic"], path)
 
 
-def preprocess(image_bgr, size: int):
-    """(H,W,3) uint8 BGR -> (1,3,R,R) float32 tensor, plain resize (INTER_AREA), as the runtime does."""
-    import cv2
-    import numpy as np
-
-    x = cv2.resize(image_bgr, (size, size), interpolation=cv2.INTER_AREA).transpose(2, 0, 1)[None]
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-
-
 def save_fp16(src: str | Path, dest: str | Path, projection: bool = False) -> Path:
     """A student checkpoint (e.g. runs/train/student/student.pt) as a small shipped file: float
     tensors in fp16, no optimiser (~1.6 MB for the default shape). `load_student` reads it back

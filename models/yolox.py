@@ -16,8 +16,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-STRIDES = (8, 16, 32)
-
 
 @dataclass(frozen=True)
 class YoloxConfig:
@@ -179,7 +177,3 @@ class YoloxNano(nn.Module):
         output = torch.cat([o.flatten(2) for o in outs], 2).permute(0, 2, 1)  # (B, A, 5+C)
         return output, list(feats)
 
-
-def num_anchors(size: int) -> int:
-    """A for a square input: 3549 at 416."""
-    return sum((size // s) ** 2 for s in STRIDES)

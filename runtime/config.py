@@ -80,7 +80,7 @@ class PipelineConfig:
     threads: int = 0  # onnxruntime intra-op threads per network (0 = all cores)
     spin: bool = False  # onnxruntime workers busy-wait between runs (faster only on an otherwise idle CPU)
     overlap: bool = False  # the run loop perceives frame t+1 while tracking frame t (edge/runner.py `overlapped`)
-    engine_cache: str = ""  # TensorRT engine cache folder ("" = $XDG_CACHE_HOME/vsdmot/engines)
+    engine_cache: str = ""  # TensorRT engine cache folder ("" = $VSDMOT_ENGINE_CACHE, else $XDG_CACHE_HOME or ~/.cache, /vsdmot/engines)
     score_thr: float = 0.1  # detector proposal score floor (the tracker applies its own thresholds)
     nms_thr: float = 0.45  # detector NMS IoU threshold
 
@@ -277,7 +277,7 @@ def _convert(f: dataclasses.Field, value: Any, where: str) -> Any:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """The config as plain nested dicts (for manifests, stats and `--print-config`). [tracker.slots]
+    """The config as plain nested dicts (for manifests and stats). [tracker.slots]
     leaves out the five keys [tracker] sets (`MOTR_KNOBS`): what runs is `TrackerConfig.slot_config()`."""
     d = dataclasses.asdict(cfg)
     slots = d.get("tracker", {}).get("slots") if isinstance(cfg, RunConfig) else None

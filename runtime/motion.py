@@ -33,8 +33,6 @@ from .logs import log_once
 
 log = logging.getLogger(__name__)
 
-IDENTITY = np.array([[1, 0, 0], [0, 1, 0]], np.float32)
-
 
 @dataclass(frozen=True)
 class MotionConfig:

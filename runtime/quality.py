@@ -11,7 +11,7 @@ Features come from two views of the frame:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -167,7 +167,3 @@ class QualityGate:
             "layers": [{"W": w.tolist(), "b": b.tolist()} for w, b in self.layers],
         }
 
-
-def assess_many(gate: QualityGate, images: Sequence[np.ndarray]) -> np.ndarray:
-    """(N,) q for a list of frames."""
-    return np.array([gate.assess(im) for im in images], np.float32)
