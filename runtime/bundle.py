@@ -82,11 +82,9 @@ def manifest_digest(manifest: Mapping[str, Any]) -> str:
 
 
 def engine_cache_key(onnx_sha256: str, trt_version: str, device: str, precision: str) -> str:
-    """The one engine-cache key: 16 hex digits over ONNX hash + TensorRT version + GPU + precision.
-    `device` is the GPU as `runtime.cuda.cuda_device()` names it ("Orin (sm_87, 8 SMs, driver 12020)").
-
-    Equal to `vsdmot.runtime.engine_cache.EngineKey(...).digest()` (a test holds them together).
-    """
+    """The engine-cache key, checked: 16 hex digits over ONNX hash + TensorRT version + GPU + precision,
+    as `runtime.engine_cache.EngineKey(...).digest()` computes it for the backends. `device` is the
+    GPU as `runtime.cuda.cuda_device()` names it ("Orin (sm_87, 8 SMs, driver 12020)")."""
     if len(onnx_sha256) != 64 or any(c not in "0123456789abcdef" for c in onnx_sha256):
         raise ValueError(f"engine_cache_key: expected a 64-digit lowercase hex sha256, got {onnx_sha256!r}")
     if precision not in PRECISIONS:
@@ -94,8 +92,9 @@ def engine_cache_key(onnx_sha256: str, trt_version: str, device: str, precision:
     if not trt_version or not device:
         raise ValueError(f"engine_cache_key: TensorRT version and GPU name must be non-empty, got "
                          f"{trt_version!r}, {device!r}")
-    key = {"onnx_sha256": onnx_sha256, "tensorrt": trt_version, "gpu": device, "precision": precision}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    from .engine_cache import EngineKey  # which imports this module
+
+    return EngineKey(onnx_sha256, trt_version, device, precision).digest()
 
 
 def compatible_version(bundle_version: str, running_version: str = __version__) -> bool:
