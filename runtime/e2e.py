@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backends import Backend
+from .logs import log_once
 from .tracking import box_iou, linear_assignment, warp_xyxy
 from .types import Detections
 
@@ -204,8 +205,11 @@ class _SlotTracker:
     def _birth(self, props: Detections, born: np.ndarray, bq: np.ndarray) -> np.ndarray:
         """Start tracks in free slots; proposals beyond the free slots are dropped (logged)."""
         free = np.flatnonzero(~self.valid)[: len(born)]
-        if len(free) < len(born):
+        if len(free) < len(born):  # the slot count is fixed at export: a crowd beyond it is tracked in part
             log.debug("tracker: %d births dropped, all %d slots live", len(born) - len(free), self.S)
+            log_once(log.name, logging.WARNING, f"tracker: more people than its {self.S} track slots; new "
+                     "people go untracked until a slot frees (a crowd this size wants --tracker bytetrack, "
+                     "which has no slot limit)")
         p = born[: len(free)]
         self.valid[free], self.box[free], self.vel[free], self.miss[free], self.since[free] = True, props.xyxy[p], 0, 0, 0
         self.hits[free] = 0
@@ -257,7 +261,7 @@ class HybridTracker(_SlotTracker):
     smooth_field = "box_smooth"
 
     def _associate(self, prob, keep, birth, props):
-        cfg, n = self.cfg, len(props)
+        cfg = self.cfg
         slots = np.flatnonzero(self.valid)
         cost, iou = self._cost(prob, slots, props)  # (L, n) each
         high = np.flatnonzero(props.score >= cfg.high_score)

@@ -109,10 +109,16 @@ def test_two_tracks_one_proposal_the_likelier_wins():
     assert trk.miss[trk.ids == 1].tolist() == [1]
 
 
-def test_slots_full_drops_births():
+def test_slots_full_drops_births_and_says_so_once(caplog):
+    from vsdmot.runtime.logs import log_once
+
+    log_once.cache_clear()
     trk = E2ETracker(FakeTrackerNet())
-    out = trk.step(dets(*[(i * 100, 0.9) for i in range(P)]))
+    with caplog.at_level("WARNING", logger="vsdmot.runtime.e2e"):
+        out = trk.step(dets(*[(i * 100, 0.9) for i in range(P)]))
+        trk.step(dets(*[(i * 100, 0.9) for i in range(P)]))
     assert len(out) == S and trk.valid.all()
+    assert caplog.text.count(f"more people than its {S} track slots") == 1  # was a debug line per frame
 
 
 def test_feed_is_static_and_semantic_gated():
