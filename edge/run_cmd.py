@@ -151,6 +151,23 @@ def check_output_paths(cfg, config_path: str | None = None) -> None:
         if real in seen:
             raise ValueError(f"run: {flag} and {seen[real]} are the same file ({path}); expected one path per output")
         seen[real] = flag
+        _check_place(flag, Path(path))
+
+
+def _check_place(flag: str, path: Path) -> None:
+    """ValueError for an output that is a folder or lies where this user cannot write: found now,
+    not after the networks load (a first TensorRT build takes minutes). Nothing is created here;
+    the sink itself makes the missing folders when it opens."""
+    if path.is_dir():
+        raise ValueError(f"run: {flag} {path} is a folder; expected a file path (e.g. {path / 'out'})")
+    if path.exists():  # a file (moved aside when the sink opens), a pipe or a device: its folder is checked below
+        if not path.is_file() and not os.access(path, os.W_OK):
+            raise ValueError(f"run: {flag} {path}: not writable by this user")
+        if not path.is_file():
+            return
+    folder = next(a for a in path.absolute().parents if a.exists())  # the nearest folder that exists
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"run: {flag} {path}: cannot create files in {folder} (not a writable folder for this user)")
 
 
 def output_size_notes(sinks, endless: bool) -> list[str]:
