@@ -10,6 +10,7 @@ gives mW, mV and mA; jtop gives mW; NVML gives mW; RAPL gives cumulative microjo
 
 from __future__ import annotations
 
+import argparse
 import collections
 import logging
 import os
@@ -21,11 +22,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from vsdmot.runtime.config import POWER_METERS
+
 log = logging.getLogger(__name__)
 
 # Rails that measure the whole module input; jtop picks its total the same way.
 TOTAL_RAILS = ("VIN", "POM_5V_IN", "VDD_IN")
-METER_ORDER = ("jtop", "ina3221", "nvml", "rapl")
+METER_ORDER = POWER_METERS  # the config's [service] power_meter names
+
+
+def meter_list(text: str) -> str:
+    """`--power-meter`: names from power.METER_ORDER or 'none', comma-separated; checked while
+    parsing, not once the model is loaded and the outputs are open."""
+    bad = [m for m in text.split(",") if m and m not in (*METER_ORDER, "none")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(METER_ORDER)} "
+                                         f"(or none), got {bad[0]!r}")
+    return text
 
 
 @dataclass(frozen=True, slots=True)

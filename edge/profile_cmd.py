@@ -31,6 +31,7 @@ import numpy as np
 
 from vsdmot import __version__
 from vsdmot.runtime.sinks import check_writable
+from vsdmot.edge.power import METER_ORDER, meter_list
 from vsdmot.runtime.stats_sink import MODEL_STAGES  # the networks' stages (incl. their pre/post-processing)
 
 log = logging.getLogger(__name__)
@@ -427,7 +428,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --compare-*: run the two sides N times, interleaved (A B A B ...), and report the "
                    "median ratio and each round's (default 1: one run each, which on a shared machine can be "
                    "order and noise)")
-    p.add_argument("--power-meter", default="jtop,ina3221,nvml,rapl", metavar="LIST",
+    p.add_argument("--power-meter", default=",".join(METER_ORDER), type=meter_list, metavar="LIST",
                    help="meters to try in order (default jtop,ina3221,nvml,rapl; 'none' = no power)")
 
 

@@ -33,6 +33,7 @@ from typing import Any
 from vsdmot.runtime.config import parse_listen
 
 from .health import FpsWindow, HealthHook, is_fresh
+from .power import meter_list
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +237,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--preview", action="store_true", default=None,
                    help="serve the annotated frames on the health server: /preview (MJPEG, for a browser or VLC) "
                         "and /preview.jpg (default: [service] preview, off)")
-    g.add_argument("--power-meter", metavar="LIST", default="jtop,ina3221,nvml,rapl", type=meter_list,
-                   help="power meters to try for /metrics, in order ('none' = no power metrics)")
+    g.add_argument("--power-meter", metavar="LIST", default=None, type=meter_list,
+                   help="power meters to try for /metrics, in order ('none' = no power metrics; default: "
+                        "[service] power_meter, jtop,ina3221,nvml,rapl)")
 
 
 def listen_arg(text: str) -> str:
@@ -248,18 +250,6 @@ def listen_arg(text: str) -> str:
             parse_listen(text)
         except ValueError as e:
             raise argparse.ArgumentTypeError(f"{e}, or 'off'") from None
-    return text
-
-
-def meter_list(text: str) -> str:
-    """`--power-meter`: names from power.METER_ORDER or 'none', comma-separated; checked while
-    parsing, not once the model is loaded and the outputs are open."""
-    from .power import METER_ORDER
-
-    bad = [m for m in text.split(",") if m and m not in (*METER_ORDER, "none")]
-    if bad:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(METER_ORDER)} "
-                                         f"(or none), got {bad[0]!r}")
     return text
 
 
@@ -297,7 +287,8 @@ def make_hooks(args: argparse.Namespace, cfg: Any, source: Any = None, preview: 
         log.info("systemd: notify socket set, watchdog every %s s", interval)
     hooks: list[Any] = [NotifyHook(notifier, stall, interval)]
     if listen:
-        meters = tuple(m for m in getattr(args, "power_meter", "none").split(",") if m and m != "none")
+        chosen = getattr(args, "power_meter", None) or getattr(getattr(cfg, "service", None), "power_meter", "none")
+        meters = tuple(m for m in chosen.split(",") if m and m != "none")
         stats = getattr(source, "stats", None)
         sinks = getattr(cfg, "sinks", None)
         outputs = {n.removesuffix("_out"): getattr(sinks, n) for n in getattr(sinks, "PATHS", ())}

@@ -238,6 +238,7 @@ health_listen = "127.0.0.1:{health_port}"   # /healthz and /metrics; keep it on 
 stall_timeout_s = 5.0              # no fresh frame for this long: /healthz 503, watchdog not fed
 watchdog = true
 preview = false                    # true: /preview (MJPEG) shows the annotated camera frames on the health port
+power_meter = "jtop,ina3221,nvml,rapl"   # tried in order for /metrics' watts; "none" = no power metrics
 """
 
 

@@ -171,15 +171,23 @@ class SinksConfig:
         _positive("sinks", "keep_files", self.keep_files)
 
 
+POWER_METERS = ("jtop", "ina3221", "nvml", "rapl")  # edge/power.py's meters, in the order they are tried
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     health_listen: str = "127.0.0.1:9108"  # HOST:PORT of the health / metrics HTTP server ("", "off" or "none" = off)
     stall_timeout_s: float = 5.0  # no fresh frame for this many seconds counts as a stall
     watchdog: bool = True  # feed the systemd watchdog (WATCHDOG=1) on fresh frames only
     preview: bool = False  # serve the annotated frames at /preview and /preview.jpg (edge/preview.py)
+    power_meter: str = ",".join(POWER_METERS)  # meters to try for /metrics, in order ("none" = no power metrics)
 
     def __post_init__(self) -> None:
         _positive("service", "stall_timeout_s", self.stall_timeout_s, strict=True)
+        bad = [m for m in self.power_meter.split(",") if m and m not in (*POWER_METERS, "none")]
+        if bad:
+            raise ValueError(f"[service] power_meter: expected a comma-separated list of {', '.join(POWER_METERS)} "
+                             f"(or none), got {bad[0]!r}")
         if self.health_listen in ("off", "none"):  # the words --health-listen takes
             object.__setattr__(self, "health_listen", "")  # frozen: set once, while building
         if self.health_listen:

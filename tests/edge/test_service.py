@@ -294,6 +294,10 @@ def test_make_hooks_from_args_and_config():
     assert [type(h) for h in hooks] == [S.NotifyHook] and hooks[0].stall_s == 3.0
     hooks = S.make_hooks(p.parse_args(["--health-listen", "127.0.0.1:0", "--power-meter", "none"]), cfg)
     assert isinstance(hooks[1], HealthHook) and hooks[1].metrics.stall_s == 3.0 and hooks[1].meter_order is None
+    ina = load_config(None, {"service.power_meter": "ina3221"})  # a unit passes only --config: the file chooses
+    assert S.make_hooks(p.parse_args(["--health-listen", "127.0.0.1:0"]), ina)[1].meter_order == ("ina3221",)
+    assert S.make_hooks(p.parse_args(["--health-listen", "127.0.0.1:0", "--power-meter", "rapl"]), ina)[1].meter_order \
+        == ("rapl",)  # the flag wins
     assert len(S.make_hooks(p.parse_args([]), cfg)) == 2  # health on by default ([service] health_listen)
     assert S.make_hooks(p.parse_args(["--no-watchdog"]), cfg)[0].watchdog_s is None
 

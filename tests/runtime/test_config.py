@@ -44,6 +44,12 @@ def test_the_health_server_is_turned_off_with_the_flags_words_too(off):
     assert C.load_config(None, {"service.health_listen": off}).service.health_listen == ""  # was "expected HOST:PORT"
 
 
+def test_the_services_power_meters_are_a_config_key_checked_by_name():
+    assert C.load_config(None, {"service.power_meter": "ina3221,none"}).service.power_meter == "ina3221,none"
+    with pytest.raises(ValueError, match=r"\[service\] power_meter: .* got 'tegra'"):
+        C.load_config(None, {"service.power_meter": "jtop,tegra"})
+
+
 def test_frozen_and_round_trip(tmp_path):
     cfg = C.load_config(None, {"tracker.kind": "bytetrack", "source.fourcc": "MJPG", "tracker.bytetrack.track_buffer": 60,
                                "tracker.slots.new_score": 0.7, "tracker.birth_score": 0.4})
