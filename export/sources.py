@@ -152,8 +152,7 @@ def parity_feeds(net: TorchNet, frames: Sequence[np.ndarray]) -> list[dict[str, 
     """The network's inputs for real frames, prepared as the runtime does: the detector's letterbox
     (runtime.yolox), the student's INTER_AREA resize (runtime.semantics). None for the tracker, whose
     inputs are a pipeline's state (its example inputs; its INT8 parity runs on recorded feeds)."""
-    import cv2
-
+    from vsdmot.runtime.semantics import student_input
     from vsdmot.runtime.yolox import letterbox
 
     if net.name not in ("detector", "student"):
@@ -162,8 +161,7 @@ def parity_feeds(net: TorchNet, frames: Sequence[np.ndarray]) -> list[dict[str, 
     h, w = (int(d) for d in x.shape[-2:])
     if net.name == "detector":
         return [{name: letterbox(f, (h, w))[0]} for f in frames]
-    return [{name: np.ascontiguousarray(cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA).transpose(2, 0, 1)[None],
-                                        dtype=np.float32)} for f in frames]
+    return [{name: student_input(f, (w, h))} for f in frames]
 
 
 def _shown(path: Path) -> str:

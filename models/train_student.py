@@ -12,7 +12,6 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,6 +22,7 @@ from vsdmot.models.student import StudentConfig, StudentEncoder
 from vsdmot.models.teacher import make_teacher
 from vsdmot.models.trainframes import DEFAULT_DATA, TrainFrame, data_note, degrade_fn, load_train_frames, random_degrade
 from vsdmot.models.trainloop import check_config, cosine_lr, out_dir, run_steps, setup
+from vsdmot.runtime.semantics import student_input
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,7 @@ def _crop(img: np.ndarray, rng: np.random.Generator, smin: float) -> np.ndarray:
 
 def _to_tensor(imgs: list[np.ndarray], size: int) -> torch.Tensor:
     """List of (H,W,3) uint8 BGR -> (B,3,size,size) float32 0..255 (INTER_AREA resize)."""
-    arr = np.stack([cv2.resize(np.ascontiguousarray(i), (size, size), interpolation=cv2.INTER_AREA) for i in imgs])
-    return torch.from_numpy(arr.transpose(0, 3, 1, 2).astype(np.float32))
+    return torch.from_numpy(np.concatenate([student_input(i, (size, size)) for i in imgs]))
 
 
 def make_batch(frames: list[TrainFrame], rng, cfg: StudentTrainConfig, teacher_size: int, deg):

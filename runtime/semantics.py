@@ -55,9 +55,14 @@ class Student:
         self.backend = backend
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        small = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)  # (R, R, 3) uint8 BGR
-        x = np.ascontiguousarray(small.transpose(2, 0, 1)[None], dtype=np.float32)  # (1, 3, R, R)
-        return self.backend.infer({self.input_name: x})[self.output_name].reshape(1, -1)
+        return self.backend.infer({self.input_name: student_input(image, self.size)})[self.output_name].reshape(1, -1)
+
+
+def student_input(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 BGR -> (1, 3, h, w) float32 0..255 for size (w, h): a plain INTER_AREA resize,
+    the one preprocessing of the student (runtime, export's feeds and training)."""
+    small = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)  # (h, w, 3)
+    return np.ascontiguousarray(small.transpose(2, 0, 1)[None], dtype=np.float32)
 
 
 class SemanticPolicy:
