@@ -27,14 +27,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from vsdmot import __version__
-from vsdmot.runtime.yolox import input_hw
+from vsdmot.runtime.yolox import PAD_VALUE, letterbox_image
 
 log = logging.getLogger(__name__)
-PAD = 114  # letterbox fill, as YOLOX
+PAD = PAD_VALUE  # letterbox fill, as YOLOX (the runtime's)
 FRAMES, CONTENT, MANIFEST = "frames.npy", "content.npy", "manifest.json"
 RENDER = 2  # how frames are rendered into the set, part of its key: bump it when that changes, or sets
 # built by the old code are reused (2: letterbox_u8 truncates the scaled side as the runtime does)
@@ -135,14 +134,10 @@ def too_few(n: int, n_src: int, cfg: CalibSetConfig) -> ValueError:
 
 def letterbox_u8(image: np.ndarray, size: int | tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
     """(h0, w0, 3) -> ((H, W, 3) uint8 top-left letterboxed with pad 114, (h, w) of the content);
-    `size` is S (square) or (H, W). The content size truncates as runtime/yolox.py's letterbox
-    does, so calibration frames are the detector's run-time input pixel for pixel."""
-    H, W = input_hw(size)
-    r = min(H / image.shape[0], W / image.shape[1])
-    h, w = max(1, int(image.shape[0] * r)), max(1, int(image.shape[1] * r))
-    out = np.full((H, W, 3), PAD, np.uint8)
-    out[:h, :w] = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-    return out, (h, w)
+    `size` is S (square) or (H, W): runtime.yolox's letterbox, so calibration frames are the
+    detector's run-time input pixel for pixel."""
+    out, _, hw = letterbox_image(image, size)
+    return out, hw
 
 
 def plan_candidates(n_src: int, cfg: CalibSetConfig, presets: Sequence[str]) -> list[dict[str, Any]]:

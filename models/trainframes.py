@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from vsdmot.paths import data_root
+from vsdmot.runtime.yolox import letterbox_image
 from vsdmot.splits import PETS_TRAIN_LAST  # PETS09-S2L1 frames 601-795 are held out for evaluation
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,7 @@ def data_note(pets_last: int, mot17: bool, every: int = 1, validation: bool = Tr
 
 def letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     """(S,S,3) uint8, pad 114 bottom/right, and the scale r (letterbox px = source px * r)."""
-    r = min(size / img.shape[0], size / img.shape[1])
-    h, w = int(img.shape[0] * r), int(img.shape[1] * r)  # as YOLOX preproc
-    out = np.full((size, size, 3), 114, np.uint8)
-    out[:h, :w] = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+    out, r, _ = letterbox_image(img, size)  # the runtime's
     return out, r
 
 

@@ -52,13 +52,21 @@ def letterbox(image: np.ndarray, size: Size) -> tuple[np.ndarray, float]:
     """(h, w, 3) uint8 BGR -> ((1, 3, H, W) float32 BGR 0..255, scale); source px = letterbox px / scale."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"letterbox: expected an (H, W, 3) image, got shape {image.shape}")
-    (H, W), (h, w) = input_hw(size), image.shape[:2]
-    scale = min(H / h, W / w)
-    nh, nw = int(h * scale), int(w * scale)
-    canvas = np.full((H, W, 3), PAD_VALUE, np.uint8)
-    canvas[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    canvas, scale, _ = letterbox_image(image, size)
     tensor = canvas.transpose(2, 0, 1)[None].astype(np.float32)  # (1, 3, H, W)
     return np.ascontiguousarray(tensor), scale
+
+
+def letterbox_image(image: np.ndarray, size: Size) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """(h, w, 3) uint8 -> ((H, W, 3) uint8, the image scaled into its top left and padded with
+    PAD_VALUE; scale; (h, w) of the scaled image). The one letterbox: the runtime's, the calibration
+    set's and training's, so each sees the detector's input pixel for pixel."""
+    (H, W), (h, w) = input_hw(size), image.shape[:2]
+    scale = min(H / h, W / w)
+    nh, nw = max(1, int(h * scale)), max(1, int(w * scale))  # truncated, as YOLOX's preproc
+    canvas = np.full((H, W, 3), PAD_VALUE, np.uint8)
+    canvas[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return canvas, scale, (nh, nw)
 
 
 @functools.lru_cache(maxsize=8)
