@@ -146,7 +146,14 @@ class ImageFolderSource:
         first = cv2.imread(str(readable), cv2.IMREAD_COLOR)  # one decode, to refuse tiny frames now
         if first is not None:
             check_frame_size(first.shape[1], first.shape[0], f"image folder {self.folder}")
-        numeric = all(p.stem.isdigit() for p in self.files)
+        numbered = [p for p in self.files if p.stem.isdigit()]
+        numeric = len(numbered) * 2 > len(self.files)  # mostly frame numbers: a stray poster.jpg renumbered them all
+        if numeric and len(numbered) < len(self.files):
+            others = [p.name for p in self.files if not p.stem.isdigit()]
+            log.warning("image folder %s: %d image file(s) not named by frame number are skipped (%s%s); the "
+                        "others keep their numbers", self.folder, len(others), ", ".join(others[:3]),
+                        ", ..." if len(others) > 3 else "")
+            self.files = numbered
         if numeric:  # by number: 2.png before 10.png
             self.files.sort(key=lambda p: int(p.stem))
         shift = 1 if numeric and int(self.files[0].stem) == 0 else 0  # 000000.png (KITTI style) is frame 1
