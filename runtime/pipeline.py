@@ -51,6 +51,7 @@ class Pipeline:
     camera: Any = None  # runtime/motion.py CameraMotion, None when [tracker] camera_motion = "off"
     fps: float = 30.0  # the source's frame rate: how many frames a gap in timestamps stands for
     last_timestamp: float = 0.0  # Frame.timestamp of the previous step
+    last_size: tuple[int, int] | None = None  # (H, W) of the previous step's frame
 
     def reset(self) -> None:
         """A new scene (another source, or a reconnect after a long gap): forget tracks and cache."""
@@ -58,7 +59,7 @@ class Pipeline:
         self.semantics.reset()
         if self.camera is not None:
             self.camera.reset()
-        self.last_index = 0
+        self.last_index, self.last_size = 0, None
 
     def close(self) -> None:
         for b in self.backends:
@@ -92,8 +93,8 @@ def perceive(frame: Frame, p: Pipeline) -> Percept:
 def track(frame: Frame, seen: Percept, p: Pipeline) -> FrameResult:
     """The tracker on one perceived frame: queries += w * proj(semantic) inside the network."""
     t = _Laps()
-    if outage(frame, p):
-        p.tracker.reset(keep_ids=True)  # every track would have ended by now; ids go on in the same outputs
+    if outage(frame, p) | resized(frame, p):  # `|`: each notes this frame
+        p.tracker.reset(keep_ids=True)  # the tracks are stale or in other pixels; ids go on in the same outputs
     if seen.motion is not None:
         p.tracker.warp(seen.motion)  # the tracks' boxes and velocities into this frame's pixels
     tracks = p.tracker.step(seen.detections, seen.semantic_vector, seen.w, frame_gap(frame, p))
@@ -116,6 +117,19 @@ def outage(frame: Frame, p: Pipeline) -> bool:
     if gone:
         log.info("tracks ended: %.1f s without frames before frame %d (ids go on)", seconds, frame.index)
     return gone
+
+
+def resized(frame: Frame, p: Pipeline) -> bool:
+    """Whether this frame's size differs from the previous step's (an image folder of mixed
+    sizes): the tracks' boxes are in the old size's pixels and would be matched to whoever stands
+    at those pixels now."""
+    size, before = frame.image.shape[:2], p.last_size
+    p.last_size = size
+    if before is None or before == size:
+        return False
+    log_once(log.name, logging.WARNING, f"frame size changed from {before[1]}x{before[0]} to {size[1]}x{size[0]} "
+             f"(frame {frame.index}): tracks restarted, ids go on; boxes are in each frame's own pixels")
+    return True
 
 
 def frame_gap(frame: Frame, p: Pipeline) -> int:

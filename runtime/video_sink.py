@@ -149,11 +149,12 @@ class VideoSink(_SinkBase):
                     self.error = e
 
     def _encode_one(self, result: FrameResult, image: np.ndarray) -> None:
-        if (image.shape[1], image.shape[0]) != self.frame_size:
-            image = cv2.resize(image, self.frame_size, interpolation=cv2.INTER_AREA)
+        drawn = annotate(image, result)  # in the frame's own pixels, as the boxes are: then scaled together
+        if (drawn.shape[1], drawn.shape[0]) != self.frame_size:  # an odd size, or an image folder of mixed sizes
+            drawn = cv2.resize(drawn, self.frame_size, interpolation=cv2.INTER_AREA)
         if self._writer is None:  # the previous file reached rotate_bytes
             self._writer = self._new_writer()
-        self._writer.write(annotate(image, result))
+        self._writer.write(drawn)
         self.frames += 1
         if self.rotate_bytes and os.path.getsize(self.path) >= self.rotate_bytes:
             self._writer.release()  # an .mp4 gets its index here

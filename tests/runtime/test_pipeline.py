@@ -72,6 +72,24 @@ def test_an_outage_ends_the_tracks_and_ids_go_on(bundle, frames, pause_s, carrie
         assert min(new) > max(old) and "tracks ended: 20.0 s without frames before frame 7" in caplog.text
 
 
+def test_a_frame_of_another_size_restarts_the_tracks_and_ids_go_on(bundle, frames, caplog):
+    """An image folder of mixed sizes: a track at (359, 194) in a 768x576 frame was matched to
+    whoever stood at (363, 139) in the next, half-size one, another person."""
+    import cv2
+
+    log_once.cache_clear()
+    p = P.build_pipeline(bundle, cfg(**{"tracker.camera_motion": "off"}), fps=7.0)
+    before = [P.step(f, p).tracks.track_id for f in frames[:6]]
+    with caplog.at_level("WARNING", logger="vsdmot.runtime.pipeline"):
+        half = [replace(f, index=f.index + 6, timestamp=f.timestamp + 6 / 7, image=cv2.resize(f.image, (384, 288)))
+                for f in frames[:6]]
+        after = [P.step(f, p).tracks.track_id for f in half]
+    p.close()
+    old, new = set(np.concatenate(before)), set(np.concatenate(after))
+    assert len(old) >= 3 and len(new) >= 1 and min(new) > max(old)
+    assert caplog.text.count("frame size changed from 768x576 to 384x288 (frame 7)") == 1
+
+
 @pytest.mark.parametrize("precision, warned", [("fp32", False), ("int8", True)])
 def test_tensorrt_precision_on_onnxruntime_is_named_not_silently_ignored(bundle, caplog, precision, warned):
     P.build_pipeline(bundle, cfg(**{"pipeline.precision": precision}), fps=7.0).close()

@@ -244,6 +244,21 @@ def test_annotations_grow_with_the_frame():
     assert small == edge_px(720) and small < hd < uhd and uhd >= 2 * small  # as drawn at 720 rows, then scaled
 
 
+def test_a_frame_of_another_size_has_its_boxes_scaled_with_it(tmp_path):
+    """An image folder of mixed sizes: a half-size frame was scaled up to the video's size, then
+    drawn with its own (half-size) boxes, which landed on empty ground."""
+    path = tmp_path / "out.avi"
+    box = Detections(np.array([[40.0, 20.0, 60.0, 50.0]]), np.array([0.9]), np.array([3]))
+    with VideoSink(path, fps=10) as sink:
+        sink.write(FrameResult(1, 0.0, 1.0, 0.0, "skipped", Detections.empty(True)), np.zeros((240, 320, 3), np.uint8))
+        sink.write(FrameResult(2, 0.1, 1.0, 0.0, "skipped", box), np.zeros((120, 160, 3), np.uint8))  # half size
+    cap = cv2.VideoCapture(str(path))
+    cap.read()
+    ok, frame = cap.read()
+    lit = np.argwhere(frame[65:95].max(axis=-1) > 100)  # the box's sides, below the quality bar (rows < 62)
+    assert ok and len(lit) and lit[:, 1].min() >= 75 and lit[:, 1].max() <= 125  # x 40-60 at half size: 80-120
+
+
 def test_video_sink_needs_the_image(tmp_path):
     with VideoSink(tmp_path / "v.avi", 10) as sink, pytest.raises(ValueError, match="without its image"):
         sink.write(make_result(1))
