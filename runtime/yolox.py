@@ -158,14 +158,25 @@ def detail_hint(frame_hw: tuple[int, int], size: Size, worst: float = 0.35, prec
     third, below the 0.54-0.65x of the 768x576 and 640x480 clips the kit is measured on."""
     (H, W), (fh, fw) = input_hw(size), frame_hw
     scale = min(H / fh, W / fw)
-    side = min(2 * max(H, W), -(-max(fh, fw) // 32) * 32)
-    bigger = fitted_size(frame_hw, side)
-    if scale >= worst or bigger[0] * bigger[1] <= H * W:
+    bigger = detail_input(frame_hw, size, worst)
+    if bigger is None:
         return None
     gain, work = min(bigger[0] / fh, bigger[1] / fw) / scale, bigger[0] * bigger[1] / (H * W)
     return (f"detector input {size_text(size)} shows {fw}x{fh} frames at {scale:.2f}x their size, so small people are "
             f"missed; a bundle made by {export_advice(bigger, precision)} shows them {gain:.1f}x larger for "
             f"{work:.1f}x the detector's work (docs/export.md 'Input size')")
+
+
+def detail_input(frame_hw: tuple[int, int], size: Size, worst: float = 0.35) -> tuple[int, int] | None:
+    """detail_hint's larger input (H, W), or None when the frames are shown at `worst` of their
+    size or more, or the larger input would not show them at least 1.2x larger."""
+    (H, W), (fh, fw) = input_hw(size), frame_hw
+    scale = min(H / fh, W / fw)
+    side = min(2 * max(H, W), -(-max(fh, fw) // 32) * 32)
+    bigger = fitted_size(frame_hw, side)  # on a panorama (3072x576 into 416x416) also less work: 832x160
+    if scale >= worst or min(bigger[0] / fh, bigger[1] / fw) < 1.2 * scale:
+        return None
+    return bigger
 
 
 @dataclass(slots=True, frozen=True)
@@ -212,9 +223,11 @@ class YoloxDetector:
         and hint when it shows the frames at a fraction of their size."""
         self._frame_hw, size = frame_hw, self.config.input_size
         precision = "int8" if getattr(self.backend, "kind", "") == "tensorrt" else "fp32"  # INT8 is slower on a CPU
+        bigger = detail_input(frame_hw, size)
+        cheaper = bigger is not None and bigger[0] * bigger[1] <= size[0] * size[1]  # larger people for less work
         if warning := shrink_warning(frame_hw, size, precision=precision):
             log_once(log.name, logging.WARNING, warning)
-        elif hint := padding_hint(frame_hw, size, precision=precision):
+        elif not cheaper and (hint := padding_hint(frame_hw, size, precision=precision)):  # else a cut keeping people tiny
             log_once(log.name, logging.INFO, hint)
         if hint := detail_hint(frame_hw, size, precision=precision):
             log_once(log.name, logging.INFO, hint)

@@ -11,6 +11,7 @@ import pytest
 from vsdmot.runtime.backends import OnnxRuntimeBackend
 from vsdmot.runtime.mot import read_rows
 from vsdmot.runtime.sources import open_sequence
+from vsdmot.runtime.logs import log_once
 from vsdmot.runtime.tracking import box_iou
 from vsdmot.runtime.types import TensorSpec
 from vsdmot.runtime.yolox import (PAD_VALUE, YoloxDetector, anchor_grid, decode, fitted_size, input_hw, letterbox, nms,
@@ -99,6 +100,20 @@ def test_detail_hint_when_the_input_shows_frames_at_a_fraction_of_their_size():
         assert detail_hint(frame, 416) is None
     assert detail_hint((1080, 1920), (480, 832)) is None  # already 0.43x
     assert "--input-size 128x96" in detail_hint((300, 400), 64)  # small inputs double too
+    pano = detail_hint((576, 3072), 416)  # 0.14x: was silent because 832x160 is also less work, and the padding
+    assert "--input-size 832x160" in pano and "2.0x larger for 0.8x the detector's work" in pano  # hint cut to 416x96
+
+
+def test_a_panorama_gets_the_detail_hint_not_a_padding_cut(caplog):
+    class Backend:
+        kind = "onnxruntime"
+
+    det = object.__new__(YoloxDetector)
+    det.config, det.backend = type("C", (), {"input_size": (416, 416)})(), Backend()
+    log_once.cache_clear()
+    with caplog.at_level("INFO", logger="vsdmot.runtime.yolox"):
+        det._advise((576, 3072))
+    assert "--input-size 832x160" in caplog.text and "416x96" not in caplog.text
 
 
 def test_letterbox_rejects_gray():
