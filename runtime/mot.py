@@ -64,6 +64,9 @@ def read_seqinfo(path: str | os.PathLike) -> SeqInfo:
         path = path / "seqinfo.ini"
     if not path.is_file():
         raise ValueError(f"seqinfo.ini: expected a file at {path}, found none")
+    if path.suffix.lower() != ".ini":  # a video or a result file given where a sequence folder belongs
+        raise ValueError(f"{path}: expected a MOTChallenge sequence folder (seqinfo.ini, gt/gt.txt and the frames) "
+                         f"or its seqinfo.ini, got a {path.suffix or 'plain'} file")
     cp = configparser.ConfigParser()
     cp.optionxform = str  # keys are camelCase
     try:

@@ -89,6 +89,13 @@ def test_read_seqinfo(request, fixture, name, rate, length, size):
     assert (info.name, info.frame_rate, info.length, (info.width, info.height)) == (name, rate, length, size)
 
 
+def test_a_video_given_as_the_sequence_names_what_is_expected(tmp_path):
+    clip = tmp_path / "site.mp4"
+    clip.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)))  # was "'utf-8' codec can't decode byte"
+    with pytest.raises(ValueError, match=r"site.mp4: expected a MOTChallenge sequence folder .* got a .mp4 file"):
+        read_seqinfo(clip)
+
+
 def test_seqinfo_round_trip(tmp_path):
     info = SeqInfo("clip", 7.5, 12, 320, 240, "img1", ".png")
     write_seqinfo(tmp_path / "seqinfo.ini", info)
