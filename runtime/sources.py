@@ -78,6 +78,18 @@ class VideoFileSource:
         # 0 = unknown: a raw stream (.h264, .mjpeg) has no count and OpenCV reports about -1.9e14 or -9.2e18
         self.frame_count = int(_positive(self._cap.get(cv2.CAP_PROP_FRAME_COUNT)))
         self._started = False
+        self._note_sar()
+
+    def _note_sar(self) -> None:
+        """Warn about non-square pixels (anamorphic DV, a 384x576 file shown 4:3): people reach the
+        detector squeezed, and the boxes are in stored pixels (HOTA 54 -> 41 on a 2:1 copy of PETS)."""
+        num, den = (_positive(self._cap.get(p)) for p in (cv2.CAP_PROP_SAR_NUM, cv2.CAP_PROP_SAR_DEN))
+        if num and den and abs(num / den - 1.0) > 0.02:
+            w, h = self._first.shape[1], self._first.shape[0]
+            log.warning("video %s: pixels are not square (sample aspect %g:%g): people look %s to the detector and "
+                        "boxes are in the stored %dx%d pixels; for better tracking make a square-pixel copy: "
+                        "ffmpeg -i IN -vf scale='trunc(iw*sar/2)*2:ih',setsar=1 OUT", self.path, num, den,
+                        "squeezed" if num > den else "stretched", w, h)
 
     def _capture(self) -> cv2.VideoCapture:
         """An opened capture of the file (a subclass may read it from elsewhere)."""

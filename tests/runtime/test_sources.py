@@ -109,6 +109,20 @@ def test_a_video_cut_short_says_so_and_a_whole_one_does_not(pets_dir, tud_dir, t
         assert sum(1 for _ in open_file_source(tud_dir / "TUD-Campus.mp4")) == 71 and caplog.text == ""
 
 
+def test_non_square_pixels_are_named(tmp_path, caplog):
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs ffmpeg")
+    for sar in ("2/1", "1/1"):
+        clip = tmp_path / f"sar{sar[0]}.mp4"
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=10",
+                        "-frames:v", "3", "-vf", f"setsar={sar}", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(clip)],
+                       check=True)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="vsdmot.runtime.sources"):
+            open_file_source(clip).close()
+        assert ("pixels are not square (sample aspect 2:1)" in caplog.text) == (sar == "2/1")
+
+
 def test_video_iterates_twice_from_frame_one(tud_dir):
     src = open_sequence(tud_dir).frames()
     first = [f.image for f in itertools.islice(src, 3)]
