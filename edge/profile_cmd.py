@@ -162,7 +162,9 @@ def summarize(records: list[FrameRecord], t_start: float, warmup_s: float) -> di
         "cpu_seconds_per_frame": round(cpu / n, 5),
         "cpu_cores_busy": round(cpu / wall, 3) if wall > 0 else None,
         "rss_mb": [round(rows[0].rss_mb, 1), round(rows[-1].rss_mb, 1)],  # steady window start, end
-        "rss_growth_mb_per_min": round((rows[-1].rss_mb - rows[0].rss_mb) / wall * 60, 2) if wall > 0 else None,
+        # per minute only from a minute or more: 4 MiB of warm-up allocation in 8 s read as 1.8 GB an hour
+        "rss_growth_mb_per_min": round((rows[-1].rss_mb - rows[0].rss_mb) / wall * 60, 2) if wall >= 60 else None,
+        "rss_window_s": round(wall, 1),
         "window": [t0, rows[-1].t],
     }
 
@@ -336,8 +338,13 @@ def compare_rounds(rounds: list[list[dict[str, Any]]]) -> dict[str, Any]:
     keys = [k for k in per[0] if k not in ("a", "b")]
     median = {k: None if any(c[k] is None for c in per) else round(float(np.median([c[k] for c in per])), 3)
               for k in keys}
+    fps = [c["fps_end_to_end"] for c in per if c["fps_end_to_end"]]
+    spread = round(max(fps) / min(fps), 3) if fps else None  # 1.0: every round gave the same ratio
     return {"a": per[0]["a"], "b": per[0]["b"], **median, "rounds": len(per),
-            "per_round": {k: [c[k] for c in per] for k in keys}}
+            "per_round": {k: [c[k] for c in per] for k in keys}, "spread": spread}
+
+
+DISAGREE = 1.25  # rounds whose end-to-end FPS ratios differ more than this: the machine's load changed
 
 
 def median_runs(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -444,6 +451,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r['label']}: {s['frames']} frames, FPS model {s['fps']['model']} / pipeline {s['fps']['pipeline']} "
               f"/ end-to-end {s['fps']['end_to_end']}, skip {100 * s['semantic_skip_ratio']:.0f}%, "
               f"CPU {s['cpu_seconds_per_frame'] * 1000:.1f} ms/frame{watts}")
+    if (c := report["comparison"]) and (c.get("spread") or 1.0) > DISAGREE:
+        log.warning("profile: the %d rounds disagree (end-to-end FPS ratios %s): the load on this machine changed "
+                    "between them, so the median is not yet a measurement; run again with more rounds (5 or more, "
+                    "an odd number)", c["rounds"], ", ".join(f"x{v}" for v in c["per_round"]["fps_end_to_end"]))
     print(f"report: {out}")
     return 0
 

@@ -144,8 +144,7 @@ def _rows(runs: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
         ("semantic skip ratio", col(lambda r: f"{100 * r['stats']['semantic_skip_ratio']:.1f} %")),
         ("CPU seconds (per frame)", col(lambda r: f"{r['stats']['cpu_seconds']} ({1000 * r['stats']['cpu_seconds_per_frame']:.1f} ms)")),
         ("CPU cores busy", col(lambda r: _fmt(r["stats"]["cpu_cores_busy"]))),
-        ("RSS MiB, start -> end (growth per min)", col(lambda r: "{} -> {} ({})".format(
-            *r["stats"].get("rss_mb", ["?", "?"]), _fmt(r["stats"].get("rss_growth_mb_per_min"))))),
+        ("RSS MiB, start -> end (growth per min)", col(_rss)),
     ]
     if any(r["energy"].get("mean_w") is not None for r in runs):
         rows += [("mean power W (idle W)", col(lambda r: f"{_fmt(r['energy'].get('mean_w'))} ({_fmt(r['energy'].get('idle_w'))})")),
@@ -162,6 +161,15 @@ def _stage_table(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _rss(r: dict[str, Any]) -> str:
+    """"201.8 -> 205.8 (0.5)", or with a window under a minute "201.8 -> 205.8 (+4.0 in 8 s)"."""
+    s = r["stats"]
+    start, end = s.get("rss_mb", ["?", "?"])
+    if s.get("rss_growth_mb_per_min") is not None or not isinstance(start, (int, float)):
+        return f"{start} -> {end} ({_fmt(s.get('rss_growth_mb_per_min'))})"
+    return f"{start} -> {end} ({end - start:+.1f} in {s.get('rss_window_s', '?')} s: too short for a rate)"
+
+
 def _comparison(c: dict[str, Any] | None) -> list[str]:
     if not c:
         return []
@@ -174,8 +182,13 @@ def _comparison(c: dict[str, Any] | None) -> list[str]:
     rounds = c.get("rounds", 1)
     if rounds > 1:
         each = ", ".join(f"x{v}" for v in c["per_round"]["fps_end_to_end"])
-        return head + [f"Medians of {rounds} interleaved rounds (A B A B ...); end-to-end FPS ratio per round: {each}. "
-                       "The tables and plots above show each side's median round."]
+        lines = [f"Medians of {rounds} interleaved rounds (A B A B ...); end-to-end FPS ratio per round: {each}. "
+                 "The tables and plots above show each side's median round."]
+        if (c.get("spread") or 1.0) > 1.25:  # profile_cmd.DISAGREE
+            lines += ["", f"**The rounds disagree** (their ratios differ {c['spread']}x): the machine's load changed "
+                      "between them, so the median is not yet a measurement. Run again with more rounds (5 or more, "
+                      "an odd number)."]
+        return head + lines
     return head + ["One run of each, one after the other: on a shared or warming machine a ratio within about 10 % "
                    "of x1 can be order and noise (two identical FP32 detectors compared at x1.03-x1.11 here). For a "
                    "ratio to rely on, add `--rounds 5`: the two sides then run interleaved and the report gives "
@@ -247,7 +260,7 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
     lines = [f"# vsdmot-edge profile ({report['created_utc']})", "",
              f"Host: {host['node']} {host['machine']}, {host['cpus']} CPUs{cpu}, Python {host['python']}, vsdmot {host['vsdmot']}.",
              f"Source: `{st['source']}`. Warm-up {st['warmup_s']} s, measured {st['duration_s']} s per run.",
-             f"Threads / precision / input size per run: " + "; ".join(
+             "Threads / precision / input size per run: " + "; ".join(
                  f"{r['label']}: threads {r['config']['pipeline']['threads'] or 'all'}, {r.get('bundle_precision') or '?'} bundle "
                  f"({_engines(r)}), detector input {r.get('input_size') or '?'}"
                  f"{', overlap' if r['config']['pipeline'].get('overlap') else ''}" for r in runs),

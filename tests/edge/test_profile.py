@@ -33,7 +33,9 @@ def test_summarize_steady_state():
     assert s["semantic"]["skipped"] + s["semantic"]["fresh"] + s["semantic"]["reused"] == 31
     assert s["semantic_skip_ratio"] == pytest.approx(s["semantic"]["skipped"] / 31, abs=1e-4)
     assert s["cpu_seconds"] == pytest.approx(31 * 0.05) and s["cpu_cores_busy"] == pytest.approx(0.5, rel=1e-3)
-    assert s["rss_growth_mb_per_min"] == 0.0  # records() leaves RSS at 0
+    assert s["rss_growth_mb_per_min"] is None and s["rss_window_s"] == pytest.approx(3.1)  # no rate from 3 s
+    long = PC.summarize(records(700), t_start=100.0, warmup_s=1.0)  # 70 s
+    assert long["rss_growth_mb_per_min"] == 0.0  # records() leaves RSS at 0
 
 
 def test_warmup_longer_than_the_run_is_a_clear_error():
@@ -103,6 +105,7 @@ def test_rounds_give_median_ratios_and_each_side_s_median_run():
     rounds = [[_run("A", 100.0), _run("B", 50.0)], [_run("A", 90.0), _run("B", 60.0)], [_run("A", 80.0), _run("B", 80.0)]]
     c = PC.compare_rounds(rounds)
     assert c["per_round"]["fps_end_to_end"] == [2.0, 1.5, 1.0] and c["fps_end_to_end"] == 1.5 and c["rounds"] == 3
+    assert c["spread"] == 2.0  # > DISAGREE: the report and the run's log say the rounds disagree
     assert c["net_joules_per_frame"] is None  # no meter in any round
     assert [r["stats"]["fps"]["end_to_end"] for r in PC.median_runs(rounds)] == [90.0, 60.0]
     with pytest.raises(ValueError, match="--compare-semantic or --compare-bundle"):
@@ -201,7 +204,7 @@ def test_profile_report_on_the_demo_clip(bundle, tmp_path, capsys):
         assert all(s["fps"][k] > 0 for k in ("model", "pipeline", "end_to_end"))
         assert s["fps"]["model"] >= s["fps"]["pipeline"] >= s["fps"]["end_to_end"] * 0.9
         assert s["cpu_seconds"] > 0 and 0 <= s["semantic_skip_ratio"] <= 1
-        assert s["rss_mb"][0] > 10 and s["rss_growth_mb_per_min"] is not None
+        assert s["rss_mb"][0] > 10 and s["rss_window_s"] > 0
         assert r["config"]["semantics"]["policy"] == r["label"].split("=")[1]
         if report["meter"]["name"] is None:
             assert r["energy"] == {"metered": False, "note": report["meter"]["explain"]} and r["power_samples"] == []
