@@ -270,7 +270,8 @@ def make_hooks(args: argparse.Namespace, cfg, source: Any = None, preview: Any =
 
 
 def run(args: argparse.Namespace) -> int:
-    from vsdmot.edge.runner import SourceStopEvent, drop_note, nothing_tracked_hint, pipeline_note, run_loop
+    from vsdmot.edge.runner import (SourceStopEvent, drop_note, low_quality_hint, nothing_tracked_hint, pipeline_note,
+                                    run_loop)
     from vsdmot.runtime.pipeline import build_pipeline
     from vsdmot.runtime.sinks import open_sinks
 
@@ -301,9 +302,9 @@ def run(args: argparse.Namespace) -> int:
             pipeline.close()
     finally:
         source.close()
-    hint = nothing_tracked_hint(summary)
-    if hint:
-        log.warning(hint)
+    for hint in (nothing_tracked_hint(summary), low_quality_hint(summary)):
+        if hint:
+            log.warning(hint)
     print(f"vsdmot-edge run: {summary.frames} frames, {summary.fps:.1f} FPS end to end{pipeline_note(summary)}, "
           f"semantics {semantic_note(summary.semantic)}, stopped by {summary.stopped_by}"
           f"{drop_note(summary.source_stats)}",

@@ -53,6 +53,7 @@ class RunSummary:
     pipeline_ms: float | None = None  # mean per-frame pipeline time over the whole run (the `total` stage)
     overlap: bool = False  # perceive and track ran side by side: pipeline_ms is work, not the time between frames
     track_rows: int = 0  # tracks output over the run (MOT rows)
+    q_mean: float | None = None  # mean measured frame quality q in [0, 1] (1 = clean), None without frames
 
 
 class _Latencies:
@@ -134,6 +135,18 @@ def nothing_tracked_hint(summary: RunSummary) -> str:
             "larger detector input (vsdmot-export --input-size, docs/export.md); --video-out shows what was seen")
 
 
+LOW_QUALITY_Q = 0.3  # a run whose mean q is under this gets low_quality_hint (clean video measures 0.9 and more)
+
+
+def low_quality_hint(summary: RunSummary) -> str:
+    """What the measured quality says when a run's frames were mostly poor, else ""."""
+    if summary.q_mean is None or summary.frames < NOTHING_TRACKED_FRAMES or summary.q_mean >= LOW_QUALITY_Q:
+        return ""
+    return (f"the frames measured low quality (mean q {summary.q_mean:.2f} of 1: dark, noisy, blurred or heavily "
+            "compressed): expect fewer people found than on clean video; more light, a lower compression or a "
+            "shorter exposure help more than any setting here (--jsonl-out gives q per frame)")
+
+
 def drop_note(stats: Any) -> str:
     """", source dropped D of N frames (...)" when a live source dropped frames (its counters), else ""."""
     dropped = getattr(stats, "dropped", 0)
@@ -173,7 +186,7 @@ def run_loop(source: Iterable[Frame], pipeline, sinks: Sequence, hooks: Sequence
     `overlap`: perceive the next frame while this one is tracked (`overlapped`, which runs the
     pipeline's own `perceive` and `track`, not `step_fn`)."""
     stop_event = stop_event or threading.Event()
-    lat, frames, rows, stopped_by, error = _Latencies(), 0, 0, "end", ""
+    lat, frames, rows, q_sum, stopped_by, error = _Latencies(), 0, 0, 0.0, "end", ""
     started: list[Hook] = []  # only these get on_stop; a hook failing to start still closes the sinks
     t0, steps = time.perf_counter(), None
     try:
@@ -185,7 +198,7 @@ def run_loop(source: Iterable[Frame], pipeline, sinks: Sequence, hooks: Sequence
         steps = overlapped(pulled, pipeline) if overlap else ((f, step_fn(f, pipeline)) for f in pulled)
         for frame, result in steps:
             _emit(frame, result, sinks, hooks, source)
-            frames, rows = frames + 1, rows + len(result.tracks)
+            frames, rows, q_sum = frames + 1, rows + len(result.tracks), q_sum + result.q
             lat.add(result.latency_ms)
             if max_frames and frames >= max_frames:
                 stopped_by = "max_frames"
@@ -202,7 +215,7 @@ def run_loop(source: Iterable[Frame], pipeline, sinks: Sequence, hooks: Sequence
         summary = RunSummary(frames, seconds, frames / seconds if seconds > 0 else 0.0,
                              pipeline.semantics.counts.as_dict(), lat.summary(), stopped_by,
                              source_stats(source), error, lat.total_ms / lat.n if lat.n and lat.total_ms else None,
-                             overlap, rows)
+                             overlap, rows, q_sum / frames if frames else None)
         try:
             _close_all(sinks)
         except Exception:

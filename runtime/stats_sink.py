@@ -70,7 +70,7 @@ def _as_dict(stats: Any) -> dict[str, Any]:
 class StatsSink(_SinkBase):
     """Run statistics JSON, rewritten atomically every `every_s` seconds (or `every_frames`)
     and at close. Keys: frames, fps, fps_pipeline, fps_model, semantic_runs / _reused /
-    _skipped, latency_ms {stage: p50 p90 p99 mean max n}, dropped_frames, video_frames_dropped
+    _skipped, q_mean / q_min / w_mean, latency_ms {stage: p50 p90 p99 mean max n}, dropped_frames, video_frames_dropped
     (with a video sink), reconnects, stalls,
     source_stats {...}, elapsed_s, updated_unix, final, plus the `meta` keys. Memory stays bounded (histograms, not lists).
 
@@ -91,6 +91,7 @@ class StatsSink(_SinkBase):
         self.every_s, self.every_frames = every_s, every_frames  # write period (0 = that trigger off)
         self.model_stages, self.source_stats, self.meta = tuple(model_stages), source_stats, dict(meta or {})
         self.frames, self.semantic = 0, {"fresh": 0, "reused": 0, "skipped": 0}
+        self._q_n, self._q_sum, self._q_min, self._w_sum = 0, 0.0, math.inf, 0.0  # measured quality q, DSWR weight w
         self.latency: dict[str, LatencyHistogram] = {}
         self._model, self._pipeline = LatencyHistogram(), LatencyHistogram()
         self._t_first = self._t_last = self._t_flush = time.monotonic()
@@ -103,6 +104,9 @@ class StatsSink(_SinkBase):
             self._t_first = now
         self._t_last, self.frames = now, self.frames + 1
         self.semantic[result.semantic] += 1
+        if math.isfinite(result.q):
+            self._q_n, self._q_sum, self._w_sum = self._q_n + 1, self._q_sum + result.q, self._w_sum + result.w
+            self._q_min = min(self._q_min, result.q)
         self._add_latency(result.latency_ms)
         due_frames = self.every_frames and self.frames % self.every_frames == 0
         if due_frames or (self.every_s and now - self._t_flush >= self.every_s):
@@ -132,6 +136,9 @@ class StatsSink(_SinkBase):
             "semantic_runs": self.semantic["fresh"],
             "semantic_reused": self.semantic["reused"],
             "semantic_skipped": self.semantic["skipped"],
+            "q_mean": _round(self._q_sum / self._q_n) if self._q_n else None,  # frame quality, 1 = clean
+            "q_min": _round(self._q_min) if self._q_n else None,
+            "w_mean": _round(self._w_sum / self._q_n) if self._q_n else None,  # DSWR's semantic weight
             "latency_ms": {name: h.summary() for name, h in sorted(self.latency.items())},
             "dropped_frames": int(src.get("dropped", 0)),
             **({"video_frames_dropped": self.video.dropped} if self.video is not None else {}),  # live: encoder behind

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -13,8 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from vsdmot.edge.runner import (ProgressHook, RunSummary, SourceStopEvent, drop_note, nothing_tracked_hint,
-                                pipeline_note, run_loop, stop_on_signals)
+from vsdmot.edge.runner import (ProgressHook, RunSummary, SourceStopEvent, drop_note, low_quality_hint,
+                                nothing_tracked_hint, pipeline_note, run_loop, stop_on_signals)
 from vsdmot.runtime.semantics import SemanticCounts
 from vsdmot.runtime.types import Detections, Frame, FrameResult
 
@@ -95,6 +96,14 @@ def test_runs_to_end_or_max_frames(n, max_frames, frames, stopped_by):
     if frames:
         assert summary.latency_ms["detector"]["p50"] == 2.0 and summary.fps > 0
         assert summary.source_stats == {"dropped": 0}
+
+
+def test_a_run_of_low_measured_quality_says_so():
+    summary = run(40)[0]
+    assert summary.q_mean == 1.0 and low_quality_hint(summary) == ""  # fake_step's q
+    dark = dataclasses.replace(summary, q_mean=0.02)
+    assert "the frames measured low quality (mean q 0.02 of 1" in low_quality_hint(dark)
+    assert low_quality_hint(dataclasses.replace(dark, frames=5)) == ""  # too few frames to say
 
 
 def test_stop_event_finishes_the_frame_in_flight():

@@ -300,6 +300,7 @@ def test_stats_keys_and_percentiles(tmp_path):
     assert s["fps_model"] == pytest.approx(1000 / 20.5, rel=1e-3)
     assert s["fps_pipeline"] == pytest.approx(1000 / 21.5, rel=1e-3)
     assert s["fps"] is not None and s["fps"] > 0
+    assert (s["q_mean"], s["q_min"], s["w_mean"]) == (0.8, 0.8, 0.3)  # make_result's q and w: a dark clip shows here
 
 
 def test_stats_end_to_end_uses_the_total_stage(tmp_path):
