@@ -77,7 +77,7 @@ def test_raw_h264_without_timestamps_gets_the_header_rate(tmp_path):
     assert [f.timestamp for f in src] == pytest.approx([i / 25 for i in range(10)])
 
 
-def test_phone_video_comes_upright_from_its_rotation_metadata(tmp_path):
+def test_phone_video_comes_upright_from_its_rotation_metadata(tmp_path, caplog):
     """A phone films portrait as landscape pixels plus a display rotation in the container. The
     frames must come as a player shows them (the detector finds few people lying on their side,
     and MOT rows must match what the user sees): OpenCV's FFmpeg backend applies it
@@ -91,10 +91,16 @@ def test_phone_video_comes_upright_from_its_rotation_metadata(tmp_path):
                     "-metadata:s:v:0", "rotate=90", str(phone)], check=True)  # same pixels, a 90-degree display matrix
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(phone), str(tmp_path / "shown%d.png")],
                    check=True)  # the ffmpeg tools (ffplay, and players built on libav) rotate on decode too
-    upright = [f.image for f in open_file_source(phone)]
+    with caplog.at_level("INFO", logger="vsdmot.runtime.sources"):
+        upright = [f.image for f in open_file_source(phone)]
     assert [im.shape for im in upright] == [(64, 48, 3)] * 3
     for i, im in enumerate(upright, 1):
         np.testing.assert_array_equal(im, cv2.imread(str(tmp_path / f"shown{i}.png")))
+    assert "turned by its rotation metadata to 48x64 frames" in caplog.text  # it was silent
+    from vsdmot.edge.sources import rotated
+
+    undone = [f.image for f in rotated(open_file_source(phone), 90)]  # what the log says undoes it
+    np.testing.assert_array_equal(undone[0], next(iter(open_file_source(plain))).image)
 
 
 def test_a_video_cut_short_says_so_and_a_whole_one_does_not(pets_dir, tud_dir, tmp_path, caplog):
