@@ -184,10 +184,21 @@ class ImageFolderSource:
             if img is None:
                 log.warning("skipping unreadable image %s", path)
                 continue
+            if _cut_jpeg(path):  # libjpeg decodes what is there, greys the rest, and names no file
+                log.warning("image %s is cut short (no JPEG end marker): its lower part is grey", path)
             yield Frame(index, img, (index - 1) / self.fps)
 
     def close(self) -> None:
         pass
+
+
+def _cut_jpeg(path: Path) -> bool:
+    """Whether a .jpg lacks its end-of-image marker (FF D9; a copy or a write that stopped early)."""
+    if path.suffix.lower() not in (".jpg", ".jpeg"):
+        return False
+    with open(path, "rb") as f:
+        f.seek(max(path.stat().st_size - 32, 0))
+        return b"\xff\xd9" not in f.read()  # a few encoders pad after the marker
 
 
 @dataclass(slots=True, frozen=True)

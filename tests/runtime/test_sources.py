@@ -166,6 +166,17 @@ def test_image_folder_order_and_numbering(tmp_path, names, indices):
         assert [int(f.image[0, 0, 0]) for f in frames] == [0, 1, 2]  # the files in numeric order
 
 
+def test_a_cut_jpeg_is_named(tmp_path, caplog):
+    img = np.random.default_rng(0).integers(0, 255, (64, 80, 3), np.uint8)
+    for k in (1, 2):
+        cv2.imwrite(str(tmp_path / f"{k:06d}.jpg"), img)
+    cut = tmp_path / "000002.jpg"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    with caplog.at_level("WARNING", logger="vsdmot.runtime.sources"):
+        assert [f.index for f in open_file_source(tmp_path)] == [1, 2]
+    assert "000002.jpg is cut short" in caplog.text and "000001.jpg" not in caplog.text
+
+
 def test_is_sequence(pets_dir, tmp_path):
     assert is_sequence(pets_dir) and not is_sequence(tmp_path)
 
