@@ -381,6 +381,14 @@ class RemoteVideoSource(VideoFileSource):
         cap, self._pending = self._pending, None  # the probe's capture first, then fresh opens
         return cap if cap is not None else open_stream(self.path, self.opts)
 
+    def _open(self) -> cv2.VideoCapture:
+        try:
+            return super()._open()
+        except SourceError as e:  # the file is often fine: the server cannot seek to an index at its end
+            raise SourceError(f"{e}. Over HTTP an .mp4 whose index (moov) is at its end needs a server that answers "
+                              "range requests; or serve a copy made with `ffmpeg -i IN -c copy -movflags +faststart "
+                              "OUT`") from None
+
 
 class FileSource:
     """A file source with the live sources' `stats()`, optionally looping (indices keep rising).

@@ -162,6 +162,33 @@ def test_a_video_file_on_a_web_server_is_read_to_its_end(tmp_path):
         server.server_close()
 
 
+def test_an_mp4_indexed_at_its_end_on_a_server_without_ranges_says_why(tmp_path):
+    """python -m http.server answers no range requests: FFmpeg cannot reach an index at the end of
+    the file, and the error said only 'corrupt or empty' about a file that plays locally."""
+    import functools
+    import shutil
+    import subprocess
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from vsdmot.edge.run_cmd import DEMO_CLIP
+    from vsdmot.runtime.errors import SourceError
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs ffmpeg")
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(DEMO_CLIP), "-frames:v", "20", "-c", "copy",
+                    str(tmp_path / "late.mp4")], check=True)  # the mp4 muxer writes the index last
+    handler = functools.partial(type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None}),
+                                directory=str(tmp_path))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(SourceError, match="range requests.*-movflags \\+faststart"):
+            open_source(source=f"http://127.0.0.1:{server.server_address[1]}/late.mp4", opts=OPTS).close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_udp_sender_restart_after_an_outage(serve):
     """UDP has no connection: a sender away longer than the read timeout is a failed read and a
     stall; the source re-opens and frames resume when the sender is back."""
