@@ -104,6 +104,8 @@ def _warn_outside(rows: MotRows, size: tuple[int, int], path: Path) -> None:
     """Warn when many result boxes are centred outside the sequence's frame: results made on a
     resized copy (a 4K re-encode scored against 768x576 ground truth scored HOTA 0.0, silently)."""
     w, h = size
+    if not len(rows):  # scored all the same (0 HOTA), but rarely what was meant
+        log.warning("evaluate: %s holds no result rows (a run that tracked no one, or the wrong file)", path)
     if not (w and h and len(rows)):
         return
     cx, cy = rows.xywh[:, 0] + rows.xywh[:, 2] / 2, rows.xywh[:, 1] + rows.xywh[:, 3] / 2

@@ -154,7 +154,10 @@ class ImageFolderSource:
         self.folder = Path(folder)
         self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_EXTS) if self.folder.is_dir() else []
         if not self.files:
-            raise SourceError(f"image folder: no images ({', '.join(IMAGE_EXTS)}) in {self.folder}")
+            seqs = sorted(d.name for d in self.folder.iterdir() if is_sequence(d)) if self.folder.is_dir() else []
+            more = ", ..." if len(seqs) > 3 else ""
+            inside = f"; it holds {len(seqs)} sequence folders ({', '.join(seqs[:3])}{more}): give one" if seqs else ""
+            raise SourceError(f"image folder: no images ({', '.join(IMAGE_EXTS)}) in {self.folder}{inside}")
         readable = next((p for p in self.files if cv2.haveImageReader(str(p))), None)
         if readable is None:
             raise SourceError(f"image folder: none of the {len(self.files)} image files in {self.folder} is one "

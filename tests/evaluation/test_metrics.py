@@ -127,10 +127,12 @@ def test_frame_window_sees_only_its_frames(pets_dir, tmp_path):
     assert evaluate(pets_dir, path)["MOTA"] < 0.95
 
 
-def test_empty_result_scores_zero(tud_dir, tmp_path):
+def test_empty_result_scores_zero_and_says_so(tud_dir, tmp_path, caplog):
     (tmp_path / "res.txt").write_text("")
-    out = evaluate(tud_dir, tmp_path / "res.txt")
+    with caplog.at_level("WARNING", logger="vsdmot.evaluation.metrics"):
+        out = evaluate(tud_dir, tmp_path / "res.txt")
     assert out["HOTA"] == 0.0 and out["FN"] == out["GT_Dets"] > 0 and out["FP"] == 0
+    assert "res.txt holds no result rows" in caplog.text
 
 
 @pytest.mark.parametrize(

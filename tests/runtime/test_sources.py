@@ -177,6 +177,11 @@ def test_a_cut_jpeg_is_named(tmp_path, caplog):
     assert "000002.jpg is cut short" in caplog.text and "000001.jpg" not in caplog.text
 
 
+def test_a_folder_of_sequences_names_them(mot17_dir):
+    with pytest.raises(SourceError, match=r"no images .* it holds 7 sequence folders \(MOT17-02-FRCNN, .*\): give one"):
+        open_file_source(mot17_dir.parent)
+
+
 def test_is_sequence(pets_dir, tmp_path):
     assert is_sequence(pets_dir) and not is_sequence(tmp_path)
 
