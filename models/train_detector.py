@@ -30,7 +30,7 @@ from vsdmot.models.checkpoint import load_model_file, resume, save_checkpoint
 from vsdmot.models.detector import Detector, DetectorConfig, from_yolox_onnx
 from vsdmot.models.trainframes import (DEFAULT_DATA, VAL_FIRST, TrainFrame, data_note, degrade_fn, letterbox, load_mot17,
                                        load_pets, random_degrade)
-from vsdmot.models.trainloop import check_config, cosine_lr, out_dir, run_steps, setup
+from vsdmot.models.trainloop import check_config, cosine_lr, out_dir, resuming, run_steps, setup
 from vsdmot.paths import yolox_nano_onnx
 from vsdmot.runtime.yolox import anchor_grid
 
@@ -164,7 +164,7 @@ def train(cfg: DetectorTrainConfig) -> Path:
     params = [{"params": model.yolox.parameters(), "lr": 0.0 if cfg.freeze_detector else cfg.lr},
               {"params": model.embed_proj.parameters(), "lr": cfg.embed_lr}]
     opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
-    start = resume(out / "last.pt", model, opt, cfg, rng) if cfg.resume and (out / "last.pt").exists() else 0
+    start = resume(out / "last.pt", model, opt, cfg, rng) if resuming(out / "last.pt", cfg.resume) else 0
     step = _make_step(cfg, model, teacher, opt, pets, others, degrade_fn() if cfg.p_degrade > 0 else None, rng)
     method = "converted YOLOX-nano; appearance projection trained (InfoNCE)" if cfg.freeze_detector else "self-distillation"
     meta = lambda k: {"stage": "detector", "step": k, "provenance": prov, "method": method,  # noqa: E731

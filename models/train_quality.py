@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from vsdmot.models import WEIGHTS
 from vsdmot.models.trainframes import DEFAULT_DATA, TrainFrame, data_note, degrade_fn, load_mot17, load_pets
-from vsdmot.models.trainloop import check_config, out_dir, setup
+from vsdmot.models.trainloop import check_config, out_dir, resuming, setup
 from vsdmot.paths import yolox_nano_onnx
 from vsdmot.runtime.mot import atomic_write_text
 from vsdmot.runtime.quality import FEATURES, QualityGate, compute_features
@@ -148,7 +148,7 @@ def _resumed_samples(path: Path, key: dict) -> dict[str, np.ndarray]:
 def collect(cfg: QualityTrainConfig, out: Path) -> dict[str, np.ndarray]:
     """X (N, F), y (N,), source (N,) — saved to out/samples.npz every 10 frames (resumable)."""
     path, key = out / "samples.npz", samples_key(cfg)
-    old = _resumed_samples(path, key) if cfg.resume and path.exists() else {"X": np.zeros((0, len(FEATURES)), np.float32), "y": np.zeros(0, np.float32), "source": np.zeros(0, "U32"), "done": np.zeros(0, "U32")}
+    old = _resumed_samples(path, key) if resuming(path, cfg.resume) else {"X": np.zeros((0, len(FEATURES)), np.float32), "y": np.zeros(0, np.float32), "source": np.zeros(0, "U32"), "done": np.zeros(0, "U32")}
     frames = load_pets(Path(cfg.data), last=cfg.pets_last, every=cfg.pets_every) + (load_mot17(Path(cfg.data)) if cfg.mot17 else [])
     detect, deg = _detect_fn(cfg.detector, cfg.threads, cfg.score_thr), degrade_fn()
     X, y, src, done = list(old["X"]), list(old["y"]), list(old["source"]), set(old["done"].tolist())

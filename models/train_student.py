@@ -21,7 +21,7 @@ from vsdmot.models.dcsd import DcsdConfig, TeacherProjection, dcsd_loss
 from vsdmot.models.student import StudentConfig, StudentEncoder
 from vsdmot.models.teacher import make_teacher
 from vsdmot.models.trainframes import DEFAULT_DATA, TrainFrame, data_note, degrade_fn, load_train_frames, random_degrade
-from vsdmot.models.trainloop import check_config, cosine_lr, out_dir, run_steps, setup
+from vsdmot.models.trainloop import check_config, cosine_lr, out_dir, resuming, run_steps, setup
 from vsdmot.runtime.semantics import student_input
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def train(cfg: StudentTrainConfig) -> Path:
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     dcfg = DcsdConfig(cfg.alignment, cfg.relational, cfg.w_align, cfg.w_rel)
     start, proj = 0, None
-    if cfg.resume and (out / "last.pt").exists():
+    if resuming(out / "last.pt", cfg.resume):
         start = resume(out / "last.pt", student, opt, cfg, rng)
         proj = TeacherProjection(teacher.dim, cfg.dim)
         ck = torch.load(out / "last.pt", weights_only=True)

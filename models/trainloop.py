@@ -78,6 +78,15 @@ def check_config(cfg, at_least: dict[str, float] | None = None, shares: tuple[st
         raise ValueError(f"{flag(severity)}: expected a severity 1..5, got {getattr(cfg, severity)}")
 
 
+def resuming(saved: Path, resume: bool) -> bool:
+    """Whether to continue from `saved` (a run's last.pt or samples): with --resume and the file
+    there. Without --resume an existing one is replaced as the run goes, which is said, not silent:
+    re-running a crashed stage's command started it over."""
+    if saved.exists() and not resume:
+        log.warning("%s exists: this run starts over and replaces it (--resume continues from it)", saved)
+    return resume and saved.exists()
+
+
 def out_dir(path: str) -> Path:
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)

@@ -87,3 +87,16 @@ def test_tracker_max_minutes_0_is_no_budget(tmp_path):
     last = T.train(T.TrainConfig(synth_steps=3, real_steps=0, batch=1, clip_frames=3, max_minutes=0, threads=1,
                                  out=str(tmp_path)))
     assert load_checkpoint(last)["step"] == 3
+
+
+def test_a_run_that_replaces_an_earlier_one_says_so(tmp_path, caplog):
+    """Re-running a crashed stage's command without --resume started it over in silence."""
+    from vsdmot.models.trainloop import resuming
+
+    saved = tmp_path / "last.pt"
+    assert not resuming(saved, True) and not resuming(saved, False) and caplog.text == ""
+    saved.write_bytes(b"x")
+    assert resuming(saved, True) and caplog.text == ""
+    with caplog.at_level("WARNING", logger="vsdmot.models.trainloop"):
+        assert not resuming(saved, False)
+    assert "last.pt exists: this run starts over and replaces it (--resume continues from it)" in caplog.text
