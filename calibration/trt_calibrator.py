@@ -75,16 +75,18 @@ def read_cache_or_none(cache: str | os.PathLike, stamp: CacheStamp) -> bytes | N
 
 
 def make_entropy_calibrator(feeds: Sequence[Mapping[str, np.ndarray]], cache: str | os.PathLike, stamp: CacheStamp):
-    """A `tensorrt.IInt8EntropyCalibrator2` over `feeds` (batch 1), its cache stamped with `stamp`."""
-    import pycuda.autoinit  # noqa: F401  (creates the CUDA context)
-    import pycuda.driver as cuda
+    """A `tensorrt.IInt8EntropyCalibrator2` over `feeds` (batch 1), its cache stamped with `stamp`.
+    Device buffers through runtime.cuda (cuda-python or pycuda, whichever the device has; it was
+    pycuda only); each input keeps its feed's dtype. `close()` frees them."""
     import tensorrt as trt
+
+    from vsdmot.runtime.cuda import _CudaRuntime
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):
             super().__init__()
-            self.i, first = 0, feeds[0]
-            self.buffers = {k: cuda.mem_alloc(np.ascontiguousarray(v, np.float32).nbytes) for k, v in first.items()}
+            self.i, self.cuda = 0, _CudaRuntime()
+            self.buffers = {k: self.cuda.alloc(np.ascontiguousarray(v).nbytes) for k, v in feeds[0].items()}
 
         def get_batch_size(self) -> int:
             return 1
@@ -93,8 +95,10 @@ def make_entropy_calibrator(feeds: Sequence[Mapping[str, np.ndarray]], cache: st
             if self.i >= len(feeds):
                 return None
             feed, self.i = feeds[self.i], self.i + 1
+            host = {k: np.ascontiguousarray(feed[k]) for k in names}  # alive until the copies finish
             for k in names:
-                cuda.memcpy_htod(self.buffers[k], np.ascontiguousarray(feed[k], np.float32))
+                self.cuda.copy_in(self.buffers[k], host[k])
+            self.cuda.sync()
             return [int(self.buffers[k]) for k in names]
 
         def read_calibration_cache(self):
@@ -102,6 +106,12 @@ def make_entropy_calibrator(feeds: Sequence[Mapping[str, np.ndarray]], cache: st
 
         def write_calibration_cache(self, data) -> None:
             write_cache(cache, stamp, bytes(data))
+
+        def close(self) -> None:
+            for ptr in self.buffers.values():
+                self.cuda.free(ptr)
+            self.buffers = {}
+            self.cuda.close()
 
     return EntropyCalibrator()
 
@@ -130,8 +140,10 @@ def build_legacy_int8_engine(onnx_path: str | os.PathLike, feeds: Sequence[Mappi
     config.set_flag(trt.BuilderFlag.FP16)  # layers without an INT8 kernel (or slower in INT8) run FP16, not FP32,
     calibrator = make_entropy_calibrator(feeds, cache, stamp)  # held here: TensorRT keeps no Python
     config.int8_calibrator = calibrator  # reference, and a collected calibrator crashes the build
-    engine = builder.build_serialized_network(network, config)
-    del calibrator
+    try:
+        engine = builder.build_serialized_network(network, config)
+    finally:
+        calibrator.close()  # its device buffers
     if engine is None:
         raise DeviceError(f"TensorRT failed to build a legacy INT8 engine for {onnx_path}")
     return bytes(engine), stamp

@@ -95,8 +95,10 @@ def _stand_ins(monkeypatch, built: dict) -> None:
         MemoryPoolType=types.SimpleNamespace(WORKSPACE=0), BuilderFlag=types.SimpleNamespace(INT8="INT8", FP16="FP16"))
     trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity: None})
     device = types.SimpleNamespace(name=lambda: "Orin", compute_capability=lambda: (8, 7), get_attribute=lambda a: 8)
-    driver = types.SimpleNamespace(mem_alloc=lambda nbytes: 4096, memcpy_htod=lambda dst, src: None,
-                                   Device=lambda i: device, get_driver_version=lambda: 12020,
+    stream = types.SimpleNamespace(synchronize=lambda: built.__setitem__("synced", built.get("synced", 0) + 1),
+                                   handle=1)
+    driver = types.SimpleNamespace(mem_alloc=lambda nbytes: 4096, memcpy_htod_async=lambda dst, src, s: None,
+                                   Stream=lambda: stream, Device=lambda i: device, get_driver_version=lambda: 12020,
                                    device_attribute=types.SimpleNamespace(MULTIPROCESSOR_COUNT=16))
     pycuda = types.ModuleType("pycuda")
     pycuda.driver = driver
@@ -126,6 +128,34 @@ def test_legacy_engine_is_int8_with_fp16_fallback_and_stamps_its_cache(tmp_path,
     assert built["batches"] == 0  # the stamped cache was read back
 
 
+def test_the_legacy_calibrator_runs_on_cuda_python_alone(tmp_path, monkeypatch):
+    """JetPack's pinned cuda-python without pycuda: the calibrator imported pycuda.autoinit and
+    failed there. Its buffers now go through runtime.cuda, and are freed after the build."""
+    built: dict = {}
+    _stand_ins(monkeypatch, built)
+    calls: list = []
+    rt = types.SimpleNamespace(
+        cudaStreamCreate=lambda: (0, 7), cudaStreamDestroy=lambda st: calls.append("destroy") or (0,),
+        cudaStreamSynchronize=lambda st: calls.append("sync") or (0,),
+        cudaGetDeviceProperties=lambda i: (0, types.SimpleNamespace(name=b"Orin\0", major=8, minor=7,
+                                                                      multiProcessorCount=8)),
+        cudaDriverGetVersion=lambda: (0, 12020), cudaMalloc=lambda n: calls.append(("malloc", n)) or (0, 4096),
+        cudaMemcpyAsync=lambda dst, src, n, kind, st: calls.append(("copy", n)) or (0,),
+        cudaMemcpyKind=types.SimpleNamespace(cudaMemcpyHostToDevice=1), cudaFree=lambda ptr: calls.append("free") or (0,))
+    cuda, bindings = types.ModuleType("cuda"), types.ModuleType("cuda.bindings")
+    cuda.bindings, bindings.runtime = bindings, rt
+    for name, module in {"cuda": cuda, "cuda.bindings": bindings, "cuda.bindings.runtime": rt, "pycuda": None,
+                         "pycuda.autoinit": None, "pycuda.driver": None}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    onnx = tmp_path / "tracker.onnx"
+    onnx.write_bytes(b"onnx")
+    feeds = [{"images": np.zeros((1, 3, 8, 8), np.float32)} for _ in range(2)]
+    plan, stamp = build_legacy_int8_engine(onnx, feeds, tmp_path / "c" / "t.calib")
+    assert plan == b"PLAN" and built["batches"] == 2 and stamp.gpu == "Orin (sm_87, 8 SMs, driver 12020)"
+    assert calls.count(("copy", 768)) == 2 and calls.count("sync") == 2  # 1x3x8x8 float32 each batch
+    assert calls[-2:] == ["free", "destroy"]  # nothing left on the device
+
+
 def _tiny_conv_onnx(path) -> None:
     """1x3x32x32 -> Conv 3x3 (8 channels) -> Relu: enough for TensorRT to calibrate and build."""
     import onnx
@@ -141,12 +171,15 @@ def _tiny_conv_onnx(path) -> None:
 
 @pytest.mark.gpu
 def test_entropy_calibrator_builds_an_engine(tmp_path):
-    """On a device with TensorRT < 10.1 and pycuda (JetPack 5): a real calibration and build."""
+    """On a device with TensorRT < 10.1 (JetPack 6.0) and cuda-python or pycuda: a real calibration and build."""
     try:
-        import pycuda.autoinit  # noqa: F401
         import tensorrt as trt
-    except Exception as e:  # ImportError, or pycuda failing without libcuda
-        pytest.skip(f"needs TensorRT (< 10.1 for the legacy path) and a CUDA GPU with pycuda: {e}")
+
+        from vsdmot.runtime.cuda import cuda_device
+
+        cuda_device()
+    except Exception as e:  # ImportError, or CUDA failing without a GPU
+        pytest.skip(f"needs TensorRT (< 10.1 for the legacy path) and a CUDA GPU with cuda-python or pycuda: {e}")
     if tuple(int(x) for x in trt.__version__.split(".")[:2]) >= (10, 1):
         pytest.skip(f"TensorRT {trt.__version__} uses the Q/DQ path; the legacy calibrator is for < 10.1")
     onnx = tmp_path / "tiny.onnx"
