@@ -415,7 +415,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--demo", action="store_true", help="the shipped demo clip")
     p.add_argument("--report", metavar="DIR", required=True, help="write report.json, report.md and PNG plots here")
     p.add_argument("--bundle", metavar="DIR", help="model bundle (default: the shipped one)")
-    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt", "torch"))
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt", "torch"),
+                   help="auto = TensorRT with a GPU, else onnxruntime; torch = the training reference")
     p.add_argument("--precision", choices=("auto", "fp32", "fp16", "int8"),
                       help="TensorRT engine precision (default auto: int8 for an --int8 bundle, else fp16)")
     p.add_argument("--threads", type=int, help="onnxruntime threads per network (0 = all cores)")
@@ -423,7 +424,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", action="store_true", default=None,
                    help="perceive the next frame while this one is tracked (as run --overlap)")
     p.add_argument("--semantic", choices=("auto", "always", "never"), help="semantic policy (single run)")
-    p.add_argument("--tracker", choices=("e2e", "hybrid", "bytetrack"))
+    p.add_argument("--tracker", choices=("e2e", "hybrid", "bytetrack"), help="tracker (default: the bundle's)")
     p.add_argument("--config", metavar="FILE", help="TOML run config (flags override it)")
     p.add_argument("--duration", type=float, default=30.0, metavar="S", help="steady-state seconds per run (default 30)")
     p.add_argument("--warmup", type=float, default=5.0, metavar="S", help="warm-up seconds discarded (default 5)")
@@ -437,6 +438,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "order and noise)")
     p.add_argument("--power-meter", default=",".join(METER_ORDER), type=meter_list, metavar="LIST",
                    help="meters to try in order (default jtop,ina3221,nvml,rapl; 'none' = no power)")
+    from .run_cmd import add_source_options
+
+    add_source_options(p, loop=False)  # files loop by themselves here
 
 
 def run(args: argparse.Namespace) -> int:

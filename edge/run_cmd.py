@@ -54,9 +54,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto = TensorRT with a GPU, else onnxruntime; torch = the training reference")
     p.add_argument("--semantic", choices=("auto", "always", "never"), help="semantic policy (default auto)")
     p.add_argument("--tracker", choices=("e2e", "hybrid", "bytetrack"), help="tracker (default: the bundle's)")
-    p.add_argument("--camera-motion", choices=("off", "auto", "on"),
-                   help="move the tracks with the camera (hand-held, panning, on a vehicle): auto (default) probes a "
-                        "frame pair in 15 and follows a camera that moves; on estimates every frame (~1 ms)")
     for flag, what in (("mot-out", "MOTChallenge results"), ("jsonl-out", "per-frame JSON lines"),
                        ("video-out", "annotated video (.avi MJPG survives a kill)"), ("stats-out", "run statistics JSON")):
         p.add_argument(f"--{flag}", metavar="FILE", help=what)
@@ -67,15 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="earlier files kept per output, at a restart and at each rotation (default 5)")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     p.add_argument("--config", metavar="FILE", help="TOML run config (flags override it)")
-    cam = p.add_argument_group("camera and source options")
-    cam.add_argument("--width", type=int, help="capture width in pixels")
-    cam.add_argument("--height", type=int, help="capture height in pixels")
-    cam.add_argument("--fps", type=float, help="capture frame rate, or a file's true rate")
-    cam.add_argument("--fourcc", help="capture pixel format, e.g. MJPG or YUYV")
-    cam.add_argument("--loop", action="store_true", default=None, help="replay a file source forever (soak runs)")
-    cam.add_argument("--rotate", type=int, choices=(0, 90, 180, 270), metavar="DEG",
-                     help="turn every frame DEG clockwise (0, 90, 180, 270) for a camera mounted sideways or upside "
-                          "down; outputs are in the turned frame")
+    add_source_options(p)
     tune = p.add_argument_group("tuning")
     tune.add_argument("--threads", type=int, help="onnxruntime threads per network (0 = all cores)")
     tune.add_argument("--spin", action="store_true", default=None,
@@ -88,6 +77,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     service = _service_module()
     if service is not None:
         service.add_run_arguments(p)
+
+
+def add_source_options(p: argparse.ArgumentParser, loop: bool = True) -> None:
+    """How frames are captured and turned: `run`'s, and `profile`'s (which loops files itself), so a
+    camera is profiled in the mode the service runs it."""
+    cam = p.add_argument_group("camera and source options")
+    cam.add_argument("--width", type=int, help="capture width in pixels")
+    cam.add_argument("--height", type=int, help="capture height in pixels")
+    cam.add_argument("--fps", type=float, help="capture frame rate, or a file's true rate")
+    cam.add_argument("--fourcc", help="capture pixel format, e.g. MJPG or YUYV")
+    if loop:
+        cam.add_argument("--loop", action="store_true", default=None, help="replay a file source forever (soak runs)")
+    cam.add_argument("--rotate", type=int, choices=(0, 90, 180, 270), metavar="DEG",
+                     help="turn every frame DEG clockwise (0, 90, 180, 270) for a camera mounted sideways or upside "
+                          "down; outputs are in the turned frame")
+    cam.add_argument("--camera-motion", choices=("off", "auto", "on"),
+                     help="move the tracks with the camera (hand-held, panning, on a vehicle): auto (default) probes "
+                          "a frame pair in 15 and follows a camera that moves; on estimates every frame (~1 ms)")
 
 
 def _service_module():
