@@ -1,8 +1,9 @@
 """Measure steady-state latency, FPS and energy, and write a report: `vsdmot-edge profile`.
 
-    vsdmot-edge profile (--source PATH | --demo) [--bundle DIR] [--duration S] [--warmup S]
+    vsdmot-edge profile (--source PATH | --camera DEV | --demo) [--bundle DIR] [--duration S] [--warmup S]
         [--idle S] --report DIR [--semantic auto|always|never]
         [--compare-semantic auto,always | --compare-bundle DIR_A,DIR_B] [--rounds N] [--power-meter LIST]
+        [--width W --height H --fps F --fourcc CC --rotate DEG --camera-motion M]   # as `run`
 
 Per run: warm up (frames in the first --warmup seconds are not counted), then measure for
 --duration seconds. A file source is replayed if it ends early. Reported: per-stage latency
