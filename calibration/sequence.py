@@ -49,6 +49,8 @@ STORAGES = ("png", "ffv1")
 
 def _states(preset: str | None, severity: int | None, schedule: str | None, n: int, fps: float, seed: int) -> tuple[str, list[FrameState]]:
     """(name suffix, one state per frame) for either a fixed preset or a named schedule."""
+    if preset is not None and preset not in TABLE:  # named first: `--preset fog` alone said only "expected either"
+        check(preset, 1)
     if (schedule is None) == (preset is None) or (preset is None) != (severity is None):
         raise ValueError("degraded sequence: expected either --preset NAME --severity S, or --schedule NAME "
                          f"(got preset={preset!r}, severity={severity!r}, schedule={schedule!r})")

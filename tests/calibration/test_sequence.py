@@ -162,6 +162,7 @@ def test_refuses_to_replace_a_foreign_folder(mot17_dir, tmp_path, monkeypatch):
         (dict(preset="jpeg", severity=2, schedule="mixed"), "expected either"),
         (dict(), "expected either"),
         (dict(preset="fog", severity=2), "unknown degradation preset 'fog'"),
+        (dict(preset="fog"), "unknown degradation preset 'fog'"),  # before the missing severity
         (dict(schedule="calm"), "unknown schedule 'calm'"),
     ],
 )
