@@ -375,4 +375,3 @@ def mean_watts(samples: list[PowerSample]) -> float | None:
     area = sum((b.t - a.t) * (a.total_w + b.total_w) / 2 for a, b in zip(samples, samples[1:]))
     span = samples[-1].t - samples[0].t
     return area / span if span > 0 else samples[0].total_w
-

@@ -469,4 +469,3 @@ def power_text(e: dict[str, Any]) -> str:
     if "mean_w" in e:
         return f", {e['mean_w']} W ({e.get('net_joules_per_frame', e['joules_per_frame'])} J/frame)"
     return f", power: {e['note']}" if e.get("metered") else ", no power meter"
-

@@ -75,4 +75,3 @@ def export_onnx(model: Detector, path: str | Path) -> Path:
 
     s = model.cfg.input_size
     return export(model, {"images": (1, 3, s, s)}, ["output", "embed"], path)
-

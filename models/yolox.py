@@ -176,4 +176,3 @@ class YoloxNano(nn.Module):
         outs, feats = zip(*(self.head.level(k, f) for k, f in enumerate(self.backbone(images))))
         output = torch.cat([o.flatten(2) for o in outs], 2).permute(0, 2, 1)  # (B, A, 5+C)
         return output, list(feats)
-

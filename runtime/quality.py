@@ -166,4 +166,3 @@ class QualityGate:
             "features": list(self.features_used), "mean": self.mean.tolist(), "std": self.std.tolist(),
             "layers": [{"W": w.tolist(), "b": b.tolist()} for w, b in self.layers],
         }
-
