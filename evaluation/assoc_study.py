@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundle-dswr", action="store_true", help="with --weights: w from the bundle's DSWR, not the head's")
     ap.add_argument("--json", type=Path, default=None)
     ap.set_defaults(func=lambda a: _run(ap, a))
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # before run_main: its own logging setup is then a no-op
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # first: run_main's setup then keeps it
     return run_main(ap, argv)  # bad input: one line and exit 2, not a traceback
 
 

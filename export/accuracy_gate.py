@@ -250,7 +250,7 @@ def _track_and_score(bundle_dir: Path, seq: str, cond: str, cfg: GateConfig, cac
     src, condition = data_root(cfg) / name, parse_condition(cond)
     seq_dir = prepare_sequence(src, condition, cache / "sequences", cfg.seed, progress=False, frames=window)
     span = f"_{window[0]}-{window[1]}" if window else ""  # 401-600 and 601-795 are different tracks
-    frames = _cache_key(src, condition, cfg.seed)  # the source's files, the condition and its seed (a window's images are the same)
+    frames = _cache_key(src, condition, cfg.seed)  # source files, condition, seed (a window's images are the same)
     tracks = f"{fingerprint(_content_id(bundle_dir), frames)[:16]}-{runtime_code_id()}"  # same bundle, frames, code
     res = cache / "results" / tracks / cond / f"{name}{span}.txt"
     if not res.is_file():

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     _bundle_arguments(p.add_argument_group("the bundle"))
     _int8_arguments(p.add_argument_group("INT8 and pruning"))
     _gate_arguments(p.add_argument_group("the accuracy gate (against the FP32 reference, on held-out frames)"))
-    p.add_argument("--work-dir", default="", metavar="DIR", help="intermediates, reused by a re-run (default $VSDMOT_EXPORT_CACHE or ~/.cache/vsdmot/export, "
+    p.add_argument("--work-dir", default="", metavar="DIR",
+                   help="intermediates, reused by a re-run (default $VSDMOT_EXPORT_CACHE or ~/.cache/vsdmot/export, "
                    "then <out name>-<hash of the out path>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -94,8 +95,8 @@ def _int8_arguments(g) -> None:
     g.add_argument("--method", choices=["minmax", "entropy", "percentile", "auto"], default=DEFAULT_METHOD,
                    help=f"INT8 calibration method; auto picks by the gate's HOTA (default {DEFAULT_METHOD})")
     g.add_argument("--calib-quality", choices=["auto", "gate", "proxy"], default="auto",
-                   help="stratify calibration frames by the bundle's quality gate (gate) or by degradation severity (proxy); "
-                   "default auto: the gate, whose quality.json every checkpoint has")
+                   help="stratify calibration frames by the bundle's quality gate (gate) or by degradation severity "
+                   "(proxy); default auto: the gate, whose quality.json every checkpoint has")
     g.add_argument("--keep-fp32", nargs="+", default=[], metavar="NET", choices=NETWORKS,
                    help="networks that stay FP32 in an --int8 bundle (e.g. detector: near-camera scenes lost "
                    "detections in INT8 here, see docs/export_measurements.md 'Unseen degradations')")

@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val", action="store_true", help="train-side validation: PETS 541-600 (TRAIN caches, seed 0)")
     ap.add_argument("--json", default=None, help="also write the rows here")
     ap.set_defaults(func=lambda a: _run(ap, a))
-    logging.basicConfig(level=logging.INFO)  # before run_main: its own logging setup is then a no-op
+    logging.basicConfig(level=logging.INFO)  # first: run_main's setup then keeps it
     return run_main(ap, argv)  # bad input: one line and exit 2, not a traceback
 
 

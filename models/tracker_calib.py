@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--semantic", default="never", choices=("never", "auto", "always"),
                     help="feed the shipped gate's q and student's vectors (w from the head's learned DSWR)")
     ap.set_defaults(func=lambda a: _run(ap, a))
-    logging.basicConfig(level=logging.INFO)  # before run_main: its own logging setup is then a no-op
+    logging.basicConfig(level=logging.INFO)  # first: run_main's setup then keeps it
     return run_main(ap, argv)  # bad input: one line and exit 2, not a traceback
 
 

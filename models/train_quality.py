@@ -148,7 +148,9 @@ def _resumed_samples(path: Path, key: dict) -> dict[str, np.ndarray]:
 def collect(cfg: QualityTrainConfig, out: Path) -> dict[str, np.ndarray]:
     """X (N, F), y (N,), source (N,) — saved to out/samples.npz every 10 frames (resumable)."""
     path, key = out / "samples.npz", samples_key(cfg)
-    old = _resumed_samples(path, key) if resuming(path, cfg.resume) else {"X": np.zeros((0, len(FEATURES)), np.float32), "y": np.zeros(0, np.float32), "source": np.zeros(0, "U32"), "done": np.zeros(0, "U32")}
+    old = _resumed_samples(path, key) if resuming(path, cfg.resume) else {
+        "X": np.zeros((0, len(FEATURES)), np.float32), "y": np.zeros(0, np.float32), "source": np.zeros(0, "U32"),
+        "done": np.zeros(0, "U32")}
     frames = load_pets(Path(cfg.data), last=cfg.pets_last, every=cfg.pets_every) + (load_mot17(Path(cfg.data)) if cfg.mot17 else [])
     detect, deg = _detect_fn(cfg.detector, cfg.threads, cfg.score_thr), degrade_fn()
     X, y, src, done = list(old["X"]), list(old["y"]), list(old["source"]), set(old["done"].tolist())

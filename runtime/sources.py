@@ -79,7 +79,7 @@ class VideoFileSource:
         self.frame_count = int(_positive(self._cap.get(cv2.CAP_PROP_FRAME_COUNT)))
         self._started = False
         self._note_sar()
-        if rot := int(_positive(self._cap.get(cv2.CAP_PROP_ORIENTATION_META))) % 360:  # OpenCV turns such frames upright
+        if rot := int(_positive(self._cap.get(cv2.CAP_PROP_ORIENTATION_META))) % 360:  # OpenCV turned them upright
             log.info("video %s: turned by its rotation metadata to %dx%d frames (if people now lie on their side, "
                      "the metadata is wrong: --rotate %d undoes it)", self.path, self._first.shape[1],
                      self._first.shape[0], (360 - rot) % 360)

@@ -227,7 +227,7 @@ class YoloxDetector:
         cheaper = bigger is not None and bigger[0] * bigger[1] <= size[0] * size[1]  # larger people for less work
         if warning := shrink_warning(frame_hw, size, precision=precision):
             log_once(log.name, logging.WARNING, warning)
-        elif not cheaper and (hint := padding_hint(frame_hw, size, precision=precision)):  # else a cut keeping people tiny
+        elif not cheaper and (hint := padding_hint(frame_hw, size, precision=precision)):  # a cut keeping people tiny
             log_once(log.name, logging.INFO, hint)
         if hint := detail_hint(frame_hw, size, precision=precision):
             log_once(log.name, logging.INFO, hint)
