@@ -140,17 +140,18 @@ def check_unclaimed(path: Path, kind: str) -> None:
 
 
 def rotate_previous(path: Path, keep: int) -> Path | None:
-    """Move a non-empty `path` aside to `path.YYYYmmddTHHMMSSZ` (its mtime, UTC) so a restart
+    """Move a non-empty `path` aside to `path.YYYYmmddTHHMMSSZ` (its mtime, UTC; or the newest kept
+    file's stamp with -n when that is not later, so the order is the order of moving) so a restart
     (systemd after a watchdog kill) never truncates what an earlier run wrote; keep the newest
     `keep` such files. keep=0 just replaces the file. Returns where the old file went."""
     if keep <= 0 or not path.is_file() or path.stat().st_size == 0:
         return None
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(path.stat().st_mtime))
+    stamp, kept = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(path.stat().st_mtime)), kept_files(path)
     target = path.with_name(f"{path.name}.{stamp}")
-    same = [_age(p, path)[1] for p in kept_files(path) if _age(p, path)[0] == stamp]
-    if same:  # several in one second (rotation by size): NAME.STAMP-1, -2, ..., after the newest, even
-        target = path.with_name(f"{path.name}.{stamp}-{max(same) + 1}")  # if older ones were deleted
-    os.replace(path, target)
+    if kept and _age(kept[-1], path) >= (stamp, 0):  # several in one second (rotation by size), or a clock that
+        newest, n = _age(kept[-1], path)  # went back (a Jetson without RTC battery, booted offline): the file moved
+        target = path.with_name(f"{path.name}.{newest}-{n + 1}")  # last sorts last, so pruning keeps it
+    os.rename(path, target)  # the name is new: nothing is overwritten
     log.info("kept the previous %s as %s", path, target.name)
     for old in kept_files(path)[:-keep]:
         old.unlink(missing_ok=True)
@@ -164,7 +165,7 @@ def kept_files(path: Path) -> list[Path]:
     """The files `rotate_previous` moved `path` to, oldest first (NAME.STAMP, then NAME.STAMP-1, -2, ...;
     -10 after -9, which a plain name sort gets wrong). Only names of exactly that form: a user's
     `mot.txt.2025-backup` or `mot.txt.2nd-camera` beside `mot.txt` is neither counted nor deleted."""
-    kept = [p for p in path.parent.glob(f"{glob.escape(path.name)}.2*")
+    kept = [p for p in path.parent.glob(f"{glob.escape(path.name)}.[0-9]*")  # 1970 too: a clock never set
             if _KEPT_SUFFIX.fullmatch(p.name[len(path.name):])]
     return sorted(kept, key=lambda p: _age(p, path))
 

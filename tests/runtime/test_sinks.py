@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from vsdmot.runtime.mot import read_rows
-from vsdmot.runtime.sinks import JsonlSink, MotSink, SinkError, kept_files, open_sinks
+from vsdmot.runtime.sinks import JsonlSink, MotSink, SinkError, kept_files, open_sinks, rotate_previous
 from vsdmot.runtime.stats_sink import LatencyHistogram, StatsSink
 from vsdmot.runtime.video_sink import VideoSink, annotate, track_colour
 from vsdmot.runtime.types import Detections, FrameResult
@@ -92,6 +93,24 @@ def test_kept_files_sort_ten_rotations_in_one_second(tmp_path):
     for n in reversed(names):
         (tmp_path / n).write_text("x")
     assert [p.name for p in kept_files(tmp_path / "m.txt")] == names
+
+
+@pytest.mark.parametrize("mtime", ["2018-01-28 12:00", "1970-01-01 00:20"])
+def test_a_file_written_while_the_clock_was_behind_is_kept_as_the_newest(tmp_path, mtime):
+    """A Jetson without an RTC battery boots offline: its file's mtime sorted before the kept ones,
+    so it was deleted the moment it was moved aside (2018), or never counted (1970)."""
+    import calendar
+
+    path = tmp_path / "m.txt"
+    for k in range(3):
+        (tmp_path / f"m.txt.2026010{k + 1}T000000Z").write_text("older")
+    path.write_text("the run before this one\n")
+    t = calendar.timegm(time.strptime(mtime, "%Y-%m-%d %H:%M"))
+    os.utime(path, (t, t))
+    target = rotate_previous(path, keep=3)
+    kept = kept_files(path)
+    assert kept[-1] == target and target.name == "m.txt.20260103T000000Z-1" and len(kept) == 3
+    assert target.read_text() == "the run before this one\n"
 
 
 def test_rotation_never_counts_or_deletes_a_users_own_files(tmp_path):
