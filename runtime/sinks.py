@@ -353,4 +353,12 @@ def open_sinks(mot_out: str = "", jsonl_out: str = "", video_out: str = "", stat
             if s is not None:
                 s._drop_claim()
         raise
-    return sinks + [s for s in late if s is not None]
+    late = [s for s in late if s is not None]
+    try:
+        for s in late:  # every output opened: the previous run's video and stats go aside now too
+            s.start()
+    except BaseException:
+        for s in sinks + late:
+            s.close()
+        raise
+    return sinks + late

@@ -84,7 +84,7 @@ class StatsSink(_SinkBase):
                  source_stats: Callable[[], Any] | None = None, meta: Mapping[str, Any] | None = None,
                  keep_previous: int = 5, video: Any = None):
         self.path = Path(path)
-        self.keep_previous = keep_previous  # an earlier run's file is moved aside at the first write (0: replaced)
+        self.keep_previous = keep_previous  # an earlier run's file goes aside at start() (0: replaced)
         self._fresh = True  # nothing written by this sink yet
         check_writable(self.path, "stats sink", stream_ok=False)  # its first write comes seconds (or a whole run) later
         self._take_claim(self.path, "stats sink")
@@ -97,6 +97,12 @@ class StatsSink(_SinkBase):
         self._t_first = self._t_last = self._t_flush = time.monotonic()
         self._closed = False
         self.video = video  # the run's VideoSink, whose dropped frames the file counts
+
+    def start(self) -> None:
+        """Move the previous run's file aside and write this run's first snapshot (frames 0): once
+        every output has opened (open_sinks), not at the first periodic write, after which a run
+        killed in its first seconds left the previous run's file looking like this one's."""
+        self.flush()
 
     def write(self, result: FrameResult, image: np.ndarray | None = None) -> None:
         now = time.monotonic()

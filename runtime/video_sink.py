@@ -108,6 +108,12 @@ class VideoSink(_SinkBase):
                 self._drop_claim()
                 raise
 
+    def start(self) -> None:
+        """Move the previous run's video aside once every output has opened (open_sinks), as the text
+        sinks do: the encoder itself opens at the first frame, whose size it takes."""
+        if self._writer is None:
+            rotate_previous(self.path, self.keep_previous)
+
     def _open(self, size: tuple[int, int]) -> None:
         self.frame_size = (int(size[0]), int(size[1]))
         self._writer = self._new_writer()

@@ -585,6 +585,25 @@ def test_a_refused_open_frees_the_paths_it_claimed(tmp_path, monkeypatch):
         s.close()
 
 
+def test_a_run_killed_before_its_first_frame_leaves_no_earlier_run_in_place(tmp_path):
+    """The MOT and JSONL files were new at open, but stats.json (first written after 5 s) and the
+    video (opened at the first frame) were still the previous run's: a crash loop of short runs
+    showed an old `final: true` stats file beside this run's outputs."""
+    paths = {"mot_out": str(tmp_path / "m.txt"), "video_out": str(tmp_path / "v.avi"), "stats_out": str(tmp_path / "s.json")}
+    sinks = open_sinks(**paths)
+    for i in (1, 2):
+        for s in sinks:
+            s.write(make_result(i), np.zeros((48, 64, 3), np.uint8))
+    for s in sinks:
+        s.close()
+    again = open_sinks(**paths)  # killed here: nothing closed
+    assert json.loads((tmp_path / "s.json").read_text())["frames"] == 0
+    assert not (tmp_path / "v.avi").exists() and len(kept_files(tmp_path / "v.avi")) == 1
+    assert json.loads(kept_files(tmp_path / "s.json")[0].read_text())["frames"] == 2
+    for s in again:
+        s.close()
+
+
 def test_a_refused_stats_path_frees_the_video_claim(tmp_path):
     """The video sink claimed its path before the stats sink was refused, and kept the claim."""
     held = StatsSink(tmp_path / "s.json")
