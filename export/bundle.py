@@ -14,12 +14,15 @@ the gate's verdict (and whether it was forced). `manifest_sha256` seals it (runt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,18 +191,34 @@ def check_replaceable(out: Path) -> None:
                              "the whole directory, so it refuses: move them, or choose a new directory")
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP wait until the block ends (then act as usual): for steps that must
+    not stop halfway. Only the main thread receives them, so elsewhere this holds nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def _replace(stage: Path, out: Path) -> None:
     """Atomically swap `stage` into `out`; refuse to delete a directory that is not a bundle."""
     if out.exists():
         check_replaceable(out)
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
         try:
-            os.replace(stage, out)
-        except BaseException:
-            if not out.exists():  # the previous bundle goes back (else another export published there)
-                os.replace(old, out)
-            raise
+            with signals_held():  # a SIGTERM between the two renames left --out missing
+                os.replace(out, old)
+                try:
+                    os.replace(stage, out)
+                except BaseException:
+                    if not out.exists():  # the previous bundle goes back (else another export published there)
+                        os.replace(old, out)
+                    raise
         finally:
             if out.exists():  # never delete the previous bundle while --out is empty
                 shutil.rmtree(old, ignore_errors=True)

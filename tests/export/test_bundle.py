@@ -52,6 +52,30 @@ def test_the_previous_bundle_is_never_deleted_while_out_is_empty(tmp_path, monke
     assert (old / "manifest.json").read_text() == OLD
 
 
+def test_a_sigterm_between_the_two_renames_waits_until_out_is_whole(tmp_path, monkeypatch):
+    """SIGTERM (vsdmot-export turns it into exit 143) just after the previous bundle was moved
+    aside: --out was missing, the previous bundle hidden in .b.old-PID."""
+    import signal
+
+    from vsdmot.export.cli import terminate_as_exit
+
+    out, stage = tmp_path / "b", tmp_path / ".b.staging-1"
+    for d, text in ((out, OLD), (stage, NEW)):
+        d.mkdir()
+        (d / "manifest.json").write_text(text)
+    real = os.replace
+
+    def terminated_after_the_first(src, dst):
+        real(src, dst)
+        if str(src) == str(out):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(os, "replace", terminated_after_the_first)
+    with pytest.raises(SystemExit), terminate_as_exit():
+        bundle.publish(stage, out, {"passed": True})
+    assert (out / "manifest.json").exists() and not list(tmp_path.glob(".b.old-*"))  # whole, and nothing hidden
+
+
 def test_what_a_killed_export_left_is_swept_at_the_next_start(tmp_path):
     """A SIGKILL left `.OUT.staging-PID` (a sealed, loadable bundle) forever, and one between the
     two renames left --out missing with the previous bundle hidden in `.OUT.old-PID`."""
