@@ -146,11 +146,16 @@ def check_output_paths(cfg, config_path: str | None = None) -> None:
     source or the config: a sink replaces or moves its file aside, so the input would be lost."""
     outputs = {f"--{name.replace('_', '-')}": getattr(cfg.sinks, name) for name in cfg.sinks.PATHS}
     inputs = {"--source": cfg.source.source, "--config": config_path or ""}
+    bundle = Path(cfg.pipeline.bundle).resolve() if cfg.pipeline.bundle else None
     seen: dict[Path, str] = {}
     for flag, path in outputs.items():
         if not path:
             continue
         real = Path(path).resolve()
+        folder = Path(path).absolute().parent.resolve()  # the file itself may be a link out of the bundle
+        if bundle is not None and (folder == bundle or bundle in folder.parents):  # next start: hash mismatch
+            raise ValueError(f"run: {flag} {path} is inside the bundle {cfg.pipeline.bundle}; expected a path "
+                             "outside it (the bundle's files are checked at every start)")
         for other, given in inputs.items():
             if given and "://" not in given and Path(given).expanduser().resolve() == real:  # a URL is no file
                 raise ValueError(f"run: {flag} {path} is the {other} file; expected a different path "

@@ -162,6 +162,7 @@ BAD = [  # (what, setup(bundle dir) or None, extra args, exit code, words in the
     ("output is the config", None, ["--demo", "--config", "GOODCONF", "--stats-out", "GOODCONF"], 2, ["is the --config file"]),
     ("unwritable stats", None, ["--demo", "--stats-out", "/dev/null/s.json"], 2, ["--stats-out", "cannot create files in /dev/null"]),
     ("output is a folder", None, ["--demo", "--video-out", "FOLDER"], 2, ["--video-out", "is a folder"]),  # was after the load
+    ("output inside the bundle", None, ["--demo", "--jsonl-out", "INBUNDLE"], 2, ["--jsonl-out", "is inside the bundle"]),
     ("unsupported video container", None, ["--demo", "--video-out", "WEBM"], 2, ["video sink", "'.webm'"]),
 ]
 
@@ -188,7 +189,7 @@ def test_bad_input_one_line_nonzero_and_outputs_kept(what, setup, args, code, wo
     writer.release()
     inputs = {p: p.read_bytes() for p in (clip, good)}
     names = {"BADCONF": conf, "TRUNC": trunc, "CLIP": clip, "MOT": mot, "GOODCONF": good, "TINY": tiny,
-             "WEBM": tmp_path / "a.webm", "FOLDER": tmp_path}
+             "WEBM": tmp_path / "a.webm", "FOLDER": tmp_path, "INBUNDLE": b / "detector.onnx"}
     args = [str(names.get(a, a)) for a in args]
     rc = edge_run("--bundle", b, "--mot-out", mot, "--max-frames", 2, *args)
     err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln.lower()]
