@@ -170,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     check_out(args.out, default_recipe=is_default_recipe(cfg, args.checkpoint))
+    check_work_dir(Path(cfg.work_dir) if cfg.work_dir else None, args.out)
     check_calib_paths(cfg.calib)
     check_gate_data(cfg)
     if cfg.engine_cache:  # written at the end (legacy engines before publishing): not after minutes of work
@@ -224,6 +225,17 @@ def check_out(out: Path, default_recipe: bool = False) -> None:
         tempfile.TemporaryDirectory(dir=base, prefix=f".{out.name}.probe-").cleanup()
     except OSError as e:
         raise ValueError(f"--out {out}: cannot write in {base} ({e.strerror}); choose a writable location") from None
+
+
+def check_work_dir(work: Path | None, out: Path) -> None:
+    """--work-dir apart from --out: the bundle replaces --out whole, and the intermediates in it made
+    it a folder that is not a bundle, refused only at publish time, after minutes of work."""
+    if work is None:
+        return
+    w, o = work.resolve(), out.resolve()
+    if w == o or o in w.parents or w in o.parents:
+        raise ValueError(f"--work-dir {work} and --out {out}: expected two separate folders (the bundle replaces "
+                         "--out whole; the intermediates stay in --work-dir for a re-run)")
 
 
 @contextmanager

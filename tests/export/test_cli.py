@@ -189,6 +189,15 @@ def test_a_checkpoint_without_quality_json_is_refused(tmp_path, capsys):
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("work", ["b", "b/work", "."])
+def test_work_dir_and_out_must_be_apart(tmp_path, capsys, work):
+    """--out == --work-dir was found at publish time: minutes of work, then 'holds files that are not
+    part of a bundle'."""
+    code = cli.main(["--fp32", "--out", str(tmp_path / "b"), "--work-dir", str(tmp_path / work)])
+    err = capsys.readouterr().err
+    assert code == 2 and "expected two separate folders" in err and not (tmp_path / "b").exists()
+
+
 def test_sigterm_becomes_exit_143_so_cleanup_runs():
     import os
     import signal
