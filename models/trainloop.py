@@ -3,10 +3,13 @@ and resumes, and the run folder (`runs/train/<stage>/`: last.pt, and the final m
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,25 +37,53 @@ def run_steps(step_fn: Callable[[int], dict], start: int, steps: int, max_minute
     speed, so the log names the step and the flags that repeat the run without the budget.
 
     Saves every `save_every` steps and at the end (so a stopped run resumes from its last save).
-    Returns the number of steps completed in total.
+    Ctrl-C or SIGTERM finishes the step in hand, saves, and exits (130 / 143); a second one stops at
+    once. Returns the number of steps completed in total.
     """
     t0, step = time.process_time(), start
     end = min(steps, stop_at) if stop_at else steps
     bar = tqdm(total=end, initial=start, desc=desc, dynamic_ncols=True, mininterval=2.0)
-    while step < end:
-        if max_minutes > 0 and time.process_time() - t0 > max_minutes * 60:
-            log.warning("%s: CPU budget of %.1f min reached at step %d of %d; to repeat this run exactly: "
-                        "--steps %d --stop-at %d --max-minutes 0", desc, max_minutes, step, steps, steps, step)
-            break
-        parts = step_fn(step)
-        step += 1
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.4f}" for k, v in parts.items()}, refresh=False)
-        if save_every > 0 and step % save_every == 0:
-            save_fn(step)
-    bar.close()
-    save_fn(step)
+    with _stop_requests(desc) as stop:
+        while step < end and not stop:
+            if max_minutes > 0 and time.process_time() - t0 > max_minutes * 60:
+                log.warning("%s: CPU budget of %.1f min reached at step %d of %d; to repeat this run exactly: "
+                            "--steps %d --stop-at %d --max-minutes 0", desc, max_minutes, step, steps, steps, step)
+                break
+            parts = step_fn(step)
+            step += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in parts.items()}, refresh=False)
+            if save_every > 0 and step % save_every == 0:
+                save_fn(step)
+        bar.close()
+        save_fn(step)
+    if stop:
+        log.warning("%s: stopped and saved at step %d; the same command with --resume continues from it", desc, step)
+        raise SystemExit(128 + stop[0])
     return step
+
+
+@contextlib.contextmanager
+def _stop_requests(desc: str) -> Iterator[list[int]]:
+    """A list that gets the signal number of a Ctrl-C or SIGTERM (main thread only), so the loop
+    stops between steps instead of losing every step since the last save (up to 50, ~20 min)."""
+    stop: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request(signum, frame):
+        if stop:
+            raise KeyboardInterrupt  # a second request: now, unsaved
+        stop.append(signum)
+        log.warning("%s: finishing this step, then saving (again to stop at once, unsaved)", desc)
+
+    before = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def cosine_lr(opt: torch.optim.Optimizer, base: float | tuple[float, ...], step: int, total: int, warmup: int = 20) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -100,3 +103,24 @@ def test_a_run_that_replaces_an_earlier_one_says_so(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="vsdmot.models.trainloop"):
         assert not resuming(saved, False)
     assert "last.pt exists: this run starts over and replaces it (--resume continues from it)" in caplog.text
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_finishes_the_step_saves_and_exits(signum, caplog):
+    """Both stopped training at once with the last save up to 50 steps back (about 20 min of work):
+    now the step in hand finishes, is saved, and the exit code says which signal."""
+    from vsdmot.models.trainloop import run_steps
+
+    done, saved = [], []
+
+    def step(k):
+        done.append(k)
+        if k == 6:
+            os.kill(os.getpid(), signum)
+        return {"loss": 1.0}
+
+    with pytest.raises(SystemExit) as e, caplog.at_level("WARNING", logger="vsdmot.models.trainloop"):
+        run_steps(step, 0, 100, 0, saved.append, 5, "t")
+    assert e.value.code == 128 + signum and done == list(range(7)) and saved == [5, 7]
+    assert "stopped and saved at step 7; the same command with --resume continues" in caplog.text
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored
