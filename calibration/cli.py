@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vsdmot import __version__
-from vsdmot._cli import Parser, add_log_arguments, run_main
+from vsdmot._cli import Parser, add_log_arguments, run_main, sigterm_exits
 from vsdmot.paths import data_root
 
 DEFAULT_SHEET_INPUT = data_root() / "PETS09-S2L1"
@@ -101,9 +101,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("expected --input SEQ_DIR and --out DIR (with --preset NAME --severity S, or --schedule mixed)")
     from .sequence import write_degraded_sequence  # noqa: PLC0415
 
-    out = write_degraded_sequence(args.input, args.out, preset=args.preset, severity=args.severity,
-                                  schedule=args.schedule, seed=args.seed, progress=not args.no_progress,
-                                  storage=args.storage)
+    with sigterm_exits("vsdmot-degrade: terminated; nothing written to --out"):  # its temp folder is removed
+        out = write_degraded_sequence(args.input, args.out, preset=args.preset, severity=args.severity,
+                                      schedule=args.schedule, seed=args.seed, progress=not args.no_progress,
+                                      storage=args.storage)
     print(out)
     return 0
 

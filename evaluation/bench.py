@@ -178,8 +178,9 @@ def prepare_sequence(src: Path, cond: Condition, cache_dir: Path, seed: int = 0,
             log.info("cache hit %s", out)
             return out
         shutil.rmtree(out, ignore_errors=True)
-        for stale in out.parent.glob(glob.escape(out.name) + ".partial*"):  # killed writers' (the lock is ours)
-            shutil.rmtree(stale, ignore_errors=True)
+        name = glob.escape(out.name)  # killed writers' folders (the lock is ours), and the temp folders
+        for stale in [*out.parent.glob(f"{name}.partial*"), *out.parent.glob(f".{name}.partial*.tmp-*")]:  # inside
+            shutil.rmtree(stale, ignore_errors=True)  # those (write_degraded_sequence's, 139 MB each)
         tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
         try:
             window = {"frames": tuple(frames)} if frames else {}  # a custom writer need not take it

@@ -193,16 +193,24 @@ def check_replaceable(out: Path) -> None:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP wait until the block ends (then act as usual): for steps that must
-    not stop halfway. Only the main thread receives them, so elsewhere this holds nothing."""
+    """SIGINT, SIGTERM and SIGHUP wait until the block ends, then act as they would have: for steps
+    that must not stop halfway. Deferred in Python's handlers, not by a signal mask: the kernel hands
+    a process's signal to any thread that does not block it (tqdm's monitor, onnxruntime's pool),
+    and Python then runs the handler in the main thread all the same. Python handlers can only be
+    set from the main thread, so elsewhere this holds nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+    pending: list[int] = []
+    before = {s: signal.signal(s, lambda signum, frame: pending.append(signum))
+              for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        for s in pending:
+            signal.raise_signal(s)  # now, to the handler it was meant for
 
 
 def _replace(stage: Path, out: Path) -> None:

@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
-import sys
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 from vsdmot import __version__
-from vsdmot._cli import Parser, add_log_arguments, run_main
+from vsdmot._cli import Parser, add_log_arguments, run_main, sigterm_exits
 
 from .bundle import NETWORKS
 from .det_rounds import NEAR_CAMERA_F1
@@ -238,20 +235,10 @@ def check_work_dir(work: Path | None, out: Path) -> None:
                          "--out whole; the intermediates stay in --work-dir for a re-run)")
 
 
-@contextmanager
-def terminate_as_exit() -> Iterator[None]:
-    """SIGTERM (kill, a job scheduler) ends the export through SystemExit(143), so export()'s cleanup
-    removes the staging directory as on Ctrl-C; the default handler killed it and left the staging behind."""
-    def stop(signum, frame):
-        print("vsdmot-export: terminated; finished steps stay in the work directory, re-run to resume",
-              file=sys.stderr)
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def terminate_as_exit():
+    """SIGTERM ends the export through SystemExit(143), so export()'s cleanup removes the staging
+    directory as on Ctrl-C; the default handler killed it and left the staging behind."""
+    return sigterm_exits("vsdmot-export: terminated; finished steps stay in the work directory, re-run to resume")
 
 
 def check_calib_paths(specs) -> None:

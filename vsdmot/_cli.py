@@ -12,10 +12,12 @@ declare both through `add_log_arguments`; `run_main` reads `verbose` and `quiet`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from vsdmot import __version__
 
@@ -105,6 +107,22 @@ def missing_module_hint(name: str) -> str:
     top = name.split(".")[0]
     return f"this command needs the Python package '{top}', which is not installed: " + INSTALL_HINTS.get(
         top, "see the README's install section")
+
+
+@contextlib.contextmanager
+def sigterm_exits(message: str) -> Iterator[None]:
+    """SIGTERM (kill, a job scheduler) ends the block through SystemExit(143) after printing
+    `message`, so cleanups and finally blocks run as on Ctrl-C; the default handler killed the
+    process and left half-written folders behind."""
+    def stop(signum, frame):
+        print(message, file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:

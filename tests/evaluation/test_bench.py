@@ -112,6 +112,7 @@ def test_two_processes_write_one_degraded_copy(tud_dir, tmp_path):
     shutil.copytree(tud_dir, src)
     stale = cache / "TUD-Campus" / "blur-s3-seed0.partial-99999999"
     stale.mkdir(parents=True)
+    (cache / "TUD-Campus" / ".blur-s3-seed0.partial-99999999.tmp-x1y2").mkdir()  # the killed writer's own temp
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_prepare_in_child, args=(src, cache, tmp_path / "log", tmp_path / f"r{i}")) for i in range(2)]
     for p in procs:
