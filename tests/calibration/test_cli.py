@@ -107,3 +107,22 @@ def _tud(tud_dir, n):
     frames = [cap.read()[1] for _ in range(n)]
     cap.release()
     return frames
+
+
+def test_sigterm_removes_the_half_written_copy(pets_dir, tmp_path):
+    """A SIGTERM (kill, a job scheduler) left `.out.tmp-*` behind (about 150 MB each): the default
+    handler ended the process before its cleanup ran."""
+    import signal
+    import time
+
+    out = tmp_path / "deg" / "haze"
+    proc = subprocess.Popen([sys.executable, "-m", "vsdmot.calibration.cli", "--input", str(pets_dir), "--preset",
+                             "haze", "--severity", "3", "--out", str(out), "--no-progress"],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list(out.parent.glob(".haze.tmp-*/img1/*.png")) and time.time() < deadline:  # frames being written
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143 and "terminated" in err
+    assert not out.exists() and list(out.parent.iterdir()) == []
