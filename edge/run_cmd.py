@@ -16,6 +16,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 import threading
 from contextlib import contextmanager
@@ -282,8 +283,23 @@ def make_hooks(args: argparse.Namespace, cfg, source: Any = None, preview: Any =
 
 
 def run(args: argparse.Namespace) -> int:
-    from vsdmot.edge.runner import (SourceStopEvent, drop_note, low_quality_hint, nothing_tracked_hint, pipeline_note,
-                                    run_loop)
+    from vsdmot.edge.runner import drop_note, low_quality_hint, nothing_tracked_hint, pipeline_note
+
+    with _outside_the_loop():
+        summary = _run(args)
+    for hint in (nothing_tracked_hint(summary), low_quality_hint(summary)):
+        if hint:
+            log.warning(hint)
+    print(f"vsdmot-edge run: {summary.frames} frames, {summary.fps:.1f} FPS end to end{pipeline_note(summary)}, "
+          f"semantics {semantic_note(summary.semantic)}, stopped by {summary.stopped_by}"
+          f"{drop_note(summary.source_stats)}",
+          file=sys.stderr)
+    return 0
+
+
+def _run(args: argparse.Namespace):
+    """Config, bundle, source, pipeline and sinks, then the loop: its RunSummary."""
+    from vsdmot.edge.runner import SourceStopEvent, run_loop
     from vsdmot.runtime.pipeline import build_pipeline
     from vsdmot.runtime.sinks import open_sinks
 
@@ -314,14 +330,31 @@ def run(args: argparse.Namespace) -> int:
             pipeline.close()
     finally:
         source.close()
-    for hint in (nothing_tracked_hint(summary), low_quality_hint(summary)):
-        if hint:
-            log.warning(hint)
-    print(f"vsdmot-edge run: {summary.frames} frames, {summary.fps:.1f} FPS end to end{pipeline_note(summary)}, "
-          f"semantics {semantic_note(summary.semantic)}, stopped by {summary.stopped_by}"
-          f"{drop_note(summary.source_stats)}",
-          file=sys.stderr)
-    return 0
+    return summary
+
+
+@contextmanager
+def _outside_the_loop():
+    """Signals before the loop's own handlers are in (loading a bundle, a first TensorRT build: up to
+    minutes) and after: SIGTERM exits 0, as it does mid-run (it was 143, which systemd counts as a
+    failure), and SIGHUP, a reload mid-run, is ignored (it killed the process). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        print("vsdmot-edge run: stopped by SIGTERM before or after its frames", file=sys.stderr)
+        raise SystemExit(0)
+
+    def hold(signum, frame):
+        log.info("SIGHUP outside the run: ignored (the config is read as the run starts)")
+
+    before = {signal.SIGTERM: signal.signal(signal.SIGTERM, stop), signal.SIGHUP: signal.signal(signal.SIGHUP, hold)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def semantic_note(counts: dict) -> str:

@@ -429,3 +429,25 @@ def test_without_onnxruntime_the_run_says_what_to_install():
                          capture_output=True, text=True, timeout=120)
     assert ran.returncode == 1 and "Traceback" not in ran.stderr
     assert "needs the Python package 'onnxruntime'" in ran.stderr.strip().splitlines()[-1]
+
+
+SIGNAL_WHILE_STARTING = """
+import os, sys
+from vsdmot.edge import run_cmd
+from vsdmot.edge.cli import main
+real = run_cmd.open_bundle
+run_cmd.open_bundle = lambda path: (os.kill(os.getpid(), int(sys.argv[1])), real(path))[1]
+sys.exit(main(["run", "--health-listen", "off", "--threads", "1", "--bundle", sys.argv[2], "--demo",
+               "--max-frames", "3", "--mot-out", sys.argv[3]]))
+"""
+
+
+@pytest.mark.parametrize("signum, frames", [(signal.SIGTERM, False), (signal.SIGHUP, True)])
+def test_a_signal_while_the_run_starts(signum, frames, bundle, tmp_path):
+    """Before the loop's handlers are in (a bundle loading, a first TensorRT build): SIGTERM exited
+    143, which systemd counts as a failure, where mid-run it exits 0; SIGHUP (reload) killed it."""
+    mot = tmp_path / "mot.txt"
+    out = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_STARTING, str(int(signum)), str(bundle), str(mot)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert mot.exists() == frames  # SIGTERM: stopped before any output; SIGHUP: ignored, the run went on
