@@ -95,6 +95,15 @@ def test_tampered_set_is_refused(pets, tmp_path):
         load_calibset(cs.path)
 
 
+def test_a_set_is_held_to_its_own_minimum_when_loaded(pets, tmp_path):
+    cs = build_calibset([pets], small_cfg(), tmp_path / "cs", degrade_fn=noisy_blur)  # 40 frames, minimum 40
+    manifest = json.loads((cs.path / "manifest.json").read_text())
+    manifest["config"]["min_frames"] = 50
+    (cs.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="at least 50"):
+        load_calibset(cs.path)
+
+
 def test_quality_gate_scores_when_params_given(pets, tmp_path):
     from vsdmot.runtime.quality import FEATURES
 

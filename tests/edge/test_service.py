@@ -240,6 +240,26 @@ def test_signal_handlers_stop_and_reload(listener):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def test_a_second_sigterm_still_flushes_and_a_second_sigint_aborts(monkeypatch):
+    """systemd repeats SIGTERM on a slow stop: that must not skip the flush; a second Ctrl-C is the
+    user asking to abort."""
+    from vsdmot.edge import runner
+
+    aborted: list[int] = []
+    monkeypatch.setattr(runner, "abort_now", aborted.append)
+    stop = threading.Event()
+    restore = S.install_signal_handlers(stop, None, S.Notifier(None))
+    try:
+        term, intr = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+        term(signal.SIGTERM, None)
+        term(signal.SIGTERM, None)
+        assert stop.is_set() and aborted == []
+        intr(signal.SIGINT, None)
+        assert aborted == [signal.SIGINT]
+    finally:
+        restore()
+
+
 def test_sigterm_inside_a_send_does_not_deadlock(listener):
     """Python runs a signal handler in the main thread between bytecodes, so SIGTERM can arrive
     while that thread is inside Notifier.send (the hook's STATUS or WATCHDOG) holding its lock.

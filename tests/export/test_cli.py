@@ -24,6 +24,8 @@ def test_flags_reach_the_config():
     assert cfg.calib == ("a.mp4", "seq:1-600") and cfg.method == "auto"
     assert cfg.gate.force and cfg.gate.max_hota_drop == 2 and cfg.recover.max_seconds == 30
     assert cfg.gate.max_case_drop == 7 and args("--out", "x").gate.max_case_drop == 5.0
+    assert args("--out", "x").gate.max_hota_drop == 1.0  # the threshold, the documented default
+    assert args("--out", "x").recover.max_seconds == 685.0
     assert args("--min-detection-f1", "0.96", "--out", "x").detection.min_f1 == 0.96
     assert args("--out", "x").detection.min_f1 == 0.0  # the detection rounds are opt-in (docs/export.md)
     assert args("--input-size", "416x256", "--out", "x").input_size == (256, 416)  # W x H in, (H, W) inside

@@ -92,3 +92,17 @@ def test_training_frames_stop_before_the_held_out_ones():
         load_pets(last=PETS_TRAIN_LAST + 1)
     with pytest.raises(ValueError, match="TRAIN frames within 1-600"):
         train_runs(frames=(550, PETS_TRAIN_LAST + 1))
+
+
+def test_training_sees_the_detector_input_the_runtime_makes():
+    """Training's letterbox (square, uint8) must be the runtime's pixel for pixel, pad included: a
+    detector trained on other padding meets other inputs at run time."""
+    import numpy as np
+
+    from vsdmot.models.trainframes import letterbox as train_letterbox
+    from vsdmot.runtime.yolox import letterbox
+
+    img = np.random.default_rng(0).integers(0, 255, (300, 500, 3), np.uint8)
+    boxed, r = train_letterbox(img, 416)
+    tensor, scale = letterbox(img, 416)
+    assert r == scale and np.array_equal(boxed.transpose(2, 0, 1)[None].astype(np.float32), tensor)

@@ -82,6 +82,8 @@ def test_contract_agrees_with_onnxruntime(kind, tiny_onnx):
 BAD_FEEDS = [  # (feed change, words the ValueError must contain)
     ({"image": np.zeros((1, 3, 9, 8), np.float32)}, ["'image'", "(1, 3, 8, 8)", "(1, 3, 9, 8)"]),
     ({"image": np.zeros((1, 3, 8, 8), np.float64)}, ["'image'", "float32", "float64"]),
+    ({"image": np.zeros((1, 3, 8), np.float32)}, ["'image'", "(1, 3, 8, 8)", "(1, 3, 8)"]),  # a rank short: a
+    ({"image": np.zeros((1, 3, 8, 8, 1), np.float32)}, ["'image'", "(1, 3, 8, 8, 1)"]),  # prefix compare passed it
     ({"extra": np.zeros(1, np.float32)}, ["expected inputs", "extra"]),
 ]
 

@@ -132,3 +132,23 @@ def test_engine_cache_key_matches_backend_engine_key():
 def test_engine_cache_key_rejects_bad_input(args, message):
     with pytest.raises(ValueError, match=message):
         engine_cache_key(*args)
+
+
+@pytest.mark.parametrize("drop", ["tensorrt", "gpu", "model_sha256", "calib_id", "cache_sha256"])
+def test_a_stamp_missing_a_field_is_refused(tmp_path, drop):
+    """The one check behind every stamped cache (TensorRT engines, legacy INT8 calibration caches):
+    an old-format stamp that lacks a field, or its sha256, must not pass as this device's."""
+    import hashlib
+
+    from vsdmot.runtime.bundle import read_stamped
+    from vsdmot.runtime.errors import DeviceError
+
+    data, want = b"calibration-table", {"tensorrt": "8.6.2", "gpu": "Orin", "model_sha256": "ab" * 32, "calib_id": "c1"}
+    cache, stamp = tmp_path / "t.calib", tmp_path / "t.calib.stamp.json"
+    cache.write_bytes(data)
+    full = {**want, "cache_sha256": hashlib.sha256(data).hexdigest()}
+    stamp.write_text(json.dumps(full))
+    assert read_stamped(cache, stamp, want, "cache_sha256", "cache") == data
+    stamp.write_text(json.dumps({k: v for k, v in full.items() if k != drop}))
+    with pytest.raises(DeviceError, match="refusing"):
+        read_stamped(cache, stamp, want, "cache_sha256", "cache")

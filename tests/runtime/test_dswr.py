@@ -14,6 +14,7 @@ def test_weight_is_monotone_non_increasing_and_bounded(params):
     w = np.array([d.weight(q) for q in np.linspace(-0.2, 1.2, 141)])
     assert np.all(np.diff(w) <= 1e-12) and w.min() >= 0.0 and w.max() <= d.w_max
     assert d.weight(d.q0) == pytest.approx(d.w_max / 2)
+    assert d.weight(-0.2) == d.weight(0.0) and d.weight(1.2) == d.weight(1.0)  # q clipped to [0, 1], as in torch
 
 
 def test_reads_the_dswr_section_of_quality_json_and_round_trips():

@@ -155,6 +155,7 @@ def test_constant_velocity_prediction():
 # (name, frames, expected ids) for the hybrid: two stages on pointer probabilities
 HYBRID = [
     ("new track needs new_score", [dets((100, 0.55)), dets((100, 0.65))], [[], [1]]),
+    ("0.55 (above high_score 0.5) starts no track", [dets((100, 0.55)), dets((400, 0.65))], [[], [1]]),  # else id 2
     ("low-score detection continues a track", [dets((100, 0.9)), dets((101, 0.3))], [[1], [1]]),
     ("low-score detection starts nothing", [dets((100, 0.3))], [[]]),
 ]

@@ -164,6 +164,17 @@ def test_step_feeds_semantics_and_weight_to_tracker(bundle, frames, policy, q, s
 
 
 
+def test_a_reset_forgets_the_cached_semantic_vector(bundle, frames, monkeypatch):
+    """A new source or a reconnect: the previous scene's vector must not be reused for the next."""
+    monkeypatch.setattr(P, "make_tracker", lambda *a, **k: Recorder())
+    p = P.build_pipeline(bundle, cfg(**{"semantics.policy": "auto", "tracker.kind": "e2e"}))
+    p.gate = FixedGate(0.2)  # low quality: semantics wanted
+    assert [P.step(f, p).semantic for f in frames[:2]] == ["fresh", "reused"]
+    p.reset()
+    assert P.step(frames[2], p).semantic == "fresh" and p.semantics.counts.fresh == 2
+    p.close()
+
+
 def test_step_hands_the_tracker_the_frames_a_live_source_dropped(bundle, frames, monkeypatch):
     """Live sources number every captured frame, so an index jump is frames dropped: the tracker's motion
     model must cover them. The first frame, an index that does not rise, and a reset count 1."""
