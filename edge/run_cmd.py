@@ -335,26 +335,22 @@ def _run(args: argparse.Namespace):
 
 @contextmanager
 def _outside_the_loop():
-    """Signals before the loop's own handlers are in (loading a bundle, a first TensorRT build: up to
-    minutes) and after: SIGTERM exits 0, as it does mid-run (it was 143, which systemd counts as a
-    failure), and SIGHUP, a reload mid-run, is ignored (it killed the process). Main thread only."""
+    """SIGHUP, a reload mid-run, is ignored before the loop's own handlers are in (loading a bundle,
+    a first TensorRT build: up to minutes) and after (it killed the process). SIGTERM keeps its
+    default there: the process ends at once, even inside minutes of C++ work, and systemd counts a
+    death by SIGTERM as a clean stop; a Python handler would wait for the build. Main thread only."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def stop(signum, frame):
-        print("vsdmot-edge run: stopped by SIGTERM before or after its frames", file=sys.stderr)
-        raise SystemExit(0)
-
     def hold(signum, frame):
         log.info("SIGHUP outside the run: ignored (the config is read as the run starts)")
 
-    before = {signal.SIGTERM: signal.signal(signal.SIGTERM, stop), signal.SIGHUP: signal.signal(signal.SIGHUP, hold)}
+    before = signal.signal(signal.SIGHUP, hold)
     try:
         yield
     finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
+        signal.signal(signal.SIGHUP, before)
 
 
 def semantic_note(counts: dict) -> str:

@@ -442,12 +442,13 @@ sys.exit(main(["run", "--health-listen", "off", "--threads", "1", "--bundle", sy
 """
 
 
-@pytest.mark.parametrize("signum, frames", [(signal.SIGTERM, False), (signal.SIGHUP, True)])
-def test_a_signal_while_the_run_starts(signum, frames, bundle, tmp_path):
-    """Before the loop's handlers are in (a bundle loading, a first TensorRT build): SIGTERM exited
-    143, which systemd counts as a failure, where mid-run it exits 0; SIGHUP (reload) killed it."""
+@pytest.mark.parametrize("signum, code, frames", [(signal.SIGTERM, -signal.SIGTERM, False), (signal.SIGHUP, 0, True)])
+def test_a_signal_while_the_run_starts(signum, code, frames, bundle, tmp_path):
+    """Before the loop's handlers are in (a bundle loading, a first TensorRT build): SIGHUP (reload
+    mid-run) killed the process and is ignored; SIGTERM ends it at once, by the signal, which
+    systemd counts as a clean stop (a Python handler would wait for minutes of C++ work)."""
     mot = tmp_path / "mot.txt"
     out = subprocess.run([sys.executable, "-c", SIGNAL_WHILE_STARTING, str(int(signum)), str(bundle), str(mot)],
                          capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert mot.exists() == frames  # SIGTERM: stopped before any output; SIGHUP: ignored, the run went on
+    assert out.returncode == code, out.stderr
+    assert mot.exists() == frames  # SIGTERM: ended before any output; SIGHUP: ignored, the run went on
