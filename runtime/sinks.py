@@ -358,7 +358,9 @@ def open_sinks(mot_out: str = "", jsonl_out: str = "", video_out: str = "", stat
         for s in late:  # every output opened: the previous run's video and stats go aside now too
             s.start()
     except BaseException:
-        for s in sinks + late:
+        for s in sinks:
             s.close()
+        for s in late:  # a stats close would write a `final: true` file of a run that never ran
+            s._drop_claim()
         raise
     return sinks + late

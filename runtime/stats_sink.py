@@ -67,6 +67,14 @@ def _as_dict(stats: Any) -> dict[str, Any]:
     return asdict(stats) if is_dataclass(stats) else dict(stats)
 
 
+def _placeholder(path: Path) -> bool:
+    """Whether `path` is a stats file of a run that stepped no frame (start()'s `frames: 0`)."""
+    try:
+        return json.loads(path.read_text()).get("frames") == 0
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 class StatsSink(_SinkBase):
     """Run statistics JSON, rewritten atomically every `every_s` seconds (or `every_frames`)
     and at close. Keys: frames, fps, fps_pipeline, fps_model, semantic_runs / _reused /
@@ -86,7 +94,7 @@ class StatsSink(_SinkBase):
         self.path = Path(path)
         self.keep_previous = keep_previous  # an earlier run's file goes aside at start() (0: replaced)
         self._fresh = True  # nothing written by this sink yet
-        check_writable(self.path, "stats sink", stream_ok=False)  # its first write comes seconds (or a whole run) later
+        check_writable(self.path, "stats sink", stream_ok=False)  # its first write comes after every sink opened
         self._take_claim(self.path, "stats sink")
         self.every_s, self.every_frames = every_s, every_frames  # write period (0 = that trigger off)
         self.model_stages, self.source_stats, self.meta = tuple(model_stages), source_stats, dict(meta or {})
@@ -162,8 +170,9 @@ class StatsSink(_SinkBase):
         text = json.dumps(self.snapshot(final), indent=1, default=str) + "\n"
         try:
             if self._fresh:
-                rotate_previous(self.path, self.keep_previous)
-                self._fresh = False
+                if not _placeholder(self.path):  # a run killed before its first frame is replaced, as an
+                    rotate_previous(self.path, self.keep_previous)  # empty MOT file is: a crash loop would
+                self._fresh = False  # else push the last real run's stats out of keep_files
             atomic_write_text(self.path, text)
         except OSError as e:
             raise SinkError(f"stats sink: cannot write {self.path}: {_describe(e)}; "

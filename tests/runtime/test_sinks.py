@@ -604,6 +604,21 @@ def test_a_run_killed_before_its_first_frame_leaves_no_earlier_run_in_place(tmp_
         s.close()
 
 
+def test_a_crash_loop_keeps_the_last_real_runs_stats(tmp_path):
+    """Each run killed right after its outputs opened left a `frames: 0` stats file, which the next
+    run moved aside and counted: four such restarts pushed the last real run's file out of keep 3."""
+    paths = {"mot_out": str(tmp_path / "m.txt"), "stats_out": str(tmp_path / "s.json"), "keep_files": 3}
+    sinks = open_sinks(**paths)
+    for s in sinks:
+        s.write(make_result(1))
+        s.close()
+    for _ in range(4):
+        for s in open_sinks(**paths):  # killed before a frame: only the claims go
+            s._drop_claim()
+    kept = [json.loads(p.read_text())["frames"] for p in kept_files(tmp_path / "s.json")]
+    assert kept == [1] and json.loads((tmp_path / "s.json").read_text())["frames"] == 0
+
+
 def test_a_refused_stats_path_frees_the_video_claim(tmp_path):
     """The video sink claimed its path before the stats sink was refused, and kept the claim."""
     held = StatsSink(tmp_path / "s.json")
