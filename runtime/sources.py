@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from .errors import SourceError
+from .logs import log_once
 from .mot import SeqInfo, read_seqinfo
 from .quality import MIN_SIDE
 from .types import Frame
@@ -80,9 +81,9 @@ class VideoFileSource:
         self._started = False
         self._note_sar()
         if rot := int(_positive(self._cap.get(cv2.CAP_PROP_ORIENTATION_META))) % 360:  # OpenCV turned them upright
-            log.info("video %s: turned by its rotation metadata to %dx%d frames (if people now lie on their side, "
-                     "the metadata is wrong: --rotate %d undoes it)", self.path, self._first.shape[1],
-                     self._first.shape[0], (360 - rot) % 360)
+            log_once(log.name, logging.INFO, f"video {self.path}: turned by its rotation metadata to "
+                     f"{self._first.shape[1]}x{self._first.shape[0]} frames (if people now lie on their side, the "
+                     f"metadata is wrong: --rotate {(360 - rot) % 360} undoes it)")  # once: --loop reopens the file
 
     def _note_sar(self) -> None:
         """Warn about non-square pixels (anamorphic DV, a 384x576 file shown 4:3): people reach the
@@ -90,10 +91,10 @@ class VideoFileSource:
         num, den = (_positive(self._cap.get(p)) for p in (cv2.CAP_PROP_SAR_NUM, cv2.CAP_PROP_SAR_DEN))
         if num and den and abs(num / den - 1.0) > 0.02:
             w, h = self._first.shape[1], self._first.shape[0]
-            log.warning("video %s: pixels are not square (sample aspect %g:%g): people look %s to the detector and "
-                        "boxes are in the stored %dx%d pixels; for better tracking make a square-pixel copy: "
-                        "ffmpeg -i IN -vf scale='trunc(iw*sar/2)*2:ih',setsar=1 OUT", self.path, num, den,
-                        "squeezed" if num > den else "stretched", w, h)
+            log_once(log.name, logging.WARNING, f"video {self.path}: pixels are not square (sample aspect "
+                     f"{num:g}:{den:g}): people look {'squeezed' if num > den else 'stretched'} to the detector and "
+                     f"boxes are in the stored {w}x{h} pixels; for better tracking make a square-pixel copy: "
+                     "ffmpeg -i IN -vf scale='trunc(iw*sar/2)*2:ih',setsar=1 OUT")
 
     def _capture(self) -> cv2.VideoCapture:
         """An opened capture of the file (a subclass may read it from elsewhere)."""
@@ -139,9 +140,9 @@ class VideoFileSource:
         """Warn when decoding stopped well before the header's count: a file cut short (a recording
         whose disk filled, a partial copy) ends like a whole one, with no error from OpenCV."""
         if self.frame_count and decoded < SHORT_SHARE * self.frame_count:
-            log.warning("video %s: decoding stopped after %d frames, but its header states %d: the file is cut "
-                        "short or damaged (or, for variable-rate video, the header's count is an estimate); "
-                        "the run ends here", self.path, decoded, self.frame_count)
+            log_once(log.name, logging.WARNING, f"video {self.path}: decoding stopped after {decoded} frames, but "
+                     f"its header states {self.frame_count}: the file is cut short or damaged (or, for variable-rate "
+                     "video, the header's count is an estimate)")
 
     def close(self) -> None:
         self._cap.release()
@@ -152,7 +153,9 @@ class ImageFolderSource:
 
     def __init__(self, folder: str | os.PathLike, fps: float = 25.0, name: str | None = None):
         self.folder = Path(folder)
-        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_EXTS) if self.folder.is_dir() else []
+        listed = self.folder.iterdir() if self.folder.is_dir() else ()
+        self.files = sorted(p for p in listed  # not hidden files: macOS leaves a ._000001.jpg beside each frame
+                            if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
         if not self.files:
             seqs = sorted(d.name for d in self.folder.iterdir() if is_sequence(d)) if self.folder.is_dir() else []
             more = ", ..." if len(seqs) > 3 else ""
@@ -201,7 +204,10 @@ def _cut_jpeg(path: Path) -> bool:
         return False
     with open(path, "rb") as f:
         f.seek(max(path.stat().st_size - 32, 0))
-        return b"\xff\xd9" not in f.read()  # a few encoders pad after the marker
+        if b"\xff\xd9" in f.read():  # a few encoders pad after the marker
+            return False
+        f.seek(0)  # phones' motion photos and vendor trailers append more: look for the marker anywhere
+        return b"\xff\xd9" not in f.read()
 
 
 @dataclass(slots=True, frozen=True)

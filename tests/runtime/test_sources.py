@@ -97,6 +97,7 @@ def test_phone_video_comes_upright_from_its_rotation_metadata(tmp_path, caplog):
     for i, im in enumerate(upright, 1):
         np.testing.assert_array_equal(im, cv2.imread(str(tmp_path / f"shown{i}.png")))
     assert "turned by its rotation metadata to 48x64 frames" in caplog.text  # it was silent
+    assert "--rotate 90 undoes it" in caplog.text
     from vsdmot.edge.sources import rotated
 
     undone = [f.image for f in rotated(open_file_source(phone), 90)]  # what the log says undoes it
@@ -168,13 +169,16 @@ def test_image_folder_order_and_numbering(tmp_path, names, indices):
 
 def test_a_cut_jpeg_is_named(tmp_path, caplog):
     img = np.random.default_rng(0).integers(0, 255, (64, 80, 3), np.uint8)
-    for k in (1, 2):
+    for k in (1, 2, 3):
         cv2.imwrite(str(tmp_path / f"{k:06d}.jpg"), img)
-    cut = tmp_path / "000002.jpg"
+    cut, trailer = tmp_path / "000002.jpg", tmp_path / "000003.jpg"
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    trailer.write_bytes(trailer.read_bytes() + bytes(212))  # a phone's motion-photo trailer: whole, not cut
+    (tmp_path / "._000001.jpg").write_bytes(b"\x00\x05\x16\x07")  # macOS AppleDouble: skipped, not counted
     with caplog.at_level("WARNING", logger="vsdmot.runtime.sources"):
-        assert [f.index for f in open_file_source(tmp_path)] == [1, 2]
+        assert [f.index for f in open_file_source(tmp_path)] == [1, 2, 3]
     assert "000002.jpg is cut short" in caplog.text and "000001.jpg" not in caplog.text
+    assert "000003.jpg" not in caplog.text
 
 
 def test_a_folder_of_sequences_names_them(mot17_dir):
