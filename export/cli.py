@@ -225,14 +225,15 @@ def check_out(out: Path, default_recipe: bool = False) -> None:
 
 
 def check_work_dir(work: Path | None, out: Path) -> None:
-    """--work-dir apart from --out: the bundle replaces --out whole, and the intermediates in it made
-    it a folder that is not a bundle, refused only at publish time, after minutes of work."""
+    """--work-dir not --out nor inside it: the bundle replaces --out whole, and the intermediates in
+    it made it a folder that is not a bundle, refused only at publish time, after minutes of work.
+    (--out inside --work-dir is fine: nothing removes the work directory.)"""
     if work is None:
         return
     w, o = work.resolve(), out.resolve()
-    if w == o or o in w.parents or w in o.parents:
-        raise ValueError(f"--work-dir {work} and --out {out}: expected two separate folders (the bundle replaces "
-                         "--out whole; the intermediates stay in --work-dir for a re-run)")
+    if w == o or o in w.parents:
+        raise ValueError(f"--work-dir {work} is --out {out} or inside it: expected a folder apart from the bundle "
+                         "(the bundle replaces --out whole; the intermediates stay in --work-dir for a re-run)")
 
 
 def terminate_as_exit():
