@@ -385,6 +385,9 @@ class RemoteVideoSource(VideoFileSource):
         try:
             return super()._open()
         except SourceError as e:  # the file is often fine: the server cannot seek to an index at its end
+            mp4 = self.path.split("?", 1)[0].lower().endswith((".mp4", ".mov", ".m4v"))
+            if not (mp4 and "yielded no frames" in str(e)):
+                raise
             raise SourceError(f"{e}. Over HTTP an .mp4 whose index (moov) is at its end needs a server that answers "
                               "range requests; or serve a copy made with `ffmpeg -i IN -c copy -movflags +faststart "
                               "OUT`") from None
