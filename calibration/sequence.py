@@ -65,24 +65,28 @@ def _degraded(frames: Iterator[Frame], states: list[FrameState], seed: int, fps:
     """Each source frame degraded as its state says (streamed: a stretch is never held in memory).
 
     With a window (first, last frame index), only its frames come out, each the same image as in
-    the whole sequence's copy: every frame is still read, since frames outside it set a stretch's
-    scene seed and feed an h264 stretch's codec (which looks ahead), but a per-frame preset skips
-    their degradation, the costly part.
+    the whole sequence's copy: frames before it are still read, since they set a stretch's scene
+    seed and feed an h264 stretch's codec (coded whole: the codec looks ahead), but a per-frame
+    preset skips their degradation, the costly part; reading stops after the window.
     """
-    inside = (lambda k: True) if window is None else (lambda k: window[0] <= k <= window[1])  # noqa: E731
+    first_k, last_k = window or (1, 1 << 62)
     for first, stop, state in stretches(states):
         run = itertools.islice(frames, stop - first)
-        if state.preset is None:
-            yield from ((f, state) for f in run if inside(f.index))
-        elif TABLE[state.preset].clip:
-            yield from ((f, state) for f in _coded(run, state, seed, fps) if inside(f.index))
-        else:
-            scene = None
-            for f in run:
-                scene = scene or scene_seed(seed, f.index)  # from the stretch's first frame
-                if inside(f.index):
-                    img = degrade(f.image, state.preset, state.severity, frame_rng(seed, f.index), scene_seed=scene)
-                    yield Frame(f.index, img, f.timestamp), state
+        if state.preset is not None and TABLE[state.preset].clip:
+            yield from ((f, state) for f in _coded(run, state, seed, fps) if first_k <= f.index <= last_k)
+            continue
+        scene = None
+        for f in run:
+            if f.index > last_k:
+                return  # no later frame is in the window
+            scene = scene or scene_seed(seed, f.index)  # from the stretch's first frame
+            if f.index < first_k:
+                continue
+            if state.preset is None:
+                yield f, state
+            else:
+                img = degrade(f.image, state.preset, state.severity, frame_rng(seed, f.index), scene_seed=scene)
+                yield Frame(f.index, img, f.timestamp), state
 
 
 def _coded(run: Iterator[Frame], state: FrameState, seed: int, fps: float) -> Iterator[Frame]:
