@@ -52,6 +52,10 @@ def load_sources(checkpoint: str | Path | None = None) -> Sources:
         paths[ckpt.stem if ckpt.stem in NETWORKS else "detector"] = ckpt
     if "detector" not in paths:
         raise ValueError(f"CHECKPOINT {ckpt}: expected detector.pt (and student.pt, tracker.pt) there")
+    if not (folder / "quality.json").is_file():  # every pipeline reads it: a bundle without it would never run
+        raise ValueError(f"CHECKPOINT {ckpt}: no quality.json beside it (the quality gate's and DSWR's parameters, "
+                         f"which every run reads); copy {WEIGHTS_DIR / 'quality.json'} there or make one with "
+                         "vsdmot-train quality")
     nets, prov = {}, {"checkpoints": {}}
     for n in NETWORKS:
         if n not in paths:
@@ -59,12 +63,11 @@ def load_sources(checkpoint: str | Path | None = None) -> Sources:
     for name, path in paths.items():
         nets[name], meta = load_network(name, path)
         prov["checkpoints"][name] = {"path": _shown(path), "sha256": file_sha(path), "meta": _jsonable(meta)}
-    if not (folder / "quality.json").is_file():  # every pipeline reads it: a bundle without it would never run
-        raise ValueError(f"CHECKPOINT {ckpt}: no quality.json beside it (the quality gate's and DSWR's parameters, "
-                         f"which every run reads); copy {WEIGHTS_DIR / 'quality.json'} there or make one with "
-                         "vsdmot-train quality")
     files = {n: folder / n for n in ("quality.json", "NOTICE") if (folder / n).is_file()}
-    prov["notice"] = "NOTICE (carried in the bundle): YOLOX-nano, Apache-2.0, Megvii" if "NOTICE" in files else None
+    if "NOTICE" not in files:  # every detector here descends from YOLOX-nano: its Apache-2.0 notice must go along
+        log.info("no NOTICE beside %s: the bundle carries the shipped one (YOLOX-nano, Apache-2.0)", folder)
+        files["NOTICE"] = WEIGHTS_DIR / "NOTICE"
+    prov["notice"] = "NOTICE (carried in the bundle): YOLOX-nano, Apache-2.0, Megvii"
     return Sources(nets, files, prov)
 
 
@@ -201,7 +204,7 @@ def calibration_feeds(sources: Sources, names: Sequence[str], cfg: ExportConfig,
 
     ccfg = stored_size(cfg.calibset or CalibSetConfig(), sources)
     srcs = cfg.calib or default_calib_sources()
-    use_gate = "quality.json" in sources.files and cfg.calib_quality != "proxy"
+    use_gate = cfg.calib_quality != "proxy"  # auto is the gate: every checkpoint carries quality.json
     params = json.loads(sources.files["quality.json"].read_text()) if use_gate else None
     cs = shared_calibset(srcs, ccfg, work.parent / f"calib-{fingerprint(srcs, ccfg, params)[:12]}", params,
                          cfg.progress)

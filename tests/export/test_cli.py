@@ -166,6 +166,7 @@ def test_a_file_that_is_not_the_network_is_one_line(content, tmp_path, capsys):
 
     ckpt = tmp_path / "w" / "detector.pt"
     ckpt.parent.mkdir()
+    shutil.copy(WEIGHTS_DIR / "quality.json", ckpt.parent)  # checked first
     if content == "junk":
         ckpt.write_bytes(b"not a checkpoint" * 64)
     else:

@@ -170,3 +170,17 @@ def test_fp32_parity_runs_on_real_frames_prepared_as_the_runtime_does():
     stu = parity_feeds(TorchNet("student", None, {"image": torch.zeros(1, 3, 128, 128)}, ("semantic",)), frames)
     assert stu[0]["image"].dtype == np.float32 and stu[0]["image"].shape == (1, 3, 128, 128) and stu[0]["image"].std() > 10
     assert parity_feeds(TorchNet("tracker", None, {"a": torch.zeros(1), "b": torch.zeros(1)}, ("x",)), frames) is None
+
+
+def test_a_checkpoint_without_notice_still_carries_yolox_nanos(tmp_path):
+    """A user's weights folder without NOTICE made a bundle without the Apache-2.0 notice its
+    YOLOX-nano-derived detector must carry."""
+    import shutil
+
+    from vsdmot.export.sources import load_sources
+    from vsdmot.models.detector import WEIGHTS_DIR
+
+    for name in ("detector.pt", "quality.json"):
+        shutil.copy(WEIGHTS_DIR / name, tmp_path)
+    src = load_sources(tmp_path)
+    assert src.files["NOTICE"].read_text() == (WEIGHTS_DIR / "NOTICE").read_text() and "Apache-2.0" in src.provenance["notice"]
