@@ -63,12 +63,26 @@ def load_sources(checkpoint: str | Path | None = None) -> Sources:
     for name, path in paths.items():
         nets[name], meta = load_network(name, path)
         prov["checkpoints"][name] = {"path": _shown(path), "sha256": file_sha(path), "meta": _jsonable(meta)}
+    check_together(nets, ckpt)
     files = {n: folder / n for n in ("quality.json", "NOTICE") if (folder / n).is_file()}
     if "NOTICE" not in files:  # every detector here descends from YOLOX-nano: its Apache-2.0 notice must go along
         log.info("no NOTICE beside %s: the bundle carries the shipped one (YOLOX-nano, Apache-2.0)", folder)
         files["NOTICE"] = WEIGHTS_DIR / "NOTICE"
     prov["notice"] = "NOTICE (carried in the bundle): YOLOX-nano, Apache-2.0, Megvii"
     return Sources(nets, files, prov)
+
+
+def check_together(nets: Mapping[str, TorchNet], ckpt: Path) -> None:
+    """ValueError when the student's vector is not the width the tracker fuses (a student trained
+    with another --dim): the runtime refuses such a bundle at every start, after it was published."""
+    tracker = nets.get("tracker")
+    if "student" not in nets or tracker is None or "semantic" not in tracker.inputs:
+        return
+    got = int(nets["student"].run()[nets["student"].outputs[0]].shape[-1])
+    want = int(tracker.inputs["semantic"].shape[-1])
+    if got != want:
+        raise ValueError(f"CHECKPOINT {ckpt}: student.pt makes a {got}-wide semantic vector, but tracker.pt fuses "
+                         f"{want}: the networks do not belong together (train the student with --dim {want})")
 
 
 def with_detector_input(sources: Sources, hw: tuple[int, int] | None) -> Sources:

@@ -47,7 +47,7 @@ class StudentTrainConfig:
     crop_min: float = 0.3  # smallest crop side, as a share of the frame side
     pca_crops: int = 384  # clean crops used to fit the teacher projection
     input_size: int = 128  # student input R
-    dim: int = 128  # semantic vector length D
+    dim: int = 128  # semantic vector length D; the tracker fuses this width (128 as shipped): keep them equal
     pets_last: int = 600  # last PETS frame used (541-600 are the validation crops; 601-795 never)
     mot17: bool = True  # also use the MOT17-mini train frames
     data: str = str(DEFAULT_DATA)  # root of the real data (PETS09-S2L1, MOT17-mini)

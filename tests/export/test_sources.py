@@ -183,4 +183,20 @@ def test_a_checkpoint_without_notice_still_carries_yolox_nanos(tmp_path):
     for name in ("detector.pt", "quality.json"):
         shutil.copy(WEIGHTS_DIR / name, tmp_path)
     src = load_sources(tmp_path)
-    assert src.files["NOTICE"].read_text() == (WEIGHTS_DIR / "NOTICE").read_text() and "Apache-2.0" in src.provenance["notice"]
+    assert src.files["NOTICE"].read_text() == (WEIGHTS_DIR / "NOTICE").read_text()
+    assert "Apache-2.0" in src.provenance["notice"]
+
+
+def test_a_student_of_another_width_than_the_tracker_fuses_is_refused(tmp_path):
+    """`vsdmot-train student --dim 64` beside the shipped tracker (128): exported, then refused by
+    the runtime at every start."""
+    import torch
+
+    from vsdmot.export.sources import check_together
+    from vsdmot.export.to_onnx import TorchNet
+
+    student = TorchNet("student", torch.nn.Linear(3, 64).eval(), {"image": torch.zeros(1, 3)}, ("semantic",))
+    tracker = TorchNet("tracker", torch.nn.Identity(), {"semantic": torch.zeros(1, 128)}, ("match_logits",))
+    with pytest.raises(ValueError, match="64-wide semantic vector, but tracker.pt fuses 128.*--dim 128"):
+        check_together({"student": student, "tracker": tracker}, tmp_path)
+    check_together({"student": student}, tmp_path)  # no tracker: nothing to match
