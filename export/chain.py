@@ -385,9 +385,14 @@ def stage_bundle(sources: Sources, nets: Mapping[str, Path], precision: str, whe
 
 
 def default_tracker(sources: Sources) -> str:
-    """The tracker tracker.pt recommends (its meta's default_tracker, measured in training), else e2e."""
+    """The tracker tracker.pt recommends (its meta's default_tracker, measured in training), else the
+    hybrid: the kit's measured best on held-out scenes with any tracker network (docs/networks.md).
+    A user's own tracker.pt (vsdmot-train tracker --ship) names none, and exported as e2e."""
     meta = sources.provenance.get("checkpoints", {}).get("tracker", {}).get("meta", {})
-    return str(meta.get("default_tracker") or "e2e")
+    if not meta.get("default_tracker"):
+        log.info("tracker.pt names no default tracker: the bundle recommends the hybrid (vsdmot-edge run "
+                 "--tracker e2e runs the end-to-end one)")
+    return str(meta.get("default_tracker") or "hybrid")
 
 
 def parity_of(nets: Mapping[str, Path]) -> dict[str, Any]:
