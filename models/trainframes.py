@@ -50,6 +50,10 @@ def load_pets(data: Path = DEFAULT_DATA, first: int = 1, last: int = PETS_TRAIN_
         raise ValueError(f"PETS training frames: expected 1 <= first <= last <= {PETS_TRAIN_LAST} and every >= 1, "
                          f"got {first}..{last} every {every}")
     seq = Path(data) / "PETS09-S2L1"
+    if not ((seq / "gt" / "gt.txt").is_file() and (seq / "PETS09-S2L1.avi").is_file()):
+        raise ValueError(f"--data {data}: expected the training data's layout, PETS09-S2L1/PETS09-S2L1.avi and "
+                         "PETS09-S2L1/gt/gt.txt (plus MOT17-mini/train/MOT17-*/img1/*.jpg with gt/gt.txt), as in "
+                         "../shared/data; the stages train on those sequences only (docs/training.md)")
     gt = _gt(seq / "gt" / "gt.txt", 1.0)
     cap, out = cv2.VideoCapture(str(seq / "PETS09-S2L1.avi")), []
     for k in range(1, last + 1):
@@ -65,9 +69,15 @@ def load_pets(data: Path = DEFAULT_DATA, first: int = 1, last: int = PETS_TRAIN_
 
 def load_mot17(data: Path = DEFAULT_DATA) -> list[TrainFrame]:
     """Every MOT17-mini train frame present, halved if wider than MOT17_MAX_WIDTH, with gt."""
-    out = []
-    for seq in sorted((Path(data) / "MOT17-mini" / "train").glob("MOT17-*")):
+    out, root = [], Path(data) / "MOT17-mini" / "train"
+    others = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("MOT17-")) \
+        if root.is_dir() else []
+    if others:  # a user's own sequence put here was dropped in silence
+        log.warning("%s: %s not read (only MOT17-* folders with img1/*.jpg are)", root, ", ".join(others))
+    for seq in sorted(root.glob("MOT17-*")):
         gt_path = seq / "gt" / "gt.txt"
+        if not any((seq / "img1").glob("*.jpg")):
+            log.warning("%s: no img1/*.jpg frames, not read", seq)
         for p in sorted((seq / "img1").glob("*.jpg")):
             img = cv2.imread(str(p))
             s = min(1.0, MOT17_MAX_WIDTH / img.shape[1])

@@ -106,3 +106,17 @@ def test_training_sees_the_detector_input_the_runtime_makes():
     boxed, r = train_letterbox(img, 416)
     tensor, scale = letterbox(img, 416)
     assert r == scale and np.array_equal(boxed.transpose(2, 0, 1)[None].astype(np.float32), tensor)
+
+
+def test_training_data_names_its_layout_and_what_it_skips(tmp_path, caplog):
+    """`--data` pointed at a user's own footage failed with 'gt.txt not found', and a sequence put
+    under MOT17-mini/train by another name was dropped with the log still saying MOT17-mini: True."""
+    from vsdmot.models.trainframes import load_mot17, load_pets
+
+    with pytest.raises(ValueError, match="expected the training data's layout, PETS09-S2L1/PETS09-S2L1.avi"):
+        load_pets(tmp_path)
+    (tmp_path / "MOT17-mini" / "train" / "mysite" / "img1").mkdir(parents=True)
+    (tmp_path / "MOT17-mini" / "train" / "MOT17-97-PNG" / "img1").mkdir(parents=True)
+    with caplog.at_level("WARNING", logger="vsdmot.models.trainframes"):
+        assert load_mot17(tmp_path) == []
+    assert "mysite not read" in caplog.text and "MOT17-97-PNG: no img1/*.jpg frames" in caplog.text
