@@ -55,6 +55,7 @@ def evaluate(gt_dir: str | os.PathLike, res_file: str | os.PathLike, *,
     _check_frames(gt, info.length, gt_path)
     _check_frames(res, info.length, Path(res_file))
     _warn_outside(res, (info.width, info.height), Path(res_file))
+    _warn_coverage(gt, res, (first, last), Path(res_file))
     gt, res = _cut(gt, first, last), _cut(res, first, last)
     benchmark = "MOT17" if np.any(gt.cls != -1) else "MOT15"
     out = _run_trackeval(gt, res, last - first + 1, benchmark, info.name)
@@ -104,8 +105,6 @@ def _warn_outside(rows: MotRows, size: tuple[int, int], path: Path) -> None:
     """Warn when many result boxes are centred outside the sequence's frame: results made on a
     resized copy (a 4K re-encode scored against 768x576 ground truth scored HOTA 0.0, silently)."""
     w, h = size
-    if not len(rows):  # scored all the same (0 HOTA), but rarely what was meant
-        log.warning("evaluate: %s holds no result rows (a run that tracked no one, or the wrong file)", path)
     if not (w and h and len(rows)):
         return
     cx, cy = rows.xywh[:, 0] + rows.xywh[:, 2] / 2, rows.xywh[:, 1] + rows.xywh[:, 3] / 2
@@ -115,6 +114,23 @@ def _warn_outside(rows: MotRows, size: tuple[int, int], path: Path) -> None:
         log.warning("evaluate: %.0f%% of the boxes in %s are centred outside the sequence's %dx%d frame (they "
                     "reach %.1fx its size): were the results made on a resized copy? Scale them to %dx%d first",
                     100 * outside, path, w, h, reach, w, h)
+
+
+def _warn_coverage(gt: MotRows, res: MotRows, window: tuple[int, int], path: Path) -> None:
+    """Warn when the results hold no rows, or end well before the ground truth in the window (a run
+    stopped early, or --max-frames): scored as given, the missing frames count as misses."""
+    first, last = window
+    if not len(res):  # scored all the same (0 HOTA), but rarely what was meant
+        log.warning("evaluate: %s holds no result rows (a run that tracked no one, or the wrong file)", path)
+        return
+    in_gt, in_res = gt.frame[(gt.frame >= first) & (gt.frame <= last)], res.frame[res.frame <= last]
+    if not (len(in_gt) and len(in_res)):
+        return
+    gt_end, res_end = int(in_gt.max()), int(in_res.max())
+    if gt_end - res_end > max(2, (last - first + 1) // 20):
+        log.warning("evaluate: the results in %s end at frame %d, the ground truth at %d: the frames after count "
+                    "as misses (a run stopped early?); --frames %d:%d scores only what was run",
+                    path, res_end, gt_end, first, res_end)
 
 
 def _cut(rows: MotRows, first: int, last: int) -> MotRows:

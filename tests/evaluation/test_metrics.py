@@ -127,6 +127,21 @@ def test_frame_window_sees_only_its_frames(pets_dir, tmp_path):
     assert evaluate(pets_dir, path)["MOTA"] < 0.95
 
 
+def test_results_that_end_early_are_named(tud_dir, tmp_path, caplog):
+    """A run of TUD-Campus stopped at frame 40 scored over all 71 frames (HOTA 8.8 vs 12.8), silently."""
+    from vsdmot.runtime.mot import read_rows, write_rows
+
+    gt = read_rows(tud_dir / "gt" / "gt.txt")
+    write_rows(tmp_path / "res.txt", gt.select(gt.frame <= 40))
+    with caplog.at_level("WARNING", logger="vsdmot.evaluation.metrics"):
+        evaluate(tud_dir, tmp_path / "res.txt")
+        assert "end at frame 40, the ground truth at 71" in caplog.text and "--frames 1:40" in caplog.text
+        caplog.clear()
+        evaluate(tud_dir, tmp_path / "res.txt", frames=(1, 40))
+        evaluate(tud_dir, tud_dir / "gt" / "gt.txt")  # whole results: nothing to say
+    assert "end at frame" not in caplog.text
+
+
 def test_empty_result_scores_zero_and_says_so(tud_dir, tmp_path, caplog):
     (tmp_path / "res.txt").write_text("")
     with caplog.at_level("WARNING", logger="vsdmot.evaluation.metrics"):
