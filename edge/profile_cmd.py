@@ -33,6 +33,7 @@ import numpy as np
 from vsdmot import __version__
 from vsdmot.runtime.sinks import check_writable
 from vsdmot.edge.power import METER_ORDER, meter_list
+from vsdmot.edge.profile_report import DISAGREE
 from vsdmot.runtime.stats_sink import MODEL_STAGES  # the networks' stages (incl. their pre/post-processing)
 
 log = logging.getLogger(__name__)
@@ -344,8 +345,6 @@ def compare_rounds(rounds: list[list[dict[str, Any]]]) -> dict[str, Any]:
     return {"a": per[0]["a"], "b": per[0]["b"], **median, "rounds": len(per),
             "per_round": {k: [c[k] for c in per] for k in keys}, "spread": spread}
 
-
-DISAGREE = 1.25  # rounds whose end-to-end FPS ratios differ more than this: the machine's load changed
 
 
 def median_runs(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:

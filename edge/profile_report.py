@@ -14,6 +14,8 @@ from typing import Any
 
 from vsdmot.runtime.mot import atomic_write_text
 
+DISAGREE = 1.25  # rounds whose end-to-end FPS ratios differ more than this: the machine's load changed
+
 log = logging.getLogger(__name__)
 
 STATE_COLOURS = {"fresh": "tab:red", "reused": "tab:orange", "skipped": "tab:green"}
@@ -184,7 +186,7 @@ def _comparison(c: dict[str, Any] | None) -> list[str]:
         each = ", ".join(f"x{v}" for v in c["per_round"]["fps_end_to_end"])
         lines = [f"Medians of {rounds} interleaved rounds (A B A B ...); end-to-end FPS ratio per round: {each}. "
                  "The tables and plots above show each side's median round."]
-        if (c.get("spread") or 1.0) > 1.25:  # profile_cmd.DISAGREE
+        if (c.get("spread") or 1.0) > DISAGREE:
             lines += ["", f"**The rounds disagree** (their ratios differ {c['spread']}x): the machine's load changed "
                       "between them, so the median is not yet a measurement. Run again with more rounds (5 or more, "
                       "an odd number)."]

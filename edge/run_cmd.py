@@ -147,15 +147,17 @@ def check_output_paths(cfg, config_path: str | None = None) -> None:
     source or the config: a sink replaces or moves its file aside, so the input would be lost."""
     outputs = {f"--{name.replace('_', '-')}": getattr(cfg.sinks, name) for name in cfg.sinks.PATHS}
     inputs = {"--source": cfg.source.source, "--config": config_path or ""}
-    bundle = Path(cfg.pipeline.bundle).resolve() if cfg.pipeline.bundle else None
+    from vsdmot.runtime.bundle import DEFAULT_BUNDLE
+
+    bundle = Path(cfg.pipeline.bundle or DEFAULT_BUNDLE).resolve()  # the shipped one too (an editable checkout)
     seen: dict[Path, str] = {}
     for flag, path in outputs.items():
         if not path:
             continue
         real = Path(path).resolve()
         folder = Path(path).absolute().parent.resolve()  # the file itself may be a link out of the bundle
-        if bundle is not None and (folder == bundle or bundle in folder.parents):  # next start: hash mismatch
-            raise ValueError(f"run: {flag} {path} is inside the bundle {cfg.pipeline.bundle}; expected a path "
+        if folder == bundle or bundle in folder.parents:  # next start: hash mismatch
+            raise ValueError(f"run: {flag} {path} is inside the bundle {bundle}; expected a path "
                              "outside it (the bundle's files are checked at every start)")
         for other, given in inputs.items():
             if given and "://" not in given and Path(given).expanduser().resolve() == real:  # a URL is no file

@@ -355,7 +355,7 @@ def prebuild_engines(out: Path, cache_dir: str | None = None) -> None:
             backend = TensorRTBackend(bundle.file(name), precision=precision, cache_dir=cache)
             backend.close()  # built: key.precision is what TensorRT could give (runtime.backends.typed_precision)
             log.info("TensorRT %s engine for %s built and cached in %s (vsdmot-edge run --backend tensorrt, "
-                        "--precision auto or %s, with that engine cache)", backend.key.precision, name, cache, precision)
+                     "--precision auto or %s, with that engine cache)", backend.key.precision, name, cache, precision)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -74,7 +74,7 @@ def legacy_int8_engines(bundle_dir: str | os.PathLike, fp32_files: Mapping[str, 
         with waiting_lock(folder.with_name(folder.name + ".lock"), f"storing the legacy engine for {name}"):
             out[name] = str(store_engine(folder, key, data))  # not while a run builds or reads this engine
         log.info("TensorRT %s: legacy INT8 engine for %s.onnx (entropy calibrator, %d feeds, cache %s; %s) "
-                    "cached for vsdmot-edge run --backend tensorrt", trt.__version__, name, len(feeds[name]), cache, why)
+                 "cached for vsdmot-edge run --backend tensorrt", trt.__version__, name, len(feeds[name]), cache, why)
     return out
 
 

@@ -80,7 +80,7 @@ class PipelineConfig:
     threads: int = 0  # onnxruntime intra-op threads per network (0 = all cores)
     spin: bool = False  # onnxruntime workers busy-wait between runs (faster only on an otherwise idle CPU)
     overlap: bool = False  # the run loop perceives frame t+1 while tracking frame t (edge/runner.py `overlapped`)
-    engine_cache: str = ""  # TensorRT engine cache ("" = $VSDMOT_ENGINE_CACHE, else $XDG_CACHE_HOME/vsdmot/engines)
+    engine_cache: str = ""  # TensorRT engine cache ("" = $VSDMOT_ENGINE_CACHE, else ~/.cache/vsdmot/engines)
     score_thr: float = 0.1  # detector proposal score floor (the tracker applies its own thresholds)
     nms_thr: float = 0.45  # detector NMS IoU threshold
 
