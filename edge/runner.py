@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import signal
 import threading
@@ -57,18 +58,29 @@ class RunSummary:
 
 
 class _Latencies:
-    """Per-stage ring buffers of the last LATENCY_WINDOW frames."""
+    """The run's tally: per-stage ring buffers of the last LATENCY_WINDOW frames, and the counts
+    and sums a RunSummary reports."""
 
     def __init__(self, window: int = LATENCY_WINDOW):
         self.window, self.n, self.buf = window, 0, {}
         self.total_ms = 0.0  # sum of every frame's `total` stage, for the run's mean
+        self.rows, self.q_sum, self.q_n = 0, 0.0, 0  # tracks output; measured quality (finite q only)
 
-    def add(self, ms: dict[str, float]) -> None:
-        slot = self.n % self.window
+    def add(self, result: FrameResult) -> None:
+        ms, slot = result.latency_ms, self.n % self.window
         self.total_ms += ms.get("total", 0.0)
         for stage, value in ms.items():
             self.buf.setdefault(stage, np.full(self.window, np.nan))[slot] = value
-        self.n += 1
+        self.n, self.rows = self.n + 1, self.rows + len(result.tracks)
+        if math.isfinite(result.q):
+            self.q_sum, self.q_n = self.q_sum + result.q, self.q_n + 1
+
+    def run_summary(self, seconds: float, pipeline: Any, stopped_by: str, stats: Any, error: str,
+                    overlap: bool) -> RunSummary:
+        return RunSummary(self.n, seconds, self.n / seconds if seconds > 0 else 0.0,
+                          pipeline.semantics.counts.as_dict(), self.summary(), stopped_by, stats, error,
+                          self.total_ms / self.n if self.n and self.total_ms else None, overlap, self.rows,
+                          self.q_sum / self.q_n if self.q_n else None)
 
     def summary(self) -> dict[str, dict[str, float]]:
         out = {}
@@ -186,7 +198,7 @@ def run_loop(source: Iterable[Frame], pipeline, sinks: Sequence, hooks: Sequence
     `overlap`: perceive the next frame while this one is tracked (`overlapped`, which runs the
     pipeline's own `perceive` and `track`, not `step_fn`)."""
     stop_event = stop_event or threading.Event()
-    lat, frames, rows, q_sum, stopped_by, error = _Latencies(), 0, 0, 0.0, "end", ""
+    lat, stopped_by, error = _Latencies(), "end", ""
     started: list[Hook] = []  # only these get on_stop; a hook failing to start still closes the sinks
     t0, steps = time.perf_counter(), None
     try:
@@ -198,9 +210,8 @@ def run_loop(source: Iterable[Frame], pipeline, sinks: Sequence, hooks: Sequence
         steps = overlapped(pulled, pipeline) if overlap else ((f, step_fn(f, pipeline)) for f in pulled)
         for frame, result in steps:
             _emit(frame, result, sinks, hooks, source)
-            frames, rows, q_sum = frames + 1, rows + len(result.tracks), q_sum + result.q
-            lat.add(result.latency_ms)
-            if max_frames and frames >= max_frames:
+            lat.add(result)
+            if max_frames and lat.n >= max_frames:
                 stopped_by = "max_frames"
                 break
         else:
@@ -212,20 +223,24 @@ def run_loop(source: Iterable[Frame], pipeline, sinks: Sequence, hooks: Sequence
         seconds = time.perf_counter() - t0
         if steps is not None:
             steps.close()  # overlap: waits for the frame being perceived, so no network runs past this
-        summary = RunSummary(frames, seconds, frames / seconds if seconds > 0 else 0.0,
-                             pipeline.semantics.counts.as_dict(), lat.summary(), stopped_by,
-                             source_stats(source), error, lat.total_ms / lat.n if lat.n and lat.total_ms else None,
-                             overlap, rows, q_sum / frames if frames else None)
-        try:
-            _close_all(sinks)
-        except Exception:
-            if not error:  # else the run's own failure is the one to report; _close_all logged the sink's
-                raise
-        finally:
-            _stop_hooks(started, summary)  # the health server and the watchdog stop even if a sink failed
-    log.info("run: %d frames in %.1f s (%.1f FPS), stopped by %s%s", frames, seconds, summary.fps, stopped_by,
+        summary = lat.run_summary(seconds, pipeline, stopped_by, source_stats(source), error, overlap)
+        _finish(sinks, started, summary, error)
+    log.info("run: %d frames in %.1f s (%.1f FPS), stopped by %s%s", summary.frames, seconds, summary.fps, stopped_by,
              drop_note(summary.source_stats))
     return summary
+
+
+def _finish(sinks: Sequence, started: Sequence[Hook], summary: RunSummary, error: str) -> None:
+    """Close every sink, then stop the started hooks (the health server, the watchdog) even if a
+    sink failed; a sink's failure is raised unless the run already failed (that error is the one
+    to report; _close_all logged the sink's)."""
+    try:
+        _close_all(sinks)
+    except Exception:
+        if not error:
+            raise
+    finally:
+        _stop_hooks(started, summary)
 
 
 def _emit(frame: Frame, result: FrameResult, sinks: Sequence, hooks: Sequence[Hook], source: Any) -> None:

@@ -220,10 +220,12 @@ def test_latency_window_is_bounded():
 
     lat = runner._Latencies(window=4)
     for i in range(10):
-        lat.add({"total": float(i)})
+        lat.add(FrameResult(i + 1, 0.0, float("nan") if i == 3 else 0.5, 0.0, "skipped", Detections.empty(True),
+                            {"total": float(i)}))
     assert lat.buf["total"].shape == (4,) and lat.summary()["total"]["max"] == 9.0
     assert lat.summary()["total"]["p50"] == 7.5  # the last 4 frames: 6, 7, 8, 9
     assert lat.total_ms / lat.n == 4.5  # the run's mean counts every frame, not the window
+    assert lat.q_sum / lat.q_n == 0.5  # a NaN q is left out (it printed "mean q nan")
 
 
 def test_summary_gives_the_pipeline_cost_beside_the_wall_clock_fps():
