@@ -167,8 +167,9 @@ def train(cfg: DetectorTrainConfig) -> Path:
     start = resume(out / "last.pt", model, opt, cfg, rng) if resuming(out / "last.pt", cfg.resume) else 0
     step = _make_step(cfg, model, teacher, opt, pets, others, degrade_fn() if cfg.p_degrade > 0 else None, rng)
     method = "converted YOLOX-nano; appearance projection trained (InfoNCE)" if cfg.freeze_detector else "self-distillation"
+    used_mot17 = cfg.mot17 and not cfg.freeze_detector  # frozen, a step takes one PETS pair and nothing else
     meta = lambda k: {"stage": "detector", "step": k, "provenance": prov, "method": method,  # noqa: E731
-                      "data": data_note(min(cfg.pets_last, VAL_FIRST - 1), cfg.mot17, every=2, validation=False)}
+                      "data": data_note(min(cfg.pets_last, VAL_FIRST - 1), used_mot17, every=2, validation=False)}
     save = lambda k: save_checkpoint(out / "last.pt", model, model.cfg, cfg, opt, k, meta(k), np_rng=rng)  # noqa: E731
     done = run_steps(step, start, cfg.steps, cfg.max_minutes, save, cfg.save_every, "detector", cfg.stop_at)
     model.yolox.requires_grad_(True)
