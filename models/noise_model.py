@@ -97,8 +97,9 @@ def degradation_sources() -> list[Path]:
 
 
 def _cache_path(tag: str, seq, lo: int, hi: int, degraded: bool, seed: int) -> Path:
-    """<cache>/<tag>_<sequence>_<lo>-<hi>_clean<seed>.npz, or _deg<seed>-<code>.npz where <code> hashes
-    the degradation code: frames degraded by an older library are recomputed, never reused."""
+    """<cache>/<tag>_<sequence>-<where>_<lo>-<hi>_clean<seed>.npz, or _deg<seed>-<code>.npz where <code>
+    hashes the degradation code (frames degraded by an older library are recomputed, never reused)
+    and <where> the sequence's folder, gt size and seqinfo.ini."""
     import hashlib
     import inspect
 
@@ -109,7 +110,10 @@ def _cache_path(tag: str, seq, lo: int, hi: int, degraded: bool, seed: int) -> P
         cond = f"deg{seed}-{h.hexdigest()[:8]}"
     else:
         cond = f"clean{seed}"
-    return cache_dir() / f"{tag}_{seq.info.name}_{lo}-{min(hi, seq.info.length)}_{cond}.npz"
+    gt = seq.path / "gt" / "gt.txt"  # which footage, not only its name: a copied seqinfo.ini paired another
+    where = f"{seq.path.resolve()}:{gt.stat().st_size if gt.is_file() else 0}"  # sequence's detections with this gt
+    src = hashlib.sha256(where.encode() + (seq.path / "seqinfo.ini").read_bytes()).hexdigest()[:8]
+    return cache_dir() / f"{tag}_{seq.info.name}-{src}_{lo}-{min(hi, seq.info.length)}_{cond}.npz"
 
 
 def _save_npz(out: Path, **arrays) -> None:

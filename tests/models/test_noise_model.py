@@ -100,3 +100,18 @@ def test_interrupted_detector_export_leaves_no_onnx(cache, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         nm.project_detector()
     assert not list(cache.parent.glob("*.onnx"))
+
+
+def test_cached_detections_are_keyed_by_the_footage_not_its_name(tmp_path, mot17_dir):
+    """A site folder with a seqinfo.ini copied from MOT17-05 got MOT17-05's cached detections
+    paired with its own gt: the cache was keyed by the name inside seqinfo.ini."""
+    import shutil
+
+    from vsdmot.models.noise_model import _cache_path
+    from vsdmot.runtime.sources import open_sequence
+
+    copy = tmp_path / "site"
+    shutil.copytree(mot17_dir, copy)
+    (copy / "gt" / "gt.txt").write_text((copy / "gt" / "gt.txt").read_text() + "1,999,1,1,5,5,1,1,1\n")
+    a, b = (_cache_path("det", open_sequence(d), 1, 5, False, 0) for d in (mot17_dir, copy))
+    assert a != b and a == _cache_path("det", open_sequence(mot17_dir), 1, 5, False, 0)
