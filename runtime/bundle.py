@@ -170,8 +170,10 @@ def read_manifest(root: Path) -> dict[str, Any]:
     if not root.is_dir():
         raise BundleError(f"bundle {root}: expected a directory with {MANIFEST}, found no such directory")
     if not mpath.is_file():
-        raise BundleError(f"bundle {root}: expected {MANIFEST}, found none (not a bundle, or an "
-                          f"export that did not pass its accuracy gate)")
+        weights = (root / "detector.pt").is_file()  # a training output or a weights folder, given as a bundle
+        raise BundleError(f"bundle {root}: expected {MANIFEST}, found none " + (
+            f"(it holds torch weights: make a bundle of them with `vsdmot-export --fp32 --out DIR {root}`)"
+            if weights else "(not a bundle, or an export that did not pass its accuracy gate)"))
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
