@@ -315,7 +315,7 @@ def train(cfg: TrainConfig, resume: bool = True, real: RealClips | None = None) 
         if (step + 1) % cfg.save_every == 0 or step + 1 == end or over:
             save_checkpoint(last, model, head_cfg, cfg, opt, step + 1, meta=_meta(cfg, avg, model))
         if over:
-            log.warning("CPU budget of %.1f min reached at step %d of %d; to repeat this run exactly: --stop-at %d "
+            log.warning("CPU budget of %g min reached at step %d of %d; to repeat this run exactly: --stop-at %d "
                         "--max-minutes 0", cfg.max_minutes, step + 1, total, step + 1)
             break
     return last

@@ -46,7 +46,7 @@ def run_steps(step_fn: Callable[[int], dict], start: int, steps: int, max_minute
     with _stop_requests(desc) as stop:
         while step < end and not stop:
             if max_minutes > 0 and time.process_time() - t0 > max_minutes * 60:
-                log.warning("%s: CPU budget of %.1f min reached at step %d of %d; to repeat this run exactly: "
+                log.warning("%s: CPU budget of %g min reached at step %d of %d; to repeat this run exactly: "
                             "--steps %d --stop-at %d --max-minutes 0", desc, max_minutes, step, steps, steps, step)
                 break
             parts = step_fn(step)
