@@ -345,8 +345,9 @@ def _summarise(acc) -> dict:
 
 def train_sequences(data: Path) -> list[tuple[Path, tuple[int, int] | None]]:
     """TRAIN frames only: PETS09-S2L1 1-600 and every MOT17-mini sequence. Never PETS 601+ or TUD."""
-    mot17 = sorted((data / "MOT17-mini" / "train").glob("MOT17-*"))
-    return [(data / "PETS09-S2L1", (1, PETS_TRAIN_LAST)), *((p, None) for p in mot17)]
+    from .trainframes import mot17_train_dirs  # the held-out fence by content, not only by name
+
+    return [(data / "PETS09-S2L1", (1, PETS_TRAIN_LAST)), *((p, None) for p in mot17_train_dirs(data))]
 
 
 def pool(stats: list[dict]) -> dict:

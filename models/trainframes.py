@@ -16,7 +16,7 @@ import numpy as np
 
 from vsdmot.paths import data_root
 from vsdmot.runtime.yolox import letterbox_image
-from vsdmot.splits import PETS_TRAIN_LAST  # PETS09-S2L1 frames 601-795 are held out for evaluation
+from vsdmot.splits import HELD_OUT_FRAMES, HELD_OUT_SEQUENCES, PETS_TRAIN_LAST, held_out_text
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,34 @@ def load_pets(data: Path = DEFAULT_DATA, first: int = 1, last: int = PETS_TRAIN_
     return out
 
 
-def load_mot17(data: Path = DEFAULT_DATA) -> list[TrainFrame]:
-    """Every MOT17-mini train frame present, halved if wider than MOT17_MAX_WIDTH, with gt."""
-    out, root = [], Path(data) / "MOT17-mini" / "train"
+def mot17_train_dirs(data: Path = DEFAULT_DATA) -> list[Path]:
+    """The MOT17-mini/train/MOT17-* folders training reads. Others there are named in a warning; one
+    whose gt.txt is a held-out sequence's (TUD-Campus, or all of PETS09-S2L1, under another name) is
+    refused: the name fence alone let a renamed copy into training."""
+    root = Path(data) / "MOT17-mini" / "train"
     others = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("MOT17-")) \
         if root.is_dir() else []
     if others:  # a user's own sequence put here was dropped in silence
         log.warning("%s: %s not read (only MOT17-* folders with img1/*.jpg are)", root, ", ".join(others))
-    for seq in sorted(root.glob("MOT17-*")):
+    fenced = {h: s for s in (*HELD_OUT_FRAMES, *HELD_OUT_SEQUENCES) if (h := _sha(Path(data) / s / "gt" / "gt.txt"))}
+    dirs = sorted(root.glob("MOT17-*"))
+    for seq in dirs:
+        if (held := fenced.get(_sha(seq / "gt" / "gt.txt"))) is not None:
+            raise ValueError(f"{seq}: its gt/gt.txt is {held}'s, whose frames are held out for evaluation "
+                             f"({held_out_text()}): refusing to train on it")
+    return dirs
+
+
+def _sha(path: Path) -> str | None:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def load_mot17(data: Path = DEFAULT_DATA) -> list[TrainFrame]:
+    """Every MOT17-mini train frame present, halved if wider than MOT17_MAX_WIDTH, with gt."""
+    out = []
+    for seq in mot17_train_dirs(data):
         gt_path = seq / "gt" / "gt.txt"
         if not any((seq / "img1").glob("*.jpg")):
             log.warning("%s: no img1/*.jpg frames, not read", seq)

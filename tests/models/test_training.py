@@ -120,3 +120,22 @@ def test_training_data_names_its_layout_and_what_it_skips(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="vsdmot.models.trainframes"):
         assert load_mot17(tmp_path) == []
     assert "mysite not read" in caplog.text and "MOT17-97-PNG: no img1/*.jpg frames" in caplog.text
+
+
+def test_a_held_out_sequence_under_a_training_name_is_refused(tmp_path, tud_dir, mot17_dir):
+    """TUD-Campus converted to JPEGs as MOT17-mini/train/MOT17-96-TUD went into training (371 frames,
+    71 of them held out): the fence read names only."""
+    import shutil
+
+    from vsdmot.models.noise_model import train_sequences
+    from vsdmot.models.trainframes import load_mot17, mot17_train_dirs
+
+    root = tmp_path / "data"
+    shutil.copytree(tud_dir, root / "TUD-Campus")
+    shutil.copytree(mot17_dir, root / "MOT17-mini" / "train" / mot17_dir.name)
+    assert [p.name for p in mot17_train_dirs(root)] == [mot17_dir.name]  # a real train sequence passes
+    (root / "MOT17-mini" / "train" / "MOT17-96-TUD" / "gt").mkdir(parents=True)
+    shutil.copy(tud_dir / "gt" / "gt.txt", root / "MOT17-mini" / "train" / "MOT17-96-TUD" / "gt")
+    for read in (load_mot17, train_sequences):
+        with pytest.raises(ValueError, match="MOT17-96-TUD: its gt/gt.txt is TUD-Campus's"):
+            read(root)
