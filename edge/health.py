@@ -39,13 +39,17 @@ POWER_MAX_AGE_S = 5.0  # an older sample is not exported: the meter stopped read
 
 
 class FpsWindow:
-    """Frames per second over the last `window_s` seconds of frame arrivals."""
+    """Frames per second over the last `window_s` seconds (or since the first frame, when that is
+    sooner), up to now: the rate falls when frames stop. (Over the span of the frames left in the
+    window, it read 11 FPS 4 s after the last frame.)"""
 
     def __init__(self, window_s: float = 5.0):
         self.window_s = window_s
         self._times: collections.deque[float] = collections.deque()
+        self._first: float | None = None
 
     def tick(self, now: float) -> None:
+        self._first = now if self._first is None else self._first
         self._times.append(now)
         while self._times and now - self._times[0] > self.window_s:
             self._times.popleft()
@@ -53,9 +57,11 @@ class FpsWindow:
     def fps(self, now: float) -> float:
         while self._times and now - self._times[0] > self.window_s:
             self._times.popleft()
-        if len(self._times) < 2:
+        if self._first is None or len(self._times) < 2:
             return 0.0
-        return (len(self._times) - 1) / max(self._times[-1] - self._times[0], 1e-9)
+        if now - self._first < self.window_s:  # the first frame opens the window: the ones after it count
+            return (len(self._times) - 1) / max(now - self._first, 1e-9)
+        return len(self._times) / self.window_s
 
 
 def last_fresh(stats: Any, now: float) -> float:
@@ -108,7 +114,8 @@ class Metrics:
         self.latency: dict[str, Histogram] = {}
         self.source: dict[str, float] = {k: 0 for k in SOURCE_COUNTERS}
         self.connected, self.stalled = True, False
-        self.last_fresh: float | None = None
+        self.last_fresh: float | None = None  # the source's last fresh frame (its reader thread's clock)
+        self.last_processed: float | None = None  # the loop's last finished frame: a stuck loop has none
         self.last_q = self.last_w = math.nan
         self.power: Any = None  # a power.PowerSample, when metered
         self.power_meter = ""  # meter name, "" = none
@@ -117,7 +124,7 @@ class Metrics:
     def observe(self, result: Any, stats: Any = None) -> None:
         now = self.clock()
         with self._lock:
-            self.frames += 1
+            self.frames, self.last_processed = self.frames + 1, now
             self._fps.tick(now)
             self.semantic[result.semantic] = self.semantic.get(result.semantic, 0) + 1
             for stage, ms in result.latency_ms.items():
@@ -155,11 +162,14 @@ class Metrics:
         with self._lock:
             self._refresh(now)
             age = None if self.last_fresh is None else now - self.last_fresh
-            ok = self.frames > 0 and age is not None and age <= self.stall_s and self.connected and not self.stalled
+            done = None if self.last_processed is None else now - self.last_processed  # a loop stuck on a full
+            ok = (self.frames > 0 and age is not None and age <= self.stall_s  # pipe or a hung network reads
+                  and done is not None and done <= self.stall_s and self.connected and not self.stalled)
             status = "ok" if ok else ("starting" if self.frames == 0 else "stalled")
             body = {
                 "status": status, "frames": self.frames, "fps": round(self._fps.fps(now), 2),
-                "last_fresh_age_s": None if age is None else round(age, 3), "stall_timeout_s": self.stall_s,
+                "last_fresh_age_s": None if age is None else round(age, 3),
+                "last_frame_age_s": None if done is None else round(done, 3), "stall_timeout_s": self.stall_s,
                 "source_connected": self.connected, "uptime_s": round(now - self.started, 1),
                 **{f"source_{k}": self.source[k] for k in SOURCE_COUNTERS},
             }
@@ -199,7 +209,11 @@ def _counter_lines(m: Metrics, now: float) -> list[str]:
         name = "vsdmot_source_dropped_frames_total" if k == "dropped" else f"vsdmot_source_{k}_total"
         _metric(out, name, "counter", f"Source {k.replace('_', ' ')} (the live source's statistics).", [("", m.source[k])])
     _metric(out, "vsdmot_source_connected", "gauge", "1 while the source is connected.", [("", int(m.connected))])
-    _metric(out, "vsdmot_last_fresh_frame_age_seconds", "gauge", "Seconds since the last fresh frame.", [("", age)])
+    _metric(out, "vsdmot_last_fresh_frame_age_seconds", "gauge", "Seconds since the source's last fresh frame.",
+            [("", age)])
+    done = now - m.last_processed if m.last_processed is not None else math.nan
+    _metric(out, "vsdmot_last_processed_frame_age_seconds", "gauge", "Seconds since the last frame was tracked.",
+            [("", done)])
     return out
 
 

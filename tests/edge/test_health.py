@@ -264,3 +264,32 @@ def test_a_meter_that_stopped_reading_gives_no_watts():
     finally:
         hook.on_stop(None)
     assert not any(k.startswith("vsdmot_power_watts") or k.startswith("vsdmot_power_rail_watts") for k in s), s
+
+
+def test_fps_falls_when_frames_stop():
+    """4.6 s after the last of a steady 10 FPS the metric read 10.0 (the span of the frames left in
+    the window, not the window): a stopped stream looked healthy on a dashboard."""
+    fps = H.FpsWindow(5.0)
+    t = 0.0
+    for _ in range(100):  # 10 s at 10 FPS
+        t += 0.1
+        fps.tick(t)
+    assert fps.fps(t) == pytest.approx(10.0, abs=0.5)
+    assert fps.fps(t + 2.5) == pytest.approx(5.0, abs=0.5) and fps.fps(t + 4.6) <= 1.0 and fps.fps(t + 6) == 0.0
+
+
+def test_a_loop_that_stopped_tracking_is_stalled_though_the_source_is_fresh():
+    """The loop blocked on a full output pipe: the source's reader went on receiving (fresh), and
+    /healthz said ok for 50 s while no frame was tracked and the watchdog starved."""
+    clock, fresh = Clock(), {"t": 0.0}
+    m = H.Metrics(stall_s=5.0, clock=clock, source_stats=lambda: Stats(fresh["t"]))
+    for i in range(1, 4):
+        clock.t += 0.1
+        fresh["t"] = clock.t
+        m.observe(result(i, "skipped"), Stats(clock.t))
+    assert m.health()[0] == 200
+    clock.t += 8.0
+    fresh["t"] = clock.t  # the reader still delivers; the loop does not take the frames
+    code, body = m.health()
+    assert code == 503 and body["status"] == "stalled" and body["last_frame_age_s"] == pytest.approx(8.0)
+    assert parse_prometheus(m.prometheus())["vsdmot_last_processed_frame_age_seconds"] == pytest.approx(8.0)
