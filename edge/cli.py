@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 
 from vsdmot._cli import build_parser, run_main
@@ -18,3 +20,19 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser("vsdmot-edge", __doc__.splitlines()[0], COMMANDS)
     return run_main(parser, argv)
+
+
+def console_main() -> int:
+    """The `vsdmot-edge` script: `main`, then, when a live source's reader was left blocked inside
+    FFmpeg (a stop during a UDP outage), an exit that skips the interpreter's teardown: tearing
+    down its capture under it aborted the process ("terminate called without an active
+    exception", exit 134, a core dump and a `failed` unit under systemd) after every output had
+    been closed. In-process callers (tests) use `main`."""
+    code = main()
+    from vsdmot.edge.sources import readers_left_blocked
+
+    if readers_left_blocked():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -359,12 +359,22 @@ class LiveSource:
             self._thread.join(self.opts.read_timeout_s + 1.0 if timeout is None else timeout)
             if self._thread.is_alive():
                 log.warning("%s: reader thread still blocked in read(); leaving it (daemon)", self.name)
+                _BLOCKED.append(self.name)
 
     def __enter__(self) -> LiveSource:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+_BLOCKED: list[str] = []  # sources whose reader thread close() left blocked in a read
+
+
+def readers_left_blocked() -> list[str]:
+    """Names of the live sources whose reader was left blocked in FFmpeg: the process must not
+    tear its interpreter down under them (edge/cli.py console_main)."""
+    return list(_BLOCKED)
 
 
 # -- files ----------------------------------------------------------------------------------------

@@ -84,3 +84,17 @@ def test_a_bad_flag_value_is_one_line(argv, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.splitlines()) == 1
     assert err.startswith(f"vsdmot-edge {argv[0]}") and err.rstrip().endswith("--help)")
+
+
+def test_the_script_exits_past_a_reader_left_blocked(monkeypatch):
+    """A stop during a UDP outage leaves the reader inside FFmpeg; the interpreter's teardown then
+    aborted the process (exit 134) after the outputs were closed. The script exits without it."""
+    from vsdmot.edge import cli, sources
+
+    exits: list[int] = []
+    monkeypatch.setattr(cli, "main", lambda: 0)
+    monkeypatch.setattr(cli.os, "_exit", exits.append)
+    assert cli.console_main() == 0 and exits == []  # nothing blocked: the usual way out
+    monkeypatch.setattr(sources, "_BLOCKED", ["udp://127.0.0.1:5000"])
+    cli.console_main()
+    assert exits == [0]
