@@ -61,6 +61,29 @@ def log_level(verbose: int, quiet: int) -> tuple[int, int]:
     return logging.INFO, logging.INFO
 
 
+class JournalFormatter(logging.Formatter):
+    """Lines prefixed with their syslog priority (`<4>` for a warning), which journald reads off a
+    service's stderr: `journalctl -p warning -u cam1` then finds the warnings (sd-daemon(3))."""
+
+    PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = next((p for lvl, p in sorted(self.PRIORITY.items(), reverse=True) if record.levelno >= lvl), 7)
+        return f"<{prio}>{super().format(record)}"
+
+
+def to_journal() -> bool:
+    """Whether stderr is the journal's stream ($JOURNAL_STREAM names its device:inode), as under systemd."""
+    import os
+
+    want = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(want) and want == f"{st.st_dev}:{st.st_ino}"
+
+
 def setup_logging(verbose: int = 0, quiet: int = 0) -> None:
     """One stderr handler on the root logger, as `logging.basicConfig` (a no-op where logging is set
     up already). For -v the root passes DEBUG and the handler keeps other libraries at INFO: no
@@ -70,7 +93,8 @@ def setup_logging(verbose: int = 0, quiet: int = 0) -> None:
         return
     lib, ours = log_level(verbose, quiet)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    form = JournalFormatter if to_journal() else logging.Formatter
+    handler.setFormatter(form("%(levelname)s %(name)s: %(message)s"))
     if ours < lib:
         handler.addFilter(lambda r: r.levelno >= lib or r.name == "vsdmot" or r.name.startswith("vsdmot."))
     root.addHandler(handler)
