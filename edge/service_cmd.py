@@ -24,7 +24,8 @@ from pathlib import Path
 from vsdmot._cli import add_log_arguments
 from vsdmot.runtime.config import load_config, parse_listen
 
-from .unit import HEALTH_PORT, UnitConfig, default_config_toml, free_health_port, render_sysusers, render_unit
+from .unit import (HEALTH_PORT, HIDDEN_DIRS, UnitConfig, default_config_toml, free_health_port, render_sysusers,
+                   render_unit)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,24 @@ def default_exec_path() -> str:
     if found is None:
         raise ValueError("cannot find the vsdmot-edge executable: pass --exec /path/to/venv/bin/vsdmot-edge")
     return str(Path(found).absolute())
+
+
+def check_interpreter(exec_path: str) -> None:
+    """ValueError when the script's Python resolves under a folder the service cannot see (a venv
+    made from pyenv's Python in /root or /home: ExecStart would fail with 203/EXEC under
+    ProtectHome=yes); `--exec` itself was checked, not what its first line runs."""
+    try:
+        first = Path(exec_path).read_bytes()[:256].split(b"\n", 1)[0]
+    except OSError:
+        return
+    if not first.startswith(b"#!"):
+        return
+    python = Path(first[2:].decode(errors="replace").split()[0]).resolve()
+    hidden = [d for d in HIDDEN_DIRS if (str(python) + "/").startswith(d + "/")]
+    if hidden:
+        raise ValueError(f"--exec {exec_path}: its Python resolves to {python}, under {hidden[0]}, which the service "
+                         "cannot see (ProtectHome=yes, PrivateTmp=yes): make the venv from a system Python, e.g. "
+                         "/usr/bin/python3 -m venv /opt/vsdmot/venv (install.sh's .venv is for development)")
 
 
 def unit_config(args: argparse.Namespace) -> UnitConfig:
@@ -188,6 +207,8 @@ def _install(args: argparse.Namespace) -> int:
     cfg = unit_config(args)
     if not args.root and not Path(cfg.exec_path).is_file():  # --root stages a package: --exec is the target's path
         raise ValueError(f"--exec {cfg.exec_path}: no such executable (install vsdmot into a venv first)")
+    if not args.root:
+        check_interpreter(cfg.exec_path)
     live = not args.root and not args.dry_run
     if live and not systemd_running():
         raise OSError("systemd is not running on this machine: use --root DIR to stage the files for a package")

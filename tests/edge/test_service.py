@@ -525,3 +525,16 @@ def test_sigterm_during_a_stall_exits_promptly(live_run):
     except subprocess.TimeoutExpired:
         pytest.fail("SIGTERM during a stall: no exit within 10 s")
     assert live_run.proc.returncode == 0
+
+
+def test_an_exec_whose_python_the_service_cannot_see_is_refused(tmp_path):
+    """install.sh's venv links its python into /root/.pyenv: under ProtectHome=yes the unit's
+    ExecStart failed with 203/EXEC, though --exec itself (under /opt) passed the check."""
+    from vsdmot.edge.service_cmd import check_interpreter
+
+    script = tmp_path / "vsdmot-edge"
+    script.write_text("#!/root/.pyenv/versions/3.11.7/bin/python3\nimport sys\n")
+    with pytest.raises(ValueError, match=r"its Python resolves to /root/.*under /root.*-m venv /opt/vsdmot/venv"):
+        check_interpreter(str(script))
+    script.write_text("#!/usr/bin/python3\n")
+    check_interpreter(str(script))  # a system Python: fine
