@@ -231,6 +231,8 @@ def _status(args: argparse.Namespace) -> int:
     if not systemd_running():
         print("systemd is not running on this machine (no /run/systemd/system): there is no service to inspect. "
               "On the device: systemctl status " + args.name)
+        if args.health_url:  # a run started by hand (or in a container) still answers
+            print(f"health: {health_line('', args.health_url)}")
         return 1
     props = "ActiveState,SubState,Result,MainPID,NRestarts,StatusText,ExecMainStartTimestamp"
     done = subprocess.run(["systemctl", "show", "-p", props, f"{args.name}.service"], capture_output=True, text=True)

@@ -215,6 +215,8 @@ def test_status_without_systemd(capsys):
         pytest.skip("systemd is running here")
     assert main(["service", "status"]) == 1
     assert "systemd is not running" in capsys.readouterr().out
+    assert main(["service", "status", "--health-url", "http://127.0.0.1:9/healthz"]) == 1  # a run by hand: asked
+    assert "health: no answer from http://127.0.0.1:9/healthz" in capsys.readouterr().out
 
 
 def test_default_exec_is_the_venv_script():
