@@ -103,6 +103,15 @@ HARDENING = (
     ("RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
      "unix (sd_notify, jtop socket), IP (RTSP cameras, health server), netlink (udev device discovery)"),
     ("UMask=0027", "files the service writes are not world-readable"),
+    ("CapabilityBoundingSet=", "no capabilities at all: cameras and the GPU open through the groups above"),
+    ("AmbientCapabilities=", "and none handed to what it runs (ffmpeg for interlaced files)"),
+    ("ProtectClock=yes", "cannot set the system or hardware clock"),
+    ("ProtectHostname=yes", "cannot change the host name"),
+    ("ProtectProc=invisible", "other users' processes are hidden in /proc"),
+    ("SystemCallArchitectures=native", "native system calls only (no 32-bit compatibility entry points)"),
+    ("RemoveIPC=yes", "the service user's System V / POSIX IPC objects go when it stops"),
+    ("LimitCORE=0", "no core file when the watchdog kills a hung tracker (SIGABRT): a CUDA process's core fills "
+     "the device's storage; PYTHONFAULTHANDLER (below) puts every thread's Python stack in the journal instead"),
 )
 
 
@@ -162,7 +171,7 @@ def _service_section(cfg: UnitConfig) -> list[str]:
         "StateDirectory=vsdmot",
         "CacheDirectory=vsdmot",
         "WorkingDirectory=/var/lib/vsdmot",
-        "Environment=HOME=/var/lib/vsdmot XDG_CACHE_HOME=/var/cache PYTHONUNBUFFERED=1",
+        "Environment=HOME=/var/lib/vsdmot XDG_CACHE_HOME=/var/cache PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1",
         _comment("Logs go to journald: journalctl -u " + cfg.name),
         "StandardOutput=journal",
         "StandardError=journal",
