@@ -307,7 +307,7 @@ def result_record(result: FrameResult) -> dict[str, Any]:
 
 
 class JsonlSink(_DurableAppender):
-    """One JSON object per line and frame: frame, timestamp, q, w, semantic, tracks, latency_ms.
+    """One JSON object per line and frame: frame, timestamp, q, w, semantic, tracks, latency_ms, unix_time.
 
     Boxes are `[x1, y1, x2, y2]` in source pixels; `semantic` is fresh, reused or skipped.
     """
@@ -315,7 +315,8 @@ class JsonlSink(_DurableAppender):
     kind = "JSONL sink"
 
     def write(self, result: FrameResult, image: np.ndarray | None = None) -> None:
-        self._append(json.dumps(result_record(result), separators=(",", ":"), allow_nan=False) + "\n")
+        record = {**result_record(result), "unix_time": round(time.time(), 3)}  # the wall clock as the line is
+        self._append(json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")  # written (months of files)
 
 
 def open_sinks(mot_out: str = "", jsonl_out: str = "", video_out: str = "", stats_out: str = "",

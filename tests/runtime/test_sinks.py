@@ -133,6 +133,7 @@ def test_mot_sink_refuses_tracks_without_ids(tmp_path):
 
 
 def test_jsonl_parses(tmp_path):
+    before = time.time()
     with JsonlSink(tmp_path / "out.jsonl") as sink:
         for i, state in enumerate(["fresh", "reused", "skipped"], 1):
             sink.write(make_result(i, semantic=state))
@@ -141,6 +142,7 @@ def test_jsonl_parses(tmp_path):
     assert recs[1]["frame"] == 2 and recs[1]["q"] == 0.8 and recs[1]["w"] == 0.3
     assert recs[0]["tracks"][0] == {"id": 1, "box": [2.0, 20.0, 32.0, 90.0], "score": 0.9}
     assert recs[0]["latency_ms"] == {"detector": 5.0}
+    assert before - 0.01 <= recs[0]["unix_time"] <= time.time()  # the wall clock: timestamp counts from the start
 
 
 def test_jsonl_writes_nan_as_null(tmp_path):
