@@ -100,10 +100,13 @@ def test_doctor_reads_clocks_from_a_recorded_jetson(tmp_path):
     assert clocks.found == "governor schedutil, CPU 1120 of 1728 MHz, GPU 306 of 1020 MHz, hottest cpu-thermal 52 C"
 
 
-def test_doctor_sees_an_installed_unit(orin_tree):
-    assert main(["service", "install", "--root", str(orin_tree), "--exec", shutil.which("true")]) == 0
+def test_doctor_sees_every_installed_unit(orin_tree):
+    """One unit per camera (--name cam2): doctor looked for vsdmot-edge.service only."""
+    for name in ("vsdmot-edge", "cam2"):
+        assert main(["service", "install", "--root", str(orin_tree), "--name", name, "--exec", shutil.which("true")]) == 0
+    (orin_tree / "usr/lib/systemd/system/other.service").write_text("[Service]\nExecStart=/bin/true\n")
     service = {c.name: c for c in D.diagnose(orin_tree)}["service"]
-    assert "unit in /usr/lib/systemd/system" in service.found
+    assert "units cam2.service, vsdmot-edge.service," in service.found
 
 
 PROC_DEVICES = """Character devices:
