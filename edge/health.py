@@ -26,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from vsdmot import __version__
 from vsdmot.runtime.config import parse_listen
 
 log = logging.getLogger(__name__)
@@ -181,12 +182,37 @@ class Metrics:
         with self._lock:
             self._refresh(now)
             lines = _counter_lines(self, now) + _histogram_lines(self.latency) + _power_lines(self)
-        return "\n".join(lines + _output_lines(self.outputs)) + "\n"
+        return "\n".join(lines + _output_lines(self.outputs) + _process_lines()) + "\n"
 
 
 def _metric(lines: list[str], name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
     lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
     lines += [f"{name}{labels} {_num(v)}" for labels, v in samples]
+
+
+def _process_lines() -> list[str]:
+    """The standard process_* metrics (a service meant to run for months: memory and file
+    descriptors that creep show here first) and vsdmot_build_info."""
+    import os
+    import resource
+
+    out: list[str] = []
+    cpu = os.times()
+    _metric(out, "process_cpu_seconds_total", "counter", "User and system CPU time, seconds.",
+            [("", round(cpu.user + cpu.system, 3))])
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])  # resident pages
+        _metric(out, "process_resident_memory_bytes", "gauge", "Resident memory, bytes.",
+                [("", pages * resource.getpagesize())])
+        _metric(out, "process_open_fds", "gauge", "Open file descriptors.", [("", len(os.listdir("/proc/self/fd")))])
+    except (OSError, ValueError, IndexError):  # no /proc (not Linux)
+        pass
+    _metric(out, "process_start_time_seconds", "gauge", "Start time, seconds since the epoch.", [("", START_TIME)])
+    _metric(out, "vsdmot_build_info", "gauge", "The vsdmot version running.", [(f'{{version="{__version__}"}}', 1)])
+    return out
+
+
+START_TIME = round(time.time(), 3)  # this module's import: the process's start, near enough
 
 
 def _num(v: float) -> str:

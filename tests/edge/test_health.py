@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from vsdmot import __version__
 from vsdmot.edge import health as H
 from vsdmot.edge.power import Ina3221Meter
 from vsdmot.runtime.types import Detections, FrameResult
@@ -293,3 +294,12 @@ def test_a_loop_that_stopped_tracking_is_stalled_though_the_source_is_fresh():
     code, body = m.health()
     assert code == 503 and body["status"] == "stalled" and body["last_frame_age_s"] == pytest.approx(8.0)
     assert parse_prometheus(m.prometheus())["vsdmot_last_processed_frame_age_seconds"] == pytest.approx(8.0)
+
+
+def test_metrics_carry_the_process_and_the_build():
+    """A service meant to run for months: resident memory and file descriptors that creep show in
+    the standard process_* metrics first."""
+    s = parse_prometheus(H.Metrics().prometheus())
+    assert s["process_resident_memory_bytes"] > 10e6 and s["process_open_fds"] >= 3
+    assert s["process_cpu_seconds_total"] > 0 and s["process_start_time_seconds"] > 1.7e9
+    assert [k for k in s if k.startswith("vsdmot_build_info")] == [f'vsdmot_build_info{{version="{__version__}"}}']
