@@ -145,10 +145,10 @@ def overlap_for(cfg, pipeline) -> bool:
 def check_output_paths(cfg, config_path: str | None = None) -> None:
     """ValueError when two outputs are one file (their writes would interleave) or an output is the
     source or the config: a sink replaces or moves its file aside, so the input would be lost."""
-    outputs = {f"--{name.replace('_', '-')}": getattr(cfg.sinks, name) for name in cfg.sinks.PATHS}
-    inputs = {"--source": cfg.source.source, "--config": config_path or ""}
     from vsdmot.runtime.bundle import DEFAULT_BUNDLE
 
+    outputs = {f"--{name.replace('_', '-')}": getattr(cfg.sinks, name) for name in cfg.sinks.PATHS}
+    inputs = {"--source": cfg.source.source, "--config": config_path or ""}
     bundle = Path(cfg.pipeline.bundle or DEFAULT_BUNDLE).resolve()  # the shipped one too (an editable checkout)
     seen: dict[Path, str] = {}
     for flag, path in outputs.items():
