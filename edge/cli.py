@@ -28,11 +28,17 @@ def console_main() -> int:
     down its capture under it aborted the process ("terminate called without an active
     exception", exit 134, a core dump and a `failed` unit under systemd) after every output had
     been closed. In-process callers (tests) use `main`."""
-    code = main()
-    from vsdmot.edge.sources import readers_left_blocked
+    code = 1
+    try:
+        code = main()
+        return code
+    finally:
+        from vsdmot.edge.sources import readers_left_blocked
 
-    if readers_left_blocked():
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+        if readers_left_blocked():
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):  # a reader that has gone (a closed pipe): nothing more to say
+                    pass
+            os._exit(code)

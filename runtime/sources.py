@@ -206,8 +206,20 @@ def _cut_jpeg(path: Path) -> bool:
         f.seek(max(path.stat().st_size - 32, 0))
         if b"\xff\xd9" in f.read():  # a few encoders pad after the marker
             return False
-        f.seek(0)  # phones' motion photos and vendor trailers append more: look for the marker anywhere
-        return b"\xff\xd9" not in f.read()
+        f.seek(0)  # phones' motion photos and vendor trailers append more: the marker is earlier
+        data = f.read()
+    return b"\xff\xd9" not in data[_scan_start(data):]  # after the main image's scan: an EXIF thumbnail has its own
+
+
+def _scan_start(data: bytes) -> int:
+    """Offset of the main image's start-of-scan (FF DA), walking the marker segments by their
+    lengths from SOI; 0 when the header does not parse (then the whole file is searched)."""
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        if data[i + 1] == 0xDA:
+            return i
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return 0
 
 
 @dataclass(slots=True, frozen=True)

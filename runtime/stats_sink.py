@@ -68,9 +68,11 @@ def _as_dict(stats: Any) -> dict[str, Any]:
 
 
 def _placeholder(path: Path) -> bool:
-    """Whether `path` is a stats file of a run that stepped no frame (start()'s `frames: 0`)."""
+    """Whether `path` is a stats file of a run that stepped no frame and did not finish (start()'s
+    `frames: 0`, killed): a finished run's, even of no frame (a camera that never came), is kept."""
     try:
-        return json.loads(path.read_text()).get("frames") == 0
+        doc = json.loads(path.read_text())
+        return doc.get("frames") == 0 and doc.get("final") is False
     except (OSError, ValueError, AttributeError):
         return False
 

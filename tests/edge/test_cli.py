@@ -98,3 +98,12 @@ def test_the_script_exits_past_a_reader_left_blocked(monkeypatch):
     monkeypatch.setattr(sources, "_BLOCKED", ["udp://127.0.0.1:5000"])
     cli.console_main()
     assert exits == [0]
+
+    def failing():
+        raise ValueError("a main that raises")
+
+    monkeypatch.setattr(cli, "main", failing)
+    monkeypatch.setattr(cli.sys, "stdout", type("Gone", (), {"flush": lambda self: (_ for _ in ()).throw(BrokenPipeError())})())
+    with pytest.raises(ValueError):  # os._exit is a stand-in here: the raise goes on after it
+        cli.console_main()  # neither the raise nor a closed stdout skips the exit past the blocked reader
+    assert exits == [0, 1]

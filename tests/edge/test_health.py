@@ -277,6 +277,10 @@ def test_fps_falls_when_frames_stop():
         fps.tick(t)
     assert fps.fps(t) == pytest.approx(10.0, abs=0.5)
     assert fps.fps(t + 2.5) == pytest.approx(5.0, abs=0.5) and fps.fps(t + 4.6) <= 1.0 and fps.fps(t + 6) == 0.0
+    slow = H.FpsWindow(5.0)  # one frame every 4 s: it flapped between 0.4 and 0, or read 0 throughout
+    for k in range(10):
+        slow.tick(4.0 * k)
+    assert all(0.19 <= slow.fps(36.0 + dt) <= 0.41 for dt in (0.0, 1.0, 2.0, 3.5))
 
 
 def test_a_loop_that_stopped_tracking_is_stalled_though_the_source_is_fresh():

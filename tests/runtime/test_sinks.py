@@ -619,6 +619,11 @@ def test_a_crash_loop_keeps_the_last_real_runs_stats(tmp_path):
             s._drop_claim()
     kept = [json.loads(p.read_text())["frames"] for p in kept_files(tmp_path / "s.json")]
     assert kept == [1] and json.loads((tmp_path / "s.json").read_text())["frames"] == 0
+    for s in open_sinks(**paths):  # a finished run of no frame (a camera that never came): its record is kept
+        s.close()
+    for s in open_sinks(**paths):
+        s.close()
+    assert [json.loads(p.read_text())["final"] for p in kept_files(tmp_path / "s.json")][-1] is True
 
 
 def test_a_refused_stats_path_frees_the_video_claim(tmp_path):

@@ -181,6 +181,21 @@ def test_a_cut_jpeg_is_named(tmp_path, caplog):
     assert "000003.jpg" not in caplog.text
 
 
+def test_a_cut_jpeg_with_an_exif_thumbnail_is_named(tmp_path):
+    """Camera JPEGs carry a thumbnail, itself a JPEG with its own end marker, in APP1: a search of
+    the whole file for the marker found it and called a truncated photo whole."""
+    from vsdmot.runtime.sources import _cut_jpeg
+
+    img = np.random.default_rng(1).integers(0, 255, (96, 128, 3), np.uint8)
+    main, thumb = (cv2.imencode(".jpg", im)[1].tobytes() for im in (img, img[:16, :16]))
+    app1 = b"\xff\xe1" + (len(thumb) + 8).to_bytes(2, "big") + b"Exif\0\0" + thumb
+    whole, p = main[:2] + app1 + main[2:], tmp_path / "photo.jpg"
+    p.write_bytes(whole)
+    assert not _cut_jpeg(p) and cv2.imread(str(p)) is not None
+    p.write_bytes(whole[: len(whole) * 3 // 4])
+    assert _cut_jpeg(p)
+
+
 def test_a_folder_of_sequences_names_them(mot17_dir):
     with pytest.raises(SourceError, match=r"no images .* it holds 7 sequence folders \(MOT17-02-FRCNN, .*\): give one"):
         open_file_source(mot17_dir.parent)
