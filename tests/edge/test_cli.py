@@ -103,7 +103,11 @@ def test_the_script_exits_past_a_reader_left_blocked(monkeypatch):
         raise ValueError("a main that raises")
 
     monkeypatch.setattr(cli, "main", failing)
-    monkeypatch.setattr(cli.sys, "stdout", type("Gone", (), {"flush": lambda self: (_ for _ in ()).throw(BrokenPipeError())})())
+    class Gone:  # stdout whose reader has gone
+        def flush(self):
+            raise BrokenPipeError
+
+    monkeypatch.setattr(cli.sys, "stdout", Gone())
     with pytest.raises(ValueError):  # os._exit is a stand-in here: the raise goes on after it
         cli.console_main()  # neither the raise nor a closed stdout skips the exit past the blocked reader
     assert exits == [0, 1]
