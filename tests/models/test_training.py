@@ -122,7 +122,7 @@ def test_training_data_names_its_layout_and_what_it_skips(tmp_path, caplog):
     assert "mysite not read" in caplog.text and "MOT17-97-PNG: no img1/*.jpg frames" in caplog.text
 
 
-def test_a_held_out_sequence_under_a_training_name_is_refused(tmp_path, tud_dir, mot17_dir):
+def test_a_held_out_sequence_under_a_training_name_is_refused(tmp_path, tud_dir, mot17_dir, pets_dir):
     """TUD-Campus converted to JPEGs as MOT17-mini/train/MOT17-96-TUD went into training (371 frames,
     71 of them held out): the fence read names only."""
     import shutil
@@ -134,8 +134,20 @@ def test_a_held_out_sequence_under_a_training_name_is_refused(tmp_path, tud_dir,
     shutil.copytree(tud_dir, root / "TUD-Campus")
     shutil.copytree(mot17_dir, root / "MOT17-mini" / "train" / mot17_dir.name)
     assert [p.name for p in mot17_train_dirs(root)] == [mot17_dir.name]  # a real train sequence passes
-    (root / "MOT17-mini" / "train" / "MOT17-96-TUD" / "gt").mkdir(parents=True)
-    shutil.copy(tud_dir / "gt" / "gt.txt", root / "MOT17-mini" / "train" / "MOT17-96-TUD" / "gt")
-    for read in (load_mot17, train_sequences):
-        with pytest.raises(ValueError, match="MOT17-96-TUD: its gt/gt.txt is TUD-Campus's"):
-            read(root)
+    gt = root / "MOT17-mini" / "train" / "MOT17-96-TUD" / "gt" / "gt.txt"
+    gt.parent.mkdir(parents=True)
+    text = (tud_dir / "gt" / "gt.txt").read_text()
+    for copy in (text, text.replace("\n", "\r\n"), text.rstrip("\n")):  # byte-identical or re-saved
+        gt.write_text(copy, newline="")
+        for read in (load_mot17, train_sequences):
+            with pytest.raises(ValueError, match=r"MOT17-96-TUD: \d+ of its \d+ gt boxes are TUD-Campus's held-out"):
+                read(root)
+    shutil.rmtree(gt.parent.parent)
+    shutil.copytree(pets_dir, root / "PETS09-S2L1")  # PETS 601-795 renumbered 1-195 under a training name
+    rows = [r.split(",") for r in (pets_dir / "gt" / "gt.txt").read_text().splitlines()]
+    renumbered = [",".join([str(int(float(r[0])) - 600), *r[1:]]) for r in rows if 601 <= float(r[0]) <= 795]
+    gt = root / "MOT17-mini" / "train" / "MOT17-97-P" / "gt" / "gt.txt"
+    gt.parent.mkdir(parents=True)
+    gt.write_text("\n".join(renumbered) + "\n")
+    with pytest.raises(ValueError, match="MOT17-97-P: .* are PETS09-S2L1's held-out"):
+        mot17_train_dirs(root)
