@@ -103,10 +103,11 @@ def test_log_lines_carry_their_priority_when_stderr_is_the_journal(tmp_path):
     import sys
 
     code = ("import logging, os, sys; st = os.fstat(2); os.environ['JOURNAL_STREAM'] = f'{st.st_dev}:{st.st_ino}' "
-            "if sys.argv[1] == 'journal' else ''; from vsdmot._cli import setup_logging; setup_logging(); "
-            "logging.getLogger('vsdmot.x').warning('w'); logging.getLogger('vsdmot.x').info('i')")
-    for mode, want in (("journal", ["<4>WARNING vsdmot.x: w", "<6>INFO vsdmot.x: i"]),
-                       ("tty", ["WARNING vsdmot.x: w", "INFO vsdmot.x: i"])):
+            "if sys.argv[1] == 'journal' else ''; from vsdmot._cli import say_error, setup_logging; setup_logging(); "
+            "logging.getLogger('vsdmot.x').warning('w'); logging.getLogger('vsdmot.x').info('i\\nmore'); "
+            "say_error('tool: error: e')")
+    for mode, want in (("journal", ["<4>WARNING vsdmot.x: w", "<6>INFO vsdmot.x: i", "<6>more", "<3>tool: error: e"]),
+                       ("tty", ["WARNING vsdmot.x: w", "INFO vsdmot.x: i", "more", "tool: error: e"])):
         with open(tmp_path / mode, "w") as err:
             subprocess.run([sys.executable, "-c", code, mode], stderr=err, check=True, env={**os.environ})
         assert (tmp_path / mode).read_text().splitlines() == want

@@ -69,7 +69,7 @@ class JournalFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         prio = next((p for lvl, p in sorted(self.PRIORITY.items(), reverse=True) if record.levelno >= lvl), 7)
-        return f"<{prio}>{super().format(record)}"
+        return "\n".join(f"<{prio}>{line}" for line in super().format(record).split("\n"))  # a traceback too
 
 
 def to_journal() -> bool:
@@ -149,6 +149,11 @@ def sigterm_exits(message: str) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def say_error(line: str) -> None:
+    """The one-line error a command ends with, on stderr; an error to journald (`<3>`) under systemd."""
+    print(("<3>" if to_journal() else "") + line, file=sys.stderr)
+
+
 def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
     """Parse, set up logging, run. Bad input and device errors become one line and exit 2 / 1."""
     from vsdmot.runtime.errors import VsdmotError
@@ -163,13 +168,13 @@ def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None)
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
     except ValueError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        say_error(f"{parser.prog}: error: {e}")
         return 2
     except ModuleNotFoundError as e:  # an optional dependency this command needs (a device install has fewer)
         if e.name not in INSTALL_HINTS:  # anything else (a submodule, the kit's own): a broken install or a bug
             raise
-        print(f"{parser.prog}: error: {missing_module_hint(e.name)}", file=sys.stderr)
+        say_error(f"{parser.prog}: error: {missing_module_hint(e.name)}")
         return 1
     except (VsdmotError, OSError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        say_error(f"{parser.prog}: error: {e}")
         return 1
