@@ -109,7 +109,6 @@ HARDENING = (
     ("ProtectHostname=yes", "cannot change the host name"),
     ("ProtectProc=invisible", "other users' processes are hidden in /proc"),
     ("SystemCallArchitectures=native", "native system calls only (no 32-bit compatibility entry points)"),
-    ("RemoveIPC=yes", "the service user's System V / POSIX IPC objects go when it stops"),
     ("LimitCORE=0", "no core file when the watchdog kills a hung tracker (SIGABRT): a CUDA process's core fills "
      "the device's storage; PYTHONFAULTHANDLER (below) puts every thread's Python stack in the journal instead"),
 )
@@ -121,7 +120,7 @@ def _comment(text: str) -> str:
 
 def render_unit(cfg: UnitConfig) -> str:
     """The unit file text."""
-    return "\n".join(_unit_section(cfg) + _service_section(cfg) + _hardening_section() + _install_section()) + "\n"
+    return "\n".join(_unit_section(cfg) + _service_section(cfg) + _hardening_section(cfg) + _install_section()) + "\n"
 
 
 def _unit_section(cfg: UnitConfig) -> list[str]:
@@ -180,7 +179,7 @@ def _service_section(cfg: UnitConfig) -> list[str]:
     ]
 
 
-def _hardening_section() -> list[str]:
+def _hardening_section(cfg: UnitConfig) -> list[str]:
     out = [
         _comment("Hardening. Not set, on purpose: PrivateDevices=yes (it hides /dev/nvhost-*, /dev/nvmap"),
         _comment("and /dev/video*, so neither the GPU nor a camera would open), MemoryDenyWriteExecute=yes"),
@@ -189,6 +188,9 @@ def _hardening_section() -> list[str]:
     ]
     for line, why in HARDENING:
         out += [_comment(why), line]
+    if cfg.user == UnitConfig.user:  # not for a login user: their other processes' shared memory would go too
+        out += [_comment("the dedicated user's System V / POSIX IPC objects go when its last unit stops"),
+                "RemoveIPC=yes"]
     out += [_comment("Only the devices the tracker needs; everything else in /dev is refused."), "DevicePolicy=closed"]
     for spec, why in DEVICE_RULES:
         out += [_comment(why), f"DeviceAllow={spec} rw"]

@@ -248,3 +248,12 @@ def test_status_does_not_guess_the_port_of_a_config_it_cannot_read(tmp_path, mon
     assert "not asked" in C.health_line(str(path), None) and "run with sudo" in C.health_line(str(path), None)
     monkeypatch.setattr(C, "_health", lambda url: f"asked {url}")
     assert C.health_line(str(path), "http://127.0.0.1:9109/healthz") == "asked http://127.0.0.1:9109/healthz"
+
+
+def test_remove_ipc_only_for_the_dedicated_user():
+    """RemoveIPC removes every IPC object of the unit's user when its last unit stops: with a login
+    user (--user) that would be their other programs' shared memory."""
+    from vsdmot.edge.unit import UnitConfig, render_unit
+
+    assert "RemoveIPC=yes" in render_unit(UnitConfig(exec_path="/opt/v/bin/vsdmot-edge"))
+    assert "RemoveIPC" not in render_unit(UnitConfig(exec_path="/opt/v/bin/vsdmot-edge", user="robot"))
