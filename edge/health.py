@@ -212,7 +212,21 @@ def _process_lines() -> list[str]:
     return out
 
 
-START_TIME = round(time.time(), 3)  # this module's import: the process's start, near enough
+def _start_time() -> float:
+    """When this process started, seconds since the epoch: /proc/self/stat's start (clock ticks
+    after boot) plus /proc/stat's btime, as prometheus_client does; else now."""
+    import os
+
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22
+        stat = Path("/proc/stat").read_text().splitlines()
+        boot = next(int(line.split()[1]) for line in stat if line.startswith("btime"))
+        return round(boot + ticks / os.sysconf("SC_CLK_TCK"), 3)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return round(time.time(), 3)
+
+
+START_TIME = _start_time()
 
 
 def _num(v: float) -> str:

@@ -227,12 +227,15 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    """0 when active, 3 when not (like systemctl), 1 when systemd is not running here."""
+    """0 when active, 3 when not (like systemctl), 1 when systemd is not running here (without it,
+    with --health-url: 0 when the run's /healthz answers 200, else 1)."""
     if not systemd_running():
         print("systemd is not running on this machine (no /run/systemd/system): there is no service to inspect. "
               "On the device: systemctl status " + args.name)
-        if args.health_url:  # a run started by hand (or in a container) still answers
-            print(f"health: {health_line('', args.health_url)}")
+        if args.health_url:  # a run started by hand (or in a container) still answers: its health decides
+            line = health_line("", args.health_url)
+            print(f"health: {line}")
+            return 0 if line.startswith("200 ") else 1
         return 1
     props = "ActiveState,SubState,Result,MainPID,NRestarts,StatusText,ExecMainStartTimestamp"
     done = subprocess.run(["systemctl", "show", "-p", props, f"{args.name}.service"], capture_output=True, text=True)

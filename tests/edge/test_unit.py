@@ -217,6 +217,16 @@ def test_status_without_systemd(capsys):
     assert "systemd is not running" in capsys.readouterr().out
     assert main(["service", "status", "--health-url", "http://127.0.0.1:9/healthz"]) == 1  # a run by hand: asked
     assert "health: no answer from http://127.0.0.1:9/healthz" in capsys.readouterr().out
+    from vsdmot.edge.health import HealthServer, Metrics
+    from vsdmot.runtime.types import Detections, FrameResult
+
+    m = Metrics(stall_s=5.0)
+    m.observe(FrameResult(1, 0.0, 1.0, 0.0, "skipped", Detections.empty(True), {"total": 1.0}))
+    server = HealthServer(m, "127.0.0.1:0").start()
+    try:  # healthy: the exit code says so (a container's health check)
+        assert main(["service", "status", "--health-url", f"http://127.0.0.1:{server.address[1]}/healthz"]) == 0
+    finally:
+        server.close()
 
 
 def test_default_exec_is_the_venv_script():
