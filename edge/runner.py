@@ -165,8 +165,11 @@ def drop_note(stats: Any) -> str:
     if not dropped:
         return ""
     due = stats.frames_read - getattr(stats, "warmup", 0)  # warm-up frames were never due
-    return (f", source dropped {dropped} of {due} frames ({100 * dropped / max(due, 1):.0f}%: the pipeline is "
-            "slower than the source; the trackers predict over the gaps)")
+    bursts = getattr(stats, "reconnects", 0) + getattr(stats, "stalls", 0)  # FFmpeg hands over its buffer at once
+    why = (f"the burst of buffered frames after {bursts} reconnect(s) or stall(s), or a pipeline slower than the "
+           "source" if bursts else "the pipeline is slower than the source")
+    return (f", source dropped {dropped} of {due} frames ({100 * dropped / max(due, 1):.0f}%: {why}; the trackers "
+            "predict over the gaps)")
 
 
 class SourceStopEvent(threading.Event):

@@ -299,6 +299,8 @@ def test_progress_and_summary_say_how_much_a_live_source_dropped(caplog):
         hook.on_frame(FrameResult(1, 0.0, 0.9, 0.0, "skipped", Detections(np.zeros((0, 4)), np.zeros(0)), {}), stats)
     assert "source dropped 60 of 120 frames (50%: the pipeline is slower than the source" in caplog.text
     assert drop_note(None) == "" and drop_note(SourceStats(5, 0, 0, 0, 0, 0, True, False, 0.0, "")) == ""
+    after_reconnect = SourceStats(449, 13, 0, 0, 0, 1, True, False, 0.0, "")  # FFmpeg's buffer handed over at once
+    assert "3%: the burst of buffered frames after 1 reconnect(s) or stall(s)" in drop_note(after_reconnect)
 
 
 # -- overlap: the next frame perceived while this one is tracked (real pipeline, shipped bundle) -------
