@@ -65,6 +65,7 @@ def load_sources(checkpoint: str | Path | None = None) -> Sources:
         prov["checkpoints"][name] = {"path": _shown(path), "sha256": file_sha(path), "meta": _jsonable(meta)}
     check_together(nets, ckpt)
     files = {n: folder / n for n in ("quality.json", "NOTICE") if (folder / n).is_file()}
+    note_dswr(files["quality.json"], prov["checkpoints"].get("tracker", {}).get("meta", {}))
     if "NOTICE" not in files:  # every detector here descends from YOLOX-nano: its Apache-2.0 notice must go along
         log.info("no NOTICE beside %s: the bundle carries the shipped one (YOLOX-nano, Apache-2.0)", folder)
         files["NOTICE"] = WEIGHTS_DIR / "NOTICE"
@@ -83,6 +84,23 @@ def check_together(nets: Mapping[str, TorchNet], ckpt: Path) -> None:
     if got != want:
         raise ValueError(f"CHECKPOINT {ckpt}: student.pt makes a {got}-wide semantic vector, but tracker.pt fuses "
                          f"{want}: the networks do not belong together (train the student with --dim {want})")
+
+
+def note_dswr(quality_json: Path, tracker_meta: Mapping[str, Any]) -> None:
+    """Warn when quality.json's DSWR, which the runtime applies, is not the g(q) the tracker learned
+    with (quality.json made before the tracker, or from another one): w = g(q) then weights the
+    semantics differently from training."""
+    ours, learned = json.loads(quality_json.read_text()).get("dswr"), tracker_meta.get("dswr")
+    if not (isinstance(ours, Mapping) and isinstance(learned, Mapping)):
+        return
+    keys = ("w_max", "k", "q0")
+    if any(abs(float(ours.get(k, 0)) - float(learned.get(k, 0))) > 1e-4 for k in keys):
+        log.warning("quality.json's DSWR (%s) is not the one tracker.pt learned (%s): runs apply quality.json's; "
+                    "make it with `vsdmot-train quality --tracker TRACKER.pt`", _dswr_text(ours), _dswr_text(learned))
+
+
+def _dswr_text(d: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {float(d.get(k, 0)):.3g}" for k in ("w_max", "k", "q0"))
 
 
 def with_detector_input(sources: Sources, hw: tuple[int, int] | None) -> Sources:

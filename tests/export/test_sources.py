@@ -200,3 +200,21 @@ def test_a_student_of_another_width_than_the_tracker_fuses_is_refused(tmp_path):
     with pytest.raises(ValueError, match="64-wide semantic vector, but tracker.pt fuses 128.*--dim 128"):
         check_together({"student": student, "tracker": tracker}, tmp_path)
     check_together({"student": student}, tmp_path)  # no tracker: nothing to match
+
+
+def test_a_quality_json_whose_dswr_is_not_the_trackers_is_named(tmp_path, caplog):
+    """quality.json made before the tracker (the docs' old order) carried another g(q) than the
+    tracker learned with, and runs apply quality.json's: nothing said so."""
+    import json
+
+    from vsdmot.export.sources import note_dswr
+
+    learned = {"form": "sigmoid", "w_max": 0.9, "k": 10.0, "q0": 0.6}
+    q = tmp_path / "quality.json"
+    q.write_text(json.dumps({"dswr": learned}))
+    with caplog.at_level("WARNING", logger="vsdmot.export.sources"):
+        note_dswr(q, {"dswr": learned})
+        assert caplog.text == ""
+        q.write_text(json.dumps({"dswr": {**learned, "q0": 0.688}}))
+        note_dswr(q, {"dswr": learned})
+    assert "is not the one tracker.pt learned (w_max 0.9, k 10, q0 0.6)" in caplog.text
