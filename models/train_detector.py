@@ -31,6 +31,7 @@ from vsdmot.models.detector import Detector, DetectorConfig, from_yolox_onnx
 from vsdmot.models.trainframes import (DEFAULT_DATA, VAL_FIRST, TrainFrame, data_note, degrade_fn, letterbox, load_mot17,
                                        load_pets, random_degrade)
 from vsdmot.models.trainloop import check_config, cosine_lr, out_dir, resuming, run_steps, setup
+from vsdmot.splits import PETS_TRAIN_LAST
 from vsdmot.paths import yolox_nano_onnx
 from vsdmot.runtime.yolox import anchor_grid
 
@@ -66,7 +67,7 @@ class DetectorTrainConfig:
 
     def __post_init__(self) -> None:
         check_config(self, {"steps": 0, "stop_at": 0, "gap": 1, "pets_last": 1, "train_size": 32, "threads": 1, "save_every": 0},
-                     ("p_degrade",), "severity_max")
+                     ("p_degrade",), "severity_max", {"pets_last": PETS_TRAIN_LAST})
 
 
 def gt_anchors(frame: TrainFrame, r: float, score: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from vsdmot.models import WEIGHTS
 from vsdmot.models.trainframes import DEFAULT_DATA, TrainFrame, data_note, degrade_fn, load_mot17, load_pets
 from vsdmot.models.trainloop import check_config, out_dir, resuming, setup
+from vsdmot.splits import PETS_TRAIN_LAST
 from vsdmot.paths import yolox_nano_onnx
 from vsdmot.runtime.mot import atomic_write_text
 from vsdmot.runtime.quality import FEATURES, QualityGate, compute_features
@@ -57,7 +58,7 @@ class QualityTrainConfig:
 
     def __post_init__(self) -> None:
         check_config(self, {"pets_every": 1, "views": 1, "draws": 0, "min_side": 16, "hidden": 0, "epochs": 0,
-                            "threads": 1}, ("score_thr",), "severity_max")
+                            "threads": 1}, ("score_thr",), "severity_max", {"pets_last": PETS_TRAIN_LAST})
 
 
 def _detect_fn(path: str, threads: int, thr: float):

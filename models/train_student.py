@@ -22,6 +22,7 @@ from vsdmot.models.student import StudentConfig, StudentEncoder
 from vsdmot.models.teacher import make_teacher
 from vsdmot.models.trainframes import DEFAULT_DATA, TrainFrame, data_note, degrade_fn, load_train_frames, random_degrade
 from vsdmot.models.trainloop import check_config, cosine_lr, out_dir, resuming, run_steps, setup
+from vsdmot.splits import PETS_TRAIN_LAST
 from vsdmot.runtime.semantics import student_input
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ class StudentTrainConfig:
 
     def __post_init__(self) -> None:
         check_config(self, {"steps": 0, "stop_at": 0, "batch": 2 if self.relational else 1, "pca_crops": 2, "input_size": 16,
-                            "dim": 1, "threads": 1, "save_every": 0}, ("p_degrade",), "severity_max")
+                            "dim": 1, "threads": 1, "save_every": 0}, ("p_degrade",), "severity_max",
+                     {"pets_last": PETS_TRAIN_LAST})
         if not 0.0 < self.crop_min <= 1.0 or not (self.alignment or self.relational):
             raise ValueError(f"expected 0 < --crop-min <= 1 and --alignment or --relational on, got crop_min "
                              f"{self.crop_min}, alignment {self.alignment}, relational {self.relational}")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from vsdmot.models import WEIGHTS
 from vsdmot.paths import data_root
 from vsdmot.runtime.e2e import predict_boxes, update_motion
+from vsdmot.splits import PETS_TRAIN_LAST
 
 from .realclips import RealClips
 from .synth import SynthConfig, SynthFrame, load_noise, make_clip
@@ -83,7 +84,7 @@ class TrainConfig:
         check_config(self, {"synth_steps": 0, "real_steps": 0, "batch": 1, "clip_frames": 1, "slots": 1, "proposals": 1,
                             "tbptt": 1, "miss_tolerance": 0, "threads": 1, "log_every": 1, "save_every": 1, "stop_at": 0},
                      ("real_share", "drop_track", "inject_fp", "box_smooth", "box_smooth_share", "random_semantic",
-                      "momentum", "embed_momentum"))
+                      "momentum", "embed_momentum"), at_most={"val_first": PETS_TRAIN_LAST + 1})
         if self.synth_semantics not in ("standin", "real") or self.sem_fusion not in ("", "linear", "norm"):
             raise ValueError(f"expected --synth-semantics standin|real and --sem-fusion ''|linear|norm, got "
                              f"{self.synth_semantics!r} and {self.sem_fusion!r}")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from vsdmot.splits import held_out_text
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
@@ -95,13 +97,17 @@ def cosine_lr(opt: torch.optim.Optimizer, base: float | tuple[float, ...], step:
 
 
 def check_config(cfg, at_least: dict[str, float] | None = None, shares: tuple[str, ...] = (),
-                 severity: str = "") -> None:
-    """ValueError naming the flag of the first field out of range: `at_least` maps a field to its
-    minimum, `shares` lie in [0, 1], `severity` (a field name) in 1..5 (calibration.degrade's)."""
+                 severity: str = "", at_most: dict[str, float] | None = None) -> None:
+    """ValueError naming the flag of the first field out of range: `at_least` and `at_most` map a
+    field to its bound, `shares` lie in [0, 1], `severity` (a field name) in 1..5 (calibration.degrade's)."""
     flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
     for name, lo in (at_least or {}).items():
         if getattr(cfg, name) < lo:
             raise ValueError(f"{flag(name)}: expected >= {lo}, got {getattr(cfg, name)}")
+    for name, hi in (at_most or {}).items():  # PETS09-S2L1 frames past 600 are held out: clamping hid it
+        if getattr(cfg, name) > hi:
+            raise ValueError(f"{flag(name)}: expected <= {hi} ({held_out_text()} are held out), "
+                             f"got {getattr(cfg, name)}")
     for name in shares:
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ValueError(f"{flag(name)}: expected a share in [0, 1], got {getattr(cfg, name)}")

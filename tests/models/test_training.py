@@ -151,3 +151,14 @@ def test_a_held_out_sequence_under_a_training_name_is_refused(tmp_path, tud_dir,
     gt.write_text("\n".join(renumbered) + "\n")
     with pytest.raises(ValueError, match="MOT17-97-P: .* are PETS09-S2L1's held-out"):
         mot17_train_dirs(root)
+
+
+@pytest.mark.parametrize("stage, argv", [("detector", ["--pets-last", "700"]), ("student", ["--pets-last", "601"]),
+                                         ("quality", ["--pets-last", "795"]), ("tracker", ["--val-first", "700"])])
+def test_a_training_range_reaching_held_out_frames_is_refused(stage, argv, capsys, tmp_path):
+    """--pets-last 700 was clamped to the last train frame in silence, and --val-first 700 let PETS
+    601-699 into the tracker's real clips."""
+    from vsdmot.models.cli import main
+
+    assert main([stage, *argv, "--out", str(tmp_path / "o")]) == 2
+    assert "held out" in capsys.readouterr().err and not (tmp_path / "o").exists()
