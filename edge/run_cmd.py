@@ -143,8 +143,9 @@ def overlap_for(cfg, pipeline) -> bool:
 
 
 def check_output_paths(cfg, config_path: str | None = None) -> None:
-    """ValueError when two outputs are one file (their writes would interleave) or an output is the
-    source or the config: a sink replaces or moves its file aside, so the input would be lost."""
+    """ValueError when two outputs are one file (their writes would interleave), an output is the
+    source or the config (a sink replaces or moves its file aside, so the input would be lost), or
+    lies inside the bundle, is a folder, or cannot be written: all before the networks load."""
     from vsdmot.runtime.bundle import DEFAULT_BUNDLE
 
     outputs = {f"--{name.replace('_', '-')}": getattr(cfg.sinks, name) for name in cfg.sinks.PATHS}
