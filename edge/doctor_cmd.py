@@ -185,6 +185,17 @@ def check_opencv() -> Check:
     return Check("OpenCV", "ok" if has else "--", f"{cv2.__version__}, GStreamer {'yes' if has else 'no'}", meaning)
 
 
+def check_ffmpeg() -> Check:
+    """The ffmpeg and ffprobe programs: interlaced files (a DVR's .ts) are probed by ffprobe and
+    decoded by ffmpeg with yadif (runtime/ffmpeg_capture.py); OpenCV alone gave frozen or black frames."""
+    have = [name for name in ("ffmpeg", "ffprobe") if shutil.which(name)]
+    if len(have) == 2:
+        return Check("ffmpeg", "ok", "ffmpeg and ffprobe on PATH", "interlaced video is deinterlaced on decode")
+    missing = sorted({"ffmpeg", "ffprobe"} - set(have))
+    return Check("ffmpeg", "--", f"{' and '.join(missing)} not on PATH",
+                 "interlaced files open through OpenCV with a warning (frozen or black frames): apt install ffmpeg")
+
+
 def check_cameras(root: Path) -> Check:
     devs = sorted((root / "dev").glob("video*"))
     if not devs:
@@ -334,7 +345,7 @@ def check_device_policy(root: Path) -> Check:
 
 
 PROBES: tuple[Callable[..., Check], ...] = (check_l4t, check_tensorrt, check_cuda, check_gpu, check_onnxruntime,
-                                            check_opencv, check_cameras, check_jtop, check_power, check_clocks,
+                                            check_opencv, check_ffmpeg, check_cameras, check_jtop, check_power, check_clocks,
                                             check_systemd, check_service, check_device_policy)
 
 

@@ -194,3 +194,10 @@ def test_doctor_names_a_tensorrt_that_is_installed_but_does_not_import(monkeypat
     assert check.status == "!!" and "does not import" in check.found and "libnvinfer.so.10" in check.found
     monkeypatch.setattr(D.importlib.util, "find_spec", lambda name: None)  # absent: as before
     assert D.check_tensorrt().found == "not installed"
+
+
+def test_doctor_names_a_missing_ffmpeg(monkeypatch):
+    """Interlaced files decode through ffmpeg (yadif); without it they open with frozen or black frames."""
+    monkeypatch.setattr(D.shutil, "which", lambda name: None if name == "ffprobe" else "/usr/bin/" + name)
+    check = D.check_ffmpeg()
+    assert check.status == "--" and check.found == "ffprobe not on PATH" and "apt install ffmpeg" in check.meaning
