@@ -24,6 +24,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from vsdmot._cli import handling
+
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parents[1] / "runtime" / "assets"
@@ -342,18 +344,11 @@ def _outside_the_loop():
     a first TensorRT build: up to minutes) and after (it killed the process). SIGTERM keeps its
     default there: the process ends at once, even inside minutes of C++ work, and systemd counts a
     death by SIGTERM as a clean stop; a Python handler would wait for the build. Main thread only."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
     def hold(signum, frame):
         log.info("SIGHUP outside the run: ignored (the config is read as the run starts)")
 
-    before = signal.signal(signal.SIGHUP, hold)
-    try:
+    with handling((signal.SIGHUP,), hold):
         yield
-    finally:
-        signal.signal(signal.SIGHUP, before)
 
 
 def semantic_note(counts: dict) -> str:

@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import signal
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from vsdmot import __version__
+from vsdmot._cli import handling
 from vsdmot.runtime.bundle import DIGEST_FIELD, MANIFEST, PRECISIONS, SCHEMA_VERSION, file_sha256, manifest_digest
 from vsdmot.runtime.errors import BundleError
 
@@ -196,19 +196,12 @@ def signals_held() -> Iterator[None]:
     """SIGINT, SIGTERM and SIGHUP wait until the block ends, then act as they would have: for steps
     that must not stop halfway. Deferred in Python's handlers, not by a signal mask: the kernel hands
     a process's signal to any thread that does not block it (tqdm's monitor, onnxruntime's pool),
-    and Python then runs the handler in the main thread all the same. Python handlers can only be
-    set from the main thread, so elsewhere this holds nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    and Python then runs the handler in the main thread all the same (elsewhere this holds nothing)."""
     pending: list[int] = []
-    before = {s: signal.signal(s, lambda signum, frame: pending.append(signum))
-              for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        yield
+        with handling((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), lambda signum, frame: pending.append(signum)):
+            yield
     finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
         for s in pending:
             signal.raise_signal(s)  # now, to the handler it was meant for
 

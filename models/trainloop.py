@@ -7,7 +7,6 @@ import contextlib
 import logging
 import random
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vsdmot._cli import handling
 from vsdmot.splits import held_out_text
 from tqdm import tqdm
 
@@ -70,9 +70,6 @@ def _stop_requests(desc: str) -> Iterator[list[int]]:
     """A list that gets the signal number of a Ctrl-C or SIGTERM (main thread only), so the loop
     stops between steps instead of losing every step since the last save (up to 50, ~20 min)."""
     stop: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
 
     def request(signum, frame):
         if stop:
@@ -80,12 +77,8 @@ def _stop_requests(desc: str) -> Iterator[list[int]]:
         stop.append(signum)
         log.warning("%s: finishing this step, then saving (again to stop at once, unsaved)", desc)
 
-    before = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with handling((signal.SIGINT, signal.SIGTERM), request):
         yield stop
-    finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
 
 
 def cosine_lr(opt: torch.optim.Optimizer, base: float | tuple[float, ...], step: int, total: int, warmup: int = 20) -> None:

@@ -17,7 +17,8 @@ import importlib
 import logging
 import signal
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from vsdmot import __version__
 
@@ -134,6 +135,21 @@ def missing_module_hint(name: str) -> str:
 
 
 @contextlib.contextmanager
+def handling(signums: Iterable[int], handler: Callable) -> Iterator[bool]:
+    """`handler` for these signals during the block, the previous handlers back after it. Python
+    sets handlers from the main thread only: elsewhere nothing is installed (yields False)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield False
+        return
+    before = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield True
+    finally:
+        for s, previous in before.items():
+            signal.signal(s, previous)
+
+
+@contextlib.contextmanager
 def sigterm_exits(message: str) -> Iterator[None]:
     """SIGTERM (kill, a job scheduler) ends the block through SystemExit(143) after printing
     `message`, so cleanups and finally blocks run as on Ctrl-C; the default handler killed the
@@ -142,11 +158,8 @@ def sigterm_exits(message: str) -> Iterator[None]:
         print(message, file=sys.stderr)
         raise SystemExit(128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
+    with handling((signal.SIGTERM,), stop):
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def say_error(line: str) -> None:
