@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from vsdmot._cli import handling
 from vsdmot.runtime.pipeline import perceive, step, track
 from vsdmot.runtime.types import Frame, FrameResult
 
@@ -324,19 +325,11 @@ def abort_now(signum: int) -> None:
 @contextmanager
 def stop_on_signals(stop_event: threading.Event, signals=(signal.SIGTERM, signal.SIGINT)):
     """SIGTERM / SIGINT set `stop_event` (finish the frame, flush, exit 0); a second one exits 130 at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield stop_event
-        return
-
     def handler(signum, _frame):
         if stop_event.is_set():
             abort_now(signum)
         log.warning("%s: stopping after this frame", signal.Signals(signum).name)
         stop_event.set()
 
-    previous = {s: signal.signal(s, handler) for s in signals}
-    try:
+    with handling(signals, handler):
         yield stop_event
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
