@@ -33,20 +33,23 @@ log = logging.getLogger(__name__)
 HEIGHT_BINS = (0, 40, 60, 80, 120, 200, 10_000)  # px: recall is measured per gt-height bin
 
 
-def project_detector(onnx_path: str | os.PathLike | None = None, threads: int = 1):
-    """The runtime's YoloxDetector over the project's detector.onnx (exported from
-    models/weights/detector.pt into the cache when no path is given): boxes, scores and `embed` rows."""
+def project_detector(onnx_path: str | os.PathLike | None = None, threads: int = 1,
+                     weights: str | os.PathLike | None = None):
+    """The runtime's YoloxDetector over the project's detector.onnx (exported from `weights`, a
+    detector.pt, default models/weights/detector.pt, into the cache when no path is given): boxes,
+    scores and `embed` rows."""
     from vsdmot.runtime.backends import OnnxRuntimeBackend
     from vsdmot.runtime.yolox import YoloxDetector
 
     if onnx_path is None:
         from vsdmot.models.detector import DEFAULT_WEIGHTS, export_onnx, load_detector
 
-        onnx_path = cache_dir().parent / f"detector_{_sha(DEFAULT_WEIGHTS)}.onnx"
+        pt = Path(weights or DEFAULT_WEIGHTS)
+        onnx_path = cache_dir().parent / f"detector_{_sha(pt)}.onnx"
         if not onnx_path.is_file():  # exported beside it, then renamed: a killed export leaves no file
             tmp = onnx_path.with_name(f"{onnx_path.stem}.{os.getpid()}.partial.onnx")
             try:
-                export_onnx(load_detector()[0], tmp)
+                export_onnx(load_detector(pt)[0], tmp)
                 os.replace(tmp, onnx_path)
             finally:
                 tmp.unlink(missing_ok=True)

@@ -71,6 +71,7 @@ class TrainConfig:
     val_first: int = 601  # PETS frames from here on are left out of the real clips (541: train-side validation)
     init: str = ""  # start from this checkpoint's weights (e.g. the synthetic pretraining), not from scratch
     data: str = str(data_root())  # the real clips' root
+    weights: str = ""  # folder whose detector.pt, student.pt, quality.json read the real clips ("" = the shipped)
     max_minutes: float = 25.0  # CPU-time budget of this process in minutes (all threads; 0 = none), like the other stages; stops early and saves
     stop_at: int = 0  # stop after this step with the schedule of all steps (0 = at the end): repeats a budget-stopped run
     out: str = "runs/train/tracker"  # checkpoint folder
@@ -280,6 +281,23 @@ def _random_semantic(clip: list[SynthFrame], rng: np.random.Generator) -> None:
 
 # ---------------------------------------------------------------- loop
 
+def reading_models(weights: str) -> tuple:
+    """(detector, semantics) the real clips are read with: a folder's detector.pt, quality.json and
+    student.pt (a user's own, so the tracker learns from the networks it will be deployed beside),
+    or (None, None): the shipped ones."""
+    if not weights:
+        return None, None
+    from .noise_model import ShippedSemantics, project_detector
+
+    folder = Path(weights)
+    missing = [n for n in ("detector.pt", "student.pt", "quality.json") if not (folder / n).is_file()]
+    if missing:
+        raise ValueError(f"--weights {folder}: expected detector.pt, student.pt and quality.json there, "
+                         f"missing {', '.join(missing)}")
+    return project_detector(weights=folder / "detector.pt"), ShippedSemantics(folder / "quality.json",
+                                                                               folder / "student.pt")
+
+
 def train(cfg: TrainConfig, resume: bool = True, real: RealClips | None = None) -> Path:
     """Run (or resume) the stage; returns the final checkpoint path (out/last.pt)."""
     from tqdm import tqdm
@@ -301,7 +319,8 @@ def train(cfg: TrainConfig, resume: bool = True, real: RealClips | None = None) 
         log.info("initialised from %s", cfg.init)
     noise, total = load_noise(), cfg.synth_steps + cfg.real_steps
     if cfg.real_steps and real is None:
-        real = RealClips(cfg.data, cfg.head.embed_dim, cfg.head.semantic_dim, cfg.real_semantics, cfg.val_first)
+        real = RealClips(cfg.data, cfg.head.embed_dim, cfg.head.semantic_dim, cfg.real_semantics, cfg.val_first,
+                         *reading_models(cfg.weights))
     t0 = time.process_time()  # the budget is training's: building the clips (detection over sequences) is not
     end = min(total, cfg.stop_at) if cfg.stop_at else total
     bar = tqdm(range(step, end), initial=step, total=end, desc="tracker", mininterval=5)

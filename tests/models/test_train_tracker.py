@@ -70,3 +70,20 @@ def test_motr_targets_keep_identities_and_birth_only_the_new():
     assert birth.tolist() == [[0.0, 1.0, 0.0, 1.0, 0.0]]  # 5 comes back as a new track, 11 is new
     st.valid[0] = False
     assert targets(st, pg)[1].tolist() == [[1.0, 1.0, 0.0, 1.0, 1.0]]  # nothing live: every real identity is a birth
+
+
+def test_the_real_clips_can_be_read_with_a_users_own_networks(tmp_path, monkeypatch):
+    """The tracker stage read its real clips with the shipped detector, student and quality gate
+    whatever the user had trained: it learned beside networks it would not be deployed with."""
+    from vsdmot.models import noise_model, train_tracker
+
+    assert train_tracker.reading_models("") == (None, None)  # the shipped ones
+    with pytest.raises(ValueError, match="missing student.pt, quality.json"):
+        (tmp_path / "detector.pt").write_bytes(b"x")
+        train_tracker.reading_models(str(tmp_path))
+    (tmp_path / "student.pt").write_bytes(b"x")
+    (tmp_path / "quality.json").write_text("{}")
+    monkeypatch.setattr(noise_model, "project_detector", lambda weights: ("det", weights))
+    monkeypatch.setattr(noise_model, "ShippedSemantics", lambda q, s: ("sem", q, s))
+    det, sem = train_tracker.reading_models(str(tmp_path))
+    assert det == ("det", tmp_path / "detector.pt") and sem == ("sem", tmp_path / "quality.json", tmp_path / "student.pt")
