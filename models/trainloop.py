@@ -118,7 +118,11 @@ def resuming(saved: Path, resume: bool) -> bool:
 
 
 def out_dir(path: str) -> Path:
+    """The run folder, made if missing; ValueError naming --out when a file stands there or on its way."""
     p = Path(path)
+    blocker = next((a for a in (p, *p.parents) if a.exists() and not a.is_dir()), None)
+    if blocker is not None:  # it said "[Errno 17] File exists"
+        raise ValueError(f"--out {path}: {blocker} is a file; expected a folder for the run")
     p.mkdir(parents=True, exist_ok=True)
     return p
 

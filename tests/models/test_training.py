@@ -162,3 +162,13 @@ def test_a_training_range_reaching_held_out_frames_is_refused(stage, argv, capsy
 
     assert main([stage, *argv, "--out", str(tmp_path / "o")]) == 2
     assert "held out" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_an_out_that_is_a_file_is_named(tmp_path):
+    from vsdmot.models.trainloop import out_dir
+
+    (tmp_path / "det.log").write_text("x")
+    for out in ("det.log", "det.log/run"):
+        with pytest.raises(ValueError, match=r"det.log is a file; expected a folder"):  # was "[Errno 17] File exists"
+            out_dir(str(tmp_path / out))
+    assert out_dir(str(tmp_path / "a" / "b")).is_dir()
