@@ -30,10 +30,9 @@ from typing import Any
 import numpy as np
 
 from vsdmot import __version__
-from vsdmot.runtime.yolox import PAD_VALUE, letterbox_image
+from vsdmot.runtime.yolox import letterbox_image
 
 log = logging.getLogger(__name__)
-PAD = PAD_VALUE  # letterbox fill, as YOLOX (the runtime's)
 FRAMES, CONTENT, MANIFEST = "frames.npy", "content.npy", "manifest.json"
 RENDER = 2  # how frames are rendered into the set, part of its key: bump it when that changes, or sets
 # built by the old code are reused (2: letterbox_u8 truncates the scaled side as the runtime does)

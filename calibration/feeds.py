@@ -22,7 +22,7 @@ import numpy as np
 
 from vsdmot.runtime.yolox import input_hw
 
-from .calibset import PAD, letterbox_u8
+from .calibset import letterbox_u8
 
 Feed = dict[str, np.ndarray]
 
@@ -133,4 +133,4 @@ def check_feeds(feeds: Sequence[Feed], specs: Mapping[str, tuple[tuple[int, ...]
                 raise ValueError(f"feed {i} input {k}: expected {shape} {dtype}, got {feed[k].shape} {feed[k].dtype}")
 
 
-__all__ = ["DetectorFeeds", "StudentFeeds", "ImageList", "record_feeds", "with_name", "check_feeds", "PAD"]
+__all__ = ["DetectorFeeds", "StudentFeeds", "ImageList", "record_feeds", "with_name", "check_feeds"]

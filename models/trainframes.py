@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from vsdmot.paths import data_root
+from vsdmot.runtime.mot import read_rows
 from vsdmot.runtime.yolox import letterbox_image
 from vsdmot.splits import HELD_OUT_FRAMES, HELD_OUT_SEQUENCES, PETS_TRAIN_LAST, held_out_text
 
@@ -94,10 +95,10 @@ def _gt_boxes(path: Path, frames: tuple[int, int] | None = None) -> set[tuple[fl
     only frames a..b when given. Empty when there is no file."""
     if not path.is_file():
         return set()
-    rows = np.loadtxt(path, delimiter=",", ndmin=2)
+    rows = read_rows(path)  # the kit's MOT reader: any of its layouts
     if frames is not None:
-        rows = rows[(rows[:, 0] >= frames[0]) & (rows[:, 0] <= frames[1])]
-    return {tuple(b) for b in np.round(rows[:, 2:6], 1).tolist()}
+        rows = rows.select((rows.frame >= frames[0]) & (rows.frame <= frames[1]))
+    return {tuple(b) for b in np.round(rows.xywh, 1).tolist()}
 
 
 def load_mot17(data: Path = DEFAULT_DATA) -> list[TrainFrame]:

@@ -13,14 +13,20 @@ from vsdmot.export import bundle
 OLD, NEW = '{"files": {}, "v": "old"}', '{"files": {}, "v": "new"}'  # bundle manifests, nothing else
 
 
-def test_a_failed_swap_puts_the_previous_bundle_back(tmp_path, monkeypatch):
-    """publish moves the previous bundle aside, then the new one in: when the second rename fails
-    (another export published there in between: ENOTEMPTY), --out was left empty and the previous
-    bundle hidden in .out.old-PID, where docs/export.md promises it stays."""
+def _published_and_staged(tmp_path):
+    """(--out holding the OLD bundle, a staging folder holding the NEW one)."""
     out, stage = tmp_path / "b", tmp_path / ".b.staging-1"
     for d, text in ((out, OLD), (stage, NEW)):
         d.mkdir()
         (d / "manifest.json").write_text(text)
+    return out, stage
+
+
+def test_a_failed_swap_puts_the_previous_bundle_back(tmp_path, monkeypatch):
+    """publish moves the previous bundle aside, then the new one in: when the second rename fails
+    (another export published there in between: ENOTEMPTY), --out was left empty and the previous
+    bundle hidden in .out.old-PID, where docs/export.md promises it stays."""
+    out, stage = _published_and_staged(tmp_path)
     real = os.replace
 
     def fail_into_out(src, dst):
@@ -35,10 +41,7 @@ def test_a_failed_swap_puts_the_previous_bundle_back(tmp_path, monkeypatch):
 
 
 def test_the_previous_bundle_is_never_deleted_while_out_is_empty(tmp_path, monkeypatch):
-    out, stage = tmp_path / "b", tmp_path / ".b.staging-1"
-    for d, text in ((out, OLD), (stage, NEW)):
-        d.mkdir()
-        (d / "manifest.json").write_text(text)
+    out, stage = _published_and_staged(tmp_path)
     real = os.replace
 
     def only_the_first(src, dst):  # moving the old bundle aside works; nothing else does
@@ -60,10 +63,7 @@ def test_a_sigterm_between_the_two_renames_waits_until_out_is_whole(tmp_path, mo
 
     from vsdmot.export.cli import terminate_as_exit
 
-    out, stage = tmp_path / "b", tmp_path / ".b.staging-1"
-    for d, text in ((out, OLD), (stage, NEW)):
-        d.mkdir()
-        (d / "manifest.json").write_text(text)
+    out, stage = _published_and_staged(tmp_path)
     real = os.replace
 
     def terminated_after_the_first(src, dst):
